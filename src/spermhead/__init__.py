@@ -1,0 +1,2 @@
+"""spermhead: WHO sperm-head morphology classification."""
+__version__ = "0.1.0"

@@ -1,0 +1,123 @@
+"""Run configuration: one dataclass tree, saved as config.yaml with every run."""
+
+from __future__ import annotations
+
+import platform
+import sys
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DEFAULT_MODEL = "spermnet"
+MAX_PIXELS = 40_000_000  # larger images are refused (decompression bombs)
+
+
+@dataclass
+class PreprocessConfig:
+    image_size: int = 64
+    color: str = "gray"  # "gray" or "rgb"
+    align: bool = True  # segment the head and rotate its major axis to horizontal
+    margin: float = 0.3  # crop margin around the head, as a fraction of its length
+    max_pixels: int = MAX_PIXELS
+
+
+@dataclass
+class ModelConfig:
+    name: str = DEFAULT_MODEL
+    pretrained: bool = False  # hub weights (needs network)
+    weights: str | None = None  # local .safetensors or .pth
+    l2_conv: float = 0.0  # extra L2 penalty on conv weights (the seed's variants 2.c/2.d)
+    drop_rate: float = 0.1
+
+
+@dataclass
+class TrainConfig:
+    recipe: str = "default"
+    epochs: int = 60
+    batch_size: int = 32
+    optimizer: str = "adamw"  # adamw | adam | sgd
+    lr: float = 3e-3
+    weight_decay: float = 5e-4
+    schedule: str = "onecycle"  # onecycle | cosine | plateau | none
+    warmup_epochs: int = 3
+    early_stopping_patience: int = 0  # 0 disables; the seed recipe uses 20 on val loss
+    monitor: str = "val_acc"  # checkpoint choice on validation
+    balance: str = "sampler"  # none | sampler | loss | offline
+    balance_per_class: int = 6400  # target per class for offline balancing
+    augment: str = "aligned"  # none | light | aligned | seed | strong
+    label_smoothing: float = 0.1
+    mixup: float = 0.0
+    ema: float = 0.0  # EMA decay of the weights; 0 disables
+    tta: bool = True  # average over flips at evaluation
+    val_fraction: float = 0.15  # carved from each training side for model selection
+    num_threads: int = 0  # torch threads; 0 lets torch decide
+
+
+@dataclass
+class ProtocolConfig:
+    kind: str = "cv"  # cv | folders | random
+    folds: int = 5
+    split: tuple[float, float, float] = (0.6, 0.3, 0.1)  # train/val/test for kind=random
+    grouped: bool = False  # CV folds by acquisition group
+    final_model: str = "ensemble"  # after CV: "ensemble" of folds, or "refit" on all data
+
+
+@dataclass
+class RunConfig:
+    dataset: str = "hushem"
+    data_dir: str | None = None
+    out: str = "runs/latest"
+    seed: int = 0
+    operating_point: str = "accuracy"  # accuracy | balanced (prior correction chosen on val)
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    protocol: ProtocolConfig = field(default_factory=ProtocolConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunConfig:
+        return _from_dict(cls, data)
+
+
+def _from_dict(cls: type, data: dict[str, Any]) -> Any:
+    kwargs = {}
+    for f in fields(cls):
+        if f.name not in data:
+            continue
+        value = data[f.name]
+        default = f.default_factory() if callable(f.default_factory) else None  # type: ignore[misc]
+        if is_dataclass(default):
+            value = _from_dict(type(default), value or {})
+        elif isinstance(value, list):
+            value = tuple(value)
+        kwargs[f.name] = value
+    return cls(**kwargs)
+
+
+def environment() -> dict[str, Any]:
+    """Versions that make a run reproducible elsewhere."""
+    packages = {}
+    for name in ("spermhead", "torch", "torchvision", "timm", "lightning", "numpy",
+                 "scikit-learn", "opencv-python-headless", "pillow"):
+        try:
+            packages[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            packages[name] = None
+    return {"python": sys.version.split()[0], "platform": platform.platform(), "packages": packages}
+
+
+def save_config(config: RunConfig, path: Path) -> None:
+    data = {**config.to_dict(), "environment": environment()}
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+def load_config(path: Path) -> RunConfig:
+    data = yaml.safe_load(Path(path).read_text()) or {}
+    data.pop("environment", None)
+    return RunConfig.from_dict(data)

@@ -1,0 +1,175 @@
+"""Readers for the datasets as their authors distribute them, and for plain class folders."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from spermhead.data.samples import WHO_CLASSES, Sample, SampleTable
+from spermhead.errors import DataError
+
+IMAGE_SUFFIXES = {".bmp", ".png", ".jpg", ".jpeg", ".tif", ".tiff"}
+HUSHEM_DIR = "HuSHeM"
+SCIAN_DIR = "SCIAN-MorphoSpermGS"
+HUSHEM_FOLDERS = ("01_Normal", "02_Tapered", "03_Pyriform", "04_Amorphous")
+NAMED_DATASETS = ("hushem", "scian-pa", "scian-ta", "scian-pa4", "combined")
+
+_SCIAN_ID = re.compile(r"^(?P<group>p\d+-pl\d+)-sample(?P<sample>\d+)/Sperm_(?P<sperm>\d+)$")
+_SCIAN_FILE = re.compile(
+    r"^ch\d+_(?P<group>p\d+-pl\d+)-sample(?P<sample>\d+)-sperm(?P<sperm>\d+)\.tiff?$", re.I
+)
+
+
+def default_data_dir() -> Path:
+    return Path(os.environ.get("SPERMHEAD_DATA", "data"))
+
+
+def normalise_class_name(folder: str) -> str:
+    """`01_Normal` -> `normal`; names that are not WHO classes are kept as they are."""
+    stripped = re.sub(r"^\d+[\s_.\-]*", "", folder).strip().lower()
+    return stripped if stripped in WHO_CLASSES else folder
+
+
+def list_images(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _require_dir(path: Path, what: str) -> Path:
+    if not path.is_dir():
+        raise DataError(f"{path}: missing folder ({what})")
+    return path
+
+
+def read_hushem(root: Path) -> SampleTable:
+    root = _require_dir(root, "HuSHeM, with 01_Normal ... 04_Amorphous")
+    samples = []
+    for folder in HUSHEM_FOLDERS:
+        class_dir = _require_dir(root / folder, "HuSHeM class folder")
+        images = list_images(class_dir)
+        if not images:
+            raise DataError(f"{class_dir}: empty class folder, no images")
+        label = normalise_class_name(folder)
+        for p in images:
+            samples.append(Sample(f"hushem/{folder}/{p.stem}", p, label, "hushem"))
+    return SampleTable("hushem", samples)
+
+
+def read_scian_codes(path: Path) -> dict[str, str]:
+    if not path.is_file():
+        raise DataError(f"{path}: missing file (SCIAN class codes)")
+    codes = {}
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        parts = line.split(maxsplit=1)
+        if len(parts) != 2 or not parts[0].isdigit():
+            raise DataError(f"{path}:{n}: expected '<code> <class name>', got {line!r}")
+        codes[parts[0]] = normalise_class_name(parts[1].strip().lower())
+    return codes
+
+
+def read_scian(root: Path, *, agreement: str = "partial", drop: tuple[str, ...] = ()) -> SampleTable:
+    """SCIAN-MorphoSpermGS: majority labels (partial) or unanimous ones (total)."""
+    root = _require_dir(root, "SCIAN-MorphoSpermGS")
+    image_dir = _require_dir(root / "Partial-Agreement-Images", "SCIAN images")
+    annotations = root / "PA-expert-annotations.txt"
+    if not annotations.is_file():
+        raise DataError(f"{annotations}: missing file (SCIAN expert annotations)")
+    codes = read_scian_codes(root / "classes.txt")
+
+    files: dict[tuple[str, int, int], Path] = {}
+    for p in list_images(image_dir):
+        m = _SCIAN_FILE.match(p.name)
+        if not m:
+            raise DataError(f"{p}: file name does not follow ch00_<group>-sampleN-spermN.tif")
+        files[(m["group"], int(m["sample"]), int(m["sperm"]))] = p
+
+    samples, used = [], set()
+    for n, line in enumerate(annotations.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        fields = line.split()
+        where = f"{annotations}:{n}"
+        if len(fields) != 5:
+            raise DataError(f"{where}: expected an id and 4 codes, got {line!r}")
+        ident, *votes = fields
+        m = _SCIAN_ID.match(ident)
+        if not m:
+            raise DataError(f"{where}: id {ident!r} is not like p1-pl2-sample01/Sperm_01")
+        key = (m["group"], int(m["sample"]), int(m["sperm"]))
+        if key not in files:
+            raise DataError(f"{where}: id {ident} has no image file in {image_dir}")
+        used.add(key)
+        # Single experts use codes 4 and 6 that classes.txt lacks; only the majority must be known.
+        experts = tuple(codes.get(v, f"code{v}") for v in votes[:3])
+        if votes[3] not in codes:
+            raise DataError(f"{where}: majority label code {votes[3]} is not in classes.txt")
+        label = codes[votes[3]]
+        if agreement == "total" and len(set(votes[:3])) != 1:
+            continue
+        if label in drop:
+            continue
+        samples.append(Sample(f"scian/{ident}", files[key], label, "scian", m["group"], experts))
+    orphans = sorted(str(files[k].name) for k in set(files) - used)
+    if orphans:
+        raise DataError(f"{image_dir}: {len(orphans)} image(s) without annotation, e.g. {orphans[0]}")
+    name = {"partial": "scian-pa", "total": "scian-ta"}[agreement]
+    return SampleTable(name + ("4" if drop else ""), samples)
+
+
+def read_class_folders(root: Path) -> SampleTable:
+    """A folder of class subfolders, or of train/val/test each holding class subfolders."""
+    root = _require_dir(root, "dataset")
+    splits = [d for d in ("train", "val", "test") if (root / d).is_dir()]
+    if splits:
+        if len(splits) != 3:
+            missing = sorted({"train", "val", "test"} - set(splits))
+            raise DataError(f"{root}: has {'/'.join(splits)} but lacks {'/'.join(missing)}")
+        samples = []
+        for split in splits:
+            samples += _class_folder_samples(root / split, root.name, split)
+    else:
+        samples = _class_folder_samples(root, root.name, "")
+    return SampleTable(root.name, samples)
+
+
+def _class_folder_samples(folder: Path, source: str, split: str) -> list[Sample]:
+    class_dirs = sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not class_dirs:
+        raise DataError(f"{folder}: no class subfolders")
+    samples = []
+    for d in class_dirs:
+        images = list_images(d)
+        if not images:
+            raise DataError(f"{d}: empty class folder, no images")
+        label = normalise_class_name(d.name)
+        prefix = f"{split}/" if split else ""
+        samples += [Sample(f"{prefix}{d.name}/{p.name}", p, label, source, split=split) for p in images]
+    return samples
+
+
+def load_dataset(name: str, data_dir: Path | str | None = None) -> SampleTable:
+    """A named dataset under `data_dir`, or a path to class folders."""
+    key = name.lower()
+    if key in NAMED_DATASETS:
+        base = Path(data_dir) if data_dir is not None else default_data_dir()
+        if not base.is_dir():
+            raise DataError(
+                f"{base}: missing data folder; pass --data-dir or set SPERMHEAD_DATA to the folder "
+                f"holding {HUSHEM_DIR}/ and {SCIAN_DIR}/"
+            )
+        if key == "hushem":
+            return read_hushem(base / HUSHEM_DIR)
+        if key == "scian-pa":
+            return read_scian(base / SCIAN_DIR)
+        if key == "scian-ta":
+            return read_scian(base / SCIAN_DIR, agreement="total")
+        if key == "scian-pa4":
+            return read_scian(base / SCIAN_DIR, drop=("small",))
+        hushem, scian = read_hushem(base / HUSHEM_DIR), read_scian(base / SCIAN_DIR, drop=("small",))
+        return SampleTable("combined", hushem.samples + scian.samples)
+    path = Path(name)
+    if not path.exists():
+        raise DataError(f"{name}: not a dataset name ({', '.join(NAMED_DATASETS)}) nor a folder")
+    return read_class_folders(path)

@@ -1,0 +1,85 @@
+"""The sample table: one row per image, the unit every later stage keys on."""
+
+from __future__ import annotations
+
+import csv
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# Canonical order of the WHO head classes; datasets list theirs in this order.
+WHO_CLASSES = ("normal", "tapered", "pyriform", "small", "amorphous")
+
+
+@dataclass(frozen=True)
+class Sample:
+    id: str  # unique within a dataset, stable across runs (predictions key on it)
+    path: Path
+    label: str
+    source: str  # "hushem", "scian", or a folder's name
+    group: str = ""  # acquisition group (SCIAN prefix such as "p1-pl2"); "" when unknown
+    experts: tuple[str, ...] = ()  # per-expert labels where the dataset has them
+    split: str = ""  # "train" / "val" / "test" for datasets that fix their split
+
+
+@dataclass
+class SampleTable:
+    name: str
+    samples: list[Sample]
+    classes: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        ids = [s.id for s in self.samples]
+        if len(set(ids)) != len(ids):
+            dup = [i for i, n in Counter(ids).items() if n > 1][:3]
+            raise ValueError(f"dataset {self.name!r}: duplicate sample ids {dup}")
+        if not self.classes:
+            self.classes = order_classes({s.label for s in self.samples})
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    @property
+    def labels(self) -> list[str]:
+        return [s.label for s in self.samples]
+
+    @property
+    def label_indices(self) -> list[int]:
+        index = {c: i for i, c in enumerate(self.classes)}
+        return [index[s.label] for s in self.samples]
+
+    @property
+    def has_fixed_split(self) -> bool:
+        return bool(self.samples) and all(s.split for s in self.samples)
+
+    def class_counts(self) -> dict[str, int]:
+        counts = Counter(self.labels)
+        return {c: counts.get(c, 0) for c in self.classes}
+
+    def source_counts(self) -> dict[str, int]:
+        return dict(sorted(Counter(s.source for s in self.samples).items()))
+
+    def subset(self, keep: list[int] | None = None, *, name: str | None = None) -> SampleTable:
+        chosen = self.samples if keep is None else [self.samples[i] for i in keep]
+        return SampleTable(name or self.name, list(chosen), list(self.classes))
+
+    def summary(self) -> dict:
+        return {
+            "total": len(self),
+            "classes": self.class_counts(),
+            "sources": self.source_counts(),
+        }
+
+    def write_csv(self, path: Path) -> None:
+        with open(path, "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["id", "path", "label", "source", "group", "experts", "split"])
+            for s in self.samples:
+                w.writerow([s.id, s.path, s.label, s.source, s.group, "|".join(s.experts), s.split])
+
+
+def order_classes(names: set[str] | list[str]) -> list[str]:
+    """WHO classes first in their canonical order, then any others alphabetically."""
+    names = set(names)
+    known = [c for c in WHO_CLASSES if c in names]
+    return known + sorted(names - set(WHO_CLASSES))

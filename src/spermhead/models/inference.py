@@ -1,0 +1,65 @@
+"""Turn canonical uint8 images into class probabilities: the one path that evaluation,
+`predict` and the app all share, so a served model scores exactly as it was assessed."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+
+def to_input(images: np.ndarray | torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """uint8 N x C x H x W -> normalised float32 tensor."""
+    x = torch.as_tensor(images).float().div_(255.0)
+    m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+    return (x - m) / s
+
+
+def flip_views(x: torch.Tensor) -> list[torch.Tensor]:
+    """The aligned head's symmetries: horizontal and vertical flips keep it horizontal."""
+    return [x, x.flip(-1), x.flip(-2), x.flip(-1).flip(-2)]
+
+
+@torch.inference_mode()
+def predict_proba(
+    model: nn.Module,
+    images: np.ndarray | torch.Tensor,
+    mean: Sequence[float],
+    std: Sequence[float],
+    *,
+    tta: bool = False,
+    class_bias: Sequence[float] | None = None,
+    batch_size: int = 256,
+) -> np.ndarray:
+    """Probabilities, N x classes. `class_bias` is added to the log-probabilities
+    (a prior correction chosen on validation data) before renormalising."""
+    model.eval()
+    out = []
+    for start in range(0, len(images), batch_size):
+        x = to_input(images[start : start + batch_size], mean, std)
+        views = flip_views(x) if tta else [x]
+        probs = torch.stack([model(v).softmax(-1) for v in views]).mean(0)
+        if class_bias is not None:
+            logp = probs.clamp_min(1e-12).log() + torch.tensor(class_bias, dtype=probs.dtype)
+            probs = logp.softmax(-1)
+        out.append(probs)
+    if not out:
+        return np.zeros((0, 0), dtype=np.float32)
+    return torch.cat(out).numpy().astype(np.float32)
+
+
+class Ensemble(nn.Module):
+    """Averages the members' probabilities; returns their log so softmax gives the mean."""
+
+    def __init__(self, members: Sequence[nn.Module]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if len(self.members) == 1:
+            return self.members[0](x)
+        probs = torch.stack([m(x).softmax(-1) for m in self.members]).mean(0)
+        return probs.clamp_min(1e-12).log()

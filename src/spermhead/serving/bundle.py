@@ -1,0 +1,92 @@
+"""The model bundle: `model.safetensors` plus `model.json`. Loading it needs no training
+code and no pickle, so the app and `predict` can trust a bundle from elsewhere."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from spermhead import __version__
+from spermhead.config import PreprocessConfig
+from spermhead.errors import SpermheadError
+from spermhead.models.inference import Ensemble
+
+BUNDLE_FORMAT = 1
+
+
+@dataclass
+class BundleMeta:
+    architecture: str  # registry name, e.g. "spermnet" or "timm:resnet18"
+    classes: list[str]
+    preprocess: dict[str, Any]  # PreprocessConfig as a dict
+    mean: list[float]
+    std: list[float]
+    in_chans: int
+    image_size: int
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    members: int = 1
+    kind: str = "single"  # single | ensemble (CV fold models) | refit (trained on all data)
+    tta: bool = False
+    class_bias: list[float] | None = None  # log-prior correction of the chosen operating point
+    operating_point: str = "accuracy"
+    uncertainty_threshold: float = 0.6  # top probability below this flags "uncertain"
+    run: dict[str, Any] = field(default_factory=dict)  # dataset, protocol, headline metrics
+    format: int = BUNDLE_FORMAT
+    version: str = __version__
+
+    @property
+    def preprocess_config(self) -> PreprocessConfig:
+        return PreprocessConfig(**self.preprocess)
+
+
+@dataclass
+class Bundle:
+    meta: BundleMeta
+    model: nn.Module  # an Ensemble; outputs log-probabilities or logits
+    path: Path | None = None
+
+
+def save_bundle(directory: Path, members: list[nn.Module], meta: BundleMeta) -> Path:
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    meta.members = len(members)
+    tensors = {}
+    for i, m in enumerate(members):
+        for k, v in m.state_dict().items():
+            tensors[f"member{i}.{k}"] = v.detach().cpu().contiguous()
+    save_file(tensors, str(directory / "model.safetensors"))
+    (directory / "model.json").write_text(json.dumps(asdict(meta), indent=2))
+    return directory
+
+
+def load_bundle(directory: Path | str) -> Bundle:
+    from spermhead.models.registry import build_model  # lazy: keeps bundle import light
+
+    directory = Path(directory)
+    meta_path, weights_path = directory / "model.json", directory / "model.safetensors"
+    for p in (meta_path, weights_path):
+        if not p.is_file():
+            raise SpermheadError(f"{p}: missing; a bundle folder holds model.json and model.safetensors")
+    try:
+        meta = BundleMeta(**json.loads(meta_path.read_text()))
+    except (TypeError, ValueError) as exc:
+        raise SpermheadError(f"{meta_path}: not a spermhead bundle description ({exc})") from exc
+    if meta.format > BUNDLE_FORMAT:
+        raise SpermheadError(f"{meta_path}: bundle format {meta.format} is newer than this spermhead")
+    state = load_file(str(weights_path))
+    members = []
+    for i in range(meta.members):
+        model = build_model(
+            meta.architecture, num_classes=len(meta.classes), in_chans=meta.in_chans,
+            image_size=meta.image_size, **meta.model_kwargs,
+        )
+        prefix = f"member{i}."
+        model.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+        members.append(model.eval())
+    ensemble = Ensemble(members).eval()
+    return Bundle(meta, ensemble, directory)

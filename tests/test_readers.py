@@ -1,0 +1,91 @@
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from spermhead.cli import app
+from spermhead.data.readers import load_dataset, normalise_class_name, read_scian
+from spermhead.errors import DataError
+
+EXPECTED = {
+    "hushem": (216, {"normal": 54, "tapered": 53, "pyriform": 57, "amorphous": 52}),
+    "scian-pa": (1132, {"normal": 100, "tapered": 228, "pyriform": 76, "small": 72, "amorphous": 656}),
+    "scian-ta": (384, {"normal": 35, "tapered": 69, "pyriform": 7, "small": 11, "amorphous": 262}),
+    "scian-pa4": (1060, {"normal": 100, "tapered": 228, "pyriform": 76, "amorphous": 656}),
+    "combined": (1276, {"normal": 154, "tapered": 281, "pyriform": 133, "amorphous": 708}),
+}
+
+
+@pytest.mark.real_data
+@pytest.mark.parametrize("name", list(EXPECTED))
+def test_summary_counts_on_real_data(real_data, name):
+    result = CliRunner().invoke(app, ["data", "summary", name, "--data-dir", str(real_data), "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    total, classes = EXPECTED[name]
+    assert summary["total"] == total
+    assert summary["classes"] == classes
+
+
+@pytest.mark.real_data
+def test_combined_keeps_sources_and_scian_groups(real_data):
+    table = load_dataset("combined", real_data)
+    assert table.source_counts() == {"hushem": 216, "scian": 1060}
+    groups = {s.group for s in table.samples if s.source == "scian"}
+    assert len(groups) == 6
+    assert all(len(s.experts) == 3 for s in table.samples if s.source == "scian")
+
+
+def test_class_names_normalise():
+    assert normalise_class_name("01_Normal") == "normal"
+    assert normalise_class_name("04_Amorphous") == "amorphous"
+    assert normalise_class_name("Weird") == "Weird"
+
+
+def _scian(tmp_path, lines, files, classes="0 Normal\n1 Tapered\n2 Pyriform\n3 Small\n5 Amorphous\n"):
+    root = tmp_path / "SCIAN-MorphoSpermGS"
+    (root / "Partial-Agreement-Images").mkdir(parents=True)
+    (root / "classes.txt").write_text(classes)
+    (root / "PA-expert-annotations.txt").write_text("".join(lines))
+    for f in files:
+        (root / "Partial-Agreement-Images" / f).write_bytes(b"x")
+    return root
+
+
+def test_scian_id_without_file_fails_loudly(tmp_path):
+    root = _scian(tmp_path, ["p1-pl2-sample01/Sperm_02\t0\t0\t0\t0\n"], ["ch00_p1-pl2-sample1-sperm1.tif"])
+    with pytest.raises(DataError, match="Sperm_02 has no image file"):
+        read_scian(root)
+
+
+def test_scian_file_without_id_fails_loudly(tmp_path):
+    files = ["ch00_p1-pl2-sample1-sperm1.tif", "ch00_p1-pl2-sample1-sperm7.tif"]
+    root = _scian(tmp_path, ["p1-pl2-sample01/Sperm_01\t0\t0\t0\t0\n"], files)
+    with pytest.raises(DataError, match="without annotation, e.g. ch00_p1-pl2-sample1-sperm7.tif"):
+        read_scian(root)
+
+
+def test_scian_unknown_majority_code(tmp_path):
+    root = _scian(tmp_path, ["p1-pl2-sample01/Sperm_01\t9\t9\t9\t9\n"], ["ch00_p1-pl2-sample1-sperm1.tif"])
+    with pytest.raises(DataError, match=r"PA-expert-annotations.txt:1: majority label code 9"):
+        read_scian(root)
+
+
+def test_missing_and_empty_folders(tmp_path):
+    with pytest.raises(DataError, match="missing data folder"):
+        load_dataset("hushem", tmp_path / "nowhere")
+    (tmp_path / "ds" / "normal").mkdir(parents=True)
+    with pytest.raises(DataError, match="normal: empty class folder"):
+        load_dataset(str(tmp_path / "ds"))
+
+
+def test_fixed_split_folders(tmp_path):
+    for split in ("train", "val", "test"):
+        for cls in ("01_Normal", "Tapered"):
+            d = tmp_path / "ds" / split / cls
+            d.mkdir(parents=True)
+            (d / "a.png").write_bytes(b"x")
+    table = load_dataset(str(tmp_path / "ds"))
+    assert table.has_fixed_split
+    assert table.classes == ["normal", "tapered"]
+    assert {s.split for s in table.samples} == {"train", "val", "test"}
