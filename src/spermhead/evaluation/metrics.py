@@ -1,0 +1,173 @@
+"""Metrics from a `Predictions` set (scikit-learn underneath). Every value is a plain
+Python float/int/list/dict or None, so the result goes straight into metrics.json."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import (
+    average_precision_score,
+    confusion_matrix,
+    precision_recall_fscore_support,
+    roc_auc_score,
+)
+
+from spermhead.evaluation.predictions import Predictions
+
+# Summarised across folds as <key>_mean / <key>_std.
+FOLD_SUMMARY_KEYS = ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc_ovr_macro")
+N_BOOT = 2000
+BOOT_SEED = 0
+
+
+def _mean(values: list[float]) -> float | None:
+    return float(np.mean(values)) if values else None
+
+
+def compute_metrics(pred: Predictions) -> dict[str, Any]:
+    """Headline, per-class and per-source metrics of one prediction set.
+
+    - balanced_accuracy is the average recall over classes present in the true labels
+      (recall is undefined for an absent class), as scikit-learn's balanced_accuracy_score.
+    - macro_f1 averages over classes present in the true or predicted labels (scikit-learn's
+      default label set), with zero_division=0.
+    - ROC AUC and average precision are one-vs-rest per class and need positives and
+      negatives: classes absent from the true labels are left out of the macro average and
+      named in `notes`.
+    """
+    n = len(pred)
+    if n == 0:
+        raise ValueError("no predictions to assess")
+    classes = pred.classes
+    k = len(classes)
+    y = pred.true_indices
+    yhat = pred.pred_indices
+    probs = pred.probabilities
+    labels = list(range(k))
+    notes: list[str] = []
+
+    prec, rec, f1, support = precision_recall_fscore_support(
+        y, yhat, labels=labels, zero_division=0
+    )
+    present = support > 0
+    seen = present | np.isin(labels, yhat)
+    cm = confusion_matrix(y, yhat, labels=labels)
+
+    absent = [classes[c] for c in labels if not present[c]]
+    if absent:
+        notes.append(
+            f"classes absent from the true labels: {', '.join(absent)}; their recall and AUC are "
+            "undefined and left out of balanced accuracy and the AUC averages"
+        )
+
+    roc: list[float | None] = []
+    ap: list[float | None] = []
+    for c in labels:
+        pos = y == c
+        if 0 < pos.sum() < n:
+            roc.append(float(roc_auc_score(pos, probs[:, c])))
+            ap.append(float(average_precision_score(pos, probs[:, c])))
+        else:
+            roc.append(None)
+            ap.append(None)
+    if present.sum() == 1:
+        notes.append("only one class in the true labels: ROC and PR AUC are undefined")
+
+    per_class = {
+        classes[c]: {
+            "precision": float(prec[c]),
+            "recall": float(rec[c]) if present[c] else None,
+            "f1": float(f1[c]),
+            "support": int(support[c]),
+            "roc_auc": roc[c],
+            "average_precision": ap[c],
+        }
+        for c in labels
+    }
+    weights = support / support.sum()
+    out: dict[str, Any] = {
+        "n": int(n),
+        "classes": list(classes),
+        "accuracy": float(np.mean(y == yhat)),
+        "balanced_accuracy": float(np.mean(rec[present])),
+        "macro_f1": float(np.mean(f1[seen])),
+        "weighted_precision": float(np.sum(prec * weights)),
+        "weighted_recall": float(np.sum(rec * weights)),
+        "roc_auc_ovr_macro": _mean([r for r in roc if r is not None]),
+        "pr_auc_macro": _mean([a for a in ap if a is not None]),
+        "per_class": per_class,
+        "confusion_matrix": cm.astype(int).tolist(),
+        "notes": notes,
+    }
+    sources = pred.source_names
+    if len(sources) > 1:
+        out["per_source"] = {s: compute_metrics(pred.for_source(s)) for s in sources}
+    return out
+
+
+def bootstrap_ci(
+    pred: Predictions, *, n_boot: int = N_BOOT, seed: int = BOOT_SEED, level: float = 0.95
+) -> dict[str, list[float]]:
+    """Percentile bootstrap over samples of accuracy and balanced accuracy.
+
+    A fixed seed makes metrics.json reproducible. It resamples predictions only: the spread
+    from retraining on other data is what the per-fold sd shows.
+    """
+    n = len(pred)
+    y = pred.true_indices
+    correct = y == pred.pred_indices
+    rng = np.random.default_rng(seed)
+    acc = np.empty(n_boot)
+    bal = np.empty(n_boot)
+    onehot = np.stack([y == c for c in range(len(pred.classes))])  # K x N
+    hit = onehot & correct
+    chunk = max(1, 4_000_000 // max(n, 1))  # bounds memory for large sets
+    for start in range(0, n_boot, chunk):
+        stop = min(n_boot, start + chunk)
+        idx = rng.integers(0, n, size=(stop - start, n))
+        acc[start:stop] = correct[idx].mean(axis=1)
+        support = onehot[:, idx].sum(axis=2)  # K x B
+        hits = hit[:, idx].sum(axis=2)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            recall = np.where(support > 0, hits / np.maximum(support, 1), np.nan)
+        bal[start:stop] = np.nanmean(recall, axis=0)
+    tail = (1.0 - level) / 2.0 * 100.0
+    q = [tail, 100.0 - tail]
+    return {
+        "accuracy": [float(v) for v in np.percentile(acc, q)],
+        "balanced_accuracy": [float(v) for v in np.percentile(bal, q)],
+    }
+
+
+def cv_metrics(pred: Predictions, *, n_boot: int = N_BOOT, seed: int = BOOT_SEED) -> dict[str, Any]:
+    """Pooled out-of-fold metrics, one entry per fold, mean/sd across folds, bootstrap CIs.
+
+    Works for a single held-out set too (all folds -1): `folds` is then empty and the
+    *_mean/*_std keys are None. sd is the sample sd (ddof=1) across folds, None for one fold.
+    """
+    out = compute_metrics(pred)
+    fold_numbers = pred.fold_numbers
+    out["folds"] = [{"fold": f, **compute_metrics(pred.for_fold(f))} for f in fold_numbers]
+    unfolded = int(np.sum(pred.folds < 0))
+    if fold_numbers and unfolded:
+        out["notes"].append(f"{unfolded} samples have no fold: they count in the pooled metrics only")
+    for key in FOLD_SUMMARY_KEYS:
+        values = [f[key] for f in out["folds"] if f[key] is not None]
+        out[f"{key}_mean"] = _mean(values)
+        out[f"{key}_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else None
+    ci = bootstrap_ci(pred, n_boot=n_boot, seed=seed)
+    out["accuracy_ci95"] = ci["accuracy"]
+    out["balanced_accuracy_ci95"] = ci["balanced_accuracy"]
+    out["bootstrap"] = {"resamples": int(n_boot), "seed": int(seed), "level": 0.95}
+    return out
+
+
+def write_metrics_json(metrics: dict[str, Any], path: Path | str) -> Path:
+    """metrics.json; allow_nan=False so an undefined value can never slip in as NaN."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(metrics, indent=2, allow_nan=False) + "\n")
+    return path
