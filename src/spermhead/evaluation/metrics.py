@@ -18,7 +18,15 @@ from sklearn.metrics import (
 from spermhead.evaluation.predictions import Predictions
 
 # Summarised across folds as <key>_mean / <key>_std.
-FOLD_SUMMARY_KEYS = ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc_ovr_macro")
+FOLD_SUMMARY_KEYS = (
+    "accuracy",
+    "balanced_accuracy",
+    "macro_f1",
+    "weighted_precision",
+    "weighted_recall",
+    "roc_auc_ovr_macro",
+    "pr_auc_macro",
+)
 N_BOOT = 2000
 BOOT_SEED = 0
 

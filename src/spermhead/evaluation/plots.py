@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 
 from spermhead.evaluation.predictions import Predictions
@@ -61,6 +62,7 @@ def plot_training_curves(history: Sequence[dict[str, Any]]) -> Figure:
     ax_loss.set(title="loss", xlabel="epoch")
     ax_acc.set(title="accuracy", xlabel="epoch", ylim=(0, 1.02))
     for ax in (ax_loss, ax_acc):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7, ncol=2 if len(folds) > 3 else 1)
