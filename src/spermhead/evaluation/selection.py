@@ -1,0 +1,170 @@
+"""The model-selection table (the seed's Table I, done properly): every candidate on the same
+protocol, balanced accuracy next to accuracy, the spread across folds, cost per epoch and
+size, and the best row chosen by balanced accuracy, then accuracy."""
+
+from __future__ import annotations
+
+import csv
+import html
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from spermhead.evaluation.report import CSS, esc
+
+COLUMNS = [
+    "model",
+    "variant",
+    "accuracy",
+    "accuracy_sd",
+    "balanced_accuracy",
+    "balanced_accuracy_sd",
+    "weighted_precision",
+    "weighted_recall",
+    "macro_f1",
+    "time_per_epoch_s",
+    "parameters",
+    "best",
+]
+# Header of the human-readable tables (md/html), where the sd joins its mean.
+DISPLAY = [
+    ("model", "model"),
+    ("variant", "variant"),
+    ("accuracy", "accuracy"),
+    ("balanced_accuracy", "balanced accuracy"),
+    ("weighted_precision", "weighted precision"),
+    ("weighted_recall", "weighted recall"),
+    ("macro_f1", "macro F1"),
+    ("time_per_epoch_s", "time per epoch (s)"),
+    ("parameters", "parameters"),
+]
+_ALIASES = {
+    "time_per_epoch_s": ("time_per_epoch_s", "time_per_epoch", "seconds_per_epoch"),
+    "parameters": ("parameters", "params", "n_params"),
+}
+BEST_MARK = "★"
+
+
+def _first(row: Mapping[str, Any], names: Sequence[str]) -> Any:
+    for n in names:
+        if row.get(n) is not None:
+            return row[n]
+    return None
+
+
+def _num(v: Any) -> float | None:
+    return None if v is None else float(v)
+
+
+def _metric(row: Mapping[str, Any], key: str) -> tuple[float | None, float | None]:
+    """(value, sd): the mean across folds and its sd when the run was cross-validated,
+    otherwise the single held-out value. Flat keys on the row win over its `metrics`."""
+    m = {**(row.get("metrics") or {}), **{k: v for k, v in row.items() if k != "metrics"}}
+    if m.get(f"{key}_mean") is not None:
+        return _num(m[f"{key}_mean"]), _num(m.get(f"{key}_std"))
+    return _num(m.get(key)), _num(m.get(f"{key}_sd", m.get(f"{key}_std")))
+
+
+def selection_table(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Normalise candidate rows into dicts with exactly COLUMNS, input order kept.
+
+    Each input row has `model`, optional `variant` (e.g. "gray", "rgb, L2 0.01"), either a
+    `metrics` dict (cv_metrics/compute_metrics output) or flat metric keys, and optionally
+    `time_per_epoch_s` and `parameters`. `best` is True on exactly one row: the highest
+    balanced accuracy, ties broken by accuracy, then by order.
+    """
+    out: list[dict[str, Any]] = []
+    for r in rows:
+        acc, acc_sd = _metric(r, "accuracy")
+        bal, bal_sd = _metric(r, "balanced_accuracy")
+        params = _first(r, _ALIASES["parameters"])
+        out.append({
+            "model": str(r.get("model", "")),
+            "variant": str(r.get("variant", "") or ""),
+            "accuracy": acc,
+            "accuracy_sd": acc_sd,
+            "balanced_accuracy": bal,
+            "balanced_accuracy_sd": bal_sd,
+            "weighted_precision": _metric(r, "weighted_precision")[0],
+            "weighted_recall": _metric(r, "weighted_recall")[0],
+            "macro_f1": _metric(r, "macro_f1")[0],
+            "time_per_epoch_s": _num(_first(r, _ALIASES["time_per_epoch_s"])),
+            "parameters": None if params is None else int(params),
+            "best": False,
+        })
+    if out:
+        def key(i: int) -> tuple[float, float, int]:
+            e = out[i]
+            neg = float("-inf")
+            return (e["balanced_accuracy"] if e["balanced_accuracy"] is not None else neg,
+                    e["accuracy"] if e["accuracy"] is not None else neg, -i)
+
+        out[max(range(len(out)), key=key)]["best"] = True
+    return out
+
+
+def _cell(row: Mapping[str, Any], key: str) -> str:
+    """Display text (unescaped) for one cell."""
+    v = row[key]
+    if key in ("accuracy", "balanced_accuracy") and v is not None:
+        sd = row[f"{key}_sd"]
+        return f"{v:.3f}" + ("" if sd is None else f" ± {sd:.3f}")
+    if v is None:
+        return "n/a"
+    if key == "parameters":
+        return f"{v / 1e6:.2f} M" if v >= 100_000 else f"{v:,}"
+    if key == "time_per_epoch_s":
+        return f"{v:.1f}"
+    if isinstance(v, float):
+        return f"{v:.3f}"
+    return str(v)
+
+
+def _md_escape(s: str) -> str:
+    return s.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+
+
+def write_selection(rows: Sequence[Mapping[str, Any]], out_dir: Path | str) -> dict[str, Path]:
+    """selection.csv (raw numbers, sd in its own column), selection.md and selection.html
+    (mean ± sd, best row marked ★). Returns {"csv": path, "md": path, "html": path}."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table = selection_table(rows)
+    note = ("Where a run was cross-validated, every metric is the mean across folds (accuracy and "
+            "balanced accuracy ± sd). " + BEST_MARK + " marks the best row by balanced accuracy, then accuracy.")
+
+    csv_path = out_dir / "selection.csv"
+    with open(csv_path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(COLUMNS)
+        for r in table:
+            w.writerow(["" if r[c] is None else (repr(r[c]) if isinstance(r[c], float) else r[c])
+                        for c in COLUMNS])
+
+    md = ["| " + " | ".join(h for _, h in DISPLAY) + " |", "|" + "---|" * len(DISPLAY)]
+    for r in table:
+        cells = [_md_escape(_cell(r, k)) for k, _ in DISPLAY]
+        if r["best"]:
+            cells = [f"**{c}**" if c else c for c in cells]
+            cells[0] = f"{cells[0]} {BEST_MARK}"
+        md.append("| " + " | ".join(cells) + " |")
+    md_path = out_dir / "selection.md"
+    md_path.write_text("# Model selection\n\n" + "\n".join(md) + f"\n\n{note}\n", encoding="utf-8")
+
+    head = "".join(f"<th>{esc(h)}</th>" for _, h in DISPLAY)
+    body = []
+    for r in table:
+        cells = [esc(_cell(r, k)) for k, _ in DISPLAY]
+        if r["best"]:
+            cells[0] += f" {BEST_MARK}"
+        cls = ' class="best"' if r["best"] else ""
+        body.append(f"<tr{cls}>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    html_path = out_dir / "selection.html"
+    html_path.write_text(
+        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>Model selection</title>'
+        f"<style>{CSS}</style></head><body><h1>Model selection</h1>"
+        f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+        f'<p class="muted">{html.escape(note)}</p></body></html>\n',
+        encoding="utf-8",
+    )
+    return {"csv": csv_path, "md": md_path, "html": html_path}
