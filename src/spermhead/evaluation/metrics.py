@@ -124,6 +124,8 @@ def bootstrap_ci(
     A fixed seed makes metrics.json reproducible. It resamples predictions only: the spread
     from retraining on other data is what the per-fold sd shows.
     """
+    # Canonical (id) order, so the same predictions give the same CI whatever their row order.
+    pred = pred.sorted_by_id()
     n = len(pred)
     y = pred.true_indices
     correct = y == pred.pred_indices

@@ -1,0 +1,283 @@
+"""Evaluation package: synthetic numbers only, fast."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.metrics import balanced_accuracy_score, f1_score, precision_score, roc_auc_score
+
+from spermhead.data.samples import Sample, SampleTable
+from spermhead.evaluation.metrics import compute_metrics, cv_metrics, write_metrics_json
+from spermhead.evaluation.plots import write_plots
+from spermhead.evaluation.predictions import Predictions, concat
+from spermhead.evaluation.report import write_report
+from spermhead.evaluation.selection import COLUMNS, selection_table, write_selection
+
+CLASSES = ["normal", "tapered", "pyriform", "small", "amorphous"]
+SCIAN_COUNTS = {"normal": 100, "tapered": 228, "pyriform": 76, "small": 72, "amorphous": 656}
+
+
+def make_table(counts: dict[str, int], *, sources: tuple[str, ...] = ("scian",), seed: int = 0) -> SampleTable:
+    """Samples in label-shuffled order, ids unrelated to position."""
+    rng = np.random.default_rng(seed)
+    labels = [c for c, n in counts.items() for _ in range(n)]
+    rng.shuffle(labels)
+    samples = [
+        Sample(id=f"img-{rng.integers(1e9):09d}-{i}", path=Path(f"{i}.png"), label=lab,
+               source=sources[i % len(sources)])
+        for i, lab in enumerate(labels)
+    ]
+    return SampleTable("synthetic", samples, list(counts))
+
+
+def model_probs(table: SampleTable, *, strength: float = 1.5, seed: int = 1) -> dict[str, np.ndarray]:
+    """A decent fake model: probabilities per sample id, leaning to the true class."""
+    rng = np.random.default_rng(seed)
+    k = len(table.classes)
+    out = {}
+    for s, y in zip(table.samples, table.label_indices, strict=True):
+        logits = rng.normal(size=k)
+        logits[y] += strength
+        p = np.exp(logits)
+        out[s.id] = p / p.sum()
+    return out
+
+
+def folds_for(table: SampleTable, k: int = 5) -> dict[str, int]:
+    return {s.id: i % k for i, s in enumerate(table.samples)}
+
+
+def oof_predictions(table: SampleTable, probs: dict[str, np.ndarray], folds: dict[str, int],
+                    order: list[str]) -> Predictions:
+    return Predictions.from_model_output(
+        order, np.stack([probs[i] for i in order]), table, folds=[folds[i] for i in order]
+    )
+
+
+@pytest.fixture(scope="module")
+def scian() -> SampleTable:
+    return make_table(SCIAN_COUNTS, sources=("scian", "hushem"))
+
+
+@pytest.fixture(scope="module")
+def oof(scian: SampleTable) -> Predictions:
+    ids = [s.id for s in scian.samples]
+    return oof_predictions(scian, model_probs(scian), folds_for(scian), ids)
+
+
+# ---------------------------------------------------------------- the seed's bug, made impossible
+
+
+def test_row_order_does_not_change_any_metric(scian: SampleTable) -> None:
+    probs, folds = model_probs(scian), folds_for(scian)
+    ids = [s.id for s in scian.samples]
+    shuffled = list(np.random.default_rng(7).permutation(ids))
+    a = cv_metrics(oof_predictions(scian, probs, folds, ids))
+    b = cv_metrics(oof_predictions(scian, probs, folds, shuffled))
+    assert json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+    # The seed's comparison (shuffled predictions against labels in table order) scores far lower.
+    y_table = np.array(scian.label_indices)
+    y_pred_shuffled = np.stack([probs[i] for i in shuffled]).argmax(1)
+    assert np.mean(y_table == y_pred_shuffled) < a["accuracy"] - 0.15
+
+
+def test_from_model_output_looks_labels_up_by_id(scian: SampleTable) -> None:
+    s = scian.samples[3]
+    p = np.zeros((1, len(CLASSES)))
+    p[0, CLASSES.index(s.label)] = 1.0
+    pred = Predictions.from_model_output([s.id], p, scian, folds=2)
+    assert pred.true == [s.label] and pred.pred == [s.label] and pred.sources == [s.source]
+    assert pred.folds.tolist() == [2]
+    with pytest.raises(ValueError, match="not in dataset"):
+        Predictions.from_model_output(["nope"], p, scian)
+
+
+def test_construction_validates() -> None:
+    ok = {"ids": ["a", "b"], "sources": ["s", "s"], "folds": [0, 1], "true": ["x", "y"],
+          "probabilities": [[0.7, 0.3], [0.2, 0.8]], "classes": ["x", "y"]}
+    assert Predictions(**ok).pred == ["x", "y"]
+    for change, msg in [
+        ({"ids": ["a", "a"]}, "duplicate"),
+        ({"probabilities": [[0.7, 0.3, 0.0], [0.2, 0.8, 0.0]]}, "shape"),
+        ({"probabilities": [[0.7, 0.7], [0.2, 0.8]]}, "sum to 1"),
+        ({"true": ["x", "z"]}, "not among the classes"),
+        ({"folds": [0]}, "folds"),
+    ]:
+        with pytest.raises(ValueError, match=msg):
+            Predictions(**{**ok, **change})
+
+
+# ---------------------------------------------------------------- metrics
+
+
+def test_metrics_agree_with_sklearn(oof: Predictions) -> None:
+    m = compute_metrics(oof)
+    y, yhat = oof.true_indices, oof.pred_indices
+    assert m["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(y, yhat))
+    assert m["macro_f1"] == pytest.approx(f1_score(y, yhat, average="macro"))
+    assert m["weighted_precision"] == pytest.approx(precision_score(y, yhat, average="weighted"))
+    assert m["weighted_recall"] == pytest.approx(m["accuracy"])
+    assert m["roc_auc_ovr_macro"] == pytest.approx(roc_auc_score(y, oof.probabilities, multi_class="ovr"))
+    assert m["n"] == len(oof) and m["classes"] == CLASSES
+    assert sum(map(sum, m["confusion_matrix"])) == len(oof)
+    assert [m["per_class"][c]["support"] for c in CLASSES] == list(SCIAN_COUNTS.values())
+    assert set(m["per_source"]) == {"hushem", "scian"}
+    assert m["per_source"]["scian"]["n"] + m["per_source"]["hushem"]["n"] == len(oof)
+
+
+def test_perfect_predictions() -> None:
+    table = make_table({"normal": 20, "tapered": 15, "amorphous": 40})
+    onehot = np.eye(3)[table.label_indices] * 0.9 + 0.1 / 3
+    m = compute_metrics(Predictions.from_model_output([s.id for s in table.samples], onehot, table))
+    for key in ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc_ovr_macro", "pr_auc_macro"):
+        assert m[key] == pytest.approx(1.0), key
+    assert "per_source" not in m
+
+
+def test_random_predictions_are_at_chance() -> None:
+    k, n = 4, 4000
+    table = make_table({c: n // k for c in CLASSES[:k]}, seed=3)
+    probs = np.random.default_rng(4).dirichlet(np.ones(k), size=n)
+    m = compute_metrics(Predictions.from_model_output([s.id for s in table.samples], probs, table))
+    assert m["accuracy"] == pytest.approx(1 / k, abs=0.04)
+    assert m["balanced_accuracy"] == pytest.approx(1 / k, abs=0.04)
+    assert m["roc_auc_ovr_macro"] == pytest.approx(0.5, abs=0.04)
+    assert m["pr_auc_macro"] == pytest.approx(1 / k, abs=0.04)
+
+
+def test_constant_majority_on_scian_imbalance(scian: SampleTable) -> None:
+    probs = np.tile([0.05, 0.05, 0.05, 0.05, 0.8], (len(scian), 1))
+    m = compute_metrics(Predictions.from_model_output([s.id for s in scian.samples], probs, scian))
+    assert m["accuracy"] == pytest.approx(656 / 1132) and round(m["accuracy"], 2) == 0.58
+    assert m["balanced_accuracy"] == pytest.approx(0.2)
+    assert m["roc_auc_ovr_macro"] == pytest.approx(0.5)
+
+
+def test_absent_class_is_left_out_of_auc_and_noted() -> None:
+    table = make_table({"normal": 30, "tapered": 30, "pyriform": 30}, seed=5)
+    k = 4  # the model also knows "amorphous", which this data lacks
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(len(table), k))
+    logits[np.arange(len(table)), table.label_indices] += 2
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    pred = Predictions.from_model_output([s.id for s in table.samples], probs, table,
+                                         classes=["normal", "tapered", "pyriform", "amorphous"])
+    m = compute_metrics(pred)
+    assert m["per_class"]["amorphous"]["roc_auc"] is None
+    assert m["per_class"]["amorphous"]["recall"] is None
+    aucs = [m["per_class"][c]["roc_auc"] for c in ("normal", "tapered", "pyriform")]
+    assert m["roc_auc_ovr_macro"] == pytest.approx(np.mean(aucs))
+    assert any("amorphous" in note for note in m["notes"])
+    json.dumps(m, allow_nan=False)
+
+
+def test_cv_metrics_folds_ci_and_determinism(oof: Predictions, tmp_path: Path) -> None:
+    a, b = cv_metrics(oof), cv_metrics(oof)
+    assert a == b
+    assert [f["fold"] for f in a["folds"]] == [0, 1, 2, 3, 4]
+    assert sum(f["n"] for f in a["folds"]) == len(oof)
+    lo, hi = a["accuracy_ci95"]
+    assert lo < a["accuracy"] < hi
+    lo, hi = a["balanced_accuracy_ci95"]
+    assert lo < a["balanced_accuracy"] < hi
+    accs = [f["accuracy"] for f in a["folds"]]
+    assert a["accuracy_mean"] == pytest.approx(np.mean(accs))
+    assert a["accuracy_std"] == pytest.approx(np.std(accs, ddof=1))
+    for key in ("balanced_accuracy_mean", "balanced_accuracy_std", "macro_f1_mean", "macro_f1_std"):
+        assert isinstance(a[key], float)
+    path = write_metrics_json(a, tmp_path / "metrics.json")
+    assert json.loads(path.read_text()) == a
+
+
+def test_cv_metrics_without_folds(scian: SampleTable) -> None:
+    pred = Predictions.from_model_output([s.id for s in scian.samples][:200],
+                                         np.stack(list(model_probs(scian).values()))[:200], scian)
+    m = cv_metrics(pred, n_boot=1000)
+    assert m["folds"] == [] and m["accuracy_mean"] is None and m["accuracy_std"] is None
+    assert m["accuracy_ci95"][0] <= m["accuracy"] <= m["accuracy_ci95"][1]
+
+
+# ---------------------------------------------------------------- assembly and files
+
+
+def test_concat_assembles_folds_and_refuses_duplicates(oof: Predictions) -> None:
+    parts = [oof.for_fold(f) for f in oof.fold_numbers]
+    joined = concat(parts[::-1])
+    assert sorted(joined.ids) == sorted(oof.ids)
+    assert compute_metrics(joined) == compute_metrics(oof)
+    with pytest.raises(ValueError, match="more than one part"):
+        concat([parts[0], parts[1], parts[0]])
+
+
+def test_csv_roundtrip(oof: Predictions, tmp_path: Path) -> None:
+    odd = Predictions(ids=['a,b "c"', "d\ne"], sources=["s", "t"], folds=[-1, 3], true=["x", "y"],
+                      probabilities=[[1 / 3, 2 / 3], [0.1, 0.9]], classes=["x", "y"])
+    for pred in (oof, odd):
+        path = pred.write_csv(tmp_path / "predictions.csv")
+        back = Predictions.read_csv(path)
+        assert back.ids == pred.ids and back.sources == pred.sources and back.true == pred.true
+        assert back.pred == pred.pred and back.classes == pred.classes
+        assert back.folds.tolist() == pred.folds.tolist()
+        np.testing.assert_allclose(back.probabilities, pred.probabilities, rtol=0, atol=1e-6)
+    with open(tmp_path / "predictions.csv", newline="") as fh:
+        assert next(csv.reader(fh)) == ["id", "source", "fold", "true", "pred", "p_x", "p_y"]
+
+
+# ---------------------------------------------------------------- plots and report
+
+
+def test_report_is_self_contained_and_escaped(tmp_path: Path) -> None:
+    classes = ["normal", "<b>x</b>", "amorphous"]
+    table = SampleTable("t", [Sample(id=f"s{i}", path=Path("p"), label=classes[i % 3], source="a")
+                              for i in range(60)], classes)
+    probs = np.random.default_rng(0).dirichlet(np.ones(3), size=60)
+    pred = Predictions.from_model_output([s.id for s in table.samples], probs, table,
+                                         folds=[i % 2 for i in range(60)])
+    history = [{"fold": f, "epoch": e, "train_loss": 1 / (e + 1), "val_loss": 1.1 / (e + 1),
+                "train_acc": 0.5 + e / 10, "val_acc": 0.4 + e / 10} for f in range(2) for e in range(4)]
+    plots = write_plots(pred, history, tmp_path / "plots")
+    assert set(plots) == {"training_curves", "confusion_counts", "confusion_normalized", "roc", "pr"}
+    assert all(p.is_file() and p.read_bytes()[:4] == b"\x89PNG" for p in plots.values())
+    config = {"dataset": "<script>alert(1)</script>", "model": {"name": "spermnet"},
+              "protocol": {"kind": "cv", "folds": 2}}
+    path = write_report(tmp_path, config, cv_metrics(pred, n_boot=1000), plots, {"note": "a < b"})
+    text = path.read_text()
+    assert path.name == "report.html"
+    assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", text, re.I)
+    assert "http://" not in text and "https://" not in text
+    assert len(re.findall(r'<img src="data:image/png;base64,', text)) == len(plots)
+    assert "<b>x</b>" not in text and "&lt;b&gt;x&lt;/b&gt;" in text
+    assert "<script>" not in text and "&lt;script&gt;" in text
+    assert "a &lt; b" in text
+    assert "average recall" in text
+
+
+# ---------------------------------------------------------------- model selection
+
+
+def test_selection_files(oof: Predictions, tmp_path: Path) -> None:
+    rows = [
+        {"model": "model 1", "variant": "gray", "metrics": cv_metrics(oof, n_boot=1000),
+         "time_per_epoch_s": 2.5, "parameters": 123456},
+        {"model": "alexnet", "variant": "rgb, L2", "accuracy": 0.55, "balanced_accuracy": 0.9},
+        {"model": "effnet", "variant": "rgb", "accuracy": 0.58, "balanced_accuracy": 0.2},
+    ]
+    table = selection_table(rows)
+    assert [r["best"] for r in table] == [False, True, False]
+    assert table[0]["accuracy_sd"] is not None
+    paths = write_selection(rows, tmp_path)
+    assert {p.name for p in paths.values()} == {"selection.md", "selection.csv", "selection.html"}
+    with open(paths["csv"], newline="") as fh:
+        got = list(csv.DictReader(fh))
+    assert list(got[0]) == COLUMNS and [r["best"] for r in got] == ["False", "True", "False"]
+    md = paths["md"].read_text()
+    for header in ("model", "variant", "accuracy", "balanced accuracy", "weighted precision",
+                   "weighted recall", "macro F1", "time per epoch (s)", "parameters"):
+        assert f"| {header} |" in md
+    assert "±" in md and "★" in md
+    assert 'class="best"' in paths["html"].read_text()
