@@ -61,3 +61,104 @@ def data_summary(
         for label, n in summary[key].items():
             table.add_row(label, str(n))
         console.print(table)
+
+
+@app.command("train")
+@friendly
+def train(
+    name: Annotated[str, typer.Argument(help="Dataset name or folder (see `data summary`)")],
+    out: Annotated[Path, typer.Option("--out", help="Run directory to create")],
+    data_dir: DataDir = None,
+    model: Annotated[str | None, typer.Option(help="Model name (see `spermhead models`)")] = None,
+    cv: Annotated[int | None, typer.Option("--cv", help="Stratified K-fold CV")] = None,
+    split: Annotated[str | None, typer.Option(help="'folders' (train/val/test) or e.g. 60/30/10")] = None,
+    grouped: Annotated[bool | None, typer.Option("--grouped", help="CV folds by acquisition group")] = None,
+    recipe: Annotated[str, typer.Option(help="default or seed (the seed report's training)")] = "default",
+    epochs: Annotated[int | None, typer.Option()] = None,
+    image_size: Annotated[int | None, typer.Option(help="Canonical image size in pixels")] = None,
+    color: Annotated[str | None, typer.Option(help="gray or rgb")] = None,
+    seed: Annotated[int, typer.Option(help="One seed fixes the run")] = 0,
+    batch_size: Annotated[int | None, typer.Option()] = None,
+    lr: Annotated[float | None, typer.Option()] = None,
+    optimizer: Annotated[str | None, typer.Option(help="adamw, adam or sgd")] = None,
+    schedule: Annotated[str | None, typer.Option(help="onecycle, cosine, plateau or none")] = None,
+    balance: Annotated[str | None, typer.Option(help="none, sampler, loss or offline")] = None,
+    augment: Annotated[str | None, typer.Option(help="none, light, aligned, seed or strong")] = None,
+    label_smoothing: Annotated[float | None, typer.Option()] = None,
+    mixup: Annotated[float | None, typer.Option(help="Mixup Beta(a, a); 0 disables")] = None,
+    tta: Annotated[bool | None, typer.Option("--tta/--no-tta", help="Flip test-time augmentation")] = None,
+    pretrained: Annotated[bool | None, typer.Option("--pretrained", help="Hub weights (online only)")] = None,
+    weights: Annotated[str | None, typer.Option(help="Local backbone weights (.safetensors or .pth)")] = None,
+    l2_conv: Annotated[float | None, typer.Option(help="L2 penalty on conv weights")] = None,
+    final: Annotated[str | None, typer.Option(help="After CV: ensemble of folds or refit on all data")] = None,
+    operating_point: Annotated[str | None, typer.Option(help="accuracy or balanced")] = None,
+    logger: Annotated[list[str] | None, typer.Option(help="Extra loggers: tensorboard, mlflow")] = None,
+    threads: Annotated[int | None, typer.Option(help="Torch CPU threads")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing run directory")] = False,
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted run from its last checkpoint")] = False,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
+) -> None:
+    """Train and assess a model under CV or a fixed split; writes a run directory with a bundle."""
+    from spermhead.config import load_config
+    from spermhead.training.options import build_run_config
+    from spermhead.training.run import train_run
+
+    if resume and (out / "config.yaml").is_file():
+        cfg = load_config(out / "config.yaml")  # the interrupted run's own settings
+    else:
+        cfg = build_run_config(
+            name, str(out), recipe=recipe, data_dir=str(data_dir) if data_dir else None, seed=seed, cv=cv,
+            split=split, operating_point=operating_point, loggers=("csv", *(logger or [])),
+            model=model, grouped=grouped, epochs=epochs, image_size=image_size, color=color,
+            batch_size=batch_size, lr=lr, optimizer=optimizer, schedule=schedule, balance=balance,
+            augment=augment, label_smoothing=label_smoothing, mixup=mixup, tta=tta, pretrained=pretrained,
+            weights=weights, l2_conv=l2_conv, final_model=final, threads=threads,
+        )
+    result = train_run(cfg, overwrite=overwrite, resume=resume, progress=progress)
+    print_run_summary(result.out, result.metrics)
+
+
+def print_run_summary(out: Path, metrics: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    table = Table("metric", "value", title=f"{out}")
+    for key in ("accuracy", "balanced_accuracy", "macro_f1", "weighted_precision", "weighted_recall",
+                "roc_auc_ovr_macro", "pr_auc_macro"):
+        if metrics.get(key) is not None:
+            value = f"{metrics[key]:.4f}"
+            if key == "accuracy" and "accuracy_std" in metrics:
+                value += f" +/- {metrics['accuracy_std']:.4f} (folds)"
+            table.add_row(key, value)
+    console.print(table)
+    console.print(f"report: {out / 'report.html'}\nbundle: {out / 'model'}\n"
+                  f"serve it: spermhead serve --model {out / 'model'}")
+
+
+@app.command("select")
+@friendly
+def select(
+    name: Annotated[str, typer.Argument(help="Dataset name or folder")],
+    models: Annotated[str, typer.Option(help="Comma-separated model names")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for the runs and the selection table")],
+    data_dir: DataDir = None,
+    cv: Annotated[int | None, typer.Option("--cv")] = None,
+    split: Annotated[str | None, typer.Option(help="'folders' or e.g. 60/30/10")] = None,
+    variants: Annotated[bool, typer.Option("--variants", help="Add gray/RGB x L2 variants")] = False,
+    recipe: Annotated[str, typer.Option()] = "default",
+    epochs: Annotated[int | None, typer.Option()] = None,
+    image_size: Annotated[int | None, typer.Option()] = None,
+    color: Annotated[str | None, typer.Option()] = None,
+    seed: Annotated[int, typer.Option()] = 0,
+    overwrite: Annotated[bool, typer.Option()] = False,
+    resume: Annotated[bool, typer.Option()] = False,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
+) -> None:
+    """Train several models under one protocol and write the model-selection table."""
+    from spermhead.training.options import build_run_config
+    from spermhead.training.select import select_models
+
+    base = build_run_config(name, str(out), recipe=recipe, data_dir=str(data_dir) if data_dir else None,
+                            seed=seed, cv=cv, split=split, epochs=epochs, image_size=image_size, color=color)
+    names = [m.strip() for m in models.split(",") if m.strip()]
+    select_models(base, names, out, variants=variants, overwrite=overwrite, resume=resume, progress=progress)
+    console.print(f"selection table: {out / 'selection.md'} (also .csv and .html)")

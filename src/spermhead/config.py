@@ -31,6 +31,7 @@ class ModelConfig:
     weights: str | None = None  # local .safetensors or .pth
     l2_conv: float = 0.0  # extra L2 penalty on conv weights (the seed's variants 2.c/2.d)
     drop_rate: float = 0.1
+    kwargs: dict[str, Any] = field(default_factory=dict)  # structural options, e.g. {"width": 32}
 
 
 @dataclass
@@ -58,7 +59,7 @@ class TrainConfig:
 
 @dataclass
 class ProtocolConfig:
-    kind: str = "cv"  # cv | folders | random
+    kind: str = "auto"  # auto (folders if the dataset has train/val/test, else cv) | cv | folders | random
     folds: int = 5
     split: tuple[float, float, float] = (0.6, 0.3, 0.1)  # train/val/test for kind=random
     grouped: bool = False  # CV folds by acquisition group
@@ -72,6 +73,7 @@ class RunConfig:
     out: str = "runs/latest"
     seed: int = 0
     operating_point: str = "accuracy"  # accuracy | balanced (prior correction chosen on val)
+    loggers: tuple[str, ...] = ("csv",)  # csv, tensorboard, mlflow
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

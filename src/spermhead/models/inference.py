@@ -63,3 +63,24 @@ class Ensemble(nn.Module):
             return self.members[0](x)
         probs = torch.stack([m(x).softmax(-1) for m in self.members]).mean(0)
         return probs.clamp_min(1e-12).log()
+
+
+class Standardize(nn.Module):
+    """Per-channel standardisation with statistics from a fold's training side. It travels
+    inside each model, so fold ensembles and ONNX exports carry their own statistics."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+def standardized(net: nn.Module, channels: int, mean: Sequence[float] | None = None,
+                 std: Sequence[float] | None = None) -> nn.Sequential:
+    """`net` behind a Standardize layer; inputs are then plain [0, 1] images."""
+    mean = list(mean) if mean is not None else [0.0] * channels
+    std = list(std) if std is not None else [1.0] * channels
+    return nn.Sequential(Standardize(mean, std), net)

@@ -14,7 +14,7 @@ from torch import nn
 from spermhead import __version__
 from spermhead.config import PreprocessConfig
 from spermhead.errors import SpermheadError
-from spermhead.models.inference import Ensemble
+from spermhead.models.inference import Ensemble, standardized
 
 BUNDLE_FORMAT = 1
 
@@ -24,8 +24,6 @@ class BundleMeta:
     architecture: str  # registry name, e.g. "spermnet" or "timm:resnet18"
     classes: list[str]
     preprocess: dict[str, Any]  # PreprocessConfig as a dict
-    mean: list[float]
-    std: list[float]
     in_chans: int
     image_size: int
     model_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -35,7 +33,11 @@ class BundleMeta:
     class_bias: list[float] | None = None  # log-prior correction of the chosen operating point
     operating_point: str = "accuracy"
     uncertainty_threshold: float = 0.6  # top probability below this flags "uncertain"
+    operating_points: dict[str, list[float]] = field(default_factory=dict)  # name -> class_bias
     run: dict[str, Any] = field(default_factory=dict)  # dataset, protocol, headline metrics
+    # Inputs are [0, 1] images; each member standardises with its own training-side statistics.
+    mean: list[float] = field(default_factory=lambda: [0.0])
+    std: list[float] = field(default_factory=lambda: [1.0])
     format: int = BUNDLE_FORMAT
     version: str = __version__
 
@@ -52,9 +54,11 @@ class Bundle:
 
 
 def save_bundle(directory: Path, members: list[nn.Module], meta: BundleMeta) -> Path:
+    """`members` are `standardized(net)` modules: a Standardize layer, then the registry's net."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     meta.members = len(members)
+    meta.mean, meta.std = [0.0] * meta.in_chans, [1.0] * meta.in_chans
     tensors = {}
     for i, m in enumerate(members):
         for k, v in m.state_dict().items():
@@ -81,10 +85,11 @@ def load_bundle(directory: Path | str) -> Bundle:
     state = load_file(str(weights_path))
     members = []
     for i in range(meta.members):
-        model = build_model(
+        net = build_model(
             meta.architecture, num_classes=len(meta.classes), in_chans=meta.in_chans,
             image_size=meta.image_size, **meta.model_kwargs,
         )
+        model = standardized(net, meta.in_chans)
         prefix = f"member{i}."
         model.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
         members.append(model.eval())

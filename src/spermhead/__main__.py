@@ -1,0 +1,3 @@
+from spermhead.cli import app
+
+app(prog_name="spermhead")

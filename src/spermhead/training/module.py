@@ -1,0 +1,97 @@
+"""The Lightning module: loss, optimiser, schedule and batched augmentation around any net."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from spermhead.config import TrainConfig
+from spermhead.errors import ConfigError
+from spermhead.training.augment import augment_batch, get_spec
+
+
+class HeadClassifier(L.LightningModule):
+    """`model` takes [0, 1] images (it standardises internally) and returns logits."""
+
+    def __init__(self, model: nn.Module, cfg: TrainConfig, steps_per_epoch: int,
+                 loss_weights: torch.Tensor | None = None, l2_conv: float = 0.0) -> None:
+        super().__init__()
+        self.model = model
+        self.cfg = cfg
+        self.steps_per_epoch = max(1, steps_per_epoch)
+        self.augment = get_spec(cfg.augment)
+        self.l2_conv = l2_conv
+        self.register_buffer("loss_weights", loss_weights if loss_weights is not None else torch.tensor([]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        x, y = batch
+        x = x.float().div_(255)
+        if self.training and self.trainer.training:
+            x = augment_batch(x, self.augment)
+        return x, y
+
+    def _loss(self, logits: torch.Tensor, y: torch.Tensor, smoothing: float) -> torch.Tensor:
+        weight = self.loss_weights if self.loss_weights.numel() else None
+        return F.cross_entropy(logits, y, weight=weight, label_smoothing=smoothing)
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        if self.cfg.mixup > 0:
+            lam = float(torch.distributions.Beta(self.cfg.mixup, self.cfg.mixup).sample())
+            perm = torch.randperm(x.shape[0])
+            logits = self(lam * x + (1 - lam) * x[perm])
+            loss = lam * self._loss(logits, y, self.cfg.label_smoothing) + (1 - lam) * self._loss(
+                logits, y[perm], self.cfg.label_smoothing)
+        else:
+            logits = self(x)
+            loss = self._loss(logits, y, self.cfg.label_smoothing)
+        if self.l2_conv > 0:
+            from spermhead.models.registry import conv_l2_penalty
+
+            loss = loss + conv_l2_penalty(self.model)
+        acc = (logits.argmax(-1) == y).float().mean()
+        self.log_dict({"train_loss": loss, "train_acc": acc}, on_step=False, on_epoch=True,
+                      batch_size=x.shape[0])
+        return loss
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        x, y = batch
+        logits = self(x)
+        loss = self._loss(logits, y, 0.0)
+        acc = (logits.argmax(-1) == y).float().mean()
+        # Small validation sets tie on accuracy often; the loss breaks ties.
+        self.log_dict({"val_loss": loss, "val_acc": acc, "val_score": acc - 1e-3 * loss},
+                      on_step=False, on_epoch=True, batch_size=x.shape[0])
+
+    def configure_optimizers(self) -> Any:
+        cfg = self.cfg
+        params = [p for p in self.parameters() if p.requires_grad]
+        if cfg.optimizer == "adamw":
+            opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        elif cfg.optimizer == "adam":
+            opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        elif cfg.optimizer == "sgd":
+            opt = torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay)
+        else:
+            raise ConfigError(f"unknown optimizer {cfg.optimizer!r}: adamw, adam or sgd")
+        total = cfg.epochs * self.steps_per_epoch
+        if cfg.schedule == "onecycle":
+            pct = min(0.3, max(cfg.warmup_epochs, 1) / max(cfg.epochs, 1))
+            sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total, pct_start=pct)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        if cfg.schedule == "cosine":
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        if cfg.schedule == "plateau":
+            sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=5)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": "val_loss"}}
+        if cfg.schedule == "none":
+            return opt
+        raise ConfigError(f"unknown schedule {cfg.schedule!r}: onecycle, cosine, plateau or none")

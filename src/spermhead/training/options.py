@@ -1,0 +1,66 @@
+"""Build a RunConfig from command-line options: recipe first, then explicit options."""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from typing import Any
+
+from spermhead.config import RunConfig
+from spermhead.errors import ConfigError
+from spermhead.training.protocols import parse_split
+from spermhead.training.recipes import apply_recipe
+
+# option name -> (config section, field)
+_FIELDS = {
+    "image_size": ("preprocess", "image_size"), "color": ("preprocess", "color"),
+    "align": ("preprocess", "align"),
+    "model": ("model", "name"), "pretrained": ("model", "pretrained"), "weights": ("model", "weights"),
+    "l2_conv": ("model", "l2_conv"), "drop_rate": ("model", "drop_rate"),
+    "epochs": ("train", "epochs"), "batch_size": ("train", "batch_size"), "lr": ("train", "lr"),
+    "optimizer": ("train", "optimizer"), "schedule": ("train", "schedule"),
+    "weight_decay": ("train", "weight_decay"), "balance": ("train", "balance"),
+    "augment": ("train", "augment"), "label_smoothing": ("train", "label_smoothing"),
+    "mixup": ("train", "mixup"), "tta": ("train", "tta"), "val_fraction": ("train", "val_fraction"),
+    "monitor": ("train", "monitor"), "patience": ("train", "early_stopping_patience"),
+    "threads": ("train", "num_threads"),
+    "grouped": ("protocol", "grouped"), "final_model": ("protocol", "final_model"),
+}
+
+
+def build_run_config(dataset: str, out: str, *, recipe: str = "default", data_dir: str | None = None,
+                     seed: int = 0, cv: int | None = None, split: str | None = None,
+                     operating_point: str | None = None, loggers: tuple[str, ...] = ("csv",),
+                     **options: Any) -> RunConfig:
+    cfg = apply_recipe(RunConfig(dataset=dataset, data_dir=data_dir, out=out, seed=seed), recipe)
+    cfg.loggers = tuple(loggers)
+    if cv is not None and split is not None:
+        raise ConfigError("use either --cv K or --split, not both")
+    if cv is not None:
+        if cv < 2:
+            raise ConfigError(f"--cv {cv}: K-fold CV needs K >= 2")
+        cfg.protocol.kind, cfg.protocol.folds = "cv", cv
+    elif split is not None:
+        kind, fractions = parse_split(split)
+        cfg.protocol.kind = kind
+        if fractions is not None:
+            cfg.protocol.split = fractions
+    if operating_point is not None:
+        if operating_point not in ("accuracy", "balanced"):
+            raise ConfigError(f"--operating-point {operating_point!r}: accuracy or balanced")
+        cfg.operating_point = operating_point
+    for name, value in options.items():
+        if value is None:
+            continue
+        if name not in _FIELDS:
+            raise ConfigError(f"unknown training option {name!r}")
+        section, attr = _FIELDS[name]
+        setattr(getattr(cfg, section), attr, value)
+    if cfg.preprocess.color not in ("gray", "rgb"):
+        raise ConfigError(f"--color {cfg.preprocess.color!r}: gray or rgb")
+    if cfg.protocol.final_model not in ("ensemble", "refit"):
+        raise ConfigError(f"--final {cfg.protocol.final_model!r}: ensemble or refit")
+    return cfg
+
+
+def known_options() -> set[str]:
+    return set(_FIELDS) | {f.name for f in fields(RunConfig)}

@@ -1,0 +1,96 @@
+"""Evaluation protocols. Splits come first: every later step sees only its fold's training side."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, train_test_split
+
+from spermhead.config import ProtocolConfig
+from spermhead.data.samples import SampleTable
+from spermhead.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Fold:
+    index: int
+    train: np.ndarray  # indices into the sample table
+    val: np.ndarray  # carved from the training side: early stopping and checkpoint choice
+    test: np.ndarray  # scored once, by the checkpoint chosen on val
+
+
+def make_folds(table: SampleTable, protocol: ProtocolConfig, seed: int, val_fraction: float) -> list[Fold]:
+    y = np.asarray(table.label_indices)
+    if protocol.kind == "folders":
+        return [_folder_split(table)]
+    if protocol.kind == "random":
+        return [_random_split(y, protocol.split, seed)]
+    if protocol.kind != "cv":
+        raise ConfigError(f"unknown protocol {protocol.kind!r}: use cv, folders or random")
+    _check_enough(table, protocol.folds)
+    idx = np.arange(len(y))
+    if protocol.grouped:
+        groups = np.asarray([s.group or s.source for s in table.samples])
+        if len(set(groups)) < protocol.folds:
+            raise ConfigError(f"--grouped needs at least {protocol.folds} acquisition groups, "
+                              f"found {len(set(groups))}")
+        splitter = StratifiedGroupKFold(protocol.folds, shuffle=True, random_state=seed)
+        splits = splitter.split(idx, y, groups)
+    else:
+        splits = StratifiedKFold(protocol.folds, shuffle=True, random_state=seed).split(idx, y)
+    folds = []
+    for k, (train_side, test) in enumerate(splits):
+        train, val = _carve_val(train_side, y, val_fraction, seed + k)
+        folds.append(Fold(k, train, val, np.sort(test)))
+    return folds
+
+
+def _check_enough(table: SampleTable, k: int) -> None:
+    counts = Counter(table.labels)
+    few = {c: n for c, n in counts.items() if n < k}
+    if few:
+        listed = ", ".join(f"{c} ({n})" for c, n in sorted(few.items()))
+        raise ConfigError(f"{table.name}: too few images for {k}-fold CV in class(es) {listed}; "
+                          f"each class needs at least {k}")
+
+
+def _carve_val(train_side: np.ndarray, y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    if fraction <= 0:
+        return np.sort(train_side), np.array([], dtype=int)
+    labels = y[train_side]
+    stratify = labels if min(Counter(labels).values()) >= 2 else None
+    train, val = train_test_split(train_side, test_size=fraction, stratify=stratify, random_state=seed)
+    return np.sort(train), np.sort(val)
+
+
+def _random_split(y: np.ndarray, split: tuple[float, float, float], seed: int) -> Fold:
+    train_f, val_f, test_f = split
+    if abs(train_f + val_f + test_f - 1) > 1e-6:
+        raise ConfigError(f"split fractions {split} must sum to 1")
+    idx = np.arange(len(y))
+    rest, test = train_test_split(idx, test_size=test_f, stratify=y, random_state=seed)
+    train, val = train_test_split(rest, test_size=val_f / (train_f + val_f), stratify=y[rest],
+                                  random_state=seed)
+    return Fold(0, np.sort(train), np.sort(val), np.sort(test))
+
+
+def _folder_split(table: SampleTable) -> Fold:
+    if not table.has_fixed_split:
+        raise ConfigError(f"{table.name}: --split folders needs train/, val/ and test/ folders")
+    by = {k: np.array([i for i, s in enumerate(table.samples) if s.split == k]) for k in ("train", "val", "test")}
+    return Fold(0, by["train"], by["val"], by["test"])
+
+
+def parse_split(text: str) -> tuple[str, tuple[float, float, float] | None]:
+    """`folders` or `60/30/10` (percentages) -> (kind, fractions)."""
+    if text == "folders":
+        return "folders", None
+    try:
+        parts = tuple(float(p) for p in text.split("/"))
+    except ValueError:
+        parts = ()
+    if len(parts) != 3 or abs(sum(parts) - 100) > 1e-6:
+        raise ConfigError(f"--split {text!r}: use 'folders' or three percentages like 60/30/10")
+    return "random", tuple(p / 100 for p in parts)  # type: ignore[return-value]

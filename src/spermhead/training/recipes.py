@@ -1,0 +1,35 @@
+"""Named training recipes: a recipe sets defaults that explicit options then override."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from spermhead.config import RunConfig
+from spermhead.errors import ConfigError
+
+
+def _default(cfg: RunConfig) -> RunConfig:
+    return cfg
+
+
+def _seed(cfg: RunConfig) -> RunConfig:
+    """The seed report's training: Adam, early stopping on val loss (patience 20), checkpoint at
+    best val accuracy, ReduceLROnPlateau x0.5 after 5, offline balancing to 6400 per class,
+    Keras-like online augmentation, 32 px RGB."""
+    train = replace(cfg.train, recipe="seed", optimizer="adam", lr=1e-3, weight_decay=0.0,
+                    schedule="plateau", early_stopping_patience=20, monitor="val_acc",
+                    balance="offline", balance_per_class=6400, augment="seed",
+                    label_smoothing=0.0, mixup=0.0, tta=False, epochs=100)
+    pre = replace(cfg.preprocess, image_size=32, color="rgb")
+    return replace(cfg, train=train, preprocess=pre)
+
+
+RECIPES = {"default": _default, "seed": _seed}
+
+
+def apply_recipe(cfg: RunConfig, name: str) -> RunConfig:
+    if name not in RECIPES:
+        raise ConfigError(f"unknown recipe {name!r}; choose from {', '.join(RECIPES)}")
+    out = RECIPES[name](cfg)
+    out.train.recipe = name
+    return out

@@ -1,0 +1,351 @@
+"""One training run: dataset -> folds -> a model per fold -> out-of-fold predictions ->
+metrics, plots, report and a model bundle, all in one run directory.
+
+Every fold's test part is scored once, by the checkpoint chosen on that fold's validation
+part. Completed folds are kept on disk, so `--resume` continues where a run stopped."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from spermhead.config import RunConfig, environment, save_config
+from spermhead.data.readers import load_dataset
+from spermhead.data.samples import SampleTable
+from spermhead.errors import ConfigError
+from spermhead.evaluation.predictions import Predictions, concat
+from spermhead.models.inference import predict_proba, standardized
+from spermhead.models.registry import build_model
+from spermhead.training.balance import balanced_sampler, class_weights, offline_balance
+from spermhead.training.module import HeadClassifier
+from spermhead.training.operating import apply_bias, choose_balanced_bias
+from spermhead.training.protocols import Fold, make_folds
+
+
+@dataclass
+class FoldResult:
+    index: int
+    member: nn.Module
+    test_probs: np.ndarray  # raw posteriors, rows = fold.test
+    bias: np.ndarray  # balanced operating point, chosen on this fold's validation part
+    history: list[dict[str, Any]]
+    seconds: float
+    epochs: int
+
+
+@dataclass
+class RunResult:
+    out: Path
+    metrics: dict[str, Any]
+    predictions: Predictions
+    folds: list[FoldResult] = field(default_factory=list)
+    timing: dict[str, Any] = field(default_factory=dict)
+
+
+def prepare_run_dir(out: Path, *, overwrite: bool, resume: bool) -> None:
+    if out.exists() and any(out.iterdir()):
+        if resume:
+            return
+        if not overwrite:
+            raise ConfigError(f"{out}: run directory exists; pass --overwrite to replace it or --resume to continue it")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def canonical_images(table: SampleTable, cfg: RunConfig) -> tuple[np.ndarray, list[Any]]:
+    from spermhead.preprocess.align import canonicalize_paths
+
+    return canonicalize_paths([s.path for s in table.samples], cfg.preprocess)
+
+
+def channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
+    """Per-channel mean/std of uint8 images, in [0, 1] units (training side only)."""
+    x = images.astype(np.float32) / 255.0
+    mean = x.mean(axis=(0, 2, 3))
+    std = x.std(axis=(0, 2, 3)) + 1e-6
+    return [float(v) for v in mean], [float(v) for v in std]
+
+
+def build_member(cfg: RunConfig, num_classes: int, train_images: np.ndarray) -> nn.Module:
+    in_chans = 1 if cfg.preprocess.color == "gray" else 3
+    net = build_model(cfg.model.name, num_classes=num_classes, in_chans=in_chans,
+                      image_size=cfg.preprocess.image_size, pretrained=cfg.model.pretrained,
+                      weights=cfg.model.weights, l2_conv=cfg.model.l2_conv, drop_rate=cfg.model.drop_rate)
+    mean, std = channel_stats(train_images)
+    return standardized(net, in_chans, mean, std)
+
+
+def _loader(images: np.ndarray, labels: np.ndarray, batch: int, *, sampler: Any = None,
+            shuffle: bool = False, seed: int = 0) -> DataLoader:
+    ds = TensorDataset(torch.as_tensor(images), torch.as_tensor(labels, dtype=torch.long))
+    gen = torch.Generator().manual_seed(seed)
+    return DataLoader(ds, batch_size=batch, sampler=sampler, shuffle=shuffle and sampler is None,
+                      generator=gen, num_workers=0)
+
+
+def _loggers(cfg: RunConfig, fold_dir: Path) -> list[Any]:
+    loggers: list[Any] = [CSVLogger(save_dir=str(fold_dir), name="logs", version=0)]
+    for name in cfg.loggers:
+        if name == "tensorboard":
+            from lightning.pytorch.loggers import TensorBoardLogger
+
+            try:
+                loggers.append(TensorBoardLogger(save_dir=str(fold_dir), name="tensorboard", version=0))
+            except ModuleNotFoundError as exc:
+                raise ConfigError("--logger tensorboard needs `pip install tensorboard`") from exc
+        elif name == "mlflow":
+            from lightning.pytorch.loggers import MLFlowLogger
+
+            try:
+                loggers.append(MLFlowLogger(experiment_name=cfg.dataset, run_name=Path(cfg.out).name,
+                                            tracking_uri=f"file:{Path(cfg.out).resolve() / 'mlruns'}"))
+            except ModuleNotFoundError as exc:
+                raise ConfigError("--logger mlflow needs `pip install mlflow`") from exc
+        elif name != "csv":
+            raise ConfigError(f"unknown logger {name!r}: csv, tensorboard or mlflow")
+    return loggers
+
+
+def read_history(fold_dir: Path) -> list[dict[str, Any]]:
+    """Per-epoch train/val metrics merged from the CSV logger's rows."""
+    path = fold_dir / "logs" / "version_0" / "metrics.csv"
+    if not path.is_file():
+        return []
+    by_epoch: dict[int, dict[str, Any]] = {}
+    with open(path) as fh:
+        for row in csv.DictReader(fh):
+            if not row.get("epoch"):
+                continue
+            entry = by_epoch.setdefault(int(float(row["epoch"])), {"epoch": int(float(row["epoch"]))})
+            for k, v in row.items():
+                if k not in ("epoch", "step") and v not in ("", None):
+                    entry[k] = float(v)
+    return [by_epoch[k] for k in sorted(by_epoch)]
+
+
+def fit_member(cfg: RunConfig, member: nn.Module, x_train: np.ndarray, y_train: np.ndarray,
+               x_val: np.ndarray, y_val: np.ndarray, num_classes: int, fold_dir: Path, *,
+               seed: int, progress: bool, resume: bool) -> tuple[nn.Module, int]:
+    """Train one member with Lightning; returns it at the checkpoint chosen on validation."""
+    tc = cfg.train
+    sampler, loss_weights = None, None
+    if tc.balance == "offline":
+        xt, yt = offline_balance(torch.as_tensor(x_train), y_train, tc.balance_per_class, seed)
+        x_train, y_train = xt.numpy(), yt
+    elif tc.balance == "sampler":
+        sampler = balanced_sampler(y_train, num_classes, seed)
+    elif tc.balance == "loss":
+        loss_weights = class_weights(y_train, num_classes)
+    elif tc.balance != "none":
+        raise ConfigError(f"unknown balance {tc.balance!r}: none, sampler, loss or offline")
+
+    train_loader = _loader(x_train, y_train, tc.batch_size, sampler=sampler, shuffle=True, seed=seed)
+    has_val = len(y_val) > 0
+    val_loader = _loader(x_val, y_val, 256) if has_val else None
+    monitor = tc.monitor if has_val else "last"
+    callbacks: list[Any] = []
+    if monitor == "last":
+        ckpt = ModelCheckpoint(dirpath=fold_dir / "checkpoints", save_last=True, save_top_k=0)
+    else:
+        key, mode = {"val_acc": ("val_score", "max"), "val_loss": ("val_loss", "min")}[monitor]
+        ckpt = ModelCheckpoint(dirpath=fold_dir / "checkpoints", filename="best", monitor=key, mode=mode,
+                               save_last=True, save_top_k=1)
+    callbacks.append(ckpt)
+    if tc.early_stopping_patience > 0 and has_val:
+        callbacks.append(EarlyStopping(monitor="val_loss", mode="min", patience=tc.early_stopping_patience))
+    if progress:
+        from lightning.pytorch.callbacks import RichProgressBar
+
+        callbacks.append(RichProgressBar(leave=False))
+
+    module = HeadClassifier(member, tc, steps_per_epoch=len(train_loader), loss_weights=loss_weights,
+                            l2_conv=cfg.model.l2_conv)
+    trainer = L.Trainer(
+        max_epochs=tc.epochs, accelerator="cpu", devices=1, logger=_loggers(cfg, fold_dir),
+        callbacks=callbacks, enable_progress_bar=progress, enable_model_summary=False,
+        num_sanity_val_steps=0, log_every_n_steps=1, deterministic=True, default_root_dir=str(fold_dir),
+    )
+    last = fold_dir / "checkpoints" / "last.ckpt"
+    trainer.fit(module, train_loader, val_loader, ckpt_path=str(last) if resume and last.is_file() else None)
+    if monitor != "last" and ckpt.best_model_path:
+        state = torch.load(ckpt.best_model_path, map_location="cpu", weights_only=True)["state_dict"]
+        module.load_state_dict(state)
+    return module.model.eval(), trainer.current_epoch
+
+
+def run_fold(cfg: RunConfig, table: SampleTable, images: np.ndarray, fold: Fold, out: Path, *,
+             progress: bool, resume: bool) -> FoldResult:
+    fold_dir = out / "folds" / f"fold{fold.index}"
+    done = fold_dir / "done.json"
+    y = np.asarray(table.label_indices)
+    k = len(table.classes)
+    seed = cfg.seed * 1000 + fold.index
+    L.seed_everything(seed, workers=True, verbose=False)
+    member = build_member(cfg, k, images[fold.train])
+    if resume and done.is_file():
+        info = json.loads(done.read_text())
+        member.load_state_dict(load_file(str(fold_dir / "model.safetensors")))
+        return FoldResult(fold.index, member.eval(), np.load(fold_dir / "test_probs.npy"),
+                          np.asarray(info["bias"], dtype=np.float32), read_history(fold_dir),
+                          info["seconds"], info["epochs"])
+    fold_dir.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    member, epochs = fit_member(cfg, member, images[fold.train], y[fold.train], images[fold.val], y[fold.val],
+                                k, fold_dir, seed=seed, progress=progress, resume=resume)
+    seconds = time.perf_counter() - start
+    tta = cfg.train.tta
+    val_probs = predict_proba(member, images[fold.val], [0.0], [1.0], tta=tta)
+    bias, alpha = choose_balanced_bias(val_probs, y[fold.val], y[fold.train], k)
+    test_probs = predict_proba(member, images[fold.test], [0.0], [1.0], tta=tta)
+    save_file({n: t.contiguous() for n, t in member.state_dict().items()}, str(fold_dir / "model.safetensors"))
+    np.save(fold_dir / "test_probs.npy", test_probs)
+    done.write_text(json.dumps({"bias": bias.tolist(), "alpha": alpha, "seconds": seconds, "epochs": epochs,
+                                "train": len(fold.train), "val": len(fold.val), "test": len(fold.test)}))
+    shutil.rmtree(fold_dir / "checkpoints", ignore_errors=True)  # the fold is done; its weights are saved
+    return FoldResult(fold.index, member, test_probs, bias, read_history(fold_dir), seconds, epochs)
+
+
+def out_of_fold(table: SampleTable, folds: list[Fold], results: list[FoldResult], *,
+                balanced: bool) -> Predictions:
+    """Each test fold's predictions, keyed by sample id; every sample appears exactly once under CV."""
+    parts = []
+    for fold, res in zip(folds, results, strict=True):
+        probs = apply_bias(res.test_probs, res.bias if balanced else None)
+        ids = [table.samples[i].id for i in fold.test]
+        parts.append(Predictions.from_model_output(ids, probs, table, folds=fold.index))
+    return concat(parts)
+
+
+def train_run(cfg: RunConfig, *, overwrite: bool = False, resume: bool = False,
+              progress: bool = True) -> RunResult:
+    from spermhead.evaluation.metrics import compute_metrics, cv_metrics, write_metrics_json
+
+    out = Path(cfg.out)
+    if cfg.train.num_threads:
+        torch.set_num_threads(cfg.train.num_threads)
+    table = load_dataset(cfg.dataset, cfg.data_dir)
+    if cfg.protocol.kind == "auto":  # a dataset's own train/val/test folders win; else K-fold CV
+        cfg.protocol.kind = "folders" if table.has_fixed_split else "cv"
+    folds = make_folds(table, cfg.protocol, cfg.seed, cfg.train.val_fraction)  # fails before any training
+    prepare_run_dir(out, overwrite=overwrite, resume=resume)
+    save_config(cfg, out / "config.yaml")
+    start = time.perf_counter()
+    images, canon = canonical_images(table, cfg)
+    write_sample_table(table, canon, out / "samples.csv")
+    results = [run_fold(cfg, table, images, f, out, progress=progress, resume=resume) for f in folds]
+
+    scored = {}
+    for point in ("accuracy", "balanced"):
+        pred = out_of_fold(table, folds, results, balanced=point == "balanced")
+        scored[point] = (pred, cv_metrics(pred) if len(folds) > 1 else compute_metrics(pred))
+    predictions, metrics = scored[cfg.operating_point]
+    metrics = dict(metrics)
+    metrics["operating_point"] = cfg.operating_point
+    metrics["operating_points"] = {p: _headline(m) for p, (_, m) in scored.items()}
+    metrics["alignment"] = {"aligned": int(sum(c.aligned for c in canon)), "total": len(canon)}
+    predictions.write_csv(out / "predictions.csv")
+    write_metrics_json(metrics, out / "metrics.json")  # deterministic: timings live in run.json
+    bundle_members = [r.member for r in results]
+    bias = np.mean([r.bias for r in results], axis=0)
+    if cfg.protocol.kind == "cv" and cfg.protocol.final_model == "refit":
+        bundle_members = [refit_all(cfg, table, images, results, out, progress=progress)]
+    write_bundle(cfg, table, bundle_members, bias, metrics, out / "model")
+    timing = {
+        "wall_seconds": time.perf_counter() - start,
+        "seconds_per_epoch": float(np.mean([r.seconds / max(r.epochs, 1) for r in results])),
+        "epochs": [r.epochs for r in results],
+        "train_images_per_second": float(np.mean([len(f.train) * r.epochs / max(r.seconds, 1e-9)
+                                                  for f, r in zip(folds, results, strict=True)])),
+    }
+    (out / "run.json").write_text(json.dumps({"timing": timing, "environment": environment()}, indent=2))
+    history = [{"fold": r.index, **row} for r in results for row in r.history]
+    write_outputs(cfg, out, predictions, metrics, history, timing)
+    return RunResult(out, metrics, predictions, results, timing)
+
+
+def refit_all(cfg: RunConfig, table: SampleTable, images: np.ndarray, results: list[FoldResult],
+              out: Path, *, progress: bool) -> nn.Module:
+    """One model on all the data, for as many epochs as the folds' chosen checkpoints needed."""
+    y = np.asarray(table.label_indices)
+    epochs = int(np.median([max(r.epochs, 1) for r in results]))
+    from dataclasses import replace
+
+    refit_cfg = replace(cfg, train=replace(cfg.train, epochs=epochs, early_stopping_patience=0, monitor="last"))
+    L.seed_everything(cfg.seed * 1000 + 999, workers=True, verbose=False)
+    member = build_member(refit_cfg, len(table.classes), images)
+    empty = np.zeros((0, *images.shape[1:]), dtype=images.dtype)
+    member, _ = fit_member(refit_cfg, member, images, y, empty, np.zeros(0, dtype=int), len(table.classes),
+                           out / "refit", seed=cfg.seed * 1000 + 999, progress=progress, resume=False)
+    return member
+
+
+def _headline(m: dict[str, Any]) -> dict[str, Any]:
+    keys = ("accuracy", "balanced_accuracy", "macro_f1", "accuracy_mean", "accuracy_std",
+            "balanced_accuracy_mean", "balanced_accuracy_std")
+    out = {k: m[k] for k in keys if k in m}
+    out["per_class_recall"] = {c: v["recall"] for c, v in m.get("per_class", {}).items()}
+    return out
+
+
+def write_sample_table(table: SampleTable, canon: list[Any], path: Path) -> None:
+    """Every sample with its alignment status and morphometrics, for auditing preprocessing."""
+    fields = ["id", "label", "source", "group", "path", "aligned", "status",
+              "area", "length", "width", "elongation", "perimeter", "rotation_deg"]
+    with open(path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=fields)
+        w.writeheader()
+        for s, c in zip(table.samples, canon, strict=True):
+            morph = c.morphometrics.to_dict() if c.morphometrics is not None else {}
+            w.writerow({"id": s.id, "label": s.label, "source": s.source, "group": s.group, "path": str(s.path),
+                        "aligned": c.aligned, "status": c.status,
+                        **{k: morph.get(k, "") for k in fields[7:]}})
+
+
+def write_bundle(cfg: RunConfig, table: SampleTable, members: list[nn.Module], balanced_bias: np.ndarray,
+                 metrics: dict[str, Any], directory: Path) -> Path:
+    from spermhead.serving.bundle import BundleMeta, save_bundle
+
+    in_chans = 1 if cfg.preprocess.color == "gray" else 3
+    kind = "single" if len(members) == 1 else "ensemble"
+    if cfg.protocol.kind == "cv" and cfg.protocol.final_model == "refit":
+        kind = "refit"
+    points = {"accuracy": [0.0] * len(table.classes), "balanced": [float(b) for b in balanced_bias]}
+    meta = BundleMeta(
+        architecture=cfg.model.name, classes=list(table.classes),
+        preprocess=dict(vars(cfg.preprocess)), in_chans=in_chans, image_size=cfg.preprocess.image_size,
+        model_kwargs={"drop_rate": cfg.model.drop_rate, **cfg.model.kwargs},
+        kind=kind, tta=cfg.train.tta, operating_point=cfg.operating_point,
+        class_bias=points[cfg.operating_point], operating_points=points,
+        run={"dataset": cfg.dataset, "protocol": cfg.protocol.kind, "folds": cfg.protocol.folds,
+             "seed": cfg.seed, "metrics": _headline(metrics), "run_dir": str(Path(cfg.out).resolve())},
+    )
+    return save_bundle(directory, members, meta)
+
+
+def write_outputs(cfg: RunConfig, out: Path, predictions: Predictions, metrics: dict[str, Any],
+                  history: list[dict[str, Any]], timing: dict[str, Any]) -> Path:
+    from spermhead.evaluation.plots import write_plots
+    from spermhead.evaluation.report import write_report
+
+    plots = write_plots(predictions, history, out / "plots")
+    return write_report(out, {**cfg.to_dict(), "environment": environment()}, metrics, plots,
+                        {"timing": timing})
+
+
+def default_threads() -> int:
+    return max(1, os.cpu_count() or 1)

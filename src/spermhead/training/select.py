@@ -1,0 +1,49 @@
+"""Model selection: several models under one protocol, in one table (the seed's Table I, done
+with cross-validation, out-of-fold scoring, and time and size beside accuracy)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from spermhead.config import RunConfig
+from spermhead.training.run import train_run
+
+# The seed's variants 2.a-2.d: RGB vs gray, with and without L2 on the conv layers.
+VARIANTS = [("rgb", 0.0), ("gray", 0.0), ("rgb", 0.01), ("gray", 0.01)]
+
+
+def variant_name(color: str, l2: float) -> str:
+    return f"{color}" + (f"+L2={l2:g}" if l2 else "")
+
+
+def select_models(base: RunConfig, models: list[str], out: Path, *, variants: bool = False,
+                  overwrite: bool = False, resume: bool = False, progress: bool = True) -> list[dict[str, Any]]:
+    from spermhead.evaluation.selection import write_selection
+    from spermhead.models.registry import build_model, count_parameters
+
+    out.mkdir(parents=True, exist_ok=True)
+    combos = VARIANTS if variants else [(base.preprocess.color, base.model.l2_conv)]
+    rows = []
+    for name in models:
+        for color, l2 in combos:
+            tag = name.replace(":", "-") + ("" if not variants else "_" + variant_name(color, l2).replace("=", ""))
+            cfg = replace(base, out=str(out / tag),
+                          preprocess=replace(base.preprocess, color=color),
+                          model=replace(base.model, name=name, l2_conv=l2))
+            result = train_run(cfg, overwrite=overwrite, resume=resume, progress=progress)
+            m = result.metrics
+            in_chans = 1 if color == "gray" else 3
+            params = count_parameters(build_model(name, num_classes=len(result.predictions.classes),
+                                                  in_chans=in_chans, image_size=cfg.preprocess.image_size))
+            rows.append({
+                "model": name, "variant": variant_name(color, l2), "run_dir": str(cfg.out),
+                "accuracy": m.get("accuracy"), "accuracy_std": m.get("accuracy_std"),
+                "balanced_accuracy": m.get("balanced_accuracy"),
+                "weighted_precision": m.get("weighted_precision"), "weighted_recall": m.get("weighted_recall"),
+                "macro_f1": m.get("macro_f1"), "seconds_per_epoch": result.timing["seconds_per_epoch"],
+                "parameters": params,
+            })
+    write_selection(rows, out)
+    return rows

@@ -1,0 +1,173 @@
+"""Training and assessment, end to end on small synthetic data (no real images needed)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from spermhead.config import RunConfig
+from spermhead.data.readers import load_dataset
+from spermhead.errors import ConfigError
+from spermhead.evaluation.predictions import Predictions
+from spermhead.models.inference import predict_proba
+from spermhead.serving.bundle import load_bundle
+from spermhead.training.options import build_run_config
+from spermhead.training.protocols import make_folds
+from spermhead.training.run import canonical_images, train_run
+
+CLASSES = ["normal", "tapered", "pyriform", "amorphous"]
+
+
+def write_separable(root: Path, n_per_class: int = 20, seed: int = 0) -> Path:
+    """Four classes told apart by grey level alone: perfectly separable."""
+    rng = np.random.default_rng(seed)
+    for k, name in enumerate(CLASSES):
+        d = root / name
+        d.mkdir(parents=True)
+        for i in range(n_per_class):
+            level = 40 + 55 * k
+            img = np.clip(level + rng.normal(0, 6, (24, 24)), 0, 255).astype(np.uint8)
+            Image.fromarray(img).save(d / f"{name}_{i:03d}.png")
+    return root
+
+
+def quick_config(dataset: Path, out: Path, cv: int = 4, **options) -> RunConfig:
+    defaults = dict(model="seed-cnn", image_size=24, align=False, epochs=8, tta=False, threads=2,
+                    batch_size=16, lr=3e-3)
+    return build_run_config(str(dataset), str(out), cv=cv, **{**defaults, **options})
+
+
+@pytest.fixture(scope="module")
+def separable(tmp_path_factory) -> Path:
+    return write_separable(tmp_path_factory.mktemp("sep") / "data")
+
+
+@pytest.fixture(scope="module")
+def separable_run(separable, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "sep"
+    return train_run(quick_config(separable, out), progress=False)
+
+
+def test_separable_data_scores_near_perfect(separable_run):
+    assert separable_run.metrics["accuracy"] >= 0.99
+    assert separable_run.metrics["balanced_accuracy"] >= 0.99
+
+
+def test_out_of_fold_predictions_cover_every_sample_once(separable, separable_run):
+    table = load_dataset(str(separable))
+    pred = Predictions.read_csv(separable_run.out / "predictions.csv")
+    assert sorted(pred.ids) == sorted(s.id for s in table.samples)
+    assert len(set(pred.ids)) == len(table)
+    assert set(pred.fold_numbers) == {0, 1, 2, 3}
+
+
+def test_run_directory_holds_everything(separable_run):
+    out = separable_run.out
+    for name in ("config.yaml", "metrics.json", "predictions.csv", "report.html", "run.json",
+                 "samples.csv", "model/model.json", "model/model.safetensors"):
+        assert (out / name).is_file(), name
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert len(metrics["folds"]) == 4
+    for key in ("accuracy", "balanced_accuracy", "macro_f1", "weighted_precision", "weighted_recall",
+                "roc_auc_ovr_macro", "pr_auc_macro", "per_class", "accuracy_std", "accuracy_ci95"):
+        assert key in metrics, key
+    assert "torch" in (out / "config.yaml").read_text()
+    assert list((out / "plots").glob("*.png"))
+
+
+def test_bundle_reloads_with_the_same_probabilities(separable, separable_run):
+    table = load_dataset(str(separable))
+    bundle = load_bundle(separable_run.out / "model")
+    assert bundle.meta.kind == "ensemble" and bundle.meta.members == 4
+    cfg = RunConfig.from_dict({"preprocess": bundle.meta.preprocess})
+    images, _ = canonical_images(table, cfg)
+    got = predict_proba(bundle.model, images, bundle.meta.mean, bundle.meta.std, tta=bundle.meta.tta)
+    members = [r.member for r in separable_run.folds]
+    expected = np.mean([predict_proba(m, images, [0.0], [1.0]) for m in members], axis=0)
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_shuffled_labels_score_near_chance(separable, tmp_path):
+    table = load_dataset(str(separable))
+    rng = np.random.default_rng(1)
+    shuffled = tmp_path / "shuffled"
+    labels = rng.permutation([s.label for s in table.samples])
+    for s, label in zip(table.samples, labels, strict=True):
+        (shuffled / label).mkdir(parents=True, exist_ok=True)
+        (shuffled / label / s.path.name).write_bytes(s.path.read_bytes())
+    result = train_run(quick_config(shuffled, tmp_path / "run"), progress=False)
+    assert result.metrics["accuracy"] < 0.5  # chance is 0.25 with 4 balanced classes
+
+
+def test_same_seed_gives_identical_metrics(separable, separable_run, tmp_path):
+    again = train_run(quick_config(separable, tmp_path / "again"), progress=False)
+    first = (separable_run.out / "metrics.json").read_text()
+    assert (again.out / "metrics.json").read_text() == first
+
+
+def test_no_test_sample_reaches_training_or_validation(separable):
+    table = load_dataset(str(separable))
+    cfg = quick_config(separable, Path("unused"))
+    folds = make_folds(table, cfg.protocol, seed=0, val_fraction=0.15)
+    tested = np.concatenate([f.test for f in folds])
+    assert sorted(tested) == list(range(len(table)))
+    for f in folds:
+        assert not set(f.test) & set(f.train) and not set(f.test) & set(f.val)
+        assert not set(f.train) & set(f.val)
+
+
+def test_balancing_and_augmentation_touch_only_training(separable, tmp_path):
+    cfg = quick_config(separable, tmp_path / "bal", balance="offline", epochs=2)
+    cfg.train.balance_per_class = 30
+    result = train_run(cfg, progress=False)
+    info = json.loads((result.out / "folds" / "fold0" / "done.json").read_text())
+    table = load_dataset(str(separable))
+    fold = make_folds(table, cfg.protocol, seed=0, val_fraction=cfg.train.val_fraction)[0]
+    assert (info["val"], info["test"]) == (len(fold.val), len(fold.test))  # untouched by balancing
+    # Evaluation never augments: the same input always gives the same output.
+    member = result.folds[0].member
+    x = np.full((2, 1, 24, 24), 128, dtype=np.uint8)
+    np.testing.assert_array_equal(predict_proba(member, x, [0.0], [1.0]), predict_proba(member, x, [0.0], [1.0]))
+
+
+def test_bad_options_fail_before_training(separable, tmp_path):
+    with pytest.raises(ConfigError, match="too few images for 50-fold"):
+        train_run(quick_config(separable, tmp_path / "x", cv=50), progress=False)
+    assert not (tmp_path / "x").exists()
+    with pytest.raises(ConfigError, match="unknown model|choices|choose"):
+        train_run(quick_config(separable, tmp_path / "y", model="no-such-net"), progress=False)
+    (tmp_path / "z").mkdir()
+    (tmp_path / "z" / "keep.txt").write_text("precious")
+    with pytest.raises(ConfigError, match="--overwrite"):
+        train_run(quick_config(separable, tmp_path / "z"), progress=False)
+    assert (tmp_path / "z" / "keep.txt").read_text() == "precious"
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_and_completes(separable, tmp_path):
+    out = tmp_path / "resumable"
+    args = [sys.executable, "-m", "spermhead", "train", str(separable), "--out", str(out), "--model",
+            "seed-cnn", "--image-size", "24", "--epochs", "30", "--cv", "4", "--no-tta", "--no-progress",
+            "--threads", "1"]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    last = out / "folds" / "fold1" / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 240
+    while not last.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert last.exists(), "the run never reached fold 1"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (out / "metrics.json").exists()
+    done = subprocess.run([*args, "--resume"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    pred = Predictions.read_csv(out / "predictions.csv")
+    assert len(pred) == 80 and len(set(pred.ids)) == 80
