@@ -111,6 +111,7 @@ def _titles(config: Mapping[str, Any], n_folds: int) -> tuple[str, str, str]:
 
 def _headline(m: Mapping[str, Any]) -> str:
     k = len(m.get("folds") or [])
+    has_ci = bool(m.get("accuracy_ci95"))
     rows = [
         ("accuracy", "Accuracy", m.get("accuracy_ci95")),
         ("balanced_accuracy", "Balanced accuracy (average recall)", m.get("balanced_accuracy_ci95")),
@@ -122,14 +123,20 @@ def _headline(m: Mapping[str, Any]) -> str:
     ]
     out = []
     for key, label, ci in rows:
-        mean, sd = m.get(f"{key}_mean"), m.get(f"{key}_std")
-        across = "n/a" if mean is None else fmt(mean) + ("" if sd is None else f" &plusmn; {fmt(sd)}")
-        ci_text = "" if not ci else f"[{fmt(ci[0])}, {fmt(ci[1])}]"
-        out.append(f"<tr><td>{esc(label)}</td><td>{fmt(m.get(key))}</td><td>{across}</td><td>{ci_text}</td></tr>")
-    pooled = "pooled out-of-fold" if k else "held-out set"
-    head = (f"<tr><th>metric</th><th>{esc(pooled)}</th><th>mean &plusmn; sd across {k} folds</th>"
-            "<th>95% bootstrap CI</th></tr>")
-    return f"<table><thead>{head}</thead><tbody>{''.join(out)}</tbody></table>"
+        cells = [esc(label), fmt(m.get(key))]
+        if k:  # the fold columns only exist for cross-validated runs
+            mean, sd = m.get(f"{key}_mean"), m.get(f"{key}_std")
+            cells.append("n/a" if mean is None else fmt(mean) + ("" if sd is None else f" &plusmn; {fmt(sd)}"))
+        if has_ci:
+            cells.append("" if not ci else f"[{fmt(ci[0])}, {fmt(ci[1])}]")
+        out.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    head = ["metric", "pooled out-of-fold" if k else "held-out set"]
+    if k:
+        head.append(f"mean &plusmn; sd across {k} folds")
+    if has_ci:
+        head.append("95% bootstrap CI")
+    head_html = "<tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>"
+    return f"<table><thead>{head_html}</thead><tbody>{''.join(out)}</tbody></table>"
 
 
 def _per_class(m: Mapping[str, Any]) -> str:
