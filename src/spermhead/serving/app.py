@@ -1,0 +1,423 @@
+"""The web app and REST API around one bundle (FastAPI).
+
+Pages
+    /          classify: drop or pick images; each card shows the image, the aligned crop the
+               model saw, class probabilities, a Grad-CAM overlay, morphometrics, an
+               "uncertain" badge
+    /review    step through a labelled folder or a run's predictions.csv: true vs predicted
+    /docs      OpenAPI docs
+
+REST contract
+    POST /api/predict        multipart, one or more files in the repeated field `files`;
+                             query `gradcam=true` adds an overlay, `crop=false` drops the crop.
+        one file:   200 {"results": [row]}; a bad file answers its own status
+                    (400 empty/truncated, 413 over the size or pixel limit, 415 not an image)
+                    with {"detail": "<file name>: <problem>"}
+        several:    200 {"results": [row, ...]} in upload order; a bad file's row is
+                    {"name", "ok": false, "status": 4xx, "error": "<file name>: <problem>"}
+        rows:       see `serving.predictor`; plus "crop" and "gradcam" PNG data URIs
+    GET  /api/model          classes, architecture, input, operating point, run metrics
+    GET  /api/review         the review set (404 when the server has none)
+    GET  /api/review/image/{index}   sample `index` of the review set as PNG (never by path)
+    GET  /health             {"status": "ok", ...}
+
+Bad input never yields a 500: every file is handled on its own. Anything unexpected is
+turned into a JSON 500 by a handler and the server keeps serving.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from spermhead import __version__
+from spermhead.errors import SpermheadError
+from spermhead.serving.gradcam import crop_rgb, gradcam_png, png_bytes
+from spermhead.serving.predictor import Predictor, Prepared
+
+log = logging.getLogger(__name__)
+
+STATIC = Path(__file__).with_name("static")
+CHUNK = 1 << 20  # uploads are read 1 MiB at a time and dropped as soon as one is too big
+MB = 1 << 20
+
+
+def data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def display_name(filename: str | None) -> str:
+    """The client's file name without any folder part (it is only ever shown, never opened)."""
+    name = PurePosixPath((filename or "").replace("\\", "/")).name.strip()
+    return name[:200] or "upload"
+
+
+def _mb(n: float) -> str:
+    return f"{n:g} MB"
+
+
+# ---------------------------------------------------------------------- request size cap
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class BodyLimit:
+    """Refuse request bodies over `limit` bytes with a 413 before they are parsed: by the
+    declared Content-Length, and by counting for bodies sent without one."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("method") not in ("POST", "PUT", "PATCH"):
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            await self._refuse(send)
+            return
+        seen = 0
+        started = False
+
+        async def counting_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise _BodyTooLarge
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, tracking_send)
+        except _BodyTooLarge:
+            if not started:
+                await self._refuse(send)
+
+    async def _refuse(self, send: Send) -> None:
+        response = JSONResponse(
+            {"detail": f"request body is larger than the {_mb(self.limit / MB)} request limit"}, 413)
+        await response({"type": "http"}, _no_receive, send)
+
+
+async def _no_receive() -> Message:
+    return {"type": "http.disconnect"}
+
+
+# ---------------------------------------------------------------------- review set
+
+
+@dataclass
+class ReviewItem:
+    index: int
+    id: str
+    path: Path | None
+    true: str
+    pred: str | None
+    probabilities: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        conf = self.probabilities.get(self.pred, None) if self.pred else None
+        return {
+            "index": self.index, "id": self.id, "name": self.path.name if self.path else self.id,
+            "true": self.true, "pred": self.pred,
+            "correct": None if self.pred is None else self.pred == self.true,
+            "confidence": conf, "probabilities": self.probabilities,
+            "has_image": self.path is not None, "error": self.error,
+        }
+
+
+@dataclass
+class ReviewSet:
+    kind: str  # "folder" (predicted now by the loaded model) or "predictions" (a run's CSV)
+    source: str
+    classes: list[str]
+    items: list[ReviewItem]
+    note: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        judged = [it for it in self.items if it.pred is not None]
+        correct = sum(it.pred == it.true for it in judged)
+        return {
+            "kind": self.kind, "source": self.source, "classes": self.classes, "note": self.note,
+            "count": len(self.items), "accuracy": correct / len(judged) if judged else None,
+            "items": [it.to_dict() for it in self.items],
+        }
+
+
+def _sample_paths(dataset: str | Path, data_dir: str | Path | None = None) -> dict[str, Path]:
+    from spermhead.data.readers import load_dataset
+
+    table = load_dataset(str(dataset), data_dir)
+    return {s.id: Path(s.path) for s in table.samples}
+
+
+def load_review_set(source: Path | str, predictor: Predictor, review_data: Path | str | None = None) -> ReviewSet:
+    """A run's predictions.csv (or a run folder holding one), else a labelled class folder
+    (or a dataset name) that the loaded model predicts now."""
+    src = Path(source)
+    csv_path = src / "predictions.csv" if src.is_dir() else src
+    if csv_path.is_file() and csv_path.suffix.lower() == ".csv":
+        return _review_from_predictions(csv_path, review_data)
+    if src.is_file():
+        raise SpermheadError(f"{src}: expected a predictions.csv or a folder of class subfolders")
+    return _review_from_folder(str(source), predictor, review_data)
+
+
+def _review_from_predictions(csv_path: Path, review_data: Path | str | None) -> ReviewSet:
+    from spermhead.evaluation.predictions import Predictions
+
+    try:
+        preds = Predictions.read_csv(csv_path)
+    except (ValueError, OSError) as exc:
+        raise SpermheadError(f"{csv_path}: cannot read predictions ({exc})") from exc
+    paths: dict[str, Path] = {}
+    note = ""
+    if review_data is not None:
+        paths = _sample_paths(review_data)
+        where = str(review_data)
+    else:
+        # A run folder records its dataset in config.yaml; resolve the images from there.
+        cfg_path = csv_path.parent / "config.yaml"
+        where = str(cfg_path)
+        if cfg_path.is_file():
+            from spermhead.config import load_config
+
+            cfg = load_config(cfg_path)
+            try:
+                paths = _sample_paths(cfg.dataset, cfg.data_dir)
+            except SpermheadError as exc:
+                note = f"images unavailable: {exc} (pass the dataset folder with --review-data)"
+        else:
+            note = f"images unavailable: no {cfg_path.name} beside {csv_path.name} (pass --review-data)"
+    missing = sum(i not in paths for i in preds.ids)
+    if paths and missing:
+        note = f"{missing} of {len(preds)} ids have no image in {where}"
+    items = [
+        ReviewItem(i, sid, paths.get(sid), preds.true[i], preds.pred[i],
+                   {c: float(p) for c, p in zip(preds.classes, preds.probabilities[i], strict=True)})
+        for i, sid in enumerate(preds.ids)
+    ]
+    return ReviewSet("predictions", str(csv_path), list(preds.classes), items, note)
+
+
+def _review_from_folder(source: str, predictor: Predictor, review_data: Path | str | None) -> ReviewSet:
+    from spermhead.data.readers import load_dataset
+
+    table = load_dataset(source, review_data)
+    unknown = sorted(set(table.classes) - set(predictor.classes))
+    note = f"classes the model does not know: {', '.join(unknown)}" if unknown else ""
+    rows = list(predictor.predict_files([s.path for s in table.samples]))
+    items = []
+    for i, (s, r) in enumerate(zip(table.samples, rows, strict=True)):
+        if r["ok"]:
+            items.append(ReviewItem(i, s.id, Path(s.path), s.label, r["class"], r["probabilities"]))
+        else:
+            items.append(ReviewItem(i, s.id, Path(s.path), s.label, None, {}, r["error"]))
+    return ReviewSet("folder", source, list(predictor.classes), items, note)
+
+
+# ---------------------------------------------------------------------- app
+
+
+class Service:
+    """What the endpoints share: the predictor, the limits, the review set."""
+
+    def __init__(self, predictor: Predictor, max_upload: int, max_files: int) -> None:
+        self.predictor = predictor
+        self.max_upload = max_upload
+        self.max_files = max_files
+        self.review: ReviewSet | None = None
+
+    def process(self, items: list[tuple[str, bytes] | dict[str, Any]], gradcam: bool, crop: bool) -> list[dict[str, Any]]:
+        """Prepare, classify and decorate one request's files (runs in a worker thread)."""
+        p = self.predictor
+        todo = [i for i, it in enumerate(items) if isinstance(it, tuple)]
+        prepared: list[Prepared | dict[str, Any]] = [it if isinstance(it, dict) else {} for it in items]
+        uploads = [items[i] for i in todo]
+        for i, prep in zip(todo, p.prepare_many_bytes(uploads), strict=True):  # type: ignore[arg-type]
+            prepared[i] = prep
+        rows = p.classify(prepared)
+        for prep, row in zip(prepared, rows, strict=True):
+            if not isinstance(prep, Prepared) or not row.get("ok"):
+                continue
+            try:
+                if crop:
+                    row["crop"] = data_uri(png_bytes(crop_rgb(prep.image)))
+                if gradcam:
+                    target = p.classes.index(row["class"])
+                    row["gradcam"] = data_uri(gradcam_png(p.bundle.model, prep.image, p.meta.mean,
+                                                          p.meta.std, target))
+            except Exception as exc:  # a picture that cannot be drawn must not lose the result
+                log.exception("drawing crop/Grad-CAM failed for %s", prep.name)
+                row["gradcam_error"] = f"{type(exc).__name__}: {exc}"
+        return rows
+
+    def model_info(self) -> dict[str, Any]:
+        meta, cfg = self.predictor.meta, self.predictor.config
+        return {
+            "architecture": meta.architecture,
+            "classes": list(meta.classes),
+            "input": {"size": meta.image_size, "color": cfg.color, "channels": meta.in_chans,
+                      "align": cfg.align, "margin": cfg.margin},
+            "members": meta.members,
+            "kind": meta.kind,
+            "tta": meta.tta,
+            "operating_point": meta.operating_point,
+            "class_bias": meta.class_bias,
+            "uncertainty_threshold": meta.uncertainty_threshold,
+            "run": meta.run,
+            "bundle_version": meta.version,
+            "server_version": __version__,
+            "backend": self.predictor.backend,
+            "limits": {"max_upload_mb": self.max_upload / MB, "max_pixels": self.predictor.max_pixels,
+                       "max_files": self.max_files},
+        }
+
+
+def create_app(
+    bundle_dir: Path | str,
+    review_source: Path | str | None = None,
+    max_upload_mb: float = 20,
+    max_pixels: int | None = None,
+    *,
+    review_data: Path | str | None = None,
+    backend: str = "torch",
+    max_files: int = 64,
+    max_request_mb: float | None = None,
+    predictor: Predictor | None = None,
+) -> FastAPI:
+    """The app for one bundle. `review_source`: a labelled class folder, a dataset name, a
+    run folder or its predictions.csv (`review_data`: where that run's images are)."""
+    predictor = predictor or Predictor(bundle_dir, backend=backend, max_pixels=max_pixels)
+    if max_pixels is not None:
+        predictor.max_pixels = max_pixels
+    service = Service(predictor, int(max_upload_mb * MB), max_files)
+    if review_source is not None:
+        service.review = load_review_set(review_source, predictor, review_data)
+
+    app = FastAPI(
+        title="spermhead",
+        version=__version__,
+        description="Classify human sperm-head crops into WHO classes "
+        f"({', '.join(predictor.classes)}). See `POST /api/predict`.",
+    )
+    app.state.service = service
+    # A whole request may hold several files; cap it so a client cannot fill the disk.
+    request_cap = max_request_mb if max_request_mb is not None else max(200.0, 4 * max_upload_mb)
+    app.add_middleware(BodyLimit, limit=int(request_cap * MB))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error on %s", request.url.path)
+        return JSONResponse({"detail": f"internal error: {type(exc).__name__}"}, status_code=500)
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/", include_in_schema=False)
+    def classify_page() -> FileResponse:
+        return FileResponse(STATIC / "index.html")
+
+    @app.get("/review", include_in_schema=False)
+    def review_page() -> FileResponse:
+        return FileResponse(STATIC / "review.html")
+
+    @app.get("/health", tags=["meta"])
+    def health() -> dict[str, Any]:
+        return {"status": "ok", "architecture": predictor.meta.architecture, "classes": predictor.classes}
+
+    @app.get("/api/model", tags=["meta"])
+    def model() -> dict[str, Any]:
+        """The loaded bundle: classes, architecture, input size and colour, operating point,
+        uncertainty threshold and the metrics of the run that produced it."""
+        return service.model_info()
+
+    @app.post("/api/predict", tags=["predict"])
+    async def predict(
+        files: list[UploadFile] = File(..., description="One or more images (BMP, PNG, JPEG, TIFF)"),
+        gradcam: bool = Query(False, description="Add a Grad-CAM overlay (PNG data URI) per image"),
+        crop: bool = Query(True, description="Add the aligned crop the model saw (PNG data URI)"),
+    ) -> dict[str, Any]:
+        """Classify images. One bad file alone answers 400/413/415 with a `detail` naming it;
+        in a batch, each bad file gets an error row (`ok: false`, `status`, `error`)."""
+        if len(files) > service.max_files:
+            raise HTTPException(413, f"{len(files)} files in one request; the limit is {service.max_files}")
+        items: list[tuple[str, bytes] | dict[str, Any]] = []
+        for upload in files:
+            name = display_name(upload.filename)
+            data = await _read_limited(upload, service.max_upload)
+            if data is None:
+                items.append({"name": name, "path": None, "ok": False, "status": 413,
+                              "error": f"{name}: file is larger than the {_mb(service.max_upload / MB)} upload limit"})
+            else:
+                items.append((name, data))
+            await upload.close()
+        rows = await run_in_threadpool(service.process, items, gradcam, crop)
+        for r in rows:
+            r.pop("path", None)  # uploads have no server path
+        if len(rows) == 1 and not rows[0]["ok"]:
+            raise HTTPException(rows[0]["status"], rows[0]["error"])
+        return {"results": rows}
+
+    @app.get("/api/review", tags=["review"])
+    def review() -> dict[str, Any]:
+        """The review set: one item per sample with its true and predicted label."""
+        if service.review is None:
+            raise HTTPException(404, "no review set: start the server with --review FOLDER_OR_PREDICTIONS_CSV")
+        return service.review.to_dict()
+
+    @app.get("/api/review/image/{index}", tags=["review"], response_class=Response,
+             responses={200: {"content": {"image/png": {}}}})
+    def review_image(index: str) -> Response:
+        """Sample `index` of the review set as PNG. Images are looked up by index only, so
+        nothing outside the review set can be read."""
+        item = _review_item(service, index)
+        from spermhead.preprocess.io import read_image
+
+        try:
+            rgb = read_image(item.path, name=item.path.name, max_pixels=predictor.max_pixels)  # type: ignore[union-attr]
+        except SpermheadError as exc:
+            raise HTTPException(getattr(exc, "status", 400), str(exc)) from None
+        return Response(png_bytes(rgb), media_type="image/png", headers={"Cache-Control": "max-age=3600"})
+
+    return app
+
+
+def _review_item(service: Service, index: str) -> ReviewItem:
+    if service.review is None:
+        raise HTTPException(404, "no review set")
+    if not index.isdigit() or int(index) >= len(service.review.items):
+        raise HTTPException(404, f"no review item {index[:40]!r}")
+    item = service.review.items[int(index)]
+    if item.path is None:
+        raise HTTPException(404, f"{item.id}: image not available")
+    return item
+
+
+async def _read_limited(upload: UploadFile, limit: int) -> bytes | None:
+    """The upload's bytes, or None as soon as it passes `limit` (never holds more)."""
+    parts, total = [], 0
+    while chunk := await upload.read(CHUNK):
+        total += len(chunk)
+        if total > limit:
+            return None
+        parts.append(chunk)
+    return b"".join(parts)

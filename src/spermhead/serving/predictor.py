@@ -1,0 +1,342 @@
+"""Classify image files or uploaded bytes with a saved bundle.
+
+One bundle is loaded once; each image is read, canonicalised with the bundle's own
+PreprocessConfig and scored by `models.inference.predict_proba` (the path evaluation
+uses), so `predict`, the web app and the REST API give the scores the model was assessed
+with. A file that cannot be used becomes an error row; it never stops a batch.
+
+Result rows (plain dicts, JSON-ready):
+    ok       {"name", "path", "ok": True, "status": 200, "class", "confidence",
+              "probabilities": {class: p}, "uncertain", "aligned", "alignment", "morphometrics"}
+    failure  {"name", "path", "ok": False, "status": 400|404|413|415|500, "error": "<name>: <problem>"}
+`status` is the HTTP code the API answers with for that file.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from spermhead.errors import ConfigError, ImageError, SpermheadError
+from spermhead.models.inference import predict_proba
+from spermhead.serving.bundle import Bundle, load_bundle
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("torch", "onnx")
+ONNX_NAME = "model.onnx"  # looked for next to the bundle's model.json
+
+
+@dataclass
+class Prepared:
+    """One image ready for the model: its canonical crop and what alignment found."""
+
+    name: str
+    path: str | None
+    image: np.ndarray  # uint8 C x S x S
+    aligned: bool
+    alignment: str
+    morphometrics: dict[str, float] | None
+
+
+def error_row(name: str, path: str | None, exc: BaseException) -> dict[str, Any]:
+    """A failure as a result row; ImageError carries its own HTTP status."""
+    if isinstance(exc, ImageError):
+        status, message = exc.status, str(exc)
+    elif isinstance(exc, FileNotFoundError):
+        status, message = 404, f"{name}: no such file"
+    elif isinstance(exc, IsADirectoryError):
+        status, message = 400, f"{name}: is a folder, not an image"
+    elif isinstance(exc, PermissionError):
+        status, message = 403, f"{name}: permission denied"
+    elif isinstance(exc, SpermheadError):
+        status, message = 400, str(exc) if name in str(exc) else f"{name}: {exc}"
+    else:
+        # A bug rather than a bad file: say so plainly and keep the traceback in the log.
+        log.exception("unexpected error while processing %s", name)
+        status, message = 500, f"{name}: internal error while processing the image ({type(exc).__name__}: {exc})"
+    return {"name": name, "path": path, "ok": False, "status": status, "error": message}
+
+
+class OrtModule(nn.Module):
+    """An onnxruntime session behind the nn.Module interface, so `predict_proba` (with its
+    normalisation, flip TTA and prior correction) drives the ONNX model unchanged."""
+
+    def __init__(self, onnx_path: Path | str, threads: int = 0) -> None:
+        super().__init__()
+        import onnxruntime as ort  # lazy: only the onnx backend needs it
+
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = threads
+        self.path = Path(onnx_path)
+        self.session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        (out,) = self.session.run(None, {self.input_name: x.detach().cpu().contiguous().numpy()})
+        return torch.from_numpy(out)
+
+
+class Predictor:
+    """Loads a bundle once and classifies files or bytes in batches.
+
+    backend "torch" runs the bundle's ensemble; "onnx" runs `model.onnx` next to the bundle
+    when it was exported from these weights, else exports one to a temporary file first.
+    """
+
+    def __init__(
+        self,
+        bundle_dir: Path | str,
+        backend: str = "torch",
+        *,
+        batch_size: int = 256,
+        max_pixels: int | None = None,
+        onnx_path: Path | str | None = None,
+        workers: int = 0,
+    ) -> None:
+        if backend not in BACKENDS:
+            raise ConfigError(f"backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+        self.bundle: Bundle = load_bundle(bundle_dir)
+        self.bundle_dir = Path(bundle_dir)
+        self.meta = self.bundle.meta
+        self.classes = list(self.meta.classes)
+        self.config = self.meta.preprocess_config
+        self.max_pixels = max_pixels if max_pixels is not None else self.config.max_pixels
+        self.batch_size = max(1, int(batch_size))
+        self.backend = backend
+        self.model: nn.Module = self.bundle.model.eval()
+        self.onnx_path: Path | None = None
+        self._tmpdir: tempfile.TemporaryDirectory[str] | None = None
+        if backend == "onnx":
+            self.onnx_path = self._find_or_export_onnx(onnx_path)
+            self.model = OrtModule(self.onnx_path)
+        # Decoding and alignment are OpenCV/PIL work that mostly releases the GIL, so a few
+        # threads overlap it; 0 picks a small default from the CPU count.
+        self.workers = workers if workers > 0 else min(4, os.cpu_count() or 1)
+        self._pool: ThreadPoolExecutor | None = None
+
+    # ------------------------------------------------------------------ model
+
+    def _find_or_export_onnx(self, onnx_path: Path | str | None) -> Path:
+        from spermhead.serving.onnx_export import bundle_fingerprint, export_onnx, onnx_fingerprint
+
+        if onnx_path is not None:
+            path = Path(onnx_path)
+            if not path.is_file():
+                raise ConfigError(f"{path}: no such ONNX file; create it with `spermhead export`")
+            return path
+        beside = self.bundle_dir / ONNX_NAME
+        if beside.is_file() and onnx_fingerprint(beside) == bundle_fingerprint(self.bundle_dir):
+            return beside
+        if beside.is_file():
+            log.warning("%s was exported from other weights; exporting afresh", beside)
+        self._tmpdir = tempfile.TemporaryDirectory(prefix="spermhead-onnx-")
+        out = Path(self._tmpdir.name) / ONNX_NAME
+        export_onnx(self.bundle, out)
+        return out
+
+    def probabilities(self, images: np.ndarray) -> np.ndarray:
+        """uint8 N x C x S x S canonical images -> N x classes, through `predict_proba`."""
+        return predict_proba(
+            self.model, images, self.meta.mean, self.meta.std,
+            tta=self.meta.tta, class_bias=self.meta.class_bias, batch_size=self.batch_size,
+        )
+
+    # ------------------------------------------------------------------ preprocessing
+
+    def prepare(self, source: Path | str | bytes, name: str | None = None) -> Prepared:
+        """Read and canonicalise one image; raises ImageError/OSError for a bad file."""
+        from spermhead.preprocess.align import canonicalize
+        from spermhead.preprocess.io import read_image
+
+        path = None if isinstance(source, bytes) else str(source)
+        name = name or (Path(path).name if path else "upload")
+        rgb = read_image(source, name=name, max_pixels=self.max_pixels)
+        return self.prepare_array(rgb, name, path, canonicalize=canonicalize)
+
+    def prepare_array(self, rgb: np.ndarray, name: str, path: str | None = None, *,
+                      canonicalize: Any = None) -> Prepared:
+        """Canonicalise an already decoded H x W x 3 uint8 RGB image."""
+        if canonicalize is None:
+            from spermhead.preprocess.align import canonicalize
+        canon = canonicalize(rgb, self.config)
+        morph = canon.morphometrics.to_dict() if canon.morphometrics is not None else None
+        if morph is not None:
+            morph = {k: float(v) for k, v in morph.items()}  # numpy scalars -> JSON floats
+        return Prepared(name, path, np.ascontiguousarray(canon.image, dtype=np.uint8),
+                        bool(canon.aligned), str(canon.status), morph)
+
+    def _prepare_safe(self, source: Path | str | bytes, name: str | None = None) -> Prepared | dict[str, Any]:
+        path = None if isinstance(source, bytes) else str(source)
+        name = name or (Path(path).name if path else "upload")
+        try:
+            return self.prepare(source, name)
+        except Exception as exc:  # one bad file must never stop a batch or the server
+            return error_row(name, path, exc)
+
+    def _map(self, fn: Any, items: Sequence[Any]) -> list[Any]:
+        if self.workers <= 1 or len(items) < 2:
+            return [fn(*it) for it in items]
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="spermhead-prep")
+        return list(self._pool.map(lambda it: fn(*it), items))
+
+    # ------------------------------------------------------------------ results
+
+    def result_row(self, prep: Prepared, probs: np.ndarray) -> dict[str, Any]:
+        top = int(np.argmax(probs))
+        confidence = float(probs[top])
+        return {
+            "name": prep.name,
+            "path": prep.path,
+            "ok": True,
+            "status": 200,
+            "class": self.classes[top],
+            "confidence": confidence,
+            "probabilities": {c: float(p) for c, p in zip(self.classes, probs, strict=True)},
+            "uncertain": confidence < self.meta.uncertainty_threshold,
+            "aligned": prep.aligned,
+            "alignment": prep.alignment,
+            "morphometrics": prep.morphometrics,
+        }
+
+    def classify(self, items: Sequence[Prepared | dict[str, Any]]) -> list[dict[str, Any]]:
+        """Score the prepared items in one batch; error rows pass through in place."""
+        good = [i for i, it in enumerate(items) if isinstance(it, Prepared)]
+        rows: list[dict[str, Any]] = [it if isinstance(it, dict) else {} for it in items]
+        if good:
+            batch = np.stack([items[i].image for i in good])  # type: ignore[union-attr]
+            probs = self.probabilities(batch)
+            for i, p in zip(good, probs, strict=True):
+                rows[i] = self.result_row(items[i], p)  # type: ignore[arg-type]
+        return rows
+
+    def predict_files(self, paths: Iterable[Path | str], batch_size: int | None = None) -> Iterator[dict[str, Any]]:
+        """One result row per path, in order, computed batch by batch (a generator, so a
+        caller can show progress and write rows as they come)."""
+        size = batch_size or self.batch_size
+        chunk: list[Path | str] = []
+        for p in paths:
+            chunk.append(p)
+            if len(chunk) >= size:
+                yield from self._predict_chunk(chunk)
+                chunk = []
+        if chunk:
+            yield from self._predict_chunk(chunk)
+
+    def _predict_chunk(self, chunk: Sequence[Path | str]) -> list[dict[str, Any]]:
+        prepared = self._map(self._prepare_safe, [(p,) for p in chunk])
+        return self.classify(prepared)
+
+    def predict_bytes(self, name: str, data: bytes) -> dict[str, Any]:
+        """One uploaded image -> its result row (or error row)."""
+        return self.predict_many_bytes([(name, data)])[0]
+
+    def predict_many_bytes(self, items: Sequence[tuple[str, bytes]]) -> list[dict[str, Any]]:
+        prepared = self.prepare_many_bytes(items)
+        return self.classify(prepared)
+
+    def prepare_many_bytes(self, items: Sequence[tuple[str, bytes]]) -> list[Prepared | dict[str, Any]]:
+        return self._map(lambda name, data: self._prepare_safe(data, name), list(items))
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
+            self._pool = None
+        if self._tmpdir is not None:
+            self._tmpdir.cleanup()
+            self._tmpdir = None
+
+    def __enter__(self) -> Predictor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# ---------------------------------------------------------------------- inputs and outputs
+
+_GLOB_CHARS = set("*?[")
+
+
+def expand_inputs(specs: Iterable[Path | str]) -> list[Path]:
+    """Files as given, folders as their image files (recursive, sorted) and glob patterns.
+    A name that matches nothing is kept, so it becomes an error row rather than vanishing."""
+    from glob import glob
+
+    from spermhead.data.readers import IMAGE_SUFFIXES
+
+    out: list[Path] = []
+    for spec in specs:
+        path = Path(spec)
+        if path.is_dir():
+            out += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                          and not any(part.startswith(".") for part in p.relative_to(path).parts))
+        elif not path.exists() and _GLOB_CHARS & set(str(spec)):
+            matches = sorted(Path(m) for m in glob(str(spec), recursive=True))
+            files = [m for m in matches if m.is_file()]
+            out += files or [path]
+        else:
+            out.append(path)
+    return out
+
+
+def csv_columns(classes: Sequence[str]) -> list[str]:
+    return (["path", "class", "confidence", "uncertain"] + [f"p_{c}" for c in classes]
+            + ["aligned", "alignment", "area", "length", "width", "elongation", "perimeter",
+               "rotation_deg", "error"])
+
+
+def csv_row(row: dict[str, Any], classes: Sequence[str]) -> dict[str, Any]:
+    """A result row flattened for CSV: probabilities and morphometrics become columns."""
+    flat: dict[str, Any] = {"path": row.get("path") or row.get("name"), "error": row.get("error", "")}
+    if row.get("ok"):
+        flat.update({"class": row["class"], "confidence": f"{row['confidence']:.6f}",
+                     "uncertain": row["uncertain"], "aligned": row["aligned"], "alignment": row["alignment"]})
+        flat.update({f"p_{c}": f"{row['probabilities'][c]:.6f}" for c in classes})
+        flat.update(row.get("morphometrics") or {})
+    return flat
+
+
+def untrained_bundle(directory: Path | str, architecture: str = "spermnet", *,
+                     classes: Sequence[str] = ("normal", "tapered", "pyriform", "amorphous"),
+                     image_size: int = 64, color: str = "gray", members: int = 1, tta: bool = False,
+                     seed: int = 0, **model_kwargs: Any) -> Path:
+    """A bundle with freshly initialised weights: for tests, benchmarks and the export check
+    (speed and plumbing do not depend on training)."""
+    from spermhead.config import PreprocessConfig
+    from spermhead.models.registry import build_model
+    from spermhead.serving.bundle import BundleMeta, save_bundle
+
+    torch.manual_seed(seed)
+    in_chans = 1 if color == "gray" else 3
+    cfg = PreprocessConfig(image_size=image_size, color=color)
+    nets = []
+    for _ in range(members):
+        net = build_model(architecture, num_classes=len(classes), in_chans=in_chans,
+                          image_size=image_size, **model_kwargs)
+        nets.append(_standardized(net, in_chans).eval())
+    meta = BundleMeta(architecture=architecture, classes=list(classes), preprocess=vars(cfg).copy(),
+                      in_chans=in_chans, image_size=image_size, model_kwargs=dict(model_kwargs),
+                      kind="single" if members == 1 else "ensemble", tta=tta,
+                      run={"note": "untrained weights"})
+    return save_bundle(Path(directory), nets, meta)
+
+
+def _standardized(net: nn.Module, in_chans: int) -> nn.Module:
+    # Bundles store members behind a Standardize layer where the project has one.
+    from spermhead.models import inference
+
+    wrap = getattr(inference, "standardized", None)
+    return wrap(net, in_chans) if wrap is not None else net

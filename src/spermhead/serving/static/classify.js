@@ -1,0 +1,129 @@
+// Classify page: files go to POST /api/predict a few at a time; each gets a card.
+"use strict";
+
+const BATCH = 8; // files per request: one slow batch never holds back the whole drop
+const cards = document.getElementById("cards");
+const statusLine = document.getElementById("status");
+const dropzone = document.getElementById("dropzone");
+const input = document.getElementById("file-input");
+const gradcamBox = document.getElementById("gradcam");
+let classes = [];
+
+function figure(src, caption, alt) {
+  const img = el("img", { src, alt });
+  return el("figure", {}, img, el("figcaption", { text: caption }));
+}
+
+function pendingCard(file) {
+  const card = el("article", { class: "card", "data-name": file.name },
+    el("h3", { text: file.name, title: file.name }),
+    el("div", { class: "status-line", text: "classifying…" }));
+  cards.prepend(card);
+  return card;
+}
+
+function fillError(card, file, message) {
+  card.className = "card error";
+  card.replaceChildren(
+    el("h3", { text: file.name, title: file.name }),
+    el("div", { class: "err", text: message }));
+}
+
+function morphTable(m) {
+  const labels = {
+    area: "area (px²)", length: "length (px)", width: "width (px)",
+    elongation: "elongation", perimeter: "perimeter (px)", rotation_deg: "rotation (°)",
+  };
+  const t = el("table", { class: "kv" });
+  for (const [k, v] of Object.entries(m)) {
+    const shown = typeof v === "number" ? (Math.abs(v) >= 100 ? v.toFixed(0) : v.toFixed(2)) : String(v);
+    t.append(el("tr", {}, el("td", { text: labels[k] || k }), el("td", { text: shown })));
+  }
+  return t;
+}
+
+function fillResult(card, file, r) {
+  card.className = "card result";
+  const original = URL.createObjectURL(file);
+  const images = el("div", { class: "images" });
+  const origFig = figure(original, "uploaded", "uploaded image");
+  // Browsers cannot show TIFF: keep the slot but say so instead of a broken image.
+  origFig.querySelector("img").addEventListener("error", () => {
+    origFig.replaceChildren(el("div", { class: "empty", text: "preview not supported" }),
+      el("figcaption", { text: "uploaded" }));
+  });
+  images.append(origFig);
+  if (r.crop) images.append(figure(r.crop, "aligned crop (model input)", "aligned crop"));
+  if (r.gradcam) images.append(figure(r.gradcam, `Grad-CAM · ${r.class}`, "Grad-CAM overlay"));
+
+  const verdict = el("div", { class: "verdict" },
+    el("span", { class: "cls", text: r.class }),
+    el("span", { class: "pct", text: pct(r.confidence) }));
+  if (r.uncertain) {
+    verdict.append(el("span", { class: "badge uncertain", text: "uncertain",
+      title: "the top probability is below the model's uncertainty threshold" }));
+  }
+  if (!r.aligned) {
+    verdict.append(el("span", { class: "badge unaligned", text: "not aligned", title: r.alignment }));
+  }
+  const order = classes.length ? classes : Object.keys(r.probabilities);
+  const parts = [el("h3", { text: r.name, title: r.name }), images, verdict,
+    probabilityBars(r.probabilities, order, r.class)];
+  const details = el("details", { class: "morph" },
+    el("summary", { text: `morphometrics · alignment: ${r.alignment}` }));
+  if (r.morphometrics) details.append(morphTable(r.morphometrics));
+  else details.append(el("div", { class: "hint", text: "no head outline found" }));
+  parts.push(details);
+  card.replaceChildren(...parts);
+}
+
+async function sendBatch(files) {
+  const pending = files.map(pendingCard);
+  const form = new FormData();
+  for (const f of files) form.append("files", f, f.name);
+  const q = gradcamBox.checked ? "?gradcam=true" : "";
+  let response;
+  try {
+    response = await fetch("/api/predict" + q, { method: "POST", body: form });
+  } catch (e) {
+    files.forEach((f, i) => fillError(pending[i], f, `network error: ${e.message}`));
+    return 0;
+  }
+  if (!response.ok) {
+    const message = await errorText(response);
+    files.forEach((f, i) => fillError(pending[i], f, message));
+    return files.length;
+  }
+  const body = await response.json();
+  let failed = 0;
+  body.results.forEach((r, i) => {
+    if (r.ok) fillResult(pending[i], files[i], r);
+    else { failed += 1; fillError(pending[i], files[i], r.error); }
+  });
+  return failed;
+}
+
+async function handleFiles(fileList) {
+  const files = Array.from(fileList);
+  if (!files.length) return;
+  statusLine.textContent = `classifying ${files.length} image${files.length > 1 ? "s" : ""}…`;
+  let failed = 0;
+  for (let i = 0; i < files.length; i += BATCH) {
+    failed += await sendBatch(files.slice(i, i + BATCH));
+  }
+  statusLine.textContent = `${files.length - failed} classified` + (failed ? `, ${failed} could not be used` : "");
+}
+
+input.addEventListener("change", () => { handleFiles(input.files); input.value = ""; });
+for (const ev of ["dragenter", "dragover"]) {
+  dropzone.addEventListener(ev, (e) => { e.preventDefault(); dropzone.classList.add("over"); });
+}
+for (const ev of ["dragleave", "drop"]) {
+  dropzone.addEventListener(ev, (e) => { e.preventDefault(); dropzone.classList.remove("over"); });
+}
+dropzone.addEventListener("drop", (e) => handleFiles(e.dataTransfer.files));
+// A file dropped beside the zone must not navigate away from the page.
+window.addEventListener("dragover", (e) => e.preventDefault());
+window.addEventListener("drop", (e) => e.preventDefault());
+
+loadModelInfo().then((m) => { if (m) classes = m.classes; });

@@ -1,0 +1,262 @@
+"""REST API and pages: every kind of bad upload answers 4xx naming the file; the server
+keeps serving; the review page serves images by index only."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from spermhead.data.synthetic import render_head
+from spermhead.evaluation.predictions import Predictions
+from spermhead.serving.app import create_app
+from spermhead.serving.predictor import untrained_bundle
+
+CLASSES = ("normal", "tapered", "pyriform", "amorphous")
+
+
+def head(label: str = "normal", seed: int = 0) -> np.ndarray:
+    rgb, _ = render_head(label, "hushem", np.random.default_rng(seed))
+    return rgb
+
+
+def encode(img: Image.Image, fmt: str, **kw: object) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def png(seed: int = 0, label: str = "normal") -> bytes:
+    return encode(Image.fromarray(head(label, seed)), "PNG")
+
+
+def huge_png_header(width: int = 20000, height: int = 20000) -> bytes:
+    """A valid PNG header claiming width x height 1-bit pixels, with a token IDAT: a few
+    hundred bytes that must be refused from the header, never decoded."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # Tiny and untrained: the API's plumbing does not depend on accuracy.
+    return untrained_bundle(tmp_path_factory.mktemp("bundle"), "spermnet", classes=CLASSES,
+                            image_size=32, tta=True, width=8)
+
+
+@pytest.fixture(scope="module")
+def labelled(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("labelled")
+    for k, label in enumerate(CLASSES):
+        (root / label).mkdir()
+        for i in range(2):
+            Image.fromarray(head(label, 10 * k + i)).save(root / label / f"{label}_{i}.bmp")
+    return root
+
+
+@pytest.fixture(scope="module")
+def client(bundle: Path, labelled: Path) -> TestClient:
+    app = create_app(bundle, review_source=labelled, max_upload_mb=1)
+    with TestClient(app) as c:
+        yield c
+
+
+def post(client: TestClient, *files: tuple[str, bytes], query: str = "") -> object:
+    return client.post("/api/predict" + query,
+                       files=[("files", (name, data, "application/octet-stream")) for name, data in files])
+
+
+def test_one_image(client: TestClient) -> None:
+    r = post(client, ("head.png", png()))
+    assert r.status_code == 200, r.text
+    (row,) = r.json()["results"]
+    assert row["ok"] and row["status"] == 200 and row["name"] == "head.png"
+    assert row["class"] in CLASSES
+    assert set(row["probabilities"]) == set(CLASSES)
+    assert abs(sum(row["probabilities"].values()) - 1) < 1e-5
+    assert row["confidence"] == max(row["probabilities"].values())
+    assert isinstance(row["uncertain"], bool)
+    assert row["crop"].startswith("data:image/png;base64,")
+    assert "gradcam" not in row and "path" not in row
+    assert {"aligned", "alignment", "morphometrics"} <= set(row)
+
+
+def test_gradcam_overlay(client: TestClient) -> None:
+    r = post(client, ("head.png", png(3)), query="?gradcam=true")
+    assert r.status_code == 200, r.text
+    row = r.json()["results"][0]
+    assert row["gradcam"].startswith("data:image/png;base64,")
+
+
+def test_batch_mixes_good_and_bad(client: TestClient) -> None:
+    r = post(client, ("a.png", png(1)), ("notes.png", b"just some text"), ("b.png", png(2, "tapered")))
+    assert r.status_code == 200, r.text
+    a, bad, b = r.json()["results"]
+    assert a["ok"] and b["ok"] and (a["name"], b["name"]) == ("a.png", "b.png")
+    assert not bad["ok"] and bad["status"] == 415 and bad["error"].startswith("notes.png:")
+
+
+def _truncated_bmp() -> bytes:
+    data = encode(Image.fromarray(head()), "BMP")
+    return data[: len(data) // 2]
+
+
+def _tiff16() -> bytes:
+    gray = head()[..., 1].astype(np.uint16) * 257
+    return encode(Image.fromarray(gray), "TIFF")
+
+
+def _cmyk_jpeg() -> bytes:
+    return encode(Image.fromarray(head()).convert("CMYK"), "JPEG", quality=92)
+
+
+def _alpha_png() -> bytes:
+    rgba = np.dstack([head(), np.full(head().shape[:2], 255, np.uint8)])
+    rgba[:10, :10, 3] = 0
+    return encode(Image.fromarray(rgba), "PNG")
+
+
+@pytest.mark.parametrize(
+    ("name", "make", "status", "words"),
+    [
+        ("empty.png", lambda: b"", 400, "empty"),
+        ("cut.bmp", _truncated_bmp, 400, "truncated"),
+        ("notes.png", lambda: b"this is text, not a picture\n" * 4, 415, "not a supported image"),
+        ("huge.png", huge_png_header, 413, "pixels"),
+        ("big.png", lambda: b"\x89PNG\r\n\x1a\n" + b"\0" * (1_200_000), 413, "upload limit"),
+    ],
+)
+def test_bad_upload_answers_4xx_naming_the_file(client: TestClient, name: str, make, status: int, words: str) -> None:
+    data = make()
+    r = post(client, (name, data))
+    assert r.status_code == status, r.text
+    detail = r.json()["detail"]
+    assert detail.startswith(f"{name}:") and words in detail, detail
+    assert client.get("/health").status_code == 200  # the server keeps serving
+
+
+def test_huge_header_file_is_small() -> None:
+    assert len(huge_png_header()) < 1000  # refused by its header, not by its size
+
+
+@pytest.mark.parametrize(("name", "make"), [("deep.tif", _tiff16), ("cmyk.jpg", _cmyk_jpeg), ("alpha.png", _alpha_png)])
+def test_unusual_but_valid_formats_work(client: TestClient, name: str, make) -> None:
+    r = post(client, (name, make()))
+    assert r.status_code == 200, r.text
+    assert r.json()["results"][0]["class"] in CLASSES
+
+
+def test_client_file_name_is_never_a_path(client: TestClient) -> None:
+    r = post(client, ("../../etc/passwd.png", b"nope"))
+    assert r.status_code == 415
+    assert r.json()["detail"].startswith("passwd.png:")
+
+
+def test_missing_files_field_is_4xx(client: TestClient) -> None:
+    assert 400 <= client.post("/api/predict").status_code < 500
+
+
+def test_request_body_cap(bundle: Path) -> None:
+    app = create_app(bundle, max_upload_mb=1, max_request_mb=1)
+    with TestClient(app) as c:
+        r = post(c, ("a.png", b"\0" * 600_000), ("b.png", b"\0" * 600_000))
+        assert r.status_code == 413 and "request" in r.json()["detail"]
+        assert c.get("/health").status_code == 200
+
+
+def test_unexpected_error_is_json_500_and_server_survives(bundle: Path) -> None:
+    app = create_app(bundle)
+
+    def boom(*_a: object, **_k: object) -> None:
+        raise RuntimeError("bug")
+
+    app.state.service.process = boom
+    with TestClient(app, raise_server_exceptions=False) as c:
+        r = post(c, ("a.png", png()))
+        assert r.status_code == 500 and r.json()["detail"].startswith("internal error")
+        assert c.get("/health").json()["status"] == "ok"
+
+
+def test_model_health_docs(client: TestClient) -> None:
+    m = client.get("/api/model").json()
+    assert m["classes"] == list(CLASSES) and m["architecture"] == "spermnet"
+    assert m["input"]["size"] == 32 and m["input"]["color"] == "gray"
+    assert {"operating_point", "uncertainty_threshold", "run", "tta", "limits"} <= set(m)
+    assert client.get("/health").json()["status"] == "ok"
+    assert client.get("/docs").status_code == 200
+    assert "/api/predict" in client.get("/openapi.json").json()["paths"]
+
+
+def test_pages_are_self_contained(client: TestClient) -> None:
+    for page in ("/", "/review"):
+        r = client.get(page)
+        assert r.status_code == 200 and "<html" in r.text
+        assert "http://" not in r.text and "https://" not in r.text  # no CDN
+    for asset in ("style.css", "common.js", "classify.js", "review.js"):
+        r = client.get(f"/static/{asset}")
+        assert r.status_code == 200 and "https://" not in r.text
+
+
+def test_review_folder_is_predicted(client: TestClient) -> None:
+    data = client.get("/api/review").json()
+    assert data["kind"] == "folder" and data["count"] == 8
+    assert {it["true"] for it in data["items"]} == set(CLASSES)
+    assert all(it["pred"] in CLASSES and it["has_image"] for it in data["items"])
+    judged = [it["correct"] for it in data["items"]]
+    assert data["accuracy"] == pytest.approx(sum(judged) / len(judged))
+    r = client.get("/api/review/image/0")
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+
+
+@pytest.mark.parametrize("attempt", [
+    "/api/review/image/..%2F..%2F..%2Fetc%2Fpasswd",
+    "/api/review/image/../../../etc/passwd",
+    "/api/review/image/%2e%2e%2fpyproject.toml",
+    "/api/review/image/-1",
+    "/api/review/image/8",
+    "/api/review/image/1e3",
+    "/api/review/image/0x1",
+    "/static/../app.py",
+    "/static/%2e%2e/app.py",
+    "/static/..%2Fapp.py",
+    "/review/../../etc/passwd",
+])
+def test_review_path_traversal_refused(client: TestClient, attempt: str) -> None:
+    r = client.get(attempt)
+    assert r.status_code in (400, 404), (attempt, r.status_code)
+    assert "root:" not in r.text and "def create_app" not in r.text
+
+
+def test_review_from_predictions_csv(bundle: Path, labelled: Path, tmp_path: Path) -> None:
+    from spermhead.data.readers import load_dataset
+
+    table = load_dataset(str(labelled))
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.ones(len(CLASSES)), size=len(table))
+    Predictions.from_model_output([s.id for s in table.samples], probs, table,
+                                  classes=list(CLASSES)).write_csv(tmp_path / "predictions.csv")
+    app = create_app(bundle, review_source=tmp_path / "predictions.csv", review_data=labelled)
+    with TestClient(app) as c:
+        data = c.get("/api/review").json()
+        assert data["kind"] == "predictions" and data["count"] == len(table)
+        expected = [CLASSES[k] for k in probs.argmax(1)]
+        assert [it["pred"] for it in data["items"]] == expected
+        assert [it["correct"] for it in data["items"]] == [p == s.label for p, s in zip(expected, table.samples, strict=True)]
+        assert c.get("/api/review/image/3").status_code == 200
+
+
+def test_review_without_source_says_so(bundle: Path) -> None:
+    with TestClient(create_app(bundle)) as c:
+        r = c.get("/api/review")
+        assert r.status_code == 404 and "--review" in r.json()["detail"]
+        assert c.get("/api/review/image/0").status_code == 404
