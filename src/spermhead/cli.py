@@ -162,3 +162,103 @@ def select(
     names = [m.strip() for m in models.split(",") if m.strip()]
     select_models(base, names, out, variants=variants, overwrite=overwrite, resume=resume, progress=progress)
     console.print(f"selection table: {out / 'selection.md'} (also .csv and .html)")
+
+
+@app.command("predict")
+@friendly
+def predict(
+    paths: Annotated[list[str], typer.Argument(help="Image files, folders (searched recursively) or glob patterns")],
+    model: Annotated[Path, typer.Option("--model", help="Bundle folder (model.json + model.safetensors)")],
+    csv_out: Annotated[Path | None, typer.Option("--csv", help="Write one row per file to this CSV")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write every result to this JSON file")] = None,
+    backend: Annotated[str, typer.Option(help="torch, or onnx (model.onnx beside the bundle, else exported)")] = "torch",
+    batch_size: Annotated[int, typer.Option(help="Images per model call")] = 256,
+    show: Annotated[int, typer.Option(help="Rows shown in the table; --csv/--json get them all")] = 50,
+) -> None:
+    """Classify images. A file that cannot be used becomes an error row; exit code 1 if any did."""
+    import csv
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.table import Table
+
+    from spermhead.serving.predictor import Predictor, csv_columns, csv_row, expand_inputs
+
+    files = expand_inputs(paths)
+    if not files:
+        raise SpermheadError(f"{' '.join(paths)}: no image files found")
+    rows: list[dict[str, Any]] = []
+    with Predictor(model, backend=backend, batch_size=batch_size) as predictor:
+        columns = csv_columns(predictor.classes)
+        fh = open(csv_out, "w", newline="") if csv_out else None  # noqa: SIM115 - closed below
+        try:
+            writer = csv.DictWriter(fh, fieldnames=columns) if fh else None
+            if writer:
+                writer.writeheader()
+            progress = Progress(TextColumn("classifying"), BarColumn(), MofNCompleteColumn(),
+                                TimeRemainingColumn(), console=err_console, transient=True)
+            with progress:
+                task = progress.add_task("predict", total=len(files))
+                for row in predictor.predict_files(files):
+                    rows.append(row)
+                    if writer:
+                        writer.writerow(csv_row(row, predictor.classes))  # streamed: rows land as they come
+                    progress.advance(task)
+        finally:
+            if fh:
+                fh.close()
+    if json_out:
+        json_out.write_text(json.dumps(rows, indent=1))
+
+    failed = [r for r in rows if not r["ok"]]
+    table = Table("file", "class", "confidence", "uncertain", "status",
+                  title=f"{len(rows) - len(failed)} classified, {len(failed)} failed")
+    shown = rows if len(rows) <= show else failed[:show] + [r for r in rows if r["ok"]][: max(0, show - len(failed))]
+    for r in shown:
+        if r["ok"]:
+            table.add_row(r["name"], r["class"], f"{r['confidence']:.3f}", "yes" if r["uncertain"] else "",
+                          r["alignment"])
+        else:
+            table.add_row(r["name"], "", "", "", f"[red]{r['error']}[/]")
+    console.print(table)
+    if len(shown) < len(rows):
+        console.print(f"({len(rows) - len(shown)} more rows" + (" in the CSV/JSON)" if csv_out or json_out else
+                                                                 "; write them all with --csv)"))
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command("serve")
+@friendly
+def serve(
+    model: Annotated[Path, typer.Option("--model", help="Bundle folder (model.json + model.safetensors)")],
+    host: Annotated[str, typer.Option(help="Interface to bind; localhost unless you mean to share it")] = "127.0.0.1",
+    port: Annotated[int, typer.Option()] = 8000,
+    review: Annotated[str | None, typer.Option(help="Labelled class folder, dataset name, run folder or "
+                                               "predictions.csv for the review page")] = None,
+    review_data: Annotated[Path | None, typer.Option(help="Dataset folder holding the images of --review's "
+                                                     "predictions (default: the run's config.yaml)")] = None,
+    max_upload_mb: Annotated[float, typer.Option(help="Per-file upload limit")] = 20,
+    backend: Annotated[str, typer.Option(help="torch or onnx")] = "torch",
+) -> None:
+    """Serve the classify and review pages and the REST API (docs at /docs)."""
+    import uvicorn
+
+    from spermhead.serving.app import create_app
+
+    web = create_app(model, review, max_upload_mb=max_upload_mb, review_data=review_data, backend=backend)
+    console.print(f"serving {model} at http://{host}:{port}/  (review: /review, API docs: /docs)")
+    uvicorn.run(web, host=host, port=port, log_level="info")
+
+
+@app.command("export")
+@friendly
+def export(
+    model: Annotated[Path, typer.Option("--model", help="Bundle folder")],
+    onnx: Annotated[Path | None, typer.Option("--onnx", help="Output file (default: model.onnx in the bundle)")] = None,
+) -> None:
+    """Export the bundle's model to ONNX (dynamic batch) and check it against torch."""
+    from spermhead.serving.onnx_export import export_onnx
+    from spermhead.serving.predictor import ONNX_NAME
+
+    report = export_onnx(model, onnx or model / ONNX_NAME)
+    console.print(report.summary(), highlight=False)

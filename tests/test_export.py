@@ -1,0 +1,74 @@
+"""ONNX export: dynamic batch, probabilities within 1e-4 of torch, and the onnx backend of
+the predictor agreeing with the torch one on real files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from spermhead.cli import app
+from spermhead.data.synthetic import render_head
+from spermhead.errors import SpermheadError
+from spermhead.serving import onnx_export
+from spermhead.serving.onnx_export import PARITY_TOLERANCE, bundle_fingerprint, export_onnx, onnx_fingerprint
+from spermhead.serving.predictor import ONNX_NAME, Predictor, untrained_bundle
+
+CLASSES = ("normal", "tapered", "pyriform", "small", "amorphous")
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # Two members: the exported graph must hold the whole ensemble average.
+    return untrained_bundle(tmp_path_factory.mktemp("bundle"), "spermnet", classes=CLASSES,
+                            image_size=32, members=2, tta=True, width=8)
+
+
+def test_export_parity_and_dynamic_batch(bundle: Path, tmp_path: Path) -> None:
+    report = export_onnx(bundle, tmp_path / "m.onnx")
+    assert report.max_abs_diff <= PARITY_TOLERANCE
+    assert report.exporter in ("torchscript", "dynamo")
+    assert set(report.batch_sizes) >= {1, 7}  # more than one batch size ran
+    assert onnx_fingerprint(tmp_path / "m.onnx") == bundle_fingerprint(bundle)
+
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"))
+    shape = session.get_inputs()[0].shape
+    assert not isinstance(shape[0], int)  # symbolic batch dimension
+    out = session.run(None, {session.get_inputs()[0].name: np.zeros((5, 1, 32, 32), np.float32)})[0]
+    assert out.shape == (5, len(CLASSES))
+
+
+def test_parity_failure_is_loud(bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(onnx_export, "parity", lambda *a, **k: (0.5, (1,)))
+    with pytest.raises(SpermheadError, match="differ from torch"):
+        export_onnx(bundle, tmp_path / "m.onnx")
+
+
+def test_export_cli_then_onnx_backend_matches_torch(bundle: Path, tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["export", "--model", str(bundle), "--onnx", str(bundle / ONNX_NAME)])
+    assert result.exit_code == 0, result.output
+    assert "max |p_onnx - p_torch|" in result.output
+
+    paths = []
+    for i in range(5):
+        rgb, _ = render_head(CLASSES[i], "scian", np.random.default_rng(i))
+        paths.append(tmp_path / f"h{i}.png")
+        Image.fromarray(rgb).save(paths[-1])
+    with Predictor(bundle) as pt, Predictor(bundle, backend="onnx") as po:
+        assert po.onnx_path == bundle / ONNX_NAME  # found beside the bundle, not re-exported
+        a = np.array([[r["probabilities"][c] for c in CLASSES] for r in pt.predict_files(paths)])
+        b = np.array([[r["probabilities"][c] for c in CLASSES] for r in po.predict_files(paths)])
+    assert np.abs(a - b).max() <= PARITY_TOLERANCE
+
+
+def test_stale_onnx_is_not_used(bundle: Path, tmp_path: Path) -> None:
+    other = untrained_bundle(tmp_path / "other", "spermnet", classes=CLASSES, image_size=32, width=8, seed=1)
+    export_onnx(bundle, other / ONNX_NAME, check=False)  # exported from different weights
+    with Predictor(other, backend="onnx") as po:
+        assert po.onnx_path != other / ONNX_NAME  # exported afresh to a temporary file
+        assert onnx_fingerprint(po.onnx_path) == bundle_fingerprint(other)

@@ -1,0 +1,128 @@
+"""Predictor: the same probabilities as `predict_proba` on the same canonical crops, error
+rows instead of exceptions, and the `predict` command over a folder with a corrupt file."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from spermhead.cli import app
+from spermhead.config import PreprocessConfig
+from spermhead.data.synthetic import render_head
+from spermhead.models.inference import predict_proba
+from spermhead.preprocess.align import canonicalize
+from spermhead.preprocess.io import read_image
+from spermhead.serving.bundle import load_bundle
+from spermhead.serving.predictor import Predictor, expand_inputs, untrained_bundle
+
+CLASSES = ("normal", "tapered", "pyriform", "amorphous")
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = untrained_bundle(tmp_path_factory.mktemp("bundle"), "spermnet", classes=CLASSES,
+                            image_size=32, tta=True, width=8)
+    # A non-trivial prior correction, so the test shows it is applied exactly once.
+    meta = json.loads((path / "model.json").read_text())
+    meta["class_bias"] = [0.3, -0.2, 0.1, 0.0]
+    (path / "model.json").write_text(json.dumps(meta))
+    return path
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Six good images (BMP/PNG, one in a subfolder) and one corrupt file."""
+    root = tmp_path_factory.mktemp("images")
+    (root / "sub").mkdir()
+    for i in range(6):
+        rgb, _ = render_head(CLASSES[i % 4], "hushem", np.random.default_rng(i))
+        target = root / ("sub" if i == 5 else "") / f"head{i}.{'bmp' if i % 2 else 'png'}"
+        Image.fromarray(rgb).save(target)
+    (root / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
+    (root / "notes.txt").write_text("not an image suffix: not picked up from a folder")
+    return root
+
+
+@pytest.fixture(scope="module")
+def predictor(bundle: Path) -> Predictor:
+    with Predictor(bundle, batch_size=4) as p:
+        yield p
+
+
+def test_same_probabilities_as_the_shared_path(predictor: Predictor, bundle: Path, folder: Path) -> None:
+    paths = sorted(folder.glob("*.png")) + sorted(folder.glob("*.bmp"))
+    paths = [p for p in paths if p.name != "broken.png"]
+    rows = list(predictor.predict_files(paths))
+    b = load_bundle(bundle)
+    cfg = PreprocessConfig(**b.meta.preprocess)
+    canon = np.stack([canonicalize(read_image(p), cfg).image for p in paths])
+    expected = predict_proba(b.model, canon, b.meta.mean, b.meta.std, tta=True, class_bias=b.meta.class_bias)
+    got = np.array([[r["probabilities"][c] for c in CLASSES] for r in rows])
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+    assert [r["class"] for r in rows] == [CLASSES[k] for k in expected.argmax(1)]
+
+
+def test_rows_in_order_with_error_rows(predictor: Predictor, folder: Path) -> None:
+    paths = expand_inputs([folder])
+    assert len(paths) == 7 and not any(p.suffix == ".txt" for p in paths)
+    rows = list(predictor.predict_files(paths, batch_size=3))
+    assert [r["path"] for r in rows] == [str(p) for p in paths]
+    bad = [r for r in rows if not r["ok"]]
+    assert len(bad) == 1 and bad[0]["status"] == 400 and bad[0]["error"].startswith("broken.png:")
+    for r in rows:
+        if r["ok"]:
+            assert r["class"] in CLASSES and 0 < r["confidence"] <= 1
+            assert r["uncertain"] == (r["confidence"] < predictor.meta.uncertainty_threshold)
+            assert isinstance(r["aligned"], bool) and r["alignment"]
+
+
+def test_missing_file_is_an_error_row(predictor: Predictor, tmp_path: Path) -> None:
+    (row,) = predictor.predict_files([tmp_path / "nothing.png"])
+    assert not row["ok"] and "nothing.png" in row["error"]
+
+
+def test_predict_bytes(predictor: Predictor, folder: Path) -> None:
+    data = (folder / "head0.png").read_bytes()
+    row = predictor.predict_bytes("x.png", data)
+    assert row["ok"] and row["name"] == "x.png"
+    (from_file,) = predictor.predict_files([folder / "head0.png"])
+    assert row["probabilities"] == from_file["probabilities"]
+    assert predictor.predict_bytes("e.png", b"")["status"] == 400
+
+
+def test_expand_inputs_globs_and_missing(folder: Path) -> None:
+    assert [p.name for p in expand_inputs([str(folder / "*.bmp")])] == ["head1.bmp", "head3.bmp"]
+    assert len(expand_inputs([str(folder / "**" / "*.png")])) == 4  # glob ** reaches sub/
+    assert expand_inputs([str(folder / "none*.png")]) == [folder / "none*.png"]  # kept: becomes an error row
+
+
+def test_predict_cli_folder_with_corrupt_file(bundle: Path, folder: Path, tmp_path: Path) -> None:
+    out_csv, out_json = tmp_path / "out.csv", tmp_path / "out.json"
+    result = CliRunner().invoke(app, ["predict", "--model", str(bundle), str(folder),
+                                      "--csv", str(out_csv), "--json", str(out_json), "--batch-size", "2"])
+    assert result.exit_code == 1, result.output
+    with open(out_csv, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 7
+    good, bad = [r for r in rows if not r["error"]], [r for r in rows if r["error"]]
+    assert len(good) == 6 and all(r["class"] in CLASSES for r in good)
+    assert len(bad) == 1 and bad[0]["path"].endswith("broken.png") and "truncated or corrupt" in bad[0]["error"]
+    assert {f"p_{c}" for c in CLASSES} <= set(rows[0])
+    assert len(json.loads(out_json.read_text())) == 7
+    assert "broken.png" in result.output
+
+
+def test_predict_cli_all_good_exits_0(bundle: Path, folder: Path) -> None:
+    result = CliRunner().invoke(app, ["predict", "--model", str(bundle), str(folder / "*.bmp")])
+    assert result.exit_code == 0, result.output
+
+
+def test_predict_cli_bad_bundle_is_a_one_line_error(tmp_path: Path, folder: Path) -> None:
+    result = CliRunner().invoke(app, ["predict", "--model", str(tmp_path), str(folder)])
+    assert result.exit_code == 2 and "model.json" in result.output
