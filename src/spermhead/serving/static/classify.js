@@ -69,7 +69,7 @@ function fillResult(card, file, r) {
   const order = classes.length ? classes : Object.keys(r.probabilities);
   const parts = [el("h3", { text: r.name, title: r.name }), images, verdict,
     probabilityBars(r.probabilities, order, r.class)];
-  const details = el("details", { class: "morph" },
+  const details = el("details", { class: "morph", open: true },
     el("summary", { text: `morphometrics · alignment: ${r.alignment}` }));
   if (r.morphometrics) details.append(morphTable(r.morphometrics));
   else details.append(el("div", { class: "hint", text: "no head outline found" }));

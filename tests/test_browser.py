@@ -1,0 +1,161 @@
+"""The pages in a real browser: Debian's Chromium, headless, driven by Playwright against a
+live uvicorn server on 127.0.0.1. Skipped (with the reason) only where Chromium is absent
+or cannot start; `make chromium` installs it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from spermhead.data.synthetic import render_head
+from spermhead.serving.app import create_app
+from spermhead.serving.predictor import untrained_bundle
+
+pytestmark = pytest.mark.browser
+
+CLASSES = ("normal", "tapered", "pyriform", "amorphous")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--no-first-run", "--disable-dev-shm-usage"]
+
+
+def chromium_path() -> str | None:
+    for candidate in (os.environ.get("SPERMHEAD_CHROMIUM"), "/usr/bin/chromium", shutil.which("chromium")):
+        if candidate and Path(candidate).is_file():
+            return candidate
+    return None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("labelled")
+    for k, label in enumerate(CLASSES):
+        (root / label).mkdir()
+        for i in range(2):
+            rgb, _ = render_head(label, "hushem", np.random.default_rng(10 * k + i))
+            Image.fromarray(rgb).save(root / label / f"{label}_{i}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, images: Path) -> Iterator[str]:
+    import uvicorn
+
+    bundle = untrained_bundle(tmp_path_factory.mktemp("bundle"), "spermnet", classes=CLASSES,
+                              image_size=32, width=8)
+    app = create_app(bundle, review_source=images)
+    port = free_port()
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not srv.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            pytest.fail("uvicorn did not start")
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    srv.should_exit = True
+    thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def page(server: str) -> Iterator[object]:
+    exe = chromium_path()
+    if exe is None:
+        pytest.skip("Chromium not found at /usr/bin/chromium (apt-get install chromium, or `make chromium`)")
+    from playwright.sync_api import Error, sync_playwright
+
+    with sync_playwright() as pw:
+        try:
+            browser = pw.chromium.launch(executable_path=exe, headless=True, args=CHROMIUM_ARGS)
+        except Error as exc:
+            pytest.skip(f"Chromium at {exe} could not be launched: {str(exc).splitlines()[0]}")
+        context = browser.new_context(viewport={"width": 1280, "height": 900})
+        pg = context.new_page()
+        pg.set_default_timeout(20_000)
+        yield pg
+        browser.close()
+
+
+def screenshot_dir() -> Path:
+    # SPERMHEAD_SCREENSHOTS keeps the pictures for a human to look at; default: pytest's tmp.
+    return Path(os.environ.get("SPERMHEAD_SCREENSHOTS", "")) if os.environ.get("SPERMHEAD_SCREENSHOTS") else None
+
+
+def test_classify_page_shows_class_and_probability(page, server: str, images: Path, tmp_path: Path) -> None:
+    page.goto(server + "/")
+    page.wait_for_selector("#model-info:has-text('spermnet')")
+    page.set_input_files("#file-input", [str(images / "normal" / "normal_0.png"),
+                                         str(images / "tapered" / "tapered_1.png")])
+    page.wait_for_function("document.querySelectorAll('.card.result').length === 2")
+    card = page.locator(".card.result").first
+    assert card.locator(".cls").inner_text().strip().lower() in CLASSES
+    assert card.locator(".verdict .pct").inner_text().strip().endswith("%")
+    assert card.locator(".bars .val").count() == len(CLASSES)
+    crop = card.locator("img[alt='aligned crop']")
+    assert crop.get_attribute("src").startswith("data:image/png;base64,")
+    assert card.locator("img[alt='Grad-CAM overlay']").count() == 1
+    out = (screenshot_dir() or tmp_path) / "classify.png"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(out), full_page=True)
+    assert out.stat().st_size > 10_000
+
+
+def test_classify_page_shows_a_bad_file_as_an_error_card(page, server: str, tmp_path: Path) -> None:
+    bad = tmp_path / "notes.png"
+    bad.write_text("not an image")
+    page.goto(server + "/")
+    page.set_input_files("#file-input", str(bad))
+    page.wait_for_selector(".card.error")
+    assert "notes.png: not a supported image" in page.locator(".card.error .err").inner_text()
+
+
+def test_review_page_steps_with_buttons_and_keys(page, server: str, tmp_path: Path) -> None:
+    page.goto(server + "/review")
+    page.wait_for_selector("#pos:has-text('1 / 8')")
+
+    def state() -> tuple[str, str, str, str]:
+        return (page.locator("#pos").inner_text(), page.locator("#item-name").inner_text(),
+                page.locator("#true-label").inner_text(), page.locator("#pred-label").inner_text())
+
+    first = state()
+    assert first[2].lower() in CLASSES and first[3].lower() in CLASSES
+    verdict = page.locator("#pred-label").get_attribute("class")
+    assert ("right" in verdict) == (first[2] == first[3]) and ("wrong" in verdict) == (first[2] != first[3])
+    page.wait_for_function("document.getElementById('review-image').naturalWidth > 0")
+
+    page.click("#next")
+    second = state()
+    assert second[0] == "2 / 8" and second[1] != first[1]
+    page.click("#prev")
+    assert state() == first
+    page.keyboard.press("ArrowRight")
+    assert state() == second
+    page.keyboard.press("ArrowLeft")
+    assert state() == first
+    assert page.locator("#prev").is_disabled()  # no wrapping past the first image
+    assert page.locator("#stat-running").inner_text().endswith("%")
+    out = (screenshot_dir() or tmp_path) / "review.png"
+    page.screenshot(path=str(out), full_page=True)
+
+    errors = int(page.locator("#stat-errors").inner_text())
+    page.check("#errors-only")
+    if errors:
+        page.wait_for_selector(f"#pos:has-text('/ {errors}')")
+        assert "wrong" in page.locator("#pred-label").get_attribute("class")
+    else:
+        page.wait_for_selector("#empty:has-text('No errors')")
