@@ -262,3 +262,25 @@ def export(
 
     report = export_onnx(model, onnx or model / ONNX_NAME)
     console.print(report.summary(), highlight=False)
+
+
+@app.command("models")
+@friendly
+def models(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """List the registered model architectures with their parameter counts."""
+    from dataclasses import asdict
+
+    from rich.table import Table
+
+    from spermhead.models.registry import list_models
+
+    infos = list_models()
+    if as_json:
+        print(json.dumps([asdict(i) for i in infos]))
+        return
+    table = Table("name", "params", "description", title="Models (params at 4 classes, gray, 64 px)")
+    for info in infos:
+        table.add_row(info.name, f"{info.params / 1e6:.2f}M", info.description)
+    console.print(table)
+    console.print("Any timm model also works as timm:<name>, e.g. timm:resnet18 "
+                  "(--pretrained needs network; --weights FILE loads local weights).")

@@ -1,0 +1,233 @@
+"""Model registry: names -> modules that map `N x C x S x S` float images to `N x classes` logits.
+
+Registered: `spermnet` (the default), the seed's `seed-cnn`, `seed-alexnet`, `seed-resnet50`,
+`seed-efficientnet-b7`, and `timm:<name>` for any timm model.
+
+Bundles rebuild a trained model with
+`build_model(architecture, num_classes=, in_chans=, image_size=, **model_kwargs)` and then
+load its state dict, without network or the original weights file. So training must store
+`model_spec(model)` as the bundle's `model_kwargs`: it holds every structural option with
+its resolved value (e.g. spermnet's widths and stem stride, and `freeze_backbone` of the
+seed's backbone models, which pretrained weights had switched on), and never `pretrained`
+or `weights`."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from spermhead.errors import ConfigError
+
+TIMM_PREFIX = "timm:"
+Builder = Callable[..., nn.Module]
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    description: str
+    params: int  # at 4 classes, 1 channel, 64 px
+
+
+@dataclass(frozen=True)
+class _Entry:
+    builder: Builder
+    description: str
+    pretrainable: bool  # accepts pretrained / weights
+
+
+def _build_spermnet(num_classes: int, in_chans: int, image_size: int, *, drop_rate: float,
+                    width: int | None = None, widths: list[int] | None = None,
+                    depths: list[int] | None = None, stem_stride: int | None = None) -> nn.Module:
+    from spermhead.models.spermnet import DEFAULT_DEPTHS, DEFAULT_WIDTH, SpermNet, default_stem_stride
+
+    depths = list(DEFAULT_DEPTHS if depths is None else depths)
+    width = DEFAULT_WIDTH if width is None else int(width)
+    widths = [width * 2**i for i in range(len(depths))] if widths is None else list(widths)
+    stem_stride = default_stem_stride(image_size) if stem_stride is None else int(stem_stride)
+    model = SpermNet(num_classes, in_chans, image_size, width=widths[0], widths=widths, depths=depths,
+                     stem_stride=stem_stride, drop_rate=drop_rate)
+    model.model_kwargs = {"widths": widths, "depths": depths, "stem_stride": stem_stride}
+    return model
+
+
+def _build_seed_cnn(num_classes: int, in_chans: int, image_size: int, *, drop_rate: float) -> nn.Module:
+    from spermhead.models.seed import SeedCNN
+
+    return SeedCNN(num_classes, in_chans, image_size, drop_rate=drop_rate)
+
+
+def _build_seed_alexnet(num_classes: int, in_chans: int, image_size: int, *, drop_rate: float,
+                        dense: list[int] | None = None) -> nn.Module:
+    from spermhead.models.seed import SeedAlexNet
+
+    dense = [1024, 1024, 512] if dense is None else list(dense)
+    model = SeedAlexNet(num_classes, in_chans, image_size, drop_rate=drop_rate, dense=dense)
+    model.model_kwargs = {"dense": dense}
+    return model
+
+
+def _seed_backbone(default_backbone: str) -> Builder:
+    def build(num_classes: int, in_chans: int, image_size: int, *, drop_rate: float,
+              pretrained: bool = False, weights: str | Path | None = None,
+              freeze_backbone: bool | None = None, backbone: str = default_backbone,
+              head: list[int] | None = None) -> nn.Module:
+        from spermhead.models.seed import SeedBackboneNet
+
+        head = [512, 256] if head is None else list(head)
+        model = SeedBackboneNet(backbone, num_classes, in_chans, pretrained=pretrained, weights=weights,
+                                freeze_backbone=freeze_backbone, drop_rate=drop_rate, head=head)
+        model.model_kwargs = {"backbone": backbone, "head": head, "freeze_backbone": model.backbone_frozen}
+        return model
+
+    return build
+
+
+def _build_timm(timm_name: str, num_classes: int, in_chans: int, image_size: int, *, drop_rate: float,
+                pretrained: bool = False, weights: str | Path | None = None,
+                freeze_backbone: bool = False, **timm_kwargs: Any) -> nn.Module:
+    import timm
+
+    from spermhead.models.weights import load_pretrained
+
+    try:
+        model = timm.create_model(timm_name, pretrained=False, num_classes=num_classes, in_chans=in_chans,
+                                  drop_rate=drop_rate, **timm_kwargs)
+    except RuntimeError as exc:  # timm's "Unknown model"
+        close = timm.list_models(f"*{timm_name.split('.')[0]}*")[:8]
+        hint = f"; similar: {', '.join(close)}" if close else "; see timm.list_models()"
+        raise ConfigError(f"'{TIMM_PREFIX}{timm_name}': {exc}{hint}") from exc
+    except TypeError as exc:  # an option this timm model does not take
+        raise ConfigError(f"'{TIMM_PREFIX}{timm_name}': {exc}") from exc
+    model.weights_report = load_pretrained(model, timm_name, pretrained, weights)
+    # Optional linear probe: everything but timm's classifier is frozen and kept in eval mode.
+    model.backbone_frozen = bool(freeze_backbone)
+    if freeze_backbone:
+        head = {id(p) for p in model.get_classifier().parameters()}
+        for p in model.parameters():
+            p.requires_grad_(id(p) in head)
+    model.model_kwargs = {**timm_kwargs, "freeze_backbone": bool(freeze_backbone)}
+    return model
+
+
+_REGISTRY: dict[str, _Entry] = {
+    "spermnet": _Entry(_build_spermnet, "Project default: small ResNet (widths 16-128), fast on CPU "
+                       "from scratch", False),
+    "seed-cnn": _Entry(_build_seed_cnn, "Seed Model 1: conv 32@4x4, conv 64@2x2, pool, dense "
+                       "576-1024-256, BatchNorm", False),
+    "seed-alexnet": _Entry(_build_seed_alexnet, "Seed Model 2: AlexNet-like, 5 conv + 4 dense, 5x5 "
+                           "first filter for small input", False),
+    "seed-resnet50": _Entry(_seed_backbone("resnet50"), "Seed Model 3: timm ResNet-50 + 3 dense layers; "
+                            "backbone frozen when pretrained", True),
+    "seed-efficientnet-b7": _Entry(_seed_backbone("tf_efficientnet_b7"), "Seed Model 4: timm "
+                                   "EfficientNet-B7 (TF port) + 3 dense; frozen when pretrained", True),
+}
+
+
+def model_names() -> list[str]:
+    return list(_REGISTRY)
+
+
+def build_model(
+    name: str,
+    num_classes: int,
+    in_chans: int = 1,
+    image_size: int = 64,
+    *,
+    pretrained: bool = False,
+    weights: str | Path | None = None,
+    l2_conv: float = 0.0,
+    drop_rate: float = 0.1,
+    **kwargs: Any,
+) -> nn.Module:
+    """A model returning logits. Every model gets the attributes `architecture`, `l2_conv`,
+    `backbone_frozen` and `model_kwargs` (see `model_spec`). Extra `kwargs` are the model's own
+    options (spermnet: width, widths, depths, stem_stride; seed-alexnet: dense; seed backbone
+    models: backbone, head, freeze_backbone; timm:<name>: freeze_backbone and timm's options)."""
+    if num_classes < 1:
+        raise ConfigError(f"num_classes must be >= 1, got {num_classes}")
+    if in_chans < 1:
+        raise ConfigError(f"in_chans must be >= 1 (1 gray, 3 rgb), got {in_chans}")
+    if image_size < 16:
+        raise ConfigError(f"image_size must be >= 16 px, got {image_size}")
+    if l2_conv < 0 or not 0 <= drop_rate < 1:
+        raise ConfigError(f"need l2_conv >= 0 and 0 <= drop_rate < 1, got {l2_conv}, {drop_rate}")
+    common = {"drop_rate": float(drop_rate)}
+    if name.startswith(TIMM_PREFIX):
+        timm_name = name[len(TIMM_PREFIX):]
+        if not timm_name:
+            raise ConfigError("'timm:' needs a model name, e.g. timm:resnet18")
+        model = _build_timm(timm_name, num_classes, in_chans, image_size, pretrained=pretrained,
+                            weights=weights, **common, **kwargs)
+    else:
+        entry = _REGISTRY.get(name)
+        if entry is None:
+            raise ConfigError(f"unknown model '{name}'; choose one of {', '.join(_REGISTRY)}, "
+                              f"or {TIMM_PREFIX}<name> for any timm model (e.g. timm:resnet18)")
+        options = set(inspect.signature(entry.builder).parameters) - {
+            "num_classes", "in_chans", "image_size", "drop_rate", "pretrained", "weights"}
+        unknown = sorted(set(kwargs) - options)
+        if unknown:
+            raise ConfigError(f"model '{name}' has no option {', '.join(unknown)}; "
+                              f"its options: {', '.join(sorted(options)) or 'none'}")
+        if entry.pretrainable:
+            kwargs = {**kwargs, "pretrained": pretrained, "weights": weights}
+        elif pretrained or weights is not None:
+            raise ConfigError(f"model '{name}' has no pretrained weights (it trains from scratch); "
+                              f"use seed-resnet50, seed-efficientnet-b7 or {TIMM_PREFIX}<name>")
+        model = entry.builder(num_classes, in_chans, image_size, **common, **kwargs)
+    model.architecture = name
+    model.l2_conv = float(l2_conv)
+    if not hasattr(model, "backbone_frozen"):
+        model.backbone_frozen = False
+    # What a bundle must pass back to build_model to rebuild this exact module.
+    model.model_kwargs = {**getattr(model, "model_kwargs", {}), **common, "l2_conv": float(l2_conv)}
+    return model
+
+
+def model_spec(model: nn.Module) -> dict[str, Any]:
+    """The `model_kwargs` for a bundle: JSON-ready; with (architecture, num_classes, in_chans,
+    image_size) they rebuild the module so that its saved state dict loads exactly."""
+    spec = getattr(model, "model_kwargs", None)
+    if spec is None:
+        raise ConfigError("this model was not made by build_model: no model_kwargs to save")
+    return dict(spec)
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def conv_l2_penalty(model: nn.Module, coefficient: float | None = None) -> torch.Tensor:
+    """`coefficient` (default `model.l2_conv`) x the sum of squared conv weights: the seed's
+    Keras `kernel_regularizer=l2(c)` on conv layers (variants 2.c/2.d). Add it to the loss.
+    Frozen weights are left out: they cannot move, so they would only add a constant."""
+    coef = float(getattr(model, "l2_conv", 0.0) if coefficient is None else coefficient)
+    weights = [m.weight for m in model.modules()
+               if isinstance(m, nn.modules.conv._ConvNd) and m.weight.requires_grad]
+    if coef == 0.0 or not weights:
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        return torch.zeros((), device=device)
+    return coef * torch.stack([w.pow(2).sum() for w in weights]).sum()
+
+
+@cache
+def _params_at_default(name: str) -> int:
+    # The meta device allocates nothing: counting EfficientNet-B7 costs no memory or init time.
+    try:
+        with torch.device("meta"):
+            return count_parameters(build_model(name, 4, 1, 64))
+    except Exception:  # a model whose init needs real tensors
+        return count_parameters(build_model(name, 4, 1, 64))
+
+
+def list_models() -> list[ModelInfo]:
+    """The registered models (not `timm:<name>`, which takes any timm model)."""
+    return [ModelInfo(name, e.description, _params_at_default(name)) for name, e in _REGISTRY.items()]

@@ -1,0 +1,227 @@
+"""Model registry, pretrained-weight loading and the state-dict roundtrip bundles rely on."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from spermhead.errors import ConfigError
+from spermhead.models.registry import (
+    build_model,
+    conv_l2_penalty,
+    count_parameters,
+    list_models,
+    model_names,
+    model_spec,
+)
+
+# Seed backbone models take `backbone=`: resnet18 keeps the freezing tests fast.
+SMALL_BACKBONE = {"backbone": "resnet18"}
+SMALL = ["spermnet", "seed-cnn", "seed-alexnet", "timm:resnet18"]
+
+
+@pytest.fixture(autouse=True)
+def _seeded() -> None:
+    torch.manual_seed(0)
+
+
+def _forward(model: nn.Module, in_chans: int, size: int, batch: int = 2) -> torch.Tensor:
+    with torch.no_grad():
+        return model.eval()(torch.randn(batch, in_chans, size, size))
+
+
+@pytest.mark.parametrize("in_chans", [1, 3])
+@pytest.mark.parametrize("name", SMALL + ["seed-resnet50"])
+def test_forward_shapes(name: str, in_chans: int) -> None:
+    model = None
+    for size in (32, 64):
+        # seed-cnn's dense layer depends on the size; the others take any size once built.
+        if model is None or name == "seed-cnn":
+            model = build_model(name, num_classes=4, in_chans=in_chans, image_size=size)
+        assert _forward(model, in_chans, size).shape == (2, 4)
+
+
+def test_efficientnet_b7_forwards_once() -> None:
+    model = build_model("seed-efficientnet-b7", num_classes=3, in_chans=1, image_size=32)
+    assert _forward(model, 1, 32).shape == (2, 3)
+    assert not model.backbone_frozen  # random weights: trains end to end
+
+
+def test_registered_names_and_list() -> None:
+    infos = {i.name: i for i in list_models()}
+    assert set(infos) == set(model_names()) >= {"spermnet", "seed-cnn", "seed-alexnet", "seed-resnet50",
+                                                 "seed-efficientnet-b7"}
+    assert all(i.params > 0 and i.description for i in infos.values())
+    assert infos["spermnet"].params == count_parameters(build_model("spermnet", 4, 1, 64))
+    assert 200_000 < infos["spermnet"].params < 1_500_000
+
+
+def test_spermnet_trains_a_step() -> None:
+    model = build_model("spermnet", 4, 1, 64)
+    opt = torch.optim.AdamW(model.parameters(), 1e-3)
+    loss = nn.functional.cross_entropy(model.train()(torch.randn(8, 1, 64, 64)), torch.randint(0, 4, (8,)))
+    loss.backward()
+    opt.step()
+    assert torch.isfinite(loss)
+
+
+def test_unknown_names_and_options() -> None:
+    with pytest.raises(ConfigError) as err:
+        build_model("resnet9000", 4)
+    for name in model_names():
+        assert name in str(err.value)
+    assert "timm:" in str(err.value)
+    with pytest.raises(ConfigError, match="width"):
+        build_model("spermnet", 4, colour="blue")
+    with pytest.raises(ConfigError, match="no pretrained"):
+        build_model("spermnet", 4, pretrained=True)
+    with pytest.raises(ConfigError, match="timm:not_a_model_xyz"):
+        build_model("timm:not_a_model_xyz", 4)
+
+
+def test_l2_penalty_only_when_asked_and_only_conv() -> None:
+    plain = build_model("seed-alexnet", 4, 1, 32)
+    assert conv_l2_penalty(plain).item() == 0.0
+    model = build_model("seed-alexnet", 4, 1, 32, l2_conv=0.01)
+    assert model.l2_conv == 0.01
+    penalty = conv_l2_penalty(model)
+    convs = [m.weight for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert penalty.item() == pytest.approx(0.01 * sum(w.pow(2).sum().item() for w in convs), rel=1e-5)
+    penalty.backward()
+    conv_ids = {id(w) for w in convs}
+    for p in model.parameters():
+        assert (p.grad is not None) == (id(p) in conv_ids)
+
+
+def _weights_files(tmp_path: Path) -> tuple[dict[str, torch.Tensor], Path, Path]:
+    """An ImageNet-shaped resnet18 state dict, as .safetensors and as a wrapped .pth."""
+    import timm
+    from safetensors.torch import save_file
+
+    state = timm.create_model("resnet18", num_classes=1000, in_chans=3).state_dict()
+    st, pth = tmp_path / "r18.safetensors", tmp_path / "r18.pth"
+    save_file({k: v.contiguous() for k, v in state.items()}, str(st))
+    torch.save({"state_dict": state, "epoch": 3}, pth)
+    return state, st, pth
+
+
+def test_local_weights_load_and_freeze(tmp_path: Path) -> None:
+    state, st, pth = _weights_files(tmp_path)
+    for path in (st, pth):
+        model = build_model("seed-resnet50", 4, 3, 32, weights=path, **SMALL_BACKBONE)
+        backbone = model.backbone.state_dict()
+        for k, v in backbone.items():
+            assert torch.equal(v, state[k]), k
+        assert model.backbone_frozen and model_spec(model)["freeze_backbone"] is True
+        assert not any(p.requires_grad for p in model.backbone.parameters())
+        assert all(p.requires_grad for p in model.head.parameters())
+        assert count_parameters(model, trainable_only=True) == count_parameters(model.head)
+        model.train()  # a frozen backbone keeps its BatchNorm statistics
+        assert not model.backbone.training and model.head.training
+        report = model.weights_report
+        assert report.loaded == len(backbone) and not report.missing
+        assert "fc.weight" in report.unexpected  # the ImageNet classifier is reported, not loaded
+        assert str(path) in report.summary()
+    # Gray input: the RGB first conv is summed over channels, as timm does.
+    gray = build_model("seed-resnet50", 4, 1, 32, weights=st, **SMALL_BACKBONE)
+    assert torch.allclose(gray.backbone.conv1.weight, state["conv1.weight"].sum(1, keepdim=True))
+    # timm:<name> loads the backbone, skips the 1000-class head, and trains end to end.
+    tm = build_model("timm:resnet18", 4, 3, 32, weights=pth)
+    assert torch.equal(tm.layer1[0].conv1.weight, state["layer1.0.conv1.weight"])
+    assert any("fc.weight" in k for k in tm.weights_report.mismatched)
+    assert not tm.backbone_frozen and all(p.requires_grad for p in tm.parameters())
+
+
+def test_frozen_only_with_weights(tmp_path: Path) -> None:
+    _, st, _ = _weights_files(tmp_path)
+    random = build_model("seed-resnet50", 4, 1, 32, **SMALL_BACKBONE)
+    assert not random.backbone_frozen and all(p.requires_grad for p in random.parameters())
+    unfrozen = build_model("seed-resnet50", 4, 1, 32, weights=st, freeze_backbone=False, **SMALL_BACKBONE)
+    assert not unfrozen.backbone_frozen and all(p.requires_grad for p in unfrozen.parameters())
+
+
+def test_bad_weights_files(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    with pytest.raises(ConfigError, match="not found"):
+        build_model("seed-resnet50", 4, weights=tmp_path / "nope.safetensors", **SMALL_BACKBONE)
+    other = tmp_path / "other.safetensors"
+    save_file({"encoder.layer.weight": torch.zeros(3, 3)}, str(other))
+    with pytest.raises(ConfigError, match="other.safetensors.*match"):
+        build_model("seed-resnet50", 4, weights=other, **SMALL_BACKBONE)
+
+
+def test_pretrained_offline_says_what_to_do(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub.constants
+
+    from spermhead.models import weights
+
+    # Unreachable hub and an empty cache, whatever the machine running the test has.
+    monkeypatch.setattr(weights, "HUB_HOST", "hub.invalid")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    with pytest.raises(ConfigError, match="--weights") as err:
+        build_model("seed-resnet50", 4, pretrained=True, **SMALL_BACKBONE)
+    assert "save_file" in str(err.value) and "resnet18" in str(err.value)
+
+
+def _perturb_batchnorm(model: nn.Module, shape: tuple[int, int, int]) -> None:
+    """Train-mode forwards move the BatchNorm statistics away from their init values."""
+    model.train()
+    with torch.no_grad():
+        for _ in range(2):
+            model(torch.randn(4, *shape))
+
+
+@pytest.mark.parametrize("name,kwargs", [
+    ("spermnet", {}), ("spermnet", {"width": 8, "depths": [1, 1]}), ("seed-cnn", {"l2_conv": 0.01}),
+    ("seed-alexnet", {}), ("timm:resnet18", {}), ("seed-resnet50", SMALL_BACKBONE),
+])
+def test_state_dict_roundtrip(name: str, kwargs: dict, tmp_path: Path) -> None:
+    in_chans, size = 1, 32
+    model = build_model(name, 3, in_chans, size, **kwargs)
+    _perturb_batchnorm(model, (in_chans, size, size))
+    spec = json.loads(json.dumps(model_spec(model)))  # bundles store it as JSON
+    rebuilt = build_model(name, num_classes=3, in_chans=in_chans, image_size=size, **spec)
+    rebuilt.load_state_dict(model.state_dict())
+    x = torch.randn(5, in_chans, size, size)
+    with torch.no_grad():
+        assert torch.equal(model.eval()(x), rebuilt.eval()(x))
+    assert model_spec(rebuilt) == spec and rebuilt.l2_conv == model.l2_conv
+
+
+def test_bundle_roundtrip_of_frozen_model(tmp_path: Path) -> None:
+    """A pretrained, frozen seed model rebuilt by load_bundle without the weights file."""
+    from spermhead.models.inference import standardized
+    from spermhead.serving.bundle import BundleMeta, load_bundle, save_bundle
+
+    _, st, _ = _weights_files(tmp_path)
+    net = build_model("seed-resnet50", 4, 1, 32, weights=st, l2_conv=0.01, **SMALL_BACKBONE)
+    model = standardized(net, 1, [0.4], [0.2])  # as training wraps it
+    _perturb_batchnorm(model, (1, 32, 32))
+    assert not net.backbone.training  # model.train() on the wrapper keeps the frozen backbone in eval
+    meta = BundleMeta(architecture="seed-resnet50", classes=["normal", "tapered", "pyriform", "amorphous"],
+                      preprocess={}, in_chans=1, image_size=32, model_kwargs=model_spec(net))
+    st.unlink()  # serving has no weights file
+    bundle = load_bundle(save_bundle(tmp_path / "bundle", [model], meta))
+    member = bundle.model.members[0][1]
+    assert member.backbone_frozen and not any(p.requires_grad for p in member.backbone.parameters())
+    x = torch.rand(3, 1, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model.eval()(x), bundle.model(x))
+
+
+def test_cli_models_json() -> None:
+    from typer.testing import CliRunner
+
+    from spermhead.cli import app
+
+    result = CliRunner().invoke(app, ["models", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.output)
+    assert {r["name"] for r in rows} == set(model_names())
+    assert all(r["params"] > 0 for r in rows)
