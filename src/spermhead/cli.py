@@ -63,6 +63,27 @@ def data_summary(
         console.print(table)
 
 
+@data_app.command("synth")
+@friendly
+def data_synth(
+    out: Annotated[Path, typer.Argument(help="Data folder to write HuSHeM/ or SCIAN-MorphoSpermGS/ into")],
+    style: Annotated[str, typer.Option("--style", help="hushem (4 classes, RGB) or scian (5, grey)")] = "hushem",
+    n_per_class: Annotated[int, typer.Option("--n-per-class", help="Images per class.")] = 40,
+    seed: Annotated[int, typer.Option("--seed", help="Same seed, same bytes.")] = 0,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing dataset folder.")] = False,
+) -> None:
+    """Write rendered sperm heads in a real dataset's layout (demo and tests, no real images needed)."""
+    from spermhead.data.synthetic import write_synthetic
+
+    table = write_synthetic(out, style, n_per_class, seed, overwrite=overwrite)
+    name = "hushem" if style == "hushem" else "scian-pa"
+    counts = ", ".join(f"{label} {n}" for label, n in table.class_counts().items())
+    console.print(f"wrote {len(table)} synthetic images ({counts}) to {table.samples[0].path.parents[1]}",
+                  highlight=False, soft_wrap=True)
+    console.print(f"use them as the dataset '{name}': spermhead data summary {name} --data-dir {out}",
+                  highlight=False, soft_wrap=True)
+
+
 @app.command("train")
 @friendly
 def train(
