@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import struct
+import time
 import zlib
 from pathlib import Path
 
@@ -180,7 +181,7 @@ def test_unexpected_error_is_json_500_and_server_survives(bundle: Path) -> None:
     def boom(*_a: object, **_k: object) -> None:
         raise RuntimeError("bug")
 
-    app.state.service.process = boom
+    app.state.service.process_many = boom
     with TestClient(app, raise_server_exceptions=False) as c:
         r = post(c, ("a.png", png()))
         assert r.status_code == 500 and r.json()["detail"].startswith("internal error")
@@ -260,3 +261,42 @@ def test_review_without_source_says_so(bundle: Path) -> None:
         r = c.get("/api/review")
         assert r.status_code == 404 and "--review" in r.json()["detail"]
         assert c.get("/api/review/image/0").status_code == 404
+
+
+def test_concurrent_requests_get_their_own_results(bundle: Path) -> None:
+    """The batcher merges waiting requests into one model call; each must get back exactly
+    its own rows, decorated as it asked."""
+    import asyncio
+
+    import httpx
+
+    app = create_app(bundle)
+    predictor = app.state.service.predictor
+    images = {f"h{i}.png": png(i, CLASSES[i % 4]) for i in range(12)}
+    expected = {r["name"]: r["probabilities"] for r in predictor.predict_many_bytes(list(images.items()))}
+    service, sizes = app.state.service, []
+    original = service.process_many
+
+    def slow_first(jobs: list) -> list:
+        sizes.append(len(jobs))
+        if len(sizes) == 1:
+            time.sleep(0.3)  # hold the worker so the other requests queue up behind it
+        return original(jobs)
+
+    service.process_many = slow_first
+
+    async def run() -> list[tuple[str, bool, httpx.Response]]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+            async def one(name: str, data: bytes, cam: bool) -> tuple[str, bool, httpx.Response]:
+                q = "?gradcam=true" if cam else ""
+                return name, cam, await c.post("/api/predict" + q, files=[("files", (name, data))])
+            return await asyncio.gather(*(one(n, d, i % 3 == 0) for i, (n, d) in enumerate(images.items())))
+
+    for name, cam, r in asyncio.run(run()):
+        assert r.status_code == 200, r.text
+        (row,) = r.json()["results"]
+        assert row["name"] == name and ("gradcam" in row) == cam
+        for c in CLASSES:
+            assert row["probabilities"][c] == pytest.approx(expected[name][c], abs=1e-5)
+    assert max(sizes) > 1 and sum(sizes) == len(images)  # requests really were merged

@@ -195,9 +195,15 @@ def predict(
     backend: Annotated[str, typer.Option(help="torch, or onnx (model.onnx beside the bundle, else exported)")] = "torch",
     batch_size: Annotated[int, typer.Option(help="Images per model call")] = 256,
     show: Annotated[int, typer.Option(help="Rows shown in the table; --csv/--json get them all")] = 50,
+    threads: Annotated[int, typer.Option(help="Torch CPU threads; 0 lets torch decide")] = 0,
 ) -> None:
     """Classify images. A file that cannot be used becomes an error row; exit code 1 if any did."""
     import csv
+
+    import torch
+
+    if threads > 0:
+        torch.set_num_threads(threads)
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
     from rich.table import Table
@@ -260,9 +266,15 @@ def serve(
                                                      "predictions (default: the run's config.yaml)")] = None,
     max_upload_mb: Annotated[float, typer.Option(help="Per-file upload limit")] = 20,
     backend: Annotated[str, typer.Option(help="torch or onnx")] = "torch",
+    threads: Annotated[int, typer.Option(help="Torch CPU threads; 0 lets torch decide (1 is best on a "
+                                         "machine busy with other work)")] = 0,
 ) -> None:
     """Serve the classify and review pages and the REST API (docs at /docs)."""
+    import torch
     import uvicorn
+
+    if threads > 0:
+        torch.set_num_threads(threads)
 
     from spermhead.serving.app import create_app
 

@@ -27,8 +27,13 @@ turned into a JSON 500 by a handler and the server keeps serving.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
+import queue
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -36,7 +41,6 @@ from typing import Any
 from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from spermhead import __version__
@@ -238,6 +242,78 @@ def _review_from_folder(source: str, predictor: Predictor, review_data: Path | s
 # ---------------------------------------------------------------------- app
 
 
+@dataclass
+class _Job:
+    items: list[tuple[str, bytes] | dict[str, Any]]
+    gradcam: bool
+    crop: bool
+    future: asyncio.Future[list[dict[str, Any]]]
+    loop: asyncio.AbstractEventLoop
+
+
+class Batcher:
+    """One worker thread serves every request: it takes whatever requests are waiting (up to
+    `max_images` images) and scores them in one model call. Many requests at once then cost
+    one batched forward pass instead of many threads fighting over the GIL and the cores,
+    which kept throughput flat and gave multi-second tail latencies."""
+
+    def __init__(self, service: Service, max_images: int = 64) -> None:
+        self.service = service
+        self.max_images = max_images
+        self.jobs: queue.Queue[_Job | None] = queue.Queue()
+        self.thread = threading.Thread(target=self._run, name="spermhead-batcher", daemon=True)
+        self.thread.start()
+
+    async def submit(self, items: list[tuple[str, bytes] | dict[str, Any]], gradcam: bool,
+                     crop: bool) -> list[dict[str, Any]]:
+        loop = asyncio.get_running_loop()
+        job = _Job(items, gradcam, crop, loop.create_future(), loop)
+        self.jobs.put(job)
+        return await job.future
+
+    def close(self) -> None:
+        self.jobs.put(None)
+
+    def _run(self) -> None:
+        while True:
+            job = self.jobs.get()
+            if job is None:
+                return
+            batch, n = [job], len(job.items)
+            while n < self.max_images:
+                try:
+                    more = self.jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    self.jobs.put(None)  # finish this batch, then stop
+                    break
+                batch.append(more)
+                n += len(more.items)
+            self._serve(batch)
+
+    def _serve(self, batch: list[_Job]) -> None:
+        try:
+            all_rows: list[Any] = self.service.process_many([(j.items, j.gradcam, j.crop) for j in batch])
+            errors: list[BaseException | None] = [None] * len(batch)
+        except Exception as exc:  # a bug: every waiting request gets the JSON 500
+            all_rows, errors = [None] * len(batch), [exc] * len(batch)
+        for j, rows, exc in zip(batch, all_rows, errors, strict=True):
+            try:
+                j.loop.call_soon_threadsafe(_settle, j.future, rows, exc)
+            except RuntimeError:  # that request's event loop is gone; the worker must live on
+                log.warning("dropping a result: its event loop has closed")
+
+
+def _settle(future: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:
+    if future.done():  # the client went away
+        return
+    if exc is not None:
+        future.set_exception(exc)
+    else:
+        future.set_result(result)
+
+
 class Service:
     """What the endpoints share: the predictor, the limits, the review set."""
 
@@ -247,29 +323,43 @@ class Service:
         self.max_files = max_files
         self.review: ReviewSet | None = None
 
-    def process(self, items: list[tuple[str, bytes] | dict[str, Any]], gradcam: bool, crop: bool) -> list[dict[str, Any]]:
-        """Prepare, classify and decorate one request's files (runs in a worker thread)."""
+    def process_many(self, jobs: list[tuple[list[tuple[str, bytes] | dict[str, Any]], bool, bool]]
+                     ) -> list[list[dict[str, Any]]]:
+        """Several requests' files prepared and scored in one batch; rows handed back per
+        request, each decorated as its own request asked."""
         p = self.predictor
+        items = [it for request_items, _, _ in jobs for it in request_items]
         todo = [i for i, it in enumerate(items) if isinstance(it, tuple)]
         prepared: list[Prepared | dict[str, Any]] = [it if isinstance(it, dict) else {} for it in items]
         uploads = [items[i] for i in todo]
         for i, prep in zip(todo, p.prepare_many_bytes(uploads), strict=True):  # type: ignore[arg-type]
             prepared[i] = prep
         rows = p.classify(prepared)
-        for prep, row in zip(prepared, rows, strict=True):
-            if not isinstance(prep, Prepared) or not row.get("ok"):
-                continue
-            try:
-                if crop:
-                    row["crop"] = data_uri(png_bytes(crop_rgb(prep.image)))
-                if gradcam:
-                    target = p.classes.index(row["class"])
-                    row["gradcam"] = data_uri(gradcam_png(p.bundle.model, prep.image, p.meta.mean,
-                                                          p.meta.std, target))
-            except Exception as exc:  # a picture that cannot be drawn must not lose the result
-                log.exception("drawing crop/Grad-CAM failed for %s", prep.name)
-                row["gradcam_error"] = f"{type(exc).__name__}: {exc}"
-        return rows
+        out, start = [], 0
+        for request_items, gradcam, crop in jobs:
+            end = start + len(request_items)
+            for prep, row in zip(prepared[start:end], rows[start:end], strict=True):
+                if isinstance(prep, Prepared) and row.get("ok"):
+                    self._decorate(prep, row, gradcam, crop)
+            out.append(rows[start:end])
+            start = end
+        return out
+
+    def process(self, items: list[tuple[str, bytes] | dict[str, Any]], gradcam: bool, crop: bool) -> list[dict[str, Any]]:
+        """Prepare, classify and decorate one request's files."""
+        return self.process_many([(items, gradcam, crop)])[0]
+
+    def _decorate(self, prep: Prepared, row: dict[str, Any], gradcam: bool, crop: bool) -> None:
+        p = self.predictor
+        try:
+            if crop:
+                row["crop"] = data_uri(png_bytes(crop_rgb(prep.image)))
+            if gradcam:
+                target = p.classes.index(row["class"])
+                row["gradcam"] = data_uri(gradcam_png(p.bundle.model, prep.image, p.meta.mean, p.meta.std, target))
+        except Exception as exc:  # a picture that cannot be drawn must not lose the result
+            log.exception("drawing crop/Grad-CAM failed for %s", prep.name)
+            row["gradcam_error"] = f"{type(exc).__name__}: {exc}"
 
     def model_info(self) -> dict[str, Any]:
         meta, cfg = self.predictor.meta, self.predictor.config
@@ -303,6 +393,7 @@ def create_app(
     backend: str = "torch",
     max_files: int = 64,
     max_request_mb: float | None = None,
+    max_batch_images: int = 64,
     predictor: Predictor | None = None,
 ) -> FastAPI:
     """The app for one bundle. `review_source`: a labelled class folder, a dataset name, a
@@ -314,13 +405,20 @@ def create_app(
     if review_source is not None:
         service.review = load_review_set(review_source, predictor, review_data)
 
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        app.state.batcher.close()  # the worker thread ends with the server
+
     app = FastAPI(
+        lifespan=lifespan,
         title="spermhead",
         version=__version__,
         description="Classify human sperm-head crops into WHO classes "
         f"({', '.join(predictor.classes)}). See `POST /api/predict`.",
     )
     app.state.service = service
+    app.state.batcher = Batcher(service, max_images=max_batch_images)
     # A whole request may hold several files; cap it so a client cannot fill the disk.
     request_cap = max_request_mb if max_request_mb is not None else max(200.0, 4 * max_upload_mb)
     app.add_middleware(BodyLimit, limit=int(request_cap * MB))
@@ -370,7 +468,7 @@ def create_app(
             else:
                 items.append((name, data))
             await upload.close()
-        rows = await run_in_threadpool(service.process, items, gradcam, crop)
+        rows = await app.state.batcher.submit(items, gradcam, crop)
         for r in rows:
             r.pop("path", None)  # uploads have no server path
         if len(rows) == 1 and not rows[0]["ok"]:
