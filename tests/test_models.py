@@ -91,6 +91,8 @@ def test_l2_penalty_only_when_asked_and_only_conv() -> None:
     penalty = conv_l2_penalty(model)
     convs = [m.weight for m in model.modules() if isinstance(m, nn.Conv2d)]
     assert penalty.item() == pytest.approx(0.01 * sum(w.pow(2).sum().item() for w in convs), rel=1e-5)
+    wrapped = nn.Sequential(nn.Identity(), model)  # as training wraps it behind Standardize
+    assert conv_l2_penalty(wrapped).item() == pytest.approx(penalty.item())
     penalty.backward()
     conv_ids = {id(w) for w in convs}
     for p in model.parameters():
@@ -134,6 +136,11 @@ def test_local_weights_load_and_freeze(tmp_path: Path) -> None:
     assert torch.equal(tm.layer1[0].conv1.weight, state["layer1.0.conv1.weight"])
     assert any("fc.weight" in k for k in tm.weights_report.mismatched)
     assert not tm.backbone_frozen and all(p.requires_grad for p in tm.parameters())
+    probe = build_model("timm:resnet18", 4, 3, 32, weights=pth, freeze_backbone=True)
+    assert [n for n, p in probe.named_parameters() if p.requires_grad] == ["fc.weight", "fc.bias"]
+    before = {k: v.clone() for k, v in probe.state_dict().items() if "running" in k}
+    probe.train()(torch.randn(4, 3, 32, 32))
+    assert all(torch.equal(v, probe.state_dict()[k]) for k, v in before.items())
 
 
 def test_frozen_only_with_weights(tmp_path: Path) -> None:
@@ -179,7 +186,8 @@ def _perturb_batchnorm(model: nn.Module, shape: tuple[int, int, int]) -> None:
 
 @pytest.mark.parametrize("name,kwargs", [
     ("spermnet", {}), ("spermnet", {"width": 8, "depths": [1, 1]}), ("seed-cnn", {"l2_conv": 0.01}),
-    ("seed-alexnet", {}), ("timm:resnet18", {}), ("seed-resnet50", SMALL_BACKBONE),
+    ("seed-alexnet", {}), ("timm:resnet18", {}), ("timm:resnet18", {"freeze_backbone": True}),
+    ("seed-resnet50", SMALL_BACKBONE),
 ])
 def test_state_dict_roundtrip(name: str, kwargs: dict, tmp_path: Path) -> None:
     in_chans, size = 1, 32

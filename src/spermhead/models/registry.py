@@ -107,9 +107,13 @@ def _build_timm(timm_name: str, num_classes: int, in_chans: int, image_size: int
     except TypeError as exc:  # an option this timm model does not take
         raise ConfigError(f"'{TIMM_PREFIX}{timm_name}': {exc}") from exc
     model.weights_report = load_pretrained(model, timm_name, pretrained, weights)
-    # Optional linear probe: everything but timm's classifier is frozen and kept in eval mode.
+    # Optional linear probe: everything but timm's classifier is frozen, and BatchNorm layers
+    # become FrozenBatchNorm2d so train mode cannot move their statistics either.
     model.backbone_frozen = bool(freeze_backbone)
     if freeze_backbone:
+        from timm.layers import freeze_batch_norm_2d
+
+        model = freeze_batch_norm_2d(model)
         head = {id(p) for p in model.get_classifier().parameters()}
         for p in model.parameters():
             p.requires_grad_(id(p) in head)
@@ -206,10 +210,12 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
 
 
 def conv_l2_penalty(model: nn.Module, coefficient: float | None = None) -> torch.Tensor:
-    """`coefficient` (default `model.l2_conv`) x the sum of squared conv weights: the seed's
+    """`coefficient` (default: the model's `l2_conv`) x the sum of squared conv weights: the seed's
     Keras `kernel_regularizer=l2(c)` on conv layers (variants 2.c/2.d). Add it to the loss.
     Frozen weights are left out: they cannot move, so they would only add a constant."""
-    coef = float(getattr(model, "l2_conv", 0.0) if coefficient is None else coefficient)
+    if coefficient is None:  # the registry model may sit inside a wrapper (Standardize, Ensemble)
+        coefficient = next((m.l2_conv for m in model.modules() if hasattr(m, "l2_conv")), 0.0)
+    coef = float(coefficient)
     weights = [m.weight for m in model.modules()
                if isinstance(m, nn.modules.conv._ConvNd) and m.weight.requires_grad]
     if coef == 0.0 or not weights:
