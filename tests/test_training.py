@@ -41,7 +41,7 @@ def write_separable(root: Path, n_per_class: int = 20, seed: int = 0) -> Path:
 
 
 def quick_config(dataset: Path, out: Path, cv: int = 4, **options) -> RunConfig:
-    defaults = dict(model="seed-cnn", image_size=24, align=False, epochs=8, tta=False, threads=2,
+    defaults = dict(model="spermnet", image_size=24, align=False, epochs=20, tta=False, threads=2, augment="light",
                     batch_size=16, lr=3e-3)
     return build_run_config(str(dataset), str(out), cv=cv, **{**defaults, **options})
 
@@ -156,7 +156,7 @@ def test_bad_options_fail_before_training(separable, tmp_path):
 def test_killed_run_resumes_and_completes(separable, tmp_path):
     out = tmp_path / "resumable"
     args = [sys.executable, "-m", "spermhead", "train", str(separable), "--out", str(out), "--model",
-            "seed-cnn", "--image-size", "24", "--epochs", "30", "--cv", "4", "--no-tta", "--no-progress",
+            "spermnet", "--image-size", "24", "--epochs", "40", "--cv", "4", "--no-tta", "--no-progress",
             "--threads", "1"]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     last = out / "folds" / "fold1" / "checkpoints" / "last.ckpt"

@@ -55,7 +55,7 @@ class HeadClassifier(L.LightningModule):
         if self.l2_conv > 0:
             from spermhead.models.registry import conv_l2_penalty
 
-            loss = loss + conv_l2_penalty(self.model)
+            loss = loss + conv_l2_penalty(self.model, self.l2_conv)
         acc = (logits.argmax(-1) == y).float().mean()
         self.log_dict({"train_loss": loss, "train_acc": acc}, on_step=False, on_epoch=True,
                       batch_size=x.shape[0])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 import shutil
 import time
@@ -30,11 +31,14 @@ from spermhead.data.samples import SampleTable
 from spermhead.errors import ConfigError
 from spermhead.evaluation.predictions import Predictions, concat
 from spermhead.models.inference import predict_proba, standardized
-from spermhead.models.registry import build_model
+from spermhead.models.registry import build_model, model_spec
 from spermhead.training.balance import balanced_sampler, class_weights, offline_balance
 from spermhead.training.module import HeadClassifier
 from spermhead.training.operating import apply_bias, choose_balanced_bias
 from spermhead.training.protocols import Fold, make_folds
+
+# Lightning's start-up chatter (GPU/TPU availability, tips) is noise for a CPU tool.
+logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
 
 
 @dataclass
@@ -85,7 +89,8 @@ def build_member(cfg: RunConfig, num_classes: int, train_images: np.ndarray) -> 
     in_chans = 1 if cfg.preprocess.color == "gray" else 3
     net = build_model(cfg.model.name, num_classes=num_classes, in_chans=in_chans,
                       image_size=cfg.preprocess.image_size, pretrained=cfg.model.pretrained,
-                      weights=cfg.model.weights, l2_conv=cfg.model.l2_conv, drop_rate=cfg.model.drop_rate)
+                      weights=cfg.model.weights, l2_conv=cfg.model.l2_conv, drop_rate=cfg.model.drop_rate,
+                      **cfg.model.kwargs)
     mean, std = channel_stats(train_images)
     return standardized(net, in_chans, mean, std)
 
@@ -233,7 +238,7 @@ def out_of_fold(table: SampleTable, folds: list[Fold], results: list[FoldResult]
 
 def train_run(cfg: RunConfig, *, overwrite: bool = False, resume: bool = False,
               progress: bool = True) -> RunResult:
-    from spermhead.evaluation.metrics import compute_metrics, cv_metrics, write_metrics_json
+    from spermhead.evaluation.metrics import cv_metrics, write_metrics_json
 
     out = Path(cfg.out)
     if cfg.train.num_threads:
@@ -252,7 +257,7 @@ def train_run(cfg: RunConfig, *, overwrite: bool = False, resume: bool = False,
     scored = {}
     for point in ("accuracy", "balanced"):
         pred = out_of_fold(table, folds, results, balanced=point == "balanced")
-        scored[point] = (pred, cv_metrics(pred) if len(folds) > 1 else compute_metrics(pred))
+        scored[point] = (pred, cv_metrics(pred))
     predictions, metrics = scored[cfg.operating_point]
     metrics = dict(metrics)
     metrics["operating_point"] = cfg.operating_point
@@ -328,7 +333,7 @@ def write_bundle(cfg: RunConfig, table: SampleTable, members: list[nn.Module], b
     meta = BundleMeta(
         architecture=cfg.model.name, classes=list(table.classes),
         preprocess=dict(vars(cfg.preprocess)), in_chans=in_chans, image_size=cfg.preprocess.image_size,
-        model_kwargs={"drop_rate": cfg.model.drop_rate, **cfg.model.kwargs},
+        model_kwargs=model_spec(members[0][1]),  # members are Sequential(Standardize, net)
         kind=kind, tta=cfg.train.tta, operating_point=cfg.operating_point,
         class_bias=points[cfg.operating_point], operating_points=points,
         run={"dataset": cfg.dataset, "protocol": cfg.protocol.kind, "folds": cfg.protocol.folds,

@@ -33,16 +33,13 @@ def select_models(base: RunConfig, models: list[str], out: Path, *, variants: bo
                           preprocess=replace(base.preprocess, color=color),
                           model=replace(base.model, name=name, l2_conv=l2))
             result = train_run(cfg, overwrite=overwrite, resume=resume, progress=progress)
-            m = result.metrics
+            m = result.metrics  # fold means +/- sd come from it
             in_chans = 1 if color == "gray" else 3
             params = count_parameters(build_model(name, num_classes=len(result.predictions.classes),
                                                   in_chans=in_chans, image_size=cfg.preprocess.image_size))
             rows.append({
                 "model": name, "variant": variant_name(color, l2), "run_dir": str(cfg.out),
-                "accuracy": m.get("accuracy"), "accuracy_std": m.get("accuracy_std"),
-                "balanced_accuracy": m.get("balanced_accuracy"),
-                "weighted_precision": m.get("weighted_precision"), "weighted_recall": m.get("weighted_recall"),
-                "macro_f1": m.get("macro_f1"), "seconds_per_epoch": result.timing["seconds_per_epoch"],
+                "metrics": m, "seconds_per_epoch": result.timing["seconds_per_epoch"],
                 "parameters": params,
             })
     write_selection(rows, out)
