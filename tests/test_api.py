@@ -163,8 +163,16 @@ def test_client_file_name_is_never_a_path(client: TestClient) -> None:
     assert r.json()["detail"].startswith("passwd.png:")
 
 
-def test_missing_files_field_is_4xx(client: TestClient) -> None:
+def test_missing_or_wrong_files_field_is_4xx(client: TestClient) -> None:
     assert 400 <= client.post("/api/predict").status_code < 500
+    assert 400 <= client.post("/api/predict", data={"files": "not a file"}).status_code < 500
+    assert 400 <= client.post("/api/predict", content=b"junk", headers={"content-type": "multipart/form-data"}).status_code < 500
+
+
+def test_too_many_files(bundle: Path) -> None:
+    with TestClient(create_app(bundle, max_files=2)) as c:
+        r = post(c, ("a.png", png()), ("b.png", png()), ("c.png", png()))
+        assert r.status_code == 413 and "limit is 2" in r.json()["detail"]
 
 
 def test_request_body_cap(bundle: Path) -> None:
@@ -227,6 +235,8 @@ def test_review_folder_is_predicted(client: TestClient) -> None:
     "/api/review/image/8",
     "/api/review/image/1e3",
     "/api/review/image/0x1",
+    "/api/review/image/%C2%B2",  # a superscript two: str.isdigit() says yes, int() says no
+    "/api/review/image/%D9%A3",  # an Arabic-Indic three
     "/static/../app.py",
     "/static/%2e%2e/app.py",
     "/static/..%2Fapp.py",
@@ -300,3 +310,24 @@ def test_concurrent_requests_get_their_own_results(bundle: Path) -> None:
         for c in CLASSES:
             assert row["probabilities"][c] == pytest.approx(expected[name][c], abs=1e-5)
     assert max(sizes) > 1 and sum(sizes) == len(images)  # requests really were merged
+
+
+def test_review_run_folder_finds_images_through_its_config(bundle: Path, labelled: Path, tmp_path: Path) -> None:
+    from spermhead.config import RunConfig, save_config
+    from spermhead.data.readers import load_dataset
+
+    table = load_dataset(str(labelled))
+    probs = np.eye(len(CLASSES))[[i % len(CLASSES) for i in range(len(table))]] * 0.9 + 0.025
+    Predictions.from_model_output([s.id for s in table.samples], probs, table,
+                                  classes=list(CLASSES)).write_csv(tmp_path / "predictions.csv")
+    save_config(RunConfig(dataset=str(labelled), out=str(tmp_path)), tmp_path / "config.yaml")
+    with TestClient(create_app(bundle, review_source=tmp_path)) as c:  # the run folder itself
+        data = c.get("/api/review").json()
+        assert data["count"] == len(table) and not data["note"]
+        assert all(it["has_image"] for it in data["items"])
+        assert c.get(f"/api/review/image/{len(table) - 1}").status_code == 200
+    (tmp_path / "config.yaml").unlink()
+    with TestClient(create_app(bundle, review_source=tmp_path / "predictions.csv")) as c:
+        data = c.get("/api/review").json()  # labels and predictions still reviewable, without images
+        assert "images unavailable" in data["note"] and not any(it["has_image"] for it in data["items"])
+        assert c.get("/api/review/image/0").status_code == 404

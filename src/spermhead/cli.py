@@ -207,6 +207,7 @@ def predict(
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
     from rich.table import Table
+    from rich.text import Text
 
     from spermhead.serving.predictor import Predictor, csv_columns, csv_row, expand_inputs
 
@@ -242,10 +243,10 @@ def predict(
     shown = rows if len(rows) <= show else failed[:show] + [r for r in rows if r["ok"]][: max(0, show - len(failed))]
     for r in shown:
         if r["ok"]:
-            table.add_row(r["name"], r["class"], f"{r['confidence']:.3f}", "yes" if r["uncertain"] else "",
+            table.add_row(r["path"], r["class"], f"{r['confidence']:.3f}", "yes" if r["uncertain"] else "",
                           r["alignment"])
         else:
-            table.add_row(r["name"], "", "", "", f"[red]{r['error']}[/]")
+            table.add_row(r["path"], "", "", "", Text(r["error"], style="red"))  # Text: no markup from file names
     console.print(table)
     if len(shown) < len(rows):
         console.print(f"({len(rows) - len(shown)} more rows" + (" in the CSV/JSON)" if csv_out or json_out else

@@ -502,7 +502,7 @@ def create_app(
 def _review_item(service: Service, index: str) -> ReviewItem:
     if service.review is None:
         raise HTTPException(404, "no review set")
-    if not index.isdigit() or int(index) >= len(service.review.items):
+    if not (index.isascii() and index.isdigit()) or int(index) >= len(service.review.items):
         raise HTTPException(404, f"no review item {index[:40]!r}")
     item = service.review.items[int(index)]
     if item.path is None:

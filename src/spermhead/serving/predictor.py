@@ -18,7 +18,7 @@ import logging
 import os
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -185,12 +185,15 @@ class Predictor:
         except Exception as exc:  # one bad file must never stop a batch or the server
             return error_row(name, path, exc)
 
+    def _executor(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="spermhead-prep")
+        return self._pool
+
     def _map(self, fn: Any, items: Sequence[Any]) -> list[Any]:
         if self.workers <= 1 or len(items) < 2:
             return [fn(*it) for it in items]
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="spermhead-prep")
-        return list(self._pool.map(lambda it: fn(*it), items))
+        return list(self._executor().map(lambda it: fn(*it), items))
 
     # ------------------------------------------------------------------ results
 
@@ -224,20 +227,33 @@ class Predictor:
 
     def predict_files(self, paths: Iterable[Path | str], batch_size: int | None = None) -> Iterator[dict[str, Any]]:
         """One result row per path, in order, computed batch by batch (a generator, so a
-        caller can show progress and write rows as they come)."""
+        caller can show progress and write rows as they come). The next batch is read and
+        aligned by the worker threads while the model scores the current one."""
         size = batch_size or self.batch_size
+        pending: list[Future[Prepared | dict[str, Any]]] | None = None
         chunk: list[Path | str] = []
         for p in paths:
             chunk.append(p)
             if len(chunk) >= size:
-                yield from self._predict_chunk(chunk)
-                chunk = []
-        if chunk:
-            yield from self._predict_chunk(chunk)
+                started = self._prepare_later(chunk)
+                if pending is not None:
+                    yield from self.classify([f.result() for f in pending])
+                pending, chunk = started, []
+        started = self._prepare_later(chunk) if chunk else None
+        if pending is not None:
+            yield from self.classify([f.result() for f in pending])
+        if started is not None:
+            yield from self.classify([f.result() for f in started])
 
-    def _predict_chunk(self, chunk: Sequence[Path | str]) -> list[dict[str, Any]]:
-        prepared = self._map(self._prepare_safe, [(p,) for p in chunk])
-        return self.classify(prepared)
+    def _prepare_later(self, chunk: Sequence[Path | str]) -> list[Future[Prepared | dict[str, Any]]]:
+        if self.workers <= 1:
+            done: list[Future[Prepared | dict[str, Any]]] = []
+            for p in chunk:
+                f: Future[Prepared | dict[str, Any]] = Future()
+                f.set_result(self._prepare_safe(p))
+                done.append(f)
+            return done
+        return [self._executor().submit(self._prepare_safe, p) for p in chunk]
 
     def predict_bytes(self, name: str, data: bytes) -> dict[str, Any]:
         """One uploaded image -> its result row (or error row)."""
