@@ -1,0 +1,146 @@
+"""Any supported image file -> HxWx3 uint8 RGB array, with one-line errors naming the file.
+
+Formats are told by their magic bytes, not their suffix, and opened with the matching Pillow
+plugin class. That restricts input to BMP, PNG, JPEG and TIFF, and lets us refuse oversized
+images from the header with our own limit before anything is decoded (Pillow's global
+decompression-bomb check is left untouched for everyone else).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import struct
+from pathlib import Path
+from typing import IO
+
+import numpy as np
+from PIL import BmpImagePlugin, Image, ImageFile, ImageOps, JpegImagePlugin, PngImagePlugin, TiffImagePlugin
+
+from spermhead.config import MAX_PIXELS
+from spermhead.errors import ImageError
+
+SUPPORTED = "not a supported image (BMP, PNG, JPEG, TIFF)"
+CORRUPT = "truncated or corrupt image data"
+
+# Errors Pillow raises on bad headers or data: none of them mean "our bug".
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError, TypeError,
+                  struct.error, ZeroDivisionError, Image.DecompressionBombError)
+
+
+def _plugin_for(prefix: bytes) -> type[ImageFile.ImageFile] | None:
+    """The Pillow class for a file's first bytes, or None when it is none of ours."""
+    if prefix.startswith(b"BM"):
+        return BmpImagePlugin.BmpImageFile
+    if prefix.startswith(b"\x89PNG\r\n\x1a\n"):
+        return PngImagePlugin.PngImageFile
+    if prefix.startswith(b"\xff\xd8\xff"):
+        return JpegImagePlugin.JpegImageFile
+    if prefix[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        return TiffImagePlugin.TiffImageFile
+    return None
+
+
+def _open_source(source: Path | str | bytes, name: str) -> IO[bytes]:
+    if isinstance(source, bytes | bytearray | memoryview):
+        data = bytes(source)
+        if not data:
+            raise ImageError(name, "empty file", 400)
+        return io.BytesIO(data)
+    path = Path(source)
+    try:
+        size = os.stat(path).st_size
+    except FileNotFoundError:
+        raise ImageError(name, "no such file", 400) from None
+    except OSError as exc:
+        raise ImageError(name, f"cannot read file ({exc.strerror or exc})", 400) from None
+    if path.is_dir():
+        raise ImageError(name, "is a folder, not an image file", 400)
+    if size == 0:
+        raise ImageError(name, "empty file", 400)
+    try:
+        return open(path, "rb")  # noqa: SIM115 - closed by read_image
+    except OSError as exc:
+        raise ImageError(name, f"cannot read file ({exc.strerror or exc})", 400) from None
+
+
+def read_image(source: Path | str | bytes, name: str | None = None, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Decode a BMP, PNG, JPEG or TIFF (path or bytes) into an HxWx3 uint8 RGB array.
+
+    Grey is replicated to three channels; transparent pixels are filled with the image's own
+    background colour; CMYK is converted; 16-bit and float data are scaled by their actual
+    value range. Raises `ImageError` (with an HTTP status) naming the file.
+    """
+    if name is None:
+        name = "<bytes>" if isinstance(source, bytes | bytearray | memoryview) else str(source)
+    fh = _open_source(source, name)
+    try:
+        plugin = _plugin_for(fh.read(16))
+        fh.seek(0)
+        if plugin is None:
+            raise ImageError(name, SUPPORTED, 415)
+        try:
+            im = plugin(fh)
+        except _DECODE_ERRORS:
+            raise ImageError(name, CORRUPT, 400) from None
+        width, height = im.size
+        if width * height > max_pixels:
+            raise ImageError(
+                name, f"image is {width} x {height} = {width * height} pixels, over the limit of {max_pixels}", 413
+            )
+        if width < 1 or height < 1:
+            raise ImageError(name, CORRUPT, 400)
+        try:
+            im.load()
+            if isinstance(im, JpegImagePlugin.JpegImageFile):
+                im = ImageOps.exif_transpose(im)  # phone photos store their rotation in EXIF
+            return _to_rgb(im)
+        except _DECODE_ERRORS:
+            raise ImageError(name, CORRUPT, 400) from None
+    finally:
+        fh.close()
+
+
+def _to_rgb(im: Image.Image) -> np.ndarray:
+    mode = im.mode
+    if mode == "RGB":
+        return np.asarray(im, dtype=np.uint8)
+    if mode == "L":
+        return np.repeat(np.asarray(im, dtype=np.uint8)[:, :, None], 3, axis=2)
+    if mode in ("I", "F") or mode.startswith("I;"):
+        return np.repeat(_stretch(np.asarray(im))[:, :, None], 3, axis=2)
+    if mode in ("RGBA", "LA", "PA", "La", "RGBa") or (mode == "P" and "transparency" in im.info):
+        rgba = np.asarray(im.convert("RGBA"), dtype=np.uint8)
+        return _composite(rgba)
+    if mode == "1":
+        return np.repeat((np.asarray(im, dtype=np.uint8) * 255)[:, :, None], 3, axis=2)
+    # CMYK (Pillow already undoes Adobe's inverted JPEG CMYK), YCbCr, P, LAB, HSV ...
+    return np.asarray(im.convert("RGB"), dtype=np.uint8)
+
+
+def _stretch(values: np.ndarray) -> np.ndarray:
+    """Scale 16-bit/32-bit/float grey to 8 bits by its own range (robust percentiles)."""
+    data = values.astype(np.float32)
+    finite = data[np.isfinite(data)]
+    if finite.size == 0:
+        return np.zeros(values.shape, np.uint8)
+    lo, hi = np.percentile(finite, (0.5, 99.5))
+    if hi <= lo:  # near-constant image: fall back to the full range
+        lo, hi = float(finite.min()), float(finite.max())
+    if hi <= lo:
+        return np.full(values.shape, 128, np.uint8)
+    scaled = (np.nan_to_num(data, nan=lo) - lo) * (255.0 / (hi - lo))
+    return np.clip(scaled + 0.5, 0, 255).astype(np.uint8)
+
+
+def _composite(rgba: np.ndarray) -> np.ndarray:
+    """Lay RGBA over the image's own background: the median of its opaque border pixels."""
+    alpha = rgba[:, :, 3]
+    if alpha.min() == 255:
+        return np.ascontiguousarray(rgba[:, :, :3])
+    border = np.concatenate([rgba[0], rgba[-1], rgba[:, 0], rgba[:, -1]])
+    opaque = border[border[:, 3] == 255, :3]
+    background = np.median(opaque, axis=0) if len(opaque) else np.full(3, 255.0)
+    a = alpha[:, :, None].astype(np.float32) / 255.0
+    out = rgba[:, :, :3].astype(np.float32) * a + background[None, None, :].astype(np.float32) * (1.0 - a)
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8)

@@ -1,0 +1,200 @@
+"""read_image: every supported format decodes to H x W x 3 uint8 RGB; every bad file gets a
+one-line ImageError that names it, with the HTTP status the server answers with."""
+
+from __future__ import annotations
+
+import io
+import struct
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from spermhead.errors import ImageError
+from spermhead.preprocess.io import read_image
+
+
+def _encode(img: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def _bad(source, name: str | None = None, **kw) -> ImageError:
+    with pytest.raises(ImageError) as info:
+        read_image(source, name=name, **kw)
+    err = info.value
+    assert "\n" not in str(err)
+    return err
+
+
+# ---------------------------------------------------------------- good files
+
+
+@pytest.mark.parametrize("fmt,suffix", [("BMP", ".bmp"), ("PNG", ".png"), ("JPEG", ".jpg"), ("TIFF", ".tif")])
+def test_rgb_formats_from_path_and_bytes(tmp_path: Path, fmt: str, suffix: str):
+    rgb = np.zeros((20, 30, 3), np.uint8)
+    rgb[..., 0], rgb[5:15, 10:20] = 200, (20, 40, 160)
+    path = tmp_path / f"head{suffix}"
+    Image.fromarray(rgb).save(path, fmt, **({"quality": 95} if fmt == "JPEG" else {}))
+    for source in (path, str(path), path.read_bytes()):
+        out = read_image(source)
+        assert out.shape == (20, 30, 3) and out.dtype == np.uint8
+        if fmt == "JPEG":  # lossy: compare away from the edges
+            assert np.abs(out[10, 15].astype(int) - (20, 40, 160)).max() <= 12
+            assert np.abs(out[1, 1].astype(int) - (200, 0, 0)).max() <= 12
+        else:
+            assert (out == rgb).all()
+
+
+def test_grey_is_replicated(tmp_path: Path):
+    grey = np.tile(np.arange(0, 250, 10, dtype=np.uint8), (8, 1))
+    path = tmp_path / "grey.tif"
+    Image.fromarray(grey).save(path)  # 8-bit TIFF, like SCIAN
+    out = read_image(path)
+    assert out.shape == (8, 25, 3)
+    assert (out[..., 0] == grey).all() and (out[..., 1] == grey).all() and (out[..., 2] == grey).all()
+
+
+def test_16_bit_tiff_is_scaled_by_its_range(tmp_path: Path):
+    # values in 1000..1999: a blind >> 8 would give 3..7, nearly black
+    values = (1000 + np.arange(40 * 25).reshape(40, 25)).astype(np.uint16)
+    path = tmp_path / "deep.tif"
+    Image.fromarray(values).save(path)
+    out = read_image(path)[..., 0]
+    assert out.min() <= 5 and out.max() >= 250
+    assert (np.diff(out.astype(int).ravel()) >= 0).all()  # order kept
+
+
+def test_16_bit_png_and_constant_image():
+    deep = np.full((10, 10), 40000, np.uint16)
+    deep[3:6, 3:6] = 50000
+    out = read_image(_encode(Image.fromarray(deep), "PNG"))
+    assert out[4, 4, 0] > out[0, 0, 0]
+    flat = read_image(_encode(Image.fromarray(np.full((4, 4), 7, np.uint16)), "TIFF"))
+    assert flat.shape == (4, 4, 3) and flat.dtype == np.uint8
+
+
+def test_cmyk_jpeg_becomes_rgb():
+    red = Image.new("CMYK", (16, 16), (0, 255, 255, 0))  # no cyan, full magenta and yellow
+    assert Image.open(io.BytesIO(_encode(red, "JPEG"))).mode == "CMYK"
+    out = read_image(_encode(red, "JPEG"))
+    assert out.shape == (16, 16, 3)
+    r, g, b = out[8, 8].astype(int)
+    assert r > 200 and g < 50 and b < 50
+
+
+def test_png_alpha_is_filled_with_the_images_own_background():
+    rgba = np.zeros((30, 30, 4), np.uint8)
+    rgba[..., :3] = (230, 150, 180)  # pink background, opaque
+    rgba[..., 3] = 255
+    rgba[10:20, 10:20] = (90, 20, 80, 255)  # a dark head
+    rgba[0:5, 20:30, 3] = 0  # a transparent corner, its hidden colour black
+    out = read_image(_encode(Image.fromarray(rgba, "RGBA"), "PNG"))
+    assert out.shape == (30, 30, 3)
+    assert tuple(out[2, 25]) == (230, 150, 180)  # not black
+    assert tuple(out[15, 15]) == (90, 20, 80)
+
+
+def test_fully_transparent_png_becomes_white():
+    rgba = np.zeros((6, 6, 4), np.uint8)
+    out = read_image(_encode(Image.fromarray(rgba, "RGBA"), "PNG"))
+    assert (out == 255).all()
+
+
+def test_palette_and_grey_alpha_png():
+    la = Image.fromarray(np.dstack([np.full((5, 5), 60, np.uint8), np.full((5, 5), 255, np.uint8)]), "LA")
+    assert (read_image(_encode(la, "PNG")) == 60).all()
+    pal = Image.new("RGB", (5, 5), (10, 200, 30)).convert("P", palette=Image.Palette.ADAPTIVE)
+    assert tuple(read_image(_encode(pal, "PNG"))[2, 2]) == (10, 200, 30)
+
+
+# ---------------------------------------------------------------- bad files
+
+
+def test_zero_byte_file(tmp_path: Path):
+    path = tmp_path / "empty.png"
+    path.write_bytes(b"")
+    err = _bad(path)
+    assert (err.problem, err.status) == ("empty file", 400)
+    assert str(err) == f"{path}: empty file"
+    assert _bad(b"", name="upload.png").status == 400
+
+
+def test_missing_file(tmp_path: Path):
+    err = _bad(tmp_path / "nope.bmp")
+    assert (err.problem, err.status) == ("no such file", 400)
+    assert "nope.bmp" in str(err)
+
+
+def test_text_named_png(tmp_path: Path):
+    path = tmp_path / "notes.png"
+    path.write_text("this is not an image\n")
+    err = _bad(path)
+    assert err.status == 415
+    assert err.problem == "not a supported image (BMP, PNG, JPEG, TIFF)"
+    assert str(path) in str(err)
+
+
+def test_other_image_formats_are_refused():
+    gif = _encode(Image.new("RGB", (4, 4)), "GIF")
+    assert _bad(gif, name="anim.gif").status == 415
+
+
+def test_truncated_bmp(tmp_path: Path):
+    data = _encode(Image.new("RGB", (131, 131), (200, 150, 170)), "BMP")
+    path = tmp_path / "cut.bmp"
+    path.write_bytes(data[: len(data) // 3])
+    err = _bad(path)
+    assert (err.problem, err.status) == ("truncated or corrupt image data", 400)
+    assert "cut.bmp" in str(err)
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "TIFF"])
+def test_truncated_other_formats(fmt: str):
+    rng = np.random.default_rng(0)
+    data = _encode(Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)), fmt)
+    err = _bad(data[: len(data) // 2], name=f"cut.{fmt.lower()}")
+    assert err.status == 400 and err.problem == "truncated or corrupt image data"
+
+
+def test_header_only_garbage():
+    assert _bad(b"BM" + b"\x00" * 10, name="stub.bmp").status == 400
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """A PNG that declares width x height grey pixels (without making the test allocate them)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def test_huge_png_is_refused_from_its_header_fast(tmp_path: Path):
+    # 20000 x 20000 grey: 400 M pixels, 1.2 GB as RGB; the file itself is small
+    path = tmp_path / "bomb.png"
+    path.write_bytes(_png_header_only(20000, 20000))
+    start = time.perf_counter()
+    err = _bad(path)
+    assert time.perf_counter() - start < 0.5
+    assert err.status == 413
+    assert err.problem == "image is 20000 x 20000 = 400000000 pixels, over the limit of 40000000"
+    assert str(path) in str(err)
+
+
+def test_max_pixels_limit():
+    data = _encode(Image.new("RGB", (131, 131)), "BMP")
+    err = _bad(data, name="a.bmp", max_pixels=10_000)
+    assert err.status == 413
+    assert err.problem == "image is 131 x 131 = 17161 pixels, over the limit of 10000"
+    assert read_image(data, max_pixels=17_161).shape == (131, 131, 3)
+
+
+def test_name_defaults():
+    err = _bad(b"plain text")
+    assert err.name == "<bytes>" and err.status == 415
