@@ -77,6 +77,8 @@ def test_unknown_names_and_options() -> None:
     assert "timm:" in str(err.value)
     with pytest.raises(ConfigError, match="width"):
         build_model("spermnet", 4, colour="blue")
+    with pytest.raises(ConfigError, match="as many widths as depths"):
+        build_model("spermnet", 4, widths=[8, 16], depths=[1, 1, 1])
     with pytest.raises(ConfigError, match="no pretrained"):
         build_model("spermnet", 4, pretrained=True)
     with pytest.raises(ConfigError, match="timm:not_a_model_xyz"):

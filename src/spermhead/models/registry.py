@@ -52,6 +52,9 @@ def _build_spermnet(num_classes: int, in_chans: int, image_size: int, *, drop_ra
     width = DEFAULT_WIDTH if width is None else int(width)
     widths = [width * 2**i for i in range(len(depths))] if widths is None else list(widths)
     stem_stride = default_stem_stride(image_size) if stem_stride is None else int(stem_stride)
+    if not depths or len(widths) != len(depths) or min(widths) < 1 or stem_stride not in (1, 2, 4):
+        raise ConfigError(f"spermnet: need as many widths as depths and stem_stride 1, 2 or 4; "
+                          f"got widths {widths}, depths {depths}, stem_stride {stem_stride}")
     model = SpermNet(num_classes, in_chans, image_size, width=widths[0], widths=widths, depths=depths,
                      stem_stride=stem_stride, drop_rate=drop_rate)
     model.model_kwargs = {"widths": widths, "depths": depths, "stem_stride": stem_stride}
