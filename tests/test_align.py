@@ -269,3 +269,24 @@ def test_real_scian_segments_and_ignores_padding(real_data: Path):
         grey = np.asarray(Image.open(p))
         mask = segment_head(np.repeat(grey[:, :, None], 3, axis=2))
         assert mask is not None and not (mask & (grey == 0)).any(), p.name
+
+
+# ---------------------------------------------------------------- contact sheet
+
+
+def test_contact_sheet(tmp_path: Path):
+    from spermhead.data.samples import Sample, SampleTable
+    from spermhead.preprocess.preview import contact_sheet
+
+    paths = _write(tmp_path, [0, 60, 120, -30])
+    blank = tmp_path / "blank.png"
+    Image.new("RGB", (50, 50), (200, 200, 200)).save(blank)
+    broken = tmp_path / "broken.bmp"
+    broken.write_bytes(b"BM" + b"\0" * 20)
+    samples = [Sample(f"n{i}", p, "normal", "test") for i, p in enumerate(paths[:2])]
+    samples += [Sample(f"t{i}", p, "tapered", "test") for i, p in enumerate([*paths[2:], blank, broken])]
+    table = SampleTable("test", samples)
+    out = contact_sheet(table, PreprocessConfig(image_size=32), tmp_path / "sub" / "sheet.png", per_class=3)
+    assert out.is_file()
+    with Image.open(out) as im:
+        assert im.mode == "RGB" and im.width > 3 * 2 * 96 and im.height > 2 * 96

@@ -63,6 +63,30 @@ def data_summary(
         console.print(table)
 
 
+@data_app.command("preview")
+@friendly
+def data_preview(
+    name: Annotated[str, typer.Argument(help="hushem, scian-pa, scian-ta, scian-pa4, combined, or a folder")],
+    out: Annotated[Path, typer.Option("--out", help="PNG file to write.")],
+    data_dir: DataDir = None,
+    per_class: Annotated[int, typer.Option("--per-class", min=1, help="Random samples per class.")] = 6,
+    image_size: Annotated[int, typer.Option("--image-size", min=8, help="Canonical image size.")] = 64,
+    color: Annotated[str, typer.Option("--color", help="gray or rgb.")] = "gray",
+    seed: Annotated[int, typer.Option("--seed", help="Which samples are drawn.")] = 0,
+) -> None:
+    """Write a contact sheet: per class, raw crops beside their aligned canonical images."""
+    from spermhead.config import PreprocessConfig
+    from spermhead.data.readers import load_dataset
+    from spermhead.errors import ConfigError
+    from spermhead.preprocess.preview import contact_sheet
+
+    if color not in ("gray", "rgb"):
+        raise ConfigError(f"--color {color!r}: gray or rgb")
+    cfg = PreprocessConfig(image_size=image_size, color=color)
+    path = contact_sheet(load_dataset(name, data_dir), cfg, out, per_class=per_class, seed=seed)
+    console.print(f"wrote {path}", highlight=False, soft_wrap=True)
+
+
 @data_app.command("synth")
 @friendly
 def data_synth(
