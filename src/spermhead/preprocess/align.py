@@ -159,12 +159,12 @@ def _pick_component(contours: Sequence[np.ndarray], shape: tuple[int, int],
 
 
 def _dilate(mask: np.ndarray, radius: float) -> np.ndarray:
-    return (cv2.distanceTransform(1 - mask, cv2.DIST_L2, 5) <= radius).view(np.uint8)
+    return (cv2.distanceTransform(1 - mask, cv2.DIST_L2, 3) <= radius).view(np.uint8)
 
 
 def _open(mask: np.ndarray, radius: float, dist: np.ndarray | None = None) -> np.ndarray:
     if dist is None:
-        dist = cv2.distanceTransform(mask, cv2.DIST_L2, 5)
+        dist = cv2.distanceTransform(mask, cv2.DIST_L2, 3)
     return _dilate((dist > radius).view(np.uint8), radius)
 
 
@@ -222,14 +222,14 @@ def _segment(rgb: np.ndarray) -> _Scene:
     pad = min(bw, bh) // 4 + 3
     x0, y0, x1, y1 = max(0, bx - pad), max(0, by - pad), min(w, bx + bw + pad), min(h, by + bh + pad)
     candidate = np.zeros((y1 - y0, x1 - x0), np.uint8)
+    # filled: a pale vacuole must not shrink the head's radius below
     cv2.drawContours(candidate, contours, best, 1, thickness=cv2.FILLED, offset=(-x0, -y0))
-    candidate &= dark[y0:y1, x0:x1]  # keep its holes: a pale vacuole is no reason to grow
     box = blurred[y0:y1, x0:x1]
     contrast = bg_level - cv2.mean(box, mask=candidate)[0]
     if contrast < MIN_CONTRAST:
         raise _NoHead(f"no head found (contrast {max(contrast, 0):.0f} grey levels)")
     # open with a disk half the head's inscribed radius: the tail and midpiece, thinner than that, go
-    dist = cv2.distanceTransform(candidate, cv2.DIST_L2, 5)
+    dist = cv2.distanceTransform(candidate, cv2.DIST_L2, 3)
     r_open = max(1.0, round(0.5 * float(dist.max())))
     core = _largest_overlap(_open(candidate, r_open, dist), candidate)
     if core is None:
@@ -242,9 +242,9 @@ def _segment(rgb: np.ndarray) -> _Scene:
     if head is None:
         head = core
     # fill holes (a vacuole) by redrawing the outer contour
-    contours, _ = cv2.findContours(head, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    outline, _ = cv2.findContours(head, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     mask = np.zeros_like(head)
-    cv2.drawContours(mask, contours, -1, 1, thickness=cv2.FILLED)
+    cv2.drawContours(mask, outline, -1, 1, thickness=cv2.FILLED)
     area = float(cv2.countNonZero(mask))
     if area < min_area or area > MAX_AREA_FRACTION * h * w:
         raise _NoHead(f"no head found (head area {area / (h * w):.1%} of the image)")
