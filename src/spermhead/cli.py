@@ -342,3 +342,34 @@ def models(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] 
     console.print(table)
     console.print("Any timm model also works as timm:<name>, e.g. timm:resnet18 "
                   "(--pretrained needs network; --weights FILE loads local weights).")
+
+
+@bench_app.command("accuracy")
+@friendly
+def bench_accuracy(
+    name: Annotated[str, typer.Argument(help="hushem, scian-pa, scian-ta or combined")],
+    data_dir: DataDir = None,
+    seeds: Annotated[str, typer.Option(help="CV seeds, comma-separated")] = "1,2,3",
+    out: Annotated[Path, typer.Option(help="Where the runs and JSON go")] = Path("runs/bench"),
+    epochs: Annotated[int | None, typer.Option(help="Override the recipe's epochs")] = None,
+    record: Annotated[bool, typer.Option("--record/--no-record",
+                      help="Update benchmarks/RESULTS.md and the README table")] = True,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress")] = False,
+) -> None:
+    """Run the published protocol for a dataset over several CV seeds and record the result."""
+    from spermhead.errors import ConfigError
+    from spermhead.training.bench import BENCHES, run_accuracy_bench
+
+    if name not in BENCHES:
+        raise ConfigError(f"unknown benchmark {name!r}; choose from {', '.join(BENCHES)}")
+    seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+    extra = {"epochs": epochs} if epochs is not None else {}
+    summary = run_accuracy_bench(
+        name, out / name, seeds=seed_list, data_dir=str(data_dir) if data_dir else None, progress=progress,
+        results_md=Path("benchmarks/RESULTS.md") if record else None,
+        readme=Path("README.md") if record else None, **extra)
+    for point in ("accuracy", "balanced"):
+        s = summary[point]
+        console.print(f"{name} [{point} point]: accuracy {100 * s['accuracy']:.1f} ± {100 * s['accuracy_sd']:.1f}, "
+                      f"average recall {100 * s['balanced_accuracy']:.1f} ± {100 * s['balanced_accuracy_sd']:.1f}")
+    console.print(f"details: {out / name / f'accuracy-{name}.json'}")

@@ -1,0 +1,29 @@
+from spermhead.training.bench import readme_row, results_row, summarise, upsert_row
+
+
+def fake_run(seed: int, acc: float) -> dict:
+    point = {"accuracy": acc, "balanced_accuracy": acc - 0.1,
+             "per_class_recall": {"normal": acc, "amorphous": acc - 0.2}}
+    cfg = {"preprocess": {"image_size": 64, "color": "gray"}, "model": {"name": "spermnet"},
+           "train": {"epochs": 60, "augment": "aligned", "balance": "sampler"}, "protocol": {"kind": "cv"}}
+    return {"seed": seed, "wall_seconds": 60.0, "config": cfg, "macro_f1": acc - 0.05,
+            "metrics": {"accuracy": point, "balanced": dict(point, balanced_accuracy=acc)}}
+
+
+def test_summary_reports_mean_and_sd_over_seeds():
+    s = summarise("hushem", [fake_run(1, 0.90), fake_run(2, 0.94)], [1, 2])
+    assert abs(s["accuracy"]["accuracy"] - 0.92) < 1e-9
+    assert abs(s["accuracy"]["accuracy_sd"] - 0.0282842712) < 1e-6
+    assert s["balanced"]["balanced_accuracy"] > s["accuracy"]["balanced_accuracy"]
+    assert s["command"] == "spermhead bench accuracy hushem --seeds 1,2"
+    assert "92.0 ± 2.8" in results_row(s) and "`spermhead bench accuracy hushem --seeds 1,2`" in readme_row(s)
+
+
+def test_upsert_replaces_only_its_row(tmp_path):
+    md = tmp_path / "R.md"
+    md.write_text("intro\n<!-- accuracy:start -->\n| dataset | x |\n|---|---|\n| hushem | old |\n"
+                  "| scian-pa | keep |\n<!-- accuracy:end -->\noutro\n")
+    upsert_row(md, "accuracy", "hushem", "| hushem | new |")
+    text = md.read_text()
+    assert "| hushem | new |" in text and "old" not in text
+    assert "| scian-pa | keep |" in text and text.startswith("intro") and text.endswith("outro\n")
