@@ -96,6 +96,19 @@ def test_head_is_centred_and_scaled_by_its_length():
     assert abs(span - 64 / 1.6) < 4
 
 
+def test_image_scale_keeps_absolute_head_size():
+    """scale="image" keeps a small head small (SCIAN's "small" class); scale="head" does not."""
+    def head_span(length: float, scale: str) -> int:
+        cfg = PreprocessConfig(image_size=64, color="gray", scale=scale)
+        img = render(0, size=35, length=length, width=length * 0.6, tail=False,
+                     bg=(165, 165, 165), head=(60, 60, 60))
+        xs = np.nonzero(canonicalize(img, cfg).image[0] < 110)[1]
+        return int(xs.max() - xs.min() + 1)
+
+    assert head_span(14, "image") < 0.8 * head_span(20, "image")
+    assert abs(head_span(14, "head") - head_span(20, "head")) <= 3
+
+
 def test_morphometrics_in_original_pixels():
     m = canonicalize(render(20, tail=False), PreprocessConfig()).morphometrics
     assert m is not None

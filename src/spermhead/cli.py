@@ -122,6 +122,7 @@ def train(
     epochs: Annotated[int | None, typer.Option()] = None,
     image_size: Annotated[int | None, typer.Option(help="Canonical image size in pixels")] = None,
     color: Annotated[str | None, typer.Option(help="gray or rgb")] = None,
+    scale: Annotated[str | None, typer.Option(help="Crop scale: head (size-invariant) or image (keeps size)")] = None,
     seed: Annotated[int, typer.Option(help="One seed fixes the run")] = 0,
     batch_size: Annotated[int | None, typer.Option()] = None,
     lr: Annotated[float | None, typer.Option()] = None,
@@ -155,7 +156,7 @@ def train(
             name, str(out), recipe=recipe, data_dir=str(data_dir) if data_dir else None, seed=seed, cv=cv,
             split=split, operating_point=operating_point, loggers=("csv", *(logger or [])),
             model=model, grouped=grouped, epochs=epochs, image_size=image_size, color=color,
-            batch_size=batch_size, lr=lr, optimizer=optimizer, schedule=schedule, balance=balance,
+            scale=scale, batch_size=batch_size, lr=lr, optimizer=optimizer, schedule=schedule, balance=balance,
             augment=augment, label_smoothing=label_smoothing, mixup=mixup, tta=tta, pretrained=pretrained,
             weights=weights, l2_conv=l2_conv, final_model=final, threads=threads,
         )

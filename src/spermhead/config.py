@@ -21,6 +21,9 @@ class PreprocessConfig:
     color: str = "gray"  # "gray" or "rgb"
     align: bool = True  # segment the head and rotate its major axis to horizontal
     margin: float = 0.3  # crop margin around the head, as a fraction of its length
+    # "head": the crop follows the head's length (size-invariant); "image": the crop keeps the
+    # original image's extent, so absolute size (SCIAN's "small" class) stays visible.
+    scale: str = "head"
     max_pixels: int = MAX_PIXELS
 
 

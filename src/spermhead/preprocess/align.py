@@ -521,7 +521,10 @@ def canonicalize(rgb: np.ndarray, cfg: PreprocessConfig) -> CanonicalImage:
     # a reduced copy found the geometry: warp the full-resolution original
     source = scene.rgb if k == 1.0 else rgb
     centre = (head.centre[0] / k, head.centre[1] / k) if k != 1.0 else head.centre
-    side = head.length / k * (1 + 2 * cfg.margin)
+    if cfg.scale == "image":
+        side = float(min(rgb.shape[:2]))  # fixed magnification: absolute head size survives
+    else:
+        side = head.length / k * (1 + 2 * cfg.margin)
     if cfg.color == "gray":
         source = cv2.cvtColor(source, cv2.COLOR_RGB2GRAY)
         background: tuple[float, ...] = (float(np.dot(scene.background, (0.299, 0.587, 0.114))),)

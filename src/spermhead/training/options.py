@@ -13,7 +13,7 @@ from spermhead.training.recipes import apply_recipe
 # option name -> (config section, field)
 _FIELDS = {
     "image_size": ("preprocess", "image_size"), "color": ("preprocess", "color"),
-    "align": ("preprocess", "align"),
+    "align": ("preprocess", "align"), "scale": ("preprocess", "scale"), "margin": ("preprocess", "margin"),
     "model": ("model", "name"), "pretrained": ("model", "pretrained"), "weights": ("model", "weights"),
     "l2_conv": ("model", "l2_conv"), "drop_rate": ("model", "drop_rate"),
     "epochs": ("train", "epochs"), "batch_size": ("train", "batch_size"), "lr": ("train", "lr"),
@@ -57,6 +57,8 @@ def build_run_config(dataset: str, out: str, *, recipe: str = "default", data_di
         setattr(getattr(cfg, section), attr, value)
     if cfg.preprocess.color not in ("gray", "rgb"):
         raise ConfigError(f"--color {cfg.preprocess.color!r}: gray or rgb")
+    if cfg.preprocess.scale not in ("head", "image"):
+        raise ConfigError(f"--scale {cfg.preprocess.scale!r}: head or image")
     if cfg.protocol.final_model not in ("ensemble", "refit"):
         raise ConfigError(f"--final {cfg.protocol.final_model!r}: ensemble or refit")
     return cfg
