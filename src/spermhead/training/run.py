@@ -50,6 +50,8 @@ class FoldResult:
     history: list[dict[str, Any]]
     seconds: float
     epochs: int
+    val_labels: list[int] = field(default_factory=list)  # the tuning signal: never the test fold
+    val_pred: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -207,7 +209,8 @@ def run_fold(cfg: RunConfig, table: SampleTable, images: np.ndarray, fold: Fold,
         member.load_state_dict(load_file(str(fold_dir / "model.safetensors")))
         return FoldResult(fold.index, member.eval(), np.load(fold_dir / "test_probs.npy"),
                           np.asarray(info["bias"], dtype=np.float32), read_history(fold_dir),
-                          info["seconds"], info["epochs"])
+                          info["seconds"], info["epochs"], val_labels=info["val_labels"],
+                          val_pred=info["val_pred"])
     fold_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     member, epochs = fit_member(cfg, member, images[fold.train], y[fold.train], images[fold.val], y[fold.val],
@@ -219,10 +222,14 @@ def run_fold(cfg: RunConfig, table: SampleTable, images: np.ndarray, fold: Fold,
     test_probs = predict_proba(member, images[fold.test], [0.0], [1.0], tta=tta)
     save_file({n: t.contiguous() for n, t in member.state_dict().items()}, str(fold_dir / "model.safetensors"))
     np.save(fold_dir / "test_probs.npy", test_probs)
+    val_pred = val_probs.argmax(1).tolist() if len(fold.val) else []
+    val_labels = y[fold.val].tolist()
     done.write_text(json.dumps({"bias": bias.tolist(), "alpha": alpha, "seconds": seconds, "epochs": epochs,
-                                "train": len(fold.train), "val": len(fold.val), "test": len(fold.test)}))
+                                "train": len(fold.train), "val": len(fold.val), "test": len(fold.test),
+                                "val_labels": val_labels, "val_pred": val_pred}))
     shutil.rmtree(fold_dir / "checkpoints", ignore_errors=True)  # the fold is done; its weights are saved
-    return FoldResult(fold.index, member, test_probs, bias, read_history(fold_dir), seconds, epochs)
+    return FoldResult(fold.index, member, test_probs, bias, read_history(fold_dir), seconds, epochs,
+                      val_labels=val_labels, val_pred=val_pred)
 
 
 def out_of_fold(table: SampleTable, folds: list[Fold], results: list[FoldResult], *,
@@ -262,6 +269,7 @@ def train_run(cfg: RunConfig, *, overwrite: bool = False, resume: bool = False,
     metrics = dict(metrics)
     metrics["operating_point"] = cfg.operating_point
     metrics["operating_points"] = {p: _headline(m) for p, (_, m) in scored.items()}
+    metrics["validation"] = validation_summary(results)
     metrics["alignment"] = {"aligned": int(sum(c.aligned for c in canon)), "total": len(canon)}
     predictions.write_csv(out / "predictions.csv")
     write_metrics_json(metrics, out / "metrics.json")  # deterministic: timings live in run.json
@@ -297,6 +305,19 @@ def refit_all(cfg: RunConfig, table: SampleTable, images: np.ndarray, results: l
     member, _ = fit_member(refit_cfg, member, images, y, empty, np.zeros(0, dtype=int), len(table.classes),
                            out / "refit", seed=cfg.seed * 1000 + 999, progress=progress, resume=False)
     return member
+
+
+def validation_summary(results: list[FoldResult]) -> dict[str, Any]:
+    """Pooled scores on the validation parts carved from each training side. Recipes are
+    compared on these, so test folds never steer a choice."""
+    from sklearn.metrics import accuracy_score, balanced_accuracy_score
+
+    y = [v for r in results for v in r.val_labels]
+    p = [v for r in results for v in r.val_pred]
+    if not y:
+        return {"n": 0}
+    return {"n": len(y), "accuracy": float(accuracy_score(y, p)),
+            "balanced_accuracy": float(balanced_accuracy_score(y, p))}
 
 
 def _headline(m: dict[str, Any]) -> dict[str, Any]:
