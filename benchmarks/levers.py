@@ -1,0 +1,79 @@
+"""Measure one training lever at a time under 5-fold CV (one CV seed).
+
+Recipes are compared on the *validation* parts carved from each training fold (`val_*`);
+the test-fold figures are printed for the record but never used to choose. Results are
+appended as JSON lines to benchmarks/levers-<dataset>.jsonl.
+
+    .venv/bin/python benchmarks/levers.py hushem base epochs150 ...  [--data-dir ../shared/datasets]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from spermhead.training.options import build_run_config
+from spermhead.training.run import train_run
+
+LEVERS: dict[str, dict] = {
+    "base": {},
+    "noalign": {"align": False},
+    "epochs150": {"epochs": 150},
+    "epochs300": {"epochs": 300},
+    "ls0": {"label_smoothing": 0.0},
+    "light": {"augment": "light"},
+    "strong": {"augment": "strong"},
+    "rgb": {"color": "rgb"},
+    "px48": {"image_size": 48},
+    "px96": {"image_size": 96},
+    "mixup": {"mixup": 0.2},
+    "last": {"monitor": "last"},
+    "bs16": {"batch_size": 16},
+    "lr1e-3": {"lr": 1e-3},
+    "cosine": {"schedule": "cosine"},
+    "scale_image": {"scale": "image"},
+    "balance_none": {"balance": "none"},
+    "balance_loss": {"balance": "loss"},
+    "seed_cnn": {"model": "seed-cnn", "image_size": 32},
+    "resnet18": {"model": "timm:resnet18"},
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("dataset")
+    ap.add_argument("levers", nargs="+", help="names from LEVERS, joined with + to combine")
+    ap.add_argument("--data-dir", default="../shared/datasets")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default="/tmp/levers")
+    ap.add_argument("--set", action="append", default=[], help="extra key=value for every run")
+    args = ap.parse_args()
+    common = {k: json.loads(v) if v[:1] in "0123456789[{-tf" else v
+              for k, v in (s.split("=", 1) for s in args.set)}
+    log = Path(__file__).with_name(f"levers-{args.dataset}.jsonl")
+    for name in args.levers:
+        options = dict(common)
+        for part in name.split("+"):
+            options.update(LEVERS[part])
+        cfg = build_run_config(args.dataset, f"{args.out}/{args.dataset}/{name}", data_dir=args.data_dir,
+                               seed=args.seed, cv=5, **options)
+        start = time.perf_counter()
+        m = train_run(cfg, overwrite=True, progress=False).metrics
+        row = {"lever": name, "options": options, "cv_seed": args.seed,
+               "val_accuracy": m["validation"]["accuracy"], "val_balanced": m["validation"]["balanced_accuracy"],
+               "test_accuracy": m["accuracy"], "test_accuracy_sd": m["accuracy_std"],
+               "test_balanced": m["balanced_accuracy"],
+               "test_balanced_point": m["operating_points"]["balanced"],
+               "minutes": (time.perf_counter() - start) / 60}
+        row["test_balanced_point"] = {k: row["test_balanced_point"][k] for k in ("accuracy", "balanced_accuracy")}
+        with open(log, "a") as fh:
+            fh.write(json.dumps(row) + "\n")
+        print(f"{name:28s} val acc {row['val_accuracy']:.3f} bal {row['val_balanced']:.3f} | test acc "
+              f"{row['test_accuracy']:.3f}±{row['test_accuracy_sd']:.3f} bal {row['test_balanced']:.3f} | "
+              f"{row['minutes']:.1f} min", flush=True)
+
+
+if __name__ == "__main__":
+    main()
