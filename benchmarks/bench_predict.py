@@ -108,9 +108,12 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--workers", type=int, default=0, help="preprocessing threads (0: predictor default)")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--no-tta-row", action="store_true", help="skip the spermnet + flip-TTA row")
     ap.add_argument("--json", type=Path, help="write the results here")
     args = ap.parse_args()
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     result = run(args.n, args.models.split(","), args.backends.split(","), args.image_size, args.batch_size,
                  args.workers, args.repeats, not args.no_tta_row)
     print(f"{result['cpus']} CPUs, torch threads {result['torch_threads']}, load {result['load_avg_1m']:.1f}; "

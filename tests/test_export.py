@@ -33,6 +33,10 @@ def test_export_parity_and_dynamic_batch(bundle: Path, tmp_path: Path) -> None:
     assert report.exporter in ("torchscript", "dynamo")
     assert set(report.batch_sizes) >= {1, 7}  # more than one batch size ran
     assert onnx_fingerprint(tmp_path / "m.onnx") == bundle_fingerprint(bundle)
+    import onnx
+
+    props = {p.key: p.value for p in onnx.load(str(tmp_path / "m.onnx")).metadata_props}
+    assert float(props["spermhead.parity_max_abs_diff"]) == pytest.approx(report.max_abs_diff, rel=1e-2, abs=1e-12)
 
     import onnxruntime as ort
 
@@ -47,6 +51,7 @@ def test_parity_failure_is_loud(bundle: Path, tmp_path: Path, monkeypatch: pytes
     monkeypatch.setattr(onnx_export, "parity", lambda *a, **k: (0.5, (1,)))
     with pytest.raises(SpermheadError, match="differ from torch"):
         export_onnx(bundle, tmp_path / "m.onnx")
+    assert not (tmp_path / "m.onnx").exists()
 
 
 def test_export_cli_then_onnx_backend_matches_torch(bundle: Path, tmp_path: Path) -> None:

@@ -130,10 +130,15 @@ def export_onnx(bundle: Bundle | Path | str, out: Path | str, *, check: bool = T
     if check:
         report.max_abs_diff, report.batch_sizes = parity(bundle, out, seed=seed)
         if not report.max_abs_diff <= PARITY_TOLERANCE:
+            out.unlink(missing_ok=True)  # an untrustworthy file must not be picked up later
             raise SpermheadError(
                 f"{out}: ONNX probabilities differ from torch by {report.max_abs_diff:.2e} "
                 f"(> {PARITY_TOLERANCE:.0e}); the export is not trustworthy"
             )
+        # The parity figure travels with the file (metadata only; the graph is unchanged).
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = "spermhead.parity_max_abs_diff", f"{report.max_abs_diff:.3e}"
+        onnx.save(proto, str(out))
     return report
 
 
