@@ -172,7 +172,7 @@ def print_run_summary(out: Path, metrics: dict[str, Any]) -> None:
                 "roc_auc_ovr_macro", "pr_auc_macro"):
         if metrics.get(key) is not None:
             value = f"{metrics[key]:.4f}"
-            if key == "accuracy" and "accuracy_std" in metrics:
+            if key == "accuracy" and metrics.get("accuracy_std") is not None:
                 value += f" +/- {metrics['accuracy_std']:.4f} (folds)"
             table.add_row(key, value)
     console.print(table)
