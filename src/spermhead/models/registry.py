@@ -125,8 +125,8 @@ def _build_timm(timm_name: str, num_classes: int, in_chans: int, image_size: int
 
 
 _REGISTRY: dict[str, _Entry] = {
-    "spermnet": _Entry(_build_spermnet, "Project default: small ResNet (widths 16-128), fast on CPU "
-                       "from scratch", False),
+    "spermnet": _Entry(_build_spermnet, "Project default: small ResNet (24-192 channels, first stage at "
+                       "16x16 px), fast on CPU from scratch", False),
     "seed-cnn": _Entry(_build_seed_cnn, "Seed Model 1: conv 32@4x4, conv 64@2x2, pool, dense "
                        "576-1024-256, BatchNorm", False),
     "seed-alexnet": _Entry(_build_seed_alexnet, "Seed Model 2: AlexNet-like, 5 conv + 4 dense, 5x5 "
