@@ -171,3 +171,18 @@ def test_killed_run_resumes_and_completes(separable, tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     pred = Predictions.read_csv(out / "predictions.csv")
     assert len(pred) == 80 and len(set(pred.ids)) == 80
+
+
+def test_soft_targets_follow_expert_votes():
+    from spermhead.data.samples import Sample, SampleTable
+    from spermhead.training.targets import soft_targets
+
+    table = SampleTable("t", [
+        Sample("a", Path("a"), "normal", "scian", experts=("normal", "normal", "tapered")),
+        Sample("b", Path("b"), "tapered", "scian", experts=("tapered", "tapered", "code4")),
+        Sample("c", Path("c"), "tapered", "hushem"),
+    ], ["normal", "tapered"])
+    full = soft_targets(table, np.arange(3), 1.0)
+    np.testing.assert_allclose(full, [[2 / 3, 1 / 3], [0, 1], [0, 1]], atol=1e-6)
+    half = soft_targets(table, np.arange(3), 0.5)
+    np.testing.assert_allclose(half[0], [5 / 6, 1 / 6], atol=1e-6)

@@ -130,6 +130,7 @@ def train(
     schedule: Annotated[str | None, typer.Option(help="onecycle, cosine, plateau or none")] = None,
     balance: Annotated[str | None, typer.Option(help="none, sampler, loss or offline")] = None,
     augment: Annotated[str | None, typer.Option(help="none, light, aligned, seed or strong")] = None,
+    soft_labels: Annotated[float | None, typer.Option(help="Weight of expert vote shares in targets (SCIAN)")] = None,
     label_smoothing: Annotated[float | None, typer.Option()] = None,
     mixup: Annotated[float | None, typer.Option(help="Mixup Beta(a, a); 0 disables")] = None,
     tta: Annotated[bool | None, typer.Option("--tta/--no-tta", help="Flip test-time augmentation")] = None,
@@ -157,7 +158,7 @@ def train(
             split=split, operating_point=operating_point, loggers=("csv", *(logger or [])),
             model=model, grouped=grouped, epochs=epochs, image_size=image_size, color=color,
             scale=scale, batch_size=batch_size, lr=lr, optimizer=optimizer, schedule=schedule, balance=balance,
-            augment=augment, label_smoothing=label_smoothing, mixup=mixup, tta=tta, pretrained=pretrained,
+            augment=augment, soft_labels=soft_labels, label_smoothing=label_smoothing, mixup=mixup, tta=tta, pretrained=pretrained,
             weights=weights, l2_conv=l2_conv, final_model=final, threads=threads,
         )
     result = train_run(cfg, overwrite=overwrite, resume=resume, progress=progress)

@@ -53,6 +53,7 @@ class TrainConfig:
     balance_per_class: int = 6400  # target per class for offline balancing
     augment: str = "aligned"  # none | light | aligned | seed | strong
     label_smoothing: float = 0.1
+    soft_labels: float = 0.0  # weight of the experts' vote shares in the target (SCIAN); 0 = majority only
     mixup: float = 0.0
     ema: float = 0.0  # EMA decay of the weights; 0 disables
     tta: bool = True  # average over flips at evaluation

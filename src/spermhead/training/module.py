@@ -56,7 +56,8 @@ class HeadClassifier(L.LightningModule):
             from spermhead.models.registry import conv_l2_penalty
 
             loss = loss + conv_l2_penalty(self.model, self.l2_conv)
-        acc = (logits.argmax(-1) == y).float().mean()
+        hard = y.argmax(-1) if y.ndim == 2 else y  # soft targets (expert votes) are N x K
+        acc = (logits.argmax(-1) == hard).float().mean()
         self.log_dict({"train_loss": loss, "train_acc": acc}, on_step=False, on_epoch=True,
                       batch_size=x.shape[0])
         return loss

@@ -36,6 +36,7 @@ from spermhead.training.balance import balanced_sampler, class_weights, offline_
 from spermhead.training.module import HeadClassifier
 from spermhead.training.operating import apply_bias, choose_balanced_bias
 from spermhead.training.protocols import Fold, make_folds
+from spermhead.training.targets import soft_targets
 
 # Lightning's start-up chatter (GPU/TPU availability, tips) is noise for a CPU tool.
 logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
@@ -99,7 +100,8 @@ def build_member(cfg: RunConfig, num_classes: int, train_images: np.ndarray) -> 
 
 def _loader(images: np.ndarray, labels: np.ndarray, batch: int, *, sampler: Any = None,
             shuffle: bool = False, seed: int = 0) -> DataLoader:
-    ds = TensorDataset(torch.as_tensor(images), torch.as_tensor(labels, dtype=torch.long))
+    dtype = torch.float32 if np.asarray(labels).ndim == 2 else torch.long  # soft targets are N x K
+    ds = TensorDataset(torch.as_tensor(images), torch.as_tensor(labels, dtype=dtype))
     gen = torch.Generator().manual_seed(seed)
     return DataLoader(ds, batch_size=batch, sampler=sampler, shuffle=shuffle and sampler is None,
                       generator=gen, num_workers=0)
@@ -147,10 +149,14 @@ def read_history(fold_dir: Path) -> list[dict[str, Any]]:
 
 def fit_member(cfg: RunConfig, member: nn.Module, x_train: np.ndarray, y_train: np.ndarray,
                x_val: np.ndarray, y_val: np.ndarray, num_classes: int, fold_dir: Path, *,
-               seed: int, progress: bool, resume: bool) -> tuple[nn.Module, int]:
-    """Train one member with Lightning; returns it at the checkpoint chosen on validation."""
+               seed: int, progress: bool, resume: bool,
+               soft: np.ndarray | None = None) -> tuple[nn.Module, int]:
+    """Train one member with Lightning; returns it at the checkpoint chosen on validation.
+    `soft` (N x K) replaces the hard training labels as targets (expert vote shares)."""
     tc = cfg.train
     sampler, loss_weights = None, None
+    if soft is not None and tc.balance == "offline":
+        raise ConfigError("soft expert labels cannot be combined with offline balancing; use --balance sampler")
     if tc.balance == "offline":
         xt, yt = offline_balance(torch.as_tensor(x_train), y_train, tc.balance_per_class, seed)
         x_train, y_train = xt.numpy(), yt
@@ -161,7 +167,8 @@ def fit_member(cfg: RunConfig, member: nn.Module, x_train: np.ndarray, y_train: 
     elif tc.balance != "none":
         raise ConfigError(f"unknown balance {tc.balance!r}: none, sampler, loss or offline")
 
-    train_loader = _loader(x_train, y_train, tc.batch_size, sampler=sampler, shuffle=True, seed=seed)
+    targets = soft if soft is not None else y_train
+    train_loader = _loader(x_train, targets, tc.batch_size, sampler=sampler, shuffle=True, seed=seed)
     has_val = len(y_val) > 0
     val_loader = _loader(x_val, y_val, 256) if has_val else None
     monitor = tc.monitor if has_val else "last"
@@ -213,8 +220,9 @@ def run_fold(cfg: RunConfig, table: SampleTable, images: np.ndarray, fold: Fold,
                           val_pred=info["val_pred"])
     fold_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
+    soft = soft_targets(table, fold.train, cfg.train.soft_labels) if cfg.train.soft_labels > 0 else None
     member, epochs = fit_member(cfg, member, images[fold.train], y[fold.train], images[fold.val], y[fold.val],
-                                k, fold_dir, seed=seed, progress=progress, resume=resume)
+                                k, fold_dir, seed=seed, progress=progress, resume=resume, soft=soft)
     seconds = time.perf_counter() - start
     tta = cfg.train.tta
     val_probs = predict_proba(member, images[fold.val], [0.0], [1.0], tta=tta)
