@@ -186,3 +186,15 @@ def test_soft_targets_follow_expert_votes():
     np.testing.assert_allclose(full, [[2 / 3, 1 / 3], [0, 1], [0, 1]], atol=1e-6)
     half = soft_targets(table, np.arange(3), 0.5)
     np.testing.assert_allclose(half[0], [5 / 6, 1 / 6], atol=1e-6)
+
+
+def test_select_writes_the_model_selection_table(separable, tmp_path):
+    from spermhead.training.select import select_models
+
+    base = quick_config(separable, tmp_path, epochs=3)
+    rows = select_models(base, ["spermnet", "seed-cnn"], tmp_path / "sel", progress=False)
+    assert [r["model"] for r in rows] == ["spermnet", "seed-cnn"]
+    assert all(r["parameters"] > 0 and r["seconds_per_epoch"] > 0 for r in rows)
+    table = (tmp_path / "sel" / "selection.md").read_text()
+    assert "spermnet" in table and "seed-cnn" in table
+    assert (tmp_path / "sel" / "selection.csv").is_file() and (tmp_path / "sel" / "selection.html").is_file()
