@@ -103,8 +103,10 @@ def _loader(images: np.ndarray, labels: np.ndarray, batch: int, *, sampler: Any 
     dtype = torch.float32 if np.asarray(labels).ndim == 2 else torch.long  # soft targets are N x K
     ds = TensorDataset(torch.as_tensor(images), torch.as_tensor(labels, dtype=dtype))
     gen = torch.Generator().manual_seed(seed)
+    # A last batch of one image breaks BatchNorm in training; drop it when training.
+    drop_last = shuffle and len(ds) > batch
     return DataLoader(ds, batch_size=batch, sampler=sampler, shuffle=shuffle and sampler is None,
-                      generator=gen, num_workers=0)
+                      generator=gen, num_workers=0, drop_last=drop_last)
 
 
 def _loggers(cfg: RunConfig, fold_dir: Path) -> list[Any]:
