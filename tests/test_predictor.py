@@ -126,3 +126,21 @@ def test_predict_cli_all_good_exits_0(bundle: Path, folder: Path) -> None:
 def test_predict_cli_bad_bundle_is_a_one_line_error(tmp_path: Path, folder: Path) -> None:
     result = CliRunner().invoke(app, ["predict", "--model", str(tmp_path), str(folder)])
     assert result.exit_code == 2 and "model.json" in result.output
+
+
+def test_operating_point_switches_the_prior_correction(bundle: Path, folder: Path, tmp_path: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "b"
+    shutil.copytree(bundle, copy)
+    meta = json.loads((copy / "model.json").read_text())
+    meta["operating_points"] = {"accuracy": [0.0] * 4, "balanced": [2.0, 0.0, 0.0, 0.0]}
+    (copy / "model.json").write_text(json.dumps(meta))
+    image = next(folder.glob("*.bmp"))
+    with Predictor(copy, operating_point="accuracy") as plain, \
+            Predictor(copy, operating_point="balanced") as balanced:
+        p0 = next(iter(plain.predict_files([image])))["probabilities"]["normal"]
+        p1 = next(iter(balanced.predict_files([image])))["probabilities"]["normal"]
+    assert p1 > p0  # the balanced point's +2 log-prior on "normal" raises its probability
+    with pytest.raises(Exception, match="operating point 'nope'"):
+        Predictor(copy, operating_point="nope")

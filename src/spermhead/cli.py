@@ -219,6 +219,9 @@ def predict(
     csv_out: Annotated[Path | None, typer.Option("--csv", help="Write one row per file to this CSV")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write every result to this JSON file")] = None,
     backend: Annotated[str, typer.Option(help="torch, or onnx (model.onnx beside the bundle, else exported)")] = "torch",
+    operating_point: Annotated[str | None, typer.Option(
+        help="accuracy (the model's posteriors) or balanced (prior correction for average recall); "
+             "default: the bundle's")] = None,
     batch_size: Annotated[int, typer.Option(help="Images per model call")] = 256,
     show: Annotated[int, typer.Option(help="Rows shown in the table; --csv/--json get them all")] = 50,
     threads: Annotated[int, typer.Option(help="Torch CPU threads; 0 lets torch decide")] = 0,
@@ -241,7 +244,7 @@ def predict(
     if not files:
         raise SpermheadError(f"{' '.join(paths)}: no image files found")
     rows: list[dict[str, Any]] = []
-    with Predictor(model, backend=backend, batch_size=batch_size) as predictor:
+    with Predictor(model, backend=backend, batch_size=batch_size, operating_point=operating_point) as predictor:
         columns = csv_columns(predictor.classes)
         fh = open(csv_out, "w", newline="") if csv_out else None  # noqa: SIM115 - closed below
         try:
@@ -293,6 +296,9 @@ def serve(
                                                      "predictions (default: the run's config.yaml)")] = None,
     max_upload_mb: Annotated[float, typer.Option(help="Per-file upload limit")] = 20,
     backend: Annotated[str, typer.Option(help="torch or onnx")] = "torch",
+    operating_point: Annotated[str | None, typer.Option(
+        help="accuracy (the model's posteriors) or balanced (prior correction for average recall); "
+             "default: the bundle's")] = None,
     threads: Annotated[int, typer.Option(help="Torch CPU threads; 0 lets torch decide (1 is best on a "
                                          "machine busy with other work)")] = 0,
 ) -> None:
@@ -305,7 +311,8 @@ def serve(
 
     from spermhead.serving.app import create_app
 
-    web = create_app(model, review, max_upload_mb=max_upload_mb, review_data=review_data, backend=backend)
+    web = create_app(model, review, max_upload_mb=max_upload_mb, review_data=review_data, backend=backend,
+                     operating_point=operating_point)
     console.print(f"serving {model} at http://{host}:{port}/  (review: /review, API docs: /docs)")
     uvicorn.run(web, host=host, port=port, log_level="info")
 

@@ -395,10 +395,12 @@ def create_app(
     max_request_mb: float | None = None,
     max_batch_images: int = 64,
     predictor: Predictor | None = None,
+    operating_point: str | None = None,
 ) -> FastAPI:
     """The app for one bundle. `review_source`: a labelled class folder, a dataset name, a
     run folder or its predictions.csv (`review_data`: where that run's images are)."""
-    predictor = predictor or Predictor(bundle_dir, backend=backend, max_pixels=max_pixels)
+    predictor = predictor or Predictor(bundle_dir, backend=backend, max_pixels=max_pixels,
+                                       operating_point=operating_point)
     if max_pixels is not None:
         predictor.max_pixels = max_pixels
     service = Service(predictor, int(max_upload_mb * MB), max_files)

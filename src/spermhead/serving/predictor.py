@@ -104,12 +104,15 @@ class Predictor:
         max_pixels: int | None = None,
         onnx_path: Path | str | None = None,
         workers: int = 0,
+        operating_point: str | None = None,
     ) -> None:
         if backend not in BACKENDS:
             raise ConfigError(f"backend {backend!r}: choose one of {', '.join(BACKENDS)}")
         self.bundle: Bundle = load_bundle(bundle_dir)
         self.bundle_dir = Path(bundle_dir)
         self.meta = self.bundle.meta
+        if operating_point is not None:
+            self._use_operating_point(operating_point)
         self.classes = list(self.meta.classes)
         self.config = self.meta.preprocess_config
         self.max_pixels = max_pixels if max_pixels is not None else self.config.max_pixels
@@ -125,6 +128,13 @@ class Predictor:
         # threads overlap it; 0 picks a small default from the CPU count.
         self.workers = workers if workers > 0 else min(4, os.cpu_count() or 1)
         self._pool: ThreadPoolExecutor | None = None
+
+    def _use_operating_point(self, name: str) -> None:
+        """Switch between the bundle's operating points (accuracy-first or balanced recall)."""
+        points = self.meta.operating_points or {"accuracy": [0.0] * len(self.meta.classes)}
+        if name not in points:
+            raise ConfigError(f"operating point {name!r}: this bundle has {', '.join(points)}")
+        self.meta.operating_point, self.meta.class_bias = name, list(points[name])
 
     # ------------------------------------------------------------------ model
 
