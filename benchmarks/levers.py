@@ -38,6 +38,9 @@ LEVERS: dict[str, dict] = {
     "balance_loss": {"balance": "loss"},
     "seed_cnn": {"model": "seed-cnn", "image_size": 32},
     "resnet18": {"model": "timm:resnet18"},
+    "members3": {"members": 3},
+    "soft": {"soft_labels": 0.5},
+    "soft1": {"soft_labels": 1.0},
 }
 
 

@@ -91,7 +91,7 @@ def test_bundle_reloads_with_the_same_probabilities(separable, separable_run):
     cfg = RunConfig.from_dict({"preprocess": bundle.meta.preprocess})
     images, _ = canonical_images(table, cfg)
     got = predict_proba(bundle.model, images, bundle.meta.mean, bundle.meta.std, tta=bundle.meta.tta)
-    members = [r.member for r in separable_run.folds]
+    members = [m for r in separable_run.folds for m in r.members]
     expected = np.mean([predict_proba(m, images, [0.0], [1.0]) for m in members], axis=0)
     np.testing.assert_allclose(got, expected, atol=1e-5)
 
@@ -134,7 +134,7 @@ def test_balancing_and_augmentation_touch_only_training(separable, tmp_path):
     fold = make_folds(table, cfg.protocol, seed=0, val_fraction=cfg.train.val_fraction)[0]
     assert (info["val"], info["test"]) == (len(fold.val), len(fold.test))  # untouched by balancing
     # Evaluation never augments: the same input always gives the same output.
-    member = result.folds[0].member
+    member = result.folds[0].members[0]
     x = np.full((2, 1, 24, 24), 128, dtype=np.uint8)
     np.testing.assert_array_equal(predict_proba(member, x, [0.0], [1.0]), predict_proba(member, x, [0.0], [1.0]))
 
@@ -198,3 +198,12 @@ def test_select_writes_the_model_selection_table(separable, tmp_path):
     table = (tmp_path / "sel" / "selection.md").read_text()
     assert "spermnet" in table and "seed-cnn" in table
     assert (tmp_path / "sel" / "selection.csv").is_file() and (tmp_path / "sel" / "selection.html").is_file()
+
+
+def test_seed_ensemble_per_fold(separable, tmp_path):
+    result = train_run(quick_config(separable, tmp_path / "ens", cv=2, epochs=2, members=2), progress=False)
+    assert [len(r.members) for r in result.folds] == [2, 2]
+    bundle = load_bundle(result.out / "model")
+    assert bundle.meta.members == 4
+    pred = Predictions.read_csv(result.out / "predictions.csv")
+    assert len(pred) == 80

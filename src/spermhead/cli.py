@@ -140,6 +140,7 @@ def train(
     final: Annotated[str | None, typer.Option(help="After CV: ensemble of folds or refit on all data")] = None,
     operating_point: Annotated[str | None, typer.Option(help="accuracy or balanced")] = None,
     logger: Annotated[list[str] | None, typer.Option(help="Extra loggers: tensorboard, mlflow")] = None,
+    members: Annotated[int | None, typer.Option(help="Seed-ensemble members per fold")] = None,
     threads: Annotated[int | None, typer.Option(help="Torch CPU threads")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run directory")] = False,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run from its last checkpoint")] = False,
@@ -159,7 +160,7 @@ def train(
             model=model, grouped=grouped, epochs=epochs, image_size=image_size, color=color,
             scale=scale, batch_size=batch_size, lr=lr, optimizer=optimizer, schedule=schedule, balance=balance,
             augment=augment, soft_labels=soft_labels, label_smoothing=label_smoothing, mixup=mixup, tta=tta, pretrained=pretrained,
-            weights=weights, l2_conv=l2_conv, final_model=final, threads=threads,
+            weights=weights, l2_conv=l2_conv, final_model=final, threads=threads, members=members,
         )
     result = train_run(cfg, overwrite=overwrite, resume=resume, progress=progress)
     print_run_summary(result.out, result.metrics)

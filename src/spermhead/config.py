@@ -57,6 +57,7 @@ class TrainConfig:
     mixup: float = 0.0
     ema: float = 0.0  # EMA decay of the weights; 0 disables
     tta: bool = True  # average over flips at evaluation
+    members_per_fold: int = 1  # a seed ensemble per fold (each member trained from its own seed)
     val_fraction: float = 0.15  # carved from each training side for model selection
     num_threads: int = 0  # torch threads; 0 lets torch decide
 

@@ -22,7 +22,7 @@ _FIELDS = {
     "augment": ("train", "augment"), "label_smoothing": ("train", "label_smoothing"),
     "mixup": ("train", "mixup"), "soft_labels": ("train", "soft_labels"), "tta": ("train", "tta"), "val_fraction": ("train", "val_fraction"),
     "monitor": ("train", "monitor"), "patience": ("train", "early_stopping_patience"),
-    "threads": ("train", "num_threads"),
+    "threads": ("train", "num_threads"), "members": ("train", "members_per_fold"),
     "grouped": ("protocol", "grouped"), "final_model": ("protocol", "final_model"),
 }
 

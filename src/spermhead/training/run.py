@@ -30,7 +30,7 @@ from spermhead.data.readers import load_dataset
 from spermhead.data.samples import SampleTable
 from spermhead.errors import ConfigError
 from spermhead.evaluation.predictions import Predictions, concat
-from spermhead.models.inference import predict_proba, standardized
+from spermhead.models.inference import Ensemble, predict_proba, standardized
 from spermhead.models.registry import build_model, model_spec
 from spermhead.training.balance import balanced_sampler, class_weights, offline_balance
 from spermhead.training.module import HeadClassifier
@@ -45,11 +45,11 @@ logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
 @dataclass
 class FoldResult:
     index: int
-    member: nn.Module
+    members: list[nn.Module]  # one per seed of the fold's seed ensemble
     test_probs: np.ndarray  # raw posteriors, rows = fold.test
     bias: np.ndarray  # balanced operating point, chosen on this fold's validation part
     history: list[dict[str, Any]]
-    seconds: float
+    seconds: float  # training time of one member
     epochs: int
     val_labels: list[int] = field(default_factory=list)  # the tuning signal: never the test fold
     val_pred: list[int] = field(default_factory=list)
@@ -210,35 +210,46 @@ def run_fold(cfg: RunConfig, table: SampleTable, images: np.ndarray, fold: Fold,
     done = fold_dir / "done.json"
     y = np.asarray(table.label_indices)
     k = len(table.classes)
-    seed = cfg.seed * 1000 + fold.index
-    L.seed_everything(seed, workers=True, verbose=False)
-    member = build_member(cfg, k, images[fold.train])
+    n = max(1, cfg.train.members_per_fold)
     if resume and done.is_file():
         info = json.loads(done.read_text())
-        member.load_state_dict(load_file(str(fold_dir / "model.safetensors")))
-        return FoldResult(fold.index, member.eval(), np.load(fold_dir / "test_probs.npy"),
+        members = []
+        for j in range(n):
+            member = build_member(cfg, k, images[fold.train])
+            member.load_state_dict(load_file(str(fold_dir / f"model{j}.safetensors")))
+            members.append(member.eval())
+        return FoldResult(fold.index, members, np.load(fold_dir / "test_probs.npy"),
                           np.asarray(info["bias"], dtype=np.float32), read_history(fold_dir),
                           info["seconds"], info["epochs"], val_labels=info["val_labels"],
                           val_pred=info["val_pred"])
     fold_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     soft = soft_targets(table, fold.train, cfg.train.soft_labels) if cfg.train.soft_labels > 0 else None
-    member, epochs = fit_member(cfg, member, images[fold.train], y[fold.train], images[fold.val], y[fold.val],
-                                k, fold_dir, seed=seed, progress=progress, resume=resume, soft=soft)
+    members, epochs = [], 0
+    for j in range(n):  # a seed ensemble: members differ only in their random seed
+        seed = cfg.seed * 1000 + fold.index + 100 * j
+        member_dir = fold_dir if j == 0 else fold_dir / f"member{j}"
+        L.seed_everything(seed, workers=True, verbose=False)
+        member = build_member(cfg, k, images[fold.train])
+        member, epochs = fit_member(cfg, member, images[fold.train], y[fold.train], images[fold.val], y[fold.val],
+                                    k, member_dir, seed=seed, progress=progress, resume=resume, soft=soft)
+        save_file({name: t.contiguous() for name, t in member.state_dict().items()},
+                  str(fold_dir / f"model{j}.safetensors"))
+        shutil.rmtree(member_dir / "checkpoints", ignore_errors=True)  # its weights are saved
+        members.append(member)
     seconds = time.perf_counter() - start
+    model = Ensemble(members).eval()
     tta = cfg.train.tta
-    val_probs = predict_proba(member, images[fold.val], [0.0], [1.0], tta=tta)
+    val_probs = predict_proba(model, images[fold.val], [0.0], [1.0], tta=tta)
     bias, alpha = choose_balanced_bias(val_probs, y[fold.val], y[fold.train], k)
-    test_probs = predict_proba(member, images[fold.test], [0.0], [1.0], tta=tta)
-    save_file({n: t.contiguous() for n, t in member.state_dict().items()}, str(fold_dir / "model.safetensors"))
+    test_probs = predict_proba(model, images[fold.test], [0.0], [1.0], tta=tta)
     np.save(fold_dir / "test_probs.npy", test_probs)
     val_pred = val_probs.argmax(1).tolist() if len(fold.val) else []
     val_labels = y[fold.val].tolist()
     done.write_text(json.dumps({"bias": bias.tolist(), "alpha": alpha, "seconds": seconds, "epochs": epochs,
-                                "train": len(fold.train), "val": len(fold.val), "test": len(fold.test),
-                                "val_labels": val_labels, "val_pred": val_pred}))
-    shutil.rmtree(fold_dir / "checkpoints", ignore_errors=True)  # the fold is done; its weights are saved
-    return FoldResult(fold.index, member, test_probs, bias, read_history(fold_dir), seconds, epochs,
+                                "members": n, "train": len(fold.train), "val": len(fold.val),
+                                "test": len(fold.test), "val_labels": val_labels, "val_pred": val_pred}))
+    return FoldResult(fold.index, members, test_probs, bias, read_history(fold_dir), seconds / n, epochs,
                       val_labels=val_labels, val_pred=val_pred)
 
 
@@ -283,7 +294,7 @@ def train_run(cfg: RunConfig, *, overwrite: bool = False, resume: bool = False,
     metrics["alignment"] = {"aligned": int(sum(c.aligned for c in canon)), "total": len(canon)}
     predictions.write_csv(out / "predictions.csv")
     write_metrics_json(metrics, out / "metrics.json")  # deterministic: timings live in run.json
-    bundle_members = [r.member for r in results]
+    bundle_members = [m for r in results for m in r.members]
     bias = np.mean([r.bias for r in results], axis=0)
     if cfg.protocol.kind == "cv" and cfg.protocol.final_model == "refit":
         bundle_members = [refit_all(cfg, table, images, results, out, progress=progress)]
