@@ -362,6 +362,7 @@ def bench_accuracy(
     seeds: Annotated[str, typer.Option(help="CV seeds, comma-separated")] = "1,2,3",
     out: Annotated[Path, typer.Option(help="Where the runs and JSON go")] = Path("runs/bench"),
     epochs: Annotated[int | None, typer.Option(help="Override the recipe's epochs")] = None,
+    threads: Annotated[int | None, typer.Option(help="Torch CPU threads")] = None,
     record: Annotated[bool, typer.Option("--record/--no-record",
                       help="Update benchmarks/RESULTS.md and the README table")] = True,
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = False,
@@ -373,7 +374,7 @@ def bench_accuracy(
     if name not in BENCHES:
         raise ConfigError(f"unknown benchmark {name!r}; choose from {', '.join(BENCHES)}")
     seed_list = [int(s) for s in seeds.split(",") if s.strip()]
-    extra = {"epochs": epochs} if epochs is not None else {}
+    extra = {k: v for k, v in {"epochs": epochs, "threads": threads}.items() if v is not None}
     summary = run_accuracy_bench(
         name, out / name, seeds=seed_list, data_dir=str(data_dir) if data_dir else None, progress=progress,
         results_md=Path("benchmarks/RESULTS.md") if record else None,
