@@ -44,15 +44,33 @@ LEVERS: dict[str, dict] = {
 }
 
 
+def table(dataset: str) -> str:
+    """The recorded levers as a markdown table (for benchmarks/RESULTS.md)."""
+    log = Path(__file__).with_name(f"levers-{dataset}.jsonl")
+    rows = ["| lever | options | val acc | val avg recall | test acc (record only) | test avg recall | min |",
+            "|---|---|---|---|---|---|---|"]
+    for line in log.read_text().splitlines():
+        r = json.loads(line)
+        opts = ", ".join(f"{k}={v}" for k, v in r["options"].items()) or "default recipe"
+        rows.append(f"| {r['lever']} | {opts} | {r['val_accuracy']:.3f} | {r['val_balanced']:.3f} "
+                    f"| {r['test_accuracy']:.3f} ± {r['test_accuracy_sd']:.3f} | {r['test_balanced']:.3f} "
+                    f"| {r['minutes']:.1f} |")
+    return "\n".join(rows)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("dataset")
-    ap.add_argument("levers", nargs="+", help="names from LEVERS, joined with + to combine")
+    ap.add_argument("levers", nargs="*", help="names from LEVERS, joined with + to combine")
     ap.add_argument("--data-dir", default="../shared/datasets")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="/tmp/levers")
     ap.add_argument("--set", action="append", default=[], help="extra key=value for every run")
+    ap.add_argument("--table", action="store_true", help="print the recorded levers and exit")
     args = ap.parse_args()
+    if args.table:
+        print(table(args.dataset))
+        return
     common = {k: json.loads(v) if v[:1] in "0123456789[{-tf" else v
               for k, v in (s.split("=", 1) for s in args.set)}
     log = Path(__file__).with_name(f"levers-{args.dataset}.jsonl")
