@@ -27,8 +27,12 @@ chromium:
 test: $(STAMP) chromium lint
 	$(BIN)/python -m pytest -q
 
+# Speed benchmarks (results go into benchmarks/RESULTS.md by hand, with the date and machine).
 bench: $(STAMP)
-	$(BIN)/python benchmarks/run_all.py
+	$(BIN)/python benchmarks/bench_preprocess.py
+	$(BIN)/python benchmarks/bench_models.py
+	$(BIN)/python benchmarks/bench_predict.py
+	$(BIN)/python benchmarks/bench_http.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
