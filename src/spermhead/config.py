@@ -51,7 +51,7 @@ class TrainConfig:
     monitor: str = "last"  # last | val_acc | val_loss: which checkpoint a fold keeps
     balance: str = "sampler"  # none | sampler | loss | offline
     balance_per_class: int = 6400  # target per class for offline balancing
-    augment: str = "light"  # none | light | aligned | seed | strong
+    augment: str = "aligned"  # none | light | aligned | seed | strong
     label_smoothing: float = 0.1
     soft_labels: float = 0.0  # weight of the experts' vote shares in the target (SCIAN); 0 = majority only
     mixup: float = 0.0

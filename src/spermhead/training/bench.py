@@ -34,7 +34,7 @@ _SCIAN = {"epochs": 60, "augment": "light", "monitor": "last", "balance": "none"
           "scale": "image"}
 BENCHES = {
     "hushem": BenchSpec("hushem", "cv5", "92.2% Shaker 2017 ... 96.8% Kilic 2025; 98.2% Spencer 2022 (ImageNet)",
-                        {"epochs": 150, "augment": "light", "monitor": "last"}),
+                        {"epochs": 150, "augment": "aligned", "monitor": "last"}),
     "scian-pa": BenchSpec("scian-pa", "cv5", "58-63% average recall; 65.9% accuracy Zhang 2022", _SCIAN),
     "scian-ta": BenchSpec("scian-ta", "cv5", "88% recall Iqbal 2020", {**_SCIAN, "epochs": 100}),
     "combined": BenchSpec("combined", "60/30/10", "seed report: 0.39 reported, about 0.68 in truth",
