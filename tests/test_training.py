@@ -207,3 +207,15 @@ def test_seed_ensemble_per_fold(separable, tmp_path):
     assert bundle.meta.members == 4
     pred = Predictions.read_csv(result.out / "predictions.csv")
     assert len(pred) == 80
+
+
+def test_seed_recipe_reproduces_the_report_settings():
+    cfg = build_run_config("hushem", "unused", recipe="seed", model="seed-alexnet")
+    t = cfg.train
+    assert (t.optimizer, t.lr, t.schedule, t.early_stopping_patience, t.monitor) == ("adam", 1e-3, "plateau", 20, "val_acc")
+    assert (t.balance, t.balance_per_class, t.augment) == ("offline", 6400, "seed")
+    assert (cfg.preprocess.image_size, cfg.preprocess.color) == (32, "rgb")
+    # Explicit options still win over the recipe.
+    assert build_run_config("hushem", "unused", recipe="seed", epochs=7).train.epochs == 7
+    with pytest.raises(ConfigError, match="unknown recipe"):
+        build_run_config("hushem", "unused", recipe="nope")
