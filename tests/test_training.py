@@ -219,3 +219,12 @@ def test_seed_recipe_reproduces_the_report_settings():
     assert build_run_config("hushem", "unused", recipe="seed", epochs=7).train.epochs == 7
     with pytest.raises(ConfigError, match="unknown recipe"):
         build_run_config("hushem", "unused", recipe="nope")
+
+
+def test_tiny_training_side_still_gets_a_stratified_validation_part():
+    from spermhead.training.protocols import _carve_val
+
+    y = np.repeat(np.arange(4), 5)  # 20 images, 4 classes: 15% would be 3 < 4 classes
+    train, val = _carve_val(np.arange(20), y, 0.15, seed=0)
+    assert sorted(set(y[val].tolist())) == [0, 1, 2, 3]
+    assert not set(train) & set(val) and len(train) + len(val) == 20

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass
 
@@ -60,8 +61,13 @@ def _carve_val(train_side: np.ndarray, y: np.ndarray, fraction: float, seed: int
     if fraction <= 0:
         return np.sort(train_side), np.array([], dtype=int)
     labels = y[train_side]
-    stratify = labels if min(Counter(labels).values()) >= 2 else None
-    train, val = train_test_split(train_side, test_size=fraction, stratify=stratify, random_state=seed)
+    n_classes = len(set(labels.tolist()))
+    # Stratifying needs one validation image per class at least; small sets get exactly that.
+    n_val = max(math.ceil(fraction * len(train_side)), n_classes)  # ceil, as scikit-learn does
+    stratify = labels if min(Counter(labels).values()) >= 2 and n_val <= len(train_side) - n_classes else None
+    if stratify is None:
+        n_val = max(1, math.ceil(fraction * len(train_side)))
+    train, val = train_test_split(train_side, test_size=n_val, stratify=stratify, random_state=seed)
     return np.sort(train), np.sort(val)
 
 
