@@ -228,3 +228,11 @@ def test_tiny_training_side_still_gets_a_stratified_validation_part():
     train, val = _carve_val(np.arange(20), y, 0.15, seed=0)
     assert sorted(set(y[val].tolist())) == [0, 1, 2, 3]
     assert not set(train) & set(val) and len(train) + len(val) == 20
+
+
+def test_refit_bundle_is_one_model_trained_on_all_data(separable, tmp_path):
+    result = train_run(quick_config(separable, tmp_path / "refit", cv=2, epochs=2, final_model="refit"),
+                       progress=False)
+    bundle = load_bundle(result.out / "model")
+    assert (bundle.meta.kind, bundle.meta.members) == ("refit", 1)
+    assert len(Predictions.read_csv(result.out / "predictions.csv")) == 80  # CV scores stay out-of-fold
