@@ -176,7 +176,8 @@ def fit_member(cfg: RunConfig, member: nn.Module, x_train: np.ndarray, y_train: 
     monitor = tc.monitor if has_val else "last"
     callbacks: list[Any] = []
     if monitor == "last":
-        ckpt = ModelCheckpoint(dirpath=fold_dir / "checkpoints", save_last=True, save_top_k=0)
+        # No monitor: keep the latest epoch (save_top_k=0 would also stop last.ckpt, breaking --resume).
+        ckpt = ModelCheckpoint(dirpath=fold_dir / "checkpoints", filename="latest", save_last=True, save_top_k=1)
     else:
         key, mode = {"val_acc": ("val_score", "max"), "val_loss": ("val_loss", "min")}[monitor]
         ckpt = ModelCheckpoint(dirpath=fold_dir / "checkpoints", filename="best", monitor=key, mode=mode,
