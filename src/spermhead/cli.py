@@ -22,6 +22,8 @@ app.add_typer(bench_app, name="bench")
 console = Console()
 err_console = Console(stderr=True)
 
+DatasetArg = Annotated[str, typer.Argument(
+    help="hushem, scian-pa, scian-ta, scian-pa4, combined, or a folder of class folders")]
 DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Folder holding HuSHeM/ and "
                     "SCIAN-MorphoSpermGS/ (default: $SPERMHEAD_DATA, else ./data).")]
 
@@ -43,7 +45,7 @@ def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
 @data_app.command("summary")
 @friendly
 def data_summary(
-    name: Annotated[str, typer.Argument(help="hushem, scian-pa, scian-ta, scian-pa4, combined, or a folder")],
+    name: DatasetArg,
     data_dir: DataDir = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
@@ -66,7 +68,7 @@ def data_summary(
 @data_app.command("preview")
 @friendly
 def data_preview(
-    name: Annotated[str, typer.Argument(help="hushem, scian-pa, scian-ta, scian-pa4, combined, or a folder")],
+    name: DatasetArg,
     out: Annotated[Path, typer.Option("--out", help="PNG file to write.")],
     data_dir: DataDir = None,
     per_class: Annotated[int, typer.Option("--per-class", min=1, help="Random samples per class.")] = 6,
@@ -111,7 +113,7 @@ def data_synth(
 @app.command("train")
 @friendly
 def train(
-    name: Annotated[str, typer.Argument(help="Dataset name or folder (see `data summary`)")],
+    name: DatasetArg,
     out: Annotated[Path, typer.Option("--out", help="Run directory to create")],
     data_dir: DataDir = None,
     model: Annotated[str | None, typer.Option(help="Model name (see `spermhead models`)")] = None,
@@ -185,7 +187,7 @@ def print_run_summary(out: Path, metrics: dict[str, Any]) -> None:
 @app.command("select")
 @friendly
 def select(
-    name: Annotated[str, typer.Argument(help="Dataset name or folder")],
+    name: DatasetArg,
     models: Annotated[str, typer.Option(help="Comma-separated model names")],
     out: Annotated[Path, typer.Option("--out", help="Folder for the runs and the selection table")],
     data_dir: DataDir = None,
