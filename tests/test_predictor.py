@@ -82,6 +82,27 @@ def test_rows_in_order_with_error_rows(predictor: Predictor, folder: Path) -> No
             assert isinstance(r["aligned"], bool) and r["alignment"]
 
 
+def test_worker_processes_give_the_same_rows(bundle: Path, folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Large batches are aligned in worker processes: same rows, same order, error rows kept."""
+    import spermhead.serving.predictor as predictor_module
+
+    paths = expand_inputs([folder]) * 3  # 21 files, three of them corrupt
+    with Predictor(bundle, batch_size=5, processes=1) as p:
+        expected = list(p.predict_files(paths))
+    monkeypatch.setattr(predictor_module, "PROCESS_MIN", 4)
+    with Predictor(bundle, batch_size=5, processes=2) as p:
+        got = list(p.predict_files(paths))
+        assert p._preparer is not None  # the process path really ran
+    assert [r["path"] for r in got] == [str(x) for x in paths]
+    assert sum(not r["ok"] for r in got) == 3
+    for a, b in zip(got, expected, strict=True):
+        assert a.keys() == b.keys() and a.get("error") == b.get("error")
+        if a["ok"]:
+            np.testing.assert_allclose(list(a["probabilities"].values()), list(b["probabilities"].values()),
+                                       atol=1e-6)
+            assert a["morphometrics"] == b["morphometrics"]
+
+
 def test_missing_file_is_an_error_row(predictor: Predictor, tmp_path: Path) -> None:
     (row,) = predictor.predict_files([tmp_path / "nothing.png"])
     assert not row["ok"] and "nothing.png" in row["error"]

@@ -19,7 +19,6 @@ import os
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,45 +26,25 @@ import numpy as np
 import torch
 from torch import nn
 
-from spermhead.errors import ConfigError, ImageError, SpermheadError
+from spermhead.errors import ConfigError
 from spermhead.models.inference import predict_proba
 from spermhead.serving.bundle import Bundle, load_bundle
+from spermhead.serving.prepare import (
+    Prepared,
+    ProcessPreparer,
+    error_row,
+    prepare,
+    prepare_array,
+    prepare_safe,
+)
+
+__all__ = ["Predictor", "Prepared", "error_row", "expand_inputs", "csv_columns", "csv_row", "untrained_bundle"]
 
 log = logging.getLogger(__name__)
 
 BACKENDS = ("torch", "onnx")
 ONNX_NAME = "model.onnx"  # looked for next to the bundle's model.json
-
-
-@dataclass
-class Prepared:
-    """One image ready for the model: its canonical crop and what alignment found."""
-
-    name: str
-    path: str | None
-    image: np.ndarray  # uint8 C x S x S
-    aligned: bool
-    alignment: str
-    morphometrics: dict[str, float] | None
-
-
-def error_row(name: str, path: str | None, exc: BaseException) -> dict[str, Any]:
-    """A failure as a result row; ImageError carries its own HTTP status."""
-    if isinstance(exc, ImageError):
-        status, message = exc.status, str(exc)
-    elif isinstance(exc, FileNotFoundError):
-        status, message = 404, f"{name}: no such file"
-    elif isinstance(exc, IsADirectoryError):
-        status, message = 400, f"{name}: is a folder, not an image"
-    elif isinstance(exc, PermissionError):
-        status, message = 403, f"{name}: permission denied"
-    elif isinstance(exc, SpermheadError):
-        status, message = 400, str(exc) if name in str(exc) else f"{name}: {exc}"
-    else:
-        # A bug rather than a bad file: say so plainly and keep the traceback in the log.
-        log.exception("unexpected error while processing %s", name)
-        status, message = 500, f"{name}: internal error while processing the image ({type(exc).__name__}: {exc})"
-    return {"name": name, "path": path, "ok": False, "status": status, "error": message}
+PROCESS_MIN = 512  # files from which predict_files aligns in worker processes (start-up ~0.5 s)
 
 
 class OrtModule(nn.Module):
@@ -104,6 +83,7 @@ class Predictor:
         max_pixels: int | None = None,
         onnx_path: Path | str | None = None,
         workers: int = 0,
+        processes: int = 0,
         operating_point: str | None = None,
     ) -> None:
         if backend not in BACKENDS:
@@ -128,6 +108,9 @@ class Predictor:
         # threads overlap it; 0 picks a small default from the CPU count.
         self.workers = workers if workers > 0 else min(4, os.cpu_count() or 1)
         self._pool: ThreadPoolExecutor | None = None
+        # worker processes for large file batches; 0 = one per CPU, 1 = none
+        self.processes = processes if processes > 0 else (os.cpu_count() or 1)
+        self._preparer: ProcessPreparer | None = None
 
     def _use_operating_point(self, name: str) -> None:
         """Switch between the bundle's operating points (accuracy-first or balanced recall)."""
@@ -167,33 +150,14 @@ class Predictor:
 
     def prepare(self, source: Path | str | bytes, name: str | None = None) -> Prepared:
         """Read and canonicalise one image; raises ImageError/OSError for a bad file."""
-        from spermhead.preprocess.align import canonicalize
-        from spermhead.preprocess.io import read_image
+        return prepare(source, self.config, self.max_pixels, name)
 
-        path = None if isinstance(source, bytes) else str(source)
-        name = name or (Path(path).name if path else "upload")
-        rgb = read_image(source, name=name, max_pixels=self.max_pixels)
-        return self.prepare_array(rgb, name, path, canonicalize=canonicalize)
-
-    def prepare_array(self, rgb: np.ndarray, name: str, path: str | None = None, *,
-                      canonicalize: Any = None) -> Prepared:
+    def prepare_array(self, rgb: np.ndarray, name: str, path: str | None = None) -> Prepared:
         """Canonicalise an already decoded H x W x 3 uint8 RGB image."""
-        if canonicalize is None:
-            from spermhead.preprocess.align import canonicalize
-        canon = canonicalize(rgb, self.config)
-        morph = canon.morphometrics.to_dict() if canon.morphometrics is not None else None
-        if morph is not None:
-            morph = {k: float(v) for k, v in morph.items()}  # numpy scalars -> JSON floats
-        return Prepared(name, path, np.ascontiguousarray(canon.image, dtype=np.uint8),
-                        bool(canon.aligned), str(canon.status), morph)
+        return prepare_array(rgb, self.config, name, path)
 
     def _prepare_safe(self, source: Path | str | bytes, name: str | None = None) -> Prepared | dict[str, Any]:
-        path = None if isinstance(source, bytes) else str(source)
-        name = name or (Path(path).name if path else "upload")
-        try:
-            return self.prepare(source, name)
-        except Exception as exc:  # one bad file must never stop a batch or the server
-            return error_row(name, path, exc)
+        return prepare_safe(source, self.config, self.max_pixels, name)
 
     def _executor(self) -> ThreadPoolExecutor:
         if self._pool is None:
@@ -237,9 +201,15 @@ class Predictor:
 
     def predict_files(self, paths: Iterable[Path | str], batch_size: int | None = None) -> Iterator[dict[str, Any]]:
         """One result row per path, in order, computed batch by batch (a generator, so a
-        caller can show progress and write rows as they come). The next batch is read and
-        aligned by the worker threads while the model scores the current one."""
+        caller can show progress and write rows as they come).
+
+        Large lists (`PROCESS_MIN` files or more) are read and aligned by worker processes
+        while this process runs the model; smaller ones by the worker threads, the next batch
+        overlapping the model's work on the current one."""
         size = batch_size or self.batch_size
+        if self.processes > 1 and isinstance(paths, Sequence) and len(paths) >= PROCESS_MIN:
+            yield from self._predict_in_processes(paths, size)
+            return
         pending: list[Future[Prepared | dict[str, Any]]] | None = None
         chunk: list[Path | str] = []
         for p in paths:
@@ -254,6 +224,24 @@ class Predictor:
             yield from self.classify([f.result() for f in pending])
         if started is not None:
             yield from self.classify([f.result() for f in started])
+
+    def _predict_in_processes(self, paths: Sequence[Path | str], size: int) -> Iterator[dict[str, Any]]:
+        if self._preparer is None:
+            self._preparer = ProcessPreparer(self.processes, self.config, self.max_pixels)
+        # the workers hold the cores: more than one model thread would only contend with them
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            batch: list[Prepared | dict[str, Any]] = []
+            for item in self._preparer.map(paths):
+                batch.append(item)
+                if len(batch) == size:
+                    yield from self.classify(batch)
+                    batch = []
+            if batch:
+                yield from self.classify(batch)
+        finally:
+            torch.set_num_threads(threads)
 
     def _prepare_later(self, chunk: Sequence[Path | str]) -> list[Future[Prepared | dict[str, Any]]]:
         if self.workers <= 1:
@@ -280,6 +268,9 @@ class Predictor:
         if self._pool is not None:
             self._pool.shutdown(wait=False)
             self._pool = None
+        if self._preparer is not None:
+            self._preparer.close()
+            self._preparer = None
         if self._tmpdir is not None:
             self._tmpdir.cleanup()
             self._tmpdir = None
