@@ -39,6 +39,8 @@ LEVERS: dict[str, dict] = {
     "seed_cnn": {"model": "seed-cnn", "image_size": 32},
     "resnet18": {"model": "timm:resnet18"},
     "members3": {"members": 3},
+    "ema": {"ema": 0.99},
+    "ema999": {"ema": 0.999},
     "soft": {"soft_labels": 0.5},
     "soft1": {"soft_labels": 1.0},
 }

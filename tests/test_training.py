@@ -236,3 +236,27 @@ def test_refit_bundle_is_one_model_trained_on_all_data(separable, tmp_path):
     bundle = load_bundle(result.out / "model")
     assert (bundle.meta.kind, bundle.meta.members) == ("refit", 1)
     assert len(Predictions.read_csv(result.out / "predictions.csv")) == 80  # CV scores stay out-of-fold
+
+
+def test_ema_keeps_the_averaged_weights(tmp_path):
+    """With EMA the fold keeps the running average: a decay near 1 barely leaves the first step."""
+    import torch
+
+    from spermhead.models.registry import build_model
+    from spermhead.training.run import fit_member
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 255, (32, 1, 24, 24), dtype=np.uint8)
+    y = np.arange(32) % 4
+
+    def drift(ema: float) -> float:
+        torch.manual_seed(0)
+        net = build_model("spermnet", num_classes=4, in_chans=1, image_size=24, width=8)
+        start = {k: v.clone() for k, v in net.state_dict().items() if k.endswith("weight")}
+        cfg = quick_config(tmp_path, tmp_path / f"ema{ema}", epochs=8, ema=ema, balance="none")
+        out, _ = fit_member(cfg, net, x, y, x[:8], y[:8], 4, tmp_path / f"fold{ema}", seed=0, progress=False,
+                            resume=False)
+        state = out.state_dict()
+        return max(float((state[k] - v).abs().max()) for k, v in start.items())
+
+    assert drift(0.9999999) < 0.4 * drift(0.0)

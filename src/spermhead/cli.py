@@ -135,6 +135,7 @@ def train(
     soft_labels: Annotated[float | None, typer.Option(help="Weight of expert vote shares in targets (SCIAN)")] = None,
     label_smoothing: Annotated[float | None, typer.Option()] = None,
     mixup: Annotated[float | None, typer.Option(help="Mixup Beta(a, a); 0 disables")] = None,
+    ema: Annotated[float | None, typer.Option(help="EMA decay of the weights per step (e.g. 0.99); 0 disables")] = None,
     tta: Annotated[bool | None, typer.Option("--tta/--no-tta", help="Flip test-time augmentation")] = None,
     pretrained: Annotated[bool | None, typer.Option("--pretrained", help="Hub weights (online only)")] = None,
     weights: Annotated[str | None, typer.Option(help="Local backbone weights (.safetensors or .pth)")] = None,
@@ -161,7 +162,7 @@ def train(
             split=split, operating_point=operating_point, loggers=("csv", *(logger or [])),
             model=model, grouped=grouped, epochs=epochs, image_size=image_size, color=color,
             scale=scale, batch_size=batch_size, lr=lr, optimizer=optimizer, schedule=schedule, balance=balance,
-            augment=augment, soft_labels=soft_labels, label_smoothing=label_smoothing, mixup=mixup, tta=tta, pretrained=pretrained,
+            augment=augment, soft_labels=soft_labels, label_smoothing=label_smoothing, mixup=mixup, ema=ema, tta=tta, pretrained=pretrained,
             weights=weights, l2_conv=l2_conv, final_model=final, threads=threads, members=members,
         )
     result = train_run(cfg, overwrite=overwrite, resume=resume, progress=progress)

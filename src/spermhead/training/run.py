@@ -185,6 +185,11 @@ def fit_member(cfg: RunConfig, member: nn.Module, x_train: np.ndarray, y_train: 
     callbacks.append(ckpt)
     if tc.early_stopping_patience > 0 and has_val:
         callbacks.append(EarlyStopping(monitor="val_loss", mode="min", patience=tc.early_stopping_patience))
+    if tc.ema > 0:
+        from lightning.pytorch.callbacks import EMAWeightAveraging
+
+        # the fold keeps the averaged weights: Lightning copies them into the model at the end
+        callbacks.append(EMAWeightAveraging(decay=tc.ema))
     if progress:
         from lightning.pytorch.callbacks import RichProgressBar
 
