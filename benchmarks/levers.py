@@ -1,6 +1,6 @@
 """Measure one training lever at a time under 5-fold CV (one CV seed).
 
-Recipes are compared on the *validation* parts carved from each training fold (`val_*`);
+Each lever starts from the dataset's bench recipe. Recipes are compared on the *validation* parts carved from each training fold (`val_*`);
 the test-fold figures are printed for the record but never used to choose. Results are
 appended as JSON lines to benchmarks/levers-<dataset>.jsonl.
 
@@ -14,6 +14,7 @@ import json
 import time
 from pathlib import Path
 
+from spermhead.training.bench import BENCHES
 from spermhead.training.options import build_run_config
 from spermhead.training.run import train_run
 
@@ -42,6 +43,12 @@ LEVERS: dict[str, dict] = {
     "ema": {"ema": 0.99},
     "ema999": {"ema": 0.999},
     "soft": {"soft_labels": 0.5},
+    "soft0": {"soft_labels": 0.0},
+    "scale_head": {"scale": "head"},
+    "epochs30": {"epochs": 30},
+    "epochs60": {"epochs": 60},
+    "epochs100": {"epochs": 100},
+    "aligned": {"augment": "aligned"},
     "soft1": {"soft_labels": 1.0},
 }
 
@@ -53,7 +60,7 @@ def table(dataset: str) -> str:
             "|---|---|---|---|---|---|---|"]
     for line in log.read_text().splitlines():
         r = json.loads(line)
-        opts = ", ".join(f"{k}={v}" for k, v in r["options"].items()) or "default recipe"
+        opts = ", ".join(f"{k}={v}" for k, v in r.get("changes", r["options"]).items()) or "bench recipe"
         rows.append(f"| {r['lever']} | {opts} | {r['val_accuracy']:.3f} | {r['val_balanced']:.3f} "
                     f"| {r['test_accuracy']:.3f} ± {r['test_accuracy_sd']:.3f} | {r['test_balanced']:.3f} "
                     f"| {r['minutes']:.1f} |")
@@ -76,15 +83,18 @@ def main() -> None:
     common = {k: json.loads(v) if v[:1] in "0123456789[{-tf" else v
               for k, v in (s.split("=", 1) for s in args.set)}
     log = Path(__file__).with_name(f"levers-{args.dataset}.jsonl")
+    # levers start from the dataset's bench recipe (`spermhead bench accuracy NAME`)
+    recipe = BENCHES[args.dataset].options if args.dataset in BENCHES else {}
     for name in args.levers:
-        options = dict(common)
+        options = {**recipe, **common}
         for part in name.split("+"):
             options.update(LEVERS[part])
         cfg = build_run_config(args.dataset, f"{args.out}/{args.dataset}/{name}", data_dir=args.data_dir,
                                seed=args.seed, cv=5, **options)
         start = time.perf_counter()
         m = train_run(cfg, overwrite=True, progress=False).metrics
-        row = {"lever": name, "options": options, "cv_seed": args.seed,
+        changes = {k: v for k, v in options.items() if recipe.get(k, object()) != v}
+        row = {"lever": name, "options": options, "changes": changes, "cv_seed": args.seed,
                "val_accuracy": m["validation"]["accuracy"], "val_balanced": m["validation"]["balanced_accuracy"],
                "test_accuracy": m["accuracy"], "test_accuracy_sd": m["accuracy_std"],
                "test_balanced": m["balanced_accuracy"],

@@ -79,8 +79,10 @@ def test_unknown_names_and_options() -> None:
         build_model("spermnet", 4, colour="blue")
     with pytest.raises(ConfigError, match="as many widths as depths"):
         build_model("spermnet", 4, widths=[8, 16], depths=[1, 1, 1])
-    with pytest.raises(ConfigError, match="no pretrained"):
+    with pytest.raises(ConfigError, match="no hub weights"):
         build_model("spermnet", 4, pretrained=True)
+    with pytest.raises(ConfigError, match="no pretrained"):
+        build_model("seed-cnn", 4, pretrained=True)
     with pytest.raises(ConfigError, match="timm:not_a_model_xyz"):
         build_model("timm:not_a_model_xyz", 4)
 
@@ -143,6 +145,23 @@ def test_local_weights_load_and_freeze(tmp_path: Path) -> None:
     before = {k: v.clone() for k, v in probe.state_dict().items() if "running" in k}
     probe.train()(torch.randn(4, 3, 32, 32))
     assert all(torch.equal(v, probe.state_dict()[k]) for k, v in before.items())
+
+
+def test_spermnet_starts_from_another_runs_weights(tmp_path: Path) -> None:
+    """A bundle trained on one dataset (4 classes) seeds a model for another (5 classes):
+    everything but the classifier is copied, through the bundle's `member0.1.` prefix."""
+    import torch
+    from safetensors.torch import save_file
+
+    from spermhead.models.inference import standardized
+
+    source = standardized(build_model("spermnet", 4, 1, 64), 1)
+    bundle_state = {f"member0.{k}": v for k, v in source.state_dict().items()}
+    save_file(bundle_state, str(tmp_path / "model.safetensors"))
+    target = build_model("spermnet", 5, 1, 64, weights=tmp_path / "model.safetensors")
+    report = target.weights_report
+    assert report.prefix == "member0.1." and sorted(report.missing) == ["fc.bias", "fc.weight"]
+    torch.testing.assert_close(target.stem[0].weight, source[1].stem[0].weight)
 
 
 def test_frozen_only_with_weights(tmp_path: Path) -> None:

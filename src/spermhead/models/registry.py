@@ -44,6 +44,7 @@ class _Entry:
 
 
 def _build_spermnet(num_classes: int, in_chans: int, image_size: int, *, drop_rate: float,
+                    pretrained: bool = False, weights: str | Path | None = None,
                     width: int | None = None, widths: list[int] | None = None,
                     depths: list[int] | None = None, stem_stride: int | None = None) -> nn.Module:
     from spermhead.models.spermnet import DEFAULT_DEPTHS, DEFAULT_WIDTH, SpermNet, default_stem_stride
@@ -58,6 +59,13 @@ def _build_spermnet(num_classes: int, in_chans: int, image_size: int, *, drop_ra
     model = SpermNet(num_classes, in_chans, image_size, width=widths[0], widths=widths, depths=depths,
                      stem_stride=stem_stride, drop_rate=drop_rate)
     model.model_kwargs = {"widths": widths, "depths": depths, "stem_stride": stem_stride}
+    if pretrained:
+        raise ConfigError("spermnet has no hub weights; pass --weights FILE (e.g. the "
+                          "model.safetensors of a bundle trained on another dataset)")
+    if weights is not None:
+        from spermhead.models.weights import load_pretrained
+
+        model.weights_report = load_pretrained(model, "spermnet", False, weights)
     return model
 
 
@@ -126,7 +134,7 @@ def _build_timm(timm_name: str, num_classes: int, in_chans: int, image_size: int
 
 _REGISTRY: dict[str, _Entry] = {
     "spermnet": _Entry(_build_spermnet, "Project default: small ResNet (24-192 channels, first stage at "
-                       "16x16 px), fast on CPU from scratch", False),
+                       "16x16 px), fast on CPU from scratch", True),
     "seed-cnn": _Entry(_build_seed_cnn, "Seed Model 1: conv 32@4x4, conv 64@2x2, pool, dense "
                        "576-1024-256, BatchNorm", False),
     "seed-alexnet": _Entry(_build_seed_alexnet, "Seed Model 2: AlexNet-like, 5 conv + 4 dense, 5x5 "

@@ -24,7 +24,10 @@ from spermhead.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-_PREFIXES = ("", "module.", "model.", "backbone.", "module.backbone.", "model.backbone.", "_orig_mod.")
+# ... and spermhead's own files: a fold's model ("1." after the Standardize layer) or a bundle's
+# first member ("member0.1.")
+_PREFIXES = ("", "module.", "model.", "backbone.", "module.backbone.", "model.backbone.", "_orig_mod.",
+             "1.", "member0.1.")
 _WRAPPERS = ("state_dict", "model", "state_dict_ema", "model_ema")
 HUB_HOST = "huggingface.co"
 
