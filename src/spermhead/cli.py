@@ -169,6 +169,38 @@ def train(
     print_run_summary(result.out, result.metrics)
 
 
+@app.command("pretrain")
+@friendly
+def pretrain_cmd(
+    out: Annotated[Path, typer.Option("--out", help="Backbone weights to write (.safetensors)")],
+    sources: Annotated[str, typer.Option(help="Comma-separated datasets or folders whose images (not "
+                                         "labels) are used, and/or 'synthetic'")] = "scian-pa,synthetic",
+    data_dir: DataDir = None,
+    model: Annotated[str, typer.Option(help="Model name (see `spermhead models`)")] = "spermnet",
+    epochs: Annotated[int, typer.Option()] = 60,
+    synthetic: Annotated[int, typer.Option(help="Synthetic heads added for the 'synthetic' source")] = 2000,
+    image_size: Annotated[int, typer.Option(help="Canonical image size; match the training run's")] = 64,
+    color: Annotated[str, typer.Option(help="gray or rgb; match the training run's")] = "gray",
+    batch_size: Annotated[int, typer.Option()] = 256,
+    seed: Annotated[int, typer.Option()] = 0,
+    threads: Annotated[int, typer.Option(help="Torch CPU threads; 0 lets torch decide")] = 0,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
+) -> None:
+    """Self-supervised (SimCLR) pretraining on unlabelled heads; train with --weights OUT afterwards.
+
+    Leave out the images you will test on: the benches pretrain on the other dataset."""
+    from spermhead.config import PreprocessConfig
+    from spermhead.training.pretrain import PretrainConfig, pretrain
+
+    cfg = PretrainConfig(sources=tuple(s.strip() for s in sources.split(",") if s.strip()),
+                         data_dir=str(data_dir) if data_dir else None, out=str(out), seed=seed, model=model,
+                         preprocess=PreprocessConfig(image_size=image_size, color=color), synthetic=synthetic,
+                         epochs=epochs, batch_size=batch_size, num_threads=threads)
+    path = pretrain(cfg, progress=progress)
+    console.print(f"backbone weights: {path}  (record: {path.with_suffix('.json')})\n"
+                  f"next: spermhead train NAME --weights {path}")
+
+
 def print_run_summary(out: Path, metrics: dict[str, Any]) -> None:
     from rich.table import Table
 
