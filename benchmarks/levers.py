@@ -20,6 +20,7 @@ from spermhead.training.run import train_run
 
 LEVERS: dict[str, dict] = {
     "base": {},
+    "set": {},  # only the --set options (e.g. --set weights=FILE), named by them in the table
     "noalign": {"align": False},
     "epochs150": {"epochs": 150},
     "epochs300": {"epochs": 300},
@@ -41,6 +42,9 @@ LEVERS: dict[str, dict] = {
     "resnet18": {"model": "timm:resnet18"},
     "members3": {"members": 3},
     "ema": {"ema": 0.99},
+    "width32": {"model_kwargs": {"width": 32}},
+    "width16": {"model_kwargs": {"width": 16}},
+    "deeper": {"model_kwargs": {"depths": [1, 2, 2, 1]}},
     "ema999": {"ema": 0.999},
     "soft": {"soft_labels": 0.5},
     "soft0": {"soft_labels": 0.0},
@@ -89,8 +93,10 @@ def main() -> None:
         options = {**recipe, **common}
         for part in name.split("+"):
             options.update(LEVERS[part])
+        run_options = {k: v for k, v in options.items() if k != "model_kwargs"}
         cfg = build_run_config(args.dataset, f"{args.out}/{args.dataset}/{name}", data_dir=args.data_dir,
-                               seed=args.seed, cv=5, **options)
+                               seed=args.seed, cv=5, **run_options)
+        cfg.model.kwargs = dict(options.get("model_kwargs", {}))  # spermnet's structure (width, depths)
         start = time.perf_counter()
         m = train_run(cfg, overwrite=True, progress=False).metrics
         changes = {k: v for k, v in options.items() if recipe.get(k, object()) != v}
