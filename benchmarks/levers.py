@@ -42,6 +42,7 @@ LEVERS: dict[str, dict] = {
     "resnet18": {"model": "timm:resnet18"},
     "members3": {"members": 3},
     "ema": {"ema": 0.99},
+    "val0": {"val_fraction": 0.0},  # no validation part: the fold trains on its whole training side
     "width32": {"model_kwargs": {"width": 32}},
     "width16": {"model_kwargs": {"width": 16}},
     "deeper": {"model_kwargs": {"depths": [1, 2, 2, 1]}},
@@ -101,7 +102,8 @@ def main() -> None:
         m = train_run(cfg, overwrite=True, progress=False).metrics
         changes = {k: v for k, v in options.items() if recipe.get(k, object()) != v}
         row = {"lever": name, "options": options, "changes": changes, "cv_seed": args.seed,
-               "val_accuracy": m["validation"]["accuracy"], "val_balanced": m["validation"]["balanced_accuracy"],
+               "val_accuracy": m["validation"].get("accuracy", float("nan")),
+               "val_balanced": m["validation"].get("balanced_accuracy", float("nan")),
                "test_accuracy": m["accuracy"], "test_accuracy_sd": m["accuracy_std"],
                "test_balanced": m["balanced_accuracy"],
                "test_balanced_point": m["operating_points"]["balanced"],
