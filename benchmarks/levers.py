@@ -54,6 +54,10 @@ LEVERS: dict[str, dict] = {
     "epochs60": {"epochs": 60},
     "epochs100": {"epochs": 100},
     "aligned": {"augment": "aligned"},
+    "noaug": {"augment": "none"},
+    "wd05": {"weight_decay": 0.05},
+    "sgd": {"optimizer": "sgd", "lr": 0.05},
+    "drop3": {"drop_rate": 0.3},
     "soft1": {"soft_labels": 1.0},
 }
 

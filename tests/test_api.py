@@ -202,7 +202,9 @@ def test_model_health_docs(client: TestClient) -> None:
     assert m["input"]["size"] == 32 and m["input"]["color"] == "gray"
     assert {"operating_point", "uncertainty_threshold", "run", "tta", "limits"} <= set(m)
     assert client.get("/health").json()["status"] == "ok"
-    assert client.get("/docs").status_code == 200
+    docs = client.get("/docs")
+    assert docs.status_code == 200 and "cdn" not in docs.text  # works offline
+    assert client.get("/swagger-ui/swagger-ui-bundle.js").status_code == 200
     assert "/api/predict" in client.get("/openapi.json").json()["paths"]
 
 

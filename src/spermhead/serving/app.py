@@ -39,9 +39,11 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from swagger_ui_bundle import swagger_ui_path
 
 from spermhead import __version__
 from spermhead.errors import SpermheadError
@@ -414,6 +416,7 @@ def create_app(
 
     app = FastAPI(
         lifespan=lifespan,
+        docs_url=None,  # served below from local files: labs often run offline, and a CDN page is blank there
         title="spermhead",
         version=__version__,
         description="Classify human sperm-head crops into WHO classes "
@@ -431,6 +434,14 @@ def create_app(
         return JSONResponse({"detail": f"internal error: {type(exc).__name__}"}, status_code=500)
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.mount("/swagger-ui", StaticFiles(directory=swagger_ui_path), name="swagger")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs_page() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url=app.openapi_url or "/openapi.json", title="spermhead API",
+                                   swagger_js_url="/swagger-ui/swagger-ui-bundle.js",
+                                   swagger_css_url="/swagger-ui/swagger-ui.css",
+                                   swagger_favicon_url="/swagger-ui/favicon-32x32.png")
 
     @app.get("/", include_in_schema=False)
     def classify_page() -> FileResponse:
