@@ -5,7 +5,8 @@ Three figures per model and backend, images per second:
     model     canonical uint8 crops -> probabilities (`Predictor.probabilities`)
     decoded   decoded RGB arrays in memory -> canonicalise -> probabilities
     files     BMP files on disk (HuSHeM's format) -> read -> canonicalise -> probabilities
-              (`Predictor.predict_files`, the path of `spermhead predict`)
+              (`Predictor.predict_files`, the path of `spermhead predict`: from 512 files on,
+              worker processes align while the main process runs the model)
 Untrained weights: speed does not depend on training. Target: >= 3000 images/s (decoded).
 
     .venv/bin/python benchmarks/bench_predict.py [--n 2048] [--json out.json]
@@ -51,7 +52,7 @@ def make_images(n: int, seed: int = 0) -> list[np.ndarray]:
 
 
 def run(n: int, models: list[str], backends: list[str], image_size: int, batch_size: int, workers: int,
-        repeats: int, tta_row: bool) -> dict[str, Any]:
+        repeats: int, tta_row: bool, processes: int = 0) -> dict[str, Any]:
     images = make_images(n)
     rows = []
     with tempfile.TemporaryDirectory(prefix="spermhead-bench-") as tmp:
@@ -65,7 +66,8 @@ def run(n: int, models: list[str], backends: list[str], image_size: int, batch_s
         for name, backend, tta in configs:
             bundle = untrained_bundle(Path(tmp) / f"bundle-{name.replace(':', '_')}-{tta}", name,
                                       image_size=image_size, tta=tta)
-            with Predictor(bundle, backend=backend, batch_size=batch_size, workers=workers) as p:
+            with Predictor(bundle, backend=backend, batch_size=batch_size, workers=workers,
+                           processes=processes) as p:
                 canon = np.stack([p.prepare_array(im, "x").image for im in images[:batch_size]])
                 reps = -(-n // len(canon))
                 batch = np.concatenate([canon] * reps)[:n]
@@ -92,7 +94,7 @@ def run(n: int, models: list[str], backends: list[str], image_size: int, batch_s
                   f"decoded {row['decoded']:7.0f}  files {row['files']:7.0f} images/s", flush=True)
     return {
         "date": time.strftime("%Y-%m-%d %H:%M"),
-        "n": n, "image_size": image_size, "batch_size": batch_size, "workers": workers,
+        "n": n, "image_size": image_size, "batch_size": batch_size, "workers": workers, "processes": processes,
         "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(),
         "load_avg_1m": os.getloadavg()[0], "platform": platform.platform(), "cpu": platform.processor(),
         "target_images_per_s": TARGET, "rows": rows,
@@ -107,6 +109,8 @@ def main() -> None:
     ap.add_argument("--image-size", type=int, default=64)
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--workers", type=int, default=0, help="preprocessing threads (0: predictor default)")
+    ap.add_argument("--processes", type=int, default=0,
+                    help="worker processes aligning files (0: one per CPU; 1: none, threads only)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--no-tta-row", action="store_true", help="skip the spermnet + flip-TTA row")
@@ -115,7 +119,7 @@ def main() -> None:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     result = run(args.n, args.models.split(","), args.backends.split(","), args.image_size, args.batch_size,
-                 args.workers, args.repeats, not args.no_tta_row)
+                 args.workers, args.repeats, not args.no_tta_row, args.processes)
     print(f"{result['cpus']} CPUs, torch threads {result['torch_threads']}, load {result['load_avg_1m']:.1f}; "
           f"target {TARGET:.0f} images/s")
     if args.json:
