@@ -1,4 +1,5 @@
-"""Measure one training lever at a time under 5-fold CV (one CV seed).
+"""Measure one training lever at a time under the dataset's bench protocol (5-fold CV, or the
+seed's 60/30/10 split for `combined`), one CV seed.
 
 Each lever starts from the dataset's bench recipe. Recipes are compared on the *validation* parts carved from each training fold (`val_*`);
 the test-fold figures are printed for the record but never used to choose. Results are
@@ -103,8 +104,10 @@ def main() -> None:
         for part in name.split("+"):
             options.update(LEVERS[part])
         run_options = {k: v for k, v in options.items() if k != "model_kwargs"}
+        spec = BENCHES.get(args.dataset)
+        protocol = {"split": spec.protocol} if spec and spec.protocol != "cv5" else {"cv": 5}
         cfg = build_run_config(args.dataset, f"{args.out}/{args.dataset}/{name}", data_dir=args.data_dir,
-                               seed=args.seed, cv=5, **run_options)
+                               seed=args.seed, **protocol, **run_options)
         cfg.model.kwargs = dict(options.get("model_kwargs", {}))  # spermnet's structure (width, depths)
         start = time.perf_counter()
         m = train_run(cfg, overwrite=True, progress=False).metrics
@@ -112,7 +115,7 @@ def main() -> None:
         row = {"lever": name, "options": options, "changes": changes, "cv_seed": args.seed,
                "val_accuracy": m["validation"].get("accuracy", float("nan")),
                "val_balanced": m["validation"].get("balanced_accuracy", float("nan")),
-               "test_accuracy": m["accuracy"], "test_accuracy_sd": m["accuracy_std"],
+               "test_accuracy": m["accuracy"], "test_accuracy_sd": m.get("accuracy_std", 0.0),
                "test_balanced": m["balanced_accuracy"],
                "test_balanced_point": m["operating_points"]["balanced"],
                "minutes": (time.perf_counter() - start) / 60}
