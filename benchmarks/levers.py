@@ -115,7 +115,7 @@ def main() -> None:
         row = {"lever": name, "options": options, "changes": changes, "cv_seed": args.seed,
                "val_accuracy": m["validation"].get("accuracy", float("nan")),
                "val_balanced": m["validation"].get("balanced_accuracy", float("nan")),
-               "test_accuracy": m["accuracy"], "test_accuracy_sd": m.get("accuracy_std", 0.0),
+               "test_accuracy": m["accuracy"], "test_accuracy_sd": m.get("accuracy_std") or 0.0,
                "test_balanced": m["balanced_accuracy"],
                "test_balanced_point": m["operating_points"]["balanced"],
                "minutes": (time.perf_counter() - start) / 60}
