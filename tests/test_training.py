@@ -260,3 +260,9 @@ def test_ema_keeps_the_averaged_weights(tmp_path):
         return max(float((state[k] - v).abs().max()) for k, v in start.items())
 
     assert drift(0.9999999) < 0.4 * drift(0.0)
+
+
+def test_width_option_reaches_the_model(separable, tmp_path):
+    assert build_run_config("hushem", "unused", width=32).model.kwargs == {"width": 32}
+    result = train_run(quick_config(separable, tmp_path / "w8", cv=2, epochs=1, width=8), progress=False)
+    assert load_bundle(result.out / "model").meta.model_kwargs["widths"][0] == 8

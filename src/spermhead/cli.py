@@ -117,6 +117,7 @@ def train(
     out: Annotated[Path, typer.Option("--out", help="Run directory to create")],
     data_dir: DataDir = None,
     model: Annotated[str | None, typer.Option(help="Model name (see `spermhead models`)")] = None,
+    width: Annotated[int | None, typer.Option(help="spermnet: first-stage channels (later stages double)")] = None,
     cv: Annotated[int | None, typer.Option("--cv", help="Stratified K-fold CV")] = None,
     split: Annotated[str | None, typer.Option(help="'folders' (train/val/test) or e.g. 60/30/10")] = None,
     grouped: Annotated[bool | None, typer.Option("--grouped", help="CV folds by acquisition group")] = None,
@@ -160,7 +161,7 @@ def train(
         cfg = build_run_config(
             name, str(out), recipe=recipe, data_dir=str(data_dir) if data_dir else None, seed=seed, cv=cv,
             split=split, operating_point=operating_point, loggers=("csv", *(logger or [])),
-            model=model, grouped=grouped, epochs=epochs, image_size=image_size, color=color,
+            model=model, width=width, grouped=grouped, epochs=epochs, image_size=image_size, color=color,
             scale=scale, batch_size=batch_size, lr=lr, optimizer=optimizer, schedule=schedule, balance=balance,
             augment=augment, soft_labels=soft_labels, label_smoothing=label_smoothing, mixup=mixup, ema=ema, tta=tta, pretrained=pretrained,
             weights=weights, l2_conv=l2_conv, final_model=final, threads=threads, members=members,

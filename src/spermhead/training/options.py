@@ -51,6 +51,9 @@ def build_run_config(dataset: str, out: str, *, recipe: str = "default", data_di
     for name, value in options.items():
         if value is None:
             continue
+        if name == "width":  # spermnet's first-stage channels (a structural model option)
+            cfg.model.kwargs = {**cfg.model.kwargs, "width": int(value)}
+            continue
         if name not in _FIELDS:
             raise ConfigError(f"unknown training option {name!r}")
         section, attr = _FIELDS[name]
@@ -65,4 +68,4 @@ def build_run_config(dataset: str, out: str, *, recipe: str = "default", data_di
 
 
 def known_options() -> set[str]:
-    return set(_FIELDS) | {f.name for f in fields(RunConfig)}
+    return set(_FIELDS) | {f.name for f in fields(RunConfig)} | {"width"}
