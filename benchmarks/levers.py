@@ -70,12 +70,13 @@ LEVERS: dict[str, dict] = {
 def table(dataset: str) -> str:
     """The recorded levers as a markdown table (for benchmarks/RESULTS.md)."""
     log = Path(__file__).with_name(f"levers-{dataset}.jsonl")
-    rows = ["| lever | options | val acc | val avg recall | test acc (record only) | test avg recall | min |",
-            "|---|---|---|---|---|---|---|"]
+    rows = ["| lever | options | CV seed | val acc | val avg recall | test acc (record only) | test avg recall | min |",
+            "|---|---|---|---|---|---|---|---|"]
     for line in log.read_text().splitlines():
         r = json.loads(line)
-        opts = ", ".join(f"{k}={v}" for k, v in r.get("changes", r["options"]).items()) or "bench recipe"
-        rows.append(f"| {r['lever']} | {opts} | {r['val_accuracy']:.3f} | {r['val_balanced']:.3f} "
+        shown = {k: v for k, v in r.get("changes", r["options"]).items() if k != "threads"}  # speed only
+        opts = ", ".join(f"{k}={v}" for k, v in shown.items()) or "bench recipe"
+        rows.append(f"| {r['lever']} | {opts} | {r.get('cv_seed', 0)} | {r['val_accuracy']:.3f} | {r['val_balanced']:.3f} "
                     f"| {r['test_accuracy']:.3f} ± {r['test_accuracy_sd']:.3f} | {r['test_balanced']:.3f} "
                     f"| {r['minutes']:.1f} |")
     return "\n".join(rows)
