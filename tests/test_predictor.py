@@ -165,3 +165,24 @@ def test_operating_point_switches_the_prior_correction(bundle: Path, folder: Pat
     assert p1 > p0  # the balanced point's +2 log-prior on "normal" raises its probability
     with pytest.raises(Exception, match="operating point 'nope'"):
         Predictor(copy, operating_point="nope")
+
+
+def test_a_dead_worker_loses_no_rows(bundle: Path, folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """When a worker process dies, its files are prepared in this process instead."""
+    from concurrent.futures import Future
+    from concurrent.futures.process import BrokenProcessPool
+
+    from spermhead.serving.prepare import ProcessPreparer
+
+    class DeadPool:
+        def submit(self, *args: object) -> Future:
+            f: Future = Future()
+            f.set_exception(BrokenProcessPool("a worker was killed"))
+            return f
+
+    paths = expand_inputs([folder])
+    preparer = ProcessPreparer(2, PreprocessConfig(image_size=32), 10**8)
+    monkeypatch.setattr(preparer, "_executor", lambda: DeadPool())
+    items = list(preparer.map(paths, chunk=3))
+    assert [getattr(it, "path", None) or it["path"] for it in items] == [str(p) for p in paths]
+    assert sum(isinstance(it, dict) for it in items) == 1  # only the corrupt file

@@ -125,19 +125,28 @@ class ProcessPreparer:
         """Prepared items (or error rows) in the order of `paths`, a few chunks ahead."""
         pool = self._executor()
         ahead = 2 * self.processes + 1
-        pending: list[Future[list[Prepared | dict[str, Any]]]] = []
+        pending: list[tuple[list[str], Future[list[Prepared | dict[str, Any]]]]] = []
         batch: list[str] = []
         for p in paths:
             batch.append(str(p))
             if len(batch) == chunk:
-                pending.append(pool.submit(prepare_chunk, batch, self.cfg, self.max_pixels))
+                pending.append((batch, pool.submit(prepare_chunk, batch, self.cfg, self.max_pixels)))
                 batch = []
                 if len(pending) > ahead:
-                    yield from pending.pop(0).result()
+                    yield from self._result(*pending.pop(0))
         if batch:
-            pending.append(pool.submit(prepare_chunk, batch, self.cfg, self.max_pixels))
-        for future in pending:
-            yield from future.result()
+            pending.append((batch, pool.submit(prepare_chunk, batch, self.cfg, self.max_pixels)))
+        for names, future in pending:
+            yield from self._result(names, future)
+
+    def _result(self, names: list[str], future: Future[list[Prepared | dict[str, Any]]]
+                ) -> list[Prepared | dict[str, Any]]:
+        try:
+            return future.result()
+        except Exception as exc:  # a worker died (killed, out of memory): redo its files here
+            log.warning("worker process failed (%s: %s); preparing %d files in this process",
+                        type(exc).__name__, exc, len(names))
+            return prepare_chunk(names, self.cfg, self.max_pixels)
 
     def close(self) -> None:
         if self._pool is not None:
