@@ -30,3 +30,16 @@ def test_pretrain_command_writes_loadable_backbone(tmp_path) -> None:
     assert record["images"] == {"synthetic": 96} and record["final_loss"] > 0
     model = build_model("spermnet", 4, 1, 32, weights=out)
     assert sorted(model.weights_report.missing) == ["fc.bias", "fc.weight"]  # all but the classifier
+
+
+def test_pretrain_refuses_bad_settings_before_reading_images(tmp_path) -> None:
+    ok = str(tmp_path / "w.safetensors")
+    cases = {
+        "safetensors": ["--out", str(tmp_path / "w.pt"), "--sources", "synthetic"],
+        "at least one source": ["--out", ok, "--sources", ","],
+        "gray or rgb": ["--out", ok, "--sources", "synthetic", "--color", "blue"],
+    }
+    for message, args in cases.items():
+        result = CliRunner().invoke(app, ["pretrain", *args])
+        assert result.exit_code != 0 and message in result.output, result.output
+    assert not list(tmp_path.iterdir())  # nothing written

@@ -189,7 +189,7 @@ def pretrain_cmd(
 ) -> None:
     """Self-supervised (SimCLR) pretraining on unlabelled heads; train with --weights OUT afterwards.
 
-    Leave out the images you will test on: the benches pretrain on the other dataset."""
+    Leave out the images you will test on, e.g. pretrain on SCIAN for HuSHeM."""
     from spermhead.config import PreprocessConfig
     from spermhead.training.pretrain import PretrainConfig, pretrain
 

@@ -7,7 +7,8 @@ classifier, so `spermhead train --weights FILE` starts from them.
 
 Labels are never read. Which images go in is the caller's choice, and it matters for honest
 numbers: pretraining on a dataset's own test folds (even without labels) lets the features
-see them, so the accuracy benches pretrain on the *other* dataset plus synthetic heads.
+see them, so pretrain on the *other* dataset plus synthetic heads (as benchmarks/RESULTS.md
+did for HuSHeM).
 
     spermhead pretrain --sources scian-pa,synthetic --out weights/ssl.safetensors
 """
@@ -123,9 +124,20 @@ def pooled_images(cfg: PretrainConfig) -> tuple[np.ndarray, dict[str, int]]:
             table = load_dataset(source, cfg.data_dir)
             parts.append(canonicalize_paths([s.path for s in table.samples], cfg.preprocess)[0])
         counts[source] = len(parts[-1])
-    if not parts:
-        raise ConfigError("pretraining needs at least one source")
     return np.concatenate(parts), counts
+
+
+def check_config(cfg: PretrainConfig) -> None:
+    """Refuse settings that cannot work before any image is read."""
+    if not cfg.sources:
+        raise ConfigError("pretraining needs at least one source (a dataset, a folder or 'synthetic')")
+    if Path(cfg.out).suffix != ".safetensors":
+        raise ConfigError(f"{cfg.out}: the weights are written as safetensors; name the file *.safetensors")
+    if cfg.preprocess.color not in ("gray", "rgb"):
+        raise ConfigError(f"--color {cfg.preprocess.color!r}: gray or rgb")
+    if cfg.epochs < 1 or cfg.batch_size < 2 or ("synthetic" in cfg.sources and cfg.synthetic < 2):
+        raise ConfigError("need epochs >= 1, batch size >= 2 (contrastive pairs) and, with the synthetic "
+                          "source, at least 2 synthetic heads")
 
 
 def pretrain(cfg: PretrainConfig, progress: bool = True) -> Path:
@@ -134,6 +146,7 @@ def pretrain(cfg: PretrainConfig, progress: bool = True) -> Path:
 
     from spermhead.models.registry import build_model
 
+    check_config(cfg)
     if cfg.num_threads > 0:
         torch.set_num_threads(cfg.num_threads)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
