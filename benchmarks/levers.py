@@ -59,6 +59,9 @@ LEVERS: dict[str, dict] = {
     "epochs60": {"epochs": 60},
     "epochs100": {"epochs": 100},
     "aligned": {"augment": "aligned"},
+    "directed": {"augment": "directed"},
+    "synth": {"init": "synthetic"},  # start from a model trained on rendered heads (cached source)
+    "synth500": {"init": "synthetic", "init_per_class": 500, "init_epochs": 30},
     "noaug": {"augment": "none"},
     "wd05": {"weight_decay": 0.05},
     "sgd": {"optimizer": "sgd", "lr": 0.05},
@@ -107,7 +110,7 @@ def main() -> None:
         run_options = {k: v for k, v in options.items() if k != "model_kwargs"}
         spec = BENCHES.get(args.dataset)
         protocol = {"split": spec.protocol} if spec and spec.protocol != "cv5" else {"cv": 5}
-        cfg = build_run_config(args.dataset, f"{args.out}/{args.dataset}/{name}", data_dir=args.data_dir,
+        cfg = build_run_config(args.dataset, f"{args.out}/{args.dataset}/{name}/seed{args.seed}", data_dir=args.data_dir,
                                seed=args.seed, **protocol, **run_options)
         cfg.model.kwargs = dict(options.get("model_kwargs", {}))  # spermnet's structure (width, depths)
         start = time.perf_counter()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -254,3 +255,25 @@ def test_cli_models_json() -> None:
     rows = json.loads(result.output)
     assert {r["name"] for r in rows} == set(model_names())
     assert all(r["params"] > 0 for r in rows)
+
+
+def test_tta_averages_only_the_trained_symmetries():
+    from spermhead.models.inference import flip_views, predict_proba
+    from spermhead.training.augment import tta_flips
+
+    assert tta_flips("aligned") == "hv" and tta_flips("directed") == "v" and tta_flips("none") == "hv"
+    x = torch.arange(16.0).view(1, 1, 4, 4)
+    assert len(flip_views(x, "hv")) == 4 and len(flip_views(x, "v")) == 2
+    assert torch.equal(flip_views(x, "v")[1], x.flip(-2))
+
+    class LeftHeavy(torch.nn.Module):  # says class 0 when the left half is brighter
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            d = x[..., :2].mean((1, 2, 3)) - x[..., 2:].mean((1, 2, 3))
+            return torch.stack([d, -d], -1) * 10
+
+    img = np.zeros((1, 1, 4, 4), np.uint8)
+    img[..., :2] = 255
+    directed = predict_proba(LeftHeavy(), img, [0.0], [1.0], tta=True, flips="v")
+    both = predict_proba(LeftHeavy(), img, [0.0], [1.0], tta=True, flips="hv")
+    assert directed[0, 0] > 0.99  # a vertical flip keeps which end is which
+    np.testing.assert_allclose(both[0], [0.5, 0.5], atol=1e-6)  # a horizontal flip cancels it

@@ -266,3 +266,44 @@ def test_width_option_reaches_the_model(separable, tmp_path):
     assert build_run_config("hushem", "unused", width=32).model.kwargs == {"width": 32}
     result = train_run(quick_config(separable, tmp_path / "w8", cv=2, epochs=1, width=8), progress=False)
     assert load_bundle(result.out / "model").meta.model_kwargs["widths"][0] == 8
+
+
+def test_synthetic_init_trains_its_source_once_then_reuses_the_cache(separable, tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    from spermhead.config import load_config
+    from spermhead.training.synthetic_init import source_path
+
+    monkeypatch.setenv("SPERMHEAD_CACHE", str(tmp_path / "cache"))
+    opts = dict(init="synthetic", init_per_class=4, init_epochs=1, epochs=1, cv=2)
+    first = train_run(quick_config(separable, tmp_path / "a", **opts), progress=False)
+    init = json.loads((first.out / "run.json").read_text())["init"]
+    assert init["init"] == "synthetic" and init["cached"] is False
+    source = Path(init["weights"])
+    record = json.loads(source.with_suffix(".json").read_text())
+    assert record["images"] == 16 and record["settings"]["per_class"] == 4
+    # the separable set's classes are the HuSHeM style's, in the same order: the classifier comes too
+    assert record["classes"] == CLASSES and source == source_path(load_config(first.out / "config.yaml"))
+    weights = load_file(str(source))
+    assert set(record["classifier"]) <= set(weights)
+    assert "init: synthetic" in (first.out / "config.yaml").read_text().replace("'", "")
+
+    second = train_run(quick_config(separable, tmp_path / "b", **opts), progress=False)
+    assert json.loads((second.out / "run.json").read_text())["init"]["cached"] is True
+    # a different class list gets the backbone only
+    other = tmp_path / "other"
+    for i, name in enumerate(["good", "bad"]):
+        (other / name).mkdir(parents=True)
+        for j in range(6):
+            Image.fromarray(np.full((24, 24), 60 + 120 * i, np.uint8)).save(other / name / f"{j}.png")
+    third = train_run(quick_config(other, tmp_path / "c", **opts), progress=False)
+    backbone = Path(json.loads((third.out / "run.json").read_text())["init"]["weights"])
+    assert backbone.name.endswith("-backbone.safetensors")
+    assert not set(record["classifier"]) & set(load_file(str(backbone)))
+
+
+def test_synthetic_init_refuses_conflicting_weights(separable, tmp_path):
+    with pytest.raises(ConfigError, match="--init synthetic"):
+        quick_config(separable, tmp_path / "x", init="synthetic", weights="w.safetensors")
+    with pytest.raises(ConfigError, match="scratch or synthetic"):
+        quick_config(separable, tmp_path / "y", init="imagenet")

@@ -140,6 +140,8 @@ def train(
     tta: Annotated[bool | None, typer.Option("--tta/--no-tta", help="Flip test-time augmentation")] = None,
     pretrained: Annotated[bool | None, typer.Option("--pretrained", help="Hub weights (online only)")] = None,
     weights: Annotated[str | None, typer.Option(help="Local backbone weights (.safetensors or .pth)")] = None,
+    init: Annotated[str | None, typer.Option(
+        help="scratch, or synthetic: start from a model first trained on rendered heads (cached)")] = None,
     l2_conv: Annotated[float | None, typer.Option(help="L2 penalty on conv weights")] = None,
     final: Annotated[str | None, typer.Option(help="After CV: ensemble of folds or refit on all data")] = None,
     operating_point: Annotated[str | None, typer.Option(help="accuracy or balanced")] = None,
@@ -164,7 +166,7 @@ def train(
             model=model, width=width, grouped=grouped, epochs=epochs, image_size=image_size, color=color,
             scale=scale, batch_size=batch_size, lr=lr, optimizer=optimizer, schedule=schedule, balance=balance,
             augment=augment, soft_labels=soft_labels, label_smoothing=label_smoothing, mixup=mixup, ema=ema, tta=tta, pretrained=pretrained,
-            weights=weights, l2_conv=l2_conv, final_model=final, threads=threads, members=members,
+            weights=weights, init=init, l2_conv=l2_conv, final_model=final, threads=threads, members=members,
         )
     result = train_run(cfg, overwrite=overwrite, resume=resume, progress=progress)
     print_run_summary(result.out, result.metrics)

@@ -18,9 +18,15 @@ def to_input(images: np.ndarray | torch.Tensor, mean: Sequence[float], std: Sequ
     return (x - m) / s
 
 
-def flip_views(x: torch.Tensor) -> list[torch.Tensor]:
-    """The aligned head's symmetries: horizontal and vertical flips keep it horizontal."""
-    return [x, x.flip(-1), x.flip(-2), x.flip(-1).flip(-2)]
+def flip_views(x: torch.Tensor, flips: str = "hv") -> list[torch.Tensor]:
+    """The aligned head's symmetries: horizontal ("h") and vertical ("v") flips keep it
+    horizontal; `flips` names those the model was trained to treat as symmetries."""
+    views = [x]
+    if "h" in flips:
+        views.append(x.flip(-1))
+    if "v" in flips:
+        views += [v.flip(-2) for v in views]
+    return views
 
 
 @torch.inference_mode()
@@ -31,6 +37,7 @@ def predict_proba(
     std: Sequence[float],
     *,
     tta: bool = False,
+    flips: str = "hv",
     class_bias: Sequence[float] | None = None,
     batch_size: int = 256,
 ) -> np.ndarray:
@@ -40,7 +47,7 @@ def predict_proba(
     out = []
     for start in range(0, len(images), batch_size):
         x = to_input(images[start : start + batch_size], mean, std)
-        views = flip_views(x) if tta else [x]
+        views = flip_views(x, flips) if tta else [x]
         probs = torch.stack([model(v).softmax(-1) for v in views]).mean(0)
         if class_bias is not None:
             logp = probs.clamp_min(1e-12).log() + torch.tensor(class_bias, dtype=probs.dtype)

@@ -373,6 +373,7 @@ class Service:
             "members": meta.members,
             "kind": meta.kind,
             "tta": meta.tta,
+            "tta_flips": meta.tta_flips,
             "operating_point": meta.operating_point,
             "class_bias": meta.class_bias,
             "uncertainty_threshold": meta.uncertainty_threshold,

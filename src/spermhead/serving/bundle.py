@@ -30,6 +30,7 @@ class BundleMeta:
     members: int = 1
     kind: str = "single"  # single | ensemble (CV fold models) | refit (trained on all data)
     tta: bool = False
+    tta_flips: str = "hv"  # the flips TTA averages over (the training augmentation's symmetries)
     class_bias: list[float] | None = None  # log-prior correction of the chosen operating point
     operating_point: str = "accuracy"
     uncertainty_threshold: float = 0.6  # top probability below this flags "uncertain"

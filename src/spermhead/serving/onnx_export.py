@@ -154,7 +154,7 @@ def parity(bundle: Bundle, onnx_path: Path | str, *, seed: int = 0,
     worst = 0.0
     for n in batch_sizes:
         images = rng.integers(0, 256, (n, meta.in_chans, meta.image_size, meta.image_size), dtype=np.uint8)
-        kw = {"tta": meta.tta, "class_bias": meta.class_bias}
+        kw = {"tta": meta.tta, "flips": meta.tta_flips, "class_bias": meta.class_bias}
         p_torch = predict_proba(bundle.model, images, meta.mean, meta.std, **kw)
         p_onnx = predict_proba(session, images, meta.mean, meta.std, **kw)
         worst = max(worst, float(np.abs(p_torch - p_onnx).max()))

@@ -143,7 +143,7 @@ class Predictor:
         """uint8 N x C x S x S canonical images -> N x classes, through `predict_proba`."""
         return predict_proba(
             self.model, images, self.meta.mean, self.meta.std,
-            tta=self.meta.tta, class_bias=self.meta.class_bias, batch_size=self.batch_size,
+            tta=self.meta.tta, flips=self.meta.tta_flips, class_bias=self.meta.class_bias, batch_size=self.batch_size,
         )
 
     # ------------------------------------------------------------------ preprocessing

@@ -29,6 +29,10 @@ PRESETS = {
     # Heads are already horizontal, so only small rotations; flips are symmetries of the class.
     "aligned": AugmentSpec(rotate_deg=10, shift=0.06, zoom=0.12, hflip=True, vflip=True,
                            brightness=0.15, contrast=0.15, noise=0.02),
+    # As "aligned", but the tail stays on the right: where alignment tells head from tail, which
+    # end is wider (pyriform) is a cue a horizontal flip would hide.
+    "directed": AugmentSpec(rotate_deg=10, shift=0.06, zoom=0.12, vflip=True,
+                            brightness=0.15, contrast=0.15, noise=0.02),
     # The seed's Keras ImageDataGenerator: rotation, shift, flips, brightness, zoom 20%.
     "seed": AugmentSpec(rotate_deg=30, shift=0.1, zoom=0.2, hflip=True, vflip=True, brightness=0.2),
     "strong": AugmentSpec(rotate_deg=20, shift=0.1, zoom=0.2, hflip=True, vflip=True,
@@ -42,6 +46,14 @@ def get_spec(name: str) -> AugmentSpec:
 
         raise ConfigError(f"unknown augmentation {name!r}; choose from {', '.join(PRESETS)}")
     return PRESETS[name]
+
+
+def tta_flips(name: str) -> str:
+    """Flips for test-time augmentation: those the preset trains with ("h", "v"), since only
+    those are symmetries the model has learnt. A preset without flips claims no symmetry either
+    way, so it keeps both."""
+    spec = get_spec(name)
+    return ("h" if spec.hflip else "") + ("v" if spec.vflip else "") or "hv"
 
 
 def augment_batch(x: torch.Tensor, spec: AugmentSpec, generator: torch.Generator | None = None) -> torch.Tensor:

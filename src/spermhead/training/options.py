@@ -15,7 +15,8 @@ _FIELDS = {
     "image_size": ("preprocess", "image_size"), "color": ("preprocess", "color"),
     "align": ("preprocess", "align"), "scale": ("preprocess", "scale"), "margin": ("preprocess", "margin"),
     "model": ("model", "name"), "pretrained": ("model", "pretrained"), "weights": ("model", "weights"),
-    "l2_conv": ("model", "l2_conv"), "drop_rate": ("model", "drop_rate"),
+    "l2_conv": ("model", "l2_conv"), "drop_rate": ("model", "drop_rate"), "init": ("model", "init"),
+    "init_per_class": ("model", "init_per_class"), "init_epochs": ("model", "init_epochs"),
     "epochs": ("train", "epochs"), "batch_size": ("train", "batch_size"), "lr": ("train", "lr"),
     "optimizer": ("train", "optimizer"), "schedule": ("train", "schedule"),
     "weight_decay": ("train", "weight_decay"), "balance": ("train", "balance"),
@@ -62,6 +63,10 @@ def build_run_config(dataset: str, out: str, *, recipe: str = "default", data_di
         raise ConfigError(f"--color {cfg.preprocess.color!r}: gray or rgb")
     if cfg.preprocess.scale not in ("head", "image"):
         raise ConfigError(f"--scale {cfg.preprocess.scale!r}: head or image")
+    if cfg.model.init not in ("scratch", "synthetic"):
+        raise ConfigError(f"--init {cfg.model.init!r}: scratch or synthetic")
+    if cfg.model.init == "synthetic" and (cfg.model.weights or cfg.model.pretrained):
+        raise ConfigError("--init synthetic picks the starting weights itself; drop --weights/--pretrained")
     if cfg.protocol.final_model not in ("ensemble", "refit"):
         raise ConfigError(f"--final {cfg.protocol.final_model!r}: ensemble or refit")
     return cfg

@@ -12,7 +12,7 @@ import logging
 import os
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ from spermhead.errors import ConfigError
 from spermhead.evaluation.predictions import Predictions, concat
 from spermhead.models.inference import Ensemble, predict_proba, standardized
 from spermhead.models.registry import build_model, model_spec
+from spermhead.training.augment import tta_flips
 from spermhead.training.balance import balanced_sampler, class_weights, offline_balance
 from spermhead.training.module import HeadClassifier
 from spermhead.training.operating import apply_bias, choose_balanced_bias
@@ -245,10 +246,10 @@ def run_fold(cfg: RunConfig, table: SampleTable, images: np.ndarray, fold: Fold,
         members.append(member)
     seconds = time.perf_counter() - start
     model = Ensemble(members).eval()
-    tta = cfg.train.tta
-    val_probs = predict_proba(model, images[fold.val], [0.0], [1.0], tta=tta)
+    tta = {"tta": cfg.train.tta, "flips": tta_flips(cfg.train.augment)}
+    val_probs = predict_proba(model, images[fold.val], [0.0], [1.0], **tta)
     bias, alpha = choose_balanced_bias(val_probs, y[fold.val], y[fold.train], k)
-    test_probs = predict_proba(model, images[fold.test], [0.0], [1.0], tta=tta)
+    test_probs = predict_proba(model, images[fold.test], [0.0], [1.0], **tta)
     np.save(fold_dir / "test_probs.npy", test_probs)
     val_pred = val_probs.argmax(1).tolist() if len(fold.val) else []
     val_labels = y[fold.val].tolist()
@@ -284,6 +285,15 @@ def train_run(cfg: RunConfig, *, overwrite: bool = False, resume: bool = False,
     prepare_run_dir(out, overwrite=overwrite, resume=resume)
     save_config(cfg, out / "config.yaml")
     start = time.perf_counter()
+    init: dict[str, Any] = {"init": cfg.model.init}
+    if cfg.model.init == "synthetic":
+        from spermhead.training.synthetic_init import source_path, synthetic_init_weights
+
+        cached = source_path(cfg).is_file()
+        weights = synthetic_init_weights(cfg, list(table.classes), progress=progress)
+        init.update(weights=str(weights), cached=cached, seconds=time.perf_counter() - start)
+        # the saved config keeps "init: synthetic"; the folds start from the cached file
+        cfg = replace(cfg, model=replace(cfg.model, weights=str(weights)))
     images, canon = canonical_images(table, cfg)
     write_sample_table(table, canon, out / "samples.csv")
     results = [run_fold(cfg, table, images, f, out, progress=progress, resume=resume) for f in folds]
@@ -307,12 +317,14 @@ def train_run(cfg: RunConfig, *, overwrite: bool = False, resume: bool = False,
     write_bundle(cfg, table, bundle_members, bias, metrics, out / "model")
     timing = {
         "wall_seconds": time.perf_counter() - start,
+        "init_seconds": float(init.get("seconds", 0.0)) if not init.get("cached") else 0.0,
         "seconds_per_epoch": float(np.mean([r.seconds / max(r.epochs, 1) for r in results])),
         "epochs": [r.epochs for r in results],
         "train_images_per_second": float(np.mean([len(f.train) * r.epochs / max(r.seconds, 1e-9)
                                                   for f, r in zip(folds, results, strict=True)])),
     }
-    (out / "run.json").write_text(json.dumps({"timing": timing, "environment": environment()}, indent=2))
+    (out / "run.json").write_text(json.dumps({"timing": timing, "init": init, "environment": environment()},
+                                             indent=2))
     history = [{"fold": r.index, **row} for r in results for row in r.history]
     write_outputs(cfg, out, predictions, metrics, history, timing)
     return RunResult(out, metrics, predictions, results, timing)
@@ -323,8 +335,6 @@ def refit_all(cfg: RunConfig, table: SampleTable, images: np.ndarray, results: l
     """One model on all the data, for as many epochs as the folds' chosen checkpoints needed."""
     y = np.asarray(table.label_indices)
     epochs = int(np.median([max(r.epochs, 1) for r in results]))
-    from dataclasses import replace
-
     refit_cfg = replace(cfg, train=replace(cfg.train, epochs=epochs, early_stopping_patience=0, monitor="last"))
     L.seed_everything(cfg.seed * 1000 + 999, workers=True, verbose=False)
     member = build_member(refit_cfg, len(table.classes), images)
@@ -382,7 +392,7 @@ def write_bundle(cfg: RunConfig, table: SampleTable, members: list[nn.Module], b
         architecture=cfg.model.name, classes=list(table.classes),
         preprocess=dict(vars(cfg.preprocess)), in_chans=in_chans, image_size=cfg.preprocess.image_size,
         model_kwargs=model_spec(members[0][1]),  # members are Sequential(Standardize, net)
-        kind=kind, tta=cfg.train.tta, operating_point=cfg.operating_point,
+        kind=kind, tta=cfg.train.tta, tta_flips=tta_flips(cfg.train.augment), operating_point=cfg.operating_point,
         class_bias=points[cfg.operating_point], operating_points=points,
         run={"dataset": cfg.dataset, "protocol": cfg.protocol.kind, "folds": cfg.protocol.folds,
              "seed": cfg.seed, "metrics": _headline(metrics), "run_dir": str(Path(cfg.out).resolve())},

@@ -1,0 +1,134 @@
+"""Supervised pretraining on rendered heads (`--init synthetic`).
+
+Before the real folds, a model of the same architecture and input learns the WHO shape classes
+from synthetic heads (`spermhead.data.synthetic`); every fold then starts from its weights
+instead of a random initialisation. No real image takes part, so no fold can leak into it, and
+it needs no download. The source model depends only on its settings, so it is trained once and
+cached (`$SPERMHEAD_CACHE`, default `~/.cache/spermhead`); a second run reuses the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from spermhead import __version__
+from spermhead.config import RunConfig, environment
+from spermhead.errors import ConfigError
+
+# Bump when the renderer or the source recipe changes what a cached file holds.
+SOURCE_FORMAT = 1
+SOURCE_STREAM = 0x5EED  # keeps the source's heads apart from `data synth` datasets (4-part keys)
+
+
+def source_style(cfg: RunConfig) -> str:
+    """SCIAN's grey look and 5 classes (with *small*) for SCIAN sets; HuSHeM's otherwise."""
+    return "scian" if cfg.dataset.lower().startswith("scian") else "hushem"
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("SPERMHEAD_CACHE") or Path.home() / ".cache" / "spermhead")
+
+
+def source_settings(cfg: RunConfig) -> dict[str, Any]:
+    """Everything the source model depends on; its hash names the cached file."""
+    pre = {k: v for k, v in asdict(cfg.preprocess).items() if k != "max_pixels"}
+    return {"format": SOURCE_FORMAT, "model": cfg.model.name, "kwargs": dict(cfg.model.kwargs),
+            "drop_rate": cfg.model.drop_rate, "preprocess": pre, "style": source_style(cfg),
+            "per_class": cfg.model.init_per_class, "epochs": cfg.model.init_epochs,
+            "augment": cfg.train.augment, "seed": cfg.model.init_seed}
+
+
+def source_path(cfg: RunConfig) -> Path:
+    settings = source_settings(cfg)
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+    name = "".join(c if c.isalnum() or c in "-_" else "-" for c in cfg.model.name)
+    return cache_root() / "synthetic-init" / f"{name}-{digest}.safetensors"
+
+
+def rendered_heads(cfg: RunConfig) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Canonical uint8 images (N x C x S x S) of `init_per_class` synthetic heads per class."""
+    from spermhead.data.synthetic import STYLE_CLASSES, render_head
+    from spermhead.preprocess.align import canonicalize
+
+    style = source_style(cfg)
+    classes = list(STYLE_CLASSES[style])
+    images, labels = [], []
+    for k, label in enumerate(classes):
+        for i in range(cfg.model.init_per_class):
+            # a stream of its own: never the heads `spermhead data synth` writes, at any seed
+            rng = np.random.default_rng([SOURCE_STREAM, cfg.model.init_seed, k, i])
+            rgb, _ = render_head(label, style, rng)
+            images.append(canonicalize(rgb, cfg.preprocess).image)
+            labels.append(k)
+    return np.stack(images), np.asarray(labels), classes
+
+
+def classifier_keys(net: nn.Module) -> list[str]:
+    """The final linear layer's tensors: the class-specific part of a classification net."""
+    last = [name for name, m in net.named_modules() if isinstance(m, nn.Linear)][-1]
+    return [f"{last}.{k}" for k, _ in net.get_submodule(last).named_parameters()]
+
+
+def synthetic_init_weights(cfg: RunConfig, classes: list[str], *, progress: bool = False) -> Path:
+    """The cached source weights for this run's model and input, trained first if missing.
+
+    The source's classifier comes along only when the run has the same classes in the same
+    order; otherwise a copy without it is returned, so no class starts from another's weights."""
+    path = source_path(cfg)
+    if not path.is_file():
+        train_source(cfg, path, progress=progress)
+    record = json.loads(path.with_suffix(".json").read_text())
+    if list(classes) == record["classes"]:
+        return path
+    backbone = path.with_name(path.stem + "-backbone.safetensors")
+    if not backbone.is_file():
+        state = load_file(str(path))
+        keep = {k: v for k, v in state.items() if k not in record["classifier"]}
+        staged = backbone.with_name(f".{backbone.name}.{os.getpid()}.partial")
+        save_file(keep, str(staged), metadata={"spermhead": "synthetic-init", "model": cfg.model.name})
+        os.replace(staged, backbone)
+    return backbone
+
+
+def train_source(cfg: RunConfig, path: Path, *, progress: bool) -> None:
+    from spermhead.training.run import build_member, fit_member
+
+    if cfg.model.init_per_class < 2 or cfg.model.init_epochs < 1:
+        raise ConfigError("--init synthetic needs at least 2 heads per class and 1 epoch")
+    start = time.perf_counter()
+    images, labels, classes = rendered_heads(cfg)
+    # The fold recipe, minus what only real data has: expert votes, validation, a prior to fix.
+    train = replace(cfg.train, epochs=cfg.model.init_epochs, monitor="last", early_stopping_patience=0,
+                    balance="none", soft_labels=0.0, members_per_fold=1, ema=0.0)
+    source_cfg = replace(cfg, train=train, model=replace(cfg.model, weights=None, pretrained=False),
+                         loggers=("csv",))
+    seed = cfg.model.init_seed
+    L.seed_everything(seed, workers=True, verbose=False)
+    member = build_member(source_cfg, len(classes), images)
+    empty = np.zeros((0, *images.shape[1:]), dtype=images.dtype)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="spermhead-init-") as tmp:
+        member, _ = fit_member(source_cfg, member, images, labels, empty, np.zeros(0, dtype=int), len(classes),
+                               Path(tmp), seed=seed, progress=progress, resume=False)
+        net = member[1]  # without the Standardize layer: each fold brings its own statistics
+        staged = path.with_name(f".{path.name}.{os.getpid()}.partial")  # same disk: the rename is atomic
+        save_file({k: v.detach().contiguous() for k, v in net.state_dict().items()}, str(staged),
+                  metadata={"spermhead": "synthetic-init", "model": cfg.model.name})
+        record = {"settings": source_settings(cfg), "classes": classes, "classifier": classifier_keys(net),
+                  "images": int(len(images)),
+                  "wall_seconds": time.perf_counter() - start, "spermhead": __version__,
+                  "environment": environment()}
+        path.with_suffix(".json").write_text(json.dumps(record, indent=2, default=str))
+        os.replace(staged, path)  # whole or absent: a killed run leaves no half-written cache
