@@ -42,7 +42,7 @@ def write_separable(root: Path, n_per_class: int = 20, seed: int = 0) -> Path:
 
 def quick_config(dataset: Path, out: Path, cv: int = 4, **options) -> RunConfig:
     defaults = dict(model="spermnet", image_size=24, align=False, epochs=20, tta=False, threads=2, augment="light",
-                    batch_size=16, lr=3e-3)
+                    batch_size=16, lr=3e-3, init="scratch")
     return build_run_config(str(dataset), str(out), cv=cv, **{**defaults, **options})
 
 
@@ -157,7 +157,7 @@ def test_killed_run_resumes_and_completes(separable, tmp_path):
     out = tmp_path / "resumable"
     args = [sys.executable, "-m", "spermhead", "train", str(separable), "--out", str(out), "--model",
             "spermnet", "--image-size", "24", "--epochs", "40", "--cv", "4", "--no-tta", "--no-progress",
-            "--threads", "1"]
+            "--threads", "1", "--init", "scratch"]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     last = out / "folds" / "fold1" / "checkpoints" / "last.ckpt"
     deadline = time.time() + 240
@@ -305,5 +305,13 @@ def test_synthetic_init_trains_its_source_once_then_reuses_the_cache(separable, 
 def test_synthetic_init_refuses_conflicting_weights(separable, tmp_path):
     with pytest.raises(ConfigError, match="--init synthetic"):
         quick_config(separable, tmp_path / "x", init="synthetic", weights="w.safetensors")
-    with pytest.raises(ConfigError, match="scratch or synthetic"):
+    with pytest.raises(ConfigError, match="auto, scratch or synthetic"):
         quick_config(separable, tmp_path / "y", init="imagenet")
+
+
+def test_init_auto_means_synthetic_for_the_default_model_only():
+    assert build_run_config("hushem", "unused").model.init == "synthetic"
+    assert build_run_config("hushem", "unused", model="seed-cnn").model.init == "scratch"
+    assert build_run_config("hushem", "unused", weights="w.safetensors").model.init == "scratch"
+    assert build_run_config("hushem", "unused", recipe="seed").model.init == "scratch"
+    assert build_run_config("hushem", "unused", init="scratch").model.init == "scratch"

@@ -141,7 +141,8 @@ def train(
     pretrained: Annotated[bool | None, typer.Option("--pretrained", help="Hub weights (online only)")] = None,
     weights: Annotated[str | None, typer.Option(help="Local backbone weights (.safetensors or .pth)")] = None,
     init: Annotated[str | None, typer.Option(
-        help="scratch, or synthetic: start from a model first trained on rendered heads (cached)")] = None,
+        help="synthetic: start from a model first trained on rendered heads (trained once, cached); "
+             "scratch: random weights; auto (default): synthetic for spermnet, scratch otherwise")] = None,
     l2_conv: Annotated[float | None, typer.Option(help="L2 penalty on conv weights")] = None,
     final: Annotated[str | None, typer.Option(help="After CV: ensemble of folds or refit on all data")] = None,
     operating_point: Annotated[str | None, typer.Option(help="accuracy or balanced")] = None,
@@ -243,8 +244,11 @@ def select(
     from spermhead.training.options import build_run_config
     from spermhead.training.select import select_models
 
+    # every architecture from random weights: a like-for-like comparison (a synthetic source model
+    # per architecture would also cost hours for the seed's large nets on a CPU)
     base = build_run_config(name, str(out), recipe=recipe, data_dir=str(data_dir) if data_dir else None,
-                            seed=seed, cv=cv, split=split, epochs=epochs, image_size=image_size, color=color)
+                            seed=seed, cv=cv, split=split, epochs=epochs, image_size=image_size, color=color,
+                            init="scratch")
     names = [m.strip() for m in models.split(",") if m.strip()]
     select_models(base, names, out, variants=variants, overwrite=overwrite, resume=resume, progress=progress)
     console.print(f"selection table: {out / 'selection.md'} (also .csv and .html)")

@@ -35,11 +35,18 @@ class ModelConfig:
     l2_conv: float = 0.0  # extra L2 penalty on conv weights (the seed's variants 2.c/2.d)
     drop_rate: float = 0.1
     kwargs: dict[str, Any] = field(default_factory=dict)  # structural options, e.g. {"width": 32}
-    # "synthetic": start from a model first trained on rendered heads (training/synthetic_init.py)
-    init: str = "scratch"
+    # "synthetic": start from a model first trained on rendered heads (training/synthetic_init.py);
+    # "auto": synthetic for the default model, where it was measured, scratch for the others
+    init: str = "auto"
     init_per_class: int = 1000
     init_epochs: int = 40
     init_seed: int = 0
+
+    def resolved_init(self) -> str:
+        if self.init != "auto":
+            return self.init
+        own_start = self.weights is not None or self.pretrained
+        return "synthetic" if self.name == DEFAULT_MODEL and not own_start else "scratch"
 
 
 @dataclass

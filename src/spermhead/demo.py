@@ -23,7 +23,10 @@ def main(argv: list[str] | None = None) -> int:
         write_synthetic(data_dir, "hushem", n_per_class=40, seed=0)
     else:
         console.print(f"[bold]1/2[/] using the synthetic heads already in {data_dir}")
-    cfg = build_run_config("hushem", str(DEMO_DIR / "run"), data_dir=str(data_dir), cv=5, epochs=40)
+    # from scratch: a source model rendered by the same generator as the demo's heads would make
+    # the demo both slower (a few minutes more) and too easy to say anything
+    cfg = build_run_config("hushem", str(DEMO_DIR / "run"), data_dir=str(data_dir), cv=5, epochs=40,
+                           init="scratch")
     console.print(f"[bold]2/2[/] training {cfg.model.name} under 5-fold CV ({cfg.train.epochs} epochs per fold)")
     result = train_run(cfg, overwrite=True, progress=sys.stdout.isatty())
     m = result.metrics

@@ -63,8 +63,9 @@ def build_run_config(dataset: str, out: str, *, recipe: str = "default", data_di
         raise ConfigError(f"--color {cfg.preprocess.color!r}: gray or rgb")
     if cfg.preprocess.scale not in ("head", "image"):
         raise ConfigError(f"--scale {cfg.preprocess.scale!r}: head or image")
-    if cfg.model.init not in ("scratch", "synthetic"):
-        raise ConfigError(f"--init {cfg.model.init!r}: scratch or synthetic")
+    if cfg.model.init not in ("auto", "scratch", "synthetic"):
+        raise ConfigError(f"--init {cfg.model.init!r}: auto, scratch or synthetic")
+    cfg.model.init = cfg.model.resolved_init()  # config.yaml records what the run did
     if cfg.model.init == "synthetic" and (cfg.model.weights or cfg.model.pretrained):
         raise ConfigError("--init synthetic picks the starting weights itself; drop --weights/--pretrained")
     if cfg.protocol.final_model not in ("ensemble", "refit"):

@@ -21,7 +21,7 @@ def _seed(cfg: RunConfig) -> RunConfig:
                     balance="offline", balance_per_class=6400, augment="seed",
                     label_smoothing=0.0, mixup=0.0, tta=False, epochs=100)
     pre = replace(cfg.preprocess, image_size=32, color="rgb")
-    return replace(cfg, train=train, preprocess=pre)
+    return replace(cfg, train=train, preprocess=pre, model=replace(cfg.model, init="scratch"))
 
 
 RECIPES = {"default": _default, "seed": _seed}

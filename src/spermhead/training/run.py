@@ -285,8 +285,8 @@ def train_run(cfg: RunConfig, *, overwrite: bool = False, resume: bool = False,
     prepare_run_dir(out, overwrite=overwrite, resume=resume)
     save_config(cfg, out / "config.yaml")
     start = time.perf_counter()
-    init: dict[str, Any] = {"init": cfg.model.init}
-    if cfg.model.init == "synthetic":
+    init: dict[str, Any] = {"init": cfg.model.resolved_init()}
+    if init["init"] == "synthetic":
         from spermhead.training.synthetic_init import source_path, synthetic_init_weights
 
         cached = source_path(cfg).is_file()
