@@ -27,3 +27,12 @@ def test_upsert_replaces_only_its_row(tmp_path):
     text = md.read_text()
     assert "| hushem | new |" in text and "old" not in text
     assert "| scian-pa | keep |" in text and text.startswith("intro") and text.endswith("outro\n")
+
+
+def test_a_source_model_is_timed_apart_from_the_repeats():
+    runs = [fake_run(1, 0.90), fake_run(2, 0.94)]
+    runs[0]["init_seconds"] = 240.0  # trained by the first seed, cached for the second
+    for r in runs:
+        r["config"]["model"]["init"] = "synthetic"
+    row = results_row(summarise("hushem", runs, [1, 2]))
+    assert "| 1.0 min (+ 4.0 min once: source model) |" in row and "init synthetic" in row

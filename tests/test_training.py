@@ -315,3 +315,21 @@ def test_init_auto_means_synthetic_for_the_default_model_only():
     assert build_run_config("hushem", "unused", weights="w.safetensors").model.init == "scratch"
     assert build_run_config("hushem", "unused", recipe="seed").model.init == "scratch"
     assert build_run_config("hushem", "unused", init="scratch").model.init == "scratch"
+
+
+def test_balanced_point_divides_out_the_training_prior_unless_told_to_choose():
+    from spermhead.training.operating import choose_balanced_bias, prior_bias
+
+    rng = np.random.default_rng(0)
+    train = np.repeat([0, 1, 2], [60, 30, 10])
+    probs = rng.dirichlet(np.ones(3), 40).astype(np.float32)
+    labels = rng.integers(0, 3, 40)
+    bias, strength = choose_balanced_bias(probs, labels, train, 3)
+    assert strength == 1.0 and np.allclose(bias, prior_bias(train, 3, 1.0))
+    assert bias[2] > bias[1] > bias[0]  # the rarest class gains most
+    _, chosen = choose_balanced_bias(probs, labels, train, 3, "val")
+    assert 0.0 <= chosen <= 1.5
+    assert build_run_config("hushem", "unused", prior_strength="0.5").train.prior_strength == 0.5
+    assert build_run_config("hushem", "unused", prior_strength="val").train.prior_strength == "val"
+    with pytest.raises(ConfigError, match="prior-strength"):
+        build_run_config("hushem", "unused", prior_strength="lots")

@@ -146,6 +146,9 @@ def train(
     l2_conv: Annotated[float | None, typer.Option(help="L2 penalty on conv weights")] = None,
     final: Annotated[str | None, typer.Option(help="After CV: ensemble of folds or refit on all data")] = None,
     operating_point: Annotated[str | None, typer.Option(help="accuracy or balanced")] = None,
+    prior_strength: Annotated[str | None, typer.Option(
+        help="Balanced point: how much of the training prior to divide out (1 = all), or 'val' to "
+             "choose it per fold on validation data")] = None,
     logger: Annotated[list[str] | None, typer.Option(help="Extra loggers: tensorboard, mlflow")] = None,
     members: Annotated[int | None, typer.Option(help="Seed-ensemble members per fold")] = None,
     threads: Annotated[int | None, typer.Option(help="Torch CPU threads")] = None,
@@ -167,7 +170,7 @@ def train(
             model=model, width=width, grouped=grouped, epochs=epochs, image_size=image_size, color=color,
             scale=scale, batch_size=batch_size, lr=lr, optimizer=optimizer, schedule=schedule, balance=balance,
             augment=augment, soft_labels=soft_labels, label_smoothing=label_smoothing, mixup=mixup, ema=ema, tta=tta, pretrained=pretrained,
-            weights=weights, init=init, l2_conv=l2_conv, final_model=final, threads=threads, members=members,
+            weights=weights, init=init, prior_strength=prior_strength, l2_conv=l2_conv, final_model=final, threads=threads, members=members,
         )
     result = train_run(cfg, overwrite=overwrite, resume=resume, progress=progress)
     print_run_summary(result.out, result.metrics)

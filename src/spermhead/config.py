@@ -69,6 +69,9 @@ class TrainConfig:
     mixup: float = 0.0
     ema: float = 0.0  # EMA decay of the weights; 0 disables
     tta: bool = True  # average over flips at evaluation
+    # balanced operating point: this x the log training prior is divided out; "val" chooses it
+    # per fold on the validation part (training/operating.py)
+    prior_strength: float | str = 1.0
     members_per_fold: int = 1  # a seed ensemble per fold (each member trained from its own seed)
     val_fraction: float = 0.15  # carved from each training side for model selection
     num_threads: int = 0  # torch threads; 0 lets torch decide

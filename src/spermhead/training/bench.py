@@ -31,7 +31,7 @@ class BenchSpec:
 # SCIAN: natural class prior in training (the balanced point comes from the prior correction),
 # expert votes as soft targets, and a fixed-scale crop so "small" heads stay small.
 _SCIAN = {"epochs": 60, "augment": "light", "monitor": "last", "balance": "none", "soft_labels": 0.5,
-          "scale": "image", "init": "scratch"}
+          "scale": "image", "init": "synthetic"}
 BENCHES = {
     "hushem": BenchSpec("hushem", "cv5", "92.2% Shaker 2017 ... 96.8% Kilic 2025; 98.2% Spencer 2022 (ImageNet)",
                         {"epochs": 150, "augment": "aligned", "monitor": "last", "init": "synthetic"}),
@@ -39,7 +39,7 @@ BENCHES = {
     "scian-ta": BenchSpec("scian-ta", "cv5", "88% recall Iqbal 2020", {**_SCIAN, "epochs": 100}),
     "combined": BenchSpec("combined", "60/30/10", "seed report: 0.39 reported, about 0.68 in truth",
                           {"epochs": 100, "augment": "light", "monitor": "last", "balance": "none",
-                           "init": "scratch"}),
+                           "init": "synthetic"}),
 }
 
 
@@ -133,6 +133,11 @@ def upsert_row(path: Path, table: str, key: str, row: str) -> None:
         return
     head, rest = text.split(start, 1)
     body, tail = rest.split(end, 1)
-    lines = [ln for ln in body.strip("\n").splitlines() if not re.match(rf"^\| {re.escape(key)} \|", ln)]
-    lines.append(row)
+    lines = body.strip("\n").splitlines()
+    mine = [i for i, ln in enumerate(lines) if re.match(rf"^\| {re.escape(key)} \|", ln)]
+    if mine:  # in place, so the table keeps its order
+        lines[mine[0]] = row
+        lines = [ln for i, ln in enumerate(lines) if i not in mine[1:]]
+    else:
+        lines.append(row)
     path.write_text(head + start + "\n" + "\n".join(lines) + "\n" + end + tail)

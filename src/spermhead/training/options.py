@@ -22,6 +22,7 @@ _FIELDS = {
     "weight_decay": ("train", "weight_decay"), "balance": ("train", "balance"),
     "augment": ("train", "augment"), "label_smoothing": ("train", "label_smoothing"),
     "mixup": ("train", "mixup"), "ema": ("train", "ema"), "soft_labels": ("train", "soft_labels"), "tta": ("train", "tta"), "val_fraction": ("train", "val_fraction"),
+    "prior_strength": ("train", "prior_strength"),
     "monitor": ("train", "monitor"), "patience": ("train", "early_stopping_patience"),
     "threads": ("train", "num_threads"), "members": ("train", "members_per_fold"),
     "grouped": ("protocol", "grouped"), "final_model": ("protocol", "final_model"),
@@ -63,6 +64,13 @@ def build_run_config(dataset: str, out: str, *, recipe: str = "default", data_di
         raise ConfigError(f"--color {cfg.preprocess.color!r}: gray or rgb")
     if cfg.preprocess.scale not in ("head", "image"):
         raise ConfigError(f"--scale {cfg.preprocess.scale!r}: head or image")
+    strength = cfg.train.prior_strength
+    if strength != "val":
+        try:
+            cfg.train.prior_strength = float(strength)
+        except (TypeError, ValueError):
+            raise ConfigError(f"--prior-strength {strength!r}: a number (1 = divide out the training prior) "
+                              "or 'val' (choose it per fold on validation data)") from None
     if cfg.model.init not in ("auto", "scratch", "synthetic"):
         raise ConfigError(f"--init {cfg.model.init!r}: auto, scratch or synthetic")
     cfg.model.init = cfg.model.resolved_init()  # config.yaml records what the run did

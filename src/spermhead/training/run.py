@@ -248,7 +248,7 @@ def run_fold(cfg: RunConfig, table: SampleTable, images: np.ndarray, fold: Fold,
     model = Ensemble(members).eval()
     tta = {"tta": cfg.train.tta, "flips": tta_flips(cfg.train.augment)}
     val_probs = predict_proba(model, images[fold.val], [0.0], [1.0], **tta)
-    bias, alpha = choose_balanced_bias(val_probs, y[fold.val], y[fold.train], k)
+    bias, alpha = choose_balanced_bias(val_probs, y[fold.val], y[fold.train], k, cfg.train.prior_strength)
     test_probs = predict_proba(model, images[fold.test], [0.0], [1.0], **tta)
     np.save(fold_dir / "test_probs.npy", test_probs)
     val_pred = val_probs.argmax(1).tolist() if len(fold.val) else []
