@@ -62,6 +62,7 @@ LEVERS: dict[str, dict] = {
     "directed": {"augment": "directed"},
     "synth": {"init": "synthetic"},  # start from a model trained on rendered heads (cached source)
     "synth500": {"init": "synthetic", "init_per_class": 500, "init_epochs": 30},
+    "synth2000": {"init": "synthetic", "init_per_class": 2000, "init_epochs": 40},
     "noaug": {"augment": "none"},
     "wd05": {"weight_decay": 0.05},
     "sgd": {"optimizer": "sgd", "lr": 0.05},

@@ -333,3 +333,16 @@ def test_balanced_point_divides_out_the_training_prior_unless_told_to_choose():
     assert build_run_config("hushem", "unused", prior_strength="val").train.prior_strength == "val"
     with pytest.raises(ConfigError, match="prior-strength"):
         build_run_config("hushem", "unused", prior_strength="lots")
+
+
+def test_each_named_dataset_trains_with_its_bench_recipe_by_default():
+    from spermhead.training.bench import BENCHES
+
+    scian = build_run_config("scian-pa", "unused")
+    assert (scian.train.augment, scian.train.balance, scian.train.soft_labels, scian.preprocess.scale) == \
+        ("light", "none", 0.5, "image")
+    assert build_run_config("scian-ta", "unused").train.epochs == 100
+    assert build_run_config("scian-pa", "unused", epochs=7, augment="aligned").train.augment == "aligned"
+    assert build_run_config("scian-pa", "unused", recipe="seed").train.augment == "seed"
+    for name, spec in BENCHES.items():  # the bench measures exactly what `train NAME` runs
+        assert build_run_config(name, "unused").train == build_run_config(name, "unused", **spec.options).train

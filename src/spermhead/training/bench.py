@@ -17,6 +17,7 @@ import numpy as np
 
 from spermhead.config import RunConfig
 from spermhead.training.options import build_run_config
+from spermhead.training.recipes import DATASET_RECIPES
 from spermhead.training.run import train_run
 
 
@@ -28,18 +29,16 @@ class BenchSpec:
     options: dict[str, Any] = field(default_factory=dict)
 
 
-# SCIAN: natural class prior in training (the balanced point comes from the prior correction),
-# expert votes as soft targets, and a fixed-scale crop so "small" heads stay small.
-_SCIAN = {"epochs": 60, "augment": "light", "monitor": "last", "balance": "none", "soft_labels": 0.5,
-          "scale": "image", "init": "synthetic"}
+# Each bench runs its dataset's default recipe (training/recipes.py), so `spermhead train NAME`
+# gives what the bench measured; spermnet starts from the synthetic source ("init" auto).
 BENCHES = {
     "hushem": BenchSpec("hushem", "cv5", "92.2% Shaker 2017 ... 96.8% Kilic 2025; 98.2% Spencer 2022 (ImageNet)",
-                        {"epochs": 150, "augment": "aligned", "monitor": "last", "init": "synthetic"}),
-    "scian-pa": BenchSpec("scian-pa", "cv5", "58-63% average recall; 65.9% accuracy Zhang 2022", _SCIAN),
-    "scian-ta": BenchSpec("scian-ta", "cv5", "88% recall Iqbal 2020", {**_SCIAN, "epochs": 100}),
+                        DATASET_RECIPES["hushem"]),
+    "scian-pa": BenchSpec("scian-pa", "cv5", "58-63% average recall; 65.9% accuracy Zhang 2022",
+                          DATASET_RECIPES["scian-pa"]),
+    "scian-ta": BenchSpec("scian-ta", "cv5", "88% recall Iqbal 2020", DATASET_RECIPES["scian-ta"]),
     "combined": BenchSpec("combined", "60/30/10", "seed report: 0.39 reported, about 0.68 in truth",
-                          {"epochs": 100, "augment": "light", "monitor": "last", "balance": "none",
-                           "init": "synthetic"}),
+                          DATASET_RECIPES["combined"]),
 }
 
 

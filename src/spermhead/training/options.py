@@ -8,7 +8,7 @@ from typing import Any
 from spermhead.config import RunConfig
 from spermhead.errors import ConfigError
 from spermhead.training.protocols import parse_split
-from spermhead.training.recipes import apply_recipe
+from spermhead.training.recipes import DATASET_RECIPES, apply_recipe
 
 # option name -> (config section, field)
 _FIELDS = {
@@ -34,6 +34,8 @@ def build_run_config(dataset: str, out: str, *, recipe: str = "default", data_di
                      operating_point: str | None = None, loggers: tuple[str, ...] = ("csv",),
                      **options: Any) -> RunConfig:
     cfg = apply_recipe(RunConfig(dataset=dataset, data_dir=data_dir, out=out, seed=seed), recipe)
+    if recipe == "default":
+        options = {**DATASET_RECIPES.get(dataset.lower(), {}), **{k: v for k, v in options.items() if v is not None}}
     cfg.loggers = tuple(loggers)
     if cv is not None and split is not None:
         raise ConfigError("use either --cv K or --split, not both")
