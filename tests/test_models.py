@@ -277,3 +277,17 @@ def test_tta_averages_only_the_trained_symmetries():
     both = predict_proba(LeftHeavy(), img, [0.0], [1.0], tta=True, flips="hv")
     assert directed[0, 0] > 0.99  # a vertical flip keeps which end is which
     np.testing.assert_allclose(both[0], [0.5, 0.5], atol=1e-6)  # a horizontal flip cancels it
+
+
+def test_weight_files_are_readable_as_the_umask_allows(tmp_path):
+    import os
+    import stat
+
+    from spermhead.models.weights import write_safetensors
+
+    old = os.umask(0o022)
+    try:
+        path = write_safetensors({"w": torch.zeros(2)}, tmp_path / "w.safetensors")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644  # safetensors alone writes 0600

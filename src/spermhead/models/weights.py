@@ -32,6 +32,19 @@ _WRAPPERS = ("state_dict", "model", "state_dict_ema", "model_ema")
 HUB_HOST = "huggingface.co"
 
 
+
+def write_safetensors(tensors: dict[str, torch.Tensor], path: Path | str,
+                      metadata: dict[str, str] | None = None) -> Path:
+    """safetensors' `save_file`, but readable by others as the umask allows: the library writes
+    0600, which keeps a bundle or cache from another user (say, the one running the server)."""
+    from safetensors.torch import save_file
+
+    save_file(tensors, str(path), metadata=metadata)
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
+    return Path(path)
+
 @dataclass
 class LoadReport:
     """What a weights load matched; `summary()` is one line for logs and run reports."""

@@ -8,13 +8,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from spermhead import __version__
 from spermhead.config import PreprocessConfig
 from spermhead.errors import SpermheadError
 from spermhead.models.inference import Ensemble, standardized
+from spermhead.models.weights import write_safetensors
 
 BUNDLE_FORMAT = 1
 
@@ -64,7 +65,7 @@ def save_bundle(directory: Path, members: list[nn.Module], meta: BundleMeta) -> 
     for i, m in enumerate(members):
         for k, v in m.state_dict().items():
             tensors[f"member{i}.{k}"] = v.detach().cpu().contiguous()
-    save_file(tensors, str(directory / "model.safetensors"))
+    write_safetensors(tensors, directory / "model.safetensors")
     (directory / "model.json").write_text(json.dumps(asdict(meta), indent=2))
     return directory
 

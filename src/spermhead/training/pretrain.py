@@ -29,6 +29,7 @@ from torch import nn
 
 from spermhead.config import PreprocessConfig, environment
 from spermhead.errors import ConfigError
+from spermhead.models.weights import write_safetensors
 from spermhead.training.augment import AugmentSpec, augment_batch
 
 # Views differ more than supervised augmentation would allow: the task is to find what
@@ -142,8 +143,6 @@ def check_config(cfg: PretrainConfig) -> None:
 
 def pretrain(cfg: PretrainConfig, progress: bool = True) -> Path:
     """Run SimCLR and write the backbone to `cfg.out` (safetensors) with a JSON record beside it."""
-    from safetensors.torch import save_file
-
     from spermhead.models.registry import build_model
 
     check_config(cfg)
@@ -172,7 +171,7 @@ def pretrain(cfg: PretrainConfig, progress: bool = True) -> Path:
                         deterministic=True, default_root_dir=str(out.parent))
     trainer.fit(module, loader)
     state = {k: v.detach().contiguous() for k, v in backbone.state_dict().items()}
-    save_file(state, str(out), metadata={"spermhead": "ssl-backbone", "model": cfg.model})
+    write_safetensors(state, out, metadata={"spermhead": "ssl-backbone", "model": cfg.model})
     record = {"config": asdict(cfg), "images": counts, "mean": mean, "std": std,
               "final_loss": float(trainer.callback_metrics.get("ssl_loss", float("nan"))),
               "wall_seconds": time.perf_counter() - start, "environment": environment()}

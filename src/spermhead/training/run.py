@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -32,6 +32,7 @@ from spermhead.errors import ConfigError
 from spermhead.evaluation.predictions import Predictions, concat
 from spermhead.models.inference import Ensemble, predict_proba, standardized
 from spermhead.models.registry import build_model, model_spec
+from spermhead.models.weights import write_safetensors
 from spermhead.training.augment import tta_flips
 from spermhead.training.balance import balanced_sampler, class_weights, offline_balance
 from spermhead.training.module import HeadClassifier
@@ -240,8 +241,8 @@ def run_fold(cfg: RunConfig, table: SampleTable, images: np.ndarray, fold: Fold,
         member = build_member(cfg, k, images[fold.train])
         member, epochs = fit_member(cfg, member, images[fold.train], y[fold.train], images[fold.val], y[fold.val],
                                     k, member_dir, seed=seed, progress=progress, resume=resume, soft=soft)
-        save_file({name: t.contiguous() for name, t in member.state_dict().items()},
-                  str(fold_dir / f"model{j}.safetensors"))
+        write_safetensors({name: t.contiguous() for name, t in member.state_dict().items()},
+                          fold_dir / f"model{j}.safetensors")
         shutil.rmtree(member_dir / "checkpoints", ignore_errors=True)  # its weights are saved
         members.append(member)
     seconds = time.perf_counter() - start

@@ -20,12 +20,13 @@ from typing import Any
 
 import lightning as L
 import numpy as np
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from spermhead import __version__
 from spermhead.config import RunConfig, environment
 from spermhead.errors import ConfigError
+from spermhead.models.weights import write_safetensors
 
 # Bump when the renderer or the source recipe changes what a cached file holds.
 SOURCE_FORMAT = 1
@@ -97,7 +98,7 @@ def synthetic_init_weights(cfg: RunConfig, classes: list[str], *, progress: bool
         state = load_file(str(path))
         keep = {k: v for k, v in state.items() if k not in record["classifier"]}
         staged = backbone.with_name(f".{backbone.name}.{os.getpid()}.partial")
-        save_file(keep, str(staged), metadata={"spermhead": "synthetic-init", "model": cfg.model.name})
+        write_safetensors(keep, staged, metadata={"spermhead": "synthetic-init", "model": cfg.model.name})
         os.replace(staged, backbone)
     return backbone
 
@@ -124,7 +125,7 @@ def train_source(cfg: RunConfig, path: Path, *, progress: bool) -> None:
                                Path(tmp), seed=seed, progress=progress, resume=False)
         net = member[1]  # without the Standardize layer: each fold brings its own statistics
         staged = path.with_name(f".{path.name}.{os.getpid()}.partial")  # same disk: the rename is atomic
-        save_file({k: v.detach().contiguous() for k, v in net.state_dict().items()}, str(staged),
+        write_safetensors({k: v.detach().contiguous() for k, v in net.state_dict().items()}, staged,
                   metadata={"spermhead": "synthetic-init", "model": cfg.model.name})
         record = {"settings": source_settings(cfg), "classes": classes, "classifier": classifier_keys(net),
                   "images": int(len(images)),
