@@ -1,0 +1,68 @@
+"""Compare rules for the balanced operating point's strength on validation data only.
+
+Loads the saved fold models of a finished bench (`spermhead bench accuracy NAME --out DIR`),
+re-scores each fold's validation part split into random halves, and reports the average recall
+on the held-out half for: the strength tuned on the other half (the old `--prior-strength val`),
+the tuned strength on a smoothed curve, and fixed strengths. Test folds are never read.
+
+    .venv/bin/python benchmarks/balanced_strength.py runs/bench/scian-pa --seeds 1,2,3
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+from sklearn.metrics import balanced_accuracy_score
+
+from spermhead.config import load_config
+from spermhead.data.readers import load_dataset
+from spermhead.models.inference import predict_proba
+from spermhead.training.augment import tta_flips
+from spermhead.training.operating import ALPHAS, apply_bias, prior_bias
+from spermhead.training.protocols import make_folds
+from spermhead.training.run import build_member, canonical_images
+
+
+def recall_at(probs: np.ndarray, labels: np.ndarray, train: np.ndarray, k: int, strength: float) -> float:
+    return balanced_accuracy_score(labels, apply_bias(probs, prior_bias(train, k, strength)).argmax(1))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("bench_dir", help="a bench's output folder holding seedN/ runs")
+    ap.add_argument("--seeds", default="1,2,3")
+    ap.add_argument("--splits", type=int, default=20, help="random halvings per fold")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(0)
+    scores: dict[str, list[float]] = {"tuned": [], "tuned, smoothed": [], "fixed 1.0": [], "fixed 0.8": []}
+    for seed in (int(s) for s in args.seeds.split(",")):
+        run = f"{args.bench_dir}/seed{seed}"
+        cfg = load_config(f"{run}/config.yaml")
+        table = load_dataset(cfg.dataset, cfg.data_dir)
+        images, _ = canonical_images(table, cfg)
+        y, k = np.asarray(table.label_indices), len(table.classes)
+        for fold in make_folds(table, cfg.protocol, cfg.seed, cfg.train.val_fraction):
+            model = build_member(cfg, k, images[fold.train])
+            model.load_state_dict(load_file(f"{run}/folds/fold{fold.index}/model0.safetensors"))
+            probs = predict_proba(model, images[fold.val], [0.0], [1.0], tta=cfg.train.tta,
+                                  flips=tta_flips(cfg.train.augment))
+            labels, train = y[fold.val], y[fold.train]
+            for _ in range(args.splits):
+                order = rng.permutation(len(labels))
+                halves = order[: len(order) // 2], order[len(order) // 2:]
+                for tune, held in (halves, halves[::-1]):
+                    curve = np.array([recall_at(probs[tune], labels[tune], train, k, a) for a in ALPHAS])
+                    smooth = np.convolve(np.pad(curve, 2, mode="edge"), np.ones(5) / 5, mode="valid")
+                    picks = {"tuned": ALPHAS[int(np.argmax(curve))], "tuned, smoothed": ALPHAS[int(np.argmax(smooth))],
+                             "fixed 1.0": 1.0, "fixed 0.8": 0.8}
+                    for name, strength in picks.items():
+                        scores[name].append(recall_at(probs[held], labels[held], train, k, float(strength)))
+        print(f"after CV seed {seed}: " + ", ".join(f"{n} {np.mean(v):.4f}" for n, v in scores.items()), flush=True)
+
+
+if __name__ == "__main__":
+    main()
