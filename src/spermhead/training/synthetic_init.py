@@ -30,7 +30,7 @@ from spermhead.models.weights import write_safetensors
 
 # Bump when the renderer or the source recipe changes what a cached file holds.
 SOURCE_FORMAT = 1
-SOURCE_STREAM = 0x5EED  # keeps the source's heads apart from `data synth` datasets (4-part keys)
+SOURCE_STREAM = 0x5EED  # first word of the source heads' RNG keys (see rendered_heads)
 
 
 def source_style(cfg: RunConfig) -> str:
@@ -68,7 +68,8 @@ def rendered_heads(cfg: RunConfig) -> tuple[np.ndarray, np.ndarray, list[str]]:
     images, labels = [], []
     for k, label in enumerate(classes):
         for i in range(cfg.model.init_per_class):
-            # a stream of its own: never the heads `spermhead data synth` writes, at any seed
+            # keyed apart from `spermhead data synth` (whose keys start with its --seed), so a
+            # synthetic test set is not in the source unless written with --seed 24301 (0x5EED)
             rng = np.random.default_rng([SOURCE_STREAM, cfg.model.init_seed, k, i])
             rgb, _ = render_head(label, style, rng)
             images.append(canonicalize(rgb, cfg.preprocess).image)
