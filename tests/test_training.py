@@ -288,8 +288,26 @@ def test_synthetic_init_trains_its_source_once_then_reuses_the_cache(separable, 
     assert set(record["classifier"]) <= set(weights)
     assert "init: synthetic" in (first.out / "config.yaml").read_text().replace("'", "")
 
+    import spermhead.training.run as run_module
+
+    starts = []  # every fold model must be built from the source's weights
+
+    def recording_build_member(cfg, *args, **kwargs):
+        starts.append(cfg.model.weights)
+        return build_member(cfg, *args, **kwargs)
+
+    build_member = run_module.build_member
+    monkeypatch.setattr(run_module, "build_member", recording_build_member)
     second = train_run(quick_config(separable, tmp_path / "b", **opts), progress=False)
     assert json.loads((second.out / "run.json").read_text())["init"]["cached"] is True
+    assert starts == [str(source)] * 2  # 2 folds, no source retraining
+    monkeypatch.undo()
+    monkeypatch.setenv("SPERMHEAD_CACHE", str(tmp_path / "cache"))
+    # a damaged record means an unusable cache: the source is trained again, not trusted
+    source.with_suffix(".json").write_text("{not json")
+    again = train_run(quick_config(separable, tmp_path / "b2", **opts), progress=False)
+    assert json.loads((again.out / "run.json").read_text())["init"]["cached"] is False
+    assert json.loads(source.with_suffix(".json").read_text())["classes"] == CLASSES
     # a different class list gets the backbone only
     other = tmp_path / "other"
     for i, name in enumerate(["good", "bad"]):
@@ -300,6 +318,15 @@ def test_synthetic_init_trains_its_source_once_then_reuses_the_cache(separable, 
     backbone = Path(json.loads((third.out / "run.json").read_text())["init"]["weights"])
     assert backbone.name.endswith("-backbone.safetensors")
     assert not set(record["classifier"]) & set(load_file(str(backbone)))
+
+
+def test_synthetic_init_names_an_unwritable_cache_before_training(separable, tmp_path, monkeypatch):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("SPERMHEAD_CACHE", str(blocker / "cache"))
+    with pytest.raises(ConfigError, match=r"a-file/cache/synthetic-init: cannot write .*SPERMHEAD_CACHE"):
+        train_run(quick_config(separable, tmp_path / "run", init="synthetic", init_per_class=4, init_epochs=1),
+                  progress=False)
 
 
 def test_synthetic_init_refuses_conflicting_weights(separable, tmp_path):
@@ -333,6 +360,8 @@ def test_balanced_point_divides_out_the_training_prior_unless_told_to_choose():
     assert build_run_config("hushem", "unused", prior_strength="val").train.prior_strength == "val"
     with pytest.raises(ConfigError, match="prior-strength"):
         build_run_config("hushem", "unused", prior_strength="lots")
+    with pytest.raises(ConfigError, match="0 .no correction. or more"):
+        build_run_config("hushem", "unused", prior_strength="-1")
 
 
 def test_each_named_dataset_trains_with_its_bench_recipe_by_default():

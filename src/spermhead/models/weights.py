@@ -32,7 +32,6 @@ _WRAPPERS = ("state_dict", "model", "state_dict_ema", "model_ema")
 HUB_HOST = "huggingface.co"
 
 
-
 def write_safetensors(tensors: dict[str, torch.Tensor], path: Path | str,
                       metadata: dict[str, str] | None = None) -> Path:
     """safetensors' `save_file`, but readable by others as the umask allows: the library writes
@@ -44,6 +43,7 @@ def write_safetensors(tensors: dict[str, torch.Tensor], path: Path | str,
     os.umask(mask)
     os.chmod(path, 0o666 & ~mask)
     return Path(path)
+
 
 @dataclass
 class LoadReport:

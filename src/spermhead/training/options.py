@@ -73,6 +73,8 @@ def build_run_config(dataset: str, out: str, *, recipe: str = "default", data_di
         except (TypeError, ValueError):
             raise ConfigError(f"--prior-strength {strength!r}: a number (1 = divide out the training prior) "
                               "or 'val' (choose it per fold on validation data)") from None
+        if cfg.train.prior_strength < 0:
+            raise ConfigError(f"--prior-strength {strength}: 0 (no correction) or more")
     if cfg.model.init not in ("auto", "scratch", "synthetic"):
         raise ConfigError(f"--init {cfg.model.init!r}: auto, scratch or synthetic")
     cfg.model.init = cfg.model.resolved_init()  # config.yaml records what the run did

@@ -288,11 +288,11 @@ def train_run(cfg: RunConfig, *, overwrite: bool = False, resume: bool = False,
     start = time.perf_counter()
     init: dict[str, Any] = {"init": cfg.model.resolved_init()}
     if init["init"] == "synthetic":
-        from spermhead.training.synthetic_init import source_path, synthetic_init_weights
+        from spermhead.training.synthetic_init import cached_record, source_path, synthetic_init_weights
 
-        cached = source_path(cfg).is_file()
+        cached = cached_record(source_path(cfg)) is not None
         weights = synthetic_init_weights(cfg, list(table.classes), progress=progress)
-        init.update(weights=str(weights), cached=cached, seconds=time.perf_counter() - start)
+        init.update(weights=str(weights), cached=cached, seconds=0.0 if cached else time.perf_counter() - start)
         # the saved config keeps "init: synthetic"; the folds start from the cached file
         cfg = replace(cfg, model=replace(cfg.model, weights=str(weights)))
     images, canon = canonical_images(table, cfg)
@@ -318,7 +318,7 @@ def train_run(cfg: RunConfig, *, overwrite: bool = False, resume: bool = False,
     write_bundle(cfg, table, bundle_members, bias, metrics, out / "model")
     timing = {
         "wall_seconds": time.perf_counter() - start,
-        "init_seconds": float(init.get("seconds", 0.0)) if not init.get("cached") else 0.0,
+        "init_seconds": float(init.get("seconds", 0.0)),  # a source model trained by this run
         "seconds_per_epoch": float(np.mean([r.seconds / max(r.epochs, 1) for r in results])),
         "epochs": [r.epochs for r in results],
         "train_images_per_second": float(np.mean([len(f.train) * r.epochs / max(r.seconds, 1e-9)

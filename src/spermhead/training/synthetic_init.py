@@ -20,6 +20,7 @@ from typing import Any
 
 import lightning as L
 import numpy as np
+import torch
 from safetensors.torch import load_file
 from torch import nn
 
@@ -89,26 +90,45 @@ def synthetic_init_weights(cfg: RunConfig, classes: list[str], *, progress: bool
     The source's classifier comes along only when the run has the same classes in the same
     order; otherwise a copy without it is returned, so no class starts from another's weights."""
     path = source_path(cfg)
-    if not path.is_file():
-        train_source(cfg, path, progress=progress)
-    record = json.loads(path.with_suffix(".json").read_text())
+    record = cached_record(path)
+    if record is None:
+        record = train_source(cfg, path, progress=progress)
     if list(classes) == record["classes"]:
         return path
     backbone = path.with_name(path.stem + "-backbone.safetensors")
     if not backbone.is_file():
         state = load_file(str(path))
-        keep = {k: v for k, v in state.items() if k not in record["classifier"]}
-        staged = backbone.with_name(f".{backbone.name}.{os.getpid()}.partial")
-        write_safetensors(keep, staged, metadata={"spermhead": "synthetic-init", "model": cfg.model.name})
-        os.replace(staged, backbone)
+        _save_atomic({k: v for k, v in state.items() if k not in record["classifier"]}, backbone, cfg.model.name)
     return backbone
 
 
-def train_source(cfg: RunConfig, path: Path, *, progress: bool) -> None:
+def cached_record(path: Path) -> dict[str, Any] | None:
+    """The record of a complete cached source (weights and record both readable), else None."""
+    try:
+        return json.loads(path.with_suffix(".json").read_text()) if path.is_file() else None
+    except (OSError, ValueError):
+        return None  # a damaged record: train the source again
+
+
+def _save_atomic(tensors: dict[str, torch.Tensor], path: Path, model: str) -> None:
+    staged = path.with_name(f".{path.name}.{os.getpid()}.partial")  # same folder: the rename is atomic
+    write_safetensors(tensors, staged, metadata={"spermhead": "synthetic-init", "model": model})
+    os.replace(staged, path)  # whole or absent: a killed run leaves no half-written cache
+
+
+def train_source(cfg: RunConfig, path: Path, *, progress: bool) -> dict[str, Any]:
+    """Render the heads, train the source, write its weights and record; returns the record."""
     from spermhead.training.run import build_member, fit_member
 
     if cfg.model.init_per_class < 2 or cfg.model.init_epochs < 1:
         raise ConfigError("--init synthetic needs at least 2 heads per class and 1 epoch")
+    try:  # before minutes of training, not after
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not os.access(path.parent, os.W_OK):
+            raise PermissionError(path.parent)
+    except OSError as exc:
+        raise ConfigError(f"{path.parent}: cannot write the synthetic source model there ({exc}); "
+                          "set SPERMHEAD_CACHE to a writable folder") from None
     start = time.perf_counter()
     images, labels, classes = rendered_heads(cfg)
     # The fold recipe, minus what only real data has: expert votes, validation, a prior to fix.
@@ -120,17 +140,13 @@ def train_source(cfg: RunConfig, path: Path, *, progress: bool) -> None:
     L.seed_everything(seed, workers=True, verbose=False)
     member = build_member(source_cfg, len(classes), images)
     empty = np.zeros((0, *images.shape[1:]), dtype=images.dtype)
-    path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="spermhead-init-") as tmp:
         member, _ = fit_member(source_cfg, member, images, labels, empty, np.zeros(0, dtype=int), len(classes),
                                Path(tmp), seed=seed, progress=progress, resume=False)
-        net = member[1]  # without the Standardize layer: each fold brings its own statistics
-        staged = path.with_name(f".{path.name}.{os.getpid()}.partial")  # same disk: the rename is atomic
-        write_safetensors({k: v.detach().contiguous() for k, v in net.state_dict().items()}, staged,
-                  metadata={"spermhead": "synthetic-init", "model": cfg.model.name})
-        record = {"settings": source_settings(cfg), "classes": classes, "classifier": classifier_keys(net),
-                  "images": int(len(images)),
-                  "wall_seconds": time.perf_counter() - start, "spermhead": __version__,
-                  "environment": environment()}
-        path.with_suffix(".json").write_text(json.dumps(record, indent=2, default=str))
-        os.replace(staged, path)  # whole or absent: a killed run leaves no half-written cache
+    net = member[1]  # without the Standardize layer: each fold brings its own statistics
+    record = {"settings": source_settings(cfg), "classes": classes, "classifier": classifier_keys(net),
+              "images": int(len(images)), "wall_seconds": time.perf_counter() - start, "spermhead": __version__,
+              "environment": environment()}
+    path.with_suffix(".json").write_text(json.dumps(record, indent=2, default=str))
+    _save_atomic({k: v.detach().contiguous() for k, v in net.state_dict().items()}, path, cfg.model.name)
+    return record
