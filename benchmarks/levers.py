@@ -6,16 +6,22 @@ the test-fold figures are printed for the record but never used to choose. Resul
 appended as JSON lines to benchmarks/levers-<dataset>.jsonl.
 
     .venv/bin/python benchmarks/levers.py hushem base epochs150 ...  [--data-dir ../shared/datasets]
+    # every lever on CV seeds 0-3, 8 runs at a time (a many-core machine or a GPU)
+    .venv/bin/python benchmarks/levers.py hushem base width32 --seeds 0,1,2,3 --jobs 8 --set threads=1
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from spermhead.training.bench import BENCHES
+from spermhead.training.devices import resolve_accelerator
 from spermhead.training.options import build_run_config
 from spermhead.training.run import train_run
 
@@ -64,6 +70,12 @@ LEVERS: dict[str, dict] = {
     "synth500": {"init": "synthetic", "init_per_class": 500, "init_epochs": 30},
     "synth2000": {"init": "synthetic", "init_per_class": 2000, "init_epochs": 40},
     "noaug": {"augment": "none"},
+    "px128": {"image_size": 128},
+    "width48": {"model_kwargs": {"width": 48}},
+    "members5": {"members": 5},
+    "synthbig": {"init": "synthetic", "init_per_class": 2000, "init_epochs": 100},
+    "resnet18_synth": {"model": "timm:resnet18", "init": "synthetic"},
+    "epochs200": {"epochs": 200},
     "wd05": {"weight_decay": 0.05},
     "sgd": {"optimizer": "sgd", "lr": 0.05},
     "drop3": {"drop_rate": 0.3},
@@ -86,12 +98,33 @@ def table(dataset: str) -> str:
     return "\n".join(rows)
 
 
+def run_parallel(args: argparse.Namespace, seeds: list[int], log: Path) -> None:
+    """Each lever x seed in its own process (its own CUDA context), `--jobs` at a time; each
+    appends its row to the log when it finishes, so a stopped sweep keeps what it measured."""
+    extra = [a for s in args.set for a in ("--set", s)]
+
+    def one(job: tuple[str, int]) -> None:
+        name, seed = job
+        cmd = [sys.executable, __file__, args.dataset, name, "--seed", str(seed), "--data-dir", args.data_dir,
+               "--out", args.out, "--log", str(log), *extra]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        tail = (done.stdout + done.stderr).strip().splitlines()[-3:] if done.returncode else done.stdout.strip()
+        print(f"[seed {seed}] {tail}", flush=True)
+
+    jobs = [(name, seed) for name in args.levers for seed in seeds]
+    with ThreadPoolExecutor(max(1, args.jobs)) as pool:
+        list(pool.map(one, jobs))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("dataset")
     ap.add_argument("levers", nargs="*", help="names from LEVERS, joined with + to combine")
     ap.add_argument("--data-dir", default="../shared/datasets")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seeds", help="comma-separated CV seeds, each lever x seed its own process")
+    ap.add_argument("--jobs", type=int, default=1, help="processes at a time with --seeds")
+    ap.add_argument("--log", help="JSON lines log (default benchmarks/levers-DATASET.jsonl)")
     ap.add_argument("--out", default="/tmp/levers")
     ap.add_argument("--set", action="append", default=[], help="extra key=value for every run")
     ap.add_argument("--table", action="store_true", help="print the recorded levers and exit")
@@ -101,7 +134,10 @@ def main() -> None:
         return
     common = {k: json.loads(v) if v[:1] in "0123456789[{-tf" else v
               for k, v in (s.split("=", 1) for s in args.set)}
-    log = Path(__file__).with_name(f"levers-{args.dataset}.jsonl")
+    log = Path(args.log) if args.log else Path(__file__).with_name(f"levers-{args.dataset}.jsonl")
+    if args.seeds:
+        run_parallel(args, [int(v) for v in args.seeds.split(",")], log)
+        return
     # levers start from the dataset's bench recipe (`spermhead bench accuracy NAME`)
     recipe = BENCHES[args.dataset].options if args.dataset in BENCHES else {}
     for name in args.levers:
@@ -123,7 +159,8 @@ def main() -> None:
                "test_accuracy": m["accuracy"], "test_accuracy_sd": m.get("accuracy_std") or 0.0,
                "test_balanced": m["balanced_accuracy"],
                "test_balanced_point": m["operating_points"]["balanced"],
-               "minutes": (time.perf_counter() - start) / 60}
+               "minutes": (time.perf_counter() - start) / 60,
+               "device": resolve_accelerator(cfg.train.accelerator)}
         row["test_balanced_point"] = {k: row["test_balanced_point"][k] for k in ("accuracy", "balanced_accuracy")}
         with open(log, "a") as fh:
             fh.write(json.dumps(row) + "\n")

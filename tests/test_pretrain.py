@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from typer.testing import CliRunner
 
@@ -20,11 +21,13 @@ def test_nt_xent_rewards_matching_views() -> None:
     assert matched > 0  # the other 2N - 2 views still take some probability
 
 
-def test_pretrain_command_writes_loadable_backbone(tmp_path) -> None:
+@pytest.mark.parametrize("accelerator", [
+    "cpu", pytest.param("gpu", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"))])
+def test_pretrain_command_writes_loadable_backbone(tmp_path, accelerator) -> None:
     out = tmp_path / "ssl.safetensors"
     result = CliRunner().invoke(app, ["pretrain", "--out", str(out), "--sources", "synthetic", "--synthetic", "96",
                                       "--epochs", "2", "--batch-size", "32", "--image-size", "32",
-                                      "--threads", "1", "--no-progress"])
+                                      "--threads", "1", "--accelerator", accelerator, "--no-progress"])
     assert result.exit_code == 0, result.output
     record = json.loads(out.with_suffix(".json").read_text())
     assert record["images"] == {"synthetic": 96} and record["final_loss"] > 0

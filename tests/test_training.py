@@ -41,8 +41,9 @@ def write_separable(root: Path, n_per_class: int = 20, seed: int = 0) -> Path:
 
 
 def quick_config(dataset: Path, out: Path, cv: int = 4, **options) -> RunConfig:
+    # the CPU, so runs are bit-reproducible on any machine (a GPU test below asks for one)
     defaults = dict(model="spermnet", image_size=24, align=False, epochs=20, tta=False, threads=2, augment="light",
-                    batch_size=16, lr=3e-3, init="scratch")
+                    batch_size=16, lr=3e-3, init="scratch", accelerator="cpu")
     return build_run_config(str(dataset), str(out), cv=cv, **{**defaults, **options})
 
 
@@ -375,3 +376,67 @@ def test_each_named_dataset_trains_with_its_bench_recipe_by_default():
     assert build_run_config("scian-pa", "unused", recipe="seed").train.augment == "seed"
     for name, spec in BENCHES.items():  # the bench measures exactly what `train NAME` runs
         assert build_run_config(name, "unused").train == build_run_config(name, "unused", **spec.options).train
+
+
+def test_accelerator_is_checked_before_any_run_directory(separable, tmp_path, monkeypatch):
+    import torch
+
+    from spermhead.training.devices import resolve_accelerator
+
+    with pytest.raises(ConfigError, match="--accelerator 'tpu'"):
+        quick_config(separable, tmp_path / "t", accelerator="tpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_accelerator("auto") == "cpu"
+    with pytest.raises(ConfigError, match="no CUDA GPU"):
+        train_run(quick_config(separable, tmp_path / "g", accelerator="gpu"), progress=False)
+    assert not (tmp_path / "g").exists()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_accelerator("auto") == "gpu"
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+@pytest.mark.skipif(not _cuda(), reason="needs a CUDA GPU; CI machines have none")
+def test_training_on_a_gpu_matches_the_cpu(separable, separable_run, tmp_path, monkeypatch):
+    monkeypatch.setenv("SPERMHEAD_CACHE", str(tmp_path / "cache"))
+    gpu = train_run(quick_config(separable, tmp_path / "gpu", accelerator="gpu", mixup=0.2, init="synthetic",
+                                 init_per_class=8, init_epochs=2), progress=False)
+    assert gpu.metrics["accuracy"] >= 0.95
+    assert gpu.metrics["accuracy"] >= separable_run.metrics["accuracy"] - 0.05
+    assert json.loads((gpu.out / "run.json").read_text())["init"]["init"] == "synthetic"
+    # the bundle is written from CPU tensors and predicts on a machine without a GPU
+    bundle = load_bundle(gpu.out / "model")
+    images, _ = canonical_images(load_dataset(str(separable)), quick_config(separable, tmp_path / "x"))
+    probs = predict_proba(bundle.model, images, bundle.meta.mean, bundle.meta.std)
+    assert next(bundle.model.parameters()).device.type == "cpu"
+    assert (probs.argmax(1) == np.repeat(np.arange(4), 20)).mean() >= 0.95
+
+
+def test_runs_started_together_train_one_synthetic_source(separable, tmp_path, monkeypatch):
+    import threading
+
+    import spermhead.training.synthetic_init as synthetic_init
+
+    monkeypatch.setenv("SPERMHEAD_CACHE", str(tmp_path / "cache"))
+    cfg = quick_config(separable, tmp_path / "run", init="synthetic", init_per_class=4, init_epochs=1)
+    trained = []
+    real_train_source = synthetic_init.train_source
+
+    def slow_train_source(*args, **kwargs):
+        trained.append(1)
+        time.sleep(0.5)  # long enough for the second run to arrive while this one trains
+        return real_train_source(*args, **kwargs)
+
+    monkeypatch.setattr(synthetic_init, "train_source", slow_train_source)
+    paths = []
+    runs = [threading.Thread(target=lambda: paths.append(synthetic_init.synthetic_init_weights(cfg, CLASSES)))
+            for _ in range(2)]
+    for t in runs:
+        t.start()
+    for t in runs:
+        t.join()
+    assert len(trained) == 1 and len(paths) == 2 and paths[0] == paths[1] and paths[0].is_file()

@@ -152,6 +152,8 @@ def train(
     logger: Annotated[list[str] | None, typer.Option(help="Extra loggers: tensorboard, mlflow")] = None,
     members: Annotated[int | None, typer.Option(help="Seed-ensemble members per fold")] = None,
     threads: Annotated[int | None, typer.Option(help="Torch CPU threads")] = None,
+    accelerator: Annotated[str | None, typer.Option(
+        help="auto (a CUDA GPU when torch sees one, else the CPU), cpu or gpu")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run directory")] = False,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run from its last checkpoint")] = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
@@ -171,6 +173,7 @@ def train(
             scale=scale, batch_size=batch_size, lr=lr, optimizer=optimizer, schedule=schedule, balance=balance,
             augment=augment, soft_labels=soft_labels, label_smoothing=label_smoothing, mixup=mixup, ema=ema, tta=tta, pretrained=pretrained,
             weights=weights, init=init, prior_strength=prior_strength, l2_conv=l2_conv, final_model=final, threads=threads, members=members,
+            accelerator=accelerator,
         )
     result = train_run(cfg, overwrite=overwrite, resume=resume, progress=progress)
     print_run_summary(result.out, result.metrics)
@@ -191,6 +194,7 @@ def pretrain_cmd(
     batch_size: Annotated[int, typer.Option()] = 256,
     seed: Annotated[int, typer.Option()] = 0,
     threads: Annotated[int, typer.Option(help="Torch CPU threads; 0 lets torch decide")] = 0,
+    accelerator: Annotated[str, typer.Option(help="auto, cpu or gpu")] = "auto",
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
 ) -> None:
     """Self-supervised (SimCLR) pretraining on unlabelled heads; train with --weights OUT afterwards.
@@ -202,7 +206,8 @@ def pretrain_cmd(
     cfg = PretrainConfig(sources=tuple(s.strip() for s in sources.split(",") if s.strip()),
                          data_dir=str(data_dir) if data_dir else None, out=str(out), seed=seed, model=model,
                          preprocess=PreprocessConfig(image_size=image_size, color=color), synthetic=synthetic,
-                         epochs=epochs, batch_size=batch_size, num_threads=threads)
+                         epochs=epochs, batch_size=batch_size, num_threads=threads,
+                         accelerator=accelerator)
     path = pretrain(cfg, progress=progress)
     console.print(f"backbone weights: {path}  (record: {path.with_suffix('.json')})\n"
                   f"next: spermhead train NAME --weights {path}")
@@ -408,6 +413,8 @@ def bench_accuracy(
     out: Annotated[Path, typer.Option(help="Where the runs and JSON go")] = Path("runs/bench"),
     epochs: Annotated[int | None, typer.Option(help="Override the recipe's epochs")] = None,
     threads: Annotated[int | None, typer.Option(help="Torch CPU threads")] = None,
+    accelerator: Annotated[str | None, typer.Option(
+        help="auto (a CUDA GPU when torch sees one, else the CPU), cpu or gpu")] = None,
     record: Annotated[bool, typer.Option("--record/--no-record",
                       help="Update benchmarks/RESULTS.md and the README table")] = True,
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = False,
@@ -419,7 +426,7 @@ def bench_accuracy(
     if name not in BENCHES:
         raise ConfigError(f"unknown benchmark {name!r}; choose from {', '.join(BENCHES)}")
     seed_list = [int(s) for s in seeds.split(",") if s.strip()]
-    extra = {k: v for k, v in {"epochs": epochs, "threads": threads}.items() if v is not None}
+    extra = {k: v for k, v in {"epochs": epochs, "threads": threads, "accelerator": accelerator}.items() if v is not None}
     summary = run_accuracy_bench(
         name, out / name, seeds=seed_list, data_dir=str(data_dir) if data_dir else None, progress=progress,
         results_md=Path("benchmarks/RESULTS.md") if record else None,

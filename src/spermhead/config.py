@@ -75,6 +75,7 @@ class TrainConfig:
     members_per_fold: int = 1  # a seed ensemble per fold (each member trained from its own seed)
     val_fraction: float = 0.15  # carved from each training side for model selection
     num_threads: int = 0  # torch threads; 0 lets torch decide
+    accelerator: str = "auto"  # auto (a CUDA GPU when there is one, else the CPU) | cpu | gpu
 
 
 @dataclass

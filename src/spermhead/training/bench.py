@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from spermhead.config import RunConfig
+from spermhead.training.devices import resolve_accelerator
 from spermhead.training.options import build_run_config
 from spermhead.training.recipes import DATASET_RECIPES
 from spermhead.training.run import train_run
@@ -61,6 +62,7 @@ def run_accuracy_bench(name: str, out: Path, *, seeds: list[int], data_dir: str 
         init_seconds = result.timing.get("init_seconds", 0.0)  # a source model, trained once and cached
         runs.append({"seed": seed, "wall_seconds": time.perf_counter() - start - init_seconds,
                      "init_seconds": init_seconds, "config": cfg.to_dict(),
+                     "device": resolve_accelerator(cfg.train.accelerator),
                      "metrics": {p: result.metrics["operating_points"][p] for p in ("accuracy", "balanced")},
                      "macro_f1": result.metrics["macro_f1"]})
     summary = summarise(name, runs, seeds)
@@ -84,6 +86,7 @@ def summarise(name: str, runs: list[dict[str, Any]], seeds: list[int]) -> dict[s
            "wall_seconds_per_repeat": float(np.mean([r["wall_seconds"] for r in runs])),
            "init_seconds": float(sum(r.get("init_seconds", 0.0) for r in runs)),
            "macro_f1": float(np.mean([r["macro_f1"] for r in runs])),
+           "device": runs[0].get("device", "cpu"),
            "command": f"spermhead bench accuracy {name} --seeds {','.join(map(str, seeds))}"}
     for point in ("accuracy", "balanced"):
         acc, acc_sd = stats(point, "accuracy")
@@ -110,6 +113,8 @@ def results_row(s: dict[str, Any]) -> str:
     time_text = f"{s['wall_seconds_per_repeat'] / 60:.1f} min"
     if s.get("init_seconds"):
         time_text += f" (+ {s['init_seconds'] / 60:.1f} min once: source model)"
+    if s.get("device", "cpu") != "cpu":  # the budgets are for the 2-core CPU
+        time_text += f" on {s['device'].upper()}"
     return (f"| {s['dataset']} | {s['protocol']} x {len(s['seeds'])} seeds | {_pct(a['accuracy'], a['accuracy_sd'])} "
             f"| {_pct(a['balanced_accuracy'], a['balanced_accuracy_sd'])} | {_pct(b['accuracy'], b['accuracy_sd'])} "
             f"| {_pct(b['balanced_accuracy'], b['balanced_accuracy_sd'])} | {100 * s['macro_f1']:.1f} | {recall} "

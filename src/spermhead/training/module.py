@@ -45,7 +45,7 @@ class HeadClassifier(L.LightningModule):
         x, y = batch
         if self.cfg.mixup > 0:
             lam = float(torch.distributions.Beta(self.cfg.mixup, self.cfg.mixup).sample())
-            perm = torch.randperm(x.shape[0])
+            perm = torch.randperm(x.shape[0], device=x.device)
             logits = self(lam * x + (1 - lam) * x[perm])
             loss = lam * self._loss(logits, y, self.cfg.label_smoothing) + (1 - lam) * self._loss(
                 logits, y[perm], self.cfg.label_smoothing)

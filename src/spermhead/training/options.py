@@ -7,6 +7,7 @@ from typing import Any
 
 from spermhead.config import RunConfig
 from spermhead.errors import ConfigError
+from spermhead.training.devices import ACCELERATORS
 from spermhead.training.protocols import parse_split
 from spermhead.training.recipes import DATASET_RECIPES, apply_recipe
 
@@ -25,6 +26,7 @@ _FIELDS = {
     "prior_strength": ("train", "prior_strength"),
     "monitor": ("train", "monitor"), "patience": ("train", "early_stopping_patience"),
     "threads": ("train", "num_threads"), "members": ("train", "members_per_fold"),
+    "accelerator": ("train", "accelerator"),
     "grouped": ("protocol", "grouped"), "final_model": ("protocol", "final_model"),
 }
 
@@ -75,6 +77,8 @@ def build_run_config(dataset: str, out: str, *, recipe: str = "default", data_di
                               "or 'val' (choose it per fold on validation data)") from None
         if cfg.train.prior_strength < 0:
             raise ConfigError(f"--prior-strength {strength}: 0 (no correction) or more")
+    if cfg.train.accelerator not in ACCELERATORS:
+        raise ConfigError(f"--accelerator {cfg.train.accelerator!r}: {', '.join(ACCELERATORS)}")
     if cfg.model.init not in ("auto", "scratch", "synthetic"):
         raise ConfigError(f"--init {cfg.model.init!r}: auto, scratch or synthetic")
     cfg.model.init = cfg.model.resolved_init()  # config.yaml records what the run did

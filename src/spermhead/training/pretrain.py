@@ -31,6 +31,7 @@ from spermhead.config import PreprocessConfig, environment
 from spermhead.errors import ConfigError
 from spermhead.models.weights import write_safetensors
 from spermhead.training.augment import AugmentSpec, augment_batch
+from spermhead.training.devices import trainer_device
 
 # Views differ more than supervised augmentation would allow: the task is to find what
 # survives rotation, scale, shift and stain changes.
@@ -55,6 +56,7 @@ class PretrainConfig:
     temperature: float = 0.2
     projection_dim: int = 64
     num_threads: int = 0
+    accelerator: str = "auto"  # auto | cpu | gpu (training/devices.py)
 
 
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -166,11 +168,11 @@ def pretrain(cfg: PretrainConfig, progress: bool = True) -> Path:
     module = SimCLRModule(backbone, features, cfg, mean, std, len(loader))
     out = Path(cfg.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    trainer = L.Trainer(max_epochs=cfg.epochs, accelerator="cpu", devices=1, logger=False,
+    trainer = L.Trainer(max_epochs=cfg.epochs, **trainer_device(cfg.accelerator), logger=False,
                         enable_checkpointing=False, enable_progress_bar=progress, enable_model_summary=False,
-                        deterministic=True, default_root_dir=str(out.parent))
+                        default_root_dir=str(out.parent))
     trainer.fit(module, loader)
-    state = {k: v.detach().contiguous() for k, v in backbone.state_dict().items()}
+    state = {k: v.detach().cpu().contiguous() for k, v in backbone.state_dict().items()}
     write_safetensors(state, out, metadata={"spermhead": "ssl-backbone", "model": cfg.model})
     record = {"config": asdict(cfg), "images": counts, "mean": mean, "std": std,
               "final_loss": float(trainer.callback_metrics.get("ssl_loss", float("nan"))),

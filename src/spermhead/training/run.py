@@ -35,6 +35,7 @@ from spermhead.models.registry import build_model, model_spec
 from spermhead.models.weights import write_safetensors
 from spermhead.training.augment import tta_flips
 from spermhead.training.balance import balanced_sampler, class_weights, offline_balance
+from spermhead.training.devices import resolve_accelerator, trainer_device
 from spermhead.training.module import HeadClassifier
 from spermhead.training.operating import apply_bias, choose_balanced_bias
 from spermhead.training.protocols import Fold, make_folds
@@ -200,16 +201,16 @@ def fit_member(cfg: RunConfig, member: nn.Module, x_train: np.ndarray, y_train: 
     module = HeadClassifier(member, tc, steps_per_epoch=len(train_loader), loss_weights=loss_weights,
                             l2_conv=cfg.model.l2_conv)
     trainer = L.Trainer(
-        max_epochs=tc.epochs, accelerator="cpu", devices=1, logger=_loggers(cfg, fold_dir),
+        max_epochs=tc.epochs, **trainer_device(tc.accelerator), logger=_loggers(cfg, fold_dir),
         callbacks=callbacks, enable_progress_bar=progress, enable_model_summary=False,
-        num_sanity_val_steps=0, log_every_n_steps=1, deterministic=True, default_root_dir=str(fold_dir),
+        num_sanity_val_steps=0, log_every_n_steps=1, default_root_dir=str(fold_dir),
     )
     last = fold_dir / "checkpoints" / "last.ckpt"
     trainer.fit(module, train_loader, val_loader, ckpt_path=str(last) if resume and last.is_file() else None)
     if monitor != "last" and ckpt.best_model_path:
         state = torch.load(ckpt.best_model_path, map_location="cpu", weights_only=True)["state_dict"]
         module.load_state_dict(state)
-    return module.model.eval(), trainer.current_epoch
+    return module.model.cpu().eval(), trainer.current_epoch  # scoring and saving happen on the CPU
 
 
 def run_fold(cfg: RunConfig, table: SampleTable, images: np.ndarray, fold: Fold, out: Path, *,
@@ -283,6 +284,7 @@ def train_run(cfg: RunConfig, *, overwrite: bool = False, resume: bool = False,
     if cfg.protocol.kind == "auto":  # a dataset's own train/val/test folders win; else K-fold CV
         cfg.protocol.kind = "folders" if table.has_fixed_split else "cv"
     folds = make_folds(table, cfg.protocol, cfg.seed, cfg.train.val_fraction)  # fails before any training
+    resolve_accelerator(cfg.train.accelerator)  # so does asking for a GPU that is not there
     prepare_run_dir(out, overwrite=overwrite, resume=resume)
     save_config(cfg, out / "config.yaml")
     start = time.perf_counter()

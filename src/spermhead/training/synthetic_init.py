@@ -9,11 +9,13 @@ cached (`$SPERMHEAD_CACHE`, default `~/.cache/spermhead`); a second run reuses t
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -92,7 +94,8 @@ def synthetic_init_weights(cfg: RunConfig, classes: list[str], *, progress: bool
     path = source_path(cfg)
     record = cached_record(path)
     if record is None:
-        record = train_source(cfg, path, progress=progress)
+        with _training_lock(path):  # runs started together with the same settings train it once
+            record = cached_record(path) or train_source(cfg, path, progress=progress)
     if list(classes) == record["classes"]:
         return path
     backbone = path.with_name(path.stem + "-backbone.safetensors")
@@ -100,6 +103,25 @@ def synthetic_init_weights(cfg: RunConfig, classes: list[str], *, progress: bool
         state = load_file(str(path))
         _save_atomic({k: v for k, v in state.items() if k not in record["classifier"]}, backbone, cfg.model.name)
     return backbone
+
+
+@contextlib.contextmanager
+def _training_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock beside the cached file while one process trains it (POSIX only; where
+    the lock cannot be taken, each process trains its own copy and the last rename wins)."""
+    try:
+        import fcntl
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(path.with_suffix(".lock"), "a")  # noqa: SIM115 - released in finally
+    except (ImportError, OSError):
+        yield  # train_source names an unwritable folder itself
+        return
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+    finally:
+        handle.close()  # closing releases the lock
 
 
 def cached_record(path: Path) -> dict[str, Any] | None:
