@@ -76,6 +76,11 @@ LEVERS: dict[str, dict] = {
     "synthbig": {"init": "synthetic", "init_per_class": 2000, "init_epochs": 100},
     "resnet18_synth": {"model": "timm:resnet18", "init": "synthetic"},
     "epochs200": {"epochs": 200},
+    # SCIAN-TA: the partial-agreement heads outside TA join every training side (data/extra.py)
+    "pa_extra": {"extra_train": ["scian-pa"], "epochs": 40},
+    "pa_extra60": {"extra_train": ["scian-pa"], "epochs": 60},
+    # HuSHeM: SCIAN's 4 shared classes as extra training images (fewer epochs: 8x the images)
+    "scian_extra": {"extra_train": ["scian-pa4"], "epochs": 30},
     "wd05": {"weight_decay": 0.05},
     "sgd": {"optimizer": "sgd", "lr": 0.05},
     "drop3": {"drop_rate": 0.3},

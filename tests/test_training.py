@@ -441,3 +441,42 @@ def test_runs_started_together_train_one_synthetic_source(separable, tmp_path, m
     for t in runs:
         t.join()
     assert len(trained) == 1 and len(paths) == 2 and paths[0] == paths[1] and paths[0].is_file()
+
+
+def test_extra_training_images_join_training_sides_only(tmp_path, monkeypatch):
+    import csv
+
+    import spermhead.training.run as run_module
+
+    superset = write_separable(tmp_path / "lab", n_per_class=30, seed=3)
+    own = tmp_path / "own"
+    for name in CLASSES:  # the dataset: 20 of each class, the same files as the first 20 above
+        (own / name).mkdir(parents=True)
+        for i in range(20):
+            (own / name / f"{name}_{i:03d}.png").write_bytes((superset / name / f"{name}_{i:03d}.png").read_bytes())
+    (superset / "small").mkdir()  # a class the dataset lacks
+    (superset / "small" / "s.png").write_bytes((superset / "normal" / "normal_000.png").read_bytes())
+
+    seen = []
+    real_run_fold = run_module.run_fold
+
+    def spy(cfg, table, images, fold, *args, **kwargs):
+        seen.append((table, fold))
+        return real_run_fold(cfg, table, images, fold, *args, **kwargs)
+
+    monkeypatch.setattr(run_module, "run_fold", spy)
+    result = train_run(quick_config(own, tmp_path / "run", cv=2, epochs=3, extra_train=[str(superset)]),
+                       progress=False)
+    extra = json.loads((result.out / "run.json").read_text())["extra_train"][str(superset)]
+    # 80 of the 121 are copies of the dataset's own images (same bytes, other paths): left out
+    assert extra["kept"] == 40 and extra["dataset_duplicates"] == 80 and extra["other_classes"] == 1
+    for table, fold in seen:
+        ids = lambda idx: {table.samples[i].id for i in idx}  # noqa: E731
+        extras = {s.id for s in table.samples[80:]}
+        assert extras <= ids(fold.train) and not extras & (ids(fold.val) | ids(fold.test))
+    assert len(result.predictions.ids) == 80 and not any(i.startswith("extra/") for i in result.predictions.ids)
+    roles = [r["role"] for r in csv.DictReader(open(result.out / "samples.csv"))]
+    assert roles.count("dataset") == 80 and roles.count("extra-train") == 40
+    with pytest.raises(ConfigError, match="no images left"):
+        train_run(quick_config(own, tmp_path / "none", extra_train=[str(own)]), progress=False)
+    assert not (tmp_path / "none").exists()

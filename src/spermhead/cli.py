@@ -151,6 +151,9 @@ def train(
              "choose it per fold on validation data")] = None,
     logger: Annotated[list[str] | None, typer.Option(help="Extra loggers: tensorboard, mlflow")] = None,
     members: Annotated[int | None, typer.Option(help="Seed-ensemble members per fold")] = None,
+    extra_train: Annotated[list[str] | None, typer.Option(
+        help="A dataset or folder whose images join every training side only (never validation or "
+             "test); the dataset's own images, and copies of them, are left out of it. Repeatable")] = None,
     threads: Annotated[int | None, typer.Option(help="Torch CPU threads")] = None,
     accelerator: Annotated[str | None, typer.Option(
         help="auto (a CUDA GPU when torch sees one, else the CPU), cpu or gpu")] = None,
@@ -173,7 +176,7 @@ def train(
             scale=scale, batch_size=batch_size, lr=lr, optimizer=optimizer, schedule=schedule, balance=balance,
             augment=augment, soft_labels=soft_labels, label_smoothing=label_smoothing, mixup=mixup, ema=ema, tta=tta, pretrained=pretrained,
             weights=weights, init=init, prior_strength=prior_strength, l2_conv=l2_conv, final_model=final, threads=threads, members=members,
-            accelerator=accelerator,
+            accelerator=accelerator, extra_train=extra_train or None,
         )
     result = train_run(cfg, overwrite=overwrite, resume=resume, progress=progress)
     print_run_summary(result.out, result.metrics)

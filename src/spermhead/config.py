@@ -93,6 +93,8 @@ class RunConfig:
     data_dir: str | None = None
     out: str = "runs/latest"
     seed: int = 0
+    # datasets or folders whose images join every training side only (data/extra.py)
+    extra_train: tuple[str, ...] = ()
     operating_point: str = "accuracy"  # accuracy | balanced (prior correction chosen on val)
     loggers: tuple[str, ...] = ("csv",)  # csv, tensorboard, mlflow
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)

@@ -57,6 +57,9 @@ def build_run_config(dataset: str, out: str, *, recipe: str = "default", data_di
     for name, value in options.items():
         if value is None:
             continue
+        if name == "extra_train":
+            cfg.extra_train = (value,) if isinstance(value, str) else tuple(value)
+            continue
         if name == "width":  # spermnet's first-stage channels (a structural model option)
             cfg.model.kwargs = {**cfg.model.kwargs, "width": int(value)}
             continue
@@ -90,4 +93,4 @@ def build_run_config(dataset: str, out: str, *, recipe: str = "default", data_di
 
 
 def known_options() -> set[str]:
-    return set(_FIELDS) | {f.name for f in fields(RunConfig)} | {"width"}
+    return set(_FIELDS) | {f.name for f in fields(RunConfig)} | {"width", "extra_train"}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, train_test_split
@@ -46,6 +46,13 @@ def make_folds(table: SampleTable, protocol: ProtocolConfig, seed: int, val_frac
         train, val = _carve_val(train_side, y, val_fraction, seed + k)
         folds.append(Fold(k, train, val, np.sort(test)))
     return folds
+
+
+def with_extra_training(folds: list[Fold], start: int, stop: int) -> list[Fold]:
+    """Rows start..stop-1 of the pooled table (extra training images) join every training side;
+    validation and test parts stay the dataset's own."""
+    extra = np.arange(start, stop)
+    return [replace(f, train=np.concatenate([f.train, extra])) for f in folds] if len(extra) else folds
 
 
 def _check_enough(table: SampleTable, k: int) -> None:

@@ -26,6 +26,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from spermhead.config import RunConfig, environment, save_config
+from spermhead.data.extra import pool_extra_training
 from spermhead.data.readers import load_dataset
 from spermhead.data.samples import SampleTable
 from spermhead.errors import ConfigError
@@ -38,7 +39,7 @@ from spermhead.training.balance import balanced_sampler, class_weights, offline_
 from spermhead.training.devices import resolve_accelerator, trainer_device
 from spermhead.training.module import HeadClassifier
 from spermhead.training.operating import apply_bias, choose_balanced_bias
-from spermhead.training.protocols import Fold, make_folds
+from spermhead.training.protocols import Fold, make_folds, with_extra_training
 from spermhead.training.targets import soft_targets
 
 # Lightning's start-up chatter (GPU/TPU availability, tips) is noise for a CPU tool.
@@ -285,6 +286,11 @@ def train_run(cfg: RunConfig, *, overwrite: bool = False, resume: bool = False,
         cfg.protocol.kind = "folders" if table.has_fixed_split else "cv"
     folds = make_folds(table, cfg.protocol, cfg.seed, cfg.train.val_fraction)  # fails before any training
     resolve_accelerator(cfg.train.accelerator)  # so does asking for a GPU that is not there
+    # From here on `table` also holds the extra training images, after the dataset's own rows;
+    # the folds were made on the dataset alone, so extras only ever join training sides.
+    n_own = len(table)
+    table, extra = pool_extra_training(table, cfg.extra_train, cfg.data_dir)
+    folds = with_extra_training(folds, n_own, len(table))
     prepare_run_dir(out, overwrite=overwrite, resume=resume)
     save_config(cfg, out / "config.yaml")
     start = time.perf_counter()
@@ -298,7 +304,7 @@ def train_run(cfg: RunConfig, *, overwrite: bool = False, resume: bool = False,
         # the saved config keeps "init: synthetic"; the folds start from the cached file
         cfg = replace(cfg, model=replace(cfg.model, weights=str(weights)))
     images, canon = canonical_images(table, cfg)
-    write_sample_table(table, canon, out / "samples.csv")
+    write_sample_table(table, canon, out / "samples.csv", n_own)
     results = [run_fold(cfg, table, images, f, out, progress=progress, resume=resume) for f in folds]
 
     scored = {}
@@ -326,8 +332,8 @@ def train_run(cfg: RunConfig, *, overwrite: bool = False, resume: bool = False,
         "train_images_per_second": float(np.mean([len(f.train) * r.epochs / max(r.seconds, 1e-9)
                                                   for f, r in zip(folds, results, strict=True)])),
     }
-    (out / "run.json").write_text(json.dumps({"timing": timing, "init": init, "environment": environment()},
-                                             indent=2))
+    (out / "run.json").write_text(json.dumps({"timing": timing, "init": init, "extra_train": extra,
+                                              "environment": environment()}, indent=2))
     history = [{"fold": r.index, **row} for r in results for row in r.history]
     write_outputs(cfg, out, predictions, metrics, history, timing)
     return RunResult(out, metrics, predictions, results, timing)
@@ -368,18 +374,20 @@ def _headline(m: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def write_sample_table(table: SampleTable, canon: list[Any], path: Path) -> None:
-    """Every sample with its alignment status and morphometrics, for auditing preprocessing."""
-    fields = ["id", "label", "source", "group", "path", "aligned", "status",
+def write_sample_table(table: SampleTable, canon: list[Any], path: Path, n_own: int | None = None) -> None:
+    """Every sample with its alignment status and morphometrics, for auditing preprocessing.
+    `role` is "extra-train" for rows from n_own on (extra training images), else "dataset"."""
+    n_own = len(table) if n_own is None else n_own
+    fields = ["id", "role", "label", "source", "group", "path", "aligned", "status",
               "area", "length", "width", "elongation", "perimeter", "rotation_deg"]
     with open(path, "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=fields)
         w.writeheader()
-        for s, c in zip(table.samples, canon, strict=True):
+        for i, (s, c) in enumerate(zip(table.samples, canon, strict=True)):
             morph = c.morphometrics.to_dict() if c.morphometrics is not None else {}
-            w.writerow({"id": s.id, "label": s.label, "source": s.source, "group": s.group, "path": str(s.path),
+            w.writerow({"id": s.id, "role": "dataset" if i < n_own else "extra-train", "label": s.label, "source": s.source, "group": s.group, "path": str(s.path),
                         "aligned": c.aligned, "status": c.status,
-                        **{k: morph.get(k, "") for k in fields[7:]}})
+                        **{k: morph.get(k, "") for k in fields[8:]}})
 
 
 def write_bundle(cfg: RunConfig, table: SampleTable, members: list[nn.Module], balanced_bias: np.ndarray,
