@@ -471,11 +471,12 @@ def test_extra_training_images_join_training_sides_only(tmp_path, monkeypatch):
     # 80 of the 121 are copies of the dataset's own images (same bytes, other paths): left out
     assert extra["kept"] == 40 and extra["dataset_duplicates"] == 80 and extra["other_classes"] == 1
     for table, fold in seen:
-        ids = lambda idx: {table.samples[i].id for i in idx}  # noqa: E731
         extras = {s.id for s in table.samples[80:]}
-        assert extras <= ids(fold.train) and not extras & (ids(fold.val) | ids(fold.test))
+        train, held_out = ({table.samples[i].id for i in part} for part in (fold.train, np.r_[fold.val, fold.test]))
+        assert extras <= train and not extras & held_out
     assert len(result.predictions.ids) == 80 and not any(i.startswith("extra/") for i in result.predictions.ids)
-    roles = [r["role"] for r in csv.DictReader(open(result.out / "samples.csv"))]
+    with open(result.out / "samples.csv") as fh:
+        roles = [r["role"] for r in csv.DictReader(fh)]
     assert roles.count("dataset") == 80 and roles.count("extra-train") == 40
     with pytest.raises(ConfigError, match="no images left"):
         train_run(quick_config(own, tmp_path / "none", extra_train=[str(own)]), progress=False)
