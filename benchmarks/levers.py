@@ -95,9 +95,11 @@ def table(dataset: str) -> str:
             "|---|---|---|---|---|---|---|---|"]
     for line in log.read_text().splitlines():
         r = json.loads(line)
-        shown = {k: v for k, v in r.get("changes", r["options"]).items() if k != "threads"}  # speed only
+        shown = {k: v for k, v in r.get("changes", r["options"]).items()
+                 if k not in ("threads", "accelerator")}  # speed only
         opts = ", ".join(f"{k}={v}" for k, v in shown.items()) or "bench recipe"
-        rows.append(f"| {r['lever']} | {opts} | {r.get('cv_seed', 0)} | {r['val_accuracy']:.3f} | {r['val_balanced']:.3f} "
+        where = " (GPU)" if r.get("device", "cpu") != "cpu" else ""
+        rows.append(f"| {r['lever']}{where} | {opts} | {r.get('cv_seed', 0)} | {r['val_accuracy']:.3f} | {r['val_balanced']:.3f} "
                     f"| {r['test_accuracy']:.3f} ± {r['test_accuracy_sd']:.3f} | {r['test_balanced']:.3f} "
                     f"| {r['minutes']:.1f} |")
     return "\n".join(rows)

@@ -481,3 +481,17 @@ def test_extra_training_images_join_training_sides_only(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="no images left"):
         train_run(quick_config(own, tmp_path / "none", extra_train=[str(own)]), progress=False)
     assert not (tmp_path / "none").exists()
+
+
+def test_accuracy_point_moves_back_to_the_datasets_own_prior():
+    from spermhead.training.operating import apply_bias, prior_shift
+
+    own = np.array([0] * 8 + [1] * 2)
+    pooled = np.concatenate([own, [1] * 10])  # extras made class 1 the majority in training
+    shift = prior_shift(own, pooled, 2)
+    assert shift[0] > 0 > shift[1]
+    # a model that learnt the pooled prior and has no evidence either way answers with that
+    # prior; moved to the dataset's own prior, it answers the dataset's majority class
+    learnt = np.array([[9 / 20, 11 / 20]])
+    assert apply_bias(learnt, shift).argmax(1).tolist() == [0]
+    np.testing.assert_allclose(prior_shift(own, own, 2), 0.0)

@@ -20,6 +20,12 @@ class Fold:
     train: np.ndarray  # indices into the sample table
     val: np.ndarray  # carved from the training side: early stopping and checkpoint choice
     test: np.ndarray  # scored once, by the checkpoint chosen on val
+    n_extra: int = 0  # the last n_extra rows of `train` are extra training images (data/extra.py)
+
+    @property
+    def own_train(self) -> np.ndarray:
+        """The training side's rows from the dataset itself."""
+        return self.train[: len(self.train) - self.n_extra]
 
 
 def make_folds(table: SampleTable, protocol: ProtocolConfig, seed: int, val_fraction: float) -> list[Fold]:
@@ -52,7 +58,7 @@ def with_extra_training(folds: list[Fold], start: int, stop: int) -> list[Fold]:
     """Rows start..stop-1 of the pooled table (extra training images) join every training side;
     validation and test parts stay the dataset's own."""
     extra = np.arange(start, stop)
-    return [replace(f, train=np.concatenate([f.train, extra])) for f in folds] if len(extra) else folds
+    return [replace(f, train=np.concatenate([f.train, extra]), n_extra=f.n_extra + len(extra)) for f in folds]
 
 
 def _check_enough(table: SampleTable, k: int) -> None:

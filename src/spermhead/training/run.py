@@ -38,7 +38,7 @@ from spermhead.training.augment import tta_flips
 from spermhead.training.balance import balanced_sampler, class_weights, offline_balance
 from spermhead.training.devices import resolve_accelerator, trainer_device
 from spermhead.training.module import HeadClassifier
-from spermhead.training.operating import apply_bias, choose_balanced_bias
+from spermhead.training.operating import apply_bias, choose_balanced_bias, prior_shift
 from spermhead.training.protocols import Fold, make_folds, with_extra_training
 from spermhead.training.targets import soft_targets
 
@@ -56,7 +56,8 @@ class FoldResult:
     seconds: float  # training time of one member
     epochs: int
     val_labels: list[int] = field(default_factory=list)  # the tuning signal: never the test fold
-    val_pred: list[int] = field(default_factory=list)
+    val_pred: list[int] = field(default_factory=list)  # at the accuracy point
+    accuracy_bias: np.ndarray | None = None  # the accuracy point's prior shift (extra training images)
 
 
 @dataclass
@@ -231,7 +232,9 @@ def run_fold(cfg: RunConfig, table: SampleTable, images: np.ndarray, fold: Fold,
         return FoldResult(fold.index, members, np.load(fold_dir / "test_probs.npy"),
                           np.asarray(info["bias"], dtype=np.float32), read_history(fold_dir),
                           info["seconds"], info["epochs"], val_labels=info["val_labels"],
-                          val_pred=info["val_pred"])
+                          val_pred=info["val_pred"],
+                          accuracy_bias=None if info.get("accuracy_bias") is None
+                          else np.asarray(info["accuracy_bias"], dtype=np.float32))
     fold_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     soft = soft_targets(table, fold.train, cfg.train.soft_labels) if cfg.train.soft_labels > 0 else None
@@ -252,15 +255,18 @@ def run_fold(cfg: RunConfig, table: SampleTable, images: np.ndarray, fold: Fold,
     tta = {"tta": cfg.train.tta, "flips": tta_flips(cfg.train.augment)}
     val_probs = predict_proba(model, images[fold.val], [0.0], [1.0], **tta)
     bias, alpha = choose_balanced_bias(val_probs, y[fold.val], y[fold.train], k, cfg.train.prior_strength)
+    accuracy_bias = prior_shift(y[fold.own_train], y[fold.train], k) if fold.n_extra else None
     test_probs = predict_proba(model, images[fold.test], [0.0], [1.0], **tta)
     np.save(fold_dir / "test_probs.npy", test_probs)
-    val_pred = val_probs.argmax(1).tolist() if len(fold.val) else []
+    val_pred = apply_bias(val_probs, accuracy_bias).argmax(1).tolist() if len(fold.val) else []
     val_labels = y[fold.val].tolist()
-    done.write_text(json.dumps({"bias": bias.tolist(), "alpha": alpha, "seconds": seconds, "epochs": epochs,
+    done.write_text(json.dumps({"bias": bias.tolist(),
+                                "accuracy_bias": None if accuracy_bias is None else accuracy_bias.tolist(),
+                                "alpha": alpha, "seconds": seconds, "epochs": epochs,
                                 "members": n, "train": len(fold.train), "val": len(fold.val),
                                 "test": len(fold.test), "val_labels": val_labels, "val_pred": val_pred}))
     return FoldResult(fold.index, members, test_probs, bias, read_history(fold_dir), seconds / n, epochs,
-                      val_labels=val_labels, val_pred=val_pred)
+                      val_labels=val_labels, val_pred=val_pred, accuracy_bias=accuracy_bias)
 
 
 def out_of_fold(table: SampleTable, folds: list[Fold], results: list[FoldResult], *,
@@ -268,7 +274,7 @@ def out_of_fold(table: SampleTable, folds: list[Fold], results: list[FoldResult]
     """Each test fold's predictions, keyed by sample id; every sample appears exactly once under CV."""
     parts = []
     for fold, res in zip(folds, results, strict=True):
-        probs = apply_bias(res.test_probs, res.bias if balanced else None)
+        probs = apply_bias(res.test_probs, res.bias if balanced else res.accuracy_bias)
         ids = [table.samples[i].id for i in fold.test]
         parts.append(Predictions.from_model_output(ids, probs, table, folds=fold.index))
     return concat(parts)
@@ -320,7 +326,10 @@ def train_run(cfg: RunConfig, *, overwrite: bool = False, resume: bool = False,
     predictions.write_csv(out / "predictions.csv")
     write_metrics_json(metrics, out / "metrics.json")  # deterministic: timings live in run.json
     bundle_members = [m for r in results for m in r.members]
-    bias = np.mean([r.bias for r in results], axis=0)
+    k = len(table.classes)
+    bias = {"balanced": np.mean([r.bias for r in results], axis=0),
+            "accuracy": np.mean([r.accuracy_bias if r.accuracy_bias is not None else np.zeros(k)
+                                 for r in results], axis=0)}
     if cfg.protocol.kind == "cv" and cfg.protocol.final_model == "refit":
         bundle_members = [refit_all(cfg, table, images, results, out, progress=progress)]
     write_bundle(cfg, table, bundle_members, bias, metrics, out / "model")
@@ -390,15 +399,17 @@ def write_sample_table(table: SampleTable, canon: list[Any], path: Path, n_own: 
                         **{k: morph.get(k, "") for k in fields[8:]}})
 
 
-def write_bundle(cfg: RunConfig, table: SampleTable, members: list[nn.Module], balanced_bias: np.ndarray,
+def write_bundle(cfg: RunConfig, table: SampleTable, members: list[nn.Module], biases: dict[str, np.ndarray],
                  metrics: dict[str, Any], directory: Path) -> Path:
+    """`biases`: each operating point's log-prior correction ("balanced", and "accuracy" where
+    extra training images shifted the prior)."""
     from spermhead.serving.bundle import BundleMeta, save_bundle
 
     in_chans = 1 if cfg.preprocess.color == "gray" else 3
     kind = "single" if len(members) == 1 else "ensemble"
     if cfg.protocol.kind == "cv" and cfg.protocol.final_model == "refit":
         kind = "refit"
-    points = {"accuracy": [0.0] * len(table.classes), "balanced": [float(b) for b in balanced_bias]}
+    points = {p: [float(b) for b in biases.get(p, np.zeros(len(table.classes)))] for p in ("accuracy", "balanced")}
     meta = BundleMeta(
         architecture=cfg.model.name, classes=list(table.classes),
         preprocess=dict(vars(cfg.preprocess)), in_chans=in_chans, image_size=cfg.preprocess.image_size,
