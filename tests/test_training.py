@@ -495,3 +495,6 @@ def test_accuracy_point_moves_back_to_the_datasets_own_prior():
     learnt = np.array([[9 / 20, 11 / 20]])
     assert apply_bias(learnt, shift).argmax(1).tolist() == [0]
     np.testing.assert_allclose(prior_shift(own, own, 2), 0.0)
+    # where training balanced the classes the model learnt a uniform prior, whatever the counts
+    balanced = prior_shift(own, pooled, 2, balanced_training=True)
+    assert balanced[0] > balanced[1] and apply_bias(np.array([[0.5, 0.5]]), balanced).argmax() == 0

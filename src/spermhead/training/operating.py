@@ -22,11 +22,14 @@ def prior_bias(train_labels: np.ndarray, num_classes: int, alpha: float) -> np.n
     return (-alpha * np.log(prior)).astype(np.float32)
 
 
-def prior_shift(own_labels: np.ndarray, train_labels: np.ndarray, num_classes: int) -> np.ndarray:
-    """Log-prior correction from the training prior to the dataset's own: zero unless extra
-    training images made them differ. Posteriors are then those of a model trained on the
-    dataset's own class mix (Saerens et al. 2002), which is what the accuracy point wants."""
-    return prior_bias(train_labels, num_classes, 1.0) - prior_bias(own_labels, num_classes, 1.0)
+def prior_shift(own_labels: np.ndarray, train_labels: np.ndarray, num_classes: int, *,
+                balanced_training: bool = False) -> np.ndarray:
+    """Log-prior correction from the prior the model learnt to the dataset's own class mix, for
+    runs whose extra training images changed that mix. The learnt prior is the training side's
+    (uniform where training balanced the classes). Posteriors are then those of a model trained
+    on the dataset's own mix (Saerens et al. 2002), which is what the accuracy point wants."""
+    learnt = np.zeros(num_classes, dtype=np.float32) if balanced_training else prior_bias(train_labels, num_classes, 1.0)
+    return learnt - prior_bias(own_labels, num_classes, 1.0)
 
 
 def apply_bias(probs: np.ndarray, bias: np.ndarray | None) -> np.ndarray:

@@ -255,7 +255,9 @@ def run_fold(cfg: RunConfig, table: SampleTable, images: np.ndarray, fold: Fold,
     tta = {"tta": cfg.train.tta, "flips": tta_flips(cfg.train.augment)}
     val_probs = predict_proba(model, images[fold.val], [0.0], [1.0], **tta)
     bias, alpha = choose_balanced_bias(val_probs, y[fold.val], y[fold.train], k, cfg.train.prior_strength)
-    accuracy_bias = prior_shift(y[fold.own_train], y[fold.train], k) if fold.n_extra else None
+    balanced_training = cfg.train.balance != "none"
+    accuracy_bias = (prior_shift(y[fold.own_train], y[fold.train], k, balanced_training=balanced_training)
+                     if fold.n_extra else None)
     test_probs = predict_proba(model, images[fold.test], [0.0], [1.0], **tta)
     np.save(fold_dir / "test_probs.npy", test_probs)
     val_pred = apply_bias(val_probs, accuracy_bias).argmax(1).tolist() if len(fold.val) else []
