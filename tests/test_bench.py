@@ -36,3 +36,14 @@ def test_a_source_model_is_timed_apart_from_the_repeats():
         r["config"]["model"]["init"] = "synthetic"
     row = results_row(summarise("hushem", runs, [1, 2]))
     assert "| 1.0 min (+ 4.0 min once: source model) |" in row and "init synthetic" in row
+
+
+def test_extra_training_images_are_named_in_the_protocol_column():
+    runs = [fake_run(1, 0.90), fake_run(2, 0.94)]
+    plain = summarise("scian-ta", runs, [1, 2])
+    assert "| cv5 x 2 seeds |" in results_row(plain) and "| cv5 x 2 |" in readme_row(plain)
+    for r in runs:
+        r["config"]["extra_train"] = ["scian-pa"]
+    s = summarise("scian-ta", runs, [1, 2])
+    assert "| cv5 x 2 seeds, training sides + scian-pa images |" in results_row(s)
+    assert "| cv5 x 2, training sides + scian-pa images |" in readme_row(s)
