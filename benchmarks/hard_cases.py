@@ -1,0 +1,50 @@
+"""Images a bench gets wrong in every repeat: the cases no seed fixes, worth an expert's look.
+
+    .venv/bin/python benchmarks/hard_cases.py runs/bench/hushem [--seeds 1,2,3] [--min 2]
+
+Reads each seed's out-of-fold `predictions.csv` (accuracy point) and prints, per image, how many
+repeats got it wrong and what they answered, with a summary of what that means for accuracy."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+from collections import Counter, defaultdict
+from pathlib import Path
+
+
+def wrong_counts(bench_dir: Path, seeds: list[int]) -> tuple[dict[str, list[str]], dict[str, str], int]:
+    answers: dict[str, list[str]] = defaultdict(list)
+    truth: dict[str, str] = {}
+    for seed in seeds:
+        with open(bench_dir / f"seed{seed}" / "predictions.csv") as fh:
+            for row in csv.DictReader(fh):
+                truth[row["id"]] = row["true"]
+                if row["pred"] != row["true"]:
+                    answers[row["id"]].append(row["pred"])
+    return answers, truth, len(truth)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("bench_dir", type=Path, help="a bench's output folder, e.g. runs/bench/hushem")
+    ap.add_argument("--seeds", default="1,2,3")
+    ap.add_argument("--min", type=int, default=0, help="list images wrong in at least this many repeats "
+                    "(default: all of them)")
+    args = ap.parse_args()
+    seeds = [int(s) for s in args.seeds.split(",")]
+    answers, truth, n = wrong_counts(args.bench_dir, seeds)
+    spread = Counter(len(v) for v in answers.values())
+    print(f"{n} images, {len(seeds)} repeats; wrong in k repeats: "
+          + ", ".join(f"k={k}: {spread[k]}" for k in range(1, len(seeds) + 1)))
+    always = spread[len(seeds)]
+    print(f"wrong in every repeat: {always} ({100 * always / n:.1f}%), so accuracy stays <= "
+          f"{100 * (1 - always / n):.1f}% unless a recipe fixes some of them")
+    least = args.min or len(seeds)
+    for ident, preds in sorted(answers.items(), key=lambda kv: (-len(kv[1]), kv[0])):
+        if len(preds) >= least:
+            print(f"{len(preds)}  {ident}  true {truth[ident]}  answered {', '.join(sorted(set(preds)))}")
+
+
+if __name__ == "__main__":
+    main()
