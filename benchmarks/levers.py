@@ -76,6 +76,9 @@ LEVERS: dict[str, dict] = {
     "synthbig": {"init": "synthetic", "init_per_class": 2000, "init_epochs": 100},
     "resnet18_synth": {"model": "timm:resnet18", "init": "synthetic"},
     "epochs200": {"epochs": 200},
+    # late fusion with the head-profile logistic regression (models/shape.py)
+    "shape03": {"shape_fusion": 0.3},
+    "shape05": {"shape_fusion": 0.5},
     # SCIAN-TA: the partial-agreement heads outside TA join every training side (data/extra.py)
     "pa_extra": {"extra_train": ["scian-pa"], "epochs": 40},
     "pa_extra60": {"extra_train": ["scian-pa"], "epochs": 60},

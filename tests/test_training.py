@@ -498,3 +498,25 @@ def test_accuracy_point_moves_back_to_the_datasets_own_prior():
     # where training balanced the classes the model learnt a uniform prior, whatever the counts
     balanced = prior_shift(own, pooled, 2, balanced_training=True)
     assert balanced[0] > balanced[1] and apply_bias(np.array([[0.5, 0.5]]), balanced).argmax() == 0
+
+
+def test_shape_fusion_is_served_exactly_as_it_was_assessed(separable, tmp_path):
+    from spermhead.serving.predictor import Predictor
+
+    cfg = quick_config(separable, tmp_path / "fused", cv=None, split="60/20/20", epochs=5, shape_fusion=0.5)
+    result = train_run(cfg, progress=False)
+    assert (result.out / "folds" / "fold0" / "shape.safetensors").is_file()
+    bundle = load_bundle(result.out / "model")
+    assert bundle.meta.shape_fusion == 0.5 and len(bundle.shapes) == 1
+    # one split, so the bundle is the very model that scored the test part
+    table = load_dataset(str(separable))
+    images, _ = canonical_images(table, cfg)
+    index = {s.id: i for i, s in enumerate(table.samples)}
+    ids = list(result.predictions.ids)
+    served = Predictor(result.out / "model").probabilities(images[[index[i] for i in ids]])
+    np.testing.assert_allclose(served, result.predictions.probabilities, atol=1e-5)
+    # and the fusion did change them: the CNN alone gives other probabilities
+    alone = predict_proba(bundle.model, images[[index[i] for i in ids]], [0.0], [1.0])
+    assert np.abs(alone - served).max() > 1e-3
+    with pytest.raises(ConfigError, match="shape-fusion"):
+        quick_config(separable, tmp_path / "bad", shape_fusion=1.5)

@@ -151,6 +151,9 @@ def train(
              "choose it per fold on validation data")] = None,
     logger: Annotated[list[str] | None, typer.Option(help="Extra loggers: tensorboard, mlflow")] = None,
     members: Annotated[int | None, typer.Option(help="Seed-ensemble members per fold")] = None,
+    shape_fusion: Annotated[float | None, typer.Option(
+        help="Weight (0-1) of a head-profile logistic regression fused with the CNN's probabilities; "
+             "0 = the CNN alone")] = None,
     extra_train: Annotated[list[str] | None, typer.Option(
         help="A dataset or folder whose images join every training side only (never validation or "
              "test); the dataset's own images, and copies of them, are left out of it. Repeatable")] = None,
@@ -176,7 +179,7 @@ def train(
             scale=scale, batch_size=batch_size, lr=lr, optimizer=optimizer, schedule=schedule, balance=balance,
             augment=augment, soft_labels=soft_labels, label_smoothing=label_smoothing, mixup=mixup, ema=ema, tta=tta, pretrained=pretrained,
             weights=weights, init=init, prior_strength=prior_strength, l2_conv=l2_conv, final_model=final, threads=threads, members=members,
-            accelerator=accelerator, extra_train=extra_train or None,
+            accelerator=accelerator, extra_train=extra_train or None, shape_fusion=shape_fusion,
         )
     result = train_run(cfg, overwrite=overwrite, resume=resume, progress=progress)
     print_run_summary(result.out, result.metrics)
@@ -383,6 +386,11 @@ def export(
 
     report = export_onnx(model, onnx or model / ONNX_NAME)
     console.print(report.summary(), highlight=False)
+    fusion = json.loads((model / "model.json").read_text()).get("shape_fusion", 0.0)
+    if fusion:
+        console.print(f"note: this bundle fuses its CNN with head-shape models (weight {fusion}) that the ONNX "
+                      "file does not hold; `spermhead predict --backend onnx` applies them, other runtimes "
+                      "get the CNN's probabilities alone")
 
 
 @app.command("models")

@@ -69,6 +69,9 @@ class TrainConfig:
     mixup: float = 0.0
     ema: float = 0.0  # EMA decay of the weights; 0 disables
     tta: bool = True  # average over flips at evaluation
+    # weight of the head-profile logistic regression fused with the CNN's probabilities
+    # (models/shape.py); 0 = the CNN alone
+    shape_fusion: float = 0.0
     # balanced operating point: this x the log training prior is divided out; "val" chooses it
     # per fold on the validation part (training/operating.py)
     prior_strength: float | str = 1.0

@@ -58,6 +58,17 @@ def predict_proba(
     return torch.cat(out).numpy().astype(np.float32)
 
 
+def apply_class_bias(probs: np.ndarray, bias: Sequence[float] | np.ndarray | None) -> np.ndarray:
+    """Add a log-prior correction to N x K probabilities and renormalise (numpy twin of
+    `predict_proba`'s `class_bias`, for probabilities fused outside the network)."""
+    if bias is None or len(probs) == 0:
+        return probs
+    logp = np.log(np.clip(probs, 1e-12, None)) + np.asarray(bias, dtype=np.float64)
+    logp -= logp.max(1, keepdims=True)
+    p = np.exp(logp)
+    return (p / p.sum(1, keepdims=True)).astype(np.float32)
+
+
 class Ensemble(nn.Module):
     """Averages the members' probabilities; returns their log so softmax gives the mean."""
 

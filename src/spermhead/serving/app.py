@@ -374,6 +374,7 @@ class Service:
             "kind": meta.kind,
             "tta": meta.tta,
             "tta_flips": meta.tta_flips,
+            "shape_fusion": meta.shape_fusion,
             "operating_point": meta.operating_point,
             "class_bias": meta.class_bias,
             "uncertainty_threshold": meta.uncertainty_threshold,

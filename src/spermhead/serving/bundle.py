@@ -15,6 +15,7 @@ from spermhead import __version__
 from spermhead.config import PreprocessConfig
 from spermhead.errors import SpermheadError
 from spermhead.models.inference import Ensemble, standardized
+from spermhead.models.shape import ShapeModel
 from spermhead.models.weights import write_safetensors
 
 BUNDLE_FORMAT = 1
@@ -37,6 +38,7 @@ class BundleMeta:
     uncertainty_threshold: float = 0.6  # top probability below this flags "uncertain"
     operating_points: dict[str, list[float]] = field(default_factory=dict)  # name -> class_bias
     run: dict[str, Any] = field(default_factory=dict)  # dataset, protocol, headline metrics
+    shape_fusion: float = 0.0  # weight of the fused shape models (models/shape.py); 0 = CNN alone
     # Inputs are [0, 1] images; each member standardises with its own training-side statistics.
     mean: list[float] = field(default_factory=lambda: [0.0])
     std: list[float] = field(default_factory=lambda: [1.0])
@@ -53,10 +55,15 @@ class Bundle:
     meta: BundleMeta
     model: nn.Module  # an Ensemble; outputs log-probabilities or logits
     path: Path | None = None
+    shapes: list[ShapeModel] = field(default_factory=list)  # averaged, then fused with the CNN
 
 
-def save_bundle(directory: Path, members: list[nn.Module], meta: BundleMeta) -> Path:
-    """`members` are `standardized(net)` modules: a Standardize layer, then the registry's net."""
+def save_bundle(directory: Path, members: list[nn.Module], meta: BundleMeta,
+                shapes: list[ShapeModel] | None = None) -> Path:
+    """`members` are `standardized(net)` modules: a Standardize layer, then the registry's net.
+    `shapes`: the shape models fused with them where `meta.shape_fusion` > 0."""
+    if meta.shape_fusion > 0 and not shapes:
+        raise SpermheadError("a bundle with shape fusion needs its shape models")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     meta.members = len(members)
@@ -65,6 +72,9 @@ def save_bundle(directory: Path, members: list[nn.Module], meta: BundleMeta) -> 
     for i, m in enumerate(members):
         for k, v in m.state_dict().items():
             tensors[f"member{i}.{k}"] = v.detach().cpu().contiguous()
+    if meta.shape_fusion > 0:
+        for i, shape in enumerate(shapes or []):
+            tensors.update(shape.tensors(f"shape{i}"))
     write_safetensors(tensors, directory / "model.safetensors")
     (directory / "model.json").write_text(json.dumps(asdict(meta), indent=2))
     return directory
@@ -96,4 +106,10 @@ def load_bundle(directory: Path | str) -> Bundle:
         model.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
         members.append(model.eval())
     ensemble = Ensemble(members).eval()
-    return Bundle(meta, ensemble, directory)
+    shapes = []
+    if meta.shape_fusion > 0:
+        count = sum(1 for k in state if k.startswith("shape") and k.endswith(".coef"))
+        if not count:
+            raise SpermheadError(f"{weights_path}: shape fusion is on but the file holds no shape models")
+        shapes = [ShapeModel.from_tensors(state, f"shape{i}") for i in range(count)]
+    return Bundle(meta, ensemble, directory, shapes)

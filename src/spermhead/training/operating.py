@@ -13,6 +13,8 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import balanced_accuracy_score
 
+from spermhead.models.inference import apply_class_bias
+
 ALPHAS = np.round(np.arange(0.0, 1.51, 0.1), 2)
 
 
@@ -33,12 +35,7 @@ def prior_shift(own_labels: np.ndarray, train_labels: np.ndarray, num_classes: i
 
 
 def apply_bias(probs: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
-    if bias is None or len(probs) == 0:
-        return probs
-    logp = np.log(np.clip(probs, 1e-12, None)) + bias
-    logp -= logp.max(1, keepdims=True)
-    p = np.exp(logp)
-    return (p / p.sum(1, keepdims=True)).astype(np.float32)
+    return apply_class_bias(probs, bias)
 
 
 def choose_balanced_bias(val_probs: np.ndarray, val_labels: np.ndarray, train_labels: np.ndarray,

@@ -26,7 +26,7 @@ _FIELDS = {
     "prior_strength": ("train", "prior_strength"),
     "monitor": ("train", "monitor"), "patience": ("train", "early_stopping_patience"),
     "threads": ("train", "num_threads"), "members": ("train", "members_per_fold"),
-    "accelerator": ("train", "accelerator"),
+    "accelerator": ("train", "accelerator"), "shape_fusion": ("train", "shape_fusion"),
     "grouped": ("protocol", "grouped"), "final_model": ("protocol", "final_model"),
 }
 
@@ -80,6 +80,8 @@ def build_run_config(dataset: str, out: str, *, recipe: str = "default", data_di
                               "or 'val' (choose it per fold on validation data)") from None
         if cfg.train.prior_strength < 0:
             raise ConfigError(f"--prior-strength {strength}: 0 (no correction) or more")
+    if not 0.0 <= float(cfg.train.shape_fusion) <= 1.0:
+        raise ConfigError(f"--shape-fusion {cfg.train.shape_fusion}: a weight from 0 (the CNN alone) to 1")
     if cfg.train.accelerator not in ACCELERATORS:
         raise ConfigError(f"--accelerator {cfg.train.accelerator!r}: {', '.join(ACCELERATORS)}")
     if cfg.model.init not in ("auto", "scratch", "synthetic"):

@@ -34,6 +34,7 @@ from spermhead.errors import ConfigError
 from spermhead.evaluation.predictions import Predictions, concat
 from spermhead.models.inference import Ensemble, predict_proba, standardized
 from spermhead.models.registry import build_model, model_spec
+from spermhead.models.shape import ShapeModel, fuse
 from spermhead.models.weights import write_safetensors
 from spermhead.training.augment import tta_flips
 from spermhead.training.balance import balanced_sampler, class_weights, offline_balance
@@ -59,6 +60,7 @@ class FoldResult:
     val_labels: list[int] = field(default_factory=list)  # the tuning signal: never the test fold
     val_pred: list[int] = field(default_factory=list)  # at the accuracy point
     accuracy_bias: np.ndarray | None = None  # the accuracy point's prior shift (extra training images)
+    shape: ShapeModel | None = None  # fused with the CNN where `shape_fusion` > 0
 
 
 @dataclass
@@ -222,7 +224,10 @@ def fit_member(cfg: RunConfig, member: nn.Module, x_train: np.ndarray, y_train: 
 
 
 def run_fold(cfg: RunConfig, table: SampleTable, images: np.ndarray, fold: Fold, out: Path, *,
-             progress: bool, resume: bool) -> FoldResult:
+             progress: bool, resume: bool, shape_features: np.ndarray | None = None) -> FoldResult:
+    """Train the fold's members, then score its validation and test parts once. With
+    `shape_features` (N x F head profiles) a shape model fitted on the training side is fused
+    with the CNN's probabilities before either operating point."""
     fold_dir = out / "folds" / f"fold{fold.index}"
     done = fold_dir / "done.json"
     y = np.asarray(table.label_indices)
@@ -235,12 +240,14 @@ def run_fold(cfg: RunConfig, table: SampleTable, images: np.ndarray, fold: Fold,
             member = build_member(cfg, k, images[fold.train])
             member.load_state_dict(load_file(str(fold_dir / f"model{j}.safetensors")))
             members.append(member.eval())
+        shape_file = fold_dir / "shape.safetensors"
+        shape = ShapeModel.from_tensors(load_file(str(shape_file)), "shape") if shape_file.is_file() else None
         return FoldResult(fold.index, members, np.load(fold_dir / "test_probs.npy"),
                           np.asarray(info["bias"], dtype=np.float32), read_history(fold_dir),
                           info["seconds"], info["epochs"], val_labels=info["val_labels"],
                           val_pred=info["val_pred"],
                           accuracy_bias=None if info.get("accuracy_bias") is None
-                          else np.asarray(info["accuracy_bias"], dtype=np.float32))
+                          else np.asarray(info["accuracy_bias"], dtype=np.float32), shape=shape)
     fold_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     soft = soft_targets(table, fold.train, cfg.train.soft_labels) if cfg.train.soft_labels > 0 else None
@@ -260,11 +267,18 @@ def run_fold(cfg: RunConfig, table: SampleTable, images: np.ndarray, fold: Fold,
     model = Ensemble(members).eval()
     tta = {"tta": cfg.train.tta, "flips": tta_flips(cfg.train.augment)}
     val_probs = predict_proba(model, images[fold.val], [0.0], [1.0], **tta)
+    test_probs = predict_proba(model, images[fold.test], [0.0], [1.0], **tta)
+    shape = None
+    if shape_features is not None and cfg.train.shape_fusion > 0:
+        shape = ShapeModel.fit(shape_features[fold.train], y[fold.train], k)
+        write_safetensors(shape.tensors("shape"), fold_dir / "shape.safetensors")
+        w = cfg.train.shape_fusion
+        val_probs = fuse(val_probs, shape.predict_proba(shape_features[fold.val]), w)
+        test_probs = fuse(test_probs, shape.predict_proba(shape_features[fold.test]), w)
     bias, alpha = choose_balanced_bias(val_probs, y[fold.val], y[fold.train], k, cfg.train.prior_strength)
     balanced_training = cfg.train.balance != "none"
     accuracy_bias = (prior_shift(y[fold.own_train], y[fold.train], k, balanced_training=balanced_training)
                      if fold.n_extra else None)
-    test_probs = predict_proba(model, images[fold.test], [0.0], [1.0], **tta)
     np.save(fold_dir / "test_probs.npy", test_probs)
     val_pred = apply_bias(val_probs, accuracy_bias).argmax(1).tolist() if len(fold.val) else []
     val_labels = y[fold.val].tolist()
@@ -274,7 +288,7 @@ def run_fold(cfg: RunConfig, table: SampleTable, images: np.ndarray, fold: Fold,
                                 "members": n, "train": len(fold.train), "val": len(fold.val),
                                 "test": len(fold.test), "val_labels": val_labels, "val_pred": val_pred}))
     return FoldResult(fold.index, members, test_probs, bias, read_history(fold_dir), seconds / n, epochs,
-                      val_labels=val_labels, val_pred=val_pred, accuracy_bias=accuracy_bias)
+                      val_labels=val_labels, val_pred=val_pred, accuracy_bias=accuracy_bias, shape=shape)
 
 
 def out_of_fold(table: SampleTable, folds: list[Fold], results: list[FoldResult], *,
@@ -319,7 +333,13 @@ def train_run(cfg: RunConfig, *, overwrite: bool = False, resume: bool = False,
         cfg = replace(cfg, model=replace(cfg.model, weights=str(weights)))
     images, canon = canonical_images(table, cfg)
     write_sample_table(table, canon, out / "samples.csv", n_own)
-    results = [run_fold(cfg, table, images, f, out, progress=progress, resume=resume) for f in folds]
+    shape_features = None
+    if cfg.train.shape_fusion > 0:
+        from spermhead.preprocess.profile import profiles
+
+        shape_features = profiles(images)
+    results = [run_fold(cfg, table, images, f, out, progress=progress, resume=resume,
+                        shape_features=shape_features) for f in folds]
 
     scored = {}
     for point in ("accuracy", "balanced"):
@@ -338,9 +358,12 @@ def train_run(cfg: RunConfig, *, overwrite: bool = False, resume: bool = False,
     bias = {"balanced": np.mean([r.bias for r in results], axis=0),
             "accuracy": np.mean([r.accuracy_bias if r.accuracy_bias is not None else np.zeros(k)
                                  for r in results], axis=0)}
+    shapes = [r.shape for r in results if r.shape is not None]
     if cfg.protocol.kind == "cv" and cfg.protocol.final_model == "refit":
         bundle_members = [refit_all(cfg, table, images, results, out, progress=progress)]
-    write_bundle(cfg, table, bundle_members, bias, metrics, out / "model")
+        if shape_features is not None:
+            shapes = [ShapeModel.fit(shape_features, np.asarray(table.label_indices), len(table.classes))]
+    write_bundle(cfg, table, bundle_members, bias, metrics, out / "model", shapes)
     timing = {
         "wall_seconds": time.perf_counter() - start,
         "init_seconds": float(init.get("seconds", 0.0)),  # a source model trained by this run
@@ -408,7 +431,7 @@ def write_sample_table(table: SampleTable, canon: list[Any], path: Path, n_own: 
 
 
 def write_bundle(cfg: RunConfig, table: SampleTable, members: list[nn.Module], biases: dict[str, np.ndarray],
-                 metrics: dict[str, Any], directory: Path) -> Path:
+                 metrics: dict[str, Any], directory: Path, shapes: list[ShapeModel] | None = None) -> Path:
     """`biases`: each operating point's log-prior correction ("balanced", and "accuracy" where
     extra training images shifted the prior)."""
     from spermhead.serving.bundle import BundleMeta, save_bundle
@@ -423,11 +446,12 @@ def write_bundle(cfg: RunConfig, table: SampleTable, members: list[nn.Module], b
         preprocess=dict(vars(cfg.preprocess)), in_chans=in_chans, image_size=cfg.preprocess.image_size,
         model_kwargs=model_spec(members[0][1]),  # members are Sequential(Standardize, net)
         kind=kind, tta=cfg.train.tta, tta_flips=tta_flips(cfg.train.augment), operating_point=cfg.operating_point,
+        shape_fusion=float(cfg.train.shape_fusion) if shapes else 0.0,
         class_bias=points[cfg.operating_point], operating_points=points,
         run={"dataset": cfg.dataset, "protocol": cfg.protocol.kind, "folds": cfg.protocol.folds,
              "seed": cfg.seed, "metrics": _headline(metrics), "run_dir": str(Path(cfg.out).resolve())},
     )
-    return save_bundle(directory, members, meta)
+    return save_bundle(directory, members, meta, shapes)
 
 
 def write_outputs(cfg: RunConfig, out: Path, predictions: Predictions, metrics: dict[str, Any],
