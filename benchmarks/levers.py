@@ -79,6 +79,8 @@ LEVERS: dict[str, dict] = {
     # late fusion with the head-profile logistic regression (models/shape.py)
     "shape03": {"shape_fusion": 0.3},
     "shape05": {"shape_fusion": 0.5},
+    "cutmix": {"cutmix": 1.0},
+    "swa25": {"swa": 0.25},
     # SCIAN-TA: the partial-agreement heads outside TA join every training side (data/extra.py)
     "pa_extra": {"extra_train": ["scian-pa"], "epochs": 40},
     "pa_extra60": {"extra_train": ["scian-pa"], "epochs": 60},

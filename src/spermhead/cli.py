@@ -136,6 +136,9 @@ def train(
     soft_labels: Annotated[float | None, typer.Option(help="Weight of expert vote shares in targets (SCIAN)")] = None,
     label_smoothing: Annotated[float | None, typer.Option()] = None,
     mixup: Annotated[float | None, typer.Option(help="Mixup Beta(a, a); 0 disables")] = None,
+    cutmix: Annotated[float | None, typer.Option(help="CutMix Beta(a, a); 0 disables")] = None,
+    swa: Annotated[float | None, typer.Option(
+        help="Average the weights over this final fraction of epochs (SWA, e.g. 0.25); 0 disables")] = None,
     ema: Annotated[float | None, typer.Option(help="EMA decay of the weights per step (e.g. 0.99); 0 disables")] = None,
     tta: Annotated[bool | None, typer.Option("--tta/--no-tta", help="Flip test-time augmentation")] = None,
     pretrained: Annotated[bool | None, typer.Option("--pretrained", help="Hub weights (online only)")] = None,
@@ -177,7 +180,7 @@ def train(
             split=split, operating_point=operating_point, loggers=("csv", *(logger or [])),
             model=model, width=width, grouped=grouped, epochs=epochs, image_size=image_size, color=color,
             scale=scale, batch_size=batch_size, lr=lr, optimizer=optimizer, schedule=schedule, balance=balance,
-            augment=augment, soft_labels=soft_labels, label_smoothing=label_smoothing, mixup=mixup, ema=ema, tta=tta, pretrained=pretrained,
+            augment=augment, soft_labels=soft_labels, label_smoothing=label_smoothing, mixup=mixup, cutmix=cutmix, swa=swa, ema=ema, tta=tta, pretrained=pretrained,
             weights=weights, init=init, prior_strength=prior_strength, l2_conv=l2_conv, final_model=final, threads=threads, members=members,
             accelerator=accelerator, extra_train=extra_train or None, shape_fusion=shape_fusion,
         )

@@ -67,6 +67,8 @@ class TrainConfig:
     label_smoothing: float = 0.1
     soft_labels: float = 0.0  # weight of the experts' vote shares in the target (SCIAN); 0 = majority only
     mixup: float = 0.0
+    cutmix: float = 0.0  # CutMix Beta(a, a): a box from another image, targets mixed by its area
+    swa: float = 0.0  # fraction of the last epochs whose weights are averaged (SWA); 0 disables
     ema: float = 0.0  # EMA decay of the weights; 0 disables
     tta: bool = True  # average over flips at evaluation
     # weight of the head-profile logistic regression fused with the CNN's probabilities

@@ -14,6 +14,23 @@ from spermhead.errors import ConfigError
 from spermhead.training.augment import augment_batch, get_spec
 
 
+def mixup(x: torch.Tensor, perm: torch.Tensor, alpha: float) -> tuple[torch.Tensor, float]:
+    """Blend each image with a partner; returns the batch and the first image's share."""
+    lam = float(torch.distributions.Beta(alpha, alpha).sample())
+    return lam * x + (1 - lam) * x[perm], lam
+
+
+def cutmix(x: torch.Tensor, perm: torch.Tensor, alpha: float) -> tuple[torch.Tensor, float]:
+    """Paste a box from each image's partner; returns the batch and the share of pixels kept."""
+    h, w = x.shape[-2:]
+    lam = float(torch.distributions.Beta(alpha, alpha).sample())
+    bh, bw = int(round(h * (1 - lam) ** 0.5)), int(round(w * (1 - lam) ** 0.5))
+    top, left = int(torch.randint(0, h - bh + 1, ())), int(torch.randint(0, w - bw + 1, ()))
+    out = x.clone()
+    out[..., top:top + bh, left:left + bw] = x[perm][..., top:top + bh, left:left + bw]
+    return out, 1 - bh * bw / (h * w)
+
+
 class HeadClassifier(L.LightningModule):
     """`model` takes [0, 1] images (it standardises internally) and returns logits."""
 
@@ -43,10 +60,10 @@ class HeadClassifier(L.LightningModule):
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         x, y = batch
-        if self.cfg.mixup > 0:
-            lam = float(torch.distributions.Beta(self.cfg.mixup, self.cfg.mixup).sample())
+        if self.cfg.mixup > 0 or self.cfg.cutmix > 0:
             perm = torch.randperm(x.shape[0], device=x.device)
-            logits = self(lam * x + (1 - lam) * x[perm])
+            mixed, lam = (mixup(x, perm, self.cfg.mixup) if self.cfg.mixup > 0 else cutmix(x, perm, self.cfg.cutmix))
+            logits = self(mixed)
             loss = lam * self._loss(logits, y, self.cfg.label_smoothing) + (1 - lam) * self._loss(
                 logits, y[perm], self.cfg.label_smoothing)
         else:

@@ -22,7 +22,7 @@ _FIELDS = {
     "optimizer": ("train", "optimizer"), "schedule": ("train", "schedule"),
     "weight_decay": ("train", "weight_decay"), "balance": ("train", "balance"),
     "augment": ("train", "augment"), "label_smoothing": ("train", "label_smoothing"),
-    "mixup": ("train", "mixup"), "ema": ("train", "ema"), "soft_labels": ("train", "soft_labels"), "tta": ("train", "tta"), "val_fraction": ("train", "val_fraction"),
+    "mixup": ("train", "mixup"), "cutmix": ("train", "cutmix"), "swa": ("train", "swa"), "ema": ("train", "ema"), "soft_labels": ("train", "soft_labels"), "tta": ("train", "tta"), "val_fraction": ("train", "val_fraction"),
     "prior_strength": ("train", "prior_strength"),
     "monitor": ("train", "monitor"), "patience": ("train", "early_stopping_patience"),
     "threads": ("train", "num_threads"), "members": ("train", "members_per_fold"),
@@ -80,6 +80,10 @@ def build_run_config(dataset: str, out: str, *, recipe: str = "default", data_di
                               "or 'val' (choose it per fold on validation data)") from None
         if cfg.train.prior_strength < 0:
             raise ConfigError(f"--prior-strength {strength}: 0 (no correction) or more")
+    if cfg.train.mixup > 0 and cfg.train.cutmix > 0:
+        raise ConfigError("use --mixup or --cutmix, not both")
+    if not 0.0 <= float(cfg.train.swa) < 1.0:
+        raise ConfigError(f"--swa {cfg.train.swa}: the fraction of final epochs to average, from 0 up to 1")
     if not 0.0 <= float(cfg.train.shape_fusion) <= 1.0:
         raise ConfigError(f"--shape-fusion {cfg.train.shape_fusion}: a weight from 0 (the CNN alone) to 1")
     if cfg.train.accelerator not in ACCELERATORS:

@@ -193,6 +193,13 @@ def fit_member(cfg: RunConfig, member: nn.Module, x_train: np.ndarray, y_train: 
     callbacks.append(ckpt)
     if tc.early_stopping_patience > 0 and has_val:
         callbacks.append(EarlyStopping(monitor="val_loss", mode="min", patience=tc.early_stopping_patience))
+    if tc.swa > 0:
+        from lightning.pytorch.callbacks import StochasticWeightAveraging
+
+        # the last `swa` of training at a tenth of the peak rate; BatchNorm statistics are
+        # recomputed for the averaged weights at the end
+        callbacks.append(StochasticWeightAveraging(swa_lrs=tc.lr * 0.1, swa_epoch_start=1 - tc.swa,
+                                                   annealing_epochs=max(1, tc.epochs // 20)))
     if tc.ema > 0:
         from lightning.pytorch.callbacks import EMAWeightAveraging
 
