@@ -223,6 +223,8 @@ def fit_member(cfg: RunConfig, member: nn.Module, x_train: np.ndarray, y_train: 
         # source, a refit), and Lightning's own use of a pytree API torch 2.14 deprecated is harmless.
         warnings.filterwarnings("ignore", message="You defined a `validation_step` but have no `val_dataloader`")
         warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+        # --swa swaps the one-cycle (per-step) schedule for its own per-epoch one, as intended
+        warnings.filterwarnings("ignore", message="SWA is currently only supported every epoch")
         trainer.fit(module, train_loader, val_loader, ckpt_path=str(last) if resume and last.is_file() else None)
     if monitor != "last" and ckpt.best_model_path:
         state = torch.load(ckpt.best_model_path, map_location="cpu", weights_only=True)["state_dict"]
