@@ -47,3 +47,11 @@ def test_extra_training_images_are_named_in_the_protocol_column():
     s = summarise("scian-ta", runs, [1, 2])
     assert "| cv5 x 2 seeds, training sides + scian-pa images |" in results_row(s)
     assert "| cv5 x 2, training sides + scian-pa images |" in readme_row(s)
+
+
+def test_a_row_trained_on_a_gpu_says_so():
+    runs = [fake_run(1, 0.90), fake_run(2, 0.94)]
+    assert "on GPU" not in results_row(summarise("hushem", runs, [1, 2]))  # the CPU budgets apply
+    for r in runs:
+        r["device"] = "gpu"
+    assert "| 1.0 min on GPU |" in results_row(summarise("hushem", runs, [1, 2]))
