@@ -89,3 +89,16 @@ def test_fixed_split_folders(tmp_path):
     assert table.has_fixed_split
     assert table.classes == ["normal", "tapered"]
     assert {s.split for s in table.samples} == {"train", "val", "test"}
+
+
+@pytest.mark.real_data
+def test_partial_agreement_heads_as_extras_leave_every_total_agreement_head_out(real_data):
+    from spermhead.data.extra import pool_extra_training
+
+    ta = load_dataset("scian-ta", real_data)
+    pooled, report = pool_extra_training(ta, ["scian-pa"], str(real_data))
+    assert report["scian-pa"]["kept"] == 1132 - 384 and report["scian-pa"]["dataset_duplicates"] == 384
+    own = {s.path.resolve() for s in ta.samples}
+    extras = pooled.samples[len(ta):]
+    assert not own & {s.path.resolve() for s in extras}
+    assert all(s.id.startswith("extra/scian-pa/") for s in extras)
