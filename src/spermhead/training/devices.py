@@ -12,8 +12,8 @@ ACCELERATORS = ("auto", "cpu", "gpu")
 
 
 def resolve_accelerator(name: str) -> str:
-    """"auto" takes a CUDA GPU when torch sees one, else the CPU (Apple's MPS is not tried: it
-    lacks some of the ops augmentation uses)."""
+    """"auto" takes a CUDA GPU when torch sees one, else the CPU. Apple's MPS is never picked:
+    nothing here has been tested on it."""
     if name not in ACCELERATORS:
         raise ConfigError(f"accelerator {name!r}: {', '.join(ACCELERATORS)}")
     if name == "auto":
