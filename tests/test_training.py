@@ -89,6 +89,8 @@ def test_bundle_reloads_with_the_same_probabilities(separable, separable_run):
     table = load_dataset(str(separable))
     bundle = load_bundle(separable_run.out / "model")
     assert bundle.meta.kind == "ensemble" and bundle.meta.members == 4
+    # without shape fusion the field is left out, so older versions still read the bundle
+    assert "shape_fusion" not in json.loads((separable_run.out / "model" / "model.json").read_text())
     cfg = RunConfig.from_dict({"preprocess": bundle.meta.preprocess})
     images, _ = canonical_images(table, cfg)
     got = predict_proba(bundle.model, images, bundle.meta.mean, bundle.meta.std, tta=bundle.meta.tta)

@@ -76,7 +76,10 @@ def save_bundle(directory: Path, members: list[nn.Module], meta: BundleMeta,
         for i, shape in enumerate(shapes or []):
             tensors.update(shape.tensors(f"shape{i}"))
     write_safetensors(tensors, directory / "model.safetensors")
-    (directory / "model.json").write_text(json.dumps(asdict(meta), indent=2))
+    described = asdict(meta)
+    if not meta.shape_fusion:  # leave it out, so bundles without fusion stay readable by older versions
+        del described["shape_fusion"]
+    (directory / "model.json").write_text(json.dumps(described, indent=2))
     return directory
 
 
