@@ -41,6 +41,7 @@ def test_pretrain_refuses_bad_settings_before_reading_images(tmp_path) -> None:
         "safetensors": ["--out", str(tmp_path / "w.pt"), "--sources", "synthetic"],
         "at least one source": ["--out", ok, "--sources", ","],
         "gray or rgb": ["--out", ok, "--sources", "synthetic", "--color", "blue"],
+        "accelerator 'tpu'": ["--out", ok, "--sources", "synthetic", "--accelerator", "tpu"],
     }
     for message, args in cases.items():
         result = CliRunner().invoke(app, ["pretrain", *args])

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from spermhead.config import RunConfig
+from spermhead.config import RunConfig, load_config
 from spermhead.data.readers import load_dataset
 from spermhead.errors import ConfigError
 from spermhead.evaluation.predictions import Predictions
@@ -548,3 +548,26 @@ def test_swa_and_cutmix_train_and_are_checked(separable, tmp_path):
         quick_config(separable, tmp_path / "x", mixup=0.2, cutmix=1.0)
     with pytest.raises(ConfigError, match="--swa"):
         quick_config(separable, tmp_path / "y", swa=1.0)
+
+
+def test_extras_that_change_the_class_mix_move_the_accuracy_point_back(tmp_path):
+    from spermhead.training.operating import apply_bias
+
+    superset = write_separable(tmp_path / "lab", n_per_class=30, seed=4)
+    own = tmp_path / "own"  # every normal head, a third of the others: normal is the majority here
+    for k, name in enumerate(CLASSES):
+        (own / name).mkdir(parents=True)
+        for i in range(30 if k == 0 else 10):
+            (own / name / f"{name}_{i:03d}.png").write_bytes((superset / name / f"{name}_{i:03d}.png").read_bytes())
+    # the extras hold no normal head, so the pooled training mix is flat
+    result = train_run(quick_config(own, tmp_path / "run", cv=2, epochs=3, balance="none",
+                                    extra_train=[str(superset)]), progress=False)
+    by_id = dict(zip(result.predictions.ids, result.predictions.probabilities, strict=True))
+    table = load_dataset(str(own))
+    for fold in make_folds(table, load_config(result.out / "config.yaml").protocol, 0, 0.15):
+        fold_dir = result.out / "folds" / f"fold{fold.index}"
+        bias = np.asarray(json.loads((fold_dir / "done.json").read_text())["accuracy_bias"])
+        assert bias[0] > bias[1:].max()  # back towards the dataset's own majority
+        expected = apply_bias(np.load(fold_dir / "test_probs.npy"), bias)
+        got = np.stack([by_id[table.samples[i].id] for i in fold.test])
+        np.testing.assert_allclose(got, expected, atol=1e-6)

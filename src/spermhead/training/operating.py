@@ -13,7 +13,8 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import balanced_accuracy_score
 
-from spermhead.models.inference import apply_class_bias
+# one implementation, shared with serving
+from spermhead.models.inference import apply_class_bias as apply_bias
 
 ALPHAS = np.round(np.arange(0.0, 1.51, 0.1), 2)
 
@@ -32,10 +33,6 @@ def prior_shift(own_labels: np.ndarray, train_labels: np.ndarray, num_classes: i
     on the dataset's own mix (Saerens et al. 2002), which is what the accuracy point wants."""
     learnt = np.zeros(num_classes, dtype=np.float32) if balanced_training else prior_bias(train_labels, num_classes, 1.0)
     return learnt - prior_bias(own_labels, num_classes, 1.0)
-
-
-def apply_bias(probs: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
-    return apply_class_bias(probs, bias)
 
 
 def choose_balanced_bias(val_probs: np.ndarray, val_labels: np.ndarray, train_labels: np.ndarray,

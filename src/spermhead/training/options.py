@@ -99,4 +99,4 @@ def build_run_config(dataset: str, out: str, *, recipe: str = "default", data_di
 
 
 def known_options() -> set[str]:
-    return set(_FIELDS) | {f.name for f in fields(RunConfig)} | {"width", "extra_train"}
+    return set(_FIELDS) | {f.name for f in fields(RunConfig)} | {"width"}

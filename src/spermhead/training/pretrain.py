@@ -31,7 +31,7 @@ from spermhead.config import PreprocessConfig, environment
 from spermhead.errors import ConfigError
 from spermhead.models.weights import write_safetensors
 from spermhead.training.augment import AugmentSpec, augment_batch
-from spermhead.training.devices import trainer_device
+from spermhead.training.devices import resolve_accelerator, trainer_device
 
 # Views differ more than supervised augmentation would allow: the task is to find what
 # survives rotation, scale, shift and stain changes.
@@ -138,6 +138,7 @@ def check_config(cfg: PretrainConfig) -> None:
         raise ConfigError(f"{cfg.out}: the weights are written as safetensors; name the file *.safetensors")
     if cfg.preprocess.color not in ("gray", "rgb"):
         raise ConfigError(f"--color {cfg.preprocess.color!r}: gray or rgb")
+    resolve_accelerator(cfg.accelerator)  # an unknown name, or a GPU that is not there
     if cfg.epochs < 1 or cfg.batch_size < 2 or ("synthetic" in cfg.sources and cfg.synthetic < 2):
         raise ConfigError("need epochs >= 1, batch size >= 2 (contrastive pairs) and, with the synthetic "
                           "source, at least 2 synthetic heads")
