@@ -571,3 +571,22 @@ def test_extras_that_change_the_class_mix_move_the_accuracy_point_back(tmp_path)
         expected = apply_bias(np.load(fold_dir / "test_probs.npy"), bias)
         got = np.stack([by_id[table.samples[i].id] for i in fold.test])
         np.testing.assert_allclose(got, expected, atol=1e-6)
+
+
+def test_a_corrupt_image_stops_the_run_before_an_earlier_run_is_replaced(separable, separable_run, tmp_path):
+    import shutil
+
+    from spermhead.preprocess.io import ImageError
+
+    data = tmp_path / "data"
+    shutil.copytree(separable, data)
+    bad = data / "tapered" / "tapered_broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    out = tmp_path / "run"
+    shutil.copytree(separable_run.out, out)  # an earlier, finished run in the same folder
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    with pytest.raises(ImageError) as info:
+        train_run(quick_config(data, out), overwrite=True, progress=False)
+    assert str(bad) in str(info.value)
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
+    assert (out / "metrics.json").read_text() == (separable_run.out / "metrics.json").read_text()

@@ -328,19 +328,22 @@ def train_run(cfg: RunConfig, *, overwrite: bool = False, resume: bool = False,
     n_own = len(table)
     table, extra = pool_extra_training(table, cfg.extra_train, cfg.data_dir)
     folds = with_extra_training(folds, n_own, len(table))
+    # Read every image before the run folder is touched: a bad file then stops the run with its
+    # name while an earlier run in that folder (--overwrite) is still there.
+    start = time.perf_counter()
+    images, canon = canonical_images(table, cfg)
     prepare_run_dir(out, overwrite=overwrite, resume=resume)
     save_config(cfg, out / "config.yaml")
-    start = time.perf_counter()
     init: dict[str, Any] = {"init": cfg.model.resolved_init()}
     if init["init"] == "synthetic":
         from spermhead.training.synthetic_init import cached_record, source_path, synthetic_init_weights
 
         cached = cached_record(source_path(cfg)) is not None
+        init_start = time.perf_counter()
         weights = synthetic_init_weights(cfg, list(table.classes), progress=progress)
-        init.update(weights=str(weights), cached=cached, seconds=0.0 if cached else time.perf_counter() - start)
+        init.update(weights=str(weights), cached=cached, seconds=0.0 if cached else time.perf_counter() - init_start)
         # the saved config keeps "init: synthetic"; the folds start from the cached file
         cfg = replace(cfg, model=replace(cfg.model, weights=str(weights)))
-    images, canon = canonical_images(table, cfg)
     write_sample_table(table, canon, out / "samples.csv", n_own)
     shape_features = None
     if cfg.train.shape_fusion > 0:
