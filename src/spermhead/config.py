@@ -89,6 +89,9 @@ class ProtocolConfig:
     folds: int = 5
     split: tuple[float, float, float] = (0.6, 0.3, 0.1)  # train/val/test for kind=random
     grouped: bool = False  # CV folds by acquisition group
+    # images this alike (thumbnail correlation) are one head and stay on one side of every split;
+    # 0 turns it off (data/duplicates.py)
+    near_duplicates: float = 0.98
     final_model: str = "ensemble"  # after CV: "ensemble" of folds, or "refit" on all data
 
 

@@ -28,6 +28,7 @@ _FIELDS = {
     "threads": ("train", "num_threads"), "members": ("train", "members_per_fold"),
     "accelerator": ("train", "accelerator"), "shape_fusion": ("train", "shape_fusion"),
     "grouped": ("protocol", "grouped"), "final_model": ("protocol", "final_model"),
+    "near_duplicates": ("protocol", "near_duplicates"),
 }
 
 
@@ -67,6 +68,9 @@ def build_run_config(dataset: str, out: str, *, recipe: str = "default", data_di
             raise ConfigError(f"unknown training option {name!r}")
         section, attr = _FIELDS[name]
         setattr(getattr(cfg, section), attr, value)
+    if not 0 <= float(cfg.protocol.near_duplicates) <= 1:
+        raise ConfigError(f"--near-duplicates {cfg.protocol.near_duplicates}: a correlation in 0..1 "
+                          "(0 = do not look for them)")
     if cfg.preprocess.color not in ("gray", "rgb"):
         raise ConfigError(f"--color {cfg.preprocess.color!r}: gray or rgb")
     if cfg.preprocess.scale not in ("head", "image"):

@@ -10,6 +10,7 @@ import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, train_test_split
 
 from spermhead.config import ProtocolConfig
+from spermhead.data.duplicates import keep_together, near_duplicate_groups, signatures
 from spermhead.data.samples import SampleTable
 from spermhead.errors import ConfigError
 
@@ -31,9 +32,10 @@ class Fold:
 def make_folds(table: SampleTable, protocol: ProtocolConfig, seed: int, val_fraction: float) -> list[Fold]:
     y = np.asarray(table.label_indices)
     if protocol.kind == "folders":
-        return [_folder_split(table)]
+        return [_folder_split(table)]  # the dataset author's split, taken as it is
+    together = duplicate_groups(table, protocol.near_duplicates)
     if protocol.kind == "random":
-        return [_random_split(y, protocol.split, seed)]
+        return [_random_split(y, protocol.split, seed, together)]
     if protocol.kind != "cv":
         raise ConfigError(f"unknown protocol {protocol.kind!r}: use cv, folders or random")
     _check_enough(table, protocol.folds)
@@ -47,11 +49,31 @@ def make_folds(table: SampleTable, protocol: ProtocolConfig, seed: int, val_frac
         splits = splitter.split(idx, y, groups)
     else:
         splits = StratifiedKFold(protocol.folds, shuffle=True, random_state=seed).split(idx, y)
+    test_fold = np.empty(len(y), dtype=int)
+    for k, (_, test) in enumerate(splits):
+        test_fold[test] = k
+    # Duplicates are moved after the stratified split rather than made groups of it, so every
+    # other image keeps the fold the usual protocol gives it: figures stay comparable.
+    test_fold = keep_together(test_fold, together)
     folds = []
-    for k, (train_side, test) in enumerate(splits):
-        train, val = _carve_val(train_side, y, val_fraction, seed + k)
-        folds.append(Fold(k, train, val, np.sort(test)))
+    for k in range(protocol.folds):
+        train, val = _carve_val(np.flatnonzero(test_fold != k), y, val_fraction, seed + k, together)
+        folds.append(Fold(k, train, val, np.flatnonzero(test_fold == k)))
     return folds
+
+
+def duplicate_groups(table: SampleTable, threshold: float) -> list[list[int]]:
+    """Rows of `table` that show the same head (data/duplicates.py); none when threshold is 0."""
+    if threshold <= 0:
+        return []
+    return near_duplicate_groups(signatures([s.path for s in table.samples]), threshold)
+
+
+def _restricted(groups: list[list[int]], rows: np.ndarray) -> list[list[int]]:
+    """The groups as positions within `rows`, keeping those with two or more members there."""
+    where = {int(r): i for i, r in enumerate(rows)}
+    inside = [[where[i] for i in g if i in where] for g in groups]
+    return [g for g in inside if len(g) > 1]
 
 
 def with_extra_training(folds: list[Fold], start: int, stop: int) -> list[Fold]:
@@ -70,7 +92,8 @@ def _check_enough(table: SampleTable, k: int) -> None:
                           f"each class needs at least {k}")
 
 
-def _carve_val(train_side: np.ndarray, y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def _carve_val(train_side: np.ndarray, y: np.ndarray, fraction: float, seed: int,
+               together: list[list[int]] | None = None) -> tuple[np.ndarray, np.ndarray]:
     if fraction <= 0:
         return np.sort(train_side), np.array([], dtype=int)
     labels = y[train_side]
@@ -81,10 +104,15 @@ def _carve_val(train_side: np.ndarray, y: np.ndarray, fraction: float, seed: int
     if stratify is None:
         n_val = max(1, math.ceil(fraction * len(train_side)))
     train, val = train_test_split(train_side, test_size=n_val, stratify=stratify, random_state=seed)
+    if together:
+        train_side = np.sort(train_side)
+        in_val = keep_together(np.isin(train_side, val), _restricted(together, train_side))
+        train, val = train_side[~in_val], train_side[in_val]
     return np.sort(train), np.sort(val)
 
 
-def _random_split(y: np.ndarray, split: tuple[float, float, float], seed: int) -> Fold:
+def _random_split(y: np.ndarray, split: tuple[float, float, float], seed: int,
+                  together: list[list[int]] | None = None) -> Fold:
     train_f, val_f, test_f = split
     if abs(train_f + val_f + test_f - 1) > 1e-6:
         raise ConfigError(f"split fractions {split} must sum to 1")
@@ -92,7 +120,10 @@ def _random_split(y: np.ndarray, split: tuple[float, float, float], seed: int) -
     rest, test = train_test_split(idx, test_size=test_f, stratify=y, random_state=seed)
     train, val = train_test_split(rest, test_size=val_f / (train_f + val_f), stratify=y[rest],
                                   random_state=seed)
-    return Fold(0, np.sort(train), np.sort(val), np.sort(test))
+    part = np.zeros(len(y), dtype=int)
+    part[val], part[test] = 1, 2
+    part = keep_together(part, together or [])
+    return Fold(0, np.flatnonzero(part == 0), np.flatnonzero(part == 1), np.flatnonzero(part == 2))
 
 
 def _folder_split(table: SampleTable) -> Fold:

@@ -41,7 +41,7 @@ from spermhead.training.balance import balanced_sampler, class_weights, offline_
 from spermhead.training.devices import resolve_accelerator, trainer_device
 from spermhead.training.module import HeadClassifier
 from spermhead.training.operating import apply_bias, choose_balanced_bias, prior_shift
-from spermhead.training.protocols import Fold, make_folds, with_extra_training
+from spermhead.training.protocols import Fold, duplicate_groups, make_folds, with_extra_training
 from spermhead.training.targets import soft_targets
 
 # Lightning's start-up chatter (GPU/TPU availability, tips) is noise for a CPU tool.
@@ -326,7 +326,8 @@ def train_run(cfg: RunConfig, *, overwrite: bool = False, resume: bool = False,
     # From here on `table` also holds the extra training images, after the dataset's own rows;
     # the folds were made on the dataset alone, so extras only ever join training sides.
     n_own = len(table)
-    table, extra = pool_extra_training(table, cfg.extra_train, cfg.data_dir)
+    twins = [[table.samples[i].id for i in g] for g in duplicate_groups(table, cfg.protocol.near_duplicates)]
+    table, extra = pool_extra_training(table, cfg.extra_train, cfg.data_dir, cfg.protocol.near_duplicates)
     folds = with_extra_training(folds, n_own, len(table))
     # Read every image before the run folder is touched: a bad file then stops the run with its
     # name while an earlier run in that folder (--overwrite) is still there.
@@ -385,6 +386,7 @@ def train_run(cfg: RunConfig, *, overwrite: bool = False, resume: bool = False,
                                                   for f, r in zip(folds, results, strict=True)])),
     }
     (out / "run.json").write_text(json.dumps({"timing": timing, "init": init, "extra_train": extra,
+                                              "near_duplicates": twins,
                                               "environment": environment()}, indent=2))
     history = [{"fold": r.index, **row} for r in results for row in r.history]
     write_outputs(cfg, out, predictions, metrics, history, timing)

@@ -1,0 +1,85 @@
+"""Near-duplicate images: the same head photographed twice.
+
+Both datasets hold some. HuSHeM has three pairs of consecutive images of one head, slightly moved;
+SCIAN has heads that appear again in the next microscope field, sometimes with a different label
+(benchmarks/RESULTS.md, "Near-duplicate images"). If one copy is tested while the other is
+trained on, the test sees a training image. Splits keep each group on one side
+(`training/protocols.py`), and extra training images may not be copies of the dataset's own.
+
+Two images count as one head when the correlation of their 32 x 32 grey thumbnails (mean and
+scale removed) reaches a threshold. The thumbnail keeps the tail and background specks that
+tell one photograph from another. At 0.98 every pair found in both datasets was the same head
+when checked by eye, and SCIAN's closest distinct heads scored just under it
+(`benchmarks/near_duplicates.py`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+DEFAULT_THRESHOLD = 0.98
+THUMBNAIL = 32
+
+_cache: dict[tuple[str, int, int], np.ndarray] = {}  # (path, mtime, size) -> signature
+
+
+def signature(rgb: np.ndarray, size: int = THUMBNAIL) -> np.ndarray:
+    """A unit-length, zero-mean grey thumbnail: a dot product of two is their correlation."""
+    grey = rgb.astype(np.float32).mean(axis=2) if rgb.ndim == 3 else rgb.astype(np.float32)
+    thumb = cv2.resize(grey, (size, size), interpolation=cv2.INTER_AREA).ravel()
+    thumb -= thumb.mean()
+    norm = float(np.linalg.norm(thumb))
+    if norm < 1e-2 * size:  # a flat image (grey-level sd under 0.01) shows no head: it matches nothing
+        return np.zeros_like(thumb)
+    return thumb / norm
+
+
+def signatures(paths: Sequence[Path]) -> np.ndarray:
+    """Signatures of image files, read once per process (a file that changes is read again)."""
+    from spermhead.preprocess.io import read_image
+
+    out = np.empty((len(paths), THUMBNAIL * THUMBNAIL), dtype=np.float32)
+    for i, path in enumerate(paths):
+        st = os.stat(path)
+        key = (str(Path(path).resolve()), st.st_mtime_ns, st.st_size)
+        if key not in _cache:
+            _cache[key] = signature(read_image(path))
+        out[i] = _cache[key]
+    return out
+
+
+def near_duplicate_groups(sigs: np.ndarray, threshold: float = DEFAULT_THRESHOLD) -> list[list[int]]:
+    """Groups (of two or more row indices, ascending) joined by correlations >= threshold; a chain
+    a~b~c is one group."""
+    from scipy.sparse import csr_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    if len(sigs) < 2 or threshold <= 0:
+        return []
+    close = (sigs @ sigs.T) >= threshold
+    _, component = connected_components(csr_matrix(close), directed=False)
+    groups: dict[int, list[int]] = {}
+    for i, c in enumerate(component.tolist()):
+        groups.setdefault(c, []).append(i)
+    return sorted((g for g in groups.values() if len(g) > 1), key=lambda g: g[0])
+
+
+def nearest(sigs: np.ndarray, others: np.ndarray) -> np.ndarray:
+    """For each row of `sigs`, its highest correlation with any row of `others`."""
+    if len(sigs) == 0 or len(others) == 0:
+        return np.full(len(sigs), -1.0, dtype=np.float32)
+    return (sigs @ others.T).max(axis=1)
+
+
+def keep_together(part: np.ndarray, groups: list[list[int]]) -> np.ndarray:
+    """Move every group to the part (fold, or train/val/test) of its first image. Every other
+    image keeps its part, so a split with no duplicates is exactly what it was."""
+    part = np.asarray(part).copy()
+    for g in groups:
+        part[g] = part[g[0]]
+    return part

@@ -1,0 +1,128 @@
+"""Near-duplicate images (the same head twice) are found, kept on one side of every split, and
+kept out of extra training images."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from spermhead.cli import app
+from spermhead.config import ProtocolConfig
+from spermhead.data.duplicates import keep_together, near_duplicate_groups, signature, signatures
+from spermhead.data.readers import load_dataset
+from spermhead.data.synthetic import render_head
+from spermhead.training.protocols import make_folds
+
+CLASSES = ["normal", "tapered", "pyriform", "amorphous"]
+
+
+def _heads(root: Path, n_per_class: int = 12, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    for name in CLASSES:
+        (root / name).mkdir(parents=True)
+        for i in range(n_per_class):
+            Image.fromarray(render_head(name, "hushem", rng)[0]).save(root / name / f"{name}_{i:03d}.png")
+    return root
+
+
+def _copies(src: Path) -> dict[str, np.ndarray]:
+    """The same photograph re-saved as a smaller JPEG, and taken again: a pixel to the side,
+    dimmer, with fresh sensor noise."""
+    rgb = np.asarray(Image.open(src).convert("RGB"))
+    small = Image.fromarray(rgb).resize((rgb.shape[1] * 3 // 4, rgb.shape[0] * 3 // 4), Image.BILINEAR)
+    buf = io.BytesIO()
+    small.save(buf, "JPEG", quality=80)
+    moved = np.pad(rgb, ((0, 0), (1, 0), (0, 0)), mode="edge")[:, :-1].astype(float)
+    noise = np.random.default_rng(0).normal(0, 4, moved.shape)
+    again = np.clip(0.9 * moved + 12 + noise, 0, 255).astype(np.uint8)
+    return {"jpeg": np.asarray(Image.open(buf).convert("RGB")), "again": again}
+
+
+def test_copies_of_a_head_are_found_and_distinct_heads_are_not(tmp_path):
+    data = _heads(tmp_path / "d")
+    paths = sorted(data.rglob("*.png"))
+    sigs = signatures(paths)
+    assert near_duplicate_groups(sigs) == []  # 48 different rendered heads
+    for copy in _copies(paths[5]).values():
+        both = np.vstack([sigs, signature(copy)[None]])
+        assert near_duplicate_groups(both) == [[5, len(paths)]]
+    assert near_duplicate_groups(sigs, threshold=0) == []  # 0 turns the search off
+    flat = np.stack([signature(np.full((24, 24, 3), v, np.uint8)) for v in (60, 60, 180)])
+    assert not flat.any() and near_duplicate_groups(flat) == []  # no head, nothing to match
+
+
+def test_keep_together_moves_only_the_groups():
+    part = np.array([0, 1, 2, 3, 4, 0, 1])
+    assert keep_together(part, [[1, 4], [2, 5, 6]]).tolist() == [0, 1, 2, 3, 1, 2, 2]
+    assert keep_together(part, []).tolist() == part.tolist()
+
+
+@pytest.fixture(scope="module")
+def with_twins(tmp_path_factory) -> Path:
+    """Rendered heads plus a second photograph of six of them, each beside its original."""
+    data = _heads(tmp_path_factory.mktemp("twins") / "d", n_per_class=15, seed=1)
+    for name in CLASSES[:3]:
+        for i in (0, 7):
+            src = data / name / f"{name}_{i:03d}.png"
+            Image.fromarray(_copies(src)["again"]).save(data / name / f"{name}_{i:03d}_again.png")
+    return data
+
+
+@pytest.mark.parametrize("kind", ["cv", "random"])
+def test_splits_keep_each_head_on_one_side(with_twins, kind):
+    table = load_dataset(str(with_twins))
+    twins = near_duplicate_groups(signatures([s.path for s in table.samples]))
+    assert len(twins) == 6 and all(len(g) == 2 for g in twins)
+    protocol = ProtocolConfig(kind=kind, folds=5)
+    for seed in range(4):
+        for fold in make_folds(table, protocol, seed, val_fraction=0.2):
+            side = {int(i): part for part, rows in (("train", fold.train), ("val", fold.val), ("test", fold.test))
+                    for i in rows}
+            assert len(side) == len(table)  # every image on exactly one side
+            assert all(side[a] == side[b] for a, b in twins)
+    # the usual split (no search) puts some twins on different sides, so the check above has teeth
+    usual = [f for s in range(4) for f in make_folds(table, ProtocolConfig(kind=kind, folds=5, near_duplicates=0), s, 0.2)]
+    assert any((a in f.test) != (b in f.test) for f in usual for a, b in twins)
+
+
+def test_folds_without_duplicates_are_unchanged(tmp_path):
+    from tests.test_training import write_separable
+
+    table = load_dataset(str(write_separable(tmp_path / "sep", n_per_class=10)))
+    for kind in ("cv", "random"):
+        on = make_folds(table, ProtocolConfig(kind=kind, folds=3), 2, 0.2)
+        off = make_folds(table, ProtocolConfig(kind=kind, folds=3, near_duplicates=0), 2, 0.2)
+        for a, b in zip(on, off, strict=True):
+            assert all((getattr(a, p) == getattr(b, p)).all() for p in ("train", "val", "test"))
+
+
+def test_extra_images_that_copy_the_datasets_own_are_left_out(tmp_path):
+    from spermhead.data.extra import pool_extra_training
+
+    own = _heads(tmp_path / "own", n_per_class=6, seed=2)
+    extra = _heads(tmp_path / "extra", n_per_class=6, seed=3)  # other heads
+    src = own / "tapered" / "tapered_002.png"
+    Image.fromarray(_copies(src)["jpeg"]).save(extra / "tapered" / "resaved.jpg")
+    table = load_dataset(str(own))
+    pooled, report = pool_extra_training(table, [str(extra)], None)
+    info = report[str(extra)]
+    assert info["near_duplicates"] == 1 and info["kept"] == 24 and len(pooled) == 48
+    assert not any(s.id.endswith("resaved") for s in pooled.samples)
+    _, report = pool_extra_training(table, [str(extra)], None, near_duplicates=0)
+    assert report[str(extra)]["kept"] == 25
+
+
+def test_data_duplicates_command_lists_groups_and_draws_them(with_twins, tmp_path):
+    sheet = tmp_path / "dups.png"
+    res = CliRunner().invoke(app, ["data", "duplicates", str(with_twins), "--json", "--sheet", str(sheet)])
+    assert res.exit_code == 0, res.output
+    found = json.loads(res.output.splitlines()[0])
+    assert len(found["groups"]) == 6 and found["images"] == 66
+    assert all({r["id"].replace("_again", "") for r in g} == {g[0]["id"]} for g in found["groups"])
+    assert Image.open(sheet).size[1] > 6 * 96
