@@ -89,6 +89,46 @@ def data_preview(
     console.print(f"wrote {path}", highlight=False, soft_wrap=True)
 
 
+@data_app.command("duplicates")
+@friendly
+def data_duplicates(
+    name: DatasetArg,
+    data_dir: DataDir = None,
+    threshold: Annotated[float, typer.Option(
+        "--threshold", min=0.0, max=1.0, help="Thumbnail correlation at which two images count as one head")] = 0.98,
+    sheet: Annotated[Path | None, typer.Option("--sheet", help="Also write the groups side by side to this PNG")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """List images that show the same head twice: they stay on one side of every split."""
+    from rich.table import Table
+
+    from spermhead.data.duplicates import near_duplicate_groups, signatures
+    from spermhead.data.readers import load_dataset
+
+    table = load_dataset(name, data_dir)
+    sigs = signatures([s.path for s in table.samples])
+    groups = near_duplicate_groups(sigs, threshold)
+    rows = [[{"id": table.samples[i].id, "label": table.samples[i].label,
+              "correlation": round(float(sigs[g[0]] @ sigs[i]), 4)} for i in g] for g in groups]
+    if as_json:
+        print(json.dumps({"dataset": name, "images": len(table), "threshold": threshold, "groups": rows}))
+    else:
+        out = Table("group", "id", "label", "r", title=f"{name}: {len(groups)} near-duplicate groups "
+                    f"in {len(table)} images (r >= {threshold})")
+        for k, group in enumerate(rows, 1):
+            mixed = len({r["label"] for r in group}) > 1
+            for r in group:
+                out.add_row(str(k), r["id"], f"[red]{r['label']}[/red]" if mixed else r["label"], f"{r['correlation']:.3f}")
+        console.print(out if groups else f"{name}: no near-duplicates in {len(table)} images (r >= {threshold})")
+        mixed = sum(len({r["label"] for r in g}) > 1 for g in rows)
+        if mixed:
+            console.print(f"{mixed} group(s) give one head different labels (red)", highlight=False)
+    if sheet is not None:
+        from spermhead.preprocess.preview import duplicate_sheet
+
+        console.print(f"wrote {duplicate_sheet(table, groups, sigs, sheet)}", highlight=False, soft_wrap=True)
+
+
 @data_app.command("synth")
 @friendly
 def data_synth(
@@ -121,6 +161,9 @@ def train(
     cv: Annotated[int | None, typer.Option("--cv", help="Stratified K-fold CV")] = None,
     split: Annotated[str | None, typer.Option(help="'folders' (train/val/test) or e.g. 60/30/10")] = None,
     grouped: Annotated[bool | None, typer.Option("--grouped", help="CV folds by acquisition group")] = None,
+    near_duplicates: Annotated[float | None, typer.Option(
+        help="Images whose thumbnails correlate this much are one head and stay on one side of every "
+             "split (default 0.98; 0 = do not look)")] = None,
     recipe: Annotated[str, typer.Option(help="default or seed (the seed report's training)")] = "default",
     epochs: Annotated[int | None, typer.Option()] = None,
     image_size: Annotated[int | None, typer.Option(help="Canonical image size in pixels")] = None,
@@ -178,7 +221,7 @@ def train(
         cfg = build_run_config(
             name, str(out), recipe=recipe, data_dir=str(data_dir) if data_dir else None, seed=seed, cv=cv,
             split=split, operating_point=operating_point, loggers=("csv", *(logger or [])),
-            model=model, width=width, grouped=grouped, epochs=epochs, image_size=image_size, color=color,
+            model=model, width=width, grouped=grouped, near_duplicates=near_duplicates, epochs=epochs, image_size=image_size, color=color,
             scale=scale, batch_size=batch_size, lr=lr, optimizer=optimizer, schedule=schedule, balance=balance,
             augment=augment, soft_labels=soft_labels, label_smoothing=label_smoothing, mixup=mixup, cutmix=cutmix, swa=swa, ema=ema, tta=tta, pretrained=pretrained,
             weights=weights, init=init, prior_strength=prior_strength, l2_conv=l2_conv, final_model=final, threads=threads, members=members,

@@ -104,3 +104,31 @@ def contact_sheet(table: SampleTable, cfg: PreprocessConfig, out: Path, per_clas
     out.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(out)
     return out
+
+
+def duplicate_sheet(table: SampleTable, groups: list[list[int]], sigs: np.ndarray, out: Path) -> Path:
+    """Write a PNG with one row per near-duplicate group: its images side by side, each captioned
+    with its id's last part, its label and its correlation with the group's first image."""
+    cols = max((len(g) for g in groups), default=1)
+    caption, col_w = 30, 2 * TILE  # captions are wider than the image
+    width = 8 + cols * col_w
+    height = HEADER_H + max(1, len(groups)) * (TILE + caption + ROW_GAP)
+    sheet = Image.new("RGB", (width, height), BACKGROUND)
+    draw = ImageDraw.Draw(sheet)
+    small = _font(10)
+    draw.text((8, 4), f"{table.name}: {len(groups)} near-duplicate groups", fill=(0, 0, 0), font=_font(13))
+    for r, group in enumerate(groups):
+        y = HEADER_H + r * (TILE + caption + ROW_GAP)
+        labels = {table.samples[i].label for i in group}
+        for c, i in enumerate(group):
+            x = 8 + c * col_w
+            sample = table.samples[i]
+            sheet.paste(Image.fromarray(_fit(read_image(sample.path), TILE)), (x, y))
+            colour = FAILED if len(labels) > 1 else (0, 0, 0)  # one head, two labels
+            draw.text((x, y + TILE + 2), sample.id.split("/", 1)[-1][-30:], fill=(90, 90, 90), font=small)
+            draw.text((x, y + TILE + 14), f"{sample.label}  r={float(sigs[group[0]] @ sigs[i]):.3f}",
+                      fill=colour, font=small)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(out)
+    return out
