@@ -126,3 +126,16 @@ def test_data_duplicates_command_lists_groups_and_draws_them(with_twins, tmp_pat
     assert len(found["groups"]) == 6 and found["images"] == 66
     assert all({r["id"].replace("_again", "") for r in g} == {g[0]["id"]} for g in found["groups"])
     assert Image.open(sheet).size[1] > 6 * 96
+
+
+def test_configs_written_before_the_search_keep_their_folds(tmp_path):
+    import yaml
+
+    from spermhead.config import RunConfig, load_config, save_config
+
+    save_config(RunConfig(), tmp_path / "new.yaml")
+    assert load_config(tmp_path / "new.yaml").protocol.near_duplicates == 0.98
+    old = yaml.safe_load((tmp_path / "new.yaml").read_text())
+    del old["protocol"]["near_duplicates"]  # a run directory from an earlier version
+    (tmp_path / "old.yaml").write_text(yaml.safe_dump(old))
+    assert load_config(tmp_path / "old.yaml").protocol.near_duplicates == 0.0

@@ -153,4 +153,7 @@ def save_config(config: RunConfig, path: Path) -> None:
 def load_config(path: Path) -> RunConfig:
     data = yaml.safe_load(Path(path).read_text()) or {}
     data.pop("environment", None)
+    if isinstance(data.get("protocol"), dict):
+        # written before near-duplicates were kept together: its folds (and --resume) stay as they ran
+        data["protocol"].setdefault("near_duplicates", 0.0)
     return RunConfig.from_dict(data)
