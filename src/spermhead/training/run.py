@@ -12,7 +12,6 @@ import logging
 import os
 import shutil
 import time
-import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -42,6 +41,7 @@ from spermhead.training.devices import resolve_accelerator, trainer_device
 from spermhead.training.module import HeadClassifier
 from spermhead.training.operating import apply_bias, choose_balanced_bias, prior_shift
 from spermhead.training.protocols import Fold, duplicate_groups, make_folds, with_extra_training
+from spermhead.training.quiet import quiet_fit
 from spermhead.training.targets import soft_targets
 
 # Lightning's start-up chatter (GPU/TPU availability, tips) is noise for a CPU tool.
@@ -218,13 +218,7 @@ def fit_member(cfg: RunConfig, member: nn.Module, x_train: np.ndarray, y_train: 
         num_sanity_val_steps=0, log_every_n_steps=1, default_root_dir=str(fold_dir),
     )
     last = fold_dir / "checkpoints" / "last.ckpt"
-    with warnings.catch_warnings():
-        # Noise, not news: training without a validation part is deliberate here (the synthetic
-        # source, a refit), and Lightning's own use of a pytree API torch 2.14 deprecated is harmless.
-        warnings.filterwarnings("ignore", message="You defined a `validation_step` but have no `val_dataloader`")
-        warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
-        # --swa swaps the one-cycle (per-step) schedule for its own per-epoch one, as intended
-        warnings.filterwarnings("ignore", message="SWA is currently only supported every epoch")
+    with quiet_fit():
         trainer.fit(module, train_loader, val_loader, ckpt_path=str(last) if resume and last.is_file() else None)
     if monitor != "last" and ckpt.best_model_path:
         state = torch.load(ckpt.best_model_path, map_location="cpu", weights_only=True)["state_dict"]

@@ -1,0 +1,19 @@
+"""Lightning warnings that are noise, not news, for the fits spermhead runs."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+
+@contextmanager
+def quiet_fit() -> Iterator[None]:
+    with warnings.catch_warnings():
+        # training without a validation part is deliberate (the synthetic source, a refit, SimCLR)
+        warnings.filterwarnings("ignore", message="You defined a `validation_step` but have no `val_dataloader`")
+        # Lightning's own use of a pytree API that torch 2.14 deprecated: harmless
+        warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+        # --swa swaps the one-cycle (per-step) schedule for its own per-epoch one, as intended
+        warnings.filterwarnings("ignore", message="SWA is currently only supported every epoch")
+        yield
