@@ -104,6 +104,7 @@ def table(dataset: str) -> str:
                  if k not in ("threads", "accelerator")}  # speed only
         opts = ", ".join(f"{k}={v}" for k, v in shown.items()) or "bench recipe"
         where = " (GPU)" if r.get("device", "cpu") != "cpu" else ""
+        where += " (twins together)" if r.get("near_duplicates", 0) else ""  # folds since session 5
         rows.append(f"| {r['lever']}{where} | {opts} | {r.get('cv_seed', 0)} | {r['val_accuracy']:.3f} | {r['val_balanced']:.3f} "
                     f"| {r['test_accuracy']:.3f} ± {r['test_accuracy_sd']:.3f} | {r['test_balanced']:.3f} "
                     f"| {r['minutes']:.1f} |")
@@ -172,7 +173,8 @@ def main() -> None:
                "test_balanced": m["balanced_accuracy"],
                "test_balanced_point": m["operating_points"]["balanced"],
                "minutes": (time.perf_counter() - start) / 60,
-               "device": resolve_accelerator(cfg.train.accelerator)}
+               "device": resolve_accelerator(cfg.train.accelerator),
+               "near_duplicates": cfg.protocol.near_duplicates}
         row["test_balanced_point"] = {k: row["test_balanced_point"][k] for k in ("accuracy", "balanced_accuracy")}
         with open(log, "a") as fh:
             fh.write(json.dumps(row) + "\n")
