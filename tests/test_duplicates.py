@@ -139,3 +139,18 @@ def test_configs_written_before_the_search_keep_their_folds(tmp_path):
     del old["protocol"]["near_duplicates"]  # a run directory from an earlier version
     (tmp_path / "old.yaml").write_text(yaml.safe_dump(old))
     assert load_config(tmp_path / "old.yaml").protocol.near_duplicates == 0.0
+
+
+def test_a_set_of_copies_is_refused_with_a_way_out(tmp_path):
+    from spermhead.errors import ConfigError
+
+    src = _heads(tmp_path / "one", n_per_class=1, seed=4)
+    data = tmp_path / "copies"
+    for name in CLASSES:  # every class is one head, saved five times
+        (data / name).mkdir(parents=True)
+        for i in range(5):
+            (data / name / f"{i}.png").write_bytes((src / name / f"{name}_000.png").read_bytes())
+    table = load_dataset(str(data))
+    with pytest.raises(ConfigError, match="near-duplicates 0"):
+        make_folds(table, ProtocolConfig(kind="cv", folds=5), 0, 0.2)
+    assert len(make_folds(table, ProtocolConfig(kind="cv", folds=5, near_duplicates=0), 0, 0.2)) == 5

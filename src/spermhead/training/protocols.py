@@ -55,6 +55,7 @@ def make_folds(table: SampleTable, protocol: ProtocolConfig, seed: int, val_frac
     # Duplicates are moved after the stratified split rather than made groups of it, so every
     # other image keeps the fold the usual protocol gives it: figures stay comparable.
     test_fold = keep_together(test_fold, together)
+    _check_spread(y, test_fold, protocol.folds, together)
     folds = []
     for k in range(protocol.folds):
         train, val = _carve_val(np.flatnonzero(test_fold != k), y, val_fraction, seed + k, together)
@@ -67,6 +68,18 @@ def duplicate_groups(table: SampleTable, threshold: float) -> list[list[int]]:
     if threshold <= 0:
         return []
     return near_duplicate_groups(signatures([s.path for s in table.samples]), threshold)
+
+
+def _check_spread(y: np.ndarray, test_fold: np.ndarray, k: int, together: list[list[int]]) -> None:
+    """Groups so large that a fold has no test images, or a training side lacks a class, mean
+    the images are mostly copies: say so rather than train on a broken split."""
+    classes = set(y.tolist())
+    for fold in range(k):
+        if not (test_fold == fold).any() or set(y[test_fold != fold].tolist()) != classes:
+            n = sum(len(g) for g in together)
+            raise ConfigError(f"{n} images are near-duplicates of others ({len(together)} groups), too many to "
+                              f"keep each on one side of {k}-fold CV; check them with `spermhead data "
+                              "duplicates`, or pass --near-duplicates 0 (or a value nearer 1)")
 
 
 def _restricted(groups: list[list[int]], rows: np.ndarray) -> list[list[int]]:
