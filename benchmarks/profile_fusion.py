@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 from safetensors.torch import load_file
 from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import accuracy_score, balanced_accuracy_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
@@ -32,15 +33,15 @@ from spermhead.training.run import build_member, canonical_images
 WEIGHTS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 1.0)
 
 
-def seed_scores(run: Path, data_dir: str) -> dict[tuple[float, str], float]:
-    """(weight, "val"|"test") -> accuracy pooled over the run's folds."""
+def seed_scores(run: Path, data_dir: str) -> dict[tuple[float, str], tuple[float, float]]:
+    """(weight, "val"|"test") -> (accuracy, average recall) pooled over the run's folds."""
     cfg = load_config(run / "config.yaml")
     table = load_dataset(cfg.dataset, data_dir)
     folds = make_folds(table, cfg.protocol, cfg.seed, cfg.train.val_fraction)  # the run's own folds
     images, _ = canonical_images(table, cfg)
     profiles = head_profiles(images)
     y = np.asarray(table.label_indices)
-    hits: dict[tuple[float, str], list[int]] = {}
+    answers: dict[tuple[float, str], tuple[list[int], list[int]]] = {}  # (predicted, true)
     for fold in folds:
         member = build_member(cfg, len(table.classes), images[fold.train])
         member.load_state_dict(load_file(str(run / "folds" / f"fold{fold.index}" / "model0.safetensors")))
@@ -52,9 +53,10 @@ def seed_scores(run: Path, data_dir: str) -> dict[tuple[float, str], float]:
         for part, idx in (("val", fold.val), ("test", fold.test)):
             shape = lr.predict_proba(profiles[idx])
             for w in WEIGHTS:
-                pred = ((1 - w) * cnn[part] + w * shape).argmax(1)
-                hits.setdefault((w, part), []).extend((pred == y[idx]).tolist())
-    return {key: float(np.mean(v)) for key, v in hits.items()}
+                pred, true = answers.setdefault((w, part), ([], []))
+                pred.extend(((1 - w) * cnn[part] + w * shape).argmax(1).tolist())
+                true.extend(y[idx].tolist())
+    return {key: (accuracy_score(t, p), balanced_accuracy_score(t, p)) for key, (p, t) in answers.items()}
 
 
 def main() -> None:
@@ -65,11 +67,14 @@ def main() -> None:
     args = ap.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     scores = {s: seed_scores(args.bench_dir / f"seed{s}", args.data_dir) for s in seeds}
-    print("part  W     " + "  ".join(f"seed {s}" for s in seeds) + "   mean")
+    print("accuracy (average recall)")
+    print("part  W     " + "  ".join(f"seed {s:<8d}" for s in seeds) + "   mean")
     for part in ("val", "test"):
         for w in WEIGHTS:
-            accs = [scores[s][(w, part)] for s in seeds]
-            print(f"{part:5s} {w:.1f}   " + "  ".join(f"{a:.3f} " for a in accs) + f"   {np.mean(accs):.3f}")
+            got = [scores[s][(w, part)] for s in seeds]
+            mean = np.mean(got, axis=0)
+            print(f"{part:5s} {w:.1f}   " + "  ".join(f"{a:.3f} ({r:.3f})" for a, r in got)
+                  + f"   {mean[0]:.3f} ({mean[1]:.3f})")
 
 
 if __name__ == "__main__":
