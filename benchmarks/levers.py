@@ -78,6 +78,7 @@ LEVERS: dict[str, dict] = {
     "epochs200": {"epochs": 200},
     # late fusion with the head-profile logistic regression (models/shape.py)
     "shape03": {"shape_fusion": 0.3},
+    "shape04": {"shape_fusion": 0.4},
     "shape05": {"shape_fusion": 0.5},
     "cutmix": {"cutmix": 1.0},
     "swa25": {"swa": 0.25},
