@@ -55,3 +55,11 @@ def test_a_row_trained_on_a_gpu_says_so():
     for r in runs:
         r["device"] = "gpu"
     assert "| 1.0 min on GPU |" in results_row(summarise("hushem", runs, [1, 2]))
+
+
+def test_a_recipe_with_shape_fusion_says_so():
+    runs = [fake_run(1, 0.90), fake_run(2, 0.94)]
+    assert "shape fusion" not in results_row(summarise("hushem", runs, [1, 2]))
+    for r in runs:
+        r["config"]["train"]["shape_fusion"] = 0.4
+    assert "balance sampler, shape fusion 0.4 |" in results_row(summarise("hushem", runs, [1, 2]))

@@ -72,7 +72,7 @@ class TrainConfig:
     ema: float = 0.0  # EMA decay of the weights; 0 disables
     tta: bool = True  # average over flips at evaluation
     # weight of the head-profile logistic regression fused with the CNN's probabilities
-    # (models/shape.py); 0 = the CNN alone
+    # (models/shape.py); 0 = the CNN alone. HuSHeM's recipe uses 0.4 (training/recipes.py).
     shape_fusion: float = 0.0
     # balanced operating point: this x the log training prior is divided out; "val" chooses it
     # per fold on the validation part (training/operating.py)

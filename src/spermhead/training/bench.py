@@ -120,6 +120,8 @@ def results_row(s: dict[str, Any]) -> str:
               f"{cfg['train']['epochs']} ep, {cfg['train']['augment']} aug, balance {cfg['train']['balance']}")
     if cfg["model"].get("init", "scratch") != "scratch":
         recipe += f", init {cfg['model']['init']}"
+    if cfg["train"].get("shape_fusion"):
+        recipe += f", shape fusion {cfg['train']['shape_fusion']}"
     time_text = f"{s['wall_seconds_per_repeat'] / 60:.1f} min"
     if s.get("init_seconds"):
         time_text += f" (+ {s['init_seconds'] / 60:.1f} min once: source model)"

@@ -28,13 +28,14 @@ RECIPES = {"default": _default, "seed": _seed}
 
 # The default recipe's settings per named dataset: the best found for each (benchmarks/RESULTS.md),
 # as `spermhead train` options. Explicit options win. Other datasets get the config defaults,
-# which are HuSHeM's recipe. spermnet starts from the synthetic source (`init` "auto").
+# which are HuSHeM's recipe without the shape fusion (validated on HuSHeM only). spermnet starts
+# from the synthetic source (`init` "auto").
 # SCIAN: the natural class prior in training (the balanced point comes from the prior
 # correction), expert votes as soft targets, and a fixed-scale crop so "small" heads stay small.
 _SCIAN = {"epochs": 60, "augment": "light", "monitor": "last", "balance": "none", "soft_labels": 0.5,
           "scale": "image"}
 DATASET_RECIPES: dict[str, dict[str, object]] = {
-    "hushem": {"epochs": 150, "augment": "aligned", "monitor": "last"},
+    "hushem": {"epochs": 150, "augment": "aligned", "monitor": "last", "shape_fusion": 0.4},
     "scian-pa": _SCIAN,
     "scian-ta": {**_SCIAN, "epochs": 100},
     "combined": {"epochs": 100, "augment": "light", "monitor": "last", "balance": "none"},
