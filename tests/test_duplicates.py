@@ -154,3 +154,15 @@ def test_a_set_of_copies_is_refused_with_a_way_out(tmp_path):
     with pytest.raises(ConfigError, match="near-duplicates 0"):
         make_folds(table, ProtocolConfig(kind="cv", folds=5), 0, 0.2)
     assert len(make_folds(table, ProtocolConfig(kind="cv", folds=5, near_duplicates=0), 0, 0.2)) == 5
+
+
+def test_blocks_find_the_same_groups_as_one_matrix(monkeypatch):
+    import spermhead.data.duplicates as dup
+
+    rng = np.random.default_rng(0)
+    sigs = np.stack([signature(rng.normal(size=(32, 32)).astype(np.float32)) for _ in range(50)])
+    sigs = np.vstack([sigs, sigs[[3, 40, 7]]])  # rows 50-52 copy rows 3, 40 and 7
+    whole = near_duplicate_groups(sigs)
+    monkeypatch.setattr(dup, "BLOCK", 7)
+    assert near_duplicate_groups(sigs) == whole == [[3, 50], [7, 52], [40, 51]]
+    assert np.allclose(dup.nearest(sigs[:20], sigs[30:]), (sigs[:20] @ sigs[30:].T).max(1))

@@ -24,6 +24,7 @@ import numpy as np
 
 DEFAULT_THRESHOLD = 0.98
 THUMBNAIL = 32
+BLOCK = 2048  # rows of the correlation matrix computed at a time
 
 _cache: dict[tuple[str, int, int], np.ndarray] = {}  # (path, mtime, size) -> signature
 
@@ -56,13 +57,19 @@ def signatures(paths: Sequence[Path]) -> np.ndarray:
 def near_duplicate_groups(sigs: np.ndarray, threshold: float = DEFAULT_THRESHOLD) -> list[list[int]]:
     """Groups (of two or more row indices, ascending) joined by correlations >= threshold; a chain
     a~b~c is one group."""
-    from scipy.sparse import csr_matrix
+    from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
-    if len(sigs) < 2 or threshold <= 0:
+    n = len(sigs)
+    if n < 2 or threshold <= 0:
         return []
-    close = (sigs @ sigs.T) >= threshold
-    _, component = connected_components(csr_matrix(close), directed=False)
+    rows, cols = [], []
+    for start in range(0, n, BLOCK):  # blocks of rows: memory stays O(BLOCK x n) for large folders
+        r, c = np.nonzero(sigs[start:start + BLOCK] @ sigs.T >= threshold)
+        rows.append(r + start)
+        cols.append(c)
+    r, c = np.concatenate(rows), np.concatenate(cols)
+    _, component = connected_components(coo_matrix((np.ones(len(r)), (r, c)), shape=(n, n)), directed=False)
     groups: dict[int, list[int]] = {}
     for i, c in enumerate(component.tolist()):
         groups.setdefault(c, []).append(i)
@@ -73,7 +80,7 @@ def nearest(sigs: np.ndarray, others: np.ndarray) -> np.ndarray:
     """For each row of `sigs`, its highest correlation with any row of `others`."""
     if len(sigs) == 0 or len(others) == 0:
         return np.full(len(sigs), -1.0, dtype=np.float32)
-    return (sigs @ others.T).max(axis=1)
+    return np.concatenate([(sigs[i:i + BLOCK] @ others.T).max(axis=1) for i in range(0, len(sigs), BLOCK)])
 
 
 def keep_together(part: np.ndarray, groups: list[list[int]]) -> np.ndarray:
