@@ -2,9 +2,10 @@
 fold models (the "fusing the morphometrics with CNN features" lever).
 
 For every CV seed and fold of a bench run: the fold's CNN scores its validation and test parts
-(as in training: flip TTA, raw posteriors); a logistic regression on the head's width and
-darkness profile along its axis (`spermhead.preprocess.profile`, as `--shape-fusion` uses) is fitted on the fold's
-training side only; the two are averaged with weight W on the regression. Validation decides;
+(as in training: flip TTA, raw posteriors); the shape model `--shape-fusion` uses
+(`models/shape.py`: a logistic regression on the head's width and darkness profile) is fitted on
+the fold's training side only; the two are fused with weight W on the shape model, by the same
+code training uses. Validation decides;
 test figures are printed for the record.
 
     .venv/bin/python benchmarks/profile_fusion.py runs/bench/hushem --seeds 1,2,3
@@ -17,14 +18,12 @@ from pathlib import Path
 
 import numpy as np
 from safetensors.torch import load_file
-from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, balanced_accuracy_score
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 
 from spermhead.config import load_config
 from spermhead.data.readers import load_dataset
 from spermhead.models.inference import predict_proba
+from spermhead.models.shape import ShapeModel, fuse
 from spermhead.preprocess.profile import profiles as head_profiles
 from spermhead.training.augment import tta_flips
 from spermhead.training.protocols import make_folds
@@ -48,13 +47,12 @@ def seed_scores(run: Path, data_dir: str) -> dict[tuple[float, str], tuple[float
         cnn = {"val": predict_proba(member.eval(), images[fold.val], [0.0], [1.0], tta=cfg.train.tta,
                                     flips=tta_flips(cfg.train.augment)),
                "test": np.load(run / "folds" / f"fold{fold.index}" / "test_probs.npy")}
-        lr = make_pipeline(StandardScaler(), LogisticRegression(C=1, max_iter=3000))
-        lr.fit(profiles[fold.train], y[fold.train])
+        model = ShapeModel.fit(profiles[fold.train], y[fold.train], len(table.classes))
         for part, idx in (("val", fold.val), ("test", fold.test)):
-            shape = lr.predict_proba(profiles[idx])
+            shape = model.predict_proba(profiles[idx])
             for w in WEIGHTS:
                 pred, true = answers.setdefault((w, part), ([], []))
-                pred.extend(((1 - w) * cnn[part] + w * shape).argmax(1).tolist())
+                pred.extend(fuse(cnn[part], shape, w).argmax(1).tolist())
                 true.extend(y[idx].tolist())
     return {key: (accuracy_score(t, p), balanced_accuracy_score(t, p)) for key, (p, t) in answers.items()}
 
