@@ -91,10 +91,17 @@ def test_splits_keep_each_head_on_one_side(with_twins, kind):
     assert any((a in f.test) != (b in f.test) for f in usual for a, b in twins)
 
 
-def test_folds_without_duplicates_are_unchanged(tmp_path):
+def test_folds_without_duplicates_are_the_usual_stratified_ones(tmp_path):
+    from sklearn.model_selection import StratifiedKFold
+
     from tests.test_training import write_separable
 
     table = load_dataset(str(write_separable(tmp_path / "sep", n_per_class=10)))
+    y = np.asarray(table.label_indices)
+    usual = [test for _, test in StratifiedKFold(3, shuffle=True, random_state=2).split(y, y)]
+    for threshold in (0.98, 0):
+        folds = make_folds(table, ProtocolConfig(kind="cv", folds=3, near_duplicates=threshold), 2, 0.2)
+        assert [f.test.tolist() for f in folds] == [t.tolist() for t in usual]
     for kind in ("cv", "random"):
         on = make_folds(table, ProtocolConfig(kind=kind, folds=3), 2, 0.2)
         off = make_folds(table, ProtocolConfig(kind=kind, folds=3, near_duplicates=0), 2, 0.2)

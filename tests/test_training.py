@@ -575,7 +575,9 @@ def test_extras_that_change_the_class_mix_move_the_accuracy_point_back(tmp_path)
         np.testing.assert_allclose(got, expected, atol=1e-6)
 
 
-def test_a_corrupt_image_stops_the_run_before_an_earlier_run_is_replaced(separable, separable_run, tmp_path):
+@pytest.mark.parametrize("near_duplicates", [0.98, 0.0])  # 0: no duplicate search reads the images first
+def test_a_corrupt_image_stops_the_run_before_an_earlier_run_is_replaced(separable, separable_run, tmp_path,
+                                                                          near_duplicates):
     import shutil
 
     from spermhead.preprocess.io import ImageError
@@ -588,7 +590,7 @@ def test_a_corrupt_image_stops_the_run_before_an_earlier_run_is_replaced(separab
     shutil.copytree(separable_run.out, out)  # an earlier, finished run in the same folder
     before = sorted(p.relative_to(out) for p in out.rglob("*"))
     with pytest.raises(ImageError) as info:
-        train_run(quick_config(data, out), overwrite=True, progress=False)
+        train_run(quick_config(data, out, near_duplicates=near_duplicates), overwrite=True, progress=False)
     assert str(bad) in str(info.value)
     assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
     assert (out / "metrics.json").read_text() == (separable_run.out / "metrics.json").read_text()
