@@ -173,3 +173,14 @@ def test_blocks_find_the_same_groups_as_one_matrix(monkeypatch):
     monkeypatch.setattr(dup, "BLOCK", 7)
     assert near_duplicate_groups(sigs) == whole == [[3, 50], [7, 52], [40, 51]]
     assert np.allclose(dup.nearest(sigs[:20], sigs[30:]), (sigs[:20] @ sigs[30:].T).max(1))
+
+
+def test_a_sheet_that_cannot_be_written_is_named(with_twins, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("a file, not a folder")
+    for args in (["data", "duplicates", str(with_twins), "--sheet", str(blocker / "dups.png")],
+                 ["data", "preview", str(with_twins), "--out", str(blocker / "grid.png")]):
+        res = CliRunner().invoke(app, args)
+        assert res.exit_code == 2 and "cannot write the sheet" in res.output
+        assert str(blocker) in res.output.replace("\n", "")
+    assert blocker.read_text() == "a file, not a folder"

@@ -44,6 +44,15 @@ def _fit(rgb: np.ndarray, size: int) -> np.ndarray:
     return tile
 
 
+def _save(sheet: Image.Image, out: Path) -> Path:
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        sheet.save(out)
+    except (OSError, ValueError) as exc:  # ValueError: a suffix PIL has no format for
+        raise SpermheadError(f"{out}: cannot write the sheet ({getattr(exc, 'strerror', None) or exc})") from None
+    return out
+
+
 def _canonical_rgb(chw: np.ndarray) -> np.ndarray:
     return np.repeat(chw[0][:, :, None], 3, axis=2) if chw.shape[0] == 1 else chw.transpose(1, 2, 0)
 
@@ -100,10 +109,7 @@ def contact_sheet(table: SampleTable, cfg: PreprocessConfig, out: Path, per_clas
             sheet.paste(Image.fromarray(_fit(_canonical_rgb(canon.image), TILE)), (x + TILE + GAP, y))
             if not canon.aligned:
                 draw.rectangle((x + TILE + GAP, y, x + pair_w - 1, y + TILE - 1), outline=FAILED, width=2)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(out)
-    return out
+    return _save(sheet, Path(out))
 
 
 def duplicate_sheet(table: SampleTable, groups: list[list[int]], sigs: np.ndarray, out: Path) -> Path:
@@ -128,7 +134,4 @@ def duplicate_sheet(table: SampleTable, groups: list[list[int]], sigs: np.ndarra
             draw.text((x, y + TILE + 2), sample.id.split("/", 1)[-1][-30:], fill=(90, 90, 90), font=small)
             draw.text((x, y + TILE + 14), f"{sample.label}  r={float(sigs[group[0]] @ sigs[i]):.3f}",
                       fill=colour, font=small)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(out)
-    return out
+    return _save(sheet, Path(out))
