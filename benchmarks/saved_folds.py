@@ -1,0 +1,84 @@
+"""The fold models of a saved CV run, reloaded with the run's own folds and images, for offline
+measurements on bench runs (profile_fusion.py, tta_views.py)."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from safetensors.torch import load_file
+from sklearn.metrics import accuracy_score, balanced_accuracy_score
+from torch import nn
+
+from spermhead.config import RunConfig, load_config
+from spermhead.data.readers import load_dataset
+from spermhead.training.protocols import Fold, make_folds
+from spermhead.training.run import build_member, canonical_images
+
+
+@dataclass
+class SavedFold:
+    cfg: RunConfig
+    images: np.ndarray  # every canonical image of the dataset, uint8
+    labels: np.ndarray
+    classes: list[str]
+    fold: Fold
+    model: nn.Module  # the fold's first member, in eval mode
+    test_probs: np.ndarray  # what the run saved for fold.test (raw posteriors)
+
+
+def saved_folds(run: Path, data_dir: str) -> Iterator[SavedFold]:
+    cfg = load_config(run / "config.yaml")
+    table = load_dataset(cfg.dataset, data_dir)
+    folds = make_folds(table, cfg.protocol, cfg.seed, cfg.train.val_fraction)  # the run's own folds
+    images, _ = canonical_images(table, cfg)
+    labels = np.asarray(table.label_indices)
+    for fold in folds:
+        fold_dir = run / "folds" / f"fold{fold.index}"
+        member = build_member(cfg, len(table.classes), images[fold.train])
+        member.load_state_dict(load_file(str(fold_dir / "model0.safetensors")))
+        yield SavedFold(cfg, images, labels, list(table.classes), fold, member.eval(), np.load(fold_dir / "test_probs.npy"))
+
+
+def print_scores(scores: dict[int, dict[tuple[Any, str], tuple[float, float]]], settings: dict[Any, str],
+                 title: str) -> None:
+    """One line per part and setting: accuracy (average recall) per seed, then their mean.
+    `scores[seed][(setting, part)]`; `settings` maps each setting to its label."""
+    width = max(len(label) for label in settings.values())
+    print(f"accuracy (average recall), {title}")
+    print(f"part  {'':{width}s}  " + "  ".join(f"seed {s:<8d}" for s in scores) + "   mean")
+    for part in ("val", "test"):
+        for setting, label in settings.items():
+            got = [seed_scores[(setting, part)] for seed_scores in scores.values()]
+            mean = np.mean(got, axis=0)
+            print(f"{part:5s} {label:{width}s}  " + "  ".join(f"{a:.3f} ({r:.3f})" for a, r in got)
+                  + f"   {mean[0]:.3f} ({mean[1]:.3f})")
+
+
+def bench_arguments(doc: str | None) -> argparse.ArgumentParser:
+    """The arguments every offline measurement takes: a bench folder, its seeds, the data."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("bench_dir", type=Path, help="a bench's output folder, e.g. runs/bench/hushem")
+    ap.add_argument("--seeds", default="1,2,3")
+    ap.add_argument("--data-dir", default="../shared/datasets")
+    return ap
+
+
+class Tally:
+    """Predicted and true labels pooled over folds, per (setting, part)."""
+
+    def __init__(self) -> None:
+        self.answers: dict[tuple[Any, str], tuple[list[int], list[int]]] = {}
+
+    def add(self, key: tuple[Any, str], probs: np.ndarray, labels: np.ndarray) -> None:
+        pred, true = self.answers.setdefault(key, ([], []))
+        pred.extend(probs.argmax(1).tolist())
+        true.extend(labels.tolist())
+
+    def scores(self) -> dict[tuple[Any, str], tuple[float, float]]:
+        """(setting, part) -> (accuracy, average recall)."""
+        return {key: (accuracy_score(t, p), balanced_accuracy_score(t, p)) for key, (p, t) in self.answers.items()}
