@@ -224,6 +224,15 @@ def test_seed_recipe_reproduces_the_report_settings():
         build_run_config("hushem", "unused", recipe="nope")
 
 
+def test_hushem_recipe_epochs_follow_the_start():
+    # the recipe's short schedule is for the synthetic start; from random weights it is too short
+    assert build_run_config("hushem", "unused").train.epochs == 20
+    assert build_run_config("hushem", "unused", init="scratch").train.epochs == 150
+    assert build_run_config("hushem", "unused", model="seed-cnn").train.epochs == 150  # auto -> scratch
+    assert build_run_config("hushem", "unused", model="seed-cnn", epochs=7).train.epochs == 7
+    assert build_run_config("hushem", "unused", recipe="seed").train.epochs == 100  # the seed's own
+
+
 def test_tiny_training_side_still_gets_a_stratified_validation_part():
     from spermhead.training.protocols import _carve_val
 

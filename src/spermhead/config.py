@@ -52,7 +52,9 @@ class ModelConfig:
 @dataclass
 class TrainConfig:
     recipe: str = "default"
-    epochs: int = 150  # the defaults are the best HuSHeM recipe found (benchmarks/RESULTS.md)
+    # the defaults are the best HuSHeM recipe found (benchmarks/RESULTS.md), except that its recipe
+    # trains 20 epochs from the synthetic start; 150 is its schedule from random weights
+    epochs: int = 150
     batch_size: int = 32
     optimizer: str = "adamw"  # adamw | adam | sgd
     lr: float = 3e-3

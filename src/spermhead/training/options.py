@@ -9,7 +9,7 @@ from spermhead.config import RunConfig
 from spermhead.errors import ConfigError
 from spermhead.training.devices import ACCELERATORS
 from spermhead.training.protocols import parse_split
-from spermhead.training.recipes import DATASET_RECIPES, apply_recipe
+from spermhead.training.recipes import DATASET_RECIPES, SCRATCH_EPOCHS, apply_recipe
 
 # option name -> (config section, field)
 _FIELDS = {
@@ -37,6 +37,7 @@ def build_run_config(dataset: str, out: str, *, recipe: str = "default", data_di
                      operating_point: str | None = None, loggers: tuple[str, ...] = ("csv",),
                      **options: Any) -> RunConfig:
     cfg = apply_recipe(RunConfig(dataset=dataset, data_dir=data_dir, out=out, seed=seed), recipe)
+    epochs_given = options.get("epochs") is not None
     if recipe == "default":
         options = {**DATASET_RECIPES.get(dataset.lower(), {}), **{k: v for k, v in options.items() if v is not None}}
     cfg.loggers = tuple(loggers)
@@ -95,6 +96,8 @@ def build_run_config(dataset: str, out: str, *, recipe: str = "default", data_di
     if cfg.model.init not in ("auto", "scratch", "synthetic"):
         raise ConfigError(f"--init {cfg.model.init!r}: auto, scratch or synthetic")
     cfg.model.init = cfg.model.resolved_init()  # config.yaml records what the run did
+    if recipe == "default" and not epochs_given and cfg.model.init != "synthetic":
+        cfg.train.epochs = SCRATCH_EPOCHS.get(dataset.lower(), cfg.train.epochs)
     if cfg.model.init == "synthetic" and (cfg.model.weights or cfg.model.pretrained):
         raise ConfigError("--init synthetic picks the starting weights itself; drop --weights/--pretrained")
     if cfg.protocol.final_model not in ("ensemble", "refit"):
