@@ -32,14 +32,14 @@ def seed_scores(run: Path, data_dir: str) -> dict[tuple[float, str], tuple[float
     for saved in saved_folds(run, data_dir):
         cfg, fold, y = saved.cfg, saved.fold, saved.labels
         profiles = head_profiles(saved.images) if profiles is None else profiles
-        cnn = {"val": predict_proba(saved.model, saved.images[fold.val], [0.0], [1.0], tta=cfg.train.tta,
-                                    flips=tta_flips(cfg.train.augment)),
-               "test": saved.test_probs}
         model = ShapeModel.fit(profiles[fold.train], y[fold.train], len(saved.classes))
         for part, idx in (("val", fold.val), ("test", fold.test)):
+            # the CNN alone, rescored: a fused run's saved test_probs already hold its fusion
+            cnn = predict_proba(saved.model, saved.images[idx], [0.0], [1.0], tta=cfg.train.tta,
+                                flips=tta_flips(cfg.train.augment))
             shape = model.predict_proba(profiles[idx])
             for w in WEIGHTS:
-                tally.add((w, part), fuse(cnn[part], shape, w), y[idx])
+                tally.add((w, part), fuse(cnn, shape, w), y[idx])
     return tally.scores()
 
 

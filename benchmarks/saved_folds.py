@@ -28,7 +28,6 @@ class SavedFold:
     classes: list[str]
     fold: Fold
     model: nn.Module  # the fold's first member, in eval mode
-    test_probs: np.ndarray  # what the run saved for fold.test (raw posteriors)
 
 
 def saved_folds(run: Path, data_dir: str) -> Iterator[SavedFold]:
@@ -41,7 +40,7 @@ def saved_folds(run: Path, data_dir: str) -> Iterator[SavedFold]:
         fold_dir = run / "folds" / f"fold{fold.index}"
         member = build_member(cfg, len(table.classes), images[fold.train])
         member.load_state_dict(load_file(str(fold_dir / "model0.safetensors")))
-        yield SavedFold(cfg, images, labels, list(table.classes), fold, member.eval(), np.load(fold_dir / "test_probs.npy"))
+        yield SavedFold(cfg, images, labels, list(table.classes), fold, member.eval())
 
 
 def print_scores(scores: dict[int, dict[tuple[Any, str], tuple[float, float]]], settings: dict[Any, str],
