@@ -16,13 +16,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from saved_folds import Tally, bench_arguments, print_scores, saved_folds  # benchmarks/, beside this script
 
 from spermhead.models.inference import flip_views, to_input
 from spermhead.models.shape import ShapeModel, fuse
 from spermhead.preprocess.profile import profiles as head_profiles
-from spermhead.training.augment import tta_flips
+from spermhead.training.augment import tta_flips, warp
 
 # name -> (rotation degrees, zoom factors), each combined with every flip view
 VIEW_SETS = {
@@ -35,14 +34,13 @@ VIEW_SETS = {
 
 
 def affine(x: torch.Tensor, degrees: float, zoom: float) -> torch.Tensor:
-    """Rotate and zoom about the centre, repeating the border as training's augmentation does."""
+    """Rotate and zoom about the centre with training's own warp (border padding)."""
     if degrees == 0.0 and zoom == 1.0:
         return x
     a = math.radians(degrees)
     theta = torch.tensor([[math.cos(a) / zoom, -math.sin(a) / zoom, 0.0],
                           [math.sin(a) / zoom, math.cos(a) / zoom, 0.0]], dtype=x.dtype)
-    grid = F.affine_grid(theta.expand(len(x), 2, 3), list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return warp(x, theta.expand(len(x), 2, 3))
 
 
 @torch.inference_mode()

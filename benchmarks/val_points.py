@@ -4,7 +4,7 @@ the accuracy point only.
 
 Each fold's model scores its validation part as training does (flip TTA, the shape model fused
 where the run used it); the balanced point then divides out the training side's prior at the
-run's strength (`prior_strength`, 1 where it was "val"). Test folds are not read.
+run's strength (`prior_strength`), by training's own rule. Test folds are not read.
 
     .venv/bin/python benchmarks/val_points.py /tmp/levers/scian-pa/base /tmp/levers/scian-pa/epochs20 --seeds 4,5,6
 """
@@ -20,7 +20,7 @@ from spermhead.models.inference import apply_class_bias, predict_proba
 from spermhead.models.shape import ShapeModel, fuse
 from spermhead.preprocess.profile import profiles as head_profiles
 from spermhead.training.augment import tta_flips
-from spermhead.training.operating import prior_bias
+from spermhead.training.operating import choose_balanced_bias
 
 
 def seed_scores(run: Path, data_dir: str) -> dict[tuple[str, str], tuple[float, float]]:
@@ -35,10 +35,10 @@ def seed_scores(run: Path, data_dir: str) -> dict[tuple[str, str], tuple[float, 
             profiles = head_profiles(saved.images) if profiles is None else profiles
             shape = ShapeModel.fit(profiles[fold.train], y[fold.train], k)
             probs = fuse(probs, shape.predict_proba(profiles[fold.val]), cfg.train.shape_fusion)
-        strength = cfg.train.prior_strength if cfg.train.prior_strength != "val" else 1.0
+        # the run's own rule; a strength chosen on validation ("val") is scored where it was chosen
+        bias, _ = choose_balanced_bias(probs, y[fold.val], y[fold.train], k, cfg.train.prior_strength)
         tally.add(("accuracy", "val"), probs, y[fold.val])
-        tally.add(("balanced", "val"), apply_class_bias(probs, prior_bias(y[fold.train], k, float(strength))),
-                  y[fold.val])
+        tally.add(("balanced", "val"), apply_class_bias(probs, bias), y[fold.val])
     return tally.scores()
 
 

@@ -56,6 +56,13 @@ def tta_flips(name: str) -> str:
     return ("h" if spec.hflip else "") + ("v" if spec.vflip else "") or "hv"
 
 
+def warp(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """Apply N x 2 x 3 affine maps (output -> input, normalised coordinates) to N x C x H x W."""
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    # Border padding repeats the background instead of inventing black corners.
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
 def augment_batch(x: torch.Tensor, spec: AugmentSpec, generator: torch.Generator | None = None) -> torch.Tensor:
     """x: N x C x H x W float (normalised). Each sample gets its own random transform."""
     if spec == PRESETS["none"]:
@@ -76,9 +83,7 @@ def augment_batch(x: torch.Tensor, spec: AugmentSpec, generator: torch.Generator
         torch.stack([cos * sx, -sin * sy, uniform(2 * spec.shift)], -1),
         torch.stack([sin * sx, cos * sy, uniform(2 * spec.shift)], -1),
     ], 1).to(x)
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    # Border padding repeats the background instead of inventing black corners.
-    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    out = warp(x, theta)
     if spec.contrast:
         out = out * (1 + uniform(spec.contrast)).view(n, 1, 1, 1).to(x)
     if spec.brightness:
