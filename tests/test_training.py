@@ -21,7 +21,7 @@ from spermhead.evaluation.predictions import Predictions
 from spermhead.models.inference import predict_proba
 from spermhead.serving.bundle import load_bundle
 from spermhead.training.options import build_run_config
-from spermhead.training.protocols import make_folds
+from spermhead.training.protocols import make_folds, parse_split
 from spermhead.training.run import canonical_images, train_run
 
 CLASSES = ["normal", "tapered", "pyriform", "amorphous"]
@@ -153,6 +153,13 @@ def test_bad_options_fail_before_training(separable, tmp_path):
     with pytest.raises(ConfigError, match="--overwrite"):
         train_run(quick_config(separable, tmp_path / "z"), progress=False)
     assert (tmp_path / "z" / "keep.txt").read_text() == "precious"
+
+
+
+@pytest.mark.parametrize("text", ["90/10/0", "100/0/0", "80/20"])
+def test_a_split_with_an_empty_or_missing_part_is_refused_by_name(text):
+    with pytest.raises(ConfigError, match=f"--split '{text}'"):
+        parse_split(text)
 
 
 @pytest.mark.slow
