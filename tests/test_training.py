@@ -231,13 +231,15 @@ def test_seed_recipe_reproduces_the_report_settings():
         build_run_config("hushem", "unused", recipe="nope")
 
 
-def test_hushem_recipe_epochs_follow_the_start():
+def test_short_recipe_epochs_follow_the_start():
     # the recipe's short schedule is for the synthetic start; from random weights it is too short
     assert build_run_config("hushem", "unused").train.epochs == 20
     assert build_run_config("hushem", "unused", init="scratch").train.epochs == 150
     assert build_run_config("hushem", "unused", model="seed-cnn").train.epochs == 150  # auto -> scratch
     assert build_run_config("hushem", "unused", model="seed-cnn", epochs=7).train.epochs == 7
     assert build_run_config("hushem", "unused", recipe="seed").train.epochs == 100  # the seed's own
+    assert build_run_config("scian-ta", "unused").train.epochs == 40
+    assert build_run_config("scian-ta", "unused", init="scratch").train.epochs == 100
 
 
 def test_tiny_training_side_still_gets_a_stratified_validation_part():
@@ -389,7 +391,7 @@ def test_each_named_dataset_trains_with_its_bench_recipe_by_default():
     scian = build_run_config("scian-pa", "unused")
     assert (scian.train.augment, scian.train.balance, scian.train.soft_labels, scian.preprocess.scale) == \
         ("light", "none", 0.5, "image")
-    assert build_run_config("scian-ta", "unused").train.epochs == 100
+    assert build_run_config("scian-ta", "unused").train.epochs == 40
     assert build_run_config("hushem", "unused").train.shape_fusion == 0.4  # confirmed on CV seeds 11-14
     assert build_run_config("my-folder", "unused").train.shape_fusion == 0.0
     assert build_run_config("scian-pa", "unused", epochs=7, augment="aligned").train.augment == "aligned"
