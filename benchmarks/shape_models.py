@@ -1,0 +1,98 @@
+"""Other second opinions fused with the CNN, on a bench's saved fold models: the recipe's shape
+model with other regularisation or a finer profile, and classical models on the aligned pixels.
+
+Every model is fitted on the fold's training side only and fused with the CNN's raw posteriors
+(`(1 - W) * cnn + W * other`, as `--shape-fusion` does); "profile + pixels" gives each of the two
+weight W. Validation decides; test figures are printed for the record.
+
+    .venv/bin/python benchmarks/shape_models.py /tmp/levers/hushem/epochs20 --seeds 1,2,3
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from classical_baselines import gradient_histograms  # benchmarks/, beside this script
+from saved_folds import Tally, bench_arguments, print_scores, saved_folds
+from sklearn.calibration import CalibratedClassifierCV
+from sklearn.decomposition import PCA
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.svm import SVC
+
+from spermhead.models.inference import predict_proba
+from spermhead.models.shape import ShapeModel, fuse
+from spermhead.preprocess.profile import axis_profile
+from spermhead.training.augment import tta_flips
+
+Fitter = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]  # (train x, train y, x) -> probs
+
+
+def _profile(c: float) -> Fitter:
+    return lambda x, y, new: ShapeModel.fit(x, y, int(y.max()) + 1, c=c).predict_proba(new)
+
+
+def _svm(pca: bool) -> Fitter:
+    def fit(x: np.ndarray, y: np.ndarray, new: np.ndarray) -> np.ndarray:
+        steps = [StandardScaler(), *([PCA(50, random_state=0)] if pca else []),
+                 CalibratedClassifierCV(SVC(C=10), ensemble=False)]  # Platt-scaled probabilities
+        return make_pipeline(*steps).fit(x, y).predict_proba(new)
+    return fit
+
+
+# name -> (feature set, fitter)
+MODELS: dict[str, tuple[str, Fitter]] = {
+    "profile C=1 (the recipe)": ("profile", _profile(1.0)),
+    "profile C=0.3": ("profile", _profile(0.3)),
+    "profile C=0.1": ("profile", _profile(0.1)),
+    "profile, 40 points": ("profile40", _profile(1.0)),
+    "pixels, PCA 50 + SVM": ("pixels", _svm(pca=True)),
+    "gradient histograms + SVM": ("hog", _svm(pca=False)),
+}
+WEIGHTS = (0.3, 0.4, 0.5)
+PAIR_WEIGHTS = (0.2, 0.3)
+
+
+def features(images: np.ndarray) -> dict[str, np.ndarray]:
+    gray = images[:, 0].astype(np.float32) / 255
+    return {"profile": np.stack([axis_profile(x) for x in images]),
+            "profile40": np.stack([axis_profile(x, 40) for x in images]),
+            "pixels": gray.reshape(len(gray), -1),
+            "hog": np.stack([gradient_histograms(x) for x in gray])}
+
+
+def seed_scores(run: Path, data_dir: str) -> dict[tuple[tuple[str, float], str], tuple[float, float]]:
+    tally = Tally()
+    feats = None
+    for saved in saved_folds(run, data_dir):
+        fold, y = saved.fold, saved.labels
+        feats = features(saved.images) if feats is None else feats
+        for part, idx in (("val", fold.val), ("test", fold.test)):
+            cnn = predict_proba(saved.model, saved.images[idx], [0.0], [1.0], tta=saved.cfg.train.tta,
+                                flips=tta_flips(saved.cfg.train.augment))
+            tally.add((("CNN alone", 0.0), part), cnn, y[idx])
+            other = {name: fit(feats[key][fold.train], y[fold.train], feats[key][idx])
+                     for name, (key, fit) in MODELS.items()}
+            for name, probs in other.items():
+                for w in WEIGHTS:
+                    tally.add(((name, w), part), fuse(cnn, probs, w), y[idx])
+            for w in PAIR_WEIGHTS:
+                pair = (1 - 2 * w) * cnn + w * (other["profile C=1 (the recipe)"] + other["pixels, PCA 50 + SVM"])
+                tally.add((("profile + pixels", w), part), pair, y[idx])
+    return tally.scores()
+
+
+def main() -> None:
+    args = bench_arguments(__doc__).parse_args()
+    seeds = [int(s) for s in args.seeds.split(",")]
+    scores = {s: seed_scores(args.bench_dir / f"seed{s}", args.data_dir) for s in seeds}
+    settings = {("CNN alone", 0.0): "CNN alone"}
+    settings |= {(name, w): f"{name}, W {w}" for name in MODELS for w in WEIGHTS}
+    settings |= {("profile + pixels", w): f"profile + pixels, W {w} each" for w in PAIR_WEIGHTS}
+    print_scores(scores, settings, "CNN fused with another model at weight W")
+
+
+if __name__ == "__main__":
+    main()
