@@ -10,20 +10,14 @@ the tuned strength on a smoothed curve, and fixed strengths. Test folds are neve
 
 from __future__ import annotations
 
-import argparse
-
 import numpy as np
 import torch
-from safetensors.torch import load_file
+from saved_folds import bench_arguments, saved_folds  # benchmarks/, beside this script
 from sklearn.metrics import balanced_accuracy_score
 
-from spermhead.config import load_config
-from spermhead.data.readers import load_dataset
 from spermhead.models.inference import predict_proba
 from spermhead.training.augment import tta_flips
 from spermhead.training.operating import ALPHAS, apply_bias, prior_bias
-from spermhead.training.protocols import make_folds
-from spermhead.training.run import build_member, canonical_images
 
 
 def recall_at(probs: np.ndarray, labels: np.ndarray, train: np.ndarray, k: int, strength: float) -> float:
@@ -31,24 +25,16 @@ def recall_at(probs: np.ndarray, labels: np.ndarray, train: np.ndarray, k: int, 
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("bench_dir", help="a bench's output folder holding seedN/ runs")
-    ap.add_argument("--seeds", default="1,2,3")
+    ap = bench_arguments(__doc__)
     ap.add_argument("--splits", type=int, default=20, help="random halvings per fold")
     args = ap.parse_args()
     torch.set_num_threads(1)
     rng = np.random.default_rng(0)
     scores: dict[str, list[float]] = {"tuned": [], "tuned, smoothed": [], "fixed 1.0": [], "fixed 0.8": []}
     for seed in (int(s) for s in args.seeds.split(",")):
-        run = f"{args.bench_dir}/seed{seed}"
-        cfg = load_config(f"{run}/config.yaml")
-        table = load_dataset(cfg.dataset, cfg.data_dir)
-        images, _ = canonical_images(table, cfg)
-        y, k = np.asarray(table.label_indices), len(table.classes)
-        for fold in make_folds(table, cfg.protocol, cfg.seed, cfg.train.val_fraction):
-            model = build_member(cfg, k, images[fold.train])
-            model.load_state_dict(load_file(f"{run}/folds/fold{fold.index}/model0.safetensors"))
-            probs = predict_proba(model, images[fold.val], [0.0], [1.0], tta=cfg.train.tta,
+        for saved in saved_folds(args.bench_dir / f"seed{seed}", args.data_dir):
+            cfg, fold, y, k = saved.cfg, saved.fold, saved.labels, len(saved.classes)
+            probs = predict_proba(saved.model, saved.images[fold.val], [0.0], [1.0], tta=cfg.train.tta,
                                   flips=tta_flips(cfg.train.augment))
             labels, train = y[fold.val], y[fold.train]
             for _ in range(args.splits):

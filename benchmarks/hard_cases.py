@@ -13,11 +13,19 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 
+def predictions_file(bench_dir: Path, seed: int) -> Path:
+    """A bench seed's out-of-fold predictions.csv, or a clear exit naming what is missing."""
+    path = bench_dir / f"seed{seed}" / "predictions.csv"
+    if not path.is_file():
+        raise SystemExit(f"{path.parent}: no predictions.csv (is this a bench folder with that seed?)")
+    return path
+
+
 def wrong_counts(bench_dir: Path, seeds: list[int]) -> tuple[dict[str, list[str]], dict[str, str], int]:
     answers: dict[str, list[str]] = defaultdict(list)
     truth: dict[str, str] = {}
     for seed in seeds:
-        with open(bench_dir / f"seed{seed}" / "predictions.csv") as fh:
+        with open(predictions_file(bench_dir, seed)) as fh:
             for row in csv.DictReader(fh):
                 truth[row["id"]] = row["true"]
                 if row["pred"] != row["true"]:

@@ -17,6 +17,7 @@ import csv
 from pathlib import Path
 
 import numpy as np
+from hard_cases import predictions_file  # benchmarks/, beside this script
 from sklearn.metrics import accuracy_score, balanced_accuracy_score
 
 STRENGTHS = np.round(np.linspace(0.0, 1.0, 21), 2)
@@ -43,7 +44,7 @@ def main() -> None:
     ap.add_argument("bench_dir", type=Path)
     ap.add_argument("--seeds", default="1,2,3")
     args = ap.parse_args()
-    curves = {s: frontier(args.bench_dir / f"seed{s}" / "predictions.csv")
+    curves = {s: frontier(predictions_file(args.bench_dir, s))
               for s in (int(v) for v in args.seeds.split(","))}
     print("strength  " + "  ".join(f"seed {s:<11d}" for s in curves) + "  (accuracy / average recall)")
     for i, s in enumerate(STRENGTHS):

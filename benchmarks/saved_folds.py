@@ -31,6 +31,9 @@ class SavedFold:
 
 
 def saved_folds(run: Path, data_dir: str) -> Iterator[SavedFold]:
+    if not (run / "config.yaml").is_file() or not (run / "folds").is_dir():
+        raise SystemExit(f"{run}: not a finished CV run (config.yaml and folds/ expected); "
+                         "pass a bench or lever folder that holds seedN/ runs, and --seeds they have")
     cfg = load_config(run / "config.yaml")
     table = load_dataset(cfg.dataset, data_dir)
     folds = make_folds(table, cfg.protocol, cfg.seed, cfg.train.val_fraction)  # the run's own folds
