@@ -155,7 +155,6 @@ def test_bad_options_fail_before_training(separable, tmp_path):
     assert (tmp_path / "z" / "keep.txt").read_text() == "precious"
 
 
-
 @pytest.mark.parametrize("text", ["90/10/0", "100/0/0", "80/20"])
 def test_a_split_with_an_empty_or_missing_part_is_refused_by_name(text):
     with pytest.raises(ConfigError, match=f"--split '{text}'"):
