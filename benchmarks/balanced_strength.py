@@ -15,8 +15,6 @@ import torch
 from saved_folds import bench_arguments, saved_folds  # benchmarks/, beside this script
 from sklearn.metrics import balanced_accuracy_score
 
-from spermhead.models.inference import predict_proba
-from spermhead.training.augment import tta_flips
 from spermhead.training.operating import ALPHAS, apply_bias, prior_bias
 
 
@@ -33,9 +31,8 @@ def main() -> None:
     scores: dict[str, list[float]] = {"tuned": [], "tuned, smoothed": [], "fixed 1.0": [], "fixed 0.8": []}
     for seed in (int(s) for s in args.seeds.split(",")):
         for saved in saved_folds(args.bench_dir / f"seed{seed}", args.data_dir):
-            cfg, fold, y, k = saved.cfg, saved.fold, saved.labels, len(saved.classes)
-            probs = predict_proba(saved.model, saved.images[fold.val], [0.0], [1.0], tta=cfg.train.tta,
-                                  flips=tta_flips(cfg.train.augment))
+            fold, y, k = saved.fold, saved.labels, len(saved.classes)
+            probs = saved.cnn_probs(fold.val)
             labels, train = y[fold.val], y[fold.train]
             for _ in range(args.splits):
                 order = rng.permutation(len(labels))

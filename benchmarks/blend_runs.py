@@ -14,29 +14,19 @@ from pathlib import Path
 import numpy as np
 from saved_folds import Tally, bench_arguments, print_scores, saved_folds  # benchmarks/, beside this script
 
-from spermhead.models.inference import predict_proba
-from spermhead.models.shape import ShapeModel, fuse
-from spermhead.preprocess.profile import profiles as head_profiles
-from spermhead.training.augment import tta_flips
-
-
-def _cnn(saved, idx: np.ndarray) -> np.ndarray:
-    return predict_proba(saved.model, saved.images[idx], [0.0], [1.0], tta=saved.cfg.train.tta,
-                         flips=tta_flips(saved.cfg.train.augment))
+from spermhead.models.shape import fuse
 
 
 def seed_scores(first: Path, second: Path, data_dir: str) -> dict[tuple[str, str], tuple[float, float]]:
     tally = Tally()
-    profiles = None
     for a, b in zip(saved_folds(first, data_dir), saved_folds(second, data_dir), strict=True):
         if not all(np.array_equal(getattr(a.fold, p), getattr(b.fold, p)) for p in ("train", "val", "test")):
             raise SystemExit(f"{first} and {second} do not share their folds")
         y, w = a.labels, a.cfg.train.shape_fusion
-        profiles = head_profiles(a.images) if profiles is None else profiles
-        shape = ShapeModel.fit(profiles[a.fold.train], y[a.fold.train], len(a.classes))
+        shape = a.shape_model()
         for part, idx in (("val", a.fold.val), ("test", a.fold.test)):
-            pa, pb = _cnn(a, idx), _cnn(b, idx)
-            other = shape.predict_proba(profiles[idx])
+            pa, pb = a.cnn_probs(idx), b.cnn_probs(idx)
+            other = shape.predict_proba(a.profiles()[idx])
             for name, cnn in (("first", pa), ("second", pb), ("both", (pa + pb) / 2)):
                 tally.add((name, part), fuse(cnn, other, w), y[idx])
     return tally.scores()

@@ -17,10 +17,7 @@ from pathlib import Path
 
 from saved_folds import Tally, bench_arguments, print_scores, saved_folds  # benchmarks/, beside this script
 
-from spermhead.models.inference import predict_proba
-from spermhead.models.shape import ShapeModel, fuse
-from spermhead.preprocess.profile import profiles as head_profiles
-from spermhead.training.augment import tta_flips
+from spermhead.models.shape import fuse
 
 WEIGHTS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 1.0)
 
@@ -28,16 +25,13 @@ WEIGHTS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 1.0)
 def seed_scores(run: Path, data_dir: str) -> dict[tuple[float, str], tuple[float, float]]:
     """(weight, "val"|"test") -> (accuracy, average recall) pooled over the run's folds."""
     tally = Tally()
-    profiles = None
     for saved in saved_folds(run, data_dir):
-        cfg, fold, y = saved.cfg, saved.fold, saved.labels
-        profiles = head_profiles(saved.images) if profiles is None else profiles
-        model = ShapeModel.fit(profiles[fold.train], y[fold.train], len(saved.classes))
+        fold, y = saved.fold, saved.labels
+        model = saved.shape_model()
         for part, idx in (("val", fold.val), ("test", fold.test)):
             # the CNN alone, rescored: a fused run's saved test_probs already hold its fusion
-            cnn = predict_proba(saved.model, saved.images[idx], [0.0], [1.0], tta=cfg.train.tta,
-                                flips=tta_flips(cfg.train.augment))
-            shape = model.predict_proba(profiles[idx])
+            cnn = saved.cnn_probs(idx)
+            shape = model.predict_proba(saved.profiles()[idx])
             for w in WEIGHTS:
                 tally.add((w, part), fuse(cnn, shape, w), y[idx])
     return tally.scores()

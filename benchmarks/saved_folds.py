@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,10 @@ from torch import nn
 
 from spermhead.config import RunConfig, load_config
 from spermhead.data.readers import load_dataset
+from spermhead.models.inference import predict_proba
+from spermhead.models.shape import ShapeModel
+from spermhead.preprocess.profile import profiles as head_profiles
+from spermhead.training.augment import tta_flips
 from spermhead.training.protocols import Fold, make_folds
 from spermhead.training.run import build_member, canonical_images
 
@@ -28,6 +32,22 @@ class SavedFold:
     classes: list[str]
     fold: Fold
     model: nn.Module  # the fold's first member, in eval mode
+    _shared: dict[str, np.ndarray] = field(default_factory=dict, repr=False)  # per run, across its folds
+
+    def cnn_probs(self, idx: np.ndarray) -> np.ndarray:
+        """The fold CNN's raw posteriors for images `idx`, scored as training scores them (flip TTA)."""
+        return predict_proba(self.model, self.images[idx], [0.0], [1.0], tta=self.cfg.train.tta,
+                             flips=tta_flips(self.cfg.train.augment))
+
+    def profiles(self) -> np.ndarray:
+        """The shape model's features for every image, computed once per run."""
+        if "profiles" not in self._shared:
+            self._shared["profiles"] = head_profiles(self.images)
+        return self._shared["profiles"]
+
+    def shape_model(self) -> ShapeModel:
+        """The shape model fitted on this fold's training side, as `--shape-fusion` fits it."""
+        return ShapeModel.fit(self.profiles()[self.fold.train], self.labels[self.fold.train], len(self.classes))
 
 
 def saved_folds(run: Path, data_dir: str) -> Iterator[SavedFold]:
@@ -39,11 +59,12 @@ def saved_folds(run: Path, data_dir: str) -> Iterator[SavedFold]:
     folds = make_folds(table, cfg.protocol, cfg.seed, cfg.train.val_fraction)  # the run's own folds
     images, _ = canonical_images(table, cfg)
     labels = np.asarray(table.label_indices)
+    shared: dict[str, np.ndarray] = {}
     for fold in folds:
         fold_dir = run / "folds" / f"fold{fold.index}"
         member = build_member(cfg, len(table.classes), images[fold.train])
         member.load_state_dict(load_file(str(fold_dir / "model0.safetensors")))
-        yield SavedFold(cfg, images, labels, list(table.classes), fold, member.eval())
+        yield SavedFold(cfg, images, labels, list(table.classes), fold, member.eval(), shared)
 
 
 def print_scores(scores: dict[int, dict[tuple[Any, str], tuple[float, float]]], settings: dict[Any, str],

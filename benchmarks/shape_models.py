@@ -15,17 +15,15 @@ from pathlib import Path
 
 import numpy as np
 from classical_baselines import gradient_histograms  # benchmarks/, beside this script
-from saved_folds import Tally, bench_arguments, print_scores, saved_folds
+from saved_folds import SavedFold, Tally, bench_arguments, print_scores, saved_folds
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.decomposition import PCA
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
-from spermhead.models.inference import predict_proba
 from spermhead.models.shape import ShapeModel, fuse
 from spermhead.preprocess.profile import axis_profile
-from spermhead.training.augment import tta_flips
 
 Fitter = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]  # (train x, train y, x) -> probs
 
@@ -55,9 +53,10 @@ WEIGHTS = (0.3, 0.4, 0.5)
 PAIR_WEIGHTS = (0.2, 0.3)
 
 
-def features(images: np.ndarray) -> dict[str, np.ndarray]:
+def features(saved: SavedFold) -> dict[str, np.ndarray]:
+    images = saved.images
     gray = images[:, 0].astype(np.float32) / 255
-    return {"profile": np.stack([axis_profile(x) for x in images]),
+    return {"profile": saved.profiles(),
             "profile40": np.stack([axis_profile(x, 40) for x in images]),
             "pixels": gray.reshape(len(gray), -1),
             "hog": np.stack([gradient_histograms(x) for x in gray])}
@@ -68,10 +67,9 @@ def seed_scores(run: Path, data_dir: str) -> dict[tuple[tuple[str, float], str],
     feats = None
     for saved in saved_folds(run, data_dir):
         fold, y = saved.fold, saved.labels
-        feats = features(saved.images) if feats is None else feats
+        feats = features(saved) if feats is None else feats
         for part, idx in (("val", fold.val), ("test", fold.test)):
-            cnn = predict_proba(saved.model, saved.images[idx], [0.0], [1.0], tta=saved.cfg.train.tta,
-                                flips=tta_flips(saved.cfg.train.augment))
+            cnn = saved.cnn_probs(idx)
             tally.add((("CNN alone", 0.0), part), cnn, y[idx])
             other = {name: fit(feats[key][fold.train], y[fold.train], feats[key][idx])
                      for name, (key, fit) in MODELS.items()}

@@ -19,8 +19,7 @@ import torch
 from saved_folds import Tally, bench_arguments, print_scores, saved_folds  # benchmarks/, beside this script
 
 from spermhead.models.inference import flip_views, to_input
-from spermhead.models.shape import ShapeModel, fuse
-from spermhead.preprocess.profile import profiles as head_profiles
+from spermhead.models.shape import fuse
 from spermhead.training.augment import tta_flips, warp
 
 # name -> (rotation degrees, zoom factors), each combined with every flip view
@@ -54,18 +53,14 @@ def view_probs(model: torch.nn.Module, images: np.ndarray, flips: str, degrees: 
 def seed_scores(run: Path, data_dir: str, w: float) -> dict[tuple[str, str], tuple[float, float]]:
     """(view set, "val"|"test") -> (accuracy, average recall) pooled over the run's folds."""
     tally = Tally()
-    profiles = None
     for saved in saved_folds(run, data_dir):
         fold, y, flips = saved.fold, saved.labels, tta_flips(saved.cfg.train.augment)
-        shape = None
-        if w > 0:
-            profiles = head_profiles(saved.images) if profiles is None else profiles
-            shape = ShapeModel.fit(profiles[fold.train], y[fold.train], len(saved.classes))
+        shape = saved.shape_model() if w > 0 else None
         for part, idx in (("val", fold.val), ("test", fold.test)):
             for name, (degrees, zooms) in VIEW_SETS.items():
                 probs = view_probs(saved.model, saved.images[idx], flips, degrees, zooms)
                 if shape is not None:
-                    probs = fuse(probs, shape.predict_proba(profiles[idx]), w)
+                    probs = fuse(probs, shape.predict_proba(saved.profiles()[idx]), w)
                 tally.add((name, part), probs, y[idx])
     return tally.scores()
 

@@ -16,25 +16,20 @@ from pathlib import Path
 import numpy as np
 from saved_folds import Tally, bench_arguments, saved_folds  # benchmarks/, beside this script
 
-from spermhead.models.inference import apply_class_bias, predict_proba
-from spermhead.models.shape import ShapeModel, fuse
-from spermhead.preprocess.profile import profiles as head_profiles
-from spermhead.training.augment import tta_flips
+from spermhead.models.inference import apply_class_bias
+from spermhead.models.shape import fuse
 from spermhead.training.operating import choose_balanced_bias
 
 
 def seed_scores(run: Path, data_dir: str) -> dict[tuple[str, str], tuple[float, float]]:
     """(point, "val") -> (accuracy, average recall) pooled over the run's validation parts."""
     tally = Tally()
-    profiles = None
     for saved in saved_folds(run, data_dir):
         cfg, fold, y, k = saved.cfg, saved.fold, saved.labels, len(saved.classes)
-        probs = predict_proba(saved.model, saved.images[fold.val], [0.0], [1.0], tta=cfg.train.tta,
-                              flips=tta_flips(cfg.train.augment))
+        probs = saved.cnn_probs(fold.val)
         if cfg.train.shape_fusion > 0:
-            profiles = head_profiles(saved.images) if profiles is None else profiles
-            shape = ShapeModel.fit(profiles[fold.train], y[fold.train], k)
-            probs = fuse(probs, shape.predict_proba(profiles[fold.val]), cfg.train.shape_fusion)
+            shape = saved.shape_model()
+            probs = fuse(probs, shape.predict_proba(saved.profiles()[fold.val]), cfg.train.shape_fusion)
         # the run's own rule; a strength chosen on validation ("val") is scored where it was chosen
         bias, _ = choose_balanced_bias(probs, y[fold.val], y[fold.train], k, cfg.train.prior_strength)
         tally.add(("accuracy", "val"), probs, y[fold.val])
