@@ -172,6 +172,21 @@ def test_segment_head_removes_the_tail():
 # ---------------------------------------------------------------- fallbacks and options
 
 
+def test_background_mask_paints_out_the_tail_and_neighbours():
+    img = render(0)  # tail to the right
+    cv2.circle(img, (30, 30), 6, PURPLE, -1)  # debris near the head, inside the crop
+    keep = canonicalize(img, PreprocessConfig(image_size=64)).image[0]
+    masked = canonicalize(img, PreprocessConfig(image_size=64, background="mask")).image[0]
+    background = round(float(np.dot(PINK, (0.299, 0.587, 0.114))))
+    # the head itself is unchanged; the tail strip right of it and the debris are gone
+    assert np.array_equal(keep[28:36, 20:44], masked[28:36, 20:44])
+    assert keep[30:34, 56:].min() < background - 20
+    assert (keep < background - 40).sum() > (masked < background - 40).sum()
+    outside = np.ones_like(masked, bool)
+    outside[16:48, 8:56] = False
+    assert np.abs(masked[outside].astype(int) - int(background)).max() <= 2
+
+
 @pytest.mark.parametrize("img", [
     np.full((64, 64, 3), 200, np.uint8),
     np.zeros((40, 40, 3), np.uint8),

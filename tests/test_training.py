@@ -288,6 +288,19 @@ def test_width_option_reaches_the_model(separable, tmp_path):
     assert load_bundle(result.out / "model").meta.model_kwargs["widths"][0] == 8
 
 
+def test_background_mask_gets_its_own_source_and_default_sources_keep_their_cache_name():
+    from spermhead.training.synthetic_init import source_path, source_settings
+
+    keep = build_run_config("hushem", "unused")
+    mask = build_run_config("hushem", "unused", background="mask")
+    # the option came after sources were cached: at its default it is not part of their name
+    assert "background" not in source_settings(keep)["preprocess"]
+    assert source_settings(mask)["preprocess"]["background"] == "mask"
+    assert source_path(keep) != source_path(mask)
+    with pytest.raises(ConfigError, match="--background"):
+        build_run_config("hushem", "unused", background="blur")
+
+
 def test_synthetic_init_trains_its_source_once_then_reuses_the_cache(separable, tmp_path, monkeypatch):
     from safetensors.torch import load_file
 
@@ -611,3 +624,43 @@ def test_a_corrupt_image_stops_the_run_before_an_earlier_run_is_replaced(separab
     assert str(bad) in str(info.value)
     assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
     assert (out / "metrics.json").read_text() == (separable_run.out / "metrics.json").read_text()
+
+
+def test_sam_steps_from_the_gradient_at_the_worst_nearby_point():
+    import torch
+
+    from spermhead.training.module import SAM
+
+    torch.manual_seed(0)
+    x, y = torch.randn(16, 3), torch.randn(16)
+    w = torch.nn.Parameter(torch.randn(3))
+    start = w.detach().clone()
+
+    def loss_at(v: torch.Tensor) -> torch.Tensor:
+        return ((x @ v - y) ** 2).mean()
+
+    calls = []
+
+    def closure() -> torch.Tensor:  # what Lightning's closure does: zero_grad, forward, backward
+        calls.append(w.detach().clone())
+        w.grad = None
+        loss = loss_at(w)
+        loss.backward()
+        return loss
+
+    rho, lr = 0.1, 0.05
+    opt = SAM(torch.optim.SGD([w], lr=lr), rho)
+    opt.step(closure)
+    g = torch.func.grad(loss_at)(start)
+    worst = start + rho * g / g.norm()
+    assert len(calls) == 2 and torch.allclose(calls[1], worst, atol=1e-6)
+    assert torch.allclose(w.detach(), start - lr * torch.func.grad(loss_at)(worst), atol=1e-6)
+
+
+def test_sam_trains_through_lightning_and_is_checked(separable, tmp_path):
+    result = train_run(quick_config(separable, tmp_path / "sam", cv=2, epochs=6, sam=0.05), progress=False)
+    plain = train_run(quick_config(separable, tmp_path / "plain", cv=2, epochs=6), progress=False)
+    assert result.metrics["accuracy"] > 0.5
+    assert np.abs(result.predictions.probabilities - plain.predictions.probabilities).max() > 1e-4
+    with pytest.raises(ConfigError, match="--sam"):
+        quick_config(separable, tmp_path / "x", sam=-0.1)

@@ -169,6 +169,8 @@ def train(
     image_size: Annotated[int | None, typer.Option(help="Canonical image size in pixels")] = None,
     color: Annotated[str | None, typer.Option(help="gray or rgb")] = None,
     scale: Annotated[str | None, typer.Option(help="Crop scale: head (size-invariant) or image (keeps size)")] = None,
+    background: Annotated[str | None, typer.Option(
+        help="keep, or mask: paint everything outside the head with the background")] = None,
     seed: Annotated[int, typer.Option(help="One seed fixes the run")] = 0,
     batch_size: Annotated[int | None, typer.Option()] = None,
     lr: Annotated[float | None, typer.Option()] = None,
@@ -183,6 +185,8 @@ def train(
     swa: Annotated[float | None, typer.Option(
         help="Average the weights over this final fraction of epochs (SWA, e.g. 0.25); 0 disables")] = None,
     ema: Annotated[float | None, typer.Option(help="EMA decay of the weights per step (e.g. 0.99); 0 disables")] = None,
+    sam: Annotated[float | None, typer.Option(
+        help="Sharpness-aware minimisation radius (e.g. 0.05; two passes per step); 0 disables")] = None,
     tta: Annotated[bool | None, typer.Option("--tta/--no-tta", help="Flip test-time augmentation")] = None,
     pretrained: Annotated[bool | None, typer.Option("--pretrained", help="Hub weights (online only)")] = None,
     weights: Annotated[str | None, typer.Option(help="Local backbone weights (.safetensors or .pth)")] = None,
@@ -222,8 +226,8 @@ def train(
             name, str(out), recipe=recipe, data_dir=str(data_dir) if data_dir else None, seed=seed, cv=cv,
             split=split, operating_point=operating_point, loggers=("csv", *(logger or [])),
             model=model, width=width, grouped=grouped, near_duplicates=near_duplicates, epochs=epochs, image_size=image_size, color=color,
-            scale=scale, batch_size=batch_size, lr=lr, optimizer=optimizer, schedule=schedule, balance=balance,
-            augment=augment, soft_labels=soft_labels, label_smoothing=label_smoothing, mixup=mixup, cutmix=cutmix, swa=swa, ema=ema, tta=tta, pretrained=pretrained,
+            scale=scale, background=background, batch_size=batch_size, lr=lr, optimizer=optimizer, schedule=schedule, balance=balance,
+            augment=augment, soft_labels=soft_labels, label_smoothing=label_smoothing, mixup=mixup, cutmix=cutmix, swa=swa, ema=ema, sam=sam, tta=tta, pretrained=pretrained,
             weights=weights, init=init, prior_strength=prior_strength, l2_conv=l2_conv, final_model=final, threads=threads, members=members,
             accelerator=accelerator, extra_train=extra_train or None, shape_fusion=shape_fusion,
         )

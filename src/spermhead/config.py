@@ -24,6 +24,9 @@ class PreprocessConfig:
     # "head": the crop follows the head's length (size-invariant); "image": the crop keeps the
     # original image's extent, so absolute size (SCIAN's "small" class) stays visible.
     scale: str = "head"
+    # "mask": pixels outside the (slightly grown) head mask become background, so the model sees
+    # the head's outline and stain only, not the midpiece, neighbours or debris
+    background: str = "keep"
     max_pixels: int = MAX_PIXELS
 
 
@@ -72,6 +75,7 @@ class TrainConfig:
     cutmix: float = 0.0  # CutMix Beta(a, a): a box from another image, targets mixed by its area
     swa: float = 0.0  # fraction of the last epochs whose weights are averaged (SWA); 0 disables
     ema: float = 0.0  # EMA decay of the weights; 0 disables
+    sam: float = 0.0  # sharpness-aware minimisation radius rho (two passes per step); 0 disables
     tta: bool = True  # average over flips at evaluation
     # weight of the head-profile logistic regression fused with the CNN's probabilities
     # (models/shape.py); 0 = the CNN alone. HuSHeM's recipe uses 0.4 (training/recipes.py).

@@ -283,6 +283,7 @@ class _Head:
     area: float
     perimeter: float
     cues: tuple[float, float, float]  # tail, stain, shape (for diagnostics)
+    mask: np.ndarray  # 0/1 box-sized head mask, neck trimmed (the scene's roi)
 
 
 @dataclass
@@ -346,7 +347,8 @@ def _measure(scene: _Scene) -> _Head:
         theta = new_theta if math.cos(new_theta - theta) >= 0 else new_theta + math.pi
         ext = _extent(mask, x0, y0, cx, cy, theta)
     perimeter = sum(cv2.arcLength(cnt, True) for cnt in ext.contours)
-    return _Head(ext.centre, theta, ext.length, ext.width, float(cv2.countNonZero(mask)), perimeter, cues)
+    return _Head(ext.centre, theta, ext.length, ext.width, float(cv2.countNonZero(mask)), perimeter, cues,
+                 mask)
 
 
 def _combine(tail: float, stain: float, shape: float) -> float:
@@ -497,6 +499,16 @@ def _warp(img: np.ndarray, centre: tuple[float, float], theta: float, side: floa
     return _resize(out, size)
 
 
+def _mask_background(rgb: np.ndarray, scene: _Scene, head: _Head) -> np.ndarray:
+    """Paint everything outside the head (grown by a tenth of its width) with the background."""
+    keep = _dilate(scene.full(head.mask), max(1.0, 0.1 * head.width))
+    if keep.shape != rgb.shape[:2]:
+        keep = cv2.resize(keep, (rgb.shape[1], rgb.shape[0]), interpolation=cv2.INTER_NEAREST)
+    out = rgb.copy()
+    out[keep == 0] = np.asarray(scene.background, np.uint8)
+    return out
+
+
 def canonicalize(rgb: np.ndarray, cfg: PreprocessConfig) -> CanonicalImage:
     """Turn an HxWx3 uint8 RGB crop (or HxW grey) into the canonical C x S x S image.
 
@@ -525,6 +537,8 @@ def canonicalize(rgb: np.ndarray, cfg: PreprocessConfig) -> CanonicalImage:
         side = float(min(rgb.shape[:2]))  # fixed magnification: absolute head size survives
     else:
         side = head.length / k * (1 + 2 * cfg.margin)
+    if cfg.background == "mask":
+        source = _mask_background(source, scene, head)
     if cfg.color == "gray":
         source = cv2.cvtColor(source, cv2.COLOR_RGB2GRAY)
         background: tuple[float, ...] = (float(np.dot(scene.background, (0.299, 0.587, 0.114))),)

@@ -31,6 +31,39 @@ def cutmix(x: torch.Tensor, perm: torch.Tensor, alpha: float) -> tuple[torch.Ten
     return out, 1 - bh * bw / (h * w)
 
 
+class SAM(torch.optim.Optimizer):
+    """Sharpness-aware minimisation (Foret et al. 2021) around a base optimiser.
+
+    Each step climbs to the worst point within radius `rho` of the weights, takes the gradient
+    there, and lets the base optimiser step from the original weights. The closure (Lightning's
+    forward + zero_grad + backward) runs twice on the same augmented batch.
+    """
+
+    def __init__(self, base: torch.optim.Optimizer, rho: float) -> None:
+        super().__init__(base.param_groups, {"rho": rho})
+        self.base = base
+        self.rho = rho
+        self.param_groups = base.param_groups  # schedulers change the base's learning rate
+        self.defaults.update(base.defaults)
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:  # type: ignore[override]
+        if closure is None:
+            raise ValueError("SAM needs a closure")
+        with torch.enable_grad():
+            loss = closure()
+        params = [p for g in self.param_groups for p in g["params"] if p.grad is not None]
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params]))
+        scale = self.rho / (norm + 1e-12)
+        shifts = [p.grad * scale for p in params]
+        torch._foreach_add_(params, shifts)
+        with torch.enable_grad():
+            closure()
+        torch._foreach_sub_(params, shifts)
+        self.base.step()
+        return loss
+
+
 class HeadClassifier(L.LightningModule):
     """`model` takes [0, 1] images (it standardises internally) and returns logits."""
 
@@ -99,6 +132,8 @@ class HeadClassifier(L.LightningModule):
             opt = torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay)
         else:
             raise ConfigError(f"unknown optimizer {cfg.optimizer!r}: adamw, adam or sgd")
+        if cfg.sam > 0:
+            opt = SAM(opt, cfg.sam)
         total = cfg.epochs * self.steps_per_epoch
         if cfg.schedule == "onecycle":
             pct = min(0.3, max(cfg.warmup_epochs, 1) / max(cfg.epochs, 1))

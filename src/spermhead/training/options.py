@@ -14,7 +14,7 @@ from spermhead.training.recipes import DATASET_RECIPES, SCRATCH_EPOCHS, apply_re
 # option name -> (config section, field)
 _FIELDS = {
     "image_size": ("preprocess", "image_size"), "color": ("preprocess", "color"),
-    "align": ("preprocess", "align"), "scale": ("preprocess", "scale"), "margin": ("preprocess", "margin"),
+    "align": ("preprocess", "align"), "scale": ("preprocess", "scale"), "margin": ("preprocess", "margin"), "background": ("preprocess", "background"),
     "model": ("model", "name"), "pretrained": ("model", "pretrained"), "weights": ("model", "weights"),
     "l2_conv": ("model", "l2_conv"), "drop_rate": ("model", "drop_rate"), "init": ("model", "init"),
     "init_per_class": ("model", "init_per_class"), "init_epochs": ("model", "init_epochs"),
@@ -22,7 +22,7 @@ _FIELDS = {
     "optimizer": ("train", "optimizer"), "schedule": ("train", "schedule"),
     "weight_decay": ("train", "weight_decay"), "balance": ("train", "balance"),
     "augment": ("train", "augment"), "label_smoothing": ("train", "label_smoothing"),
-    "mixup": ("train", "mixup"), "cutmix": ("train", "cutmix"), "swa": ("train", "swa"), "ema": ("train", "ema"), "soft_labels": ("train", "soft_labels"), "tta": ("train", "tta"), "val_fraction": ("train", "val_fraction"),
+    "mixup": ("train", "mixup"), "cutmix": ("train", "cutmix"), "swa": ("train", "swa"), "ema": ("train", "ema"), "sam": ("train", "sam"), "soft_labels": ("train", "soft_labels"), "tta": ("train", "tta"), "val_fraction": ("train", "val_fraction"),
     "prior_strength": ("train", "prior_strength"),
     "monitor": ("train", "monitor"), "patience": ("train", "early_stopping_patience"),
     "threads": ("train", "num_threads"), "members": ("train", "members_per_fold"),
@@ -76,6 +76,8 @@ def build_run_config(dataset: str, out: str, *, recipe: str = "default", data_di
         raise ConfigError(f"--color {cfg.preprocess.color!r}: gray or rgb")
     if cfg.preprocess.scale not in ("head", "image"):
         raise ConfigError(f"--scale {cfg.preprocess.scale!r}: head or image")
+    if cfg.preprocess.background not in ("keep", "mask"):
+        raise ConfigError(f"--background {cfg.preprocess.background!r}: keep or mask")
     strength = cfg.train.prior_strength
     if strength != "val":
         try:
@@ -89,6 +91,8 @@ def build_run_config(dataset: str, out: str, *, recipe: str = "default", data_di
         raise ConfigError("use --mixup or --cutmix, not both")
     if not 0.0 <= float(cfg.train.swa) < 1.0:
         raise ConfigError(f"--swa {cfg.train.swa}: the fraction of final epochs to average, from 0 up to 1")
+    if float(cfg.train.sam) < 0:
+        raise ConfigError(f"--sam {cfg.train.sam}: a radius of 0 (off) or more")
     if not 0.0 <= float(cfg.train.shape_fusion) <= 1.0:
         raise ConfigError(f"--shape-fusion {cfg.train.shape_fusion}: a weight from 0 (the CNN alone) to 1")
     if cfg.train.accelerator not in ACCELERATORS:

@@ -48,6 +48,8 @@ def cache_root() -> Path:
 def source_settings(cfg: RunConfig) -> dict[str, Any]:
     """Everything the source model depends on; its hash names the cached file."""
     pre = {k: v for k, v in asdict(cfg.preprocess).items() if k != "max_pixels"}
+    if pre["background"] == "keep":  # added later: at its default, earlier cached sources stay valid
+        del pre["background"]
     return {"format": SOURCE_FORMAT, "model": cfg.model.name, "kwargs": dict(cfg.model.kwargs),
             "drop_rate": cfg.model.drop_rate, "preprocess": pre, "style": source_style(cfg),
             "per_class": cfg.model.init_per_class, "epochs": cfg.model.init_epochs,
