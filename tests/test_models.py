@@ -165,6 +165,19 @@ def test_spermnet_starts_from_another_runs_weights(tmp_path: Path) -> None:
     torch.testing.assert_close(target.stem[0].weight, source[1].stem[0].weight)
 
 
+def test_missing_tensors_are_reported_once_per_file(tmp_path: Path, caplog) -> None:
+    """Every CV fold loads the same start: its missing classifier is said once, not per fold."""
+    from safetensors.torch import save_file
+
+    state = {k: v for k, v in build_model("spermnet", 4, 1, 64).state_dict().items() if not k.startswith("fc.")}
+    save_file(state, str(tmp_path / "backbone.safetensors"))
+    with caplog.at_level("WARNING", logger="spermhead"):
+        for _ in range(3):
+            build_model("spermnet", 5, 1, 64, weights=tmp_path / "backbone.safetensors")
+    said = [r for r in caplog.records if "keep their random init" in r.getMessage()]
+    assert len(said) == 1 and "2 model tensors" in said[0].getMessage()
+
+
 def test_frozen_only_with_weights(tmp_path: Path) -> None:
     _, st, _ = _weights_files(tmp_path)
     random = build_model("seed-resnet50", 4, 1, 32, **SMALL_BACKBONE)

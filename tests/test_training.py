@@ -142,6 +142,18 @@ def test_balancing_and_augmentation_touch_only_training(separable, tmp_path):
     np.testing.assert_array_equal(predict_proba(member, x, [0.0], [1.0]), predict_proba(member, x, [0.0], [1.0]))
 
 
+@pytest.mark.parametrize("kind", ["cv", "random"])
+def test_a_folder_with_one_class_is_refused_before_training(separable, tmp_path, kind):
+    one = tmp_path / "one"
+    (one / "normal").mkdir(parents=True)
+    for path in sorted((separable / "normal").iterdir())[:10]:
+        (one / "normal" / path.name).write_bytes(path.read_bytes())
+    split = {"split": "60/30/10", "cv": None} if kind == "random" else {}
+    with pytest.raises(ConfigError, match="one: only one class has images \\(normal\\)"):
+        train_run(quick_config(one, tmp_path / "run", **split), progress=False)
+    assert not (tmp_path / "run").exists()
+
+
 def test_bad_options_fail_before_training(separable, tmp_path):
     with pytest.raises(ConfigError, match="too few images for 50-fold"):
         train_run(quick_config(separable, tmp_path / "x", cv=50), progress=False)

@@ -192,6 +192,9 @@ def _offline_help(name: str) -> str:
             "copy the file here and pass --weights weights.safetensors")
 
 
+_WARNED_MISSING: set[str] = set()
+
+
 def load_pretrained(
     model_or_backbone: nn.Module, name: str, pretrained: bool = False, weights: str | Path | None = None,
 ) -> LoadReport | None:
@@ -202,7 +205,8 @@ def load_pretrained(
     if weights is not None:
         report = load_state_into(model_or_backbone, read_state_dict(weights), str(weights))
         log.info("%s", report.summary())
-        if report.missing:
+        if report.missing and str(weights) not in _WARNED_MISSING:
+            _WARNED_MISSING.add(str(weights))  # once per file, not once per fold
             log.warning("%s: %d model tensors not in the file keep their random init",
                         weights, len(report.missing))
         return report

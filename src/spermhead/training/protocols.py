@@ -31,6 +31,10 @@ class Fold:
 
 def make_folds(table: SampleTable, protocol: ProtocolConfig, seed: int, val_fraction: float) -> list[Fold]:
     y = np.asarray(table.label_indices)
+    present = sorted({s.label for s in table.samples})
+    if len(present) < 2:
+        raise ConfigError(f"{table.name}: only one class has images ({', '.join(present) or 'none'}); "
+                          "a classifier needs at least two")
     if protocol.kind == "folders":
         return [_folder_split(table)]  # the dataset author's split, taken as it is
     together = duplicate_groups(table, protocol.near_duplicates)
