@@ -259,6 +259,23 @@ def test_canonicalize_paths_names_the_bad_file(tmp_path: Path):
     assert str(bad) in str(info.value) and info.value.status == 415
 
 
+@pytest.mark.parametrize("workers", [0, 2])
+def test_canonicalize_paths_names_every_bad_file_at_once(tmp_path: Path, workers: int):
+    from spermhead.errors import MAX_LISTED, DataError
+
+    good = _write(tmp_path, [0])
+    bad = [tmp_path / f"broken{i:02d}.png" for i in range(MAX_LISTED + 3)]
+    for path in bad:
+        path.write_text("not an image")
+    with pytest.raises(DataError) as info:
+        canonicalize_paths([*good, bad[0], bad[1]], PreprocessConfig(), workers=workers)
+    message = str(info.value)
+    assert message.startswith("2 of 3 images cannot be used") and str(bad[0]) in message and str(bad[1]) in message
+    with pytest.raises(DataError, match="and 3 more") as info:
+        canonicalize_paths(bad, PreprocessConfig(), workers=workers)
+    assert str(bad[MAX_LISTED - 1]) in str(info.value) and str(bad[MAX_LISTED]) not in str(info.value)
+
+
 def test_canonicalize_paths_empty():
     batch, results = canonicalize_paths([], PreprocessConfig(image_size=16))
     assert batch.shape == (0, 1, 16, 16) and results == []

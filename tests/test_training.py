@@ -154,6 +154,22 @@ def test_a_folder_with_one_class_is_refused_before_training(separable, tmp_path,
     assert not (tmp_path / "run").exists()
 
 
+def test_a_folder_with_bad_images_names_them_all_before_training(separable, tmp_path):
+    from spermhead.errors import DataError
+
+    lab = tmp_path / "lab"
+    for k, name in enumerate(CLASSES):
+        (lab / name).mkdir(parents=True)
+        for path in sorted((separable / name).iterdir())[:6]:
+            (lab / name / path.name).write_bytes(path.read_bytes())
+        if k < 2:
+            (lab / name / "scanner-junk.png").write_text("not an image")
+    with pytest.raises(DataError, match="2 of 26 images cannot be used") as info:
+        train_run(quick_config(lab, tmp_path / "run"), progress=False)
+    assert all(str(lab / name / "scanner-junk.png") in str(info.value) for name in CLASSES[:2])
+    assert not (tmp_path / "run").exists()
+
+
 def test_bad_options_fail_before_training(separable, tmp_path):
     with pytest.raises(ConfigError, match="too few images for 50-fold"):
         train_run(quick_config(separable, tmp_path / "x", cv=50), progress=False)

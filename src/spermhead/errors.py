@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+MAX_LISTED = 20  # unusable files named in one error; the rest are counted
+
 
 class SpermheadError(Exception):
     """Base class for errors shown to users as one line, without a traceback."""
@@ -23,3 +27,15 @@ class ImageError(SpermheadError):
 
 class ConfigError(SpermheadError):
     """Options that cannot work together, or a model or recipe that does not exist."""
+
+
+def raise_for_unusable(failed: Sequence[ImageError], total: int) -> None:
+    """Nothing for no failures; one bad file raises its ImageError; several raise one DataError
+    naming them all, so a lab fixes its folder in one pass instead of one file per run."""
+    if len(failed) == 1:
+        raise failed[0]
+    if failed:
+        listed = "".join(f"\n  {e}" for e in failed[:MAX_LISTED])
+        if len(failed) > MAX_LISTED:
+            listed += f"\n  ... and {len(failed) - MAX_LISTED} more"
+        raise DataError(f"{len(failed)} of {total} images cannot be used; fix or remove them:{listed}")

@@ -22,6 +22,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from spermhead.errors import ImageError, raise_for_unusable
+
 DEFAULT_THRESHOLD = 0.98
 THUMBNAIL = 32
 BLOCK = 2048  # rows of the correlation matrix computed at a time
@@ -45,12 +47,18 @@ def signatures(paths: Sequence[Path]) -> np.ndarray:
     from spermhead.preprocess.io import read_image
 
     out = np.empty((len(paths), THUMBNAIL * THUMBNAIL), dtype=np.float32)
+    failed: list[ImageError] = []
     for i, path in enumerate(paths):
         st = os.stat(path)
         key = (str(Path(path).resolve()), st.st_mtime_ns, st.st_size)
         if key not in _cache:
-            _cache[key] = signature(read_image(path))
+            try:
+                _cache[key] = signature(read_image(path))
+            except ImageError as exc:
+                failed.append(exc)
+                continue
         out[i] = _cache[key]
+    raise_for_unusable(failed, len(paths))
     return out
 
 

@@ -24,6 +24,7 @@ import cv2
 import numpy as np
 
 from spermhead.config import PreprocessConfig
+from spermhead.errors import ImageError, raise_for_unusable
 from spermhead.preprocess.io import read_image
 
 WORK_MAX = 256  # larger images are segmented on a copy this size (geometry scaled back)
@@ -558,24 +559,33 @@ def canonicalize_paths(paths: Sequence[Path | str], cfg: PreprocessConfig,
     """Read and canonicalize many files: (N x C x S x S uint8 batch, one CanonicalImage per file).
 
     Each result's `image` is a view into the batch. `workers`: 0 or 1 = in this thread, n > 1 = a
-    pool of n threads, -1 = one per CPU. An unreadable file raises ImageError naming it.
+    pool of n threads, -1 = one per CPU. An unreadable file raises ImageError naming it; several
+    raise one DataError listing them all, so a lab fixes its folder in one pass.
     """
     channels = 1 if cfg.color == "gray" else 3
     batch = np.empty((len(paths), channels, cfg.image_size, cfg.image_size), np.uint8)
     if workers < 0:
         workers = os.cpu_count() or 1
+    def attempt(path: Path | str) -> CanonicalImage | ImageError:
+        try:
+            return load_canonical(path, cfg)
+        except ImageError as exc:
+            return exc
+
     if workers <= 1 or len(paths) < 2:
-        results = [load_canonical(p, cfg) for p in paths]
+        results = [attempt(p) for p in paths]
     else:
         # OpenCV's own threads would only fight the pool's for the cores on images this small
         previous = cv2.getNumThreads()
         cv2.setNumThreads(1)
         try:
             with ThreadPoolExecutor(workers) as pool:
-                results = list(pool.map(lambda p: load_canonical(p, cfg), paths))
+                results = list(pool.map(attempt, paths))
         finally:
             cv2.setNumThreads(previous)
+    raise_for_unusable([r for r in results if isinstance(r, ImageError)], len(paths))
     for i, result in enumerate(results):
+        assert isinstance(result, CanonicalImage)
         batch[i] = result.image
         result.image = batch[i]
     return batch, results
