@@ -685,6 +685,33 @@ def test_sam_steps_from_the_gradient_at_the_worst_nearby_point():
     assert torch.allclose(w.detach(), start - lr * torch.func.grad(loss_at)(worst), atol=1e-6)
 
 
+def test_sam_checkpoints_hold_the_base_optimisers_state():
+    import torch
+
+    from spermhead.training.module import SAM
+
+    def fresh() -> tuple[torch.nn.Parameter, SAM]:
+        w = torch.nn.Parameter(torch.ones(3))
+        return w, SAM(torch.optim.AdamW([w], lr=0.1), 0.05)
+
+    w, opt = fresh()
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = (w ** 2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    saved = opt.state_dict()
+    assert torch.equal(saved["state"][0]["exp_avg"], opt.base.state[w]["exp_avg"])
+    w2, again = fresh()
+    again.load_state_dict(saved)
+    assert torch.equal(again.base.state[w2]["exp_avg"], opt.base.state[w]["exp_avg"])
+    again.param_groups[0]["lr"] = 0.5  # what a scheduler does, after a resume too
+    assert again.base.param_groups[0]["lr"] == 0.5
+
+
 def test_sam_trains_through_lightning_and_is_checked(separable, tmp_path):
     result = train_run(quick_config(separable, tmp_path / "sam", cv=2, epochs=6, sam=0.05), progress=False)
     plain = train_run(quick_config(separable, tmp_path / "plain", cv=2, epochs=6), progress=False)

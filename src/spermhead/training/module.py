@@ -43,8 +43,20 @@ class SAM(torch.optim.Optimizer):
         super().__init__(base.param_groups, {"rho": rho})
         self.base = base
         self.rho = rho
-        self.param_groups = base.param_groups  # schedulers change the base's learning rate
+        self._share_base()
         self.defaults.update(base.defaults)
+
+    def _share_base(self) -> None:
+        # schedulers change the base's learning rate; checkpoints hold the base's moments
+        self.param_groups = self.base.param_groups
+        self.state = self.base.state
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.base.state_dict()
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.base.load_state_dict(state_dict)  # replaces the base's groups and state
+        self._share_base()
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:  # type: ignore[override]
