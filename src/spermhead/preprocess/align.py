@@ -566,6 +566,7 @@ def canonicalize_paths(paths: Sequence[Path | str], cfg: PreprocessConfig,
     batch = np.empty((len(paths), channels, cfg.image_size, cfg.image_size), np.uint8)
     if workers < 0:
         workers = os.cpu_count() or 1
+
     def attempt(path: Path | str) -> CanonicalImage | ImageError:
         try:
             return load_canonical(path, cfg)

@@ -65,6 +65,8 @@ class SAM(torch.optim.Optimizer):
         with torch.enable_grad():
             loss = closure()
         params = [p for g in self.param_groups for p in g["params"] if p.grad is not None]
+        if not params:
+            return loss
         norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params]))
         scale = self.rho / (norm + 1e-12)
         shifts = [p.grad * scale for p in params]
