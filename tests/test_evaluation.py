@@ -281,3 +281,24 @@ def test_selection_files(oof: Predictions, tmp_path: Path) -> None:
         assert f"| {header} |" in md
     assert "±" in md and "★" in md
     assert 'class="best"' in paths["html"].read_text()
+
+
+def test_selection_chooses_on_validation_not_on_the_test_folds(tmp_path: Path) -> None:
+    rows = [  # the test-fold leader is not the validation leader: validation decides
+        {"model": "lucky on test", "accuracy": 0.90, "balanced_accuracy": 0.90,
+         "metrics": {"validation": {"n": 40, "accuracy": 0.70, "balanced_accuracy": 0.70}}},
+        {"model": "steady", "accuracy": 0.85, "balanced_accuracy": 0.85,
+         "metrics": {"validation": {"n": 40, "accuracy": 0.80, "balanced_accuracy": 0.80}}},
+    ]
+    table = selection_table(rows)
+    assert [r["best"] for r in table] == [False, True]
+    assert table[1]["val_balanced_accuracy"] == 0.80
+    md = write_selection(rows, tmp_path)["md"].read_text()
+    assert "| val. balanced accuracy |" in md and "test folds took no part" in md
+    # a row without validation scores: the test figures choose, and the note says what that costs
+    table = selection_table([rows[0], {"model": "no val", "accuracy": 0.5, "balanced_accuracy": 0.5}])
+    assert [r["best"] for r in table] == [True, False]
+    md = write_selection([rows[0], {"model": "no val", "accuracy": 0.5, "balanced_accuracy": 0.5}],
+                         tmp_path / "b")["md"].read_text()
+    assert "flatters the chosen row" in md
+
