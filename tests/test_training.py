@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -235,6 +236,23 @@ def test_select_writes_the_model_selection_table(separable, tmp_path):
     table = (tmp_path / "sel" / "selection.md").read_text()
     assert "spermnet" in table and "seed-cnn" in table
     assert (tmp_path / "sel" / "selection.csv").is_file() and (tmp_path / "sel" / "selection.html").is_file()
+
+
+def test_select_command_prints_the_winner_chosen_on_validation(separable, tmp_path):
+    from typer.testing import CliRunner
+
+    from spermhead.cli import app
+
+    out = tmp_path / "sel"
+    result = CliRunner().invoke(app, ["select", str(separable), "--models", "spermnet,seed-cnn", "--cv", "2",
+                                      "--epochs", "1", "--image-size", "32", "--out", str(out), "--no-progress"],
+                                terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert "chosen on validation" in result.output and result.output.count("★") == 2  # title and winner
+    with open(out / "selection.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    best = max(rows, key=lambda r: (float(r["val_balanced_accuracy"]), float(r["val_accuracy"])))
+    assert [r["best"] for r in rows].count("True") == 1 and best["best"] == "True"
 
 
 def test_seed_ensemble_per_fold(separable, tmp_path):

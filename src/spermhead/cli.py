@@ -314,7 +314,24 @@ def select(
                             seed=seed, cv=cv, split=split, epochs=epochs, image_size=image_size, color=color,
                             init="scratch")
     names = [m.strip() for m in models.split(",") if m.strip()]
-    select_models(base, names, out, variants=variants, overwrite=overwrite, resume=resume, progress=progress)
+    rows = select_models(base, names, out, variants=variants, overwrite=overwrite, resume=resume,
+                         progress=progress)
+    from rich.table import Table
+
+    from spermhead.evaluation.selection import chosen_on_validation, selection_table
+
+    chosen = selection_table(rows)
+    table = Table("model", "variant", "accuracy", "balanced accuracy", "val. balanced accuracy",
+                  title="test folds; ★ chosen on validation" if chosen_on_validation(chosen)
+                  else "test folds; ★ chosen on them (no validation scores)")
+
+    def score(v: float | None) -> str:
+        return "n/a" if v is None else f"{v:.3f}"
+
+    for r in chosen:
+        table.add_row(r["model"] + (" ★" if r["best"] else ""), r["variant"], score(r["accuracy"]),
+                      score(r["balanced_accuracy"]), score(r["val_balanced_accuracy"]))
+    console.print(table)
     console.print(f"selection table: {out / 'selection.md'} (also .csv and .html)")
 
 
