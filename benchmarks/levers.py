@@ -48,7 +48,6 @@ LEVERS: dict[str, dict] = {
     "margin5": {"margin": 0.5},
     "mask": {"background": "mask"},
     "sam05": {"sam": 0.05},
-    "sam02": {"sam": 0.02},
     "balance_none": {"balance": "none"},
     "balance_loss": {"balance": "loss"},
     "seed_cnn": {"model": "seed-cnn", "image_size": 32},

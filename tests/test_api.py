@@ -200,6 +200,7 @@ def test_model_health_docs(client: TestClient) -> None:
     m = client.get("/api/model").json()
     assert m["classes"] == list(CLASSES) and m["architecture"] == "spermnet"
     assert m["input"]["size"] == 32 and m["input"]["color"] == "gray"
+    assert (m["input"]["scale"], m["input"]["background"]) == ("head", "keep")
     assert {"operating_point", "uncertainty_threshold", "run", "tta", "limits"} <= set(m)
     assert client.get("/health").json()["status"] == "ok"
     docs = client.get("/docs")

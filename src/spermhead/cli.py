@@ -305,6 +305,15 @@ def select(
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
 ) -> None:
     """Train several models under one protocol and write the model-selection table."""
+    from rich.table import Table
+
+    from spermhead.evaluation.selection import (
+        BEST_MARK,
+        DISPLAY,
+        cell_text,
+        chosen_on_validation,
+        selection_table,
+    )
     from spermhead.training.options import build_run_config
     from spermhead.training.select import select_models
 
@@ -316,21 +325,14 @@ def select(
     names = [m.strip() for m in models.split(",") if m.strip()]
     rows = select_models(base, names, out, variants=variants, overwrite=overwrite, resume=resume,
                          progress=progress)
-    from rich.table import Table
-
-    from spermhead.evaluation.selection import chosen_on_validation, selection_table
-
     chosen = selection_table(rows)
-    table = Table("model", "variant", "accuracy", "balanced accuracy", "val. balanced accuracy",
+    shown = ("accuracy", "balanced_accuracy", "val_balanced_accuracy")
+    table = Table("model", "variant", *(dict(DISPLAY)[k] for k in shown),
                   title="test folds; ★ chosen on validation" if chosen_on_validation(chosen)
                   else "test folds; ★ chosen on them (no validation scores)")
-
-    def score(v: float | None) -> str:
-        return "n/a" if v is None else f"{v:.3f}"
-
     for r in chosen:
-        table.add_row(r["model"] + (" ★" if r["best"] else ""), r["variant"], score(r["accuracy"]),
-                      score(r["balanced_accuracy"]), score(r["val_balanced_accuracy"]))
+        table.add_row(r["model"] + (f" {BEST_MARK}" if r["best"] else ""), r["variant"],
+                      *(cell_text(r, k) for k in shown))
     console.print(table)
     console.print(f"selection table: {out / 'selection.md'} (also .csv and .html)")
 

@@ -125,7 +125,7 @@ def selection_table(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def _cell(row: Mapping[str, Any], key: str) -> str:
+def cell_text(row: Mapping[str, Any], key: str) -> str:
     """Display text (unescaped) for one cell."""
     v = row[key]
     if key in ("accuracy", "balanced_accuracy") and v is not None:
@@ -173,7 +173,7 @@ def write_selection(rows: Sequence[Mapping[str, Any]], out_dir: Path | str) -> d
 
     md = ["| " + " | ".join(h for _, h in DISPLAY) + " |", "|" + "---|" * len(DISPLAY)]
     for r in table:
-        cells = [_md_escape(_cell(r, k)) for k, _ in DISPLAY]
+        cells = [_md_escape(cell_text(r, k)) for k, _ in DISPLAY]
         if r["best"]:
             cells = [f"**{c}**" if c else c for c in cells]
             cells[0] = f"{cells[0]} {BEST_MARK}"
@@ -184,7 +184,7 @@ def write_selection(rows: Sequence[Mapping[str, Any]], out_dir: Path | str) -> d
     head = "".join(f"<th>{esc(h)}</th>" for _, h in DISPLAY)
     body = []
     for r in table:
-        cells = [esc(_cell(r, k)) for k, _ in DISPLAY]
+        cells = [esc(cell_text(r, k)) for k, _ in DISPLAY]
         if r["best"]:
             cells[0] += f" {BEST_MARK}"
         cls = ' class="best"' if r["best"] else ""

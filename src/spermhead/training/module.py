@@ -36,7 +36,8 @@ class SAM(torch.optim.Optimizer):
 
     Each step climbs to the worst point within radius `rho` of the weights, takes the gradient
     there, and lets the base optimiser step from the original weights. The closure (Lightning's
-    forward + zero_grad + backward) runs twice on the same augmented batch.
+    forward + zero_grad + backward) runs twice on the same augmented batch, so a SAM run's logged
+    train loss and accuracy average both passes.
     """
 
     def __init__(self, base: torch.optim.Optimizer, rho: float) -> None:
