@@ -269,10 +269,10 @@ def pretrain_cmd(
                   f"next: spermhead train NAME --weights {path}")
 
 
-def print_run_summary(out: Path, metrics: dict[str, Any]) -> None:
+def metrics_table(title: str, metrics: dict[str, Any]) -> Any:
     from rich.table import Table
 
-    table = Table("metric", "value", title=f"{out}")
+    table = Table("metric", "value", title=title)
     for key in ("accuracy", "balanced_accuracy", "macro_f1", "weighted_precision", "weighted_recall",
                 "roc_auc_ovr_macro", "pr_auc_macro"):
         if metrics.get(key) is not None:
@@ -280,7 +280,11 @@ def print_run_summary(out: Path, metrics: dict[str, Any]) -> None:
             if key == "accuracy" and metrics.get("accuracy_std") is not None:
                 value += f" +/- {metrics['accuracy_std']:.4f} (folds)"
             table.add_row(key, value)
-    console.print(table)
+    return table
+
+
+def print_run_summary(out: Path, metrics: dict[str, Any]) -> None:
+    console.print(metrics_table(f"{out}", metrics))
     console.print(f"report: {out / 'report.html'}\nbundle: {out / 'model'}\n"
                   f"serve it: spermhead serve --model {out / 'model'}")
 
@@ -407,6 +411,58 @@ def predict(
         console.print(f"({len(rows) - len(shown)} more rows" + (" in the CSV/JSON)" if csv_out or json_out else
                                                                  "; write them all with --csv)"))
     if failed:
+        raise typer.Exit(1)
+
+
+@app.command("evaluate")
+@friendly
+def evaluate(
+    name: DatasetArg,
+    model: Annotated[Path, typer.Option("--model", help="Bundle folder (model.json + model.safetensors)")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for the report, metrics and predictions")],
+    data_dir: DataDir = None,
+    operating_point: Annotated[str | None, typer.Option(
+        help="accuracy or balanced; default: the bundle's")] = None,
+    backend: Annotated[str, typer.Option(help="torch or onnx")] = "torch",
+    threads: Annotated[int, typer.Option(help="Torch CPU threads; 0 lets torch decide")] = 0,
+    overwrite: Annotated[bool, typer.Option(help="Replace the files of an existing output folder")] = False,
+) -> None:
+    """Assess a trained bundle on labelled images it did not train on (another dataset or lab).
+    Images it did train on are detected and reported apart; exit code 1 if any file failed."""
+    import torch
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from spermhead.data.readers import load_dataset
+    from spermhead.evaluation.external import assess, check_out_dir, write_assessment
+    from spermhead.serving.predictor import Predictor
+
+    if threads > 0:
+        torch.set_num_threads(threads)
+    check_out_dir(out, overwrite)
+    table = load_dataset(name, data_dir)
+    with Predictor(model, backend=backend, operating_point=operating_point) as predictor:
+        progress = Progress(TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                            console=err_console, transient=True)
+        with progress:
+            task = progress.add_task("evaluate", total=len(table))
+            result = assess(predictor, table, on_row=lambda: progress.advance(task))
+        about = {"dataset": name, "data_dir": str(data_dir) if data_dir else None, "bundle": str(model.resolve()),
+                 "model": {"name": predictor.meta.architecture},
+                 "preprocess": predictor.meta.preprocess, "trained_on": predictor.meta.run.get("dataset"),
+                 "operating_point": predictor.meta.operating_point, "backend": backend}
+    metrics = write_assessment(out, result, about)
+    console.print(f"{name}: {len(result.predictions)} images scored by {model}", highlight=False)
+    console.print(metrics_table("", metrics))
+    for note in metrics["notes"]:
+        console.print(f"note: {note}", highlight=False, markup=False)
+    if metrics.get("unseen"):
+        u = metrics["unseen"]
+        console.print(f"images the model did not train on ({u['n']}): accuracy {u['accuracy']:.4f}, "
+                      f"balanced accuracy {u['balanced_accuracy']:.4f}")
+    for bad in result.unusable[:20]:
+        err_console.print(f"{bad['path']}: {bad['error']}", style="red", highlight=False, markup=False)
+    console.print(f"report: {out / 'report.html'}")
+    if result.unusable:
         raise typer.Exit(1)
 
 

@@ -8,6 +8,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
@@ -19,6 +22,10 @@ from spermhead.models.shape import ShapeModel
 from spermhead.models.weights import write_safetensors
 
 BUNDLE_FORMAT = 1
+# Thumbnail signatures (data/duplicates.py) of the images that built the bundle's models (training
+# sides and validation parts), so that `evaluate` can tell which images it is asked to score were
+# seen in training. Kept out of model.safetensors: predict and the app never read it.
+TRAINING_IMAGES = "training_images.safetensors"
 
 
 @dataclass
@@ -116,3 +123,21 @@ def load_bundle(directory: Path | str) -> Bundle:
             raise SpermheadError(f"{weights_path}: shape fusion is on but the file holds no shape models")
         shapes = [ShapeModel.from_tensors(state, f"shape{i}") for i in range(count)]
     return Bundle(meta, ensemble, directory, shapes)
+
+
+def save_training_signatures(directory: Path | str, signatures: np.ndarray) -> Path:
+    """Float16 is plenty: signatures are unit vectors compared against a 0.98 threshold."""
+    tensor = torch.from_numpy(np.ascontiguousarray(signatures, dtype=np.float16))
+    return write_safetensors({"signatures": tensor}, Path(directory) / TRAINING_IMAGES)
+
+
+def load_training_signatures(directory: Path | str) -> np.ndarray | None:
+    """The training images' signatures, or None for a bundle that does not record them (made
+    before they were kept, or by `untrained_bundle`)."""
+    path = Path(directory) / TRAINING_IMAGES
+    if not path.is_file():
+        return None
+    try:
+        return load_file(str(path))["signatures"].float().numpy()
+    except (KeyError, OSError, SafetensorError) as exc:
+        raise SpermheadError(f"{path}: unreadable training-image signatures ({exc})") from exc

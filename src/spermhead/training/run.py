@@ -366,11 +366,12 @@ def train_run(cfg: RunConfig, *, overwrite: bool = False, resume: bool = False,
             "accuracy": np.mean([r.accuracy_bias if r.accuracy_bias is not None else np.zeros(k)
                                  for r in results], axis=0)}
     shapes = [r.shape for r in results if r.shape is not None]
-    if cfg.protocol.kind == "cv" and cfg.protocol.final_model == "refit":
+    if kind_is_refit(cfg):
         bundle_members = [refit_all(cfg, table, images, results, out, progress=progress)]
         if shape_features is not None:
             shapes = [ShapeModel.fit(shape_features, np.asarray(table.label_indices), len(table.classes))]
-    write_bundle(cfg, table, bundle_members, bias, metrics, out / "model", shapes)
+    write_bundle(cfg, table, bundle_members, bias, metrics, out / "model", shapes,
+                 trained_signatures(table, folds, refit=kind_is_refit(cfg)))
     timing = {
         "wall_seconds": time.perf_counter() - start,
         "init_seconds": float(init.get("seconds", 0.0)),  # a source model trained by this run
@@ -385,6 +386,21 @@ def train_run(cfg: RunConfig, *, overwrite: bool = False, resume: bool = False,
     history = [{"fold": r.index, **row} for r in results for row in r.history]
     write_outputs(cfg, out, predictions, metrics, history, timing)
     return RunResult(out, metrics, predictions, results, timing)
+
+
+def kind_is_refit(cfg: RunConfig) -> bool:
+    return cfg.protocol.kind == "cv" and cfg.protocol.final_model == "refit"
+
+
+def trained_signatures(table: SampleTable, folds: list[Fold], *, refit: bool) -> np.ndarray:
+    """Signatures of every image that helped build some bundle member: the union of the training
+    sides and of the validation parts that chose checkpoints (under CV, every image of the
+    dataset), and the extra training images; all of them for a refit."""
+    from spermhead.data.duplicates import signatures
+
+    used = set().union(*(f.train.tolist() + f.val.tolist() for f in folds))
+    rows = range(len(table)) if refit else sorted(used)
+    return signatures([table.samples[i].path for i in rows])
 
 
 def refit_all(cfg: RunConfig, table: SampleTable, images: np.ndarray, results: list[FoldResult],
@@ -439,14 +455,16 @@ def write_sample_table(table: SampleTable, canon: list[Any], path: Path, n_own: 
 
 
 def write_bundle(cfg: RunConfig, table: SampleTable, members: list[nn.Module], biases: dict[str, np.ndarray],
-                 metrics: dict[str, Any], directory: Path, shapes: list[ShapeModel] | None = None) -> Path:
+                 metrics: dict[str, Any], directory: Path, shapes: list[ShapeModel] | None = None,
+                 trained: np.ndarray | None = None) -> Path:
     """`biases`: each operating point's log-prior correction ("balanced", and "accuracy" where
-    extra training images shifted the prior)."""
-    from spermhead.serving.bundle import BundleMeta, save_bundle
+    extra training images shifted the prior). `trained`: signatures of the images the members
+    trained on, kept beside the weights for `evaluate`."""
+    from spermhead.serving.bundle import BundleMeta, save_bundle, save_training_signatures
 
     in_chans = 1 if cfg.preprocess.color == "gray" else 3
     kind = "single" if len(members) == 1 else "ensemble"
-    if cfg.protocol.kind == "cv" and cfg.protocol.final_model == "refit":
+    if kind_is_refit(cfg):
         kind = "refit"
     points = {p: [float(b) for b in biases.get(p, np.zeros(len(table.classes)))] for p in ("accuracy", "balanced")}
     meta = BundleMeta(
@@ -459,7 +477,10 @@ def write_bundle(cfg: RunConfig, table: SampleTable, members: list[nn.Module], b
         run={"dataset": cfg.dataset, "protocol": cfg.protocol.kind, "folds": cfg.protocol.folds,
              "seed": cfg.seed, "metrics": _headline(metrics), "run_dir": str(Path(cfg.out).resolve())},
     )
-    return save_bundle(directory, members, meta, shapes)
+    save_bundle(directory, members, meta, shapes)
+    if trained is not None:
+        save_training_signatures(directory, trained)
+    return directory
 
 
 def write_outputs(cfg: RunConfig, out: Path, predictions: Predictions, metrics: dict[str, Any],

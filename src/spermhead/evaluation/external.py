@@ -1,0 +1,134 @@
+"""Assess a trained bundle on labelled images: another lab's folder, or another dataset.
+
+The images go through the same Predictor as `predict` and the app, and the results through the
+same Predictions, metrics, plots and report as `train`, so the figures mean what a run's mean.
+Two things can make such figures misleading, and both are reported rather than hidden:
+- images of a class the model does not have (SCIAN's "small" for a HuSHeM model) cannot be
+  scored: they are left out and counted;
+- images the bundle's models trained on score far better than new ones. New bundles keep the
+  thumbnail signatures of their training images (serving/bundle.py), so every scored image is
+  marked seen or unseen, and the unseen ones get metrics of their own.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from spermhead.data.duplicates import DEFAULT_THRESHOLD, nearest, signatures
+from spermhead.data.samples import SampleTable
+from spermhead.errors import ConfigError, DataError
+from spermhead.evaluation.metrics import compute_metrics, cv_metrics
+from spermhead.evaluation.predictions import NO_FOLD, Predictions
+from spermhead.serving.bundle import load_training_signatures
+from spermhead.serving.predictor import Predictor
+
+
+@dataclass(frozen=True)
+class Assessment:
+    predictions: Predictions  # the scored images, keyed by sample id
+    seen: list[bool] | None  # per scored image: a near-duplicate of a training image; None = unknown
+    unusable: list[dict[str, str]] = field(default_factory=list)  # id, path, error
+    unknown_classes: dict[str, int] = field(default_factory=dict)  # label -> images left out
+
+    def metrics(self) -> dict[str, Any]:
+        """cv_metrics of every scored image, with what was left out, and the unseen images'
+        own metrics where some were seen in training."""
+        out = cv_metrics(self.predictions)
+        notes = out["notes"]
+        if self.unknown_classes:
+            left = ", ".join(f"{c} ({n})" for c, n in self.unknown_classes.items())
+            notes.append(f"left out, classes the model does not have: {left}")
+        if self.unusable:
+            notes.append(f"left out, images that could not be used: {len(self.unusable)}")
+        if self.seen is None:
+            notes.append("this bundle does not record its training images, so images it trained on "
+                         "cannot be told apart: if any are here, these figures flatter it")
+            out["training_overlap"] = None
+        else:
+            n_seen = int(sum(self.seen))
+            out["training_overlap"] = {"seen": n_seen, "unseen": len(self.seen) - n_seen,
+                                       "threshold": DEFAULT_THRESHOLD}
+            if n_seen:
+                notes.append(f"{n_seen} of {len(self.seen)} images are ones the model trained on (or "
+                             "near-duplicates of them): their predictions are not a test; see `unseen`")
+                unseen = np.flatnonzero(~np.asarray(self.seen))
+                out["unseen"] = compute_metrics(self.predictions.subset(unseen)) if unseen.size else None
+        return out
+
+
+def assess(predictor: Predictor, table: SampleTable,
+           on_row: Callable[[], None] | None = None) -> Assessment:
+    """Score every image of `table` whose class the model has; `on_row` is called per image (a
+    progress bar). Unusable images are listed, not fatal, unless none is left to score."""
+    known = [s for s in table.samples if s.label in predictor.classes]
+    unknown = Counter(s.label for s in table.samples if s.label not in predictor.classes)
+    if not known:
+        raise ConfigError(f"{table.name}: none of its classes ({', '.join(table.classes)}) is one the "
+                          f"model has ({', '.join(predictor.classes)})")
+    scored, probs, unusable = [], [], []
+    for sample, row in zip(known, predictor.predict_files([s.path for s in known]), strict=True):
+        if row["ok"]:
+            scored.append(sample)
+            probs.append([row["probabilities"][c] for c in predictor.classes])
+        else:
+            unusable.append({"id": sample.id, "path": str(sample.path), "error": row["error"]})
+        if on_row is not None:
+            on_row()
+    if not scored:
+        raise DataError(f"{table.name}: none of its {len(known)} images could be used "
+                        f"(first: {unusable[0]['path']}: {unusable[0]['error']})")
+    predictions = Predictions(
+        ids=[s.id for s in scored], sources=[s.source for s in scored], folds=[NO_FOLD] * len(scored),
+        true=[s.label for s in scored], probabilities=np.asarray(probs), classes=predictor.classes)
+    trained = load_training_signatures(predictor.bundle_dir)
+    seen = None
+    if trained is not None:
+        closest = nearest(signatures([s.path for s in scored]), trained)
+        seen = [bool(c >= DEFAULT_THRESHOLD) for c in closest]
+    return Assessment(predictions, seen, unusable, dict(unknown))
+
+
+def check_out_dir(out: Path, overwrite: bool) -> None:
+    """Before any work: an existing, non-empty folder is kept unless the user asked to replace it."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out}: exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise ConfigError(f"{out}: folder exists and is not empty; pass --overwrite to replace its files")
+
+
+def write_assessment(out: Path, assessment: Assessment, about: dict[str, Any]) -> dict[str, Any]:
+    """predictions.csv, metrics.json, plots/, report.html and assessment.json (what was scored,
+    by which bundle, what was left out and why, which images were seen in training); returns
+    the metrics. `about` describes the assessment (dataset, bundle, operating point, ...)."""
+    from spermhead.config import environment
+    from spermhead.evaluation.metrics import write_metrics_json
+    from spermhead.evaluation.plots import write_plots
+    from spermhead.evaluation.report import write_report
+
+    out.mkdir(parents=True, exist_ok=True)
+    metrics = assessment.metrics()
+    pred = assessment.predictions
+    pred.write_csv(out / "predictions.csv")
+    write_metrics_json(metrics, out / "metrics.json")
+    record = {**about, "scored": len(pred), "unusable": assessment.unusable,
+              "unknown_classes": assessment.unknown_classes,
+              "seen_in_training": None if assessment.seen is None else
+              [i for i, s in zip(pred.ids, assessment.seen, strict=True) if s],
+              "environment": environment()}
+    (out / "assessment.json").write_text(json.dumps(record, indent=2))
+    extra: dict[str, Any] = {}
+    if metrics.get("unseen"):
+        extra["Images the model did not train on"] = {
+            k: metrics["unseen"][k] for k in ("n", "accuracy", "balanced_accuracy", "macro_f1")}
+    if assessment.unusable:
+        extra["Images that could not be used"] = assessment.unusable
+    write_report(out, {**about, "protocol": "assessment of a trained model"}, metrics,
+                 write_plots(pred, None, out / "plots"), extra)
+    return metrics

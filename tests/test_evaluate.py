@@ -1,0 +1,133 @@
+"""`spermhead evaluate`: a trained bundle scored on labelled images, with the images it trained
+on told apart from new ones (synthetic grey-level classes; no real data needed)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from test_training import CLASSES, quick_config, write_separable
+from typer.testing import CliRunner
+
+from spermhead.cli import app
+from spermhead.evaluation.predictions import Predictions
+from spermhead.serving.bundle import TRAINING_IMAGES
+from spermhead.training.run import train_run
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(the training folder, the bundle)."""
+    data = write_separable(tmp_path_factory.mktemp("train") / "data")
+    out = tmp_path_factory.mktemp("runs") / "run"
+    train_run(quick_config(data, out, cv=2), progress=False)
+    return data, out / "model"
+
+
+def evaluate(bundle: Path, dataset: Path, out: Path, *extra: str):
+    return runner.invoke(app, ["evaluate", str(dataset), "--model", str(bundle), "--out", str(out), *extra])
+
+
+def test_new_images_score_near_perfect_and_unseen(trained, tmp_path: Path) -> None:
+    _, bundle = trained
+    fresh = write_separable(tmp_path / "fresh", n_per_class=10, seed=7)  # other noise: other images
+    result = evaluate(bundle, fresh, tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["n"] == 40 and metrics["accuracy"] >= 0.95
+    assert metrics["training_overlap"]["seen"] == 0
+    pred = Predictions.read_csv(tmp_path / "out" / "predictions.csv")
+    expected = {f"{c}/{c}_{i:03d}.png" for c in CLASSES for i in range(10)}
+    assert set(pred.ids) == expected and all(t == i.split("/")[0] for t, i in zip(pred.true, pred.ids, strict=True))
+    assert (tmp_path / "out" / "report.html").is_file() and (tmp_path / "out" / "plots" / "roc.png").is_file()
+
+
+def test_training_images_are_reported_apart(trained, tmp_path: Path) -> None:
+    data, bundle = trained
+    mixed = write_separable(tmp_path / "mixed", n_per_class=5, seed=9)
+    copied = sorted((data / "normal").iterdir())[:3]
+    for p in copied:
+        shutil.copy(p, mixed / "normal" / f"copy_{p.name}")
+    result = evaluate(bundle, mixed, tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["training_overlap"] == {"seen": 3, "unseen": 20, "threshold": 0.98}
+    assert metrics["unseen"]["n"] == 20
+    assert any("trained on" in n for n in metrics["notes"])
+    record = json.loads((tmp_path / "out" / "assessment.json").read_text())
+    assert sorted(record["seen_in_training"]) == sorted(f"normal/copy_{p.name}" for p in copied)
+
+    whole = evaluate(bundle, data, tmp_path / "in_sample")
+    assert whole.exit_code == 0, whole.output
+    in_sample = json.loads((tmp_path / "in_sample" / "metrics.json").read_text())
+    assert in_sample["training_overlap"]["unseen"] == 0 and in_sample.get("unseen") is None
+
+
+def test_shuffled_labels_score_near_chance(trained, tmp_path: Path) -> None:
+    _, bundle = trained
+    rng = np.random.default_rng(3)
+    root = tmp_path / "shuffled"
+    for c in CLASSES:
+        (root / c).mkdir(parents=True)
+    for i in range(200):  # each image's grey level says one class, its folder a random one
+        level = 40 + 55 * int(rng.integers(4))
+        img = np.clip(level + rng.normal(0, 6, (24, 24)), 0, 255).astype(np.uint8)
+        Image.fromarray(img).save(root / CLASSES[int(rng.integers(4))] / f"x{i:03d}.png")
+    result = evaluate(bundle, root, tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert 0.12 <= metrics["accuracy"] <= 0.38  # chance is 0.25; 200 images give sd 0.03
+
+
+def test_unknown_class_and_bad_file_are_left_out_and_named(trained, tmp_path: Path) -> None:
+    _, bundle = trained
+    root = write_separable(tmp_path / "lab", n_per_class=5, seed=11)
+    (root / "small").mkdir()
+    for i in range(4):
+        Image.fromarray(np.full((24, 24), 128, np.uint8)).save(root / "small" / f"s{i}.png")
+    (root / "tapered" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
+    result = evaluate(bundle, root, tmp_path / "out")
+    assert result.exit_code == 1  # like predict: a file that failed makes the exit code 1
+    assert "broken.png" in result.output
+    record = json.loads((tmp_path / "out" / "assessment.json").read_text())
+    assert record["scored"] == 20 and record["unknown_classes"] == {"small": 4}
+    assert [u["id"] for u in record["unusable"]] == ["tapered/broken.png"]
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["n"] == 20 and any("small (4)" in n for n in metrics["notes"])
+
+
+def test_no_shared_class_is_an_error(trained, tmp_path: Path) -> None:
+    _, bundle = trained
+    for c in ("a", "b"):
+        (tmp_path / "other" / c).mkdir(parents=True)
+        Image.fromarray(np.zeros((24, 24), np.uint8)).save(tmp_path / "other" / c / "x.png")
+    result = evaluate(bundle, tmp_path / "other", tmp_path / "out")
+    assert result.exit_code == 2 and "none of its classes" in result.output
+
+
+def test_existing_output_is_kept(trained, tmp_path: Path) -> None:
+    data, bundle = trained
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "mine.txt").write_text("keep me")
+    result = evaluate(bundle, data, out)
+    assert result.exit_code == 2 and "--overwrite" in result.output
+    assert sorted(p.name for p in out.iterdir()) == ["mine.txt"]
+
+
+def test_bundle_without_training_record(trained, tmp_path: Path) -> None:
+    data, bundle = trained
+    old = tmp_path / "old_bundle"
+    shutil.copytree(bundle, old)
+    (old / TRAINING_IMAGES).unlink()
+    result = evaluate(old, data, tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["training_overlap"] is None
+    assert any("does not record its training images" in n for n in metrics["notes"])
