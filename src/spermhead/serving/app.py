@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import logging
 import queue
 import threading
@@ -200,6 +201,13 @@ def _review_from_predictions(csv_path: Path, review_data: Path | str | None) -> 
     if review_data is not None:
         paths = _sample_paths(review_data)
         where = str(review_data)
+    elif (csv_path.parent / "assessment.json").is_file():  # an `evaluate` folder records its dataset
+        record = json.loads((csv_path.parent / "assessment.json").read_text())
+        where = str(record.get("dataset"))
+        try:
+            paths = _sample_paths(record["dataset"], record.get("data_dir"))
+        except (KeyError, SpermheadError) as exc:
+            note = f"images unavailable: {exc} (pass the dataset folder with --review-data)"
     else:
         # A run folder records its dataset in config.yaml; resolve the images from there.
         cfg_path = csv_path.parent / "config.yaml"
