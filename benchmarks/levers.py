@@ -27,6 +27,8 @@ from spermhead.training.run import train_run
 
 LEVERS: dict[str, dict] = {
     "base": {},
+    # HuSHeM's recipe before session 9 (64 px, the profile model alone at 0.4)
+    "recipe8": {"image_size": 64, "shape_fusion": 0.4, "pixel_fusion": 0.0},
     "set": {},  # only the --set options (e.g. --set weights=FILE), named by them in the table
     "noalign": {"align": False},
     "epochs150": {"epochs": 150},

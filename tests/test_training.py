@@ -580,14 +580,17 @@ def test_accuracy_point_moves_back_to_the_datasets_own_prior():
     assert balanced[0] > balanced[1] and apply_bias(np.array([[0.5, 0.5]]), balanced).argmax() == 0
 
 
-def test_shape_fusion_is_served_exactly_as_it_was_assessed(separable, tmp_path):
+def test_fusion_is_served_exactly_as_it_was_assessed(separable, tmp_path):
     from spermhead.serving.predictor import Predictor
 
-    cfg = quick_config(separable, tmp_path / "fused", cv=None, split="60/20/20", epochs=5, shape_fusion=0.5)
+    cfg = quick_config(separable, tmp_path / "fused", cv=None, split="60/20/20", epochs=5, shape_fusion=0.3,
+                       pixel_fusion=0.3)
     result = train_run(cfg, progress=False)
     assert (result.out / "folds" / "fold0" / "shape.safetensors").is_file()
+    assert (result.out / "folds" / "fold0" / "pixels.safetensors").is_file()
     bundle = load_bundle(result.out / "model")
-    assert bundle.meta.shape_fusion == 0.5 and len(bundle.shapes) == 1
+    assert bundle.meta.shape_fusion == 0.3 and len(bundle.shapes) == 1
+    assert bundle.meta.pixel_fusion == 0.3 and len(bundle.pixels) == 1
     # one split, so the bundle is the very model that scored the test part
     table = load_dataset(str(separable))
     images, _ = canonical_images(table, cfg)
@@ -600,6 +603,8 @@ def test_shape_fusion_is_served_exactly_as_it_was_assessed(separable, tmp_path):
     assert np.abs(alone - served).max() > 1e-3
     with pytest.raises(ConfigError, match="shape-fusion"):
         quick_config(separable, tmp_path / "bad", shape_fusion=1.5)
+    with pytest.raises(ConfigError, match="add up to more than 1"):
+        quick_config(separable, tmp_path / "bad", shape_fusion=0.6, pixel_fusion=0.5)
 
 
 def test_cutmix_pastes_a_partner_box_and_reports_the_kept_share():

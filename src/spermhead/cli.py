@@ -204,6 +204,9 @@ def train(
     shape_fusion: Annotated[float | None, typer.Option(
         help="Weight (0-1) of a head-profile logistic regression fused with the CNN's probabilities; "
              "0 = the CNN alone")] = None,
+    pixel_fusion: Annotated[float | None, typer.Option(
+        help="Weight (0-1) of an SVM on the aligned pixels fused with the CNN's probabilities (beside "
+             "--shape-fusion; the two weights add up to at most 1); 0 = left out")] = None,
     extra_train: Annotated[list[str] | None, typer.Option(
         help="A dataset or folder whose images join every training side only (never validation or "
              "test); the dataset's own images, and copies of them, are left out of it. Repeatable")] = None,
@@ -230,6 +233,7 @@ def train(
             augment=augment, soft_labels=soft_labels, label_smoothing=label_smoothing, mixup=mixup, cutmix=cutmix, swa=swa, ema=ema, sam=sam, tta=tta, pretrained=pretrained,
             weights=weights, init=init, prior_strength=prior_strength, l2_conv=l2_conv, final_model=final, threads=threads, members=members,
             accelerator=accelerator, extra_train=extra_train or None, shape_fusion=shape_fusion,
+            pixel_fusion=pixel_fusion,
         )
     result = train_run(cfg, overwrite=overwrite, resume=resume, progress=progress)
     print_run_summary(result.out, result.metrics)
@@ -511,11 +515,13 @@ def export(
 
     report = export_onnx(model, onnx or model / ONNX_NAME)
     console.print(report.summary(), highlight=False)
-    fusion = json.loads((model / "model.json").read_text()).get("shape_fusion", 0.0)
-    if fusion:
-        console.print(f"note: this bundle fuses its CNN with head-shape models (weight {fusion}) that the ONNX "
-                      "file does not hold; `spermhead predict --backend onnx` applies them, other runtimes "
-                      "get the CNN's probabilities alone")
+    meta = json.loads((model / "model.json").read_text())
+    fusion = {"head-shape": meta.get("shape_fusion", 0.0), "pixel": meta.get("pixel_fusion", 0.0)}
+    if any(fusion.values()):
+        kinds = " and ".join(f"{k} models (weight {w})" for k, w in fusion.items() if w)
+        console.print(f"note: this bundle fuses its CNN with {kinds} that the ONNX file does not hold; "
+                      "`spermhead predict --backend onnx` applies them, other runtimes get the CNN's "
+                      "probabilities alone")
 
 
 @app.command("models")

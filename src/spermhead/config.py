@@ -77,9 +77,11 @@ class TrainConfig:
     ema: float = 0.0  # EMA decay of the weights; 0 disables
     sam: float = 0.0  # sharpness-aware minimisation radius rho (two passes per step); 0 disables
     tta: bool = True  # average over flips at evaluation
-    # weight of the head-profile logistic regression fused with the CNN's probabilities
-    # (models/shape.py); 0 = the CNN alone. HuSHeM's recipe uses 0.4 (training/recipes.py).
+    # weights of second opinions fused with the CNN's probabilities, each fitted on the training
+    # side: a logistic regression on the head's profile (models/shape.py) and an SVM on the aligned
+    # pixels (models/pixels.py); 0 = left out. HuSHeM's recipe uses 0.3 each (training/recipes.py).
     shape_fusion: float = 0.0
+    pixel_fusion: float = 0.0
     # balanced operating point: this x the log training prior is divided out; "val" chooses it
     # per fold on the validation part (training/operating.py)
     prior_strength: float | str = 1.0

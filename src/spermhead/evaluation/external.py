@@ -56,9 +56,14 @@ class Assessment:
             out["training_overlap"] = {"seen": n_seen, "unseen": len(self.seen) - n_seen,
                                        "threshold": DEFAULT_THRESHOLD}
             if n_seen:
-                notes.append(f"{n_seen} of {len(self.seen)} images are ones the model trained on (or "
-                             "near-duplicates of them): their predictions are not a test; see `unseen`")
                 unseen = np.flatnonzero(~np.asarray(self.seen))
+                if unseen.size:
+                    notes.append(f"{n_seen} of {len(self.seen)} images are ones the model trained on (or "
+                                 "near-duplicates of them), so their predictions are not a test: the "
+                                 f"{unseen.size} others are scored apart (`unseen`)")
+                else:
+                    notes.append(f"all {n_seen} images are ones the model trained on (or near-duplicates "
+                                 "of them): these figures say nothing about new images")
                 out["unseen"] = compute_metrics(self.predictions.subset(unseen)) if unseen.size else None
         return out
 

@@ -61,4 +61,12 @@ def _standardise(features: np.ndarray, mean: np.ndarray, scale: np.ndarray) -> n
 
 
 def fuse(cnn: np.ndarray, shape: np.ndarray, weight: float) -> np.ndarray:
-    return ((1 - weight) * cnn + weight * shape).astype(np.float32)
+    return fuse_all(cnn, [(shape, weight)])
+
+
+def fuse_all(cnn: np.ndarray, others: list[tuple[np.ndarray, float]]) -> np.ndarray:
+    """`(1 - sum w) * cnn + sum w * other`: late fusion with any number of second opinions."""
+    out = (1 - sum(w for _, w in others)) * cnn
+    for probs, w in others:
+        out = out + w * probs
+    return out.astype(np.float32)

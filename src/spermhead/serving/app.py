@@ -384,6 +384,7 @@ class Service:
             "tta": meta.tta,
             "tta_flips": meta.tta_flips,
             "shape_fusion": meta.shape_fusion,
+            "pixel_fusion": meta.pixel_fusion,
             "operating_point": meta.operating_point,
             "class_bias": meta.class_bias,
             "uncertainty_threshold": meta.uncertainty_threshold,

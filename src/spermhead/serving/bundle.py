@@ -4,6 +4,7 @@ code and no pickle, so the app and `predict` can trust a bundle from elsewhere."
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,8 @@ from spermhead import __version__
 from spermhead.config import PreprocessConfig
 from spermhead.errors import SpermheadError
 from spermhead.models.inference import Ensemble, standardized
-from spermhead.models.shape import ShapeModel
+from spermhead.models.pixels import PixelModel
+from spermhead.models.shape import ShapeModel, fuse_all
 from spermhead.models.weights import write_safetensors
 
 BUNDLE_FORMAT = 1
@@ -46,6 +48,7 @@ class BundleMeta:
     operating_points: dict[str, list[float]] = field(default_factory=dict)  # name -> class_bias
     run: dict[str, Any] = field(default_factory=dict)  # dataset, protocol, headline metrics
     shape_fusion: float = 0.0  # weight of the fused shape models (models/shape.py); 0 = CNN alone
+    pixel_fusion: float = 0.0  # weight of the fused pixel models (models/pixels.py)
     # Inputs are [0, 1] images; each member standardises with its own training-side statistics.
     mean: list[float] = field(default_factory=lambda: [0.0])
     std: list[float] = field(default_factory=lambda: [1.0])
@@ -63,14 +66,34 @@ class Bundle:
     model: nn.Module  # an Ensemble; outputs log-probabilities or logits
     path: Path | None = None
     shapes: list[ShapeModel] = field(default_factory=list)  # averaged, then fused with the CNN
+    pixels: list[PixelModel] = field(default_factory=list)  # the same
+
+    @property
+    def fused(self) -> bool:
+        return self.meta.shape_fusion > 0 or self.meta.pixel_fusion > 0
+
+    def fuse(self, cnn: np.ndarray, images: np.ndarray) -> np.ndarray:
+        """The CNN's probabilities fused with the second opinions on the same canonical images,
+        as the run's evaluation fused them (each kind averaged over the fold models)."""
+        from spermhead.preprocess.profile import profiles
+
+        others = []
+        if self.meta.shape_fusion > 0:
+            features = profiles(np.asarray(images))
+            others.append((np.mean([m.predict_proba(features) for m in self.shapes], axis=0), self.meta.shape_fusion))
+        if self.meta.pixel_fusion > 0:
+            others.append((np.mean([m.predict_proba(images) for m in self.pixels], axis=0), self.meta.pixel_fusion))
+        return fuse_all(cnn, others)
 
 
 def save_bundle(directory: Path, members: list[nn.Module], meta: BundleMeta,
-                shapes: list[ShapeModel] | None = None) -> Path:
+                shapes: list[ShapeModel] | None = None, pixels: list[PixelModel] | None = None) -> Path:
     """`members` are `standardized(net)` modules: a Standardize layer, then the registry's net.
-    `shapes`: the shape models fused with them where `meta.shape_fusion` > 0."""
+    `shapes` and `pixels`: the second opinions fused with them where their weight in `meta` is > 0."""
     if meta.shape_fusion > 0 and not shapes:
         raise SpermheadError("a bundle with shape fusion needs its shape models")
+    if meta.pixel_fusion > 0 and not pixels:
+        raise SpermheadError("a bundle with pixel fusion needs its pixel models")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     meta.members = len(members)
@@ -82,10 +105,14 @@ def save_bundle(directory: Path, members: list[nn.Module], meta: BundleMeta,
     if meta.shape_fusion > 0:
         for i, shape in enumerate(shapes or []):
             tensors.update(shape.tensors(f"shape{i}"))
+    if meta.pixel_fusion > 0:
+        for i, pixel in enumerate(pixels or []):
+            tensors.update(pixel.tensors(f"pixels{i}"))
     write_safetensors(tensors, directory / "model.safetensors")
     described = asdict(meta)
-    if not meta.shape_fusion:  # leave it out, so bundles without fusion stay readable by older versions
-        del described["shape_fusion"]
+    for key in ("shape_fusion", "pixel_fusion"):  # left out when off, so such bundles stay readable
+        if not described[key]:                    # by older versions
+            del described[key]
     (directory / "model.json").write_text(json.dumps(described, indent=2))
     return directory
 
@@ -116,13 +143,19 @@ def load_bundle(directory: Path | str) -> Bundle:
         model.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
         members.append(model.eval())
     ensemble = Ensemble(members).eval()
-    shapes = []
-    if meta.shape_fusion > 0:
-        count = sum(1 for k in state if k.startswith("shape") and k.endswith(".coef"))
-        if not count:
-            raise SpermheadError(f"{weights_path}: shape fusion is on but the file holds no shape models")
-        shapes = [ShapeModel.from_tensors(state, f"shape{i}") for i in range(count)]
-    return Bundle(meta, ensemble, directory, shapes)
+    shapes = _second_opinions(state, weights_path, ShapeModel, "shape", meta.shape_fusion)
+    pixels = _second_opinions(state, weights_path, PixelModel, "pixels", meta.pixel_fusion)
+    return Bundle(meta, ensemble, directory, shapes, pixels)
+
+
+def _second_opinions(state: dict[str, torch.Tensor], path: Path, kind: Any, prefix: str, weight: float) -> list[Any]:
+    """The fold models of one kind of second opinion, stored as PREFIX0.*, PREFIX1.*, ..."""
+    if weight <= 0:
+        return []
+    count = len({k.split(".")[0] for k in state if re.fullmatch(rf"{prefix}\d+\..+", k)})
+    if not count:
+        raise SpermheadError(f"{path}: the bundle fuses a {kind.__name__} but the file holds none")
+    return [kind.from_tensors(state, f"{prefix}{i}") for i in range(count)]
 
 
 def save_training_signatures(directory: Path | str, signatures: np.ndarray) -> Path:

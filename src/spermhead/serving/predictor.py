@@ -28,8 +28,6 @@ from torch import nn
 
 from spermhead.errors import ConfigError
 from spermhead.models.inference import apply_class_bias, predict_proba
-from spermhead.models.shape import fuse
-from spermhead.preprocess.profile import profiles
 from spermhead.serving.bundle import Bundle, load_bundle
 from spermhead.serving.prepare import (
     Prepared,
@@ -143,17 +141,15 @@ class Predictor:
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         """uint8 N x C x S x S canonical images -> N x classes, through `predict_proba` (and,
-        where the bundle fuses shape models, the same fusion its evaluation used)."""
-        fused = self.meta.shape_fusion > 0
+        where the bundle fuses second opinions, the same fusion its evaluation used)."""
+        fused = self.bundle.fused
         probs = predict_proba(
             self.model, images, self.meta.mean, self.meta.std, tta=self.meta.tta, flips=self.meta.tta_flips,
             class_bias=None if fused else self.meta.class_bias, batch_size=self.batch_size,
         )
         if not fused:
             return probs
-        features = profiles(np.asarray(images))
-        shape = np.mean([m.predict_proba(features) for m in self.bundle.shapes], axis=0)
-        return apply_class_bias(fuse(probs, shape, self.meta.shape_fusion), self.meta.class_bias)
+        return apply_class_bias(self.bundle.fuse(probs, np.asarray(images)), self.meta.class_bias)
 
     # ------------------------------------------------------------------ preprocessing
 

@@ -27,6 +27,7 @@ _FIELDS = {
     "monitor": ("train", "monitor"), "patience": ("train", "early_stopping_patience"),
     "threads": ("train", "num_threads"), "members": ("train", "members_per_fold"),
     "accelerator": ("train", "accelerator"), "shape_fusion": ("train", "shape_fusion"),
+    "pixel_fusion": ("train", "pixel_fusion"),
     "grouped": ("protocol", "grouped"), "final_model": ("protocol", "final_model"),
     "near_duplicates": ("protocol", "near_duplicates"),
 }
@@ -93,8 +94,12 @@ def build_run_config(dataset: str, out: str, *, recipe: str = "default", data_di
         raise ConfigError(f"--swa {cfg.train.swa}: the fraction of final epochs to average, from 0 up to 1")
     if float(cfg.train.sam) < 0:
         raise ConfigError(f"--sam {cfg.train.sam}: a radius of 0 (off) or more")
-    if not 0.0 <= float(cfg.train.shape_fusion) <= 1.0:
-        raise ConfigError(f"--shape-fusion {cfg.train.shape_fusion}: a weight from 0 (the CNN alone) to 1")
+    for name, weight in (("shape", cfg.train.shape_fusion), ("pixel", cfg.train.pixel_fusion)):
+        if not 0.0 <= float(weight) <= 1.0:
+            raise ConfigError(f"--{name}-fusion {weight}: a weight from 0 (left out) to 1")
+    if float(cfg.train.shape_fusion) + float(cfg.train.pixel_fusion) > 1.0:
+        raise ConfigError(f"--shape-fusion {cfg.train.shape_fusion} and --pixel-fusion {cfg.train.pixel_fusion}: "
+                          "the two weights add up to more than 1, which leaves the CNN a negative weight")
     if cfg.train.accelerator not in ACCELERATORS:
         raise ConfigError(f"--accelerator {cfg.train.accelerator!r}: {', '.join(ACCELERATORS)}")
     if cfg.model.init not in ("auto", "scratch", "synthetic"):

@@ -32,8 +32,9 @@ from spermhead.data.samples import SampleTable
 from spermhead.errors import ConfigError
 from spermhead.evaluation.predictions import Predictions, concat
 from spermhead.models.inference import Ensemble, predict_proba, standardized
+from spermhead.models.pixels import PixelModel
 from spermhead.models.registry import build_model, model_spec
-from spermhead.models.shape import ShapeModel, fuse
+from spermhead.models.shape import ShapeModel, fuse_all
 from spermhead.models.weights import write_safetensors
 from spermhead.training.augment import tta_flips
 from spermhead.training.balance import balanced_sampler, class_weights, offline_balance
@@ -61,6 +62,7 @@ class FoldResult:
     val_pred: list[int] = field(default_factory=list)  # at the accuracy point
     accuracy_bias: np.ndarray | None = None  # the accuracy point's prior shift (extra training images)
     shape: ShapeModel | None = None  # fused with the CNN where `shape_fusion` > 0
+    pixels: PixelModel | None = None  # fused with the CNN where `pixel_fusion` > 0
 
 
 @dataclass
@@ -230,7 +232,8 @@ def run_fold(cfg: RunConfig, table: SampleTable, images: np.ndarray, fold: Fold,
              progress: bool, resume: bool, shape_features: np.ndarray | None = None) -> FoldResult:
     """Train the fold's members, then score its validation and test parts once. With
     `shape_features` (N x F head profiles) a shape model fitted on the training side is fused
-    with the CNN's probabilities before either operating point."""
+    with the CNN's probabilities before either operating point, and so is a pixel model where
+    `pixel_fusion` > 0."""
     fold_dir = out / "folds" / f"fold{fold.index}"
     done = fold_dir / "done.json"
     y = np.asarray(table.label_indices)
@@ -243,14 +246,15 @@ def run_fold(cfg: RunConfig, table: SampleTable, images: np.ndarray, fold: Fold,
             member = build_member(cfg, k, images[fold.train])
             member.load_state_dict(load_file(str(fold_dir / f"model{j}.safetensors")))
             members.append(member.eval())
-        shape_file = fold_dir / "shape.safetensors"
+        shape_file, pixel_file = fold_dir / "shape.safetensors", fold_dir / "pixels.safetensors"
         shape = ShapeModel.from_tensors(load_file(str(shape_file)), "shape") if shape_file.is_file() else None
+        pixels = PixelModel.from_tensors(load_file(str(pixel_file)), "pixels") if pixel_file.is_file() else None
         return FoldResult(fold.index, members, np.load(fold_dir / "test_probs.npy"),
                           np.asarray(info["bias"], dtype=np.float32), read_history(fold_dir),
                           info["seconds"], info["epochs"], val_labels=info["val_labels"],
                           val_pred=info["val_pred"],
                           accuracy_bias=None if info.get("accuracy_bias") is None
-                          else np.asarray(info["accuracy_bias"], dtype=np.float32), shape=shape)
+                          else np.asarray(info["accuracy_bias"], dtype=np.float32), shape=shape, pixels=pixels)
     fold_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     soft = soft_targets(table, fold.train, cfg.train.soft_labels) if cfg.train.soft_labels > 0 else None
@@ -271,13 +275,20 @@ def run_fold(cfg: RunConfig, table: SampleTable, images: np.ndarray, fold: Fold,
     tta = {"tta": cfg.train.tta, "flips": tta_flips(cfg.train.augment)}
     val_probs = predict_proba(model, images[fold.val], [0.0], [1.0], **tta)
     test_probs = predict_proba(model, images[fold.test], [0.0], [1.0], **tta)
-    shape = None
+    shape, pixels = None, None
+    val_others: list[tuple[np.ndarray, float]] = []
+    test_others: list[tuple[np.ndarray, float]] = []
     if shape_features is not None and cfg.train.shape_fusion > 0:
         shape = ShapeModel.fit(shape_features[fold.train], y[fold.train], k)
         write_safetensors(shape.tensors("shape"), fold_dir / "shape.safetensors")
-        w = cfg.train.shape_fusion
-        val_probs = fuse(val_probs, shape.predict_proba(shape_features[fold.val]), w)
-        test_probs = fuse(test_probs, shape.predict_proba(shape_features[fold.test]), w)
+        val_others.append((shape.predict_proba(shape_features[fold.val]), cfg.train.shape_fusion))
+        test_others.append((shape.predict_proba(shape_features[fold.test]), cfg.train.shape_fusion))
+    if cfg.train.pixel_fusion > 0:
+        pixels = PixelModel.fit(images[fold.train], y[fold.train], k)
+        write_safetensors(pixels.tensors("pixels"), fold_dir / "pixels.safetensors")
+        val_others.append((pixels.predict_proba(images[fold.val]), cfg.train.pixel_fusion))
+        test_others.append((pixels.predict_proba(images[fold.test]), cfg.train.pixel_fusion))
+    val_probs, test_probs = fuse_all(val_probs, val_others), fuse_all(test_probs, test_others)
     bias, alpha = choose_balanced_bias(val_probs, y[fold.val], y[fold.train], k, cfg.train.prior_strength)
     balanced_training = cfg.train.balance != "none"
     accuracy_bias = (prior_shift(y[fold.own_train], y[fold.train], k, balanced_training=balanced_training)
@@ -291,7 +302,8 @@ def run_fold(cfg: RunConfig, table: SampleTable, images: np.ndarray, fold: Fold,
                                 "members": n, "train": len(fold.train), "val": len(fold.val),
                                 "test": len(fold.test), "val_labels": val_labels, "val_pred": val_pred}))
     return FoldResult(fold.index, members, test_probs, bias, read_history(fold_dir), seconds / n, epochs,
-                      val_labels=val_labels, val_pred=val_pred, accuracy_bias=accuracy_bias, shape=shape)
+                      val_labels=val_labels, val_pred=val_pred, accuracy_bias=accuracy_bias, shape=shape,
+                      pixels=pixels)
 
 
 def out_of_fold(table: SampleTable, folds: list[Fold], results: list[FoldResult], *,
@@ -366,11 +378,14 @@ def train_run(cfg: RunConfig, *, overwrite: bool = False, resume: bool = False,
             "accuracy": np.mean([r.accuracy_bias if r.accuracy_bias is not None else np.zeros(k)
                                  for r in results], axis=0)}
     shapes = [r.shape for r in results if r.shape is not None]
+    pixels = [r.pixels for r in results if r.pixels is not None]
     if kind_is_refit(cfg):
         bundle_members = [refit_all(cfg, table, images, results, out, progress=progress)]
         if shape_features is not None:
             shapes = [ShapeModel.fit(shape_features, np.asarray(table.label_indices), len(table.classes))]
-    write_bundle(cfg, table, bundle_members, bias, metrics, out / "model", shapes,
+        if pixels:
+            pixels = [PixelModel.fit(images, np.asarray(table.label_indices), len(table.classes))]
+    write_bundle(cfg, table, bundle_members, bias, metrics, out / "model", shapes, pixels,
                  trained_signatures(table, folds, refit=kind_is_refit(cfg)))
     timing = {
         "wall_seconds": time.perf_counter() - start,
@@ -456,7 +471,7 @@ def write_sample_table(table: SampleTable, canon: list[Any], path: Path, n_own: 
 
 def write_bundle(cfg: RunConfig, table: SampleTable, members: list[nn.Module], biases: dict[str, np.ndarray],
                  metrics: dict[str, Any], directory: Path, shapes: list[ShapeModel] | None = None,
-                 trained: np.ndarray | None = None) -> Path:
+                 pixels: list[PixelModel] | None = None, trained: np.ndarray | None = None) -> Path:
     """`biases`: each operating point's log-prior correction ("balanced", and "accuracy" where
     extra training images shifted the prior). `trained`: signatures of the images the members
     trained on, kept beside the weights for `evaluate`."""
@@ -473,11 +488,12 @@ def write_bundle(cfg: RunConfig, table: SampleTable, members: list[nn.Module], b
         model_kwargs=model_spec(members[0][1]),  # members are Sequential(Standardize, net)
         kind=kind, tta=cfg.train.tta, tta_flips=tta_flips(cfg.train.augment), operating_point=cfg.operating_point,
         shape_fusion=float(cfg.train.shape_fusion) if shapes else 0.0,
+        pixel_fusion=float(cfg.train.pixel_fusion) if pixels else 0.0,
         class_bias=points[cfg.operating_point], operating_points=points,
         run={"dataset": cfg.dataset, "protocol": cfg.protocol.kind, "folds": cfg.protocol.folds,
              "seed": cfg.seed, "metrics": _headline(metrics), "run_dir": str(Path(cfg.out).resolve())},
     )
-    save_bundle(directory, members, meta, shapes)
+    save_bundle(directory, members, meta, shapes, pixels)
     if trained is not None:
         save_training_signatures(directory, trained)
     return directory
