@@ -28,14 +28,17 @@ RECIPES = {"default": _default, "seed": _seed}
 
 # The default recipe's settings per named dataset: the best found for each (benchmarks/RESULTS.md),
 # as `spermhead train` options. Explicit options win. Other datasets get the config defaults:
-# HuSHeM's recipe without the two parts validated on HuSHeM only, the shape fusion and the short
-# schedule (they train 150 epochs). spermnet starts from the synthetic source (`init` "auto").
+# HuSHeM's recipe without the parts validated on HuSHeM only: the 48 px input, the fusion with
+# the profile and pixel models, and the short schedule (they train 64 px, 150 epochs, the CNN
+# alone). spermnet starts from the synthetic source (`init` "auto").
 # SCIAN: the natural class prior in training (the balanced point comes from the prior
 # correction), expert votes as soft targets, and a fixed-scale crop so "small" heads stay small.
 _SCIAN = {"epochs": 60, "augment": "light", "monitor": "last", "balance": "none", "soft_labels": 0.5,
           "scale": "image"}
 DATASET_RECIPES: dict[str, dict[str, object]] = {
-    "hushem": {"epochs": 20, "augment": "aligned", "monitor": "last", "shape_fusion": 0.4},
+    # HuSHeM: 48 px, and the CNN fused with the profile and pixel models, 0.3 each (session 9)
+    "hushem": {"epochs": 20, "augment": "aligned", "monitor": "last", "image_size": 48,
+               "shape_fusion": 0.3, "pixel_fusion": 0.3},
     "scian-pa": _SCIAN,
     "scian-ta": {**_SCIAN, "epochs": 40},
     "combined": {"epochs": 100, "augment": "light", "monitor": "last", "balance": "none"},
