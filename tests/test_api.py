@@ -201,6 +201,7 @@ def test_model_health_docs(client: TestClient) -> None:
     assert m["classes"] == list(CLASSES) and m["architecture"] == "spermnet"
     assert m["input"]["size"] == 32 and m["input"]["color"] == "gray"
     assert (m["input"]["scale"], m["input"]["background"]) == ("head", "keep")
+    assert (m["shape_fusion"], m["pixel_fusion"]) == (0.0, 0.0)  # an untrained bundle fuses nothing
     assert {"operating_point", "uncertainty_threshold", "run", "tta", "limits"} <= set(m)
     assert client.get("/health").json()["status"] == "ok"
     docs = client.get("/docs")

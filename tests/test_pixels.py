@@ -50,3 +50,20 @@ def test_a_bundle_that_claims_pixel_fusion_without_its_models_is_refused(tmp_pat
     (path / "model.json").write_text(json.dumps({**meta, "pixel_fusion": 0.3}))
     with pytest.raises(SpermheadError, match="fuses a PixelModel but the file holds none"):
         load_bundle(path)
+
+
+def test_rare_classes_leave_the_pixel_model_to_the_cnn(recwarn) -> None:
+    from spermhead.errors import ConfigError
+
+    images, _ = noisy_classes(3, 60)
+    y = np.zeros(60, dtype=int)
+    y[1:4] = 1  # three images of class 1: the calibration CV gets three folds
+    y[0] = 2  # one image of class 2: too few to calibrate on
+    model = PixelModel.fit(images, y, 3)
+    probs = model.predict_proba(images)
+    assert np.all(probs[:, 2] == 0) and np.allclose(probs.sum(1), 1, atol=1e-5)
+    assert not [w for w in recwarn if "least populated" in str(w.message)]  # the CV fits the rarest class
+    y2 = np.zeros_like(y)
+    y2[0] = 1
+    with pytest.raises(ConfigError, match="two classes with at least two"):
+        PixelModel.fit(images, y2, 2)

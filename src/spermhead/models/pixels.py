@@ -14,8 +14,11 @@ from dataclasses import dataclass, fields
 import numpy as np
 import torch
 
+from spermhead.errors import ConfigError
+
 COMPONENTS = 50
 SVM_C = 10.0
+CALIBRATION_FOLDS = 5
 
 
 @dataclass
@@ -41,11 +44,20 @@ class PixelModel:
         from sklearn.preprocessing import StandardScaler
         from sklearn.svm import SVC
 
-        x = pixel_features(images)
+        # Platt scaling is fitted on decision values from an internal stratified CV, which needs two
+        # images of a class: a class with one is left to the CNN (the model gives it 0), and the CV
+        # has as many folds (up to 5) as the rarest class left has images.
+        labels = np.asarray(labels)
+        counts = np.bincount(labels, minlength=num_classes)
+        keep = counts[labels] >= 2
+        if len(np.unique(labels[keep])) < 2:
+            raise ConfigError("--pixel-fusion needs two classes with at least two training images each")
+        x, labels = pixel_features(images[keep]), labels[keep]
         scaler = StandardScaler().fit(x)
         pca = PCA(min(COMPONENTS, len(x) - 1, x.shape[1]), random_state=0).fit(scaler.transform(x))
         z = pca.transform(scaler.transform(x))
-        calibrated = CalibratedClassifierCV(SVC(C=SVM_C), ensemble=False).fit(z, labels)
+        folds = int(min(CALIBRATION_FOLDS, counts[counts >= 2].min()))
+        calibrated = CalibratedClassifierCV(SVC(C=SVM_C), cv=folds, ensemble=False).fit(z, labels)
         inner = calibrated.calibrated_classifiers_[0]
         svc = inner.estimator
         f32 = np.float32
