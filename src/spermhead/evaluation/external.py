@@ -1,7 +1,7 @@
 """Assess a trained bundle on labelled images: another lab's folder, or another dataset.
 
 The images go through the same Predictor as `predict` and the app, and the results through the
-same Predictions, metrics, plots and report as `train`, so the figures mean what a run's mean.
+same Predictions, metrics, plots and report as `train`, so its figures read like a run's.
 Two things can make such figures misleading, and both are reported rather than hidden:
 - images of a class the model does not have (SCIAN's "small" for a HuSHeM model) cannot be
   scored: they are left out and counted;
