@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -454,6 +455,14 @@ def test_each_named_dataset_trains_with_its_bench_recipe_by_default():
     assert (hushem.preprocess.image_size, hushem.train.shape_fusion, hushem.train.pixel_fusion) == (48, 0.3, 0.3)
     folder = build_run_config("my-folder", "unused")
     assert (folder.preprocess.image_size, folder.train.shape_fusion, folder.train.pixel_fusion) == (64, 0.0, 0.0)
+    # a folder of HuSHeM-like heads can ask for HuSHeM's recipe, and gets all of it
+    like = build_run_config("my-folder", "unused", recipe="hushem")
+    assert like.train.recipe == "hushem" and like.preprocess == hushem.preprocess
+    assert like.train == replace(hushem.train, recipe="hushem")
+    assert build_run_config("my-folder", "unused", recipe="HuSHeM", init="scratch").train.epochs == 150
+    assert build_run_config("my-folder", "unused", recipe="scian-pa").preprocess.scale == "image"
+    with pytest.raises(ConfigError, match="seed, hushem, scian-pa"):
+        build_run_config("my-folder", "unused", recipe="hushem2")
     assert build_run_config("scian-pa", "unused", epochs=7, augment="aligned").train.augment == "aligned"
     assert build_run_config("scian-pa", "unused", recipe="seed").train.augment == "seed"
     for name, spec in BENCHES.items():  # the bench measures exactly what `train NAME` runs

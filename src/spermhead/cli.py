@@ -164,7 +164,10 @@ def train(
     near_duplicates: Annotated[float | None, typer.Option(
         help="Images whose thumbnails correlate this much are one head and stay on one side of every "
              "split (default 0.98; 0 = do not look)")] = None,
-    recipe: Annotated[str, typer.Option(help="default or seed (the seed report's training)")] = "default",
+    recipe: Annotated[str, typer.Option(
+        help="default (a named dataset's own recipe; the general one for a folder), seed (the seed "
+             "report's training), or hushem, scian-pa, scian-ta, combined: that benchmark's recipe, "
+             "for a folder of similar heads")] = "default",
     epochs: Annotated[int | None, typer.Option()] = None,
     image_size: Annotated[int | None, typer.Option(help="Canonical image size in pixels")] = None,
     color: Annotated[str | None, typer.Option(help="gray or rgb")] = None,

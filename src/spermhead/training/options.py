@@ -37,10 +37,14 @@ def build_run_config(dataset: str, out: str, *, recipe: str = "default", data_di
                      seed: int = 0, cv: int | None = None, split: str | None = None,
                      operating_point: str | None = None, loggers: tuple[str, ...] = ("csv",),
                      **options: Any) -> RunConfig:
+    recipe = recipe.lower()
     cfg = apply_recipe(RunConfig(dataset=dataset, data_dir=data_dir, out=out, seed=seed), recipe)
     epochs_given = options.get("epochs") is not None
-    if recipe == "default":
-        options = {**DATASET_RECIPES.get(dataset.lower(), {}), **{k: v for k, v in options.items() if v is not None}}
+    # "default" trains a named dataset with its own recipe; `--recipe hushem` (say) gives any set
+    # the recipe of the dataset it resembles
+    measured = dataset.lower() if recipe == "default" else recipe if recipe in DATASET_RECIPES else None
+    if measured is not None:
+        options = {**DATASET_RECIPES.get(measured, {}), **{k: v for k, v in options.items() if v is not None}}
     cfg.loggers = tuple(loggers)
     if cv is not None and split is not None:
         raise ConfigError("use either --cv K or --split, not both")
@@ -105,8 +109,8 @@ def build_run_config(dataset: str, out: str, *, recipe: str = "default", data_di
     if cfg.model.init not in ("auto", "scratch", "synthetic"):
         raise ConfigError(f"--init {cfg.model.init!r}: auto, scratch or synthetic")
     cfg.model.init = cfg.model.resolved_init()  # config.yaml records what the run did
-    if recipe == "default" and not epochs_given and cfg.model.init != "synthetic":
-        cfg.train.epochs = SCRATCH_EPOCHS.get(dataset.lower(), cfg.train.epochs)
+    if measured is not None and not epochs_given and cfg.model.init != "synthetic":
+        cfg.train.epochs = SCRATCH_EPOCHS.get(measured, cfg.train.epochs)
     if cfg.model.init == "synthetic" and (cfg.model.weights or cfg.model.pretrained):
         raise ConfigError("--init synthetic picks the starting weights itself; drop --weights/--pretrained")
     if cfg.protocol.final_model not in ("ensemble", "refit"):

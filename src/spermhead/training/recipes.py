@@ -52,8 +52,11 @@ SCRATCH_EPOCHS: dict[str, int] = {"hushem": 150, "scian-ta": 100}
 
 
 def apply_recipe(cfg: RunConfig, name: str) -> RunConfig:
-    if name not in RECIPES:
-        raise ConfigError(f"unknown recipe {name!r}; choose from {', '.join(RECIPES)}")
-    out = RECIPES[name](cfg)
+    """`name`: default, seed, or a named dataset whose recipe another set (a folder of heads
+    like that dataset's) should train with; the dataset recipes' options are applied by
+    `training/options.py`, where explicit options can still win."""
+    if name not in RECIPES and name not in DATASET_RECIPES:
+        raise ConfigError(f"unknown recipe {name!r}; choose from {', '.join([*RECIPES, *DATASET_RECIPES])}")
+    out = RECIPES.get(name, _default)(cfg)
     out.train.recipe = name
     return out
