@@ -133,14 +133,17 @@ def test_bundle_without_training_record(trained, tmp_path: Path) -> None:
     assert any("does not record its training images" in n for n in metrics["notes"])
 
 
-def test_review_page_opens_an_assessment(trained, tmp_path: Path) -> None:
+def test_review_page_opens_an_assessment(trained, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from fastapi.testclient import TestClient
 
     from spermhead.serving.app import create_app
 
     _, bundle = trained
-    fresh = write_separable(tmp_path / "fresh", n_per_class=3, seed=5)
-    assert evaluate(bundle, fresh, tmp_path / "out").exit_code == 0
+    write_separable(tmp_path / "fresh", n_per_class=3, seed=5)
+    monkeypatch.chdir(tmp_path)
+    assert evaluate(bundle, Path("fresh"), tmp_path / "out").exit_code == 0  # a relative folder
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")  # the server starts in another folder
     with TestClient(create_app(bundle, review_source=tmp_path / "out")) as client:
         data = client.get("/api/review").json()
         assert data["kind"] == "predictions" and data["count"] == 12 and not data["note"]

@@ -439,7 +439,7 @@ def evaluate(
     import torch
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from spermhead.data.readers import load_dataset
+    from spermhead.data.readers import NAMED_DATASETS, default_data_dir, load_dataset
     from spermhead.evaluation.external import assess, check_out_dir, write_assessment
     from spermhead.serving.predictor import Predictor
 
@@ -453,7 +453,11 @@ def evaluate(
         with progress:
             task = progress.add_task("evaluate", total=len(table))
             result = assess(predictor, table, on_row=lambda: progress.advance(task))
-        about = {"dataset": name, "data_dir": str(data_dir) if data_dir else None, "bundle": str(model.resolve()),
+        # absolute paths, so the review page finds the images from any working folder
+        named = name.lower() in NAMED_DATASETS
+        about = {"dataset": name if named else str(Path(name).resolve()),
+                 "data_dir": str(Path(data_dir or default_data_dir()).resolve()) if named else None,
+                 "bundle": str(model.resolve()),
                  "model": {"name": predictor.meta.architecture},
                  "preprocess": predictor.meta.preprocess, "trained_on": predictor.meta.run.get("dataset"),
                  "operating_point": predictor.meta.operating_point, "backend": backend}
