@@ -148,3 +148,25 @@ def test_review_page_opens_an_assessment(trained, tmp_path: Path, monkeypatch: p
         data = client.get("/api/review").json()
         assert data["kind"] == "predictions" and data["count"] == 12 and not data["note"]
         assert client.get("/api/review/image/0").status_code == 200  # the images found from assessment.json
+
+
+def test_both_operating_points_are_reported(trained, tmp_path: Path) -> None:
+    """Each run reports the headline at every operating point of the bundle; the point it did not
+    use matches a run that uses it."""
+    _, bundle = trained
+    skewed = tmp_path / "skewed"
+    shutil.copytree(bundle, skewed)
+    meta = json.loads((skewed / "model.json").read_text())
+    meta["operating_points"]["balanced"] = [2.0, 0.0, 0.0, -2.0]  # a strong prior correction
+    (skewed / "model.json").write_text(json.dumps(meta))
+    fresh = write_separable(tmp_path / "fresh", n_per_class=10, seed=8)
+    first = evaluate(skewed, fresh, tmp_path / "acc")
+    second = evaluate(skewed, fresh, tmp_path / "bal", "--operating-point", "balanced")
+    assert first.exit_code == 0 and second.exit_code == 0, first.output + second.output
+    acc = json.loads((tmp_path / "acc" / "metrics.json").read_text())
+    bal = json.loads((tmp_path / "bal" / "metrics.json").read_text())
+    assert (acc["operating_point"], bal["operating_point"]) == ("accuracy", "balanced")
+    for key in ("accuracy", "balanced_accuracy", "macro_f1"):
+        assert acc["operating_points"]["balanced"][key] == pytest.approx(bal[key], abs=1e-9)
+        assert bal["operating_points"]["accuracy"][key] == pytest.approx(acc[key], abs=1e-9)
+    assert acc["operating_points"]["balanced"]["accuracy"] < acc["accuracy"]  # the correction moved answers

@@ -464,6 +464,10 @@ def evaluate(
     metrics = write_assessment(out, result, about)
     console.print(f"{name}: {len(result.predictions)} images scored by {model}", highlight=False)
     console.print(metrics_table("", metrics))
+    for point, h in metrics["operating_points"].items():
+        mark = " (used above)" if point == metrics["operating_point"] else ""
+        console.print(f"{point} point{mark}: accuracy {h['accuracy']:.4f}, average recall "
+                      f"{h['balanced_accuracy']:.4f}, macro F1 {h['macro_f1']:.4f}", highlight=False, soft_wrap=True)
     for note in metrics["notes"]:
         console.print(f"note: {note}", highlight=False, markup=False)
     if metrics.get("unseen"):

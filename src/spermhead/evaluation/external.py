@@ -26,6 +26,7 @@ from spermhead.data.samples import SampleTable
 from spermhead.errors import ConfigError, DataError
 from spermhead.evaluation.metrics import compute_metrics, cv_metrics
 from spermhead.evaluation.predictions import NO_FOLD, Predictions
+from spermhead.models.inference import apply_class_bias
 from spermhead.serving.bundle import load_training_signatures
 from spermhead.serving.predictor import Predictor
 
@@ -36,11 +37,25 @@ class Assessment:
     seen: list[bool] | None  # per scored image: a near-duplicate of a training image; None = unknown
     unusable: list[dict[str, str]] = field(default_factory=list)  # id, path, error
     unknown_classes: dict[str, int] = field(default_factory=dict)  # label -> images left out
+    # the bundle's operating points (name -> log-prior correction) and the one `predictions` used
+    operating_points: dict[str, list[float]] = field(default_factory=dict)
+    operating_point: str = "accuracy"
+
+    def at_point(self, name: str) -> Predictions:
+        """The predictions at another of the bundle's operating points: the same probabilities
+        with that point's log-prior correction in place of the one applied."""
+        shift = np.subtract(self.operating_points[name], self.operating_points[self.operating_point])
+        p = self.predictions
+        return Predictions(p.ids, p.sources, p.folds, p.true, apply_class_bias(p.probabilities, shift), p.classes)
 
     def metrics(self) -> dict[str, Any]:
-        """cv_metrics of every scored image, with what was left out, and the unseen images'
-        own metrics where some were seen in training."""
+        """cv_metrics of every scored image, with the headline at each operating point (as the
+        benches report both), what was left out, and the unseen images' own metrics where some
+        were seen in training."""
         out = cv_metrics(self.predictions)
+        out["operating_point"] = self.operating_point
+        out["operating_points"] = {name: _headline(compute_metrics(self.at_point(name)))
+                                   for name in self.operating_points}
         notes = out["notes"]
         if self.unknown_classes:
             left = ", ".join(f"{c} ({n})" for c, n in self.unknown_classes.items())
@@ -66,6 +81,11 @@ class Assessment:
                                  "of them): these figures say nothing about new images")
                 out["unseen"] = compute_metrics(self.predictions.subset(unseen)) if unseen.size else None
         return out
+
+
+def _headline(m: dict[str, Any]) -> dict[str, Any]:
+    return {"accuracy": m["accuracy"], "balanced_accuracy": m["balanced_accuracy"], "macro_f1": m["macro_f1"],
+            "per_class_recall": {c: v["recall"] for c, v in m["per_class"].items()}}
 
 
 def assess(predictor: Predictor, table: SampleTable,
@@ -97,7 +117,9 @@ def assess(predictor: Predictor, table: SampleTable,
     if trained is not None:
         closest = nearest(signatures([s.path for s in scored]), trained)
         seen = [bool(c >= DEFAULT_THRESHOLD) for c in closest]
-    return Assessment(predictions, seen, unusable, dict(unknown))
+    points = predictor.meta.operating_points or {predictor.meta.operating_point: list(predictor.meta.class_bias or
+                                                                                     [0.0] * len(predictor.classes))}
+    return Assessment(predictions, seen, unusable, dict(unknown), points, predictor.meta.operating_point)
 
 
 def check_out_dir(out: Path, overwrite: bool) -> None:
