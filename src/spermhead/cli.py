@@ -329,10 +329,12 @@ def select(
     from spermhead.training.select import select_models
 
     # every architecture from random weights: a like-for-like comparison (a synthetic source model
-    # per architecture would also cost hours for the seed's large nets on a CPU)
+    # per architecture would also cost hours for the seed's large nets on a CPU), and each network
+    # on its own: the recipe's second opinions (HuSHeM's take 0.6 of the vote) would be the same
+    # for every architecture and hide their differences
     base = build_run_config(name, str(out), recipe=recipe, data_dir=str(data_dir) if data_dir else None,
                             seed=seed, cv=cv, split=split, epochs=epochs, image_size=image_size, color=color,
-                            init="scratch")
+                            init="scratch", shape_fusion=0.0, pixel_fusion=0.0)
     names = [m.strip() for m in models.split(",") if m.strip()]
     rows = select_models(base, names, out, variants=variants, overwrite=overwrite, resume=resume,
                          progress=progress)
