@@ -170,3 +170,17 @@ def test_both_operating_points_are_reported(trained, tmp_path: Path) -> None:
         assert acc["operating_points"]["balanced"][key] == pytest.approx(bal[key], abs=1e-9)
         assert bal["operating_points"]["accuracy"][key] == pytest.approx(acc[key], abs=1e-9)
     assert acc["operating_points"]["balanced"]["accuracy"] < acc["accuracy"]  # the correction moved answers
+
+
+def test_a_damaged_assessment_record_does_not_stop_the_review(trained, tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from spermhead.serving.app import create_app
+
+    _, bundle = trained
+    fresh = write_separable(tmp_path / "fresh", n_per_class=2, seed=6)
+    assert evaluate(bundle, fresh, tmp_path / "out").exit_code == 0
+    (tmp_path / "out" / "assessment.json").write_text("{ not json")
+    with TestClient(create_app(bundle, review_source=tmp_path / "out")) as client:
+        data = client.get("/api/review").json()
+        assert data["count"] == 8 and "assessment.json does not name a dataset" in data["note"]

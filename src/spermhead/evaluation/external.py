@@ -24,7 +24,7 @@ import numpy as np
 from spermhead.data.duplicates import DEFAULT_THRESHOLD, nearest, signatures
 from spermhead.data.samples import SampleTable
 from spermhead.errors import ConfigError, DataError
-from spermhead.evaluation.metrics import compute_metrics, cv_metrics
+from spermhead.evaluation.metrics import compute_metrics, cv_metrics, headline
 from spermhead.evaluation.predictions import NO_FOLD, Predictions
 from spermhead.models.inference import apply_class_bias
 from spermhead.serving.bundle import load_training_signatures
@@ -54,7 +54,7 @@ class Assessment:
         were seen in training."""
         out = cv_metrics(self.predictions)
         out["operating_point"] = self.operating_point
-        out["operating_points"] = {name: _headline(compute_metrics(self.at_point(name)))
+        out["operating_points"] = {name: headline(compute_metrics(self.at_point(name)))
                                    for name in self.operating_points}
         notes = out["notes"]
         if self.unknown_classes:
@@ -81,11 +81,6 @@ class Assessment:
                                  "of them): these figures say nothing about new images")
                 out["unseen"] = compute_metrics(self.predictions.subset(unseen)) if unseen.size else None
         return out
-
-
-def _headline(m: dict[str, Any]) -> dict[str, Any]:
-    return {"accuracy": m["accuracy"], "balanced_accuracy": m["balanced_accuracy"], "macro_f1": m["macro_f1"],
-            "per_class_recall": {c: v["recall"] for c, v in m["per_class"].items()}}
 
 
 def assess(predictor: Predictor, table: SampleTable,

@@ -175,6 +175,15 @@ def cv_metrics(pred: Predictions, *, n_boot: int = N_BOOT, seed: int = BOOT_SEED
     return out
 
 
+def headline(m: dict[str, Any]) -> dict[str, Any]:
+    """The figures an operating point is summed up by (the fold spread where there is one)."""
+    keys = ("accuracy", "balanced_accuracy", "macro_f1", "accuracy_mean", "accuracy_std",
+            "balanced_accuracy_mean", "balanced_accuracy_std")
+    out = {k: m[k] for k in keys if k in m}
+    out["per_class_recall"] = {c: v["recall"] for c, v in m.get("per_class", {}).items()}
+    return out
+
+
 def write_metrics_json(metrics: dict[str, Any], path: Path | str) -> Path:
     """metrics.json; allow_nan=False so an undefined value can never slip in as NaN."""
     path = Path(path)

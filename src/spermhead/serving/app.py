@@ -202,11 +202,14 @@ def _review_from_predictions(csv_path: Path, review_data: Path | str | None) -> 
         paths = _sample_paths(review_data)
         where = str(review_data)
     elif (csv_path.parent / "assessment.json").is_file():  # an `evaluate` folder records its dataset
-        record = json.loads((csv_path.parent / "assessment.json").read_text())
-        where = str(record.get("dataset"))
+        record_path = csv_path.parent / "assessment.json"
+        where = str(record_path)
         try:
+            record = json.loads(record_path.read_text())
             paths = _sample_paths(record["dataset"], record.get("data_dir"))
-        except (KeyError, SpermheadError) as exc:
+        except (ValueError, KeyError, TypeError) as exc:
+            note = f"images unavailable: {record_path} does not name a dataset ({exc}); pass --review-data"
+        except SpermheadError as exc:
             note = f"images unavailable: {exc} (pass the dataset folder with --review-data)"
     else:
         # A run folder records its dataset in config.yaml; resolve the images from there.

@@ -30,6 +30,7 @@ from spermhead.data.extra import pool_extra_training
 from spermhead.data.readers import load_dataset
 from spermhead.data.samples import SampleTable
 from spermhead.errors import ConfigError
+from spermhead.evaluation.metrics import headline
 from spermhead.evaluation.predictions import Predictions, concat
 from spermhead.models.inference import Ensemble, predict_proba, standardized
 from spermhead.models.pixels import PixelModel
@@ -367,7 +368,7 @@ def train_run(cfg: RunConfig, *, overwrite: bool = False, resume: bool = False,
     predictions, metrics = scored[cfg.operating_point]
     metrics = dict(metrics)
     metrics["operating_point"] = cfg.operating_point
-    metrics["operating_points"] = {p: _headline(m) for p, (_, m) in scored.items()}
+    metrics["operating_points"] = {p: headline(m) for p, (_, m) in scored.items()}
     metrics["validation"] = validation_summary(results)
     metrics["alignment"] = {"aligned": int(sum(c.aligned for c in canon)), "total": len(canon)}
     predictions.write_csv(out / "predictions.csv")
@@ -445,14 +446,6 @@ def validation_summary(results: list[FoldResult]) -> dict[str, Any]:
             "balanced_accuracy": float(balanced_accuracy_score(y, p))}
 
 
-def _headline(m: dict[str, Any]) -> dict[str, Any]:
-    keys = ("accuracy", "balanced_accuracy", "macro_f1", "accuracy_mean", "accuracy_std",
-            "balanced_accuracy_mean", "balanced_accuracy_std")
-    out = {k: m[k] for k in keys if k in m}
-    out["per_class_recall"] = {c: v["recall"] for c, v in m.get("per_class", {}).items()}
-    return out
-
-
 def write_sample_table(table: SampleTable, canon: list[Any], path: Path, n_own: int | None = None) -> None:
     """Every sample with its alignment status and morphometrics, for auditing preprocessing.
     `role` is "extra-train" for rows from n_own on (extra training images), else "dataset"."""
@@ -491,7 +484,7 @@ def write_bundle(cfg: RunConfig, table: SampleTable, members: list[nn.Module], b
         pixel_fusion=float(cfg.train.pixel_fusion) if pixels else 0.0,
         class_bias=points[cfg.operating_point], operating_points=points,
         run={"dataset": cfg.dataset, "protocol": cfg.protocol.kind, "folds": cfg.protocol.folds,
-             "seed": cfg.seed, "metrics": _headline(metrics), "run_dir": str(Path(cfg.out).resolve())},
+             "seed": cfg.seed, "metrics": headline(metrics), "run_dir": str(Path(cfg.out).resolve())},
     )
     save_bundle(directory, members, meta, shapes, pixels)
     if trained is not None:
