@@ -178,6 +178,7 @@ def main() -> None:
         row = {"lever": name, "options": options, "changes": changes, "cv_seed": args.seed,
                "val_accuracy": m["validation"].get("accuracy", float("nan")),
                "val_balanced": m["validation"].get("balanced_accuracy", float("nan")),
+               "val_balanced_point": m["validation"].get("balanced_point"),  # both figures there
                "test_accuracy": m["accuracy"], "test_accuracy_sd": m.get("accuracy_std") or 0.0,
                "test_balanced": m["balanced_accuracy"],
                "test_balanced_point": m["operating_points"]["balanced"],

@@ -756,3 +756,39 @@ def test_sam_trains_through_lightning_and_is_checked(separable, tmp_path):
     assert np.abs(result.predictions.probabilities - plain.predictions.probabilities).max() > 1e-4
     with pytest.raises(ConfigError, match="--sam"):
         quick_config(separable, tmp_path / "x", sam=-0.1)
+
+
+def test_validation_parts_are_scored_at_both_operating_points(tmp_path):
+    """metrics.json reports the validation parts at the balanced point too, from the bias each
+    fold chose, so SCIAN recipes can be compared at both points without the test folds."""
+    from safetensors.torch import load_file
+
+    from spermhead.training.operating import apply_bias
+    from spermhead.training.run import build_member
+
+    rng = np.random.default_rng(3)  # two overlapping classes, 3:1, so the prior correction matters
+    for name, n, level in (("normal", 48, 110), ("amorphous", 16, 140)):
+        (tmp_path / "data" / name).mkdir(parents=True)
+        for i in range(n):
+            img = np.clip(level + rng.normal(0, 25, (24, 24)), 0, 255).astype(np.uint8)
+            Image.fromarray(img).save(tmp_path / "data" / name / f"{name}_{i:03d}.png")
+    cfg = quick_config(tmp_path / "data", tmp_path / "run", cv=2, epochs=4, balance="none", val_fraction=0.4)
+    run = train_run(cfg, progress=False)
+    table = load_dataset(str(tmp_path / "data"))
+    images, _ = canonical_images(table, cfg)
+    y, moved = np.asarray(table.label_indices), 0
+    for fold in make_folds(table, cfg.protocol, cfg.seed, cfg.train.val_fraction):
+        done = json.loads((run.out / "folds" / f"fold{fold.index}" / "done.json").read_text())
+        model = build_member(cfg, 2, images[fold.train])
+        model.load_state_dict(load_file(str(run.out / "folds" / f"fold{fold.index}" / "model0.safetensors")))
+        probs = predict_proba(model.eval(), images[fold.val], [0.0], [1.0], tta=False)
+        assert done["val_labels"] == y[fold.val].tolist()
+        assert done["val_pred_balanced"] == apply_bias(probs, np.asarray(done["bias"])).argmax(1).tolist()
+        moved += sum(a != b for a, b in zip(done["val_pred"], done["val_pred_balanced"], strict=True))
+    assert moved > 0  # the bias changed some answers, so the two points are really different
+    from sklearn.metrics import balanced_accuracy_score
+    labels = [v for f in sorted((run.out / "folds").glob("fold*/done.json")) for v in json.loads(f.read_text())["val_labels"]]
+    balanced = [v for f in sorted((run.out / "folds").glob("fold*/done.json"))
+                for v in json.loads(f.read_text())["val_pred_balanced"]]
+    saved = json.loads((run.out / "metrics.json").read_text())["validation"]
+    assert saved["balanced_point"]["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(labels, balanced))
