@@ -289,6 +289,8 @@ def test_short_recipe_epochs_follow_the_start():
     assert build_run_config("hushem", "unused", recipe="seed").train.epochs == 100  # the seed's own
     assert build_run_config("scian-ta", "unused").train.epochs == 40
     assert build_run_config("scian-ta", "unused", init="scratch").train.epochs == 100
+    assert build_run_config("scian-pa", "unused").train.epochs == 40  # session 10, fresh CV seeds 7-14
+    assert build_run_config("scian-pa", "unused", init="scratch").train.epochs == 60
 
 
 def test_tiny_training_side_still_gets_a_stratified_validation_part():
