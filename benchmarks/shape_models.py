@@ -40,6 +40,17 @@ def _svm(pca: bool) -> Fitter:
     return fit
 
 
+def _flipped_svm(images: np.ndarray, y: np.ndarray, new: np.ndarray) -> np.ndarray:
+    """The pixel SVM trained on each image and its three flips (the CNN's training symmetries),
+    answering with the mean over the four flips of each new image."""
+    views = lambda x: [x, x[:, ::-1], x[:, :, ::-1], x[:, ::-1, ::-1]]  # noqa: E731
+    flat = lambda x: np.ascontiguousarray(x).reshape(len(x), -1)  # noqa: E731
+    fit = _svm(pca=True)
+    train = np.concatenate([flat(v) for v in views(images)])
+    labels = np.concatenate([y] * 4)
+    return np.mean([fit(train, labels, flat(v)) for v in views(new)], axis=0)
+
+
 # name -> (feature set, fitter)
 MODELS: dict[str, tuple[str, Fitter]] = {
     "profile C=1 (the recipe)": ("profile", _profile(1.0)),
@@ -48,6 +59,7 @@ MODELS: dict[str, tuple[str, Fitter]] = {
     "profile, 40 points": ("profile40", _profile(1.0)),
     "pixels, PCA 50 + SVM": ("pixels", _svm(pca=True)),
     "gradient histograms + SVM": ("hog", _svm(pca=False)),
+    "pixels and their flips, PCA 50 + SVM": ("images", _flipped_svm),
 }
 WEIGHTS = (0.3, 0.4, 0.5)
 PAIR_WEIGHTS = (0.2, 0.3)
@@ -59,6 +71,7 @@ def features(saved: SavedFold) -> dict[str, np.ndarray]:
     return {"profile": saved.profiles(),
             "profile40": np.stack([axis_profile(x, 40) for x in images]),
             "pixels": gray.reshape(len(gray), -1),
+            "images": gray,
             "hog": np.stack([gradient_histograms(x) for x in gray])}
 
 
@@ -79,6 +92,9 @@ def seed_scores(run: Path, data_dir: str) -> dict[tuple[tuple[str, float], str],
             for w in PAIR_WEIGHTS:
                 pair = (1 - 2 * w) * cnn + w * (other["profile C=1 (the recipe)"] + other["pixels, PCA 50 + SVM"])
                 tally.add((("profile + pixels", w), part), pair, y[idx])
+            trio = 0.4 * cnn + 0.2 * (other["profile C=1 (the recipe)"] + other["pixels, PCA 50 + SVM"]
+                                      + other["gradient histograms + SVM"])
+            tally.add((("profile + pixels + gradient histograms", 0.2), part), trio, y[idx])
     return tally.scores()
 
 
@@ -89,6 +105,7 @@ def main() -> None:
     settings = {("CNN alone", 0.0): "CNN alone"}
     settings |= {(name, w): f"{name}, W {w}" for name in MODELS for w in WEIGHTS}
     settings |= {("profile + pixels", w): f"profile + pixels, W {w} each" for w in PAIR_WEIGHTS}
+    settings[("profile + pixels + gradient histograms", 0.2)] = "profile + pixels + gradient histograms, W 0.2 each"
     print_scores(scores, settings, "CNN fused with another model at weight W")
 
 
