@@ -52,6 +52,11 @@ DATASET_RECIPES: dict[str, dict[str, object]] = {
 # given.
 SCRATCH_EPOCHS: dict[str, int] = {"hushem": 150, "scian-pa": 60, "scian-ta": 100}
 
+# Any other set (a lab's own class folders) trains this many epochs from the synthetic start, and
+# the config's 150 from random weights: on HuSHeM read as a folder, 40 were as accurate as 150 on
+# eight CV seeds, four times faster (benchmarks/RESULTS.md, session 10).
+FOLDER_SYNTHETIC_EPOCHS = 40
+
 
 def apply_recipe(cfg: RunConfig, name: str) -> RunConfig:
     """`name`: default, seed, or a named dataset whose recipe another set (a folder of heads
