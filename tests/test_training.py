@@ -623,6 +623,20 @@ def test_fusion_is_served_exactly_as_it_was_assessed(separable, tmp_path):
     # and the fusion did change them: the CNN alone gives other probabilities
     alone = predict_proba(bundle.model, images[[index[i] for i in ids]], [0.0], [1.0])
     assert np.abs(alone - served).max() > 1e-3
+    # the app serves the same fused model, and says so
+    from fastapi.testclient import TestClient
+
+    from spermhead.serving.app import create_app
+
+    path = table.samples[index[ids[0]]].path
+    with TestClient(create_app(result.out / "model")) as client:
+        assert {k: client.get("/api/model").json()[k] for k in ("shape_fusion", "pixel_fusion")} == \
+            {"shape_fusion": 0.3, "pixel_fusion": 0.3}
+        answer = client.post("/api/predict", files=[("files", (path.name, path.read_bytes(), "image/png"))])
+    (row,) = answer.json()["results"]
+    direct = Predictor(result.out / "model").predict_bytes(path.name, path.read_bytes())
+    assert row["probabilities"] == pytest.approx(direct["probabilities"], abs=1e-6)
+    assert row["probabilities"] == pytest.approx(dict(zip(table.classes, served[0].tolist(), strict=True)), abs=1e-4)
     with pytest.raises(ConfigError, match="shape-fusion"):
         quick_config(separable, tmp_path / "bad", shape_fusion=1.5)
     with pytest.raises(ConfigError, match="add up to more than 1"):
