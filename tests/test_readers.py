@@ -1,6 +1,7 @@
 import json
 
 import pytest
+from PIL import Image
 from typer.testing import CliRunner
 
 from spermhead.cli import app
@@ -77,6 +78,12 @@ def test_missing_and_empty_folders(tmp_path):
     (tmp_path / "ds" / "normal").mkdir(parents=True)
     with pytest.raises(DataError, match="normal: empty class folder"):
         load_dataset(str(tmp_path / "ds"))
+    # one level too high (data synth writes OUT/HuSHeM/<classes>): the error says where to point
+    for cls in ("01_Normal", "02_Tapered"):
+        (tmp_path / "out" / "HuSHeM" / cls).mkdir(parents=True)
+        Image.new("L", (8, 8)).save(tmp_path / "out" / "HuSHeM" / cls / "a.png")
+    with pytest.raises(DataError, match=r"HuSHeM: holds folders of images \(01_Normal, 02_Tapered\).*pass .*HuSHeM itself"):
+        load_dataset(str(tmp_path / "out"))
 
 
 def test_fixed_split_folders(tmp_path):

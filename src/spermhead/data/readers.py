@@ -142,6 +142,10 @@ def _class_folder_samples(folder: Path, source: str, split: str) -> list[Sample]
     for d in class_dirs:
         images = list_images(d)
         if not images:
+            nested = [c.name for c in sorted(d.iterdir()) if c.is_dir() and list_images(c)]
+            if nested:  # one level too high, e.g. the folder that `data synth` wrote HuSHeM/ into
+                raise DataError(f"{d}: holds folders of images ({', '.join(nested[:4])}), not images; if "
+                                f"those are the classes, pass {d} itself as the dataset")
             raise DataError(f"{d}: empty class folder, no images")
         label = normalise_class_name(d.name)
         prefix = f"{split}/" if split else ""
