@@ -77,6 +77,7 @@ LEVERS: dict[str, dict] = {
     "synth": {"init": "synthetic"},  # start from a model trained on rendered heads (cached source)
     "synth500": {"init": "synthetic", "init_per_class": 500, "init_epochs": 30},
     "synth2000": {"init": "synthetic", "init_per_class": 2000, "init_epochs": 40},
+    "scian_source": {"init_style": "scian"},  # SCIAN-looking rendered heads for the synthetic start
     "noaug": {"augment": "none"},
     "px128": {"image_size": 128},
     "width48": {"model_kwargs": {"width": 48}},

@@ -427,6 +427,18 @@ def test_synthetic_init_refuses_conflicting_weights(separable, tmp_path):
         quick_config(separable, tmp_path / "y", init="imagenet")
 
 
+def test_the_synthetic_source_looks_like_its_set_unless_told():
+    from spermhead.training.synthetic_init import source_path, source_style
+
+    assert source_style(build_run_config("scian-pa", "unused")) == "scian"
+    combined = build_run_config("combined", "unused")
+    assert source_style(combined) == "hushem"
+    told = build_run_config("combined", "unused", init_style="scian")
+    assert source_style(told) == "scian" and source_path(told) != source_path(combined)  # its own cached file
+    with pytest.raises(ConfigError, match="init_style 'pink'"):
+        build_run_config("combined", "unused", init_style="pink")
+
+
 def test_init_auto_means_synthetic_for_the_default_model_only():
     assert build_run_config("hushem", "unused").model.init == "synthetic"
     assert build_run_config("hushem", "unused", model="seed-cnn").model.init == "scratch"

@@ -44,6 +44,7 @@ class ModelConfig:
     init_per_class: int = 1000
     init_epochs: int = 40
     init_seed: int = 0
+    init_style: str = "auto"  # the rendered heads' look: auto (SCIAN's for SCIAN sets), hushem or scian
 
     def resolved_init(self) -> str:
         if self.init != "auto":

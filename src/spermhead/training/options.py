@@ -18,6 +18,7 @@ _FIELDS = {
     "model": ("model", "name"), "pretrained": ("model", "pretrained"), "weights": ("model", "weights"),
     "l2_conv": ("model", "l2_conv"), "drop_rate": ("model", "drop_rate"), "init": ("model", "init"),
     "init_per_class": ("model", "init_per_class"), "init_epochs": ("model", "init_epochs"),
+    "init_style": ("model", "init_style"),
     "epochs": ("train", "epochs"), "batch_size": ("train", "batch_size"), "lr": ("train", "lr"),
     "optimizer": ("train", "optimizer"), "schedule": ("train", "schedule"),
     "weight_decay": ("train", "weight_decay"), "balance": ("train", "balance"),
@@ -106,6 +107,8 @@ def build_run_config(dataset: str, out: str, *, recipe: str = "default", data_di
                           "the two weights add up to more than 1, which leaves the CNN a negative weight")
     if cfg.train.accelerator not in ACCELERATORS:
         raise ConfigError(f"--accelerator {cfg.train.accelerator!r}: {', '.join(ACCELERATORS)}")
+    if cfg.model.init_style not in ("auto", "hushem", "scian"):
+        raise ConfigError(f"init_style {cfg.model.init_style!r}: auto, hushem or scian")
     if cfg.model.init not in ("auto", "scratch", "synthetic"):
         raise ConfigError(f"--init {cfg.model.init!r}: auto, scratch or synthetic")
     cfg.model.init = cfg.model.resolved_init()  # config.yaml records what the run did

@@ -37,7 +37,10 @@ SOURCE_STREAM = 0x5EED  # first word of the source heads' RNG keys (see rendered
 
 
 def source_style(cfg: RunConfig) -> str:
-    """SCIAN's grey look and 5 classes (with *small*) for SCIAN sets; HuSHeM's otherwise."""
+    """SCIAN's grey look and 5 classes (with *small*) for SCIAN sets, HuSHeM's otherwise, unless
+    `init_style` names one."""
+    if cfg.model.init_style != "auto":
+        return cfg.model.init_style
     return "scian" if cfg.dataset.lower().startswith("scian") else "hushem"
 
 
