@@ -52,10 +52,9 @@ DATASET_RECIPES: dict[str, dict[str, object]] = {
 # given.
 SCRATCH_EPOCHS: dict[str, int] = {"hushem": 150, "scian-pa": 60, "scian-ta": 100}
 
-# Any other set (a lab's own class folders) trains this many epochs from the synthetic start, and
-# the config's 150 from random weights: on HuSHeM read as a folder, 40 were as accurate as 150 on
-# eight CV seeds, four times faster (benchmarks/RESULTS.md, session 10).
-FOLDER_SYNTHETIC_EPOCHS = 40
+# Any other set (a lab's own class folders) keeps the config's 150 epochs, from either start: 40
+# from the synthetic start were level on HuSHeM's images read as a folder, but lost 8 points of
+# accuracy on SCIAN-TA's (benchmarks/RESULTS.md, session 10).
 
 
 def apply_recipe(cfg: RunConfig, name: str) -> RunConfig:
