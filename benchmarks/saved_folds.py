@@ -45,6 +45,11 @@ class SavedFold:
             self._shared["profiles"] = head_profiles(self.images)
         return self._shared["profiles"]
 
+    def morphometrics(self) -> np.ndarray:
+        """N x 5 size and shape figures in the original image's pixels (log area, length and
+        width, elongation, roundness); NaN where alignment found no head."""
+        return self._shared["morphometrics"]
+
     def shape_model(self) -> ShapeModel:
         """The shape model fitted on this fold's training side, as `--shape-fusion` fits it."""
         return ShapeModel.fit(self.profiles()[self.fold.train], self.labels[self.fold.train], len(self.classes))
@@ -57,9 +62,11 @@ def saved_folds(run: Path, data_dir: str) -> Iterator[SavedFold]:
     cfg = load_config(run / "config.yaml")
     table = load_dataset(cfg.dataset, data_dir)
     folds = make_folds(table, cfg.protocol, cfg.seed, cfg.train.val_fraction)  # the run's own folds
-    images, _ = canonical_images(table, cfg)
+    images, canon = canonical_images(table, cfg)
     labels = np.asarray(table.label_indices)
-    shared: dict[str, np.ndarray] = {}
+    shared: dict[str, np.ndarray] = {"morphometrics": np.array(
+        [[np.log(m.area), np.log(m.length), np.log(m.width), m.elongation, m.perimeter ** 2 / m.area]
+         if (m := c.morphometrics) is not None else [np.nan] * 5 for c in canon], dtype=np.float32)}
     for fold in folds:
         fold_dir = run / "folds" / f"fold{fold.index}"
         member = build_member(cfg, len(table.classes), images[fold.train])

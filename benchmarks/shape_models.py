@@ -22,7 +22,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
-from spermhead.models.shape import ShapeModel, fuse
+from spermhead.models.shape import ShapeModel, fuse, fuse_all
 from spermhead.preprocess.profile import axis_profile
 
 Fitter = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]  # (train x, train y, x) -> probs
@@ -89,11 +89,10 @@ def seed_scores(run: Path, data_dir: str) -> dict[tuple[tuple[str, float], str],
             for name, probs in other.items():
                 for w in WEIGHTS:
                     tally.add(((name, w), part), fuse(cnn, probs, w), y[idx])
+            profile, pixels = other["profile C=1 (the recipe)"], other["pixels, PCA 50 + SVM"]
             for w in PAIR_WEIGHTS:
-                pair = (1 - 2 * w) * cnn + w * (other["profile C=1 (the recipe)"] + other["pixels, PCA 50 + SVM"])
-                tally.add((("profile + pixels", w), part), pair, y[idx])
-            trio = 0.4 * cnn + 0.2 * (other["profile C=1 (the recipe)"] + other["pixels, PCA 50 + SVM"]
-                                      + other["gradient histograms + SVM"])
+                tally.add((("profile + pixels", w), part), fuse_all(cnn, [(profile, w), (pixels, w)]), y[idx])
+            trio = fuse_all(cnn, [(profile, 0.2), (pixels, 0.2), (other["gradient histograms + SVM"], 0.2)])
             tally.add((("profile + pixels + gradient histograms", 0.2), part), trio, y[idx])
     return tally.scores()
 

@@ -12,32 +12,16 @@ figures are printed for the record.
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import numpy as np
 from saved_folds import Tally, bench_arguments, saved_folds  # benchmarks/, beside this script
 
-from spermhead.data.readers import load_dataset
 from spermhead.models.inference import apply_class_bias
 from spermhead.models.shape import ShapeModel, fuse
 from spermhead.training.operating import prior_bias
 
 WEIGHTS = (0.2, 0.3)
-
-
-def morphometrics(run: Path, ids: list[str]) -> np.ndarray:
-    """N x 5 size and shape figures from the run's samples.csv; NaN where no head was found."""
-    with open(run / "samples.csv", newline="") as fh:
-        rows = {r["id"]: r for r in csv.DictReader(fh)}
-    out = []
-    for i in ids:
-        try:
-            a, length, w, e, p = (float(rows[i][k]) for k in ("area", "length", "width", "elongation", "perimeter"))
-            out.append([np.log(a), np.log(length), np.log(w), e, p * p / a])
-        except ValueError:  # an image that fell back to a centre crop has no morphometrics
-            out.append([np.nan] * 5)
-    return np.array(out, dtype=np.float32)
 
 
 def seed_scores(run: Path, data_dir: str) -> dict[tuple[str, float, str, str], tuple[float, float]]:
@@ -47,7 +31,7 @@ def seed_scores(run: Path, data_dir: str) -> dict[tuple[str, float, str, str], t
     for saved in saved_folds(run, data_dir):
         fold, y, k = saved.fold, saved.labels, len(saved.classes)
         if not feats:
-            size = morphometrics(run, [s.id for s in load_dataset(saved.cfg.dataset, data_dir).samples])
+            size = saved.morphometrics()
             feats = {"size": size, "profile": saved.profiles(), "profile + size": np.hstack([saved.profiles(), size])}
         bias = prior_bias(y[fold.train], k, 1.0)
         models = {name: ShapeModel.fit(f[fold.train], y[fold.train], k) for name, f in feats.items()}
