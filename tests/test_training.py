@@ -20,7 +20,7 @@ from spermhead.config import RunConfig, load_config
 from spermhead.data.readers import load_dataset
 from spermhead.errors import ConfigError
 from spermhead.evaluation.predictions import Predictions
-from spermhead.models.inference import predict_proba
+from spermhead.models.inference import apply_class_bias, predict_proba
 from spermhead.serving.bundle import load_bundle
 from spermhead.training.options import build_run_config
 from spermhead.training.protocols import make_folds, parse_split
@@ -609,9 +609,54 @@ def test_accuracy_point_moves_back_to_the_datasets_own_prior():
     learnt = np.array([[9 / 20, 11 / 20]])
     assert apply_bias(learnt, shift).argmax(1).tolist() == [0]
     np.testing.assert_allclose(prior_shift(own, own, 2), 0.0)
-    # where training balanced the classes the model learnt a uniform prior, whatever the counts
-    balanced = prior_shift(own, pooled, 2, balanced_training=True)
-    assert balanced[0] > balanced[1] and apply_bias(np.array([[0.5, 0.5]]), balanced).argmax() == 0
+
+
+def test_balanced_training_gets_its_training_prior_back():
+    from spermhead.training.operating import apply_bias, learnt_prior_correction, prior_shift
+
+    own = np.array([0] * 8 + [1] * 2)
+    pooled = np.concatenate([own, [1] * 10])
+    assert learnt_prior_correction(pooled, 2, "none") is None  # natural-prior posteriors already
+    # a model trained with balanced classes and no evidence either way answers 50/50, whatever
+    # the counts; corrected, it answers the training side's majority, and moved on to the
+    # dataset's own prior, the dataset's majority
+    uniform = np.array([[0.5, 0.5]])
+    for balance in ("sampler", "loss", "offline"):
+        corrected = apply_bias(uniform, learnt_prior_correction(pooled, 2, balance))
+        np.testing.assert_allclose(corrected, [[9 / 22, 13 / 22]], rtol=1e-5)  # counts + 1
+        assert apply_bias(corrected, prior_shift(own, pooled, 2)).argmax(1).tolist() == [0]
+
+
+def test_balanced_training_on_a_skewed_set_keeps_two_sound_operating_points(tmp_path):
+    from spermhead.serving.predictor import Predictor
+
+    # pure noise, 70% "amorphous": no image tells its class, so the accuracy point can only
+    # answer the majority, and the balanced point must not divide the prior out a second time
+    rng = np.random.default_rng(0)
+    counts = {"normal": 8, "tapered": 8, "amorphous": 40}
+    for name, n in counts.items():
+        (tmp_path / "skewed" / name).mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 256, (24, 24), dtype=np.uint8)).save(tmp_path / "skewed" / name / f"{i}.png")
+    cfg = quick_config(tmp_path / "skewed", tmp_path / "run", cv=None, split="50/20/30", epochs=8, balance="sampler")
+    result = train_run(cfg, progress=False)
+    bundle = load_bundle(result.out / "model")
+    table = load_dataset(str(tmp_path / "skewed"))
+    assert bundle.meta.cnn_prior is not None  # the training prior the sampler took out
+    assert int(np.argmax(bundle.meta.cnn_prior)) == table.classes.index("amorphous")
+    points = result.metrics["operating_points"]
+    majority = counts["amorphous"] / sum(counts.values())
+    assert points["accuracy"]["accuracy"] >= majority - 0.1
+    assert points["balanced"]["accuracy"] < points["accuracy"]["accuracy"]
+    # served as assessed, at both points: the bundle is the very model that scored the test part
+    images, _ = canonical_images(table, cfg)
+    index = {s.id: i for i, s in enumerate(table.samples)}
+    batch = images[[index[i] for i in result.predictions.ids]]
+    served = Predictor(result.out / "model", operating_point="accuracy").probabilities(batch)
+    np.testing.assert_allclose(served, result.predictions.probabilities, atol=1e-5)
+    (fold,) = result.folds
+    served = Predictor(result.out / "model", operating_point="balanced").probabilities(batch)
+    np.testing.assert_allclose(served, apply_class_bias(fold.test_probs, fold.bias), atol=1e-5)
 
 
 def test_fusion_is_served_exactly_as_it_was_assessed(separable, tmp_path):

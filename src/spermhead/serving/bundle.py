@@ -46,6 +46,9 @@ class BundleMeta:
     operating_point: str = "accuracy"
     uncertainty_threshold: float = 0.6  # top probability below this flags "uncertain"
     operating_points: dict[str, list[float]] = field(default_factory=dict)  # name -> class_bias
+    # added to the CNN's log-probabilities before fusion and class_bias: the training prior that
+    # class-balanced training took out (training/operating.py); None after natural-prior training
+    cnn_prior: list[float] | None = None
     run: dict[str, Any] = field(default_factory=dict)  # dataset, protocol, headline metrics
     shape_fusion: float = 0.0  # weight of the fused shape models (models/shape.py); 0 = CNN alone
     pixel_fusion: float = 0.0  # weight of the fused pixel models (models/pixels.py)

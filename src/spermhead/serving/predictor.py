@@ -142,14 +142,16 @@ class Predictor:
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         """uint8 N x C x S x S canonical images -> N x classes, through `predict_proba` (and,
         where the bundle fuses second opinions, the same fusion its evaluation used)."""
-        fused = self.bundle.fused
-        probs = predict_proba(
-            self.model, images, self.meta.mean, self.meta.std, tta=self.meta.tta, flips=self.meta.tta_flips,
-            class_bias=None if fused else self.meta.class_bias, batch_size=self.batch_size,
-        )
-        if not fused:
-            return probs
-        return apply_class_bias(self.bundle.fuse(probs, np.asarray(images)), self.meta.class_bias)
+        meta = self.meta
+
+        def cnn(class_bias: list[float] | None) -> np.ndarray:
+            return predict_proba(self.model, images, meta.mean, meta.std, tta=meta.tta, flips=meta.tta_flips,
+                                 class_bias=class_bias, batch_size=self.batch_size)
+
+        if self.bundle.fused:  # the training prior goes back before fusion, the point after it
+            return apply_class_bias(self.bundle.fuse(cnn(meta.cnn_prior), np.asarray(images)), meta.class_bias)
+        shifts = [b for b in (meta.cnn_prior, meta.class_bias) if b is not None]
+        return cnn(np.sum(shifts, axis=0).tolist() if shifts else None)  # one log-space shift
 
     # ------------------------------------------------------------------ preprocessing
 

@@ -1,7 +1,11 @@
 """Operating points: one trained model, two ways to turn probabilities into a class.
 
-`accuracy` keeps the model's posteriors, moved to the dataset's own class prior where extra
-training images changed the prior the model learnt (`prior_shift`). `balanced` divides out the training prior (a log-prior
+Both start from posteriors under the training side's own class mix. A run that balanced its
+classes while training (`balance` sampler, loss or offline) learnt a uniform prior instead, so
+its CNN's posteriors first get the log training prior back (`learnt_prior_correction`, before
+any fusion with second opinions, which learn the natural prior). Then `accuracy` keeps those
+posteriors, moved to the dataset's own class prior where extra training images changed the
+training mix (`prior_shift`), and `balanced` divides out the training prior (a log-prior
 correction) to raise average recall on imbalanced sets such as SCIAN, where 58% of heads are
 amorphous. Its strength is 1 by default: the Bayes decision for average recall when the
 posteriors are calibrated. Choosing it per fold on the validation part (`"val"`) was the
@@ -25,14 +29,22 @@ def prior_bias(train_labels: np.ndarray, num_classes: int, alpha: float) -> np.n
     return (-alpha * np.log(prior)).astype(np.float32)
 
 
-def prior_shift(own_labels: np.ndarray, train_labels: np.ndarray, num_classes: int, *,
-                balanced_training: bool = False) -> np.ndarray:
-    """Log-prior correction from the prior the model learnt to the dataset's own class mix, for
-    runs whose extra training images changed that mix. The learnt prior is the training side's
-    (uniform where training balanced the classes). Posteriors are then those of a model trained
+def learnt_prior_correction(train_labels: np.ndarray, num_classes: int, balance: str) -> np.ndarray | None:
+    """The log-prior added to a CNN's posteriors so that they are those of a model trained on the
+    training side's own class mix: None after natural-prior training (`balance` "none"); the log
+    training prior after class-balanced training, which learnt a uniform prior. Without it the
+    accuracy point of a skewed set answers like the balanced point, and the balanced point
+    divides the prior out twice (benchmarks/RESULTS.md, session 11)."""
+    if balance == "none":
+        return None
+    return -prior_bias(train_labels, num_classes, 1.0)
+
+
+def prior_shift(own_labels: np.ndarray, train_labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """Log-prior correction from the training side's class mix to the dataset's own, for runs
+    whose extra training images changed that mix. Posteriors are then those of a model trained
     on the dataset's own mix (Saerens et al. 2002), which is what the accuracy point wants."""
-    learnt = np.zeros(num_classes, dtype=np.float32) if balanced_training else prior_bias(train_labels, num_classes, 1.0)
-    return learnt - prior_bias(own_labels, num_classes, 1.0)
+    return prior_bias(train_labels, num_classes, 1.0) - prior_bias(own_labels, num_classes, 1.0)
 
 
 def choose_balanced_bias(val_probs: np.ndarray, val_labels: np.ndarray, train_labels: np.ndarray,

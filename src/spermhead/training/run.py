@@ -41,7 +41,12 @@ from spermhead.training.augment import tta_flips
 from spermhead.training.balance import balanced_sampler, class_weights, offline_balance
 from spermhead.training.devices import resolve_accelerator, trainer_device
 from spermhead.training.module import HeadClassifier
-from spermhead.training.operating import apply_bias, choose_balanced_bias, prior_shift
+from spermhead.training.operating import (
+    apply_bias,
+    choose_balanced_bias,
+    learnt_prior_correction,
+    prior_shift,
+)
 from spermhead.training.protocols import Fold, duplicate_groups, make_folds, with_extra_training
 from spermhead.training.quiet import quiet_fit
 from spermhead.training.targets import soft_targets
@@ -63,6 +68,7 @@ class FoldResult:
     val_pred: list[int] = field(default_factory=list)  # at the accuracy point
     val_pred_balanced: list[int] = field(default_factory=list)  # at the balanced point
     accuracy_bias: np.ndarray | None = None  # the accuracy point's prior shift (extra training images)
+    cnn_prior: np.ndarray | None = None  # the training prior given back to the CNN (balanced training)
     shape: ShapeModel | None = None  # fused with the CNN where `shape_fusion` > 0
     pixels: PixelModel | None = None  # fused with the CNN where `pixel_fusion` > 0
 
@@ -256,7 +262,8 @@ def run_fold(cfg: RunConfig, table: SampleTable, images: np.ndarray, fold: Fold,
                           info["seconds"], info["epochs"], val_labels=info["val_labels"],
                           val_pred=info["val_pred"], val_pred_balanced=info.get("val_pred_balanced", []),
                           accuracy_bias=None if info.get("accuracy_bias") is None
-                          else np.asarray(info["accuracy_bias"], dtype=np.float32), shape=shape, pixels=pixels)
+                          else np.asarray(info["accuracy_bias"], dtype=np.float32), shape=shape, pixels=pixels,
+                          cnn_prior=learnt_prior_correction(y[fold.train], k, cfg.train.balance))
     fold_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     soft = soft_targets(table, fold.train, cfg.train.soft_labels) if cfg.train.soft_labels > 0 else None
@@ -275,8 +282,10 @@ def run_fold(cfg: RunConfig, table: SampleTable, images: np.ndarray, fold: Fold,
     seconds = time.perf_counter() - start
     model = Ensemble(members).eval()
     tta = {"tta": cfg.train.tta, "flips": tta_flips(cfg.train.augment)}
-    val_probs = predict_proba(model, images[fold.val], [0.0], [1.0], **tta)
-    test_probs = predict_proba(model, images[fold.test], [0.0], [1.0], **tta)
+    # after class-balanced training, the training prior goes back first (training/operating.py)
+    cnn_prior = learnt_prior_correction(y[fold.train], k, cfg.train.balance)
+    val_probs = predict_proba(model, images[fold.val], [0.0], [1.0], class_bias=cnn_prior, **tta)
+    test_probs = predict_proba(model, images[fold.test], [0.0], [1.0], class_bias=cnn_prior, **tta)
     shape, pixels = None, None
     val_others: list[tuple[np.ndarray, float]] = []
     test_others: list[tuple[np.ndarray, float]] = []
@@ -292,9 +301,7 @@ def run_fold(cfg: RunConfig, table: SampleTable, images: np.ndarray, fold: Fold,
         test_others.append((pixels.predict_proba(images[fold.test]), cfg.train.pixel_fusion))
     val_probs, test_probs = fuse_all(val_probs, val_others), fuse_all(test_probs, test_others)
     bias, alpha = choose_balanced_bias(val_probs, y[fold.val], y[fold.train], k, cfg.train.prior_strength)
-    balanced_training = cfg.train.balance != "none"
-    accuracy_bias = (prior_shift(y[fold.own_train], y[fold.train], k, balanced_training=balanced_training)
-                     if fold.n_extra else None)
+    accuracy_bias = prior_shift(y[fold.own_train], y[fold.train], k) if fold.n_extra else None
     np.save(fold_dir / "test_probs.npy", test_probs)
     val_pred = apply_bias(val_probs, accuracy_bias).argmax(1).tolist() if len(fold.val) else []
     val_pred_balanced = apply_bias(val_probs, bias).argmax(1).tolist() if len(fold.val) else []
@@ -307,7 +314,7 @@ def run_fold(cfg: RunConfig, table: SampleTable, images: np.ndarray, fold: Fold,
                                 "val_pred_balanced": val_pred_balanced}))
     return FoldResult(fold.index, members, test_probs, bias, read_history(fold_dir), seconds / n, epochs,
                       val_labels=val_labels, val_pred=val_pred, val_pred_balanced=val_pred_balanced,
-                      accuracy_bias=accuracy_bias, shape=shape, pixels=pixels)
+                      accuracy_bias=accuracy_bias, shape=shape, pixels=pixels, cnn_prior=cnn_prior)
 
 
 def out_of_fold(table: SampleTable, folds: list[Fold], results: list[FoldResult], *,
@@ -381,10 +388,15 @@ def train_run(cfg: RunConfig, *, overwrite: bool = False, resume: bool = False,
     bias = {"balanced": np.mean([r.bias for r in results], axis=0),
             "accuracy": np.mean([r.accuracy_bias if r.accuracy_bias is not None else np.zeros(k)
                                  for r in results], axis=0)}
+    if any(r.cnn_prior is not None for r in results):
+        bias["cnn_prior"] = np.mean([r.cnn_prior for r in results], axis=0)
     shapes = [r.shape for r in results if r.shape is not None]
     pixels = [r.pixels for r in results if r.pixels is not None]
     if kind_is_refit(cfg):
         bundle_members = [refit_all(cfg, table, images, results, out, progress=progress)]
+        refit_prior = learnt_prior_correction(np.asarray(table.label_indices), k, cfg.train.balance)
+        if refit_prior is not None:  # the refit model trained on every image
+            bias["cnn_prior"] = refit_prior
         if shape_features is not None:
             shapes = [ShapeModel.fit(shape_features, np.asarray(table.label_indices), len(table.classes))]
         if pixels:
@@ -476,8 +488,9 @@ def write_bundle(cfg: RunConfig, table: SampleTable, members: list[nn.Module], b
                  metrics: dict[str, Any], directory: Path, shapes: list[ShapeModel] | None = None,
                  pixels: list[PixelModel] | None = None, trained: np.ndarray | None = None) -> Path:
     """`biases`: each operating point's log-prior correction ("balanced", and "accuracy" where
-    extra training images shifted the prior). `trained`: signatures of the images the members
-    trained on, kept beside the weights for `evaluate`."""
+    extra training images shifted the prior), and "cnn_prior" where class-balanced training
+    took the training prior out of the CNN's posteriors. `trained`: signatures of the images
+    the members trained on, kept beside the weights for `evaluate`."""
     from spermhead.serving.bundle import BundleMeta, save_bundle, save_training_signatures
 
     in_chans = 1 if cfg.preprocess.color == "gray" else 3
@@ -493,6 +506,7 @@ def write_bundle(cfg: RunConfig, table: SampleTable, members: list[nn.Module], b
         shape_fusion=float(cfg.train.shape_fusion) if shapes else 0.0,
         pixel_fusion=float(cfg.train.pixel_fusion) if pixels else 0.0,
         class_bias=points[cfg.operating_point], operating_points=points,
+        cnn_prior=None if "cnn_prior" not in biases else [float(b) for b in biases["cnn_prior"]],
         run={"dataset": cfg.dataset, "protocol": cfg.protocol.kind, "folds": cfg.protocol.folds,
              "seed": cfg.seed, "metrics": headline(metrics), "run_dir": str(Path(cfg.out).resolve())},
     )
