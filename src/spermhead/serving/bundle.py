@@ -113,8 +113,8 @@ def save_bundle(directory: Path, members: list[nn.Module], meta: BundleMeta,
             tensors.update(pixel.tensors(f"pixels{i}"))
     write_safetensors(tensors, directory / "model.safetensors")
     described = asdict(meta)
-    for key in ("shape_fusion", "pixel_fusion"):  # left out when off, so such bundles stay readable
-        if not described[key]:                    # by older versions
+    for key in ("shape_fusion", "pixel_fusion", "cnn_prior"):  # left out when off, so such bundles
+        if not described[key]:                                 # stay readable by older versions
             del described[key]
     (directory / "model.json").write_text(json.dumps(described, indent=2))
     return directory
