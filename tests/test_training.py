@@ -657,6 +657,12 @@ def test_balanced_training_on_a_skewed_set_keeps_two_sound_operating_points(tmp_
     (fold,) = result.folds
     served = Predictor(result.out / "model", operating_point="balanced").probabilities(batch)
     np.testing.assert_allclose(served, apply_class_bias(fold.test_probs, fold.bias), atol=1e-5)
+    from fastapi.testclient import TestClient
+
+    from spermhead.serving.app import create_app
+
+    with TestClient(create_app(result.out / "model")) as client:
+        assert client.get("/api/model").json()["cnn_prior"] == pytest.approx(bundle.meta.cnn_prior)
 
 
 def test_fusion_is_served_exactly_as_it_was_assessed(separable, tmp_path):

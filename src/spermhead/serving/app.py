@@ -390,6 +390,7 @@ class Service:
             "pixel_fusion": meta.pixel_fusion,
             "operating_point": meta.operating_point,
             "class_bias": meta.class_bias,
+            "cnn_prior": meta.cnn_prior,  # the training prior given back after balanced training
             "uncertainty_threshold": meta.uncertainty_threshold,
             "run": meta.run,
             "bundle_version": meta.version,
