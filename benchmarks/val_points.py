@@ -1,10 +1,11 @@
 """Both operating points on the validation parts of saved CV runs, for choosing between recipes
-on a set where both points count (SCIAN). A run's metrics.json reports its validation parts at
-the accuracy point only.
+on a set where both points count (SCIAN). Runs since session 10 report both in metrics.json
+(`validation.balanced_point`); this recomputes them for older runs.
 
-Each fold's model scores its validation part as training does (flip TTA, the shape model fused
-where the run used it); the balanced point then divides out the training side's prior at the
-run's strength (`prior_strength`), by training's own rule. Test folds are not read.
+Each fold's model scores its validation part as training does (flip TTA, the training prior
+given back after class-balanced training, the shape model fused where the run used it); the
+balanced point then divides out the training side's prior at the run's strength
+(`prior_strength`), by training's own rule. Test folds are not read.
 
     .venv/bin/python benchmarks/val_points.py /tmp/levers/scian-pa/base /tmp/levers/scian-pa/epochs20 --seeds 4,5,6
 """
@@ -18,7 +19,7 @@ from saved_folds import Tally, bench_arguments, saved_folds  # benchmarks/, besi
 
 from spermhead.models.inference import apply_class_bias
 from spermhead.models.shape import fuse
-from spermhead.training.operating import choose_balanced_bias
+from spermhead.training.operating import choose_balanced_bias, learnt_prior_correction
 
 
 def seed_scores(run: Path, data_dir: str) -> dict[tuple[str, str], tuple[float, float]]:
@@ -26,7 +27,7 @@ def seed_scores(run: Path, data_dir: str) -> dict[tuple[str, str], tuple[float, 
     tally = Tally()
     for saved in saved_folds(run, data_dir):
         cfg, fold, y, k = saved.cfg, saved.fold, saved.labels, len(saved.classes)
-        probs = saved.cnn_probs(fold.val)
+        probs = apply_class_bias(saved.cnn_probs(fold.val), learnt_prior_correction(y[fold.train], k, cfg.train.balance))
         if cfg.train.shape_fusion > 0:
             shape = saved.shape_model()
             probs = fuse(probs, shape.predict_proba(saved.profiles()[fold.val]), cfg.train.shape_fusion)
