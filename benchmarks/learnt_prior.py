@@ -19,7 +19,7 @@ from saved_folds import Tally, bench_arguments, print_scores, saved_folds  # ben
 
 from spermhead.errors import ConfigError
 from spermhead.models.inference import apply_class_bias
-from spermhead.training.operating import learnt_prior_correction, prior_bias
+from spermhead.training.operating import prior_bias
 
 SETTINGS = {("before", "accuracy"): "before, accuracy point", ("before", "balanced"): "before, balanced point",
             ("after", "accuracy"): "after, accuracy point", ("after", "balanced"): "after, balanced point"}
@@ -33,8 +33,7 @@ def seed_scores(run: Path, data_dir: str) -> dict:
             raise ConfigError(f"{run}: this comparison is for class-balanced runs of the CNN alone, at a fixed "
                               "balanced strength, on their own images")
         for part, idx in (("val", fold.val), ("test", fold.test)):
-            raw = saved.cnn_probs(idx)
-            corrected = apply_class_bias(raw, learnt_prior_correction(y[fold.train], k, cfg.train.balance))
+            raw, corrected = saved.cnn_probs(idx, raw=True), saved.cnn_probs(idx)
             divide_out = prior_bias(y[fold.train], k, float(cfg.train.prior_strength))
             for when, probs in (("before", raw), ("after", corrected)):
                 tally.add(((when, "accuracy"), part), probs, y[idx])

@@ -20,6 +20,7 @@ from spermhead.models.inference import predict_proba
 from spermhead.models.shape import ShapeModel
 from spermhead.preprocess.profile import profiles as head_profiles
 from spermhead.training.augment import tta_flips
+from spermhead.training.operating import learnt_prior_correction
 from spermhead.training.protocols import Fold, make_folds
 from spermhead.training.run import build_member, canonical_images
 
@@ -34,10 +35,13 @@ class SavedFold:
     model: nn.Module  # the fold's first member, in eval mode
     _shared: dict[str, np.ndarray] = field(default_factory=dict, repr=False)  # per run, across its folds
 
-    def cnn_probs(self, idx: np.ndarray) -> np.ndarray:
-        """The fold CNN's raw posteriors for images `idx`, scored as training scores them (flip TTA)."""
+    def cnn_probs(self, idx: np.ndarray, *, raw: bool = False) -> np.ndarray:
+        """The fold CNN's posteriors for images `idx`, scored as training scores them (flip TTA,
+        and the training prior given back after class-balanced training, unless `raw`)."""
+        prior = None if raw else learnt_prior_correction(self.labels[self.fold.train], len(self.classes),
+                                                         self.cfg.train.balance)
         return predict_proba(self.model, self.images[idx], [0.0], [1.0], tta=self.cfg.train.tta,
-                             flips=tta_flips(self.cfg.train.augment))
+                             flips=tta_flips(self.cfg.train.augment), class_bias=prior)
 
     def profiles(self) -> np.ndarray:
         """The shape model's features for every image, computed once per run."""

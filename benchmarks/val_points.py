@@ -19,7 +19,7 @@ from saved_folds import Tally, bench_arguments, saved_folds  # benchmarks/, besi
 
 from spermhead.models.inference import apply_class_bias
 from spermhead.models.shape import fuse
-from spermhead.training.operating import choose_balanced_bias, learnt_prior_correction
+from spermhead.training.operating import choose_balanced_bias
 
 
 def seed_scores(run: Path, data_dir: str) -> dict[tuple[str, str], tuple[float, float]]:
@@ -27,7 +27,7 @@ def seed_scores(run: Path, data_dir: str) -> dict[tuple[str, str], tuple[float, 
     tally = Tally()
     for saved in saved_folds(run, data_dir):
         cfg, fold, y, k = saved.cfg, saved.fold, saved.labels, len(saved.classes)
-        probs = apply_class_bias(saved.cnn_probs(fold.val), learnt_prior_correction(y[fold.train], k, cfg.train.balance))
+        probs = saved.cnn_probs(fold.val)
         if cfg.train.shape_fusion > 0:
             shape = saved.shape_model()
             probs = fuse(probs, shape.predict_proba(saved.profiles()[fold.val]), cfg.train.shape_fusion)
