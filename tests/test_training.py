@@ -291,12 +291,18 @@ def test_short_recipe_epochs_follow_the_start():
     assert build_run_config("scian-ta", "unused", init="scratch").train.epochs == 100
     assert build_run_config("scian-pa", "unused").train.epochs == 40  # session 10, fresh CV seeds 7-14
     assert build_run_config("scian-pa", "unused", init="scratch").train.epochs == 60
-    # a folder keeps 150 from either start: 40 lost 8 points of accuracy on SCIAN-TA as a folder
-    assert build_run_config("my-folder", "unused").train.epochs == 150
-    assert build_run_config("my-folder", "unused", init="scratch").train.epochs == 150
-    assert build_run_config("my-folder", "unused", model="seed-cnn").train.epochs == 150
-    assert build_run_config("my-folder", "unused", epochs=9).train.epochs == 9
+    # a folder from the synthetic start: the natural prior and 40 epochs (session 11); from random
+    # weights, the sampler and 150; options given win
+    folder = build_run_config("my-folder", "unused").train
+    assert (folder.balance, folder.epochs) == ("none", 40)
+    for scratch in (dict(init="scratch"), dict(model="seed-cnn")):
+        folder = build_run_config("my-folder", "unused", **scratch).train
+        assert (folder.balance, folder.epochs) == ("sampler", 150)
+    folder = build_run_config("my-folder", "unused", epochs=9, balance="loss").train
+    assert (folder.balance, folder.epochs) == ("loss", 9)
+    assert build_run_config("my-folder", "unused", epochs=9).train.balance == "none"
     assert build_run_config("my-folder", "unused", recipe="seed").train.epochs == 100
+    assert build_run_config("my-folder", "unused", recipe="hushem").train.balance == "sampler"
 
 
 def test_tiny_training_side_still_gets_a_stratified_validation_part():

@@ -9,7 +9,7 @@ from spermhead.config import RunConfig
 from spermhead.errors import ConfigError
 from spermhead.training.devices import ACCELERATORS
 from spermhead.training.protocols import parse_split
-from spermhead.training.recipes import DATASET_RECIPES, SCRATCH_EPOCHS, apply_recipe
+from spermhead.training.recipes import DATASET_RECIPES, FOLDER_SYNTHETIC, SCRATCH_EPOCHS, apply_recipe
 
 # option name -> (config section, field)
 _FIELDS = {
@@ -114,6 +114,11 @@ def build_run_config(dataset: str, out: str, *, recipe: str = "default", data_di
     cfg.model.init = cfg.model.resolved_init()  # config.yaml records what the run did
     if measured is not None and not epochs_given and cfg.model.init != "synthetic":
         cfg.train.epochs = SCRATCH_EPOCHS.get(measured, cfg.train.epochs)
+    if recipe == "default" and measured not in DATASET_RECIPES and cfg.model.init == "synthetic":  # a folder
+        for name, value in FOLDER_SYNTHETIC.items():
+            if options.get(name) is None:
+                section, attr = _FIELDS[name]
+                setattr(getattr(cfg, section), attr, value)
     if cfg.model.init == "synthetic" and (cfg.model.weights or cfg.model.pretrained):
         raise ConfigError("--init synthetic picks the starting weights itself; drop --weights/--pretrained")
     if cfg.protocol.final_model not in ("ensemble", "refit"):
