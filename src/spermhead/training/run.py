@@ -59,7 +59,7 @@ logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
 class FoldResult:
     index: int
     members: list[nn.Module]  # one per seed of the fold's seed ensemble
-    test_probs: np.ndarray  # raw posteriors, rows = fold.test
+    test_probs: np.ndarray  # posteriors under the training prior (fused where the run fuses), rows = fold.test
     bias: np.ndarray  # balanced operating point, chosen on this fold's validation part
     history: list[dict[str, Any]]
     seconds: float  # training time of one member
