@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 from saved_folds import Tally, bench_arguments, print_scores, saved_folds  # benchmarks/, beside this script
 
-from spermhead.errors import ConfigError
 from spermhead.models.inference import apply_class_bias
 from spermhead.training.operating import prior_bias
 
@@ -29,9 +28,10 @@ def seed_scores(run: Path, data_dir: str) -> dict:
     tally = Tally()
     for saved in saved_folds(run, data_dir):
         cfg, fold, y, k = saved.cfg, saved.fold, saved.labels, len(saved.classes)
-        if cfg.train.balance == "none" or isinstance(cfg.train.prior_strength, str) or cfg.train.shape_fusion or cfg.train.pixel_fusion or fold.n_extra:
-            raise ConfigError(f"{run}: this comparison is for class-balanced runs of the CNN alone, at a fixed "
-                              "balanced strength, on their own images")
+        fused = cfg.train.shape_fusion or cfg.train.pixel_fusion
+        if cfg.train.balance == "none" or isinstance(cfg.train.prior_strength, str) or fused or fold.n_extra:
+            raise SystemExit(f"{run}: this comparison is for class-balanced runs of the CNN alone, at a "
+                             "fixed balanced strength, on their own images")
         for part, idx in (("val", fold.val), ("test", fold.test)):
             raw, corrected = saved.cnn_probs(idx, raw=True), saved.cnn_probs(idx)
             divide_out = prior_bias(y[fold.train], k, float(cfg.train.prior_strength))

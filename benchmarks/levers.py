@@ -51,6 +51,7 @@ LEVERS: dict[str, dict] = {
     "mask": {"background": "mask"},
     "sam05": {"sam": 0.05},
     "balance_none": {"balance": "none"},
+    "balance_sampler": {"balance": "sampler"},  # a folder's default until session 11
     "balance_loss": {"balance": "loss"},
     "seed_cnn": {"model": "seed-cnn", "image_size": 32},
     "resnet18": {"model": "timm:resnet18"},

@@ -34,6 +34,11 @@ _FIELDS = {
 }
 
 
+def _set_field(cfg: RunConfig, name: str, value: Any) -> None:
+    section, attr = _FIELDS[name]
+    setattr(getattr(cfg, section), attr, value)
+
+
 def build_run_config(dataset: str, out: str, *, recipe: str = "default", data_dir: str | None = None,
                      seed: int = 0, cv: int | None = None, split: str | None = None,
                      operating_point: str | None = None, loggers: tuple[str, ...] = ("csv",),
@@ -73,8 +78,7 @@ def build_run_config(dataset: str, out: str, *, recipe: str = "default", data_di
             continue
         if name not in _FIELDS:
             raise ConfigError(f"unknown training option {name!r}")
-        section, attr = _FIELDS[name]
-        setattr(getattr(cfg, section), attr, value)
+        _set_field(cfg, name, value)
     if not 0 <= float(cfg.protocol.near_duplicates) <= 1:
         raise ConfigError(f"--near-duplicates {cfg.protocol.near_duplicates}: a correlation in 0..1 "
                           "(0 = do not look for them)")
@@ -117,8 +121,7 @@ def build_run_config(dataset: str, out: str, *, recipe: str = "default", data_di
     if recipe == "default" and measured not in DATASET_RECIPES and cfg.model.init == "synthetic":  # a folder
         for name, value in FOLDER_SYNTHETIC.items():
             if options.get(name) is None:
-                section, attr = _FIELDS[name]
-                setattr(getattr(cfg, section), attr, value)
+                _set_field(cfg, name, value)
     if cfg.model.init == "synthetic" and (cfg.model.weights or cfg.model.pretrained):
         raise ConfigError("--init synthetic picks the starting weights itself; drop --weights/--pretrained")
     if cfg.protocol.final_model not in ("ensemble", "refit"):
