@@ -58,6 +58,10 @@ LEVERS: dict[str, dict] = {
     "members3": {"members": 3},
     "members2": {"members": 2},
     "ema": {"ema": 0.99},
+    # learning-curve points: each training side cut by the ratio that training on its validation
+    # part too would add (CV: 85% + 15% val; combined: 60% + 30%), session 12
+    "lc85": {"train_fraction": 0.85},
+    "lc67": {"train_fraction": 2 / 3},
     "val0": {"val_fraction": 0.0},  # no validation part: the fold trains on its whole training side
     "width32": {"model_kwargs": {"width": 32}},
     "width16": {"model_kwargs": {"width": 16}},

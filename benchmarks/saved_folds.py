@@ -65,7 +65,8 @@ def saved_folds(run: Path, data_dir: str) -> Iterator[SavedFold]:
                          "pass a bench or lever folder that holds seedN/ runs, and --seeds they have")
     cfg = load_config(run / "config.yaml")
     table = load_dataset(cfg.dataset, data_dir)
-    folds = make_folds(table, cfg.protocol, cfg.seed, cfg.train.val_fraction)  # the run's own folds
+    folds = make_folds(table, cfg.protocol, cfg.seed, cfg.train.val_fraction,
+                       train_fraction=cfg.train.train_fraction)  # the run's own folds
     images, canon = canonical_images(table, cfg)
     labels = np.asarray(table.label_indices)
     shared: dict[str, np.ndarray] = {"morphometrics": np.array(

@@ -130,6 +130,22 @@ def test_no_test_sample_reaches_training_or_validation(separable):
         assert not set(f.train) & set(f.val)
 
 
+def test_a_learning_curve_point_shrinks_only_the_training_sides(separable):
+    table = load_dataset(str(separable))
+    cfg = quick_config(separable, Path("unused"))
+    y = np.asarray(table.label_indices)
+    full = make_folds(table, cfg.protocol, seed=0, val_fraction=0.15)
+    half = make_folds(table, cfg.protocol, seed=0, val_fraction=0.15, train_fraction=0.5)
+    for f, h in zip(full, half, strict=True):
+        np.testing.assert_array_equal(f.val, h.val)
+        np.testing.assert_array_equal(f.test, h.test)
+        assert set(h.train) < set(f.train)
+        for c in np.unique(y[f.train]):  # stratified: each class halved, none lost
+            assert abs((y[h.train] == c).sum() - (y[f.train] == c).sum() / 2) <= 1
+    with pytest.raises(ConfigError, match="train-fraction"):
+        build_run_config(str(separable), "unused", train_fraction=0.0)
+
+
 def test_balancing_and_augmentation_touch_only_training(separable, tmp_path):
     cfg = quick_config(separable, tmp_path / "bal", balance="offline", epochs=2)
     cfg.train.balance_per_class = 30

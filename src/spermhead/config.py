@@ -88,6 +88,9 @@ class TrainConfig:
     prior_strength: float | str = 1.0
     members_per_fold: int = 1  # a seed ensemble per fold (each member trained from its own seed)
     val_fraction: float = 0.15  # carved from each training side for model selection
+    # a learning-curve point: the share of each training side trained on (stratified); the rest
+    # is left out, so `spermhead train --train-fraction 0.5` asks what half the labels would give
+    train_fraction: float = 1.0
     num_threads: int = 0  # torch threads; 0 lets torch decide
     accelerator: str = "auto"  # auto (a CUDA GPU when there is one, else the CPU) | cpu | gpu
 

@@ -24,6 +24,7 @@ _FIELDS = {
     "weight_decay": ("train", "weight_decay"), "balance": ("train", "balance"),
     "augment": ("train", "augment"), "label_smoothing": ("train", "label_smoothing"),
     "mixup": ("train", "mixup"), "cutmix": ("train", "cutmix"), "swa": ("train", "swa"), "ema": ("train", "ema"), "sam": ("train", "sam"), "soft_labels": ("train", "soft_labels"), "tta": ("train", "tta"), "val_fraction": ("train", "val_fraction"),
+    "train_fraction": ("train", "train_fraction"),
     "prior_strength": ("train", "prior_strength"),
     "monitor": ("train", "monitor"), "patience": ("train", "early_stopping_patience"),
     "threads": ("train", "num_threads"), "members": ("train", "members_per_fold"),
@@ -109,6 +110,9 @@ def build_run_config(dataset: str, out: str, *, recipe: str = "default", data_di
     if float(cfg.train.shape_fusion) + float(cfg.train.pixel_fusion) > 1.0:
         raise ConfigError(f"--shape-fusion {cfg.train.shape_fusion} and --pixel-fusion {cfg.train.pixel_fusion}: "
                           "the two weights add up to more than 1, which leaves the CNN a negative weight")
+    if not 0.0 < float(cfg.train.train_fraction) <= 1.0:
+        raise ConfigError(f"--train-fraction {cfg.train.train_fraction}: the share of each training side "
+                          "to train on, above 0 and up to 1")
     if cfg.train.accelerator not in ACCELERATORS:
         raise ConfigError(f"--accelerator {cfg.train.accelerator!r}: {', '.join(ACCELERATORS)}")
     if cfg.model.init_style not in ("auto", "hushem", "scian"):

@@ -29,7 +29,28 @@ class Fold:
         return self.train[: len(self.train) - self.n_extra]
 
 
-def make_folds(table: SampleTable, protocol: ProtocolConfig, seed: int, val_fraction: float) -> list[Fold]:
+def make_folds(table: SampleTable, protocol: ProtocolConfig, seed: int, val_fraction: float, *,
+               train_fraction: float = 1.0) -> list[Fold]:
+    """The protocol's folds; with `train_fraction` < 1 each training side then keeps only that
+    stratified share of its images (a learning-curve point; validation and test parts unchanged)."""
+    folds = _make_folds(table, protocol, seed, val_fraction)
+    if train_fraction >= 1.0:
+        return folds
+    y = np.asarray(table.label_indices)
+    return [replace(f, train=_stratified_share(f.train, y, train_fraction, seed + 500 + f.index)) for f in folds]
+
+
+def _stratified_share(rows: np.ndarray, y: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """`fraction` of `rows`, stratified, with at least one image of each class kept."""
+    labels = y[rows]
+    keep = []
+    for c in np.unique(labels):
+        mine = np.random.default_rng(seed + int(c)).permutation(rows[labels == c])
+        keep.append(mine[: max(1, round(fraction * len(mine)))])
+    return np.sort(np.concatenate(keep))
+
+
+def _make_folds(table: SampleTable, protocol: ProtocolConfig, seed: int, val_fraction: float) -> list[Fold]:
     y = np.asarray(table.label_indices)
     present = sorted({s.label for s in table.samples})
     if len(present) < 2:

@@ -338,7 +338,8 @@ def train_run(cfg: RunConfig, *, overwrite: bool = False, resume: bool = False,
     table = load_dataset(cfg.dataset, cfg.data_dir)
     if cfg.protocol.kind == "auto":  # a dataset's own train/val/test folders win; else K-fold CV
         cfg.protocol.kind = "folders" if table.has_fixed_split else "cv"
-    folds = make_folds(table, cfg.protocol, cfg.seed, cfg.train.val_fraction)  # fails before any training
+    folds = make_folds(table, cfg.protocol, cfg.seed, cfg.train.val_fraction,
+                       train_fraction=cfg.train.train_fraction)  # fails before any training
     resolve_accelerator(cfg.train.accelerator)  # so does asking for a GPU that is not there
     # From here on `table` also holds the extra training images, after the dataset's own rows;
     # the folds were made on the dataset alone, so extras only ever join training sides.
