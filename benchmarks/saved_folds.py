@@ -64,6 +64,9 @@ def saved_folds(run: Path, data_dir: str) -> Iterator[SavedFold]:
         raise SystemExit(f"{run}: not a finished CV run (config.yaml and folds/ expected); "
                          "pass a bench or lever folder that holds seedN/ runs, and --seeds they have")
     cfg = load_config(run / "config.yaml")
+    if cfg.train.refit_val:
+        raise SystemExit(f"{run}: its fold models also trained on their validation parts (refit_val), "
+                         "so they cannot be scored on them again; rerun the lever without it")
     table = load_dataset(cfg.dataset, data_dir)
     folds = make_folds(table, cfg.protocol, cfg.seed, cfg.train.val_fraction,
                        train_fraction=cfg.train.train_fraction)  # the run's own folds

@@ -146,6 +146,28 @@ def test_a_learning_curve_point_shrinks_only_the_training_sides(separable):
         build_run_config(str(separable), "unused", train_fraction=0.0)
 
 
+def test_refit_val_scores_validation_before_and_test_after_training_on_it(separable, separable_run, tmp_path):
+    refit = train_run(quick_config(separable, tmp_path / "refit", refit_val=True), progress=False)
+    table = load_dataset(str(separable))
+    images, _ = canonical_images(table, refit_cfg := load_config(refit.out / "config.yaml"))
+    assert refit_cfg.train.refit_val
+    for fold, plain, again in zip(make_folds(table, refit_cfg.protocol, 0, 0.15), separable_run.folds, refit.folds,
+                                  strict=True):
+        info = json.loads((refit.out / "folds" / f"fold{fold.index}" / "done.json").read_text())
+        assert info["refit_val"] and info["train"] == len(fold.train) + len(fold.val)
+        # the validation part was scored by the model that did not train on it: the plain run's
+        assert again.val_pred == plain.val_pred and len(again.val_pred) == len(fold.val) > 0
+        # the kept model trained on training + validation: its input statistics say so
+        mean = again.members[0][0].mean.flatten().item()
+        both = images[np.concatenate([fold.train, fold.val])].astype(np.float64).mean() / 255
+        assert mean == pytest.approx(both, abs=1e-4)
+        assert mean != pytest.approx(images[fold.train].astype(np.float64).mean() / 255, abs=1e-6)
+        assert not np.allclose(again.test_probs, plain.test_probs)  # and it scored the test part
+    assert refit.metrics["accuracy"] >= 0.99  # and it still scores the separable set
+    with pytest.raises(ConfigError, match="monitor last"):
+        build_run_config(str(separable), "unused", refit_val=True, monitor="val_acc")
+
+
 def test_balancing_and_augmentation_touch_only_training(separable, tmp_path):
     cfg = quick_config(separable, tmp_path / "bal", balance="offline", epochs=2)
     cfg.train.balance_per_class = 30

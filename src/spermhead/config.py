@@ -91,6 +91,10 @@ class TrainConfig:
     # a learning-curve point: the share of each training side trained on (stratified); the rest
     # is left out, so `spermhead train --train-fraction 0.5` asks what half the labels would give
     train_fraction: float = 1.0
+    # after the validation part is scored, each fold trains again on training + validation and
+    # that model scores the test part (nothing inside a run is chosen on validation with
+    # monitor "last" and a fixed prior strength); the validation figures stay the first model's
+    refit_val: bool = False
     num_threads: int = 0  # torch threads; 0 lets torch decide
     accelerator: str = "auto"  # auto (a CUDA GPU when there is one, else the CPU) | cpu | gpu
 

@@ -24,7 +24,7 @@ _FIELDS = {
     "weight_decay": ("train", "weight_decay"), "balance": ("train", "balance"),
     "augment": ("train", "augment"), "label_smoothing": ("train", "label_smoothing"),
     "mixup": ("train", "mixup"), "cutmix": ("train", "cutmix"), "swa": ("train", "swa"), "ema": ("train", "ema"), "sam": ("train", "sam"), "soft_labels": ("train", "soft_labels"), "tta": ("train", "tta"), "val_fraction": ("train", "val_fraction"),
-    "train_fraction": ("train", "train_fraction"),
+    "train_fraction": ("train", "train_fraction"), "refit_val": ("train", "refit_val"),
     "prior_strength": ("train", "prior_strength"),
     "monitor": ("train", "monitor"), "patience": ("train", "early_stopping_patience"),
     "threads": ("train", "num_threads"), "members": ("train", "members_per_fold"),
@@ -113,6 +113,9 @@ def build_run_config(dataset: str, out: str, *, recipe: str = "default", data_di
     if not 0.0 < float(cfg.train.train_fraction) <= 1.0:
         raise ConfigError(f"--train-fraction {cfg.train.train_fraction}: the share of each training side "
                           "to train on, above 0 and up to 1")
+    if cfg.train.refit_val and cfg.train.monitor != "last":
+        raise ConfigError(f"--refit-val with --monitor {cfg.train.monitor}: a fold that also trains on its "
+                          "validation part has nothing left to choose a checkpoint on; use --monitor last")
     if cfg.train.accelerator not in ACCELERATORS:
         raise ConfigError(f"--accelerator {cfg.train.accelerator!r}: {', '.join(ACCELERATORS)}")
     if cfg.model.init_style not in ("auto", "hushem", "scian"):

@@ -45,6 +45,7 @@ from spermhead.training.operating import (
     apply_bias,
     choose_balanced_bias,
     learnt_prior_correction,
+    prior_bias,
     prior_shift,
 )
 from spermhead.training.protocols import Fold, duplicate_groups, make_folds, with_extra_training
@@ -236,22 +237,86 @@ def fit_member(cfg: RunConfig, member: nn.Module, x_train: np.ndarray, y_train: 
     return module.model.cpu().eval(), trainer.current_epoch  # scoring and saving happen on the CPU
 
 
+@dataclass
+class FittedSide:
+    """The models one set of training rows gives: the CNN members and any second opinions."""
+    rows: np.ndarray  # the rows they trained on
+    members: list[nn.Module]
+    shape: ShapeModel | None
+    pixels: PixelModel | None
+    cnn_prior: np.ndarray | None  # the training prior given back to the CNN (balanced training)
+    epochs: int
+
+    def probs(self, cfg: RunConfig, images: np.ndarray, idx: np.ndarray,
+              shape_features: np.ndarray | None) -> np.ndarray:
+        """Posteriors for rows `idx` under these rows' class prior, fused as the run fuses."""
+        model = Ensemble(self.members).eval()
+        cnn = predict_proba(model, images[idx], [0.0], [1.0], class_bias=self.cnn_prior, tta=cfg.train.tta,
+                            flips=tta_flips(cfg.train.augment))
+        others = []
+        if self.shape is not None and shape_features is not None:
+            others.append((self.shape.predict_proba(shape_features[idx]), cfg.train.shape_fusion))
+        if self.pixels is not None:
+            others.append((self.pixels.predict_proba(images[idx]), cfg.train.pixel_fusion))
+        return fuse_all(cnn, others)
+
+
+def fit_side(cfg: RunConfig, table: SampleTable, images: np.ndarray, rows: np.ndarray, val_rows: np.ndarray,
+             fold_dir: Path, fold_index: int, *, progress: bool, resume: bool,
+             shape_features: np.ndarray | None, save: bool) -> FittedSide:
+    """Train the fold's members on `rows` (watching `val_rows`), and fit the second opinions the
+    run fuses; with `save` their weights go to `fold_dir`, where the bundle and --resume read them."""
+    y = np.asarray(table.label_indices)
+    k = len(table.classes)
+    soft = soft_targets(table, rows, cfg.train.soft_labels) if cfg.train.soft_labels > 0 else None
+    members, epochs = [], 0
+    for j in range(max(1, cfg.train.members_per_fold)):  # a seed ensemble: members differ only in their seed
+        seed = cfg.seed * 1000 + fold_index + 100 * j
+        member_dir = fold_dir if j == 0 else fold_dir / f"member{j}"
+        L.seed_everything(seed, workers=True, verbose=False)
+        member = build_member(cfg, k, images[rows])
+        member, epochs = fit_member(cfg, member, images[rows], y[rows], images[val_rows], y[val_rows],
+                                    k, member_dir, seed=seed, progress=progress, resume=resume, soft=soft)
+        if save:
+            write_safetensors({name: t.contiguous() for name, t in member.state_dict().items()},
+                              fold_dir / f"model{j}.safetensors")
+        shutil.rmtree(member_dir / "checkpoints", ignore_errors=True)  # its weights are saved, or done with
+        members.append(member)
+    shape, pixels = None, None
+    if shape_features is not None and cfg.train.shape_fusion > 0:
+        shape = ShapeModel.fit(shape_features[rows], y[rows], k)
+        if save:
+            write_safetensors(shape.tensors("shape"), fold_dir / "shape.safetensors")
+    if cfg.train.pixel_fusion > 0:
+        pixels = PixelModel.fit(images[rows], y[rows], k)
+        if save:
+            write_safetensors(pixels.tensors("pixels"), fold_dir / "pixels.safetensors")
+    # after class-balanced training, the training prior goes back first (training/operating.py)
+    prior = learnt_prior_correction(y[rows], k, cfg.train.balance)
+    return FittedSide(rows, members, shape, pixels, prior, epochs)
+
+
 def run_fold(cfg: RunConfig, table: SampleTable, images: np.ndarray, fold: Fold, out: Path, *,
              progress: bool, resume: bool, shape_features: np.ndarray | None = None) -> FoldResult:
     """Train the fold's members, then score its validation and test parts once. With
     `shape_features` (N x F head profiles) a shape model fitted on the training side is fused
     with the CNN's probabilities before either operating point, and so is a pixel model where
-    `pixel_fusion` > 0."""
+    `pixel_fusion` > 0. With `refit_val` the validation part is scored by models trained
+    without it, and the fold then trains again on training + validation: that model, which
+    nothing was chosen on, scores the test part and is the one kept."""
     fold_dir = out / "folds" / f"fold{fold.index}"
     done = fold_dir / "done.json"
     y = np.asarray(table.label_indices)
     k = len(table.classes)
     n = max(1, cfg.train.members_per_fold)
+    refit = cfg.train.refit_val and len(fold.val) > 0
+    trained = np.concatenate([fold.train, fold.val]) if refit else fold.train
+    own_trained = np.concatenate([fold.own_train, fold.val]) if refit else fold.own_train
     if resume and done.is_file():
         info = json.loads(done.read_text())
         members = []
         for j in range(n):
-            member = build_member(cfg, k, images[fold.train])
+            member = build_member(cfg, k, images[trained])
             member.load_state_dict(load_file(str(fold_dir / f"model{j}.safetensors")))
             members.append(member.eval())
         shape_file, pixel_file = fold_dir / "shape.safetensors", fold_dir / "pixels.safetensors"
@@ -263,58 +328,42 @@ def run_fold(cfg: RunConfig, table: SampleTable, images: np.ndarray, fold: Fold,
                           val_pred=info["val_pred"], val_pred_balanced=info.get("val_pred_balanced", []),
                           accuracy_bias=None if info.get("accuracy_bias") is None
                           else np.asarray(info["accuracy_bias"], dtype=np.float32), shape=shape, pixels=pixels,
-                          cnn_prior=learnt_prior_correction(y[fold.train], k, cfg.train.balance))
+                          cnn_prior=learnt_prior_correction(y[trained], k, cfg.train.balance))
     fold_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    soft = soft_targets(table, fold.train, cfg.train.soft_labels) if cfg.train.soft_labels > 0 else None
-    members, epochs = [], 0
-    for j in range(n):  # a seed ensemble: members differ only in their random seed
-        seed = cfg.seed * 1000 + fold.index + 100 * j
-        member_dir = fold_dir if j == 0 else fold_dir / f"member{j}"
-        L.seed_everything(seed, workers=True, verbose=False)
-        member = build_member(cfg, k, images[fold.train])
-        member, epochs = fit_member(cfg, member, images[fold.train], y[fold.train], images[fold.val], y[fold.val],
-                                    k, member_dir, seed=seed, progress=progress, resume=resume, soft=soft)
-        write_safetensors({name: t.contiguous() for name, t in member.state_dict().items()},
-                          fold_dir / f"model{j}.safetensors")
-        shutil.rmtree(member_dir / "checkpoints", ignore_errors=True)  # its weights are saved
-        members.append(member)
-    seconds = time.perf_counter() - start
-    model = Ensemble(members).eval()
-    tta = {"tta": cfg.train.tta, "flips": tta_flips(cfg.train.augment)}
-    # after class-balanced training, the training prior goes back first (training/operating.py)
-    cnn_prior = learnt_prior_correction(y[fold.train], k, cfg.train.balance)
-    val_probs = predict_proba(model, images[fold.val], [0.0], [1.0], class_bias=cnn_prior, **tta)
-    test_probs = predict_proba(model, images[fold.test], [0.0], [1.0], class_bias=cnn_prior, **tta)
-    shape, pixels = None, None
-    val_others: list[tuple[np.ndarray, float]] = []
-    test_others: list[tuple[np.ndarray, float]] = []
-    if shape_features is not None and cfg.train.shape_fusion > 0:
-        shape = ShapeModel.fit(shape_features[fold.train], y[fold.train], k)
-        write_safetensors(shape.tensors("shape"), fold_dir / "shape.safetensors")
-        val_others.append((shape.predict_proba(shape_features[fold.val]), cfg.train.shape_fusion))
-        test_others.append((shape.predict_proba(shape_features[fold.test]), cfg.train.shape_fusion))
-    if cfg.train.pixel_fusion > 0:
-        pixels = PixelModel.fit(images[fold.train], y[fold.train], k)
-        write_safetensors(pixels.tensors("pixels"), fold_dir / "pixels.safetensors")
-        val_others.append((pixels.predict_proba(images[fold.val]), cfg.train.pixel_fusion))
-        test_others.append((pixels.predict_proba(images[fold.test]), cfg.train.pixel_fusion))
-    val_probs, test_probs = fuse_all(val_probs, val_others), fuse_all(test_probs, test_others)
+    fit = {"progress": progress, "resume": resume, "shape_features": shape_features}
+    side = fit_side(cfg, table, images, fold.train, fold.val, fold_dir, fold.index, save=not refit, **fit)
+    val_probs = side.probs(cfg, images, fold.val, shape_features)
     bias, alpha = choose_balanced_bias(val_probs, y[fold.val], y[fold.train], k, cfg.train.prior_strength)
-    accuracy_bias = prior_shift(y[fold.own_train], y[fold.train], k) if fold.n_extra else None
-    np.save(fold_dir / "test_probs.npy", test_probs)
-    val_pred = apply_bias(val_probs, accuracy_bias).argmax(1).tolist() if len(fold.val) else []
+    val_accuracy_bias = prior_shift(y[fold.own_train], y[fold.train], k) if fold.n_extra else None
+    val_pred = apply_bias(val_probs, val_accuracy_bias).argmax(1).tolist() if len(fold.val) else []
     val_pred_balanced = apply_bias(val_probs, bias).argmax(1).tolist() if len(fold.val) else []
+    if refit:  # as many epochs as the first fit ran, nothing to watch
+        refit_cfg = replace(cfg, train=replace(cfg.train, epochs=max(side.epochs, 1), early_stopping_patience=0,
+                                               monitor="last"))
+        side = fit_side(refit_cfg, table, images, trained, fold.val[:0], fold_dir / "refit", fold.index,
+                        save=False, **fit)
+        for j, member in enumerate(side.members):
+            write_safetensors({name: t.contiguous() for name, t in member.state_dict().items()},
+                              fold_dir / f"model{j}.safetensors")
+        for name, model in (("shape", side.shape), ("pixels", side.pixels)):
+            if model is not None:
+                write_safetensors(model.tensors(name), fold_dir / f"{name}.safetensors")
+        bias = prior_bias(y[trained], k, alpha)  # the strength chosen above, on the refit's own prior
+    seconds = time.perf_counter() - start
+    test_probs = side.probs(cfg, images, fold.test, shape_features)
+    accuracy_bias = prior_shift(y[own_trained], y[trained], k) if fold.n_extra else None
+    np.save(fold_dir / "test_probs.npy", test_probs)
     val_labels = y[fold.val].tolist()
     done.write_text(json.dumps({"bias": bias.tolist(),
                                 "accuracy_bias": None if accuracy_bias is None else accuracy_bias.tolist(),
-                                "alpha": alpha, "seconds": seconds, "epochs": epochs,
-                                "members": n, "train": len(fold.train), "val": len(fold.val),
-                                "test": len(fold.test), "val_labels": val_labels, "val_pred": val_pred,
-                                "val_pred_balanced": val_pred_balanced}))
-    return FoldResult(fold.index, members, test_probs, bias, read_history(fold_dir), seconds / n, epochs,
+                                "alpha": alpha, "seconds": seconds, "epochs": side.epochs,
+                                "members": n, "train": len(trained), "val": len(fold.val),
+                                "test": len(fold.test), "refit_val": refit, "val_labels": val_labels,
+                                "val_pred": val_pred, "val_pred_balanced": val_pred_balanced}))
+    return FoldResult(fold.index, side.members, test_probs, bias, read_history(fold_dir), seconds / n, side.epochs,
                       val_labels=val_labels, val_pred=val_pred, val_pred_balanced=val_pred_balanced,
-                      accuracy_bias=accuracy_bias, shape=shape, pixels=pixels, cnn_prior=cnn_prior)
+                      accuracy_bias=accuracy_bias, shape=side.shape, pixels=side.pixels, cnn_prior=side.cnn_prior)
 
 
 def out_of_fold(table: SampleTable, folds: list[Fold], results: list[FoldResult], *,
