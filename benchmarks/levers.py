@@ -63,6 +63,7 @@ LEVERS: dict[str, dict] = {
     "lc85": {"train_fraction": 0.85},
     "lc67": {"train_fraction": 2 / 3},
     "refit_val": {"refit_val": True},  # each fold trains again on training + validation
+    "no_refit_val": {"refit_val": False},  # HuSHeM's recipe before session 12
     "val0": {"val_fraction": 0.0},  # no validation part: the fold trains on its whole training side
     "width32": {"model_kwargs": {"width": 32}},
     "width16": {"model_kwargs": {"width": 16}},

@@ -124,6 +124,8 @@ def results_row(s: dict[str, Any]) -> str:
         recipe += f", shape fusion {cfg['train']['shape_fusion']}"
     if cfg["train"].get("pixel_fusion"):
         recipe += f", pixel fusion {cfg['train']['pixel_fusion']}"
+    if cfg["train"].get("refit_val"):
+        recipe += ", refit on train + val"
     time_text = f"{s['wall_seconds_per_repeat'] / 60:.1f} min"
     if s.get("init_seconds"):
         time_text += f" (+ {s['init_seconds'] / 60:.1f} min once: source model)"

@@ -38,9 +38,10 @@ RECIPES = {"default": _default, "seed": _seed}
 _SCIAN = {"epochs": 40, "augment": "light", "monitor": "last", "balance": "none", "soft_labels": 0.5,
           "scale": "image"}
 DATASET_RECIPES: dict[str, dict[str, object]] = {
-    # HuSHeM: 48 px, and the CNN fused with the profile and pixel models, 0.3 each (session 9)
+    # HuSHeM: 48 px, and the CNN fused with the profile and pixel models, 0.3 each (session 9);
+    # each fold trains again on training + validation once validation is scored (session 12)
     "hushem": {"epochs": 20, "augment": "aligned", "monitor": "last", "image_size": 48,
-               "shape_fusion": 0.3, "pixel_fusion": 0.3},
+               "shape_fusion": 0.3, "pixel_fusion": 0.3, "refit_val": True},
     "scian-pa": _SCIAN,
     "scian-ta": _SCIAN,
     "combined": {"epochs": 100, "augment": "light", "monitor": "last", "balance": "none"},
