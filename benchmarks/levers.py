@@ -110,6 +110,31 @@ LEVERS: dict[str, dict] = {
 }
 
 
+def means(dataset: str, seeds: list[int], log: Path | None = None) -> str:
+    """Per lever, its validation accuracy on each of `seeds` and the means over them (the last
+    logged row of each lever x seed): what a rule fixed before the runs is read from."""
+    log = log or Path(__file__).with_name(f"levers-{dataset}.jsonl")
+    last: dict[tuple[str, int], dict] = {}
+    for line in log.read_text().splitlines():
+        r = json.loads(line)
+        if r.get("cv_seed") in seeds:
+            last[(r["lever"], r["cv_seed"])] = r
+    rows = ["| lever | val accuracy per seed | mean (bal. point avg recall) | test, record only (bal. point) |",
+            "|---|---|---|---|"]
+    for lever in dict.fromkeys(k[0] for k in last):
+        got = [last[(lever, s)] for s in seeds if (lever, s) in last]
+        if len(got) < len(seeds):
+            rows.append(f"| {lever} | {len(got)} of {len(seeds)} seeds logged | | |")
+            continue
+        val = " ".join(f"{r['val_accuracy']:.3f}" for r in got)
+        avg = {name: sum(pick(r) for r in got) / len(got) for name, pick in (
+            ("val", lambda r: r["val_accuracy"]), ("val_bal", lambda r: r["val_balanced_point"]["balanced_accuracy"]),
+            ("test", lambda r: r["test_accuracy"]), ("test_bal", lambda r: r["test_balanced_point"]["balanced_accuracy"]))}
+        rows.append(f"| {lever} | {val} | {avg['val']:.3f} ({avg['val_bal']:.3f}) "
+                    f"| {avg['test']:.3f} ({avg['test_bal']:.3f}) |")
+    return "\n".join(rows)
+
+
 def table(dataset: str) -> str:
     """The recorded levers as a markdown table (for benchmarks/RESULTS.md)."""
     log = Path(__file__).with_name(f"levers-{dataset}.jsonl")
@@ -158,9 +183,13 @@ def main() -> None:
     ap.add_argument("--out", default="/tmp/levers")
     ap.add_argument("--set", action="append", default=[], help="extra key=value for every run")
     ap.add_argument("--table", action="store_true", help="print the recorded levers and exit")
+    ap.add_argument("--means", action="store_true", help="with --seeds: each lever's means over them, and exit")
     args = ap.parse_args()
     if args.table:
         print(table(args.dataset))
+        return
+    if args.means:
+        print(means(args.dataset, [int(v) for v in args.seeds.split(",")], Path(args.log) if args.log else None))
         return
     common = {k: json.loads(v) if v[:1] in "0123456789[{-tf" else v
               for k, v in (s.split("=", 1) for s in args.set)}
