@@ -240,7 +240,6 @@ def fit_member(cfg: RunConfig, member: nn.Module, x_train: np.ndarray, y_train: 
 @dataclass
 class FittedSide:
     """The models one set of training rows gives: the CNN members and any second opinions."""
-    rows: np.ndarray  # the rows they trained on
     members: list[nn.Module]
     shape: ShapeModel | None
     pixels: PixelModel | None
@@ -263,9 +262,10 @@ class FittedSide:
 
 def fit_side(cfg: RunConfig, table: SampleTable, images: np.ndarray, rows: np.ndarray, val_rows: np.ndarray,
              fold_dir: Path, fold_index: int, *, progress: bool, resume: bool,
-             shape_features: np.ndarray | None, save: bool) -> FittedSide:
-    """Train the fold's members on `rows` (watching `val_rows`), and fit the second opinions the
-    run fuses; with `save` their weights go to `fold_dir`, where the bundle and --resume read them."""
+             shape_features: np.ndarray | None, save_to: Path | None) -> FittedSide:
+    """Train the fold's members on `rows` (watching `val_rows`; logs in `fold_dir`), and fit the
+    second opinions the run fuses; their weights go to `save_to` (the fold's folder, where the
+    bundle and --resume read them), unless it is None."""
     y = np.asarray(table.label_indices)
     k = len(table.classes)
     soft = soft_targets(table, rows, cfg.train.soft_labels) if cfg.train.soft_labels > 0 else None
@@ -277,23 +277,23 @@ def fit_side(cfg: RunConfig, table: SampleTable, images: np.ndarray, rows: np.nd
         member = build_member(cfg, k, images[rows])
         member, epochs = fit_member(cfg, member, images[rows], y[rows], images[val_rows], y[val_rows],
                                     k, member_dir, seed=seed, progress=progress, resume=resume, soft=soft)
-        if save:
+        if save_to is not None:
             write_safetensors({name: t.contiguous() for name, t in member.state_dict().items()},
-                              fold_dir / f"model{j}.safetensors")
+                              save_to / f"model{j}.safetensors")
         shutil.rmtree(member_dir / "checkpoints", ignore_errors=True)  # its weights are saved, or done with
         members.append(member)
     shape, pixels = None, None
     if shape_features is not None and cfg.train.shape_fusion > 0:
         shape = ShapeModel.fit(shape_features[rows], y[rows], k)
-        if save:
-            write_safetensors(shape.tensors("shape"), fold_dir / "shape.safetensors")
+        if save_to is not None:
+            write_safetensors(shape.tensors("shape"), save_to / "shape.safetensors")
     if cfg.train.pixel_fusion > 0:
         pixels = PixelModel.fit(images[rows], y[rows], k)
-        if save:
-            write_safetensors(pixels.tensors("pixels"), fold_dir / "pixels.safetensors")
+        if save_to is not None:
+            write_safetensors(pixels.tensors("pixels"), save_to / "pixels.safetensors")
     # after class-balanced training, the training prior goes back first (training/operating.py)
     prior = learnt_prior_correction(y[rows], k, cfg.train.balance)
-    return FittedSide(rows, members, shape, pixels, prior, epochs)
+    return FittedSide(members, shape, pixels, prior, epochs)
 
 
 def run_fold(cfg: RunConfig, table: SampleTable, images: np.ndarray, fold: Fold, out: Path, *,
@@ -332,7 +332,9 @@ def run_fold(cfg: RunConfig, table: SampleTable, images: np.ndarray, fold: Fold,
     fold_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     fit = {"progress": progress, "resume": resume, "shape_features": shape_features}
-    side = fit_side(cfg, table, images, fold.train, fold.val, fold_dir, fold.index, save=not refit, **fit)
+    side = fit_side(cfg, table, images, fold.train, fold.val, fold_dir, fold.index,
+                    save_to=None if refit else fold_dir, **fit)
+    seconds = time.perf_counter() - start  # the first fit: run.json's per-epoch timing (a refit adds to wall time)
     val_probs = side.probs(cfg, images, fold.val, shape_features)
     bias, alpha = choose_balanced_bias(val_probs, y[fold.val], y[fold.train], k, cfg.train.prior_strength)
     val_accuracy_bias = prior_shift(y[fold.own_train], y[fold.train], k) if fold.n_extra else None
@@ -342,15 +344,8 @@ def run_fold(cfg: RunConfig, table: SampleTable, images: np.ndarray, fold: Fold,
         refit_cfg = replace(cfg, train=replace(cfg.train, epochs=max(side.epochs, 1), early_stopping_patience=0,
                                                monitor="last"))
         side = fit_side(refit_cfg, table, images, trained, fold.val[:0], fold_dir / "refit", fold.index,
-                        save=False, **fit)
-        for j, member in enumerate(side.members):
-            write_safetensors({name: t.contiguous() for name, t in member.state_dict().items()},
-                              fold_dir / f"model{j}.safetensors")
-        for name, model in (("shape", side.shape), ("pixels", side.pixels)):
-            if model is not None:
-                write_safetensors(model.tensors(name), fold_dir / f"{name}.safetensors")
+                        save_to=fold_dir, **fit)
         bias = prior_bias(y[trained], k, alpha)  # the strength chosen above, on the refit's own prior
-    seconds = time.perf_counter() - start
     test_probs = side.probs(cfg, images, fold.test, shape_features)
     accuracy_bias = prior_shift(y[own_trained], y[trained], k) if fold.n_extra else None
     np.save(fold_dir / "test_probs.npy", test_probs)
