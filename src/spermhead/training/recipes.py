@@ -35,6 +35,8 @@ RECIPES = {"default": _default, "seed": _seed}
 # correction), expert votes as soft targets, and a fixed-scale crop so "small" heads stay small.
 # 40 epochs from the synthetic start: SCIAN-TA (session 7) and SCIAN-PA (session 10) were as good
 # as at 100 and 60 on fresh seeds, in two thirds of the time or less.
+# Neither trains again on training + validation: their learning curves were flat at their sizes
+# (SCIAN-TA session 12, SCIAN-PA session 13).
 _SCIAN = {"epochs": 40, "augment": "light", "monitor": "last", "balance": "none", "soft_labels": 0.5,
           "scale": "image"}
 DATASET_RECIPES: dict[str, dict[str, object]] = {
