@@ -149,7 +149,11 @@ def test_a_learning_curve_point_shrinks_only_the_training_sides(separable):
         build_run_config(str(separable), "unused", train_fraction=0.0)
 
 
-def test_refit_val_scores_validation_before_and_test_after_training_on_it(separable, separable_run, tmp_path):
+def test_refit_val_scores_validation_before_and_test_after_training_on_it(separable, separable_run, tmp_path,
+                                                                          monkeypatch):
+    import spermhead.training.run as run_module
+    from spermhead.training.run import fit_side
+
     refit = train_run(quick_config(separable, tmp_path / "refit", refit_val=True), progress=False)
     table = load_dataset(str(separable))
     images, _ = canonical_images(table, refit_cfg := load_config(refit.out / "config.yaml"))
@@ -167,6 +171,17 @@ def test_refit_val_scores_validation_before_and_test_after_training_on_it(separa
         assert mean != pytest.approx(images[fold.train].astype(np.float64).mean() / 255, abs=1e-6)
         assert not np.allclose(again.test_probs, plain.test_probs)  # and it scored the test part
     assert refit.metrics["accuracy"] >= 0.99  # and it still scores the separable set
+    # Killed inside fold 3's refit: --resume trains only that refit, and gives the same answers.
+    fold3 = refit.out / "folds" / "fold3"
+    for name in ("done.json", "test_probs.npy", "model0.safetensors"):
+        (fold3 / name).unlink()
+    fits = []
+    monkeypatch.setattr(run_module, "fit_side", lambda *a, **kw: fits.append(a[3:5]) or fit_side(*a, **kw))
+    resumed = train_run(refit_cfg, resume=True, progress=False)
+    last = make_folds(table, refit_cfg.protocol, 0, 0.15)[3]
+    assert [(len(rows), len(val)) for rows, val in fits] == [(len(last.train) + len(last.val), 0)]
+    np.testing.assert_array_equal(resumed.folds[3].test_probs, refit.folds[3].test_probs)
+    assert resumed.folds[3].val_pred == refit.folds[3].val_pred and resumed.metrics == refit.metrics
     with pytest.raises(ConfigError, match="monitor last"):
         build_run_config(str(separable), "unused", refit_val=True, monitor="val_acc")
 

@@ -330,18 +330,29 @@ def run_fold(cfg: RunConfig, table: SampleTable, images: np.ndarray, fold: Fold,
                           else np.asarray(info["accuracy_bias"], dtype=np.float32), shape=shape, pixels=pixels,
                           cnn_prior=learnt_prior_correction(y[trained], k, cfg.train.balance))
     fold_dir.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
     fit = {"progress": progress, "resume": resume, "shape_features": shape_features}
-    side = fit_side(cfg, table, images, fold.train, fold.val, fold_dir, fold.index,
-                    save_to=None if refit else fold_dir, **fit)
-    seconds = time.perf_counter() - start  # the first fit: run.json's per-epoch timing (a refit adds to wall time)
-    val_probs = side.probs(cfg, images, fold.val, shape_features)
-    bias, alpha = choose_balanced_bias(val_probs, y[fold.val], y[fold.train], k, cfg.train.prior_strength)
-    val_accuracy_bias = prior_shift(y[fold.own_train], y[fold.train], k) if fold.n_extra else None
-    val_pred = apply_bias(val_probs, val_accuracy_bias).argmax(1).tolist() if len(fold.val) else []
-    val_pred_balanced = apply_bias(val_probs, bias).argmax(1).tolist() if len(fold.val) else []
+    # A refit's first fit is done with once validation is scored; its record lets --resume go
+    # straight to the refit (the same seed gives the same first fit, but training it again is slow).
+    first = fold_dir / "first.json"
+    if refit and resume and first.is_file():
+        scored = json.loads(first.read_text())
+    else:
+        start = time.perf_counter()
+        side = fit_side(cfg, table, images, fold.train, fold.val, fold_dir, fold.index,
+                        save_to=None if refit else fold_dir, **fit)
+        seconds = time.perf_counter() - start  # the first fit: run.json's per-epoch timing (a refit adds to wall time)
+        val_probs = side.probs(cfg, images, fold.val, shape_features)
+        bias, alpha = choose_balanced_bias(val_probs, y[fold.val], y[fold.train], k, cfg.train.prior_strength)
+        val_accuracy_bias = prior_shift(y[fold.own_train], y[fold.train], k) if fold.n_extra else None
+        scored = {"bias": bias.tolist(), "alpha": alpha, "seconds": seconds, "epochs": side.epochs,
+                  "val_pred": apply_bias(val_probs, val_accuracy_bias).argmax(1).tolist() if len(fold.val) else [],
+                  "val_pred_balanced": apply_bias(val_probs, bias).argmax(1).tolist() if len(fold.val) else []}
+        if refit:
+            first.write_text(json.dumps(scored))
+    bias, alpha = np.asarray(scored["bias"], dtype=np.float32), scored["alpha"]
+    seconds, val_pred, val_pred_balanced = scored["seconds"], scored["val_pred"], scored["val_pred_balanced"]
     if refit:  # as many epochs as the first fit ran, nothing to watch
-        refit_cfg = replace(cfg, train=replace(cfg.train, epochs=max(side.epochs, 1), early_stopping_patience=0,
+        refit_cfg = replace(cfg, train=replace(cfg.train, epochs=max(scored["epochs"], 1), early_stopping_patience=0,
                                                monitor="last"))
         side = fit_side(refit_cfg, table, images, trained, fold.val[:0], fold_dir / "refit", fold.index,
                         save_to=fold_dir, **fit)
