@@ -24,8 +24,10 @@ chromium:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1 \
 	  || echo "chromium could not be installed: the browser test will be skipped"; }
 
+# Two workers, one training thread each (tests/test_training.py: quick_config): the suite's
+# training runs are single-threaded, so a 2-core machine runs two at once.
 test: $(STAMP) chromium lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2
 
 # Speed benchmarks (results go into benchmarks/RESULTS.md by hand, with the date and machine).
 bench: $(STAMP)

@@ -44,8 +44,9 @@ def write_separable(root: Path, n_per_class: int = 20, seed: int = 0) -> Path:
 
 
 def quick_config(dataset: Path, out: Path, cv: int = 4, **options) -> RunConfig:
-    # the CPU, so runs are bit-reproducible on any machine (a GPU test below asks for one)
-    defaults = dict(model="spermnet", image_size=24, align=False, epochs=20, tta=False, threads=2, augment="light",
+    # the CPU, so runs are bit-reproducible on any machine (a GPU test below asks for one); one
+    # thread, since `make test` runs two test processes at once
+    defaults = dict(model="spermnet", image_size=24, align=False, epochs=20, tta=False, threads=1, augment="light",
                     batch_size=16, lr=3e-3, init="scratch", accelerator="cpu")
     return build_run_config(str(dataset), str(out), cv=cv, **{**defaults, **options})
 
