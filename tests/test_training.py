@@ -25,7 +25,7 @@ from spermhead.serving.bundle import load_bundle
 from spermhead.training.options import build_run_config
 from spermhead.training.protocols import make_folds, parse_split
 from spermhead.training.recipes import DATASET_RECIPES
-from spermhead.training.run import canonical_images, train_run
+from spermhead.training.run import canonical_images, read_history, train_run
 
 CLASSES = ["normal", "tapered", "pyriform", "amorphous"]
 
@@ -267,6 +267,9 @@ def test_killed_run_resumes_and_completes(separable, tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     pred = Predictions.read_csv(out / "predictions.csv")
     assert len(pred) == 80 and len(set(pred.ids)) == 80
+    # the epochs fold 1 logged before the kill are kept beside those after the resume
+    assert [h["epoch"] for h in read_history(out / "folds" / "fold1")] == list(range(20))
+    assert len(list((out / "folds" / "fold1" / "logs").glob("version_*"))) == 2
 
 
 def test_soft_targets_follow_expert_votes():

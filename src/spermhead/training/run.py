@@ -129,7 +129,9 @@ def _loader(images: np.ndarray, labels: np.ndarray, batch: int, *, sampler: Any 
 
 
 def _loggers(cfg: RunConfig, fold_dir: Path) -> list[Any]:
-    loggers: list[Any] = [CSVLogger(save_dir=str(fold_dir), name="logs", version=0)]
+    # version=None takes the next free version_N: a resumed fit logs beside the epochs it already
+    # logged instead of overwriting them (read_history merges the versions)
+    loggers: list[Any] = [CSVLogger(save_dir=str(fold_dir), name="logs", version=None)]
     for name in cfg.loggers:
         if name == "tensorboard":
             from lightning.pytorch.loggers import TensorBoardLogger
@@ -152,19 +154,19 @@ def _loggers(cfg: RunConfig, fold_dir: Path) -> list[Any]:
 
 
 def read_history(fold_dir: Path) -> list[dict[str, Any]]:
-    """Per-epoch train/val metrics merged from the CSV logger's rows."""
-    path = fold_dir / "logs" / "version_0" / "metrics.csv"
-    if not path.is_file():
-        return []
+    """Per-epoch train/val metrics merged from the CSV logger's rows, over every version (one per
+    start of the fit; an epoch logged again after a resume takes its later values)."""
+    paths = sorted((fold_dir / "logs").glob("version_*/metrics.csv"), key=lambda p: int(p.parent.name[8:]))
     by_epoch: dict[int, dict[str, Any]] = {}
-    with open(path) as fh:
-        for row in csv.DictReader(fh):
-            if not row.get("epoch"):
-                continue
-            entry = by_epoch.setdefault(int(float(row["epoch"])), {"epoch": int(float(row["epoch"]))})
-            for k, v in row.items():
-                if k not in ("epoch", "step") and v not in ("", None):
-                    entry[k] = float(v)
+    for path in paths:
+        with open(path) as fh:
+            for row in csv.DictReader(fh):
+                if not row.get("epoch"):
+                    continue
+                entry = by_epoch.setdefault(int(float(row["epoch"])), {"epoch": int(float(row["epoch"]))})
+                for k, v in row.items():
+                    if k not in ("epoch", "step") and v not in ("", None):
+                        entry[k] = float(v)
     return [by_epoch[k] for k in sorted(by_epoch)]
 
 
