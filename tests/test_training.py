@@ -270,6 +270,11 @@ def test_killed_run_resumes_and_completes(separable, tmp_path):
     # the epochs fold 1 logged before the kill are kept beside those after the resume
     assert [h["epoch"] for h in read_history(out / "folds" / "fold1")] == list(range(20))
     assert len(list((out / "folds" / "fold1" / "logs").glob("version_*"))) == 2
+    # and the resumed fold drew what an uninterrupted run draws: the same answers, to the bit
+    whole = subprocess.run([*args[:args.index("--out") + 1], str(tmp_path / "whole"), *args[args.index("--out") + 2:]],
+                           capture_output=True, text=True, timeout=600)
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    assert (out / "predictions.csv").read_text() == (tmp_path / "whole" / "predictions.csv").read_text()
 
 
 def test_soft_targets_follow_expert_votes():

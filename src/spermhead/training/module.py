@@ -91,6 +91,21 @@ class HeadClassifier(L.LightningModule):
         self.augment = get_spec(cfg.augment)
         self.l2_conv = l2_conv
         self.register_buffer("loss_weights", loss_weights if loss_weights is not None else torch.tensor([]))
+        self.generators: list[torch.Generator] = []  # the training loader's, saved with checkpoints
+
+    # A checkpoint keeps the random streams as well as the weights, so a fit resumed from it draws
+    # the batches and augmentations an uninterrupted fit would, and gives the same model.
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["rng_states"] = {"torch": torch.get_rng_state(),
+                                    "generators": [g.get_state() for g in self.generators]}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        states = checkpoint.get("rng_states")
+        if states is None:  # a checkpoint from before they were saved
+            return
+        torch.set_rng_state(states["torch"])
+        for gen, state in zip(self.generators, states["generators"], strict=True):
+            gen.set_state(state)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
