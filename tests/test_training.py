@@ -250,10 +250,13 @@ def test_a_split_with_an_empty_or_missing_part_is_refused_by_name(text):
 
 @pytest.mark.slow
 def test_killed_run_resumes_and_completes(separable, tmp_path):
+    def train(out: Path) -> list[str]:
+        return [sys.executable, "-m", "spermhead", "train", str(separable), "--out", str(out), "--model",
+                "spermnet", "--image-size", "24", "--epochs", "20", "--cv", "4", "--no-tta", "--no-progress",
+                "--threads", "1", "--init", "scratch"]
+
     out = tmp_path / "resumable"
-    args = [sys.executable, "-m", "spermhead", "train", str(separable), "--out", str(out), "--model",
-            "spermnet", "--image-size", "24", "--epochs", "20", "--cv", "4", "--no-tta", "--no-progress",
-            "--threads", "1", "--init", "scratch"]
+    args = train(out)
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     last = out / "folds" / "fold1" / "checkpoints" / "last.ckpt"
     deadline = time.time() + 240
@@ -271,8 +274,7 @@ def test_killed_run_resumes_and_completes(separable, tmp_path):
     assert [h["epoch"] for h in read_history(out / "folds" / "fold1")] == list(range(20))
     assert len(list((out / "folds" / "fold1" / "logs").glob("version_*"))) == 2
     # and the resumed fold drew what an uninterrupted run draws: the same answers, to the bit
-    whole = subprocess.run([*args[:args.index("--out") + 1], str(tmp_path / "whole"), *args[args.index("--out") + 2:]],
-                           capture_output=True, text=True, timeout=600)
+    whole = subprocess.run(train(tmp_path / "whole"), capture_output=True, text=True, timeout=600)
     assert whole.returncode == 0, whole.stderr[-2000:]
     assert (out / "predictions.csv").read_text() == (tmp_path / "whole" / "predictions.csv").read_text()
 
