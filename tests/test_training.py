@@ -277,6 +277,21 @@ def test_killed_run_resumes_and_completes(separable, tmp_path):
     whole = subprocess.run(train(tmp_path / "whole"), capture_output=True, text=True, timeout=600)
     assert whole.returncode == 0, whole.stderr[-2000:]
     assert (out / "predictions.csv").read_text() == (tmp_path / "whole" / "predictions.csv").read_text()
+    # --resume with other settings than the run started with is refused, naming them, and the
+    # finished run is left as it was; --resume alone goes on with the saved settings
+    from typer.testing import CliRunner
+
+    from spermhead.cli import app
+
+    written = {f: (out / f).read_bytes() for f in ("predictions.csv", "metrics.json", "config.yaml")}
+    changed = CliRunner().invoke(app, [*args[3:], "--epochs", "30", "--seed", "4", "--resume"])
+    assert changed.exit_code == 2 and "train.epochs: 20 -> 30" in changed.output, changed.output
+    assert "seed: 0 -> 4" in changed.output and "num_threads" not in changed.output
+    assert {f: (out / f).read_bytes() for f in written} == written
+    alone = CliRunner().invoke(app, ["train", str(separable), "--out", str(out), "--resume", "--threads", "1",
+                                     "--no-progress"])
+    assert alone.exit_code == 0, alone.output
+    assert (out / "predictions.csv").read_bytes() == written["predictions.csv"]
 
 
 def test_soft_targets_follow_expert_votes():

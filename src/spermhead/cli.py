@@ -150,9 +150,21 @@ def data_synth(
                   highlight=False, soft_wrap=True)
 
 
+# Options that do not change what `train` computes: with only these, --resume keeps the saved settings.
+_RESUME_LOCAL = {"name", "out", "data_dir", "threads", "accelerator", "overwrite", "resume", "progress"}
+
+
+def given_options(ctx: typer.Context) -> set[str]:
+    """The parameters given on the command line (or by environment), not left at their defaults."""
+    # by name: typer ships its own copy of click, whose enum is not click's
+    sources = {p: ctx.get_parameter_source(p) for p in ctx.params}
+    return {p for p, src in sources.items() if src is not None and src.name not in ("DEFAULT", "DEFAULT_MAP")}
+
+
 @app.command("train")
 @friendly
 def train(
+    ctx: typer.Context,
     name: DatasetArg,
     out: Annotated[Path, typer.Option("--out", help="Run directory to create")],
     data_dir: DataDir = None,
@@ -230,9 +242,14 @@ def train(
     from spermhead.training.options import build_run_config
     from spermhead.training.run import train_run
 
-    if resume and (out / "config.yaml").is_file():
-        cfg = load_config(out / "config.yaml")  # the interrupted run's own settings
-    else:
+    if resume and (out / "config.yaml").is_file() and not given_options(ctx) - _RESUME_LOCAL:
+        # --resume alone: the interrupted run's own settings (where it runs may change)
+        cfg = load_config(out / "config.yaml")
+        cfg.dataset = name  # a different dataset is refused by the settings check
+        cfg.data_dir = str(data_dir) if data_dir else cfg.data_dir
+        cfg.train.num_threads = threads if threads is not None else cfg.train.num_threads
+        cfg.train.accelerator = accelerator or cfg.train.accelerator
+    else:  # a fresh start, or a resume whose options must match the saved ones (checked in train_run)
         cfg = build_run_config(
             name, str(out), recipe=recipe, data_dir=str(data_dir) if data_dir else None, seed=seed, cv=cv,
             split=split, operating_point=operating_point, loggers=("csv", *(logger or [])),

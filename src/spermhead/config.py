@@ -149,6 +149,29 @@ def _from_dict(cls: type, data: dict[str, Any]) -> Any:
     return cls(**kwargs)
 
 
+# Where a run reads and writes and how fast it goes, not what it computes: a run resumed on
+# another machine (or with more threads) may change these.
+RUN_LOCAL = ("data_dir", "out", "loggers", "train.num_threads", "train.accelerator")
+
+
+def _flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and key != "kwargs":
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def config_differences(saved: RunConfig, asked: RunConfig) -> list[str]:
+    """'field: saved -> asked' for each setting outside RUN_LOCAL where the two differ."""
+    # through YAML, as config.yaml went: tuples read back as lists, numbers as written
+    a, b = (_flat(yaml.safe_load(yaml.safe_dump(c.to_dict()))) for c in (saved, asked))
+    return [f"{key}: {a.get(key)!r} -> {b.get(key)!r}" for key in sorted(a.keys() | b.keys())
+            if key not in RUN_LOCAL and a.get(key) != b.get(key)]
+
+
 def environment() -> dict[str, Any]:
     """Versions that make a run reproducible elsewhere."""
     packages = {}

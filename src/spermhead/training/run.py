@@ -25,7 +25,7 @@ from safetensors.torch import load_file
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from spermhead.config import RunConfig, environment, save_config
+from spermhead.config import RunConfig, config_differences, environment, load_config, save_config
 from spermhead.data.extra import pool_extra_training
 from spermhead.data.readers import load_dataset
 from spermhead.data.samples import SampleTable
@@ -91,6 +91,18 @@ def prepare_run_dir(out: Path, *, overwrite: bool, resume: bool) -> None:
             raise ConfigError(f"{out}: run directory exists; pass --overwrite to replace it or --resume to continue it")
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
+
+
+def check_resumable(out: Path, cfg: RunConfig) -> None:
+    """A resumed run reads back the folds it finished, so it must go on as it started: other
+    settings would mix folds trained two ways in one result."""
+    saved = load_config(out / "config.yaml")
+    differences = config_differences(saved, cfg)
+    if differences:
+        raise ConfigError(
+            f"{out}: --resume continues the run with the settings it started with, and these differ "
+            f"(saved -> asked): {'; '.join(differences)}. Give --resume alone to go on with the saved "
+            "settings, or --overwrite to start again with the new ones")
 
 
 def canonical_images(table: SampleTable, cfg: RunConfig) -> tuple[np.ndarray, list[Any]]:
@@ -396,6 +408,8 @@ def train_run(cfg: RunConfig, *, overwrite: bool = False, resume: bool = False,
     table = load_dataset(cfg.dataset, cfg.data_dir)
     if cfg.protocol.kind == "auto":  # a dataset's own train/val/test folders win; else K-fold CV
         cfg.protocol.kind = "folders" if table.has_fixed_split else "cv"
+    if resume and (out / "config.yaml").is_file():
+        check_resumable(out, cfg)
     folds = make_folds(table, cfg.protocol, cfg.seed, cfg.train.val_fraction,
                        train_fraction=cfg.train.train_fraction)  # fails before any training
     resolve_accelerator(cfg.train.accelerator)  # so does asking for a GPU that is not there
