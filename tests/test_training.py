@@ -319,6 +319,12 @@ def test_select_writes_the_model_selection_table(separable, tmp_path):
     table = (tmp_path / "sel" / "selection.md").read_text()
     assert "spermnet" in table and "seed-cnn" in table
     assert (tmp_path / "sel" / "selection.csv").is_file() and (tmp_path / "sel" / "selection.html").is_file()
+    # the runner-up is compared with the winner on the same test images
+    with open(tmp_path / "sel" / "selection.csv", newline="") as fh:
+        got = {r["best"]: r for r in csv.DictReader(fh)}
+    assert got["True"]["accuracy_vs_best"] == "" and 0 <= float(got["False"]["mcnemar_p_vs_best"]) <= 1
+    low, diff, high = (float(got["False"][f"accuracy_vs_best{s}"]) for s in ("_ci_low", "", "_ci_high"))
+    assert low <= diff <= high
 
 
 def test_select_command_prints_the_winner_chosen_on_validation(separable, tmp_path):

@@ -362,7 +362,7 @@ def select(
     rows = select_models(base, names, out, variants=variants, overwrite=overwrite, resume=resume,
                          progress=progress)
     chosen = selection_table(rows)
-    shown = ("accuracy", "balanced_accuracy", "val_balanced_accuracy")
+    shown = ("accuracy", "balanced_accuracy", "val_balanced_accuracy", "accuracy_vs_best", "mcnemar_p_vs_best")
     table = Table("model", "variant", *(dict(DISPLAY)[k] for k in shown),
                   title="test folds; ★ chosen on validation" if chosen_on_validation(chosen)
                   else "test folds; ★ chosen on them (no validation scores)")
@@ -504,6 +504,53 @@ def evaluate(
     console.print(f"report: {out / 'report.html'}")
     if result.unusable:
         raise typer.Exit(1)
+
+
+def distinct_names(a: Path, b: Path) -> tuple[str, str]:
+    """The shortest path endings that tell two runs apart (runs/x/seed1 and runs/y/seed1 give
+    x/seed1 and y/seed1); a predictions.csv stands for its folder."""
+    pa, pb = ([*p.resolve().parent.parts] if p.suffix == ".csv" else [*p.resolve().parts] for p in (a, b))
+    for depth in range(1, max(len(pa), len(pb)) + 1):
+        na, nb = "/".join(pa[-depth:]), "/".join(pb[-depth:])
+        if na != nb:
+            return na, nb
+    return "A", "B"  # the same run twice
+
+
+@app.command("compare")
+@friendly
+def compare(
+    run_a: Annotated[Path, typer.Argument(help="A run or evaluate folder, or its predictions.csv")],
+    run_b: Annotated[Path, typer.Argument(help="The other one, scored on the same images")],
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the comparison to this JSON file")] = None,
+) -> None:
+    """Compare two models image by image on the images both scored: B minus A with a paired
+    bootstrap interval, and McNemar's exact test."""
+    from rich.table import Table
+
+    from spermhead.evaluation.paired import compare_predictions, verdict
+    from spermhead.evaluation.predictions import read_predictions
+
+    names = distinct_names(run_a, run_b)
+    c = compare_predictions(read_predictions(run_a), read_predictions(run_b), names=names)
+    table = Table(title=f"{c['n']} images")
+    for col in ("", f"A: {names[0]}", f"B: {names[1]}", "B - A", f"{100 * c['level']:.0f}% CI (paired bootstrap)"):
+        table.add_column(col)
+    for key in ("accuracy", "balanced_accuracy"):
+        m = c[key]
+        table.add_row(key.replace("_", " "), f"{m['a']:.4f}", f"{m['b']:.4f}", f"{m['difference']:+.4f}",
+                      f"{m['ci'][0]:+.4f} to {m['ci'][1]:+.4f}")
+    console.print(table)
+    i = c["images"]
+    console.print(f"images both get right {i['both_right']}, only A {i['only_a']}, only B {i['only_b']}, "
+                  f"neither {i['both_wrong']}; McNemar exact "
+                  f"p = {c['mcnemar_p']:.3g}", highlight=False)
+    for key in ("accuracy", "balanced_accuracy"):
+        console.print(verdict(c, key), highlight=False)
+    console.print("The intervals cover which images were scored, not retraining on other data: for that, "
+                  "compare over several CV seeds.", style="dim")
+    if json_out is not None:
+        json_out.write_text(json.dumps(c, indent=2) + "\n")
 
 
 @app.command("serve")

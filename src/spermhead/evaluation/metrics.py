@@ -116,6 +116,18 @@ def compute_metrics(pred: Predictions) -> dict[str, Any]:
     return out
 
 
+def resampled_scores(y: np.ndarray, correct: np.ndarray, k: int,
+                     idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Accuracy and balanced accuracy (over the classes present) of each resample: row b of
+    `idx` lists the images of resample b."""
+    onehot = np.stack([y == c for c in range(k)])  # K x N
+    support = onehot[:, idx].sum(axis=2)  # K x B
+    hits = (onehot & correct)[:, idx].sum(axis=2)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        recall = np.where(support > 0, hits / np.maximum(support, 1), np.nan)
+    return correct[idx].mean(axis=1), np.nanmean(recall, axis=0)
+
+
 def bootstrap_ci(
     pred: Predictions, *, n_boot: int = N_BOOT, seed: int = BOOT_SEED, level: float = 0.95
 ) -> dict[str, list[float]]:
@@ -132,18 +144,11 @@ def bootstrap_ci(
     rng = np.random.default_rng(seed)
     acc = np.empty(n_boot)
     bal = np.empty(n_boot)
-    onehot = np.stack([y == c for c in range(len(pred.classes))])  # K x N
-    hit = onehot & correct
     chunk = max(1, 4_000_000 // max(n, 1))  # bounds memory for large sets
     for start in range(0, n_boot, chunk):
         stop = min(n_boot, start + chunk)
         idx = rng.integers(0, n, size=(stop - start, n))
-        acc[start:stop] = correct[idx].mean(axis=1)
-        support = onehot[:, idx].sum(axis=2)  # K x B
-        hits = hit[:, idx].sum(axis=2)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            recall = np.where(support > 0, hits / np.maximum(support, 1), np.nan)
-        bal[start:stop] = np.nanmean(recall, axis=0)
+        acc[start:stop], bal[start:stop] = resampled_scores(y, correct, len(pred.classes), idx)
     tail = (1.0 - level) / 2.0 * 100.0
     q = [tail, 100.0 - tail]
     return {

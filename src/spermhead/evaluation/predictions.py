@@ -262,3 +262,16 @@ def concat(parts: Sequence[Predictions]) -> Predictions:
         probabilities=np.concatenate([p.probabilities for p in parts], axis=0),
         classes=list(classes),
     )
+
+
+def read_predictions(source: Path | str) -> Predictions:
+    """A predictions.csv, or the run (or `evaluate`) folder holding one; an error names the file."""
+    from spermhead.errors import DataError
+
+    source = Path(source)
+    path = source / "predictions.csv" if source.is_dir() else source
+    try:
+        return Predictions.read_csv(path)
+    except (ValueError, OSError) as exc:
+        raise DataError(f"{path}: cannot read predictions ({exc})") from exc
+

@@ -27,6 +27,10 @@ COLUMNS = [
     "parameters",
     "val_accuracy",
     "val_balanced_accuracy",
+    "accuracy_vs_best",
+    "accuracy_vs_best_ci_low",
+    "accuracy_vs_best_ci_high",
+    "mcnemar_p_vs_best",
     "best",
 ]
 # Header of the human-readable tables (md/html), where the sd joins its mean.
@@ -41,6 +45,8 @@ DISPLAY = [
     ("time_per_epoch_s", "time per epoch (s)"),
     ("parameters", "parameters"),
     ("val_balanced_accuracy", "val. balanced accuracy"),
+    ("accuracy_vs_best", "accuracy vs ★ (95% CI)"),
+    ("mcnemar_p_vs_best", "McNemar p vs ★"),
 ]
 _ALIASES = {
     "time_per_epoch_s": ("time_per_epoch_s", "time_per_epoch", "seconds_per_epoch"),
@@ -110,6 +116,10 @@ def selection_table(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
             "parameters": None if params is None else int(params),
             "val_accuracy": _validation(r, "accuracy"),
             "val_balanced_accuracy": _validation(r, "balanced_accuracy"),
+            "accuracy_vs_best": None,
+            "accuracy_vs_best_ci_low": None,
+            "accuracy_vs_best_ci_high": None,
+            "mcnemar_p_vs_best": None,
             "best": False,
         })
     if out:
@@ -121,13 +131,39 @@ def selection_table(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
             bal, acc = e[f"{prefix}balanced_accuracy"], e[f"{prefix}accuracy"]
             return (bal if bal is not None else neg, acc if acc is not None else neg, -i)
 
-        out[max(range(len(out)), key=key)]["best"] = True
+        best = max(range(len(out)), key=key)
+        out[best]["best"] = True
+        _versus_best(rows, out, best)
     return out
+
+
+def _versus_best(rows: Sequence[Mapping[str, Any]], out: list[dict[str, Any]], best: int) -> None:
+    """Each row's test accuracy minus the best row's, image by image (`spermhead compare`), where
+    every row brings its `predictions`: it says whether the ranking stands above the luck of
+    which images were scored."""
+    from spermhead.evaluation.paired import compare_predictions
+
+    if not all(r.get("predictions") is not None for r in rows):
+        return
+    for i, (r, e) in enumerate(zip(rows, out, strict=True)):
+        if i == best:
+            continue
+        c = compare_predictions(rows[best]["predictions"], r["predictions"],
+                                names=(out[best]["model"] or "best", e["model"] or "row"))
+        e["accuracy_vs_best"] = c["accuracy"]["difference"]
+        e["accuracy_vs_best_ci_low"], e["accuracy_vs_best_ci_high"] = c["accuracy"]["ci"]
+        e["mcnemar_p_vs_best"] = c["mcnemar_p"]
 
 
 def cell_text(row: Mapping[str, Any], key: str) -> str:
     """Display text (unescaped) for one cell."""
     v = row[key]
+    if key in ("accuracy_vs_best", "mcnemar_p_vs_best") and row["best"]:
+        return "—"
+    if key == "accuracy_vs_best" and v is not None:
+        return f"{v:+.3f} ({row['accuracy_vs_best_ci_low']:+.3f} to {row['accuracy_vs_best_ci_high']:+.3f})"
+    if key == "mcnemar_p_vs_best" and v is not None:
+        return f"{v:.2g}"
     if key in ("accuracy", "balanced_accuracy") and v is not None:
         sd = row[f"{key}_sd"]
         return f"{v:.3f}" + ("" if sd is None else f" ± {sd:.3f}")
@@ -154,6 +190,10 @@ def write_selection(rows: Sequence[Mapping[str, Any]], out_dir: Path | str) -> d
     table = selection_table(rows)
     note = ("Where a run was cross-validated, every metric is the mean across folds (accuracy and "
             "balanced accuracy ± sd). ")
+    if any(r["accuracy_vs_best"] is not None for r in table):
+        note += ("Accuracy vs ★ is each row's pooled test accuracy minus the ★ row's on the same images, with "
+                 "a paired bootstrap 95% CI and McNemar's exact p on the images only one of the two gets "
+                 "right (`spermhead compare`); they cover which images were scored, not retraining. ")
     if chosen_on_validation(table):
         note += (BEST_MARK + " marks the best validation balanced accuracy (then accuracy), pooled over "
                  "the validation parts carved from each training side; the test folds took no part "

@@ -190,12 +190,9 @@ def load_review_set(source: Path | str, predictor: Predictor, review_data: Path 
 
 
 def _review_from_predictions(csv_path: Path, review_data: Path | str | None) -> ReviewSet:
-    from spermhead.evaluation.predictions import Predictions
+    from spermhead.evaluation.predictions import read_predictions
 
-    try:
-        preds = Predictions.read_csv(csv_path)
-    except (ValueError, OSError) as exc:
-        raise SpermheadError(f"{csv_path}: cannot read predictions ({exc})") from exc
+    preds = read_predictions(csv_path)
     paths: dict[str, Path] = {}
     note = ""
     if review_data is not None:

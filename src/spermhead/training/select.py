@@ -40,7 +40,7 @@ def select_models(base: RunConfig, models: list[str], out: Path, *, variants: bo
             rows.append({
                 "model": name, "variant": variant_name(color, l2), "run_dir": str(cfg.out),
                 "metrics": m, "seconds_per_epoch": result.timing["seconds_per_epoch"],
-                "parameters": params,
+                "parameters": params, "predictions": result.predictions,
             })
     write_selection(rows, out)
     return rows

@@ -1,0 +1,150 @@
+"""Two models compared image by image (`spermhead compare`, the selection table's "vs ★")."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_evaluation import SCIAN_COUNTS, make_table
+from typer.testing import CliRunner
+
+from spermhead.cli import app
+from spermhead.data.samples import SampleTable
+from spermhead.errors import DataError
+from spermhead.evaluation.paired import compare_predictions
+from spermhead.evaluation.predictions import Predictions
+from spermhead.evaluation.selection import selection_table, write_selection
+
+
+@pytest.fixture(scope="module")
+def table() -> SampleTable:
+    return make_table(SCIAN_COUNTS)
+
+
+def answers(table: SampleTable, right: np.ndarray, order: np.ndarray | None = None) -> Predictions:
+    """Predictions that get exactly the images in `right` (a mask in table order) right, the
+    others wrong (the next class), in row order `order`."""
+    y = np.asarray(table.label_indices)
+    k = len(table.classes)
+    guess = np.where(right, y, (y + 1) % k)
+    probs = np.full((len(y), k), 0.1 / (k - 1))
+    probs[np.arange(len(y)), guess] = 0.9
+    order = np.arange(len(y)) if order is None else order
+    ids = [table.samples[i].id for i in order]
+    return Predictions.from_model_output(ids, probs[order], table, folds=0)
+
+
+def exact_mcnemar(only_a: int, only_b: int) -> float:
+    n = only_a + only_b
+    return min(1.0, 2 * sum(math.comb(n, i) for i in range(min(only_a, only_b) + 1)) / 2**n)
+
+
+def test_a_better_model_is_told_apart_image_by_image_whatever_the_row_order(table):
+    n = len(table)
+    rng = np.random.default_rng(0)
+    right_a = rng.random(n) < 0.7
+    right_b = right_a.copy()
+    wrong_a = np.flatnonzero(~right_a)
+    right_b[wrong_a[:60]] = True  # B gets 60 of A's misses right...
+    right_b[np.flatnonzero(right_a)[:10]] = False  # ...and misses 10 A got
+    shuffled = rng.permutation(n)
+    c = compare_predictions(answers(table, right_a), answers(table, right_b, order=shuffled))
+    assert c["n"] == n and c["images"]["only_a"] == 10 and c["images"]["only_b"] == 60
+    assert c["images"]["both_right"] + c["images"]["both_wrong"] == n - 70
+    assert c["accuracy"]["difference"] == pytest.approx(50 / n)
+    assert c["accuracy"]["a"] == pytest.approx(right_a.mean()) and c["accuracy"]["b"] == pytest.approx(right_b.mean())
+    lo, hi = c["accuracy"]["ci"]
+    assert 0 < lo < 50 / n < hi
+    assert c["mcnemar_p"] == pytest.approx(exact_mcnemar(10, 60)) and c["mcnemar_p"] < 1e-6
+    # the same answers in table order give the same comparison: pairing is by sample id
+    again = compare_predictions(answers(table, right_a), answers(table, right_b))
+    assert json.dumps(again, sort_keys=True) == json.dumps(c, sort_keys=True)
+
+
+def test_equally_good_models_with_other_errors_show_no_difference(table):
+    rng = np.random.default_rng(1)
+    right_a, right_b = np.zeros(len(table), dtype=bool), np.zeros(len(table), dtype=bool)
+    right_a[rng.permutation(len(table))[:800]] = True  # the same count right, not the same images
+    right_b[rng.permutation(len(table))[:800]] = True
+    c = compare_predictions(answers(table, right_a), answers(table, right_b))
+    lo, hi = c["accuracy"]["ci"]
+    assert c["accuracy"]["difference"] == 0 and lo < 0 < hi and c["mcnemar_p"] == 1.0
+    assert c["images"]["only_a"] == c["images"]["only_b"] > 100
+    same = compare_predictions(answers(table, right_a), answers(table, right_a))
+    assert same["accuracy"]["ci"] == [0.0, 0.0] and same["mcnemar_p"] == 1.0
+
+
+def test_intervals_and_test_hold_their_level_when_the_models_are_equally_good():
+    # 300 pairs of models that are each right with probability 0.75 on 200 images: the 95%
+    # interval leaves out zero, and McNemar's p falls under 0.05, about 5% of the time
+    small = make_table({"normal": 100, "amorphous": 100})
+    rng = np.random.default_rng(4)
+    shut_out, rejected = 0, 0
+    for trial in range(300):
+        a, b = (answers(small, rng.random(200) < 0.75) for _ in range(2))
+        c = compare_predictions(a, b, n_boot=500, seed=trial)
+        shut_out += not c["accuracy"]["ci"][0] <= 0 <= c["accuracy"]["ci"][1]
+        rejected += c["mcnemar_p"] < 0.05
+    assert 0.01 <= shut_out / 300 <= 0.10 and rejected / 300 <= 0.08
+
+
+def test_runs_on_other_images_or_truths_are_refused(table):
+    right = np.ones(len(table), dtype=bool)
+    a = answers(table, right)
+    fewer = a.subset(np.arange(len(a) - 3))
+    with pytest.raises(DataError, match="scored different images: 3 only in A"):
+        compare_predictions(a, fewer)
+    true = list(a.true)
+    j = next(j for j, t in enumerate(true) if t != true[0])
+    true[0], true[j] = true[j], true[0]  # two images swap their labels
+    with pytest.raises(DataError, match="give 2 images different true labels"):
+        compare_predictions(a, Predictions(a.ids, a.sources, a.folds, true, a.probabilities, a.classes))
+
+
+def test_compare_command_reads_two_runs(table, tmp_path):
+    rng = np.random.default_rng(2)
+    right_a = rng.random(len(table)) < 0.6
+    right_b = right_a | (rng.random(len(table)) < 0.5)
+    for name, right in (("x", right_a), ("y", right_b)):
+        answers(table, right).write_csv(tmp_path / name / "seed1" / "predictions.csv")
+    out = tmp_path / "c.json"
+    result = CliRunner().invoke(app, ["compare", str(tmp_path / "x" / "seed1"),
+                                      str(tmp_path / "y" / "seed1" / "predictions.csv"), "--json", str(out)],
+                                terminal_width=200)
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())
+    assert "y/seed1 is better: the interval leaves out zero" in said and "only A 0," in said
+    saved = json.loads(out.read_text())
+    assert saved["names"] == ["x/seed1", "y/seed1"] and saved["images"]["only_a"] == 0
+    broken = tmp_path / "broken.csv"
+    broken.write_text("id,true\n")
+    bad = CliRunner().invoke(app, ["compare", str(tmp_path / "x" / "seed1"), str(broken)])
+    assert bad.exit_code == 2 and "broken.csv: cannot read predictions" in " ".join(bad.output.split())
+
+
+def test_selection_table_compares_each_row_with_the_winner_on_the_same_images(table, tmp_path):
+    rng = np.random.default_rng(3)
+    right = rng.random(len(table)) < 0.7
+    worse = right & (rng.random(len(table)) < 0.8)
+    rows = [{"model": "winner", "accuracy": right.mean(), "balanced_accuracy": 0.8,
+             "predictions": answers(table, right), "val_accuracy": 0.8, "val_balanced_accuracy": 0.8},
+            {"model": "runner-up", "accuracy": worse.mean(), "balanced_accuracy": 0.7,
+             "predictions": answers(table, worse), "val_accuracy": 0.7, "val_balanced_accuracy": 0.7}]
+    first, second = selection_table(rows)
+    assert first["best"] and first["accuracy_vs_best"] is None
+    assert second["accuracy_vs_best"] == pytest.approx(worse.mean() - right.mean())
+    assert second["accuracy_vs_best_ci_high"] < 0 and second["mcnemar_p_vs_best"] < 1e-6
+    paths = write_selection(rows, tmp_path)
+    md = paths["md"].read_text()
+    assert "| accuracy vs ★ (95% CI) |" in md and "McNemar" in md
+    with open(paths["csv"], newline="") as fh:
+        got = list(csv.DictReader(fh))
+    assert float(got[1]["accuracy_vs_best"]) == pytest.approx(second["accuracy_vs_best"])
+    # rows without their predictions (a table built from figures alone) leave the columns empty
+    plain = selection_table([{k: v for k, v in r.items() if k != "predictions"} for r in rows])
+    assert all(r["accuracy_vs_best"] is None for r in plain)
+    assert Path(paths["html"]).read_text().count("—") >= 2
