@@ -148,3 +148,33 @@ def test_selection_table_compares_each_row_with_the_winner_on_the_same_images(ta
     plain = selection_table([{k: v for k, v in r.items() if k != "predictions"} for r in rows])
     assert all(r["accuracy_vs_best"] is None for r in plain)
     assert Path(paths["html"]).read_text().count("—") >= 2
+
+
+def test_compare_pairs_repeats_by_name_and_adds_a_t_interval_over_them(table, tmp_path):
+    from scipy import stats
+
+    rng = np.random.default_rng(5)
+    gains = {}
+    for seed in (1, 2, 10):  # natural order: seed10 after seed2
+        right_a = rng.random(len(table)) < 0.7
+        right_b = right_a | (rng.random(len(table)) < 0.1 * seed / 10 + 0.05)
+        answers(table, right_a).write_csv(tmp_path / "a" / f"seed{seed}" / "predictions.csv")
+        answers(table, right_b).write_csv(tmp_path / "b" / f"seed{seed}" / "predictions.csv")
+        gains[f"seed{seed}"] = right_b.mean() - right_a.mean()
+    answers(table, right_a).write_csv(tmp_path / "b" / "seed7" / "predictions.csv")  # no partner in a/
+    out = tmp_path / "c.json"
+    result = CliRunner().invoke(app, ["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    c = json.loads(out.read_text())
+    assert list(c["repeats"]) == ["seed1", "seed2", "seed10"] and c["n_repeats"] == 3
+    d = np.array(list(gains.values()))
+    assert [r["accuracy"]["difference"] for r in c["repeats"].values()] == pytest.approx(list(d))
+    m = c["accuracy"]
+    assert m["difference"] == pytest.approx(d.mean()) and m["b_ahead"] == 3 and m["a_ahead"] == 0
+    lo, hi = stats.t.interval(0.95, 2, loc=d.mean(), scale=d.std(ddof=1) / np.sqrt(3))
+    assert m["ci"] == pytest.approx([lo, hi])
+    said = " ".join(result.output.split())
+    assert "over 3 repeats" in said and "left out, on one side only: seed7" in said
+    # one run against a folder of repeats means nothing
+    mixed = CliRunner().invoke(app, ["compare", str(tmp_path / "a" / "seed1"), str(tmp_path / "b")])
+    assert mixed.exit_code == 2 and "repeats with repeats" in " ".join(mixed.output.split())

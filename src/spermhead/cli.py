@@ -517,24 +517,66 @@ def distinct_names(a: Path, b: Path) -> tuple[str, str]:
     return "A", "B"  # the same run twice
 
 
+def repeat_folders(path: Path) -> dict[str, Path] | None:
+    """A folder of repeats (seed1/, seed2/, ... each holding a predictions.csv, as `bench` and
+    the lever runs write them), by name in natural order; None for one run or a CSV file."""
+    import re
+
+    from spermhead.errors import DataError
+
+    if not path.is_dir() or (path / "predictions.csv").is_file():
+        return None
+    found = {p.name: p for p in path.iterdir() if (p / "predictions.csv").is_file()}
+    if not found:
+        raise DataError(f"{path}: no predictions.csv in it nor in its subfolders")
+    return {n: found[n] for n in sorted(found, key=lambda n: [int(t) if t.isdigit() else t
+                                                              for t in re.split(r"(\d+)", n)])}
+
+
 @app.command("compare")
 @friendly
 def compare(
-    run_a: Annotated[Path, typer.Argument(help="A run or evaluate folder, or its predictions.csv")],
-    run_b: Annotated[Path, typer.Argument(help="The other one, scored on the same images")],
+    run_a: Annotated[Path, typer.Argument(help="A run or evaluate folder, its predictions.csv, or a folder of "
+                                           "repeats (seed1/, seed2/, ...)")],
+    run_b: Annotated[Path, typer.Argument(help="The other one, scored on the same images (folds)")],
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the comparison to this JSON file")] = None,
 ) -> None:
     """Compare two models image by image on the images both scored: B minus A with a paired
-    bootstrap interval, and McNemar's exact test."""
-    from rich.table import Table
-
-    from spermhead.evaluation.paired import compare_predictions, verdict
+    bootstrap interval, and McNemar's exact test; over repeats (CV seeds) also a t interval."""
+    from spermhead.errors import DataError
+    from spermhead.evaluation.paired import compare_predictions, compare_repeats, verdict
     from spermhead.evaluation.predictions import read_predictions
 
     names = distinct_names(run_a, run_b)
-    c = compare_predictions(read_predictions(run_a), read_predictions(run_b), names=names)
+    folders = repeat_folders(run_a), repeat_folders(run_b)
+    if (folders[0] is None) != (folders[1] is None):
+        raise DataError(f"{run_a} and {run_b}: compare one run with one run, or repeats with repeats")
+    if folders[0] is None or folders[1] is None:
+        c = compare_predictions(read_predictions(run_a), read_predictions(run_b), names=names)
+        show_comparison(c)
+        for key in ("accuracy", "balanced_accuracy"):
+            console.print(verdict(c, key), highlight=False)
+    else:
+        common = [r for r in folders[0] if r in folders[1]]
+        if not common:
+            raise DataError(f"{run_a} and {run_b} have no repeat in common: {', '.join(folders[0])} against "
+                            f"{', '.join(folders[1])}")
+        c = compare_repeats({r: (read_predictions(folders[0][r]), read_predictions(folders[1][r])) for r in common},
+                            names=names)
+        show_repeats(c, [r for f in folders for r in f if r not in common])
+    console.print("Each bootstrap interval covers which images were scored, not retraining on other data"
+                  + (": the t interval over the repeats covers both." if "repeats" in c
+                     else ": for that, compare folders of repeats (CV seeds)."), style="dim")
+    if json_out is not None:
+        json_out.write_text(json.dumps(c, indent=2) + "\n")
+
+
+def show_comparison(c: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    a, b = c["names"]
     table = Table(title=f"{c['n']} images")
-    for col in ("", f"A: {names[0]}", f"B: {names[1]}", "B - A", f"{100 * c['level']:.0f}% CI (paired bootstrap)"):
+    for col in ("", f"A: {a}", f"B: {b}", "B - A", f"{100 * c['level']:.0f}% CI (paired bootstrap)"):
         table.add_column(col)
     for key in ("accuracy", "balanced_accuracy"):
         m = c[key]
@@ -543,14 +585,32 @@ def compare(
     console.print(table)
     i = c["images"]
     console.print(f"images both get right {i['both_right']}, only A {i['only_a']}, only B {i['only_b']}, "
-                  f"neither {i['both_wrong']}; McNemar exact "
-                  f"p = {c['mcnemar_p']:.3g}", highlight=False)
+                  f"neither {i['both_wrong']}; McNemar exact p = {c['mcnemar_p']:.3g}", highlight=False)
+
+
+def show_repeats(c: dict[str, Any], unpaired: list[str]) -> None:
+    from rich.table import Table
+
+    from spermhead.evaluation.paired import repeats_verdict
+
+    a, b = c["names"]
+    table = Table(title=f"accuracy, A: {a}, B: {b}")
+    for col in ("repeat", "images", "A", "B", "B - A", f"{100 * c['level']:.0f}% CI (paired bootstrap)",
+                "only A / only B right", "McNemar p"):
+        table.add_column(col)
+    for r, one in c["repeats"].items():
+        m = one["accuracy"]
+        table.add_row(r, str(one["n"]), f"{m['a']:.4f}", f"{m['b']:.4f}", f"{m['difference']:+.4f}",
+                      f"{m['ci'][0]:+.4f} to {m['ci'][1]:+.4f}",
+                      f"{one['images']['only_a']} / {one['images']['only_b']}", f"{one['mcnemar_p']:.3g}")
+    m = c["accuracy"]
+    table.add_row("mean", "", f"{m['a']:.4f}", f"{m['b']:.4f}", f"{m['difference']:+.4f}",
+                  "" if m["ci"] is None else f"{m['ci'][0]:+.4f} to {m['ci'][1]:+.4f} (t)", "", "")
+    console.print(table)
     for key in ("accuracy", "balanced_accuracy"):
-        console.print(verdict(c, key), highlight=False)
-    console.print("The intervals cover which images were scored, not retraining on other data: for that, "
-                  "compare over several CV seeds.", style="dim")
-    if json_out is not None:
-        json_out.write_text(json.dumps(c, indent=2) + "\n")
+        console.print(repeats_verdict(c, key), highlight=False)
+    if unpaired:
+        console.print(f"left out, on one side only: {', '.join(unpaired)}", highlight=False)
 
 
 @app.command("serve")

@@ -5,15 +5,18 @@ one model is reliably better: most images are easy for both, and the difference 
 few they answer differently. Pairing the answers by sample id measures that difference
 directly: a bootstrap over the images of B's score minus A's, and McNemar's exact test on the
 images exactly one of them gets right. Both say how far the difference stands above the
-luck of which images were there; neither says how much retraining on other data would move it
-(the spread over CV seeds says that)."""
+luck of which images were there; neither says how much retraining on other data would move it.
+Over repeats (CV seeds, say) `compare_repeats` adds that: a t interval over the repeats'
+differences, which covers both."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 from scipy.stats import binomtest
+from scipy.stats import t as student_t
 
 from spermhead.errors import DataError
 from spermhead.evaluation.metrics import BOOT_SEED, N_BOOT, resampled_scores
@@ -71,6 +74,28 @@ def compare_predictions(a: Predictions, b: Predictions, *, names: tuple[str, str
     return out
 
 
+def compare_repeats(pairs: Mapping[str, tuple[Predictions, Predictions]], *, names: tuple[str, str] = ("A", "B"),
+                    n_boot: int = N_BOOT, seed: int = BOOT_SEED, level: float = 0.95) -> dict[str, Any]:
+    """`compare_predictions` on each repeat (A's and B's runs on the same folds), then B minus A
+    over the repeats: the mean difference, its sd, a t interval (none for one repeat) and how
+    often each was ahead."""
+    repeats = {r: compare_predictions(a, b, names=(f"{names[0]}/{r}", f"{names[1]}/{r}"), n_boot=n_boot,
+                                      seed=seed, level=level) for r, (a, b) in pairs.items()}
+    out: dict[str, Any] = {"names": list(names), "level": level, "n_repeats": len(repeats), "repeats": repeats}
+    for key in ("accuracy", "balanced_accuracy"):
+        d = np.array([c[key]["difference"] for c in repeats.values()])
+        summary: dict[str, Any] = {"a": float(np.mean([c[key]["a"] for c in repeats.values()])),
+                                   "b": float(np.mean([c[key]["b"] for c in repeats.values()])),
+                                   "difference": float(d.mean()), "sd": None, "ci": None,
+                                   "b_ahead": int(np.sum(d > 0)), "a_ahead": int(np.sum(d < 0))}
+        if len(d) > 1:
+            sd = float(d.std(ddof=1))
+            half = float(student_t.ppf(0.5 + level / 2, len(d) - 1)) * sd / np.sqrt(len(d))
+            summary.update(sd=sd, ci=[float(d.mean() - half), float(d.mean() + half)])
+        out[key] = summary
+    return out
+
+
 def verdict(c: dict[str, Any], key: str = "accuracy") -> str:
     """One line: the difference, its interval, and what the interval says."""
     b = c["names"][1]
@@ -81,3 +106,15 @@ def verdict(c: dict[str, Any], key: str = "accuracy") -> str:
         said = f"no difference these {c['n']} images can show"
     return (f"{key.replace('_', ' ')}, B - A: {100 * d:+.1f} points "
             f"({100 * c['level']:.0f}% CI {100 * lo:+.1f} to {100 * hi:+.1f}); {said}")
+
+
+def repeats_verdict(c: dict[str, Any], key: str = "accuracy") -> str:
+    """One line for a comparison over repeats."""
+    m, n, b = c[key], c["n_repeats"], c["names"][1]
+    text = f"{key.replace('_', ' ')}, B - A over {n} repeats: {100 * m['difference']:+.1f} points"
+    if m["ci"] is not None:
+        lo, hi = m["ci"]
+        said = (f"{b} is {'better' if lo > 0 else 'worse'}" if lo > 0 or hi < 0
+                else "no difference these repeats can show")
+        text += f" ({100 * c['level']:.0f}% t interval {100 * lo:+.1f} to {100 * hi:+.1f}); {said}"
+    return text + f"; B ahead on {m['b_ahead']}, A on {m['a_ahead']}"
