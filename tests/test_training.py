@@ -340,7 +340,7 @@ def test_select_command_prints_the_winner_chosen_on_validation(separable, tmp_pa
     # the networks are compared on their own: HuSHeM's fused second opinions are left out
     train_cfg = load_config(out / "spermnet" / "config.yaml").train
     assert (train_cfg.recipe, train_cfg.shape_fusion, train_cfg.pixel_fusion) == ("hushem", 0.0, 0.0)
-    assert "chosen on validation" in result.output and result.output.count("★") == 2  # title and winner
+    assert "chosen on validation" in result.output and result.output.count("★") == 4  # title, winner, and the two vs-★ column heads
     with open(out / "selection.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     best = max(rows, key=lambda r: (float(r["val_balanced_accuracy"]), float(r["val_accuracy"])))
