@@ -12,7 +12,7 @@ import pytest
 from sklearn.metrics import balanced_accuracy_score, f1_score, precision_score, roc_auc_score
 
 from spermhead.data.samples import Sample, SampleTable
-from spermhead.evaluation.metrics import compute_metrics, cv_metrics, write_metrics_json
+from spermhead.evaluation.metrics import calibration, compute_metrics, cv_metrics, write_metrics_json
 from spermhead.evaluation.plots import write_plots
 from spermhead.evaluation.predictions import Predictions, concat
 from spermhead.evaluation.report import write_report
@@ -241,7 +241,7 @@ def test_report_is_self_contained_and_escaped(tmp_path: Path) -> None:
     history = [{"fold": f, "epoch": e, "train_loss": 1 / (e + 1), "val_loss": 1.1 / (e + 1),
                 "train_acc": 0.5 + e / 10, "val_acc": 0.4 + e / 10} for f in range(2) for e in range(4)]
     plots = write_plots(pred, history, tmp_path / "plots")
-    assert set(plots) == {"training_curves", "confusion_counts", "confusion_normalized", "roc", "pr"}
+    assert set(plots) == {"training_curves", "confusion_counts", "confusion_normalized", "roc", "pr", "reliability"}
     assert all(p.is_file() and p.read_bytes()[:4] == b"\x89PNG" for p in plots.values())
     config = {"dataset": "<script>alert(1)</script>", "model": {"name": "spermnet"},
               "protocol": {"kind": "cv", "folds": 2}}
@@ -254,7 +254,42 @@ def test_report_is_self_contained_and_escaped(tmp_path: Path) -> None:
     assert "<b>x</b>" not in text and "&lt;b&gt;x&lt;/b&gt;" in text
     assert "<script>" not in text and "&lt;script&gt;" in text
     assert "a &lt; b" in text
-    assert "average recall" in text
+    assert "average recall" in text and "Expected calibration error" in text
+
+
+# ---------------------------------------------------------------- calibration
+
+
+def test_calibration_scores_honest_overconfident_and_underconfident_probabilities() -> None:
+    # 2000 images, two classes; each answer's probability is p, and it is right with chance
+    # `truth`: calibrated when the two agree
+    rng = np.random.default_rng(0)
+    table = SampleTable("t", [Sample(id=f"s{i:04d}", path=Path("p"), label=("a", "b")[i % 2], source="x")
+                              for i in range(2000)], ["a", "b"])
+    y = np.array(table.label_indices)
+    p = rng.uniform(0.5, 1.0, size=2000)
+
+    def answered(truth: np.ndarray) -> Predictions:
+        right = rng.random(2000) < truth
+        answer = np.where(right, y, 1 - y)
+        probs = np.zeros((2000, 2))
+        probs[np.arange(2000), answer] = p
+        probs[np.arange(2000), 1 - answer] = 1 - p
+        return Predictions.from_model_output([s.id for s in table.samples], probs, table)
+
+    honest, overconfident, underconfident = answered(p), answered(p - 0.2), answered(np.minimum(p + 0.3, 1.0))
+    assert calibration(honest)["ece"] < 0.03
+    assert calibration(overconfident)["ece"] == pytest.approx(0.2, abs=0.03)
+    under = calibration(underconfident)
+    assert under["ece"] > 0.15 and all(b["accuracy"] >= b["confidence"] for b in under["bins"][2:])
+    assert sum(b["count"] for b in under["bins"]) == 2000 and len(under["bins"]) == 5  # p in (0.5, 1]
+    # Brier and log loss against their definitions
+    q = honest.probabilities
+    onehot = np.eye(2)[y]
+    assert calibration(honest)["brier_score"] == pytest.approx(np.mean(np.sum((q - onehot) ** 2, 1)))
+    assert calibration(honest)["log_loss"] == pytest.approx(-np.mean(np.log(q[np.arange(2000), y])))
+    metrics = compute_metrics(honest)
+    assert metrics["ece"] == calibration(honest)["ece"] and metrics["calibration_bins"] == calibration(honest)["bins"]
 
 
 # ---------------------------------------------------------------- model selection

@@ -26,13 +26,49 @@ FOLD_SUMMARY_KEYS = (
     "weighted_recall",
     "roc_auc_ovr_macro",
     "pr_auc_macro",
+    "ece",
+    "brier_score",
 )
 N_BOOT = 2000
+CALIBRATION_BINS = 10
 BOOT_SEED = 0
 
 
 def _mean(values: list[float]) -> float | None:
     return float(np.mean(values)) if values else None
+
+
+def calibration(pred: Predictions, n_bins: int = CALIBRATION_BINS) -> dict[str, Any]:
+    """How far the probabilities can be taken at their word.
+
+    - ece: expected calibration error of the top answer: the images binned by the probability
+      of the class answered (equal-width bins), the gap between that confidence and the
+      accuracy in each bin, weighted by the bin's share of the images. 0 is perfect.
+    - brier_score: the multi-class Brier score, the mean over images of the squared distance
+      between the probability vector and the one-hot label (0 best, 2 worst).
+    - log_loss: the mean negative log-probability of the true class.
+    - bins: per non-empty bin, its range, count, mean confidence and accuracy (the reliability
+      diagram's points).
+    """
+    pred = pred.sorted_by_id()  # sums in one order: the same predictions, the same figures to the bit
+    probs = pred.probabilities
+    y = pred.true_indices
+    confidence = probs.max(axis=1)
+    correct = pred.pred_indices == y
+    # bin i holds confidences in (i/n, (i+1)/n]; the top answer's probability is at least 1/K > 0
+    which = np.clip(np.ceil(confidence * n_bins).astype(int) - 1, 0, n_bins - 1)
+    bins, ece = [], 0.0
+    for b in range(n_bins):
+        inside = which == b
+        if inside.any():
+            conf, acc = float(confidence[inside].mean()), float(correct[inside].mean())
+            ece += inside.mean() * abs(acc - conf)
+            bins.append({"lower": b / n_bins, "upper": (b + 1) / n_bins, "count": int(inside.sum()),
+                         "confidence": conf, "accuracy": acc})
+    onehot = np.eye(len(pred.classes))[y]
+    true_p = np.clip(probs[np.arange(len(y)), y], 1e-15, 1.0)
+    return {"ece": float(ece), "brier_score": float(np.mean(np.sum((probs - onehot) ** 2, axis=1))),
+            "log_loss": float(-np.mean(np.log(true_p))), "bins": bins}
 
 
 def compute_metrics(pred: Predictions) -> dict[str, Any]:
@@ -96,6 +132,7 @@ def compute_metrics(pred: Predictions) -> dict[str, Any]:
         for c in labels
     }
     weights = support / support.sum()
+    calibrated = calibration(pred)
     out: dict[str, Any] = {
         "n": int(n),
         "classes": list(classes),
@@ -106,6 +143,8 @@ def compute_metrics(pred: Predictions) -> dict[str, Any]:
         "weighted_recall": float(np.sum(rec * weights)),
         "roc_auc_ovr_macro": _mean([r for r in roc if r is not None]),
         "pr_auc_macro": _mean([a for a in ap if a is not None]),
+        **{key: value for key, value in calibrated.items() if key != "bins"},
+        "calibration_bins": calibrated["bins"],
         "per_class": per_class,
         "confusion_matrix": cm.astype(int).tolist(),
         "notes": notes,

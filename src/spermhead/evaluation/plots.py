@@ -141,6 +141,26 @@ def plot_pr_curves(pred: Predictions) -> Figure:
     return fig
 
 
+def plot_reliability(pred: Predictions) -> Figure:
+    """Reliability diagram: accuracy against the confidence of the answer, per confidence bin
+    (metrics' `calibration`), the diagonal where they agree, and how many images each bin holds."""
+    from spermhead.evaluation.metrics import calibration
+
+    c = calibration(pred)
+    fig = Figure(figsize=(5.5, 5), dpi=DPI, layout="constrained")
+    ax, counts = fig.subplots(2, 1, sharex=True, height_ratios=(3, 1))
+    conf = [b["confidence"] for b in c["bins"]]
+    ax.plot([0, 1], [0, 1], ":", color="grey", lw=1, label="calibrated")
+    ax.plot(conf, [b["accuracy"] for b in c["bins"]], "o-", lw=1.5, label=f"this model (ECE {c['ece']:.3f})")
+    ax.set(ylabel="accuracy", title="reliability of the answer's probability", xlim=(0, 1), ylim=(0, 1.01))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left")
+    counts.bar([(b["lower"] + b["upper"]) / 2 for b in c["bins"]], [b["count"] for b in c["bins"]],
+               width=0.9 * (c["bins"][0]["upper"] - c["bins"][0]["lower"]), color="grey")
+    counts.set(xlabel="probability of the class answered", ylabel="images")
+    return fig
+
+
 def save_figure(fig: Figure, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, format="png")
@@ -160,4 +180,5 @@ def write_plots(
     figures["confusion_normalized"] = plot_confusion_matrix(pred, normalize=True)
     figures["roc"] = plot_roc_curves(pred)
     figures["pr"] = plot_pr_curves(pred)
+    figures["reliability"] = plot_reliability(pred)
     return {name: save_figure(fig, out_dir / f"{name}.png") for name, fig in figures.items()}

@@ -21,6 +21,7 @@ PLOT_TITLES = {
     "confusion_normalized": "Confusion matrix (row-normalised: recall on the diagonal)",
     "roc": "ROC curves, one-vs-rest",
     "pr": "Precision-recall curves, one-vs-rest",
+    "reliability": "Reliability: accuracy against the answer's probability",
 }
 _MIME = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".svg": "image/svg+xml"}
 
@@ -120,6 +121,8 @@ def _headline(m: Mapping[str, Any]) -> str:
         ("weighted_recall", "Weighted recall", None),
         ("roc_auc_ovr_macro", "ROC AUC (one-vs-rest, macro)", None),
         ("pr_auc_macro", "PR AUC (average precision, macro)", None),
+        ("ece", "Expected calibration error (answer's probability, 10 bins)", None),
+        ("brier_score", "Brier score", None),
     ]
     out = []
     for key, label, ci in rows:
@@ -185,6 +188,9 @@ def _how_to_read(m: Mapping[str, Any]) -> str:
         f"accuracy and only 20% average recall.{_baseline_note(m)}</p>"
         "<p>Weighted recall always equals accuracy. ROC AUC and PR AUC rank the probabilities of each class "
         "against the rest: 0.5 ROC AUC is chance, and the chance level of PR AUC is the class's prevalence. "
+        "The calibration error is the gap between the probability given to each answer and how often such "
+        "answers are right (0: a 0.8 answer is right 8 times in 10; the reliability plot shows it per bin); "
+        "the Brier score (0 best, 2 worst) sums both calibration and sharpness. "
         "The confidence interval resamples these predictions; the sd across folds shows how much retraining "
         "on other data moves the result. Metrics are computed on out-of-fold predictions keyed by sample id, "
         "so every prediction is compared with its own image's label.</p></div>"
