@@ -975,3 +975,41 @@ def test_validation_parts_are_scored_at_both_operating_points(tmp_path):
                 for v in json.loads(f.read_text())["val_pred_balanced"]]
     saved = json.loads((run.out / "metrics.json").read_text())["validation"]
     assert saved["balanced_point"]["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(labels, balanced))
+
+
+def test_calibration_changes_probabilities_not_answers_and_is_served_as_assessed(separable, tmp_path):
+    from spermhead.evaluation.external import assess
+    from spermhead.models.inference import apply_temperature
+    from spermhead.serving.predictor import Predictor
+
+    # 24 validation images: enough to fit a temperature
+    runs = {c: train_run(quick_config(separable, tmp_path / str(c), cv=None, split="40/30/30", epochs=6,
+                                      calibrate=c), progress=False) for c in (True, False)}
+    (fold,), (plain,) = runs[True].folds, runs[False].folds
+    assert plain.temperature == 1.0 and fold.temperature != 1.0
+    assert json.loads((runs[True].out / "folds" / "fold0" / "done.json").read_text())["temperature"] == fold.temperature
+    # the same models and answers at both points; only the probabilities moved
+    np.testing.assert_array_equal(fold.test_probs, plain.test_probs)
+    on, off = runs[True].predictions, runs[False].predictions
+    assert on.pred == off.pred and not np.allclose(on.probabilities, off.probabilities)
+    for point in ("accuracy", "balanced"):
+        assert runs[True].metrics["operating_points"][point]["accuracy"] == \
+            runs[False].metrics["operating_points"][point]["accuracy"]
+    assert runs[True].metrics["ece"] != runs[False].metrics["ece"]
+    # the bundle carries the temperature, and serves what was assessed, at both points
+    table = load_dataset(str(separable))
+    cfg = load_config(runs[True].out / "config.yaml")
+    images, _ = canonical_images(table, cfg)
+    index = {s.id: i for i, s in enumerate(table.samples)}
+    batch = images[[index[i] for i in on.ids]]
+    with Predictor(runs[True].out / "model") as predictor:
+        assert predictor.meta.temperature == pytest.approx(fold.temperature)
+        np.testing.assert_allclose(predictor.probabilities(batch), on.probabilities, atol=1e-5)
+        assessed = assess(predictor, table.subset([index[i] for i in on.ids]))
+    balanced = apply_temperature(apply_class_bias(fold.test_probs, fold.bias), fold.temperature)
+    with Predictor(runs[True].out / "model", operating_point="balanced") as predictor:
+        np.testing.assert_allclose(predictor.probabilities(batch), balanced, atol=1e-5)
+    # `evaluate` moves between the points as the predictor does
+    moved = assessed.at_point("balanced").sorted_by_id()
+    order = np.argsort(on.ids)
+    np.testing.assert_allclose(moved.probabilities, balanced[order], atol=1e-5)

@@ -230,6 +230,10 @@ def train(
     extra_train: Annotated[list[str] | None, typer.Option(
         help="A dataset or folder whose images join every training side only (never validation or "
              "test); the dataset's own images, and copies of them, are left out of it. Repeatable")] = None,
+    calibrate: Annotated[bool | None, typer.Option(
+        "--calibrate/--no-calibrate",
+        help="Temperature-scale the probabilities on each fold's validation part (default on); "
+             "answers do not change")] = None,
     threads: Annotated[int | None, typer.Option(help="Torch CPU threads")] = None,
     accelerator: Annotated[str | None, typer.Option(
         help="auto (a CUDA GPU when torch sees one, else the CPU), cpu or gpu")] = None,
@@ -259,7 +263,7 @@ def train(
             weights=weights, init=init, prior_strength=prior_strength, l2_conv=l2_conv, final_model=final, threads=threads, members=members,
             train_fraction=train_fraction, refit_val=refit_val,
             accelerator=accelerator, extra_train=extra_train or None, shape_fusion=shape_fusion,
-            pixel_fusion=pixel_fusion,
+            pixel_fusion=pixel_fusion, calibrate=calibrate,
         )
     result = train_run(cfg, overwrite=overwrite, resume=resume, progress=progress)
     print_run_summary(result.out, result.metrics)

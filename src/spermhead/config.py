@@ -95,6 +95,9 @@ class TrainConfig:
     # that model scores the test part (nothing inside a run is chosen on validation with
     # monitor "last" and a fixed prior strength); the validation figures stay the first model's
     refit_val: bool = False
+    # divide the final log-probabilities by a temperature fitted on each fold's validation part,
+    # so a 0.8 answer is right about 8 times in 10; answers do not change (training/temperature.py)
+    calibrate: bool = True
     num_threads: int = 0  # torch threads; 0 lets torch decide
     accelerator: str = "auto"  # auto (a CUDA GPU when there is one, else the CPU) | cpu | gpu
 

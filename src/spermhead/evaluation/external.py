@@ -40,11 +40,14 @@ class Assessment:
     # the bundle's operating points (name -> log-prior correction) and the one `predictions` used
     operating_points: dict[str, list[float]] = field(default_factory=dict)
     operating_point: str = "accuracy"
+    temperature: float = 1.0  # the bundle's: its probabilities' logs were divided by it last
 
     def at_point(self, name: str) -> Predictions:
         """The predictions at another of the bundle's operating points: the same probabilities
-        with that point's log-prior correction in place of the one applied."""
+        with that point's log-prior correction in place of the one applied (divided by the
+        temperature, as the one applied was)."""
         shift = np.subtract(self.operating_points[name], self.operating_points[self.operating_point])
+        shift = shift / self.temperature
         p = self.predictions
         return Predictions(p.ids, p.sources, p.folds, p.true, apply_class_bias(p.probabilities, shift), p.classes)
 
@@ -114,7 +117,8 @@ def assess(predictor: Predictor, table: SampleTable,
         seen = [bool(c >= DEFAULT_THRESHOLD) for c in closest]
     points = predictor.meta.operating_points or {predictor.meta.operating_point: list(predictor.meta.class_bias or
                                                                                      [0.0] * len(predictor.classes))}
-    return Assessment(predictions, seen, unusable, dict(unknown), points, predictor.meta.operating_point)
+    return Assessment(predictions, seen, unusable, dict(unknown), points, predictor.meta.operating_point,
+                      predictor.meta.temperature)
 
 
 def check_out_dir(out: Path, overwrite: bool) -> None:

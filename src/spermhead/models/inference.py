@@ -69,6 +69,17 @@ def apply_class_bias(probs: np.ndarray, bias: Sequence[float] | np.ndarray | Non
     return (p / p.sum(1, keepdims=True)).astype(np.float32)
 
 
+def apply_temperature(probs: np.ndarray, temperature: float | None) -> np.ndarray:
+    """N x K probabilities with their log divided by `temperature` and renormalised: T > 1
+    flattens, T < 1 sharpens, and the argmax of every row stays (training/temperature.py)."""
+    if temperature is None or temperature == 1.0 or len(probs) == 0:
+        return probs
+    logp = np.log(np.clip(probs, 1e-12, None)) / float(temperature)
+    logp -= logp.max(1, keepdims=True)
+    p = np.exp(logp)
+    return (p / p.sum(1, keepdims=True)).astype(np.float32)
+
+
 class Ensemble(nn.Module):
     """Averages the members' probabilities; returns their log so softmax gives the mean."""
 

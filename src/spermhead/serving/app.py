@@ -388,6 +388,7 @@ class Service:
             "operating_point": meta.operating_point,
             "class_bias": meta.class_bias,
             "cnn_prior": meta.cnn_prior,  # the training prior given back after balanced training
+            "temperature": meta.temperature,  # calibration, applied last
             "uncertainty_threshold": meta.uncertainty_threshold,
             "run": meta.run,
             "bundle_version": meta.version,

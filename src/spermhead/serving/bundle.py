@@ -49,6 +49,9 @@ class BundleMeta:
     # added to the CNN's log-probabilities before fusion and class_bias: the training prior that
     # class-balanced training took out (training/operating.py); None after natural-prior training
     cnn_prior: list[float] | None = None
+    # the final log-probabilities (after fusion and the operating point) are divided by this:
+    # calibration fitted on the validation parts (training/temperature.py); 1 = none
+    temperature: float = 1.0
     run: dict[str, Any] = field(default_factory=dict)  # dataset, protocol, headline metrics
     shape_fusion: float = 0.0  # weight of the fused shape models (models/shape.py); 0 = CNN alone
     pixel_fusion: float = 0.0  # weight of the fused pixel models (models/pixels.py)

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from spermhead.errors import ConfigError
-from spermhead.models.inference import apply_class_bias, predict_proba
+from spermhead.models.inference import apply_class_bias, apply_temperature, predict_proba
 from spermhead.serving.bundle import Bundle, load_bundle
 from spermhead.serving.prepare import (
     Prepared,
@@ -149,9 +149,11 @@ class Predictor:
                                  class_bias=class_bias, batch_size=self.batch_size)
 
         if self.bundle.fused:  # the training prior goes back before fusion, the point after it
-            return apply_class_bias(self.bundle.fuse(cnn(meta.cnn_prior), np.asarray(images)), meta.class_bias)
-        shifts = [b for b in (meta.cnn_prior, meta.class_bias) if b is not None]
-        return cnn(np.sum(shifts, axis=0).tolist() if shifts else None)  # one log-space shift
+            probs = apply_class_bias(self.bundle.fuse(cnn(meta.cnn_prior), np.asarray(images)), meta.class_bias)
+        else:
+            shifts = [b for b in (meta.cnn_prior, meta.class_bias) if b is not None]
+            probs = cnn(np.sum(shifts, axis=0).tolist() if shifts else None)  # one log-space shift
+        return apply_temperature(probs, meta.temperature)  # last: calibration keeps every answer
 
     # ------------------------------------------------------------------ preprocessing
 

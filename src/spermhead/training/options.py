@@ -29,7 +29,7 @@ _FIELDS = {
     "monitor": ("train", "monitor"), "patience": ("train", "early_stopping_patience"),
     "threads": ("train", "num_threads"), "members": ("train", "members_per_fold"),
     "accelerator": ("train", "accelerator"), "shape_fusion": ("train", "shape_fusion"),
-    "pixel_fusion": ("train", "pixel_fusion"),
+    "pixel_fusion": ("train", "pixel_fusion"), "calibrate": ("train", "calibrate"),
     "grouped": ("protocol", "grouped"), "final_model": ("protocol", "final_model"),
     "near_duplicates": ("protocol", "near_duplicates"),
 }

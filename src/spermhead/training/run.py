@@ -32,7 +32,7 @@ from spermhead.data.samples import SampleTable
 from spermhead.errors import ConfigError
 from spermhead.evaluation.metrics import headline
 from spermhead.evaluation.predictions import Predictions, concat
-from spermhead.models.inference import Ensemble, predict_proba, standardized
+from spermhead.models.inference import Ensemble, apply_temperature, predict_proba, standardized
 from spermhead.models.pixels import PixelModel
 from spermhead.models.registry import build_model, model_spec
 from spermhead.models.shape import ShapeModel, fuse_all
@@ -51,6 +51,7 @@ from spermhead.training.operating import (
 from spermhead.training.protocols import Fold, duplicate_groups, make_folds, with_extra_training
 from spermhead.training.quiet import quiet_fit
 from spermhead.training.targets import soft_targets
+from spermhead.training.temperature import fit_temperature, pooled_temperature
 
 # Lightning's start-up chatter (GPU/TPU availability, tips) is noise for a CPU tool.
 logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
@@ -72,6 +73,7 @@ class FoldResult:
     cnn_prior: np.ndarray | None = None  # the training prior given back to the CNN (balanced training)
     shape: ShapeModel | None = None  # fused with the CNN where `shape_fusion` > 0
     pixels: PixelModel | None = None  # fused with the CNN where `pixel_fusion` > 0
+    temperature: float = 1.0  # fitted on the validation part; divides the final log-probabilities
 
 
 @dataclass
@@ -343,7 +345,8 @@ def run_fold(cfg: RunConfig, table: SampleTable, images: np.ndarray, fold: Fold,
                           val_pred=info["val_pred"], val_pred_balanced=info.get("val_pred_balanced", []),
                           accuracy_bias=None if info.get("accuracy_bias") is None
                           else np.asarray(info["accuracy_bias"], dtype=np.float32), shape=shape, pixels=pixels,
-                          cnn_prior=learnt_prior_correction(y[trained], k, cfg.train.balance))
+                          cnn_prior=learnt_prior_correction(y[trained], k, cfg.train.balance),
+                          temperature=info.get("temperature", 1.0))  # folds finished before it: none
     fold_dir.mkdir(parents=True, exist_ok=True)
     fit = {"progress": progress, "resume": resume, "shape_features": shape_features}
     # A refit's first fit is done with once validation is scored; its record lets --resume go
@@ -359,12 +362,17 @@ def run_fold(cfg: RunConfig, table: SampleTable, images: np.ndarray, fold: Fold,
         val_probs = side.probs(cfg, images, fold.val, shape_features)
         bias, alpha = choose_balanced_bias(val_probs, y[fold.val], y[fold.train], k, cfg.train.prior_strength)
         val_accuracy_bias = prior_shift(y[fold.own_train], y[fold.train], k) if fold.n_extra else None
-        scored = {"bias": bias.tolist(), "alpha": alpha, "seconds": seconds, "epochs": side.epochs,
+        # at the accuracy point: the probabilities a lab reads; the balanced point keeps the same T
+        temperature = (fit_temperature(apply_bias(val_probs, val_accuracy_bias), y[fold.val])
+                       if cfg.train.calibrate else 1.0)
+        scored = {"bias": bias.tolist(), "alpha": alpha, "temperature": temperature,
+                  "seconds": seconds, "epochs": side.epochs,
                   "val_pred": apply_bias(val_probs, val_accuracy_bias).argmax(1).tolist() if len(fold.val) else [],
                   "val_pred_balanced": apply_bias(val_probs, bias).argmax(1).tolist() if len(fold.val) else []}
         if refit:
             first.write_text(json.dumps(scored))
     bias, alpha = np.asarray(scored["bias"], dtype=np.float32), scored["alpha"]
+    temperature = scored.get("temperature", 1.0)  # a first.json from before it: none
     seconds, val_pred, val_pred_balanced = scored["seconds"], scored["val_pred"], scored["val_pred_balanced"]
     if refit:  # as many epochs as the first fit ran, nothing to watch
         refit_cfg = replace(cfg, train=replace(cfg.train, epochs=max(scored["epochs"], 1), early_stopping_patience=0,
@@ -378,13 +386,14 @@ def run_fold(cfg: RunConfig, table: SampleTable, images: np.ndarray, fold: Fold,
     val_labels = y[fold.val].tolist()
     done.write_text(json.dumps({"bias": bias.tolist(),
                                 "accuracy_bias": None if accuracy_bias is None else accuracy_bias.tolist(),
-                                "alpha": alpha, "seconds": seconds, "epochs": side.epochs,
+                                "alpha": alpha, "temperature": temperature, "seconds": seconds, "epochs": side.epochs,
                                 "members": n, "train": len(trained), "val": len(fold.val),
                                 "test": len(fold.test), "refit_val": refit, "val_labels": val_labels,
                                 "val_pred": val_pred, "val_pred_balanced": val_pred_balanced}))
     return FoldResult(fold.index, side.members, test_probs, bias, read_history(fold_dir), seconds / n, side.epochs,
                       val_labels=val_labels, val_pred=val_pred, val_pred_balanced=val_pred_balanced,
-                      accuracy_bias=accuracy_bias, shape=side.shape, pixels=side.pixels, cnn_prior=side.cnn_prior)
+                      accuracy_bias=accuracy_bias, shape=side.shape, pixels=side.pixels, cnn_prior=side.cnn_prior,
+                      temperature=temperature)
 
 
 def out_of_fold(table: SampleTable, folds: list[Fold], results: list[FoldResult], *,
@@ -392,7 +401,8 @@ def out_of_fold(table: SampleTable, folds: list[Fold], results: list[FoldResult]
     """Each test fold's predictions, keyed by sample id; every sample appears exactly once under CV."""
     parts = []
     for fold, res in zip(folds, results, strict=True):
-        probs = apply_bias(res.test_probs, res.bias if balanced else res.accuracy_bias)
+        probs = apply_temperature(apply_bias(res.test_probs, res.bias if balanced else res.accuracy_bias),
+                                  res.temperature)
         ids = [table.samples[i].id for i in fold.test]
         parts.append(Predictions.from_model_output(ids, probs, table, folds=fold.index))
     return concat(parts)
@@ -475,7 +485,8 @@ def train_run(cfg: RunConfig, *, overwrite: bool = False, resume: bool = False,
         if pixels:
             pixels = [PixelModel.fit(images, np.asarray(table.label_indices), len(table.classes))]
     write_bundle(cfg, table, bundle_members, bias, metrics, out / "model", shapes, pixels,
-                 trained_signatures(table, folds, refit=kind_is_refit(cfg)))
+                 trained_signatures(table, folds, refit=kind_is_refit(cfg)),
+                 temperature=pooled_temperature([r.temperature for r in results]))
     timing = {
         "wall_seconds": time.perf_counter() - start,
         "init_seconds": float(init.get("seconds", 0.0)),  # a source model trained by this run
@@ -559,7 +570,8 @@ def write_sample_table(table: SampleTable, canon: list[Any], path: Path, n_own: 
 
 def write_bundle(cfg: RunConfig, table: SampleTable, members: list[nn.Module], biases: dict[str, np.ndarray],
                  metrics: dict[str, Any], directory: Path, shapes: list[ShapeModel] | None = None,
-                 pixels: list[PixelModel] | None = None, trained: np.ndarray | None = None) -> Path:
+                 pixels: list[PixelModel] | None = None, trained: np.ndarray | None = None,
+                 temperature: float = 1.0) -> Path:
     """`biases`: each operating point's log-prior correction ("balanced", and "accuracy" where
     extra training images shifted the prior), and "cnn_prior" where class-balanced training
     took the training prior out of the CNN's posteriors. `trained`: signatures of the images
@@ -580,6 +592,7 @@ def write_bundle(cfg: RunConfig, table: SampleTable, members: list[nn.Module], b
         pixel_fusion=float(cfg.train.pixel_fusion) if pixels else 0.0,
         class_bias=points[cfg.operating_point], operating_points=points,
         cnn_prior=None if "cnn_prior" not in biases else [float(b) for b in biases["cnn_prior"]],
+        temperature=float(temperature),
         run={"dataset": cfg.dataset, "protocol": cfg.protocol.kind, "folds": cfg.protocol.folds,
              "seed": cfg.seed, "metrics": headline(metrics), "run_dir": str(Path(cfg.out).resolve())},
     )
