@@ -62,3 +62,11 @@ def test_evaluate_moves_to_the_other_operating_point_under_the_temperature():
                                 None, operating_points=points, operating_point="accuracy", temperature=t)
         expected = apply_temperature(apply_class_bias(raw, points["balanced"]), t)
         np.testing.assert_allclose(assessment.at_point("balanced").probabilities, expected, atol=1e-5)
+
+
+def test_a_calibrated_model_is_left_alone():
+    # labels drawn from the model's own probabilities: nothing to fix, so T stays 1
+    rng = np.random.default_rng(4)
+    p = softmax(rng.normal(0, 2, size=(200, 4)))
+    labels = np.array([rng.choice(4, p=row) for row in p])
+    assert fit_temperature(p, labels) == 1.0

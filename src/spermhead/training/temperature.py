@@ -4,22 +4,25 @@ A fold's answers are only as useful to a lab as their probabilities are honest: 
 right 95 times in 100 (HuSHeM's fused recipe, benchmarks/RESULTS.md, session 15) sends good
 answers to review and says nothing about the doubtful ones. One number, fitted on the fold's
 validation part, fixes most of it: the final log-probabilities are divided by T, the value that
-maximises the validation likelihood. Dividing by a positive number keeps every argmax, so no
+maximises the validation likelihood, where it is a significant improvement. Dividing by a positive number keeps every argmax, so no
 answer, accuracy or recall changes at either operating point; only the probabilities do."""
 
 from __future__ import annotations
 
 import numpy as np
 from scipy.optimize import minimize_scalar
+from scipy.stats import chi2
 
 from spermhead.models.inference import apply_temperature
 
 BOUNDS = (0.25, 4.0)  # at most a 4-fold sharpening or flattening: a small validation part with no error would otherwise sharpen without limit
 MIN_IMAGES = 20  # fewer validation images than this leave T at 1: one number from a handful is noise
+SIGNIFICANCE = 0.05
 
 
 def fit_temperature(probs: np.ndarray, labels: np.ndarray) -> float:
-    """The T in BOUNDS that minimises the validation log loss of probs ** (1 / T), renormalised."""
+    """The T in BOUNDS that minimises the validation log loss of probs ** (1 / T), renormalised;
+    1 where that is no significant improvement on T = 1."""
     labels = np.asarray(labels, dtype=np.int64)
     if len(labels) < MIN_IMAGES:
         return 1.0
@@ -29,6 +32,10 @@ def fit_temperature(probs: np.ndarray, labels: np.ndarray) -> float:
         return float(-np.mean(np.log(np.clip(p[np.arange(len(labels)), labels], 1e-12, None))))
 
     best = minimize_scalar(log_loss, bounds=tuple(np.log(BOUNDS)), method="bounded", options={"xatol": 1e-4})
+    # a likelihood-ratio test against T = 1: a model the validation part does not show to be
+    # miscalibrated is left alone (fitting noise made already-calibrated SCIAN-TA folds worse)
+    if 2 * len(labels) * (log_loss(0.0) - best.fun) < chi2.ppf(1 - SIGNIFICANCE, df=1):
+        return 1.0
     return float(np.exp(best.x))
 
 
