@@ -70,3 +70,16 @@ def test_a_calibrated_model_is_left_alone():
     p = softmax(rng.normal(0, 2, size=(200, 4)))
     labels = np.array([rng.choice(4, p=row) for row in p])
     assert fit_temperature(p, labels) == 1.0
+
+
+def test_configs_written_before_calibration_keep_their_probabilities(tmp_path):
+    import yaml
+
+    from spermhead.config import RunConfig, load_config, save_config
+
+    save_config(RunConfig(), tmp_path / "new.yaml")
+    assert load_config(tmp_path / "new.yaml").train.calibrate is True
+    old = yaml.safe_load((tmp_path / "new.yaml").read_text())
+    del old["train"]["calibrate"]  # a run directory from an earlier version: --resume goes on as it ran
+    (tmp_path / "old.yaml").write_text(yaml.safe_dump(old))
+    assert load_config(tmp_path / "old.yaml").train.calibrate is False

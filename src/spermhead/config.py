@@ -198,4 +198,7 @@ def load_config(path: Path) -> RunConfig:
     if isinstance(data.get("protocol"), dict):
         # written before near-duplicates were kept together: its folds (and --resume) stay as they ran
         data["protocol"].setdefault("near_duplicates", 0.0)
+    if isinstance(data.get("train"), dict):
+        # written before calibration: its folds (and --resume) keep the probabilities as they were
+        data["train"].setdefault("calibrate", False)
     return RunConfig.from_dict(data)
