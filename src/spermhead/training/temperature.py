@@ -20,9 +20,10 @@ MIN_IMAGES = 20  # fewer validation images than this leave T at 1: one number fr
 SIGNIFICANCE = 0.05
 
 
-def fit_temperature(probs: np.ndarray, labels: np.ndarray) -> float:
-    """The T in BOUNDS that minimises the validation log loss of probs ** (1 / T), renormalised;
-    1 where that is no significant improvement on T = 1."""
+def fit_temperature(probs: np.ndarray, labels: np.ndarray, *, bounds: tuple[float, float] = BOUNDS,
+                    significance: float | None = SIGNIFICANCE) -> float:
+    """The T in `bounds` that minimises the validation log loss of probs ** (1 / T), renormalised;
+    1 where that is no significant improvement on T = 1 (`significance` None: no test)."""
     labels = np.asarray(labels, dtype=np.int64)
     if len(labels) < MIN_IMAGES:
         return 1.0
@@ -31,10 +32,10 @@ def fit_temperature(probs: np.ndarray, labels: np.ndarray) -> float:
         p = apply_temperature(probs, float(np.exp(log_t)))
         return float(-np.mean(np.log(np.clip(p[np.arange(len(labels)), labels], 1e-12, None))))
 
-    best = minimize_scalar(log_loss, bounds=tuple(np.log(BOUNDS)), method="bounded", options={"xatol": 1e-4})
+    best = minimize_scalar(log_loss, bounds=tuple(np.log(bounds)), method="bounded", options={"xatol": 1e-4})
     # a likelihood-ratio test against T = 1: a model the validation part does not show to be
     # miscalibrated is left alone (fitting noise made already-calibrated SCIAN-TA folds worse)
-    if 2 * len(labels) * (log_loss(0.0) - best.fun) < chi2.ppf(1 - SIGNIFICANCE, df=1):
+    if significance is not None and 2 * len(labels) * (log_loss(0.0) - best.fun) < chi2.ppf(1 - significance, df=1):
         return 1.0
     return float(np.exp(best.x))
 
