@@ -4,7 +4,8 @@ session 15).
     .venv/bin/python benchmarks/calibration.py RUN_DIR ...
         each run's folds' raw test probabilities (fused, before any temperature) against its
         predictions.csv, at the accuracy point, with the temperature each fold fitted on its
-        validation part; the answers must be the same
+        validation part, and the answers the bundle's threshold would flag uncertain; the
+        answers must be the same
 
     .venv/bin/python benchmarks/calibration.py --emulate 26 RUN_DIR ... [--lower 0.05] [--no-test]
         for runs trained before calibration: each fold's temperature fitted on a random draw of N
@@ -23,7 +24,10 @@ import numpy as np
 from spermhead.evaluation.metrics import calibration
 from spermhead.evaluation.predictions import Predictions, read_predictions
 from spermhead.models.inference import apply_temperature
+from spermhead.serving.bundle import BundleMeta
 from spermhead.training.temperature import BOUNDS, SIGNIFICANCE, fit_temperature
+
+UNCERTAIN = BundleMeta.__dataclass_fields__["uncertainty_threshold"].default  # what predict and the app flag
 
 
 def with_probs(p: Predictions, probs: np.ndarray) -> Predictions:
@@ -43,8 +47,20 @@ def report(run: Path) -> tuple[np.ndarray, np.ndarray]:
     temps = [json.loads((run / "folds" / f"fold{k}" / "done.json").read_text()).get("temperature", 1.0) for k in folds]
     b, a = scores(before), scores(after)
     print(f"{run}: same answers {before.pred == after.pred}; T {' '.join(f'{t:.2f}' for t in temps)}; "
-          f"ECE {b[0]:.3f} -> {a[0]:.3f}; Brier {b[1]:.3f} -> {a[1]:.3f}; log loss {b[2]:.3f} -> {a[2]:.3f}")
-    return b, a
+          f"ECE {b[0]:.3f} -> {a[0]:.3f}; Brier {b[1]:.3f} -> {a[1]:.3f}; log loss {b[2]:.3f} -> {a[2]:.3f}; "
+          f"flagged uncertain {flagged(before)} -> {flagged(after)}")
+    return np.append(b, uncertain(before)), np.append(a, uncertain(after))
+
+
+def uncertain(p: Predictions) -> list[int]:
+    """[answers under the bundle's uncertainty threshold, how many of them are right, answers]."""
+    flag = p.probabilities.max(1) < UNCERTAIN
+    return [int(flag.sum()), int(np.sum(flag & (p.pred_indices == p.true_indices))), len(p)]
+
+
+def flagged(p: Predictions) -> str:
+    n, right, total = uncertain(p)
+    return f"{n}/{total} ({100 * right / max(n, 1):.0f}% of them right)"
 
 
 def emulate(run: Path, n: int, bounds: tuple[float, float], significance: float | None) -> tuple[np.ndarray, np.ndarray]:
@@ -59,7 +75,7 @@ def emulate(run: Path, n: int, bounds: tuple[float, float], significance: float 
             t = fit_temperature(p[stand_in], y[stand_in], bounds=bounds, significance=significance)
             out[folds == k] = apply_temperature(p[folds == k], t)
         draws.append(scores(with_probs(pred, out)))
-    b, a = scores(pred), np.mean(draws, axis=0)
+    b, a = scores(pred), np.mean(draws, axis=0)  # (no flag counts: draws differ)
     print(f"{run} ({n} stand-in images): ECE {b[0]:.3f} -> {a[0]:.3f}; Brier {b[1]:.3f} -> {a[1]:.3f}; "
           f"log loss {b[2]:.3f} -> {a[2]:.3f} (worst draw {np.max([d[2] for d in draws]):.3f})")
     return b, a
@@ -74,8 +90,14 @@ def main() -> None:
     args = ap.parse_args()
     bounds, significance = (args.lower, BOUNDS[1]), None if args.no_test else SIGNIFICANCE
     rows = [emulate(r, args.emulate, bounds, significance) if args.emulate else report(r) for r in args.runs]
-    b, a = np.mean([r[0] for r in rows], axis=0), np.mean([r[1] for r in rows], axis=0)
-    print(f"mean: ECE {b[0]:.3f} -> {a[0]:.3f}; Brier {b[1]:.3f} -> {a[1]:.3f}; log loss {b[2]:.3f} -> {a[2]:.3f}")
+    b, a = np.mean([r[0][:3] for r in rows], axis=0), np.mean([r[1][:3] for r in rows], axis=0)
+    text = f"mean: ECE {b[0]:.3f} -> {a[0]:.3f}; Brier {b[1]:.3f} -> {a[1]:.3f}; log loss {b[2]:.3f} -> {a[2]:.3f}"
+    if not args.emulate:  # pooled over the runs
+        fb, fa = np.sum([r[0][3:] for r in rows], axis=0), np.sum([r[1][3:] for r in rows], axis=0)
+        text += "; flagged uncertain " + " -> ".join(
+            f"{int(f[0])}/{int(f[2])} ({100 * f[0] / f[2]:.0f}%, {100 * f[1] / max(f[0], 1):.0f}% of them right)"
+            for f in (fb, fa))
+    print(text)
 
 
 if __name__ == "__main__":
