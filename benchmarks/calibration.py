@@ -39,7 +39,7 @@ def scores(p: Predictions) -> np.ndarray:
     return np.array([c["ece"], c["brier_score"], c["log_loss"]])
 
 
-def report(run: Path) -> tuple[np.ndarray, np.ndarray]:
+def report(run: Path, threshold: float) -> tuple[np.ndarray, np.ndarray]:
     after = read_predictions(run)
     folds = sorted(int(d.name[4:]) for d in (run / "folds").glob("fold*"))
     # test_probs.npy rows follow each fold's test order, as predictions.csv's rows do
@@ -48,19 +48,24 @@ def report(run: Path) -> tuple[np.ndarray, np.ndarray]:
     b, a = scores(before), scores(after)
     print(f"{run}: same answers {before.pred == after.pred}; T {' '.join(f'{t:.2f}' for t in temps)}; "
           f"ECE {b[0]:.3f} -> {a[0]:.3f}; Brier {b[1]:.3f} -> {a[1]:.3f}; log loss {b[2]:.3f} -> {a[2]:.3f}; "
-          f"flagged uncertain {flagged(before)} -> {flagged(after)}")
-    return np.append(b, uncertain(before)), np.append(a, uncertain(after))
+          f"flagged uncertain {flagged(before, threshold)} -> {flagged(after, threshold)}")
+    return np.append(b, uncertain(before, threshold)), np.append(a, uncertain(after, threshold))
 
 
-def uncertain(p: Predictions) -> list[int]:
-    """[answers under the bundle's uncertainty threshold, how many of them are right, answers]."""
-    flag = p.probabilities.max(1) < UNCERTAIN
-    return [int(flag.sum()), int(np.sum(flag & (p.pred_indices == p.true_indices))), len(p)]
+def uncertain(p: Predictions, threshold: float) -> list[int]:
+    """[answers under the uncertainty threshold, how many of them are right, answers, wrong
+    answers left unflagged]."""
+    flag = p.probabilities.max(1) < threshold
+    right = p.pred_indices == p.true_indices
+    return [int(flag.sum()), int(np.sum(flag & right)), len(p), int(np.sum(~flag & ~right))]
 
 
-def flagged(p: Predictions) -> str:
-    n, right, total = uncertain(p)
-    return f"{n}/{total} ({100 * right / max(n, 1):.0f}% of them right)"
+def flag_text(n: float, right: float, total: float, missed: float) -> str:
+    return f"{int(n)}/{int(total)} ({100 * right / max(n, 1):.0f}% of them right, {int(missed)} errors unflagged)"
+
+
+def flagged(p: Predictions, threshold: float) -> str:
+    return flag_text(*uncertain(p, threshold))
 
 
 def emulate(run: Path, n: int, bounds: tuple[float, float], significance: float | None) -> tuple[np.ndarray, np.ndarray]:
@@ -87,16 +92,16 @@ def main() -> None:
     ap.add_argument("--emulate", type=int, help="stand-in validation images per fold (runs without temperatures)")
     ap.add_argument("--lower", type=float, default=BOUNDS[0], help="the temperature's lower bound")
     ap.add_argument("--no-test", action="store_true", help="fit without the likelihood-ratio test")
+    ap.add_argument("--uncertain", type=float, default=UNCERTAIN, help="flag answers under this probability")
     args = ap.parse_args()
     bounds, significance = (args.lower, BOUNDS[1]), None if args.no_test else SIGNIFICANCE
-    rows = [emulate(r, args.emulate, bounds, significance) if args.emulate else report(r) for r in args.runs]
+    rows = [emulate(r, args.emulate, bounds, significance) if args.emulate else report(r, args.uncertain)
+            for r in args.runs]
     b, a = np.mean([r[0][:3] for r in rows], axis=0), np.mean([r[1][:3] for r in rows], axis=0)
     text = f"mean: ECE {b[0]:.3f} -> {a[0]:.3f}; Brier {b[1]:.3f} -> {a[1]:.3f}; log loss {b[2]:.3f} -> {a[2]:.3f}"
     if not args.emulate:  # pooled over the runs
         fb, fa = np.sum([r[0][3:] for r in rows], axis=0), np.sum([r[1][3:] for r in rows], axis=0)
-        text += "; flagged uncertain " + " -> ".join(
-            f"{int(f[0])}/{int(f[2])} ({100 * f[0] / f[2]:.0f}%, {100 * f[1] / max(f[0], 1):.0f}% of them right)"
-            for f in (fb, fa))
+        text += f"; flagged uncertain under {args.uncertain} " + " -> ".join(flag_text(*f) for f in (fb, fa))
     print(text)
 
 
