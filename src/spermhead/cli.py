@@ -545,7 +545,7 @@ def compare(
     run_b: Annotated[Path, typer.Argument(help="The other one, scored on the same images (folds)")],
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the comparison to this JSON file")] = None,
 ) -> None:
-    """Compare two models image by image on the images both scored: B minus A with a paired
+    """Compare two models scored on the same images, image by image: B minus A with a paired
     bootstrap interval, and McNemar's exact test; over repeats (CV seeds) also a t interval."""
     from spermhead.errors import DataError
     from spermhead.evaluation.paired import compare_predictions, compare_repeats, verdict

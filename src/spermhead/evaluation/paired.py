@@ -42,7 +42,7 @@ def paired(a: Predictions, b: Predictions, *, names: tuple[str, str] = ("A", "B"
 
 def compare_predictions(a: Predictions, b: Predictions, *, names: tuple[str, str] = ("A", "B"),
                         n_boot: int = N_BOOT, seed: int = BOOT_SEED, level: float = 0.95) -> dict[str, Any]:
-    """B against A on the images both scored: each one's accuracy and balanced accuracy, B minus
+    """B against A on the same images: each one's accuracy and balanced accuracy, B minus
     A with a paired percentile-bootstrap interval, and McNemar's exact test. `names` label A
     and B in the result and in errors."""
     a, b = paired(a, b, names=names)
