@@ -5,7 +5,8 @@ session 15).
         each run's folds' raw test probabilities (fused, before any temperature) against its
         predictions.csv, at the accuracy point, with the temperature each fold fitted on its
         validation part, and the answers the bundle's threshold would flag uncertain; the
-        answers must be the same
+        answers must be the same (--bins: the reliability bins too; a run trained before
+        calibration shows its own probabilities twice)
 
     .venv/bin/python benchmarks/calibration.py --emulate 26 RUN_DIR ... [--lower 0.05] [--no-test]
         for runs trained before calibration: each fold's temperature fitted on a random draw of N
@@ -39,7 +40,7 @@ def scores(p: Predictions) -> np.ndarray:
     return np.array([c["ece"], c["brier_score"], c["log_loss"]])
 
 
-def report(run: Path, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+def report(run: Path, threshold: float, bins: bool = False) -> tuple[np.ndarray, np.ndarray]:
     after = read_predictions(run)
     folds = sorted(int(d.name[4:]) for d in (run / "folds").glob("fold*"))
     # test_probs.npy rows follow each fold's test order, as predictions.csv's rows do
@@ -49,6 +50,11 @@ def report(run: Path, threshold: float) -> tuple[np.ndarray, np.ndarray]:
     print(f"{run}: same answers {before.pred == after.pred}; T {' '.join(f'{t:.2f}' for t in temps)}; "
           f"ECE {b[0]:.3f} -> {a[0]:.3f}; Brier {b[1]:.3f} -> {a[1]:.3f}; log loss {b[2]:.3f} -> {a[2]:.3f}; "
           f"flagged uncertain {flagged(before, threshold)} -> {flagged(after, threshold)}")
+    if bins:
+        for when, p in (("before", before), ("after", after)):
+            print(f"  reliability {when}: " + "; ".join(
+                f"{b['lower']:.1f}-{b['upper']:.1f}: {b['count']} answers, {100 * b['accuracy']:.0f}% right"
+                for b in calibration(p)["bins"]))
     return np.append(b, uncertain(before, threshold)), np.append(a, uncertain(after, threshold))
 
 
@@ -93,9 +99,10 @@ def main() -> None:
     ap.add_argument("--lower", type=float, default=BOUNDS[0], help="the temperature's lower bound")
     ap.add_argument("--no-test", action="store_true", help="fit without the likelihood-ratio test")
     ap.add_argument("--uncertain", type=float, default=UNCERTAIN, help="flag answers under this probability")
+    ap.add_argument("--bins", action="store_true", help="also print each run's reliability bins")
     args = ap.parse_args()
     bounds, significance = (args.lower, BOUNDS[1]), None if args.no_test else SIGNIFICANCE
-    rows = [emulate(r, args.emulate, bounds, significance) if args.emulate else report(r, args.uncertain)
+    rows = [emulate(r, args.emulate, bounds, significance) if args.emulate else report(r, args.uncertain, args.bins)
             for r in args.runs]
     b, a = np.mean([r[0][:3] for r in rows], axis=0), np.mean([r[1][:3] for r in rows], axis=0)
     text = f"mean: ECE {b[0]:.3f} -> {a[0]:.3f}; Brier {b[1]:.3f} -> {a[1]:.3f}; log loss {b[2]:.3f} -> {a[2]:.3f}"

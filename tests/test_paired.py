@@ -111,7 +111,7 @@ def test_compare_command_reads_two_runs(table, tmp_path):
     right_b = right_a | (rng.random(len(table)) < 0.5)
     for name, right in (("x", right_a), ("y", right_b)):
         answers(table, right).write_csv(tmp_path / name / "seed1" / "predictions.csv")
-    out = tmp_path / "c.json"
+    out = tmp_path / "new" / "c.json"  # its folder is made
     result = CliRunner().invoke(app, ["compare", str(tmp_path / "x" / "seed1"),
                                       str(tmp_path / "y" / "seed1" / "predictions.csv"), "--json", str(out)],
                                 terminal_width=200)
@@ -178,3 +178,7 @@ def test_compare_pairs_repeats_by_name_and_adds_a_t_interval_over_them(table, tm
     # one run against a folder of repeats means nothing
     mixed = CliRunner().invoke(app, ["compare", str(tmp_path / "a" / "seed1"), str(tmp_path / "b")])
     assert mixed.exit_code == 2 and "repeats with repeats" in " ".join(mixed.output.split())
+    (tmp_path / "empty").mkdir()
+    empty = CliRunner().invoke(app, ["compare", str(tmp_path / "empty"), str(tmp_path / "b")])
+    assert empty.exit_code == 2 and "empty: no predictions.csv in it nor in its subfolders" in \
+        " ".join(empty.output.split())

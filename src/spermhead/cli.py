@@ -521,22 +521,6 @@ def distinct_names(a: Path, b: Path) -> tuple[str, str]:
     return "A", "B"  # the same run twice
 
 
-def repeat_folders(path: Path) -> dict[str, Path] | None:
-    """A folder of repeats (seed1/, seed2/, ... each holding a predictions.csv, as `bench` and
-    the lever runs write them), by name in natural order; None for one run or a CSV file."""
-    import re
-
-    from spermhead.errors import DataError
-
-    if not path.is_dir() or (path / "predictions.csv").is_file():
-        return None
-    found = {p.name: p for p in path.iterdir() if (p / "predictions.csv").is_file()}
-    if not found:
-        raise DataError(f"{path}: no predictions.csv in it nor in its subfolders")
-    return {n: found[n] for n in sorted(found, key=lambda n: [int(t) if t.isdigit() else t
-                                                              for t in re.split(r"(\d+)", n)])}
-
-
 @app.command("compare")
 @friendly
 def compare(
@@ -548,7 +532,7 @@ def compare(
     """Compare two models scored on the same images, image by image: B minus A with a paired
     bootstrap interval, and McNemar's exact test; over repeats (CV seeds) also a t interval."""
     from spermhead.errors import DataError
-    from spermhead.evaluation.paired import compare_predictions, compare_repeats, verdict
+    from spermhead.evaluation.paired import compare_predictions, compare_repeats, repeat_folders, verdict
     from spermhead.evaluation.predictions import read_predictions
 
     names = distinct_names(run_a, run_b)
@@ -572,6 +556,7 @@ def compare(
                   + (": the t interval over the repeats covers both." if "repeats" in c
                      else ": for that, compare folders of repeats (CV seeds)."), style="dim")
     if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(c, indent=2) + "\n")
 
 

@@ -4,6 +4,7 @@ Python float/int/list/dict or None, so the result goes straight into metrics.jso
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -155,6 +156,15 @@ def compute_metrics(pred: Predictions) -> dict[str, Any]:
     return out
 
 
+def resample_indices(n: int, n_boot: int, rng: np.random.Generator) -> Iterator[tuple[int, int, np.ndarray]]:
+    """(start, stop, idx) chunks of `n_boot` bootstrap resamples of n items, idx rows being the
+    resamples start..stop; chunked so large sets stay within memory."""
+    chunk = max(1, 4_000_000 // max(n, 1))
+    for start in range(0, n_boot, chunk):
+        stop = min(n_boot, start + chunk)
+        yield start, stop, rng.integers(0, n, size=(stop - start, n))
+
+
 def resampled_scores(y: np.ndarray, correct: np.ndarray, k: int,
                      idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Accuracy and balanced accuracy (over the classes present) of each resample: row b of
@@ -183,10 +193,7 @@ def bootstrap_ci(
     rng = np.random.default_rng(seed)
     acc = np.empty(n_boot)
     bal = np.empty(n_boot)
-    chunk = max(1, 4_000_000 // max(n, 1))  # bounds memory for large sets
-    for start in range(0, n_boot, chunk):
-        stop = min(n_boot, start + chunk)
-        idx = rng.integers(0, n, size=(stop - start, n))
+    for start, stop, idx in resample_indices(n, n_boot, rng):
         acc[start:stop], bal[start:stop] = resampled_scores(y, correct, len(pred.classes), idx)
     tail = (1.0 - level) / 2.0 * 100.0
     q = [tail, 100.0 - tail]

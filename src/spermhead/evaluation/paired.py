@@ -11,7 +11,9 @@ differences, which covers both."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,7 +21,7 @@ from scipy.stats import binomtest
 from scipy.stats import t as student_t
 
 from spermhead.errors import DataError
-from spermhead.evaluation.metrics import BOOT_SEED, N_BOOT, resampled_scores
+from spermhead.evaluation.metrics import BOOT_SEED, N_BOOT, resample_indices, resampled_scores
 from spermhead.evaluation.predictions import Predictions
 
 
@@ -53,9 +55,7 @@ def compare_predictions(a: Predictions, b: Predictions, *, names: tuple[str, str
     every = np.arange(n)[None, :]
     point = {side: resampled_scores(y, right, k, every) for side, right in (("a", right_a), ("b", right_b))}
     diffs = {"accuracy": [], "balanced_accuracy": []}
-    chunk = max(1, 4_000_000 // max(n, 1))  # bounds memory for large sets
-    for start in range(0, n_boot, chunk):
-        idx = rng.integers(0, n, size=(min(n_boot, start + chunk) - start, n))  # the same images for both
+    for _, _, idx in resample_indices(n, n_boot, rng):  # the same images for both
         (acc_a, bal_a), (acc_b, bal_b) = resampled_scores(y, right_a, k, idx), resampled_scores(y, right_b, k, idx)
         diffs["accuracy"].append(acc_b - acc_a)
         diffs["balanced_accuracy"].append(bal_b - bal_a)
@@ -118,3 +118,15 @@ def repeats_verdict(c: dict[str, Any], key: str = "accuracy") -> str:
                 else "no difference these repeats can show")
         text += f" ({100 * c['level']:.0f}% t interval {100 * lo:+.1f} to {100 * hi:+.1f}); {said}"
     return text + f"; B ahead on {m['b_ahead']}, A on {m['a_ahead']}"
+
+
+def repeat_folders(path: Path) -> dict[str, Path] | None:
+    """A folder of repeats (seed1/, seed2/, ... each holding a predictions.csv, as `bench` and
+    the lever runs write them), by name in natural order; None for one run or a CSV file."""
+    if not path.is_dir() or (path / "predictions.csv").is_file():
+        return None
+    found = {p.name: p for p in path.iterdir() if (p / "predictions.csv").is_file()}
+    if not found:
+        raise DataError(f"{path}: no predictions.csv in it nor in its subfolders")
+    return {n: found[n] for n in sorted(found, key=lambda n: [int(t) if t.isdigit() else t
+                                                              for t in re.split(r"(\d+)", n)])}

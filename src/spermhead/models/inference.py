@@ -58,26 +58,27 @@ def predict_proba(
     return torch.cat(out).numpy().astype(np.float32)
 
 
-def apply_class_bias(probs: np.ndarray, bias: Sequence[float] | np.ndarray | None) -> np.ndarray:
-    """Add a log-prior correction to N x K probabilities and renormalise (numpy twin of
-    `predict_proba`'s `class_bias`, for probabilities fused outside the network)."""
-    if bias is None or len(probs) == 0:
+def apply_class_bias(probs: np.ndarray, bias: Sequence[float] | np.ndarray | None,
+                     temperature: float | None = None) -> np.ndarray:
+    """Add a log-prior correction to N x K probabilities, divide by `temperature` (calibration,
+    training/temperature.py) and renormalise (numpy twin of `predict_proba`'s `class_bias`, for
+    probabilities fused outside the network). T > 1 flattens, T < 1 sharpens; neither moves an
+    argmax."""
+    if (bias is None and temperature in (None, 1.0)) or len(probs) == 0:
         return probs
-    logp = np.log(np.clip(probs, 1e-12, None)) + np.asarray(bias, dtype=np.float64)
+    logp = np.log(np.clip(probs, 1e-12, None))
+    if bias is not None:
+        logp = logp + np.asarray(bias, dtype=np.float64)
+    if temperature not in (None, 1.0):
+        logp = logp / float(temperature)
     logp -= logp.max(1, keepdims=True)
     p = np.exp(logp)
     return (p / p.sum(1, keepdims=True)).astype(np.float32)
 
 
 def apply_temperature(probs: np.ndarray, temperature: float | None) -> np.ndarray:
-    """N x K probabilities with their log divided by `temperature` and renormalised: T > 1
-    flattens, T < 1 sharpens, and the argmax of every row stays (training/temperature.py)."""
-    if temperature is None or temperature == 1.0 or len(probs) == 0:
-        return probs
-    logp = np.log(np.clip(probs, 1e-12, None)) / float(temperature)
-    logp -= logp.max(1, keepdims=True)
-    p = np.exp(logp)
-    return (p / p.sum(1, keepdims=True)).astype(np.float32)
+    """`apply_class_bias` with the temperature alone."""
+    return apply_class_bias(probs, None, temperature)
 
 
 class Ensemble(nn.Module):

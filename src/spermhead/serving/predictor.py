@@ -149,10 +149,10 @@ class Predictor:
                                  class_bias=class_bias, batch_size=self.batch_size)
 
         if self.bundle.fused:  # the training prior goes back before fusion, the point after it
-            probs = apply_class_bias(self.bundle.fuse(cnn(meta.cnn_prior), np.asarray(images)), meta.class_bias)
-        else:
-            shifts = [b for b in (meta.cnn_prior, meta.class_bias) if b is not None]
-            probs = cnn(np.sum(shifts, axis=0).tolist() if shifts else None)  # one log-space shift
+            return apply_class_bias(self.bundle.fuse(cnn(meta.cnn_prior), np.asarray(images)), meta.class_bias,
+                                    meta.temperature)
+        shifts = [b for b in (meta.cnn_prior, meta.class_bias) if b is not None]
+        probs = cnn(np.sum(shifts, axis=0).tolist() if shifts else None)  # one log-space shift
         return apply_temperature(probs, meta.temperature)  # last: calibration keeps every answer
 
     # ------------------------------------------------------------------ preprocessing

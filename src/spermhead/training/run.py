@@ -32,7 +32,7 @@ from spermhead.data.samples import SampleTable
 from spermhead.errors import ConfigError
 from spermhead.evaluation.metrics import headline
 from spermhead.evaluation.predictions import Predictions, concat
-from spermhead.models.inference import Ensemble, apply_temperature, predict_proba, standardized
+from spermhead.models.inference import Ensemble, predict_proba, standardized
 from spermhead.models.pixels import PixelModel
 from spermhead.models.registry import build_model, model_spec
 from spermhead.models.shape import ShapeModel, fuse_all
@@ -401,8 +401,7 @@ def out_of_fold(table: SampleTable, folds: list[Fold], results: list[FoldResult]
     """Each test fold's predictions, keyed by sample id; every sample appears exactly once under CV."""
     parts = []
     for fold, res in zip(folds, results, strict=True):
-        probs = apply_temperature(apply_bias(res.test_probs, res.bias if balanced else res.accuracy_bias),
-                                  res.temperature)
+        probs = apply_bias(res.test_probs, res.bias if balanced else res.accuracy_bias, res.temperature)
         ids = [table.samples[i].id for i in fold.test]
         parts.append(Predictions.from_model_output(ids, probs, table, folds=fold.index))
     return concat(parts)

@@ -4,8 +4,9 @@ A fold's answers are only as useful to a lab as their probabilities are honest: 
 right 95 times in 100 (HuSHeM's fused recipe, benchmarks/RESULTS.md, session 15) sends good
 answers to review and says nothing about the doubtful ones. One number, fitted on the fold's
 validation part, fixes most of it: the final log-probabilities are divided by T, the value that
-maximises the validation likelihood, where it is a significant improvement. Dividing by a positive number keeps every argmax, so no
-answer, accuracy or recall changes at either operating point; only the probabilities do."""
+maximises the validation likelihood, where that is a significant improvement. Dividing by a
+positive number keeps every argmax, so no answer, accuracy or recall changes at either operating
+point; only the probabilities do."""
 
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ from scipy.stats import chi2
 
 from spermhead.models.inference import apply_temperature
 
-BOUNDS = (0.25, 4.0)  # at most a 4-fold sharpening or flattening: a small validation part with no error would otherwise sharpen without limit
+# at most a 4-fold sharpening or flattening: a small validation part with no error would
+# otherwise sharpen without limit
+BOUNDS = (0.25, 4.0)
 MIN_IMAGES = 20  # fewer validation images than this leave T at 1: one number from a handful is noise
 SIGNIFICANCE = 0.05
 
