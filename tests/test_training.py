@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from spermhead.config import RunConfig, load_config
+from spermhead.config import RunConfig, config_differences, load_config
 from spermhead.data.readers import load_dataset
 from spermhead.errors import ConfigError
 from spermhead.evaluation.predictions import Predictions
@@ -121,6 +121,17 @@ def test_same_seed_gives_identical_metrics(separable, tmp_path):
                     for name in ("first", "again"))
     assert (again.out / "metrics.json").read_text() == (first.out / "metrics.json").read_text()
     assert (again.out / "predictions.csv").read_text() == (first.out / "predictions.csv").read_text()
+    # and config.yaml holds every setting: `train --config RUN` alone trains the same run again
+    from typer.testing import CliRunner
+
+    from spermhead.cli import app
+
+    repeat = CliRunner().invoke(app, ["train", "--config", str(first.out), "--out", str(tmp_path / "repeat"),
+                                      "--no-progress"])
+    assert repeat.exit_code == 0, repeat.output
+    assert (tmp_path / "repeat" / "predictions.csv").read_text() == (first.out / "predictions.csv").read_text()
+    assert config_differences(load_config(first.out / "config.yaml"),
+                              load_config(tmp_path / "repeat" / "config.yaml")) == []
 
 
 def test_no_test_sample_reaches_training_or_validation(separable):
@@ -557,7 +568,7 @@ def test_balanced_point_divides_out_the_training_prior_unless_told_to_choose():
     assert build_run_config("hushem", "unused", prior_strength="val").train.prior_strength == "val"
     with pytest.raises(ConfigError, match="prior-strength"):
         build_run_config("hushem", "unused", prior_strength="lots")
-    with pytest.raises(ConfigError, match="0 .no correction. or more"):
+    with pytest.raises(ConfigError, match="prior-strength -1.0: must be at least 0"):
         build_run_config("hushem", "unused", prior_strength="-1")
 
 

@@ -165,8 +165,13 @@ def given_options(ctx: typer.Context) -> set[str]:
 @friendly
 def train(
     ctx: typer.Context,
-    name: DatasetArg,
     out: Annotated[Path, typer.Option("--out", help="Run directory to create")],
+    name: Annotated[str | None, typer.Argument(
+        help="hushem, scian-pa, scian-ta, scian-pa4, combined, or a folder of class folders "
+             "(default with --config: the config's)")] = None,
+    config: Annotated[Path | None, typer.Option(
+        "--config", help="A run directory (its config.yaml) or a YAML file of settings: train with "
+                         "those settings over the recipe's; the options given here change them")] = None,
     data_dir: DataDir = None,
     model: Annotated[str | None, typer.Option(help="Model name (see `spermhead models`)")] = None,
     width: Annotated[int | None, typer.Option(help="spermnet: first-stage channels (later stages double)")] = None,
@@ -176,17 +181,17 @@ def train(
     near_duplicates: Annotated[float | None, typer.Option(
         help="Images whose thumbnails correlate this much are one head and stay on one side of every "
              "split (default 0.98; 0 = do not look)")] = None,
-    recipe: Annotated[str, typer.Option(
+    recipe: Annotated[str | None, typer.Option(
         help="default (a named dataset's own recipe; the general one for a folder), seed (the seed "
              "report's training), or hushem, scian-pa, scian-ta, combined: that benchmark's recipe, "
-             "for a folder of similar heads")] = "default",
+             "for a folder of similar heads")] = None,
     epochs: Annotated[int | None, typer.Option()] = None,
     image_size: Annotated[int | None, typer.Option(help="Canonical image size in pixels")] = None,
     color: Annotated[str | None, typer.Option(help="gray or rgb")] = None,
     scale: Annotated[str | None, typer.Option(help="Crop scale: head (size-invariant) or image (keeps size)")] = None,
     background: Annotated[str | None, typer.Option(
         help="keep, or mask: paint everything outside the head with the background")] = None,
-    seed: Annotated[int, typer.Option(help="One seed fixes the run")] = 0,
+    seed: Annotated[int | None, typer.Option(help="One seed fixes the run (default 0)")] = None,
     batch_size: Annotated[int | None, typer.Option()] = None,
     lr: Annotated[float | None, typer.Option()] = None,
     optimizer: Annotated[str | None, typer.Option(help="adamw, adam or sgd")] = None,
@@ -242,10 +247,21 @@ def train(
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
 ) -> None:
     """Train and assess a model under CV or a fixed split; writes a run directory with a bundle."""
-    from spermhead.config import load_config
+    from spermhead.config import environment_differences, load_config, read_config_file
+    from spermhead.errors import ConfigError
     from spermhead.training.options import build_run_config
     from spermhead.training.run import train_run
 
+    settings: dict[str, Any] = {}
+    if config is not None:
+        settings, written_with = read_config_file(config)
+        if changed := environment_differences(written_with):
+            console.print(f"[yellow]note:[/] {config} was written with other versions ({'; '.join(changed)}); "
+                          "the same settings may not give the same figures to the last digit",
+                          highlight=False, soft_wrap=True)
+    name = name or settings.get("dataset")
+    if name is None:
+        raise ConfigError("give the dataset NAME (or --config with a run directory)")
     if resume and (out / "config.yaml").is_file() and not given_options(ctx) - _RESUME_LOCAL:
         # --resume alone: the interrupted run's own settings (where it runs may change)
         cfg = load_config(out / "config.yaml")
@@ -256,7 +272,8 @@ def train(
     else:  # a fresh start, or a resume whose options must match the saved ones (checked in train_run)
         cfg = build_run_config(
             name, str(out), recipe=recipe, data_dir=str(data_dir) if data_dir else None, seed=seed, cv=cv,
-            split=split, operating_point=operating_point, loggers=("csv", *(logger or [])),
+            split=split, operating_point=operating_point, settings=settings,
+            loggers=("csv", *logger) if logger else None,
             model=model, width=width, grouped=grouped, near_duplicates=near_duplicates, epochs=epochs, image_size=image_size, color=color,
             scale=scale, background=background, batch_size=batch_size, lr=lr, optimizer=optimizer, schedule=schedule, balance=balance,
             augment=augment, soft_labels=soft_labels, label_smoothing=label_smoothing, mixup=mixup, cutmix=cutmix, swa=swa, ema=ema, sam=sam, tta=tta, pretrained=pretrained,

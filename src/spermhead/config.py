@@ -11,7 +11,11 @@ from typing import Any
 
 import yaml
 
+from spermhead.errors import ConfigError
+
 DEFAULT_MODEL = "spermnet"
+OPTIMIZERS = ("adamw", "adam", "sgd")
+SCHEDULES = ("onecycle", "cosine", "plateau", "none")
 MAX_PIXELS = 40_000_000  # larger images are refused (decompression bombs)
 
 
@@ -195,10 +199,85 @@ def save_config(config: RunConfig, path: Path) -> None:
 def load_config(path: Path) -> RunConfig:
     data = yaml.safe_load(Path(path).read_text()) or {}
     data.pop("environment", None)
+    return RunConfig.from_dict(_as_it_ran(data))
+
+
+def _as_it_ran(data: dict[str, Any]) -> dict[str, Any]:
+    """A saved config with the settings it predates set as its run had them."""
     if isinstance(data.get("protocol"), dict):
         # written before near-duplicates were kept together: its folds (and --resume) stay as they ran
         data["protocol"].setdefault("near_duplicates", 0.0)
     if isinstance(data.get("train"), dict):
         # written before calibration: its folds (and --resume) keep the probabilities as they were
         data["train"].setdefault("calibrate", False)
-    return RunConfig.from_dict(data)
+    return data
+
+
+def _kind_problem(value: Any, default: Any) -> str | None:
+    """Why `value` cannot stand where the config's default is `default` (None if it can)."""
+    if default is None:  # data_dir, weights: a path, or nothing
+        return None
+    if isinstance(default, bool):
+        return None if isinstance(value, bool) else "true or false"
+    if isinstance(default, int):
+        return None if isinstance(value, int) and not isinstance(value, bool) else "a whole number"
+    if isinstance(default, float):
+        return None if isinstance(value, int | float) and not isinstance(value, bool) else "a number"
+    if isinstance(default, str):
+        return None if isinstance(value, str) else "text"
+    if isinstance(default, tuple):
+        return None if isinstance(value, list | tuple) else "a list"
+    if isinstance(default, dict):
+        return None if isinstance(value, dict) else "a mapping"
+    return None
+
+
+def _check_settings(data: Any, template: dict[str, Any], where: str, problems: list[str]) -> None:
+    if not isinstance(data, dict):
+        problems.append(f"{where.rstrip('.') or 'the file'}: a mapping of settings, not {data!r}")
+        return
+    for key, value in data.items():
+        name = f"{where}{key}"
+        if key not in template:
+            problems.append(f"{name}: not a setting")
+        elif isinstance(template[key], dict) and key != "kwargs":
+            _check_settings(value, template[key], f"{name}.", problems)
+        elif name == "train.prior_strength" and isinstance(value, str):
+            continue  # "val"; build_run_config checks the word
+        elif (kind := _kind_problem(value, template[key])) is not None:
+            problems.append(f"{name}: {value!r} is not {kind}")
+
+
+def read_config_file(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(settings, environment) from a run directory's config.yaml, or any YAML file of settings.
+
+    A hand-written file may hold only the settings it changes. Every key and value is checked
+    against RunConfig, so a misspelt setting is an error naming it rather than silently unused.
+    """
+    path = Path(path)
+    file = path / "config.yaml" if path.is_dir() else path
+    if not file.is_file():
+        raise ConfigError(f"{path}: no config.yaml there (give a run directory or a YAML file of settings)")
+    try:
+        data = yaml.safe_load(file.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{file}: not readable as YAML ({str(exc).splitlines()[0]})") from None
+    data = {} if data is None else data
+    if not isinstance(data, dict):
+        raise ConfigError(f"{file}: a mapping of settings (like a run's config.yaml), not {type(data).__name__}")
+    env = data.pop("environment", None)
+    problems: list[str] = []
+    _check_settings(data, RunConfig().to_dict(), "", problems)
+    if problems:
+        raise ConfigError(f"{file}: " + "; ".join(problems))
+    # written by a run (it records its environment): the settings it predates stay as it ran them
+    return (_as_it_ran(data) if env is not None else data), (env if isinstance(env, dict) else {})
+
+
+def environment_differences(saved: dict[str, Any]) -> list[str]:
+    """'name: saved -> here' for the recorded versions that differ from this machine's."""
+    here = environment()
+    pairs = {"python": (saved.get("python"), here["python"]),
+             **{name: ((saved.get("packages") or {}).get(name), version)
+                for name, version in here["packages"].items()}}
+    return [f"{name} {a} -> {b}" for name, (a, b) in pairs.items() if a is not None and a != b]

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from spermhead.config import TrainConfig
+from spermhead.config import OPTIMIZERS, SCHEDULES, TrainConfig
 from spermhead.errors import ConfigError
 from spermhead.training.augment import augment_batch, get_spec
 
@@ -161,7 +161,7 @@ class HeadClassifier(L.LightningModule):
         elif cfg.optimizer == "sgd":
             opt = torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay)
         else:
-            raise ConfigError(f"unknown optimizer {cfg.optimizer!r}: adamw, adam or sgd")
+            raise ConfigError(f"unknown optimizer {cfg.optimizer!r}: {', '.join(OPTIMIZERS)}")
         if cfg.sam > 0:
             opt = SAM(opt, cfg.sam)
         total = cfg.epochs * self.steps_per_epoch
@@ -177,4 +177,4 @@ class HeadClassifier(L.LightningModule):
             return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": "val_loss"}}
         if cfg.schedule == "none":
             return opt
-        raise ConfigError(f"unknown schedule {cfg.schedule!r}: onecycle, cosine, plateau or none")
+        raise ConfigError(f"unknown schedule {cfg.schedule!r}: {', '.join(SCHEDULES)}")

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import fields
+from dataclasses import fields, is_dataclass
 from typing import Any
 
-from spermhead.config import RunConfig
+from spermhead.config import OPTIMIZERS, SCHEDULES, RunConfig
 from spermhead.errors import ConfigError
+from spermhead.training.augment import PRESETS
+from spermhead.training.balance import BALANCE_MODES
 from spermhead.training.devices import ACCELERATORS
 from spermhead.training.protocols import parse_split
 from spermhead.training.recipes import DATASET_RECIPES, FOLDER_SYNTHETIC, SCRATCH_EPOCHS, apply_recipe
@@ -40,19 +42,59 @@ def _set_field(cfg: RunConfig, name: str, value: Any) -> None:
     setattr(getattr(cfg, section), attr, value)
 
 
-def build_run_config(dataset: str, out: str, *, recipe: str = "default", data_dir: str | None = None,
-                     seed: int = 0, cv: int | None = None, split: str | None = None,
-                     operating_point: str | None = None, loggers: tuple[str, ...] = ("csv",),
-                     **options: Any) -> RunConfig:
-    recipe = recipe.lower()
-    cfg = apply_recipe(RunConfig(dataset=dataset, data_dir=data_dir, out=out, seed=seed), recipe)
-    epochs_given = options.get("epochs") is not None
+def _apply_options(cfg: RunConfig, options: dict[str, Any]) -> None:
+    for name, value in options.items():
+        if value is None:
+            continue
+        if name == "extra_train":
+            cfg.extra_train = (value,) if isinstance(value, str) else tuple(value)
+        elif name == "width":  # spermnet's first-stage channels (a structural model option)
+            cfg.model.kwargs = {**cfg.model.kwargs, "width": int(value)}
+        elif name in _FIELDS:
+            _set_field(cfg, name, value)
+        else:
+            raise ConfigError(f"unknown training option {name!r}")
+
+
+def _apply_settings(target: Any, settings: dict[str, Any]) -> None:
+    """Set a (checked, read_config_file) nested mapping of settings onto a config tree."""
+    for key, value in settings.items():
+        current = getattr(target, key)
+        if is_dataclass(current):
+            _apply_settings(current, value)
+        else:
+            setattr(target, key, tuple(value) if isinstance(value, list) else value)
+
+
+def _in_settings(settings: dict[str, Any], option: str) -> bool:
+    section, attr = _FIELDS[option]
+    return attr in (settings.get(section) or {})
+
+
+def build_run_config(dataset: str, out: str, *, recipe: str | None = None, data_dir: str | None = None,
+                     seed: int | None = None, cv: int | None = None, split: str | None = None,
+                     operating_point: str | None = None, loggers: tuple[str, ...] | None = None,
+                     settings: dict[str, Any] | None = None, **options: Any) -> RunConfig:
+    """The recipe, then `settings` (a config file's, `config.read_config_file`), then the options.
+
+    Options left None are not given. A saved run's config.yaml holds every setting, so it gives
+    that run again whatever the recipe says; a hand-written file may hold only what it changes.
+    """
+    settings = settings or {}
+    saved_recipe = (settings.get("train") or {}).get("recipe")
+    if recipe is not None and saved_recipe is not None and recipe.lower() != saved_recipe:
+        raise ConfigError(f"--recipe {recipe} with a config of recipe {saved_recipe}: give one or the other")
+    recipe = (recipe or saved_recipe or "default").lower()
+    cfg = apply_recipe(RunConfig(dataset=dataset, out=out), recipe)
     # "default" trains a named dataset with its own recipe; `--recipe hushem` (say) gives any set
     # the recipe of the dataset it resembles
     measured = dataset.lower() if recipe == "default" else recipe if recipe in DATASET_RECIPES else None
-    if measured is not None:
-        options = {**DATASET_RECIPES.get(measured, {}), **{k: v for k, v in options.items() if v is not None}}
-    cfg.loggers = tuple(loggers)
+    _apply_options(cfg, DATASET_RECIPES.get(measured or "", {}))
+    _apply_settings(cfg, {k: v for k, v in settings.items() if k not in ("dataset", "out")})
+    cfg.seed = cfg.seed if seed is None else seed
+    cfg.data_dir = data_dir or cfg.data_dir
+    cfg.loggers = cfg.loggers if loggers is None else tuple(loggers)
+    epochs_given = options.get("epochs") is not None or _in_settings(settings, "epochs")
     if cv is not None and split is not None:
         raise ConfigError("use either --cv K or --split, not both")
     if cv is not None:
@@ -68,27 +110,7 @@ def build_run_config(dataset: str, out: str, *, recipe: str = "default", data_di
         if operating_point not in ("accuracy", "balanced"):
             raise ConfigError(f"--operating-point {operating_point!r}: accuracy or balanced")
         cfg.operating_point = operating_point
-    for name, value in options.items():
-        if value is None:
-            continue
-        if name == "extra_train":
-            cfg.extra_train = (value,) if isinstance(value, str) else tuple(value)
-            continue
-        if name == "width":  # spermnet's first-stage channels (a structural model option)
-            cfg.model.kwargs = {**cfg.model.kwargs, "width": int(value)}
-            continue
-        if name not in _FIELDS:
-            raise ConfigError(f"unknown training option {name!r}")
-        _set_field(cfg, name, value)
-    if not 0 <= float(cfg.protocol.near_duplicates) <= 1:
-        raise ConfigError(f"--near-duplicates {cfg.protocol.near_duplicates}: a correlation in 0..1 "
-                          "(0 = do not look for them)")
-    if cfg.preprocess.color not in ("gray", "rgb"):
-        raise ConfigError(f"--color {cfg.preprocess.color!r}: gray or rgb")
-    if cfg.preprocess.scale not in ("head", "image"):
-        raise ConfigError(f"--scale {cfg.preprocess.scale!r}: head or image")
-    if cfg.preprocess.background not in ("keep", "mask"):
-        raise ConfigError(f"--background {cfg.preprocess.background!r}: keep or mask")
+    _apply_options(cfg, options)
     strength = cfg.train.prior_strength
     if strength != "val":
         try:
@@ -96,30 +118,6 @@ def build_run_config(dataset: str, out: str, *, recipe: str = "default", data_di
         except (TypeError, ValueError):
             raise ConfigError(f"--prior-strength {strength!r}: a number (1 = divide out the training prior) "
                               "or 'val' (choose it per fold on validation data)") from None
-        if cfg.train.prior_strength < 0:
-            raise ConfigError(f"--prior-strength {strength}: 0 (no correction) or more")
-    if cfg.train.mixup > 0 and cfg.train.cutmix > 0:
-        raise ConfigError("use --mixup or --cutmix, not both")
-    if not 0.0 <= float(cfg.train.swa) < 1.0:
-        raise ConfigError(f"--swa {cfg.train.swa}: the fraction of final epochs to average, from 0 up to 1")
-    if float(cfg.train.sam) < 0:
-        raise ConfigError(f"--sam {cfg.train.sam}: a radius of 0 (off) or more")
-    for name, weight in (("shape", cfg.train.shape_fusion), ("pixel", cfg.train.pixel_fusion)):
-        if not 0.0 <= float(weight) <= 1.0:
-            raise ConfigError(f"--{name}-fusion {weight}: a weight from 0 (left out) to 1")
-    if float(cfg.train.shape_fusion) + float(cfg.train.pixel_fusion) > 1.0:
-        raise ConfigError(f"--shape-fusion {cfg.train.shape_fusion} and --pixel-fusion {cfg.train.pixel_fusion}: "
-                          "the two weights add up to more than 1, which leaves the CNN a negative weight")
-    if not 0.0 < float(cfg.train.train_fraction) <= 1.0:
-        raise ConfigError(f"--train-fraction {cfg.train.train_fraction}: the share of each training side "
-                          "to train on, above 0 and up to 1")
-    if cfg.train.refit_val and cfg.train.monitor != "last":
-        raise ConfigError(f"--refit-val with --monitor {cfg.train.monitor}: a fold that also trains on its "
-                          "validation part has nothing left to choose a checkpoint on; use --monitor last")
-    if cfg.train.accelerator not in ACCELERATORS:
-        raise ConfigError(f"--accelerator {cfg.train.accelerator!r}: {', '.join(ACCELERATORS)}")
-    if cfg.model.init_style not in ("auto", "hushem", "scian"):
-        raise ConfigError(f"init_style {cfg.model.init_style!r}: auto, hushem or scian")
     if cfg.model.init not in ("auto", "scratch", "synthetic"):
         raise ConfigError(f"--init {cfg.model.init!r}: auto, scratch or synthetic")
     cfg.model.init = cfg.model.resolved_init()  # config.yaml records what the run did
@@ -127,13 +125,80 @@ def build_run_config(dataset: str, out: str, *, recipe: str = "default", data_di
         cfg.train.epochs = SCRATCH_EPOCHS.get(measured, cfg.train.epochs)
     if recipe == "default" and measured not in DATASET_RECIPES and cfg.model.init == "synthetic":  # a folder
         for name, value in FOLDER_SYNTHETIC.items():
-            if options.get(name) is None:
+            if options.get(name) is None and not _in_settings(settings, name):
                 _set_field(cfg, name, value)
-    if cfg.model.init == "synthetic" and (cfg.model.weights or cfg.model.pretrained):
-        raise ConfigError("--init synthetic picks the starting weights itself; drop --weights/--pretrained")
-    if cfg.protocol.final_model not in ("ensemble", "refit"):
-        raise ConfigError(f"--final {cfg.protocol.final_model!r}: ensemble or refit")
+    check_run_config(cfg)
     return cfg
+
+
+def _choice(value: Any, choices: Any, option: str) -> None:
+    if value not in choices:
+        raise ConfigError(f"{option} {value!r}: {', '.join(choices)}")
+
+
+def check_run_config(cfg: RunConfig) -> None:
+    """Refuse settings that cannot work, before any image is read or any folder is touched.
+
+    Each message names the option (its config.yaml key is the same with underscores).
+    """
+    pre, tc, proto = cfg.preprocess, cfg.train, cfg.protocol
+    _choice(cfg.operating_point, ("accuracy", "balanced"), "--operating-point")
+    _choice(pre.color, ("gray", "rgb"), "--color")
+    _choice(pre.scale, ("head", "image"), "--scale")
+    _choice(pre.background, ("keep", "mask"), "--background")
+    _choice(tc.optimizer, OPTIMIZERS, "--optimizer")
+    _choice(tc.schedule, SCHEDULES, "--schedule")
+    _choice(tc.balance, BALANCE_MODES, "--balance")
+    _choice(tc.augment, tuple(PRESETS), "--augment")
+    _choice(tc.monitor, ("last", "val_acc", "val_loss"), "--monitor")
+    _choice(tc.accelerator, ACCELERATORS, "--accelerator")
+    _choice(cfg.model.init, ("auto", "scratch", "synthetic"), "--init")
+    _choice(cfg.model.init_style, ("auto", "hushem", "scian"), "init_style")
+    _choice(proto.kind, ("auto", "cv", "folders", "random"), "protocol kind")
+    _choice(proto.final_model, ("ensemble", "refit"), "--final")
+    # (option, value, low, high, low included, high included, what it is)
+    limits: list[tuple[str, Any, float, float | None, bool, bool, str]] = [
+        ("--epochs", tc.epochs, 1, None, True, True, ""),
+        ("--batch-size", tc.batch_size, 1, None, True, True, ""),
+        ("--members", tc.members_per_fold, 1, None, True, True, "models per fold"),
+        ("--image-size", pre.image_size, 16, None, True, True, "pixels"),
+        ("--cv", proto.folds, 2, None, True, True, "folds"),
+        ("--lr", tc.lr, 0, None, False, True, ""),
+        ("weight_decay", tc.weight_decay, 0, None, True, True, ""),
+        ("--label-smoothing", tc.label_smoothing, 0, 1, True, False, ""),
+        ("--soft-labels", tc.soft_labels, 0, 1, True, True, "the weight of the expert votes"),
+        ("--mixup", tc.mixup, 0, None, True, True, "0 = off"),
+        ("--cutmix", tc.cutmix, 0, None, True, True, "0 = off"),
+        ("--ema", tc.ema, 0, 1, True, False, "a decay per step; 0 = off"),
+        ("--swa", tc.swa, 0, 1, True, False, "the fraction of final epochs to average; 0 = off"),
+        ("--sam", tc.sam, 0, None, True, True, "a radius; 0 = off"),
+        ("--shape-fusion", tc.shape_fusion, 0, 1, True, True, "a weight; 0 = left out"),
+        ("--pixel-fusion", tc.pixel_fusion, 0, 1, True, True, "a weight; 0 = left out"),
+        ("--train-fraction", tc.train_fraction, 0, 1, False, True, "the share of each training side to train on"),
+        ("val_fraction", tc.val_fraction, 0, 1, True, False, "the share of each training side to validate on"),
+        ("--near-duplicates", proto.near_duplicates, 0, 1, True, True, "a correlation; 0 = do not look for them"),
+    ]
+    if tc.prior_strength != "val":
+        limits.append(("--prior-strength", tc.prior_strength, 0, None, True, True,
+                       "1 = divide out the training prior, 0 = no correction; or 'val'"))
+    for option, value, low, high, low_in, high_in, what in limits:
+        below = value < low if low_in else value <= low
+        above = high is not None and (value > high if high_in else value >= high)
+        if below or above:
+            start = f"at least {low}" if low_in else f"above {low}"
+            span = (start if high is None else f"from {low} to {high}" if low_in and high_in
+                    else f"{start} and {'at most' if high_in else 'below'} {high}")
+            raise ConfigError(f"{option} {value}: must be {span}" + (f" ({what})" if what else ""))
+    if tc.mixup > 0 and tc.cutmix > 0:
+        raise ConfigError("use --mixup or --cutmix, not both")
+    if tc.shape_fusion + tc.pixel_fusion > 1.0:
+        raise ConfigError(f"--shape-fusion {tc.shape_fusion} and --pixel-fusion {tc.pixel_fusion}: "
+                          "the two weights add up to more than 1, which leaves the CNN a negative weight")
+    if tc.refit_val and tc.monitor != "last":
+        raise ConfigError(f"--refit-val with --monitor {tc.monitor}: a fold that also trains on its "
+                          "validation part has nothing left to choose a checkpoint on; use --monitor last")
+    if cfg.model.resolved_init() == "synthetic" and (cfg.model.weights or cfg.model.pretrained):
+        raise ConfigError("--init synthetic picks the starting weights itself; drop --weights/--pretrained")
 
 
 def known_options() -> set[str]:

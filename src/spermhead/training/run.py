@@ -410,7 +410,9 @@ def out_of_fold(table: SampleTable, folds: list[Fold], results: list[FoldResult]
 def train_run(cfg: RunConfig, *, overwrite: bool = False, resume: bool = False,
               progress: bool = True) -> RunResult:
     from spermhead.evaluation.metrics import cv_metrics, write_metrics_json
+    from spermhead.training.options import check_run_config
 
+    check_run_config(cfg)  # a config built in code, or read back by --resume, is checked too
     out = Path(cfg.out)
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)

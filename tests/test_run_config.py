@@ -1,0 +1,139 @@
+"""`train --config`: a saved run's settings, or a hand-written file's, over the recipe."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from spermhead.cli import app
+from spermhead.config import (
+    config_differences,
+    environment,
+    environment_differences,
+    read_config_file,
+    save_config,
+)
+from spermhead.errors import ConfigError
+from spermhead.training.options import build_run_config
+
+
+@pytest.mark.parametrize("dataset, options", [
+    ("hushem", {}),
+    ("scian-pa", {"operating_point": "balanced"}),
+    ("hushem", {"init": "scratch"}),  # the recipe's epochs from random weights
+    ("hushem", {"recipe": "seed", "model": "seed-alexnet"}),
+    ("some/folder", {}),  # a lab's folder: the synthetic start's own epochs and class prior
+    ("some/folder", {"init": "scratch", "width": 32, "extra_train": ["scian-ta"], "cv": 3}),
+])
+def test_a_saved_config_builds_the_same_run_again(tmp_path, dataset, options):
+    saved = build_run_config(dataset, str(tmp_path / "first"), **options)
+    save_config(saved, tmp_path / "config.yaml")
+    settings, env = read_config_file(tmp_path)
+    assert env == environment()
+    again = build_run_config(dataset, str(tmp_path / "again"), settings=settings)
+    assert config_differences(saved, again) == []
+    assert again.out == str(tmp_path / "again")
+
+
+def test_options_given_change_only_themselves(tmp_path):
+    save_config(build_run_config("hushem", "first"), tmp_path / "config.yaml")
+    settings, _ = read_config_file(tmp_path / "config.yaml")
+    again = build_run_config("hushem", "again", settings=settings, seed=3, epochs=7, width=32)
+    assert config_differences(build_run_config("hushem", "first"), again) == [
+        "model.kwargs: {} -> {'width': 32}", "seed: 0 -> 3", "train.epochs: 20 -> 7"]
+
+
+def test_a_hand_written_file_changes_only_what_it_names(tmp_path):
+    file = tmp_path / "short.yaml"
+    file.write_text("train:\n  epochs: 7\npreprocess:\n  image_size: 40\n")
+    settings, env = read_config_file(file)
+    assert env == {}
+    # the dataset's recipe fills in the rest, as the same options on the command line would
+    assert config_differences(build_run_config("hushem", "x", epochs=7, image_size=40),
+                              build_run_config("hushem", "x", settings=settings)) == []
+    # the file's epochs stand where the recipe would lengthen a start from random weights
+    file.write_text("model:\n  init: scratch\ntrain:\n  epochs: 7\n")
+    assert build_run_config("hushem", "x", settings=read_config_file(file)[0]).train.epochs == 7
+    assert build_run_config("hushem", "x", init="scratch").train.epochs == 150
+    # a folder keeps the synthetic start's class prior, with the file's epochs
+    folder = build_run_config("some/folder", "x", settings=settings)
+    assert (folder.train.epochs, folder.train.balance) == (7, "none")
+    # calibration is on for a file of settings; a saved run written before it existed keeps it off
+    assert folder.train.calibrate
+    old = tmp_path / "old.yaml"
+    old.write_text(yaml.safe_dump({"train": {"epochs": 7}, "environment": {"python": "3.11.0"}}))
+    assert read_config_file(old)[0]["train"]["calibrate"] is False
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("train:\n  epoch: 7\n", "train.epoch: not a setting"),
+    ("train:\n  epochs: ten\n", "train.epochs: 'ten' is not a whole number"),
+    ("train:\n  tta: 1\n", "train.tta: 1 is not true or false"),
+    ("train:\n  lr: fast\nmodel:\n  nmae: x\n", "train.lr: 'fast' is not a number; model.nmae: not a setting"),
+    ("train: 7\n", "train: a mapping of settings"),
+    ("- epochs\n", "a mapping of settings"),
+    ("train: [unclosed\n", "not readable as YAML"),
+])
+def test_a_bad_file_is_refused_naming_it_and_the_settings(tmp_path, text, problem):
+    file = tmp_path / "bad.yaml"
+    file.write_text(text)
+    with pytest.raises(ConfigError, match="bad.yaml") as err:
+        read_config_file(file)
+    assert problem in str(err.value)
+
+
+def test_cli_refuses_a_bad_config_before_making_the_run_directory(tmp_path):
+    (tmp_path / "bad.yaml").write_text("train:\n  epoch: 7\n")
+    for config, problem in ((tmp_path / "bad.yaml", "train.epoch: not a setting"),
+                            (tmp_path / "nowhere", "no config.yaml")):
+        result = CliRunner().invoke(app, ["train", "hushem", "--config", str(config), "--out", str(tmp_path / "run")])
+        assert result.exit_code == 2 and problem in result.output, result.output
+    assert not (tmp_path / "run").exists()
+    result = CliRunner().invoke(app, ["train", "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2 and "give the dataset NAME" in result.output
+
+
+def test_a_recipe_that_contradicts_the_file_is_refused(tmp_path):
+    save_config(build_run_config("hushem", "first", recipe="seed"), tmp_path / "config.yaml")
+    settings, _ = read_config_file(tmp_path)
+    with pytest.raises(ConfigError, match="--recipe default with a config of recipe seed"):
+        build_run_config("hushem", "again", recipe="default", settings=settings)
+    assert build_run_config("hushem", "again", recipe="seed", settings=settings).train.recipe == "seed"
+
+
+def test_other_versions_are_named(tmp_path: Path):
+    here = environment()
+    saved = {**here, "packages": {**here["packages"], "torch": "1.0.0"}}
+    assert environment_differences(saved) == [f"torch 1.0.0 -> {here['packages']['torch']}"]
+    assert environment_differences(here) == []
+    assert environment_differences({}) == []  # a hand-written file records none
+
+
+@pytest.mark.parametrize("setting, value, problem", [
+    ("train.epochs", 0, "--epochs 0: must be at least 1"),
+    ("train.optimizer", "adamax", "--optimizer 'adamax': adamw, adam, sgd"),
+    ("train.lr", -0.1, "--lr -0.1: must be above 0"),
+    ("train.label_smoothing", 1.0, "--label-smoothing 1.0: must be at least 0 and below 1"),
+    ("train.members_per_fold", 0, "--members 0: must be at least 1"),
+    ("train.ema", 1.5, "--ema 1.5: must be at least 0 and below 1"),
+    ("protocol.kind", "loo", "protocol kind 'loo'"),
+])
+def test_settings_that_cannot_work_are_refused_before_the_run_folder_is_touched(tmp_path, setting, value, problem):
+    from spermhead.config import RunConfig
+    from spermhead.training.run import train_run
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "keep.txt").write_text("an earlier run")
+    section, key = setting.split(".")
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump({section: {key: value}}))
+    result = CliRunner().invoke(app, ["train", "hushem", "--config", str(tmp_path / "bad.yaml"), "--out", str(run),
+                                      "--overwrite"])
+    assert result.exit_code == 2 and problem in result.output, result.output
+    # a config built in code meets the same check in train_run
+    cfg = RunConfig(dataset="hushem", out=str(run))
+    setattr(getattr(cfg, section), key, value)
+    with pytest.raises(ConfigError, match=problem.split(":")[0]):
+        train_run(cfg, overwrite=True, progress=False)
+    assert [p.name for p in run.iterdir()] == ["keep.txt"]
