@@ -4,6 +4,7 @@ or cannot start; `make chromium` installs it."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -16,7 +17,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from spermhead.config import PreprocessConfig
 from spermhead.data.synthetic import render_head
+from spermhead.preprocess.acquisition import describe, fit_ranges
+from spermhead.preprocess.align import canonicalize
 from spermhead.serving.app import create_app
 from spermhead.serving.predictor import untrained_bundle
 
@@ -57,6 +61,13 @@ def server(tmp_path_factory: pytest.TempPathFactory, images: Path) -> Iterator[s
 
     bundle = untrained_bundle(tmp_path_factory.mktemp("bundle"), "spermnet", classes=CLASSES,
                               image_size=32, width=8)
+    # the range of HuSHeM-style heads, as a bundle trained on them records it
+    meta = json.loads((bundle / "model.json").read_text())
+    cfg = PreprocessConfig(image_size=32)
+    meta["input_ranges"] = fit_ranges([describe(canonicalize(render_head(CLASSES[i % 4], "hushem",
+                                                                         np.random.default_rng(1000 + i))[0], cfg))
+                                       for i in range(40)])
+    (bundle / "model.json").write_text(json.dumps(meta))
     app = create_app(bundle, review_source=images)
     port = free_port()
     srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
@@ -113,6 +124,23 @@ def test_classify_page_shows_class_and_probability(page, server: str, images: Pa
     out.parent.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(out), full_page=True)
     assert out.stat().st_size > 10_000
+
+
+def test_classify_page_marks_an_image_unlike_the_training_images(page, server: str, images: Path,
+                                                                  tmp_path: Path) -> None:
+    other = tmp_path / "other_lab.png"  # a SCIAN-style head: small, blurred, filling its crop
+    Image.fromarray(render_head("normal", "scian", np.random.default_rng(0))[0]).save(other)
+    page.goto(server + "/")
+    page.wait_for_selector("#model-info:has-text('spermnet')")
+    page.set_input_files("#file-input", [str(images / "normal" / "normal_0.png"), str(other)])
+    page.wait_for_function("document.querySelectorAll('.card.result').length === 2")
+    cards = page.locator(".card.result")  # newest first: find each by its file name
+    like, unlike = cards.filter(has_text="normal_0.png"), cards.filter(has_text="other_lab.png")
+    assert like.locator(".badge.unlike").count() == 0
+    assert unlike.locator(".badge.unlike").inner_text().strip().lower() == "unlike training images"
+    assert "px long (training" in unlike.locator(".unlike-reasons").inner_text()
+    if screenshot_dir():
+        page.screenshot(path=str(screenshot_dir() / "classify-unlike.png"), full_page=True)
 
 
 def test_classify_page_shows_a_bad_file_as_an_error_card(page, server: str, tmp_path: Path) -> None:

@@ -89,6 +89,14 @@ def test_run_directory_holds_everything(separable_run):
     assert list((out / "plots").glob("*.png"))
 
 
+def test_the_bundle_records_the_range_of_its_training_images(separable, separable_run):
+    from spermhead.preprocess.acquisition import describe, fit_ranges
+
+    _, canon = canonical_images(load_dataset(str(separable)), load_config(separable_run.out / "config.yaml"))
+    ranges = load_bundle(separable_run.out / "model").meta.input_ranges
+    assert ranges == fit_ranges([describe(c) for c in canon]) and set(ranges) >= {"background", "contrast"}
+
+
 def test_bundle_reloads_with_the_same_probabilities(separable, separable_run):
     table = load_dataset(str(separable))
     bundle = load_bundle(separable_run.out / "model")

@@ -421,6 +421,7 @@ def predict(
     from rich.table import Table
     from rich.text import Text
 
+    from spermhead.preprocess.acquisition import batch_warning
     from spermhead.serving.predictor import Predictor, csv_columns, csv_row, expand_inputs
 
     files = expand_inputs(paths)
@@ -429,6 +430,7 @@ def predict(
     rows: list[dict[str, Any]] = []
     with Predictor(model, backend=backend, batch_size=batch_size, operating_point=operating_point) as predictor:
         columns = csv_columns(predictor.classes)
+        ranges = predictor.meta.input_ranges
         fh = open(csv_out, "w", newline="") if csv_out else None  # noqa: SIM115 - closed below
         try:
             writer = csv.DictWriter(fh, fieldnames=columns) if fh else None
@@ -450,19 +452,21 @@ def predict(
         json_out.write_text(json.dumps(rows, indent=1))
 
     failed = [r for r in rows if not r["ok"]]
-    table = Table("file", "class", "confidence", "uncertain", "status",
+    table = Table("file", "class", "confidence", "uncertain", "unlike training", "status",
                   title=f"{len(rows) - len(failed)} classified, {len(failed)} failed")
     shown = rows if len(rows) <= show else failed[:show] + [r for r in rows if r["ok"]][: max(0, show - len(failed))]
     for r in shown:
         if r["ok"]:
             table.add_row(r["path"], r["class"], f"{r['confidence']:.3f}", "yes" if r["uncertain"] else "",
-                          r["alignment"])
+                          "yes" if r["unlike_training"] else "", r["alignment"])
         else:
-            table.add_row(r["path"], "", "", "", Text(r["error"], style="red"))  # Text: no markup from file names
+            table.add_row(r["path"], "", "", "", "", Text(r["error"], style="red"))  # Text: no markup from file names
     console.print(table)
     if len(shown) < len(rows):
         console.print(f"({len(rows) - len(shown)} more rows" + (" in the CSV/JSON)" if csv_out or json_out else
                                                                  "; write them all with --csv)"))
+    if warning := batch_warning(rows, ranges):
+        err_console.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
     if failed:
         raise typer.Exit(1)
 
@@ -516,6 +520,11 @@ def evaluate(
                       f"{h['balanced_accuracy']:.4f}, macro F1 {h['macro_f1']:.4f}", highlight=False, soft_wrap=True)
     for note in metrics["notes"]:
         console.print(f"note: {note}", highlight=False, markup=False)
+    if (unlike := metrics.get("unlike_training")) and unlike["unlike"]:
+        acc = {side: "-" if unlike[f"accuracy_{side}"] is None else f"{unlike[f'accuracy_{side}']:.4f}"
+               for side in ("unlike", "like")}
+        console.print(f"images unlike the training images: {unlike['unlike']} (accuracy {acc['unlike']}); "
+                      f"like them: {unlike['like']} (accuracy {acc['like']})", highlight=False, soft_wrap=True)
     if metrics.get("unseen"):
         u = metrics["unseen"]
         console.print(f"images the model did not train on ({u['n']}): accuracy {u['accuracy']:.4f}, "

@@ -41,6 +41,9 @@ class Assessment:
     operating_points: dict[str, list[float]] = field(default_factory=dict)
     operating_point: str = "accuracy"
     temperature: float = 1.0  # the bundle's: its probabilities' logs were divided by it last
+    # per scored image: its acquisition lies outside the bundle's training range (None: the
+    # bundle records none)
+    unlike: list[bool] | None = None
 
     def at_point(self, name: str) -> Predictions:
         """The predictions at another of the bundle's operating points: the same probabilities
@@ -83,6 +86,22 @@ class Assessment:
                     notes.append(f"all {n_seen} images are ones the model trained on (or near-duplicates "
                                  "of them): these figures say nothing about new images")
                 out["unseen"] = compute_metrics(self.predictions.subset(unseen)) if unseen.size else None
+        out["unlike_training"] = None if self.unlike is None else self._split_by_likeness()
+        if self.unlike is not None and any(self.unlike):
+            notes.append(f"{sum(self.unlike)} of {len(self.unlike)} images are unlike the images the model "
+                         "was trained on (size, framing, grey levels or focus; `unlike_training`): figures on "
+                         "them say how it does on another microscope's images, not on its own")
+        return out
+
+    def _split_by_likeness(self) -> dict[str, Any]:
+        """How many images lie outside the training range, and the accuracy on each side."""
+        assert self.unlike is not None
+        flags = np.asarray(self.unlike, bool)
+        out: dict[str, Any] = {"unlike": int(flags.sum()), "like": int((~flags).sum())}
+        for side, chosen in (("unlike", flags), ("like", ~flags)):
+            idx = np.flatnonzero(chosen)
+            part = self.predictions.subset(idx)
+            out[f"accuracy_{side}"] = float(np.mean(part.true_indices == part.pred_indices)) if idx.size else None
         return out
 
 
@@ -95,11 +114,12 @@ def assess(predictor: Predictor, table: SampleTable,
     if not known:
         raise ConfigError(f"{table.name}: none of its classes ({', '.join(table.classes)}) is one the "
                           f"model has ({', '.join(predictor.classes)})")
-    scored, probs, unusable = [], [], []
+    scored, probs, unusable, unlike = [], [], [], []
     for sample, row in zip(known, predictor.predict_files([s.path for s in known]), strict=True):
         if row["ok"]:
             scored.append(sample)
             probs.append([row["probabilities"][c] for c in predictor.classes])
+            unlike.append(bool(row["unlike_training"]))
         else:
             unusable.append({"id": sample.id, "path": str(sample.path), "error": row["error"]})
         if on_row is not None:
@@ -118,7 +138,7 @@ def assess(predictor: Predictor, table: SampleTable,
     points = predictor.meta.operating_points or {predictor.meta.operating_point: list(predictor.meta.class_bias or
                                                                                      [0.0] * len(predictor.classes))}
     return Assessment(predictions, seen, unusable, dict(unknown), points, predictor.meta.operating_point,
-                      predictor.meta.temperature)
+                      predictor.meta.temperature, unlike if predictor.meta.input_ranges else None)
 
 
 def check_out_dir(out: Path, overwrite: bool) -> None:
@@ -147,9 +167,13 @@ def write_assessment(out: Path, assessment: Assessment, about: dict[str, Any]) -
               "unknown_classes": assessment.unknown_classes,
               "seen_in_training": None if assessment.seen is None else
               [i for i, s in zip(pred.ids, assessment.seen, strict=True) if s],
+              "unlike_training": None if assessment.unlike is None else
+              [i for i, u in zip(pred.ids, assessment.unlike, strict=True) if u],
               "environment": environment()}
     (out / "assessment.json").write_text(json.dumps(record, indent=2))
     extra: dict[str, Any] = {}
+    if (unlike := metrics.get("unlike_training")) and unlike["unlike"]:
+        extra["Images unlike the training images"] = unlike
     if metrics.get("unseen"):
         extra["Images the model did not train on"] = {
             k: metrics["unseen"][k] for k in ("n", "accuracy", "balanced_accuracy", "macro_f1")}

@@ -57,6 +57,7 @@ class CanonicalImage:
     morphometrics: Morphometrics | None
     aligned: bool
     status: str  # "aligned", "not aligned (align=False)" or "fallback: <reason>"
+    source_shape: tuple[int, int] = (0, 0)  # the original image's height and width
 
 
 class _NoHead(Exception):
@@ -519,15 +520,16 @@ def canonicalize(rgb: np.ndarray, cfg: PreprocessConfig) -> CanonicalImage:
     """
     if rgb.ndim == 2:
         rgb = cv2.cvtColor(rgb, cv2.COLOR_GRAY2RGB)
+    shape = (int(rgb.shape[0]), int(rgb.shape[1]))
     try:
         scene = _segment(rgb)
         head = _measure(scene)
     except _NoHead as exc:
         return CanonicalImage(_to_chw(_centre_crop(rgb, cfg.image_size), cfg.color), None, False,
-                              f"fallback: {exc}")
+                              f"fallback: {exc}", shape)
     if not cfg.align:
         return CanonicalImage(_to_chw(_centre_crop(rgb, cfg.image_size), cfg.color),
-                              _morphometrics(head, scene.scale, 0.0), False, "not aligned (align=False)")
+                              _morphometrics(head, scene.scale, 0.0), False, "not aligned (align=False)", shape)
     # counter-clockwise as displayed (y points down), in (-180, 180]
     rotation = -((180.0 - math.degrees(head.theta)) % 360.0 - 180.0)
     k = scene.scale
@@ -546,7 +548,7 @@ def canonicalize(rgb: np.ndarray, cfg: PreprocessConfig) -> CanonicalImage:
     else:
         background = tuple(float(v) for v in scene.background)
     out = _warp(source, centre, head.theta, side, cfg.image_size, background)
-    return CanonicalImage(_to_chw(out, cfg.color), _morphometrics(head, k, rotation), True, "aligned")
+    return CanonicalImage(_to_chw(out, cfg.color), _morphometrics(head, k, rotation), True, "aligned", shape)
 
 
 def load_canonical(path: Path | str, cfg: PreprocessConfig) -> CanonicalImage:

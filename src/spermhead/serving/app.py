@@ -3,7 +3,7 @@
 Pages
     /          classify: drop or pick images; each card shows the image, the aligned crop the
                model saw, class probabilities, a Grad-CAM overlay, morphometrics, an
-               "uncertain" badge
+               "uncertain" badge, and an "unlike training images" one with its reasons
     /review    step through a labelled folder or a run's predictions.csv: true vs predicted
     /docs      OpenAPI docs
 
@@ -390,6 +390,8 @@ class Service:
             "cnn_prior": meta.cnn_prior,  # the training prior given back after balanced training
             "temperature": meta.temperature,  # calibration, applied last
             "uncertainty_threshold": meta.uncertainty_threshold,
+            # the training images' range of each acquisition descriptor; outside -> unlike_training
+            "input_ranges": meta.input_ranges,
             "run": meta.run,
             "bundle_version": meta.version,
             "server_version": __version__,

@@ -53,6 +53,9 @@ class BundleMeta:
     # calibration fitted on the validation parts (training/temperature.py); 1 = none
     temperature: float = 1.0
     run: dict[str, Any] = field(default_factory=dict)  # dataset, protocol, headline metrics
+    # each acquisition descriptor's [min, max] over the training images (preprocess/acquisition.py);
+    # a prediction outside says so. Empty in bundles written before: nothing is checked
+    input_ranges: dict[str, list[float]] = field(default_factory=dict)
     shape_fusion: float = 0.0  # weight of the fused shape models (models/shape.py); 0 = CNN alone
     pixel_fusion: float = 0.0  # weight of the fused pixel models (models/pixels.py)
     # Inputs are [0, 1] images; each member standardises with its own training-side statistics.
@@ -116,7 +119,7 @@ def save_bundle(directory: Path, members: list[nn.Module], meta: BundleMeta,
             tensors.update(pixel.tensors(f"pixels{i}"))
     write_safetensors(tensors, directory / "model.safetensors")
     described = asdict(meta)
-    for key in ("shape_fusion", "pixel_fusion", "cnn_prior"):  # left out when off, so such bundles
+    for key in ("shape_fusion", "pixel_fusion", "cnn_prior", "input_ranges"):  # left out when off, so such bundles
         if not described[key]:                                 # stay readable by older versions
             del described[key]
     (directory / "model.json").write_text(json.dumps(described, indent=2))

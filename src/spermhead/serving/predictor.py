@@ -7,9 +7,12 @@ with. A file that cannot be used becomes an error row; it never stops a batch.
 
 Result rows (plain dicts, JSON-ready):
     ok       {"name", "path", "ok": True, "status": 200, "class", "confidence",
-              "probabilities": {class: p}, "uncertain", "aligned", "alignment", "morphometrics"}
+              "probabilities": {class: p}, "uncertain", "aligned", "alignment", "morphometrics",
+              "acquisition": {descriptor: value}, "unlike_training": [reason, ...]}
     failure  {"name", "path", "ok": False, "status": 400|404|413|415|500, "error": "<name>: <problem>"}
-`status` is the HTTP code the API answers with for that file.
+`status` is the HTTP code the API answers with for that file. `unlike_training` names each way
+the image lies outside the bundle's training images (preprocess/acquisition.py); empty when it
+does not, or when the bundle predates the check.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from torch import nn
 
 from spermhead.errors import ConfigError
 from spermhead.models.inference import apply_class_bias, apply_temperature, predict_proba
+from spermhead.preprocess.acquisition import unlike_training
 from spermhead.serving.bundle import Bundle, load_bundle
 from spermhead.serving.prepare import (
     Prepared,
@@ -195,6 +199,9 @@ class Predictor:
             "aligned": prep.aligned,
             "alignment": prep.alignment,
             "morphometrics": prep.morphometrics,
+            "acquisition": prep.acquisition,
+            # what sets this image apart from the bundle's training images (empty: nothing)
+            "unlike_training": unlike_training(prep.acquisition, self.meta.input_ranges),
         }
 
     def classify(self, items: Sequence[Prepared | dict[str, Any]]) -> list[dict[str, Any]]:
@@ -321,7 +328,7 @@ def expand_inputs(specs: Iterable[Path | str]) -> list[Path]:
 def csv_columns(classes: Sequence[str]) -> list[str]:
     return (["path", "class", "confidence", "uncertain"] + [f"p_{c}" for c in classes]
             + ["aligned", "alignment", "area", "length", "width", "elongation", "perimeter",
-               "rotation_deg", "error"])
+               "rotation_deg", "unlike_training", "error"])
 
 
 def csv_row(row: dict[str, Any], classes: Sequence[str]) -> dict[str, Any]:
@@ -329,7 +336,8 @@ def csv_row(row: dict[str, Any], classes: Sequence[str]) -> dict[str, Any]:
     flat: dict[str, Any] = {"path": row.get("path") or row.get("name"), "error": row.get("error", "")}
     if row.get("ok"):
         flat.update({"class": row["class"], "confidence": f"{row['confidence']:.6f}",
-                     "uncertain": row["uncertain"], "aligned": row["aligned"], "alignment": row["alignment"]})
+                     "uncertain": row["uncertain"], "aligned": row["aligned"], "alignment": row["alignment"],
+                     "unlike_training": "; ".join(row.get("unlike_training") or [])})
         flat.update({f"p_{c}": f"{row['probabilities'][c]:.6f}" for c in classes})
         flat.update(row.get("morphometrics") or {})
     return flat

@@ -37,6 +37,7 @@ class Prepared:
     aligned: bool
     alignment: str
     morphometrics: dict[str, float] | None
+    acquisition: dict[str, float]  # how the image was taken (preprocess/acquisition.py)
 
 
 def error_row(name: str, path: str | None, exc: BaseException) -> dict[str, Any]:
@@ -60,6 +61,7 @@ def error_row(name: str, path: str | None, exc: BaseException) -> dict[str, Any]
 
 def prepare_array(rgb: np.ndarray, cfg: PreprocessConfig, name: str, path: str | None = None) -> Prepared:
     """Canonicalise an already decoded H x W x 3 uint8 RGB image."""
+    from spermhead.preprocess.acquisition import describe
     from spermhead.preprocess.align import canonicalize
 
     canon = canonicalize(rgb, cfg)
@@ -67,7 +69,7 @@ def prepare_array(rgb: np.ndarray, cfg: PreprocessConfig, name: str, path: str |
     if morph is not None:
         morph = {k: float(v) for k, v in morph.items()}  # numpy scalars -> JSON floats
     return Prepared(name, path, np.ascontiguousarray(canon.image, dtype=np.uint8),
-                    bool(canon.aligned), str(canon.status), morph)
+                    bool(canon.aligned), str(canon.status), morph, describe(canon))
 
 
 def prepare(source: Path | str | bytes, cfg: PreprocessConfig, max_pixels: int,

@@ -37,6 +37,7 @@ from spermhead.models.pixels import PixelModel
 from spermhead.models.registry import build_model, model_spec
 from spermhead.models.shape import ShapeModel, fuse_all
 from spermhead.models.weights import write_safetensors
+from spermhead.preprocess.acquisition import describe, fit_ranges
 from spermhead.training.augment import tta_flips
 from spermhead.training.balance import balanced_sampler, class_weights, offline_balance
 from spermhead.training.devices import resolve_accelerator, trainer_device
@@ -487,7 +488,8 @@ def train_run(cfg: RunConfig, *, overwrite: bool = False, resume: bool = False,
             pixels = [PixelModel.fit(images, np.asarray(table.label_indices), len(table.classes))]
     write_bundle(cfg, table, bundle_members, bias, metrics, out / "model", shapes, pixels,
                  trained_signatures(table, folds, refit=kind_is_refit(cfg)),
-                 temperature=pooled_temperature([r.temperature for r in results]))
+                 temperature=pooled_temperature([r.temperature for r in results]),
+                 input_ranges=fit_ranges([describe(c) for c in canon]))
     timing = {
         "wall_seconds": time.perf_counter() - start,
         "init_seconds": float(init.get("seconds", 0.0)),  # a source model trained by this run
@@ -572,7 +574,7 @@ def write_sample_table(table: SampleTable, canon: list[Any], path: Path, n_own: 
 def write_bundle(cfg: RunConfig, table: SampleTable, members: list[nn.Module], biases: dict[str, np.ndarray],
                  metrics: dict[str, Any], directory: Path, shapes: list[ShapeModel] | None = None,
                  pixels: list[PixelModel] | None = None, trained: np.ndarray | None = None,
-                 temperature: float = 1.0) -> Path:
+                 temperature: float = 1.0, input_ranges: dict[str, list[float]] | None = None) -> Path:
     """`biases`: each operating point's log-prior correction ("balanced", and "accuracy" where
     extra training images shifted the prior), and "cnn_prior" where class-balanced training
     took the training prior out of the CNN's posteriors. `trained`: signatures of the images
@@ -593,7 +595,7 @@ def write_bundle(cfg: RunConfig, table: SampleTable, members: list[nn.Module], b
         pixel_fusion=float(cfg.train.pixel_fusion) if pixels else 0.0,
         class_bias=points[cfg.operating_point], operating_points=points,
         cnn_prior=None if "cnn_prior" not in biases else [float(b) for b in biases["cnn_prior"]],
-        temperature=float(temperature),
+        temperature=float(temperature), input_ranges=input_ranges or {},
         run={"dataset": cfg.dataset, "protocol": cfg.protocol.kind, "folds": cfg.protocol.folds,
              "seed": cfg.seed, "metrics": headline(metrics), "run_dir": str(Path(cfg.out).resolve())},
     )

@@ -66,9 +66,18 @@ function fillResult(card, file, r) {
   if (!r.aligned) {
     verdict.append(el("span", { class: "badge unaligned", text: "not aligned", title: r.alignment }));
   }
+  const unlike = r.unlike_training || [];
+  if (unlike.length) {
+    verdict.append(el("span", { class: "badge unlike", text: "unlike training images",
+      title: "this image differs from the model's training images, so its accuracy may not hold: "
+        + unlike.join("; ") }));
+  }
   const order = classes.length ? classes : Object.keys(r.probabilities);
   const parts = [el("h3", { text: r.name, title: r.name }), images, verdict,
     probabilityBars(r.probabilities, order, r.class)];
+  if (unlike.length) {
+    parts.push(el("div", { class: "hint unlike-reasons", text: "Unlike the training images: " + unlike.join("; ") }));
+  }
   const details = el("details", { class: "morph", open: true },
     el("summary", { text: `morphometrics · alignment: ${r.alignment}` }));
   if (r.morphometrics) details.append(morphTable(r.morphometrics));
