@@ -97,6 +97,14 @@ def test_the_bundle_records_the_range_of_its_training_images(separable, separabl
     assert ranges == fit_ranges([describe(c) for c in canon]) and set(ranges) >= {"background", "contrast"}
 
 
+def test_the_bundle_records_its_held_out_confusion_at_each_point(separable_run):
+    meta = load_bundle(separable_run.out / "model").meta
+    metrics = json.loads((separable_run.out / "metrics.json").read_text())
+    assert set(meta.confusions) == {"accuracy", "balanced"}
+    assert meta.confusion == metrics["confusion_matrix"]  # the point in use, as its metrics counted
+    assert sum(map(sum, meta.confusions["balanced"])) == metrics["n"]
+
+
 def test_bundle_reloads_with_the_same_probabilities(separable, separable_run):
     table = load_dataset(str(separable))
     bundle = load_bundle(separable_run.out / "model")

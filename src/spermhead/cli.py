@@ -401,6 +401,9 @@ def predict(
     model: Annotated[Path, typer.Option("--model", help="Bundle folder (model.json + model.safetensors)")],
     csv_out: Annotated[Path | None, typer.Option("--csv", help="Write one row per file to this CSV")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write every result to this JSON file")] = None,
+    summary: Annotated[Path | None, typer.Option(
+        "--summary", help="Write each sample's class shares (a folder of images = one sample), counted and "
+                          "adjusted for the model's measured errors, to this CSV")] = None,
     backend: Annotated[str, typer.Option(help="torch, or onnx (model.onnx beside the bundle, else exported)")] = "torch",
     operating_point: Annotated[str | None, typer.Option(
         help="accuracy (the model's posteriors) or balanced (prior correction for average recall); "
@@ -430,7 +433,7 @@ def predict(
     rows: list[dict[str, Any]] = []
     with Predictor(model, backend=backend, batch_size=batch_size, operating_point=operating_point) as predictor:
         columns = csv_columns(predictor.classes)
-        ranges = predictor.meta.input_ranges
+        ranges, confusion = predictor.meta.input_ranges, predictor.meta.confusion
         fh = open(csv_out, "w", newline="") if csv_out else None  # noqa: SIM115 - closed below
         try:
             writer = csv.DictWriter(fh, fieldnames=columns) if fh else None
@@ -465,10 +468,48 @@ def predict(
     if len(shown) < len(rows):
         console.print(f"({len(rows) - len(shown)} more rows" + (" in the CSV/JSON)" if csv_out or json_out else
                                                                  "; write them all with --csv)"))
+    show_compositions(rows, predictor.classes, confusion, summary)
     if warning := batch_warning(rows, ranges):
         err_console.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
     if failed:
         raise typer.Exit(1)
+
+
+def show_compositions(rows: list[dict[str, Any]], classes: list[str], confusion: list[list[int]] | None,
+                      summary: Path | None, shown: int = 10) -> None:
+    """Each sample's (folder's) class shares, counted and adjusted; all of them to `summary`."""
+    import csv
+
+    from rich.table import Table
+
+    from spermhead.evaluation.composition import SUMMARY_COLUMNS, sample_compositions, summary_rows
+
+    samples = sample_compositions(rows, classes, confusion)
+    if summary is not None:
+        summary.parent.mkdir(parents=True, exist_ok=True)
+        with open(summary, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=SUMMARY_COLUMNS)
+            writer.writeheader()
+            writer.writerows(summary_rows(samples))
+
+    def pct(row: dict[str, Any], key: str) -> str:
+        return f"{100 * row[key]:.1f}% ({100 * row[key + '_low']:.1f}-{100 * row[key + '_high']:.1f})"
+
+    for name, heads, comp in samples[:shown]:
+        columns = ["class", "heads", "counted (95% CI)"] + (["adjusted for the model's errors"] if confusion else [])
+        table = Table(*columns, title=f"{name}: {heads} heads", title_justify="left")
+        for r in comp:
+            table.add_row(r["class"], str(r["count"]), pct(r, "share"), *([pct(r, "adjusted")] if confusion else []))
+        console.print(table)
+    if len(samples) > shown:
+        console.print(f"({len(samples) - shown} more samples" + (f" in {summary})" if summary else
+                                                                  "; write them all with --summary)"))
+    if samples and confusion:
+        console.print(f"adjusted: the shares that best explain these predictions, given the model's errors on the "
+                      f"{sum(map(sum, confusion))} held-out images of its run (see README)", highlight=False)
+    elif samples:
+        console.print("this bundle records no held-out confusion, so the shares are as predicted, not adjusted "
+                      "for the model's errors", highlight=False)
 
 
 @app.command("evaluate")

@@ -489,7 +489,8 @@ def train_run(cfg: RunConfig, *, overwrite: bool = False, resume: bool = False,
     write_bundle(cfg, table, bundle_members, bias, metrics, out / "model", shapes, pixels,
                  trained_signatures(table, folds, refit=kind_is_refit(cfg)),
                  temperature=pooled_temperature([r.temperature for r in results]),
-                 input_ranges=fit_ranges([describe(c) for c in canon]))
+                 input_ranges=fit_ranges([describe(c) for c in canon]),
+                 confusions={point: m["confusion_matrix"] for point, (_, m) in scored.items()})
     timing = {
         "wall_seconds": time.perf_counter() - start,
         "init_seconds": float(init.get("seconds", 0.0)),  # a source model trained by this run
@@ -574,7 +575,8 @@ def write_sample_table(table: SampleTable, canon: list[Any], path: Path, n_own: 
 def write_bundle(cfg: RunConfig, table: SampleTable, members: list[nn.Module], biases: dict[str, np.ndarray],
                  metrics: dict[str, Any], directory: Path, shapes: list[ShapeModel] | None = None,
                  pixels: list[PixelModel] | None = None, trained: np.ndarray | None = None,
-                 temperature: float = 1.0, input_ranges: dict[str, list[float]] | None = None) -> Path:
+                 temperature: float = 1.0, input_ranges: dict[str, list[float]] | None = None,
+                 confusions: dict[str, list[list[int]]] | None = None) -> Path:
     """`biases`: each operating point's log-prior correction ("balanced", and "accuracy" where
     extra training images shifted the prior), and "cnn_prior" where class-balanced training
     took the training prior out of the CNN's posteriors. `trained`: signatures of the images
@@ -595,7 +597,7 @@ def write_bundle(cfg: RunConfig, table: SampleTable, members: list[nn.Module], b
         pixel_fusion=float(cfg.train.pixel_fusion) if pixels else 0.0,
         class_bias=points[cfg.operating_point], operating_points=points,
         cnn_prior=None if "cnn_prior" not in biases else [float(b) for b in biases["cnn_prior"]],
-        temperature=float(temperature), input_ranges=input_ranges or {},
+        temperature=float(temperature), input_ranges=input_ranges or {}, confusions=confusions or {},
         run={"dataset": cfg.dataset, "protocol": cfg.protocol.kind, "folds": cfg.protocol.folds,
              "seed": cfg.seed, "metrics": headline(metrics), "run_dir": str(Path(cfg.out).resolve())},
     )
