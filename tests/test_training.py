@@ -315,8 +315,7 @@ def test_killed_run_resumes_and_completes(separable, tmp_path):
     assert changed.exit_code == 2 and "train.epochs: 20 -> 30" in changed.output, changed.output
     assert "seed: 0 -> 4" in changed.output and "num_threads" not in changed.output
     assert {f: (out / f).read_bytes() for f in written} == written
-    alone = CliRunner().invoke(app, ["train", str(separable), "--out", str(out), "--resume", "--threads", "1",
-                                     "--no-progress"])
+    alone = CliRunner().invoke(app, ["train", "--out", str(out), "--resume", "--threads", "1", "--no-progress"])
     assert alone.exit_code == 0, alone.output
     assert (out / "predictions.csv").read_bytes() == written["predictions.csv"]
 

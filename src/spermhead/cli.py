@@ -260,6 +260,8 @@ def train(
                           "the same settings may not give the same figures to the last digit",
                           highlight=False, soft_wrap=True)
     name = name or settings.get("dataset")
+    if name is None and resume and (out / "config.yaml").is_file():
+        name = load_config(out / "config.yaml").dataset  # `train --out RUN --resume` alone
     if name is None:
         raise ConfigError("give the dataset NAME (or --config with a run directory)")
     if resume and (out / "config.yaml").is_file() and not given_options(ctx) - _RESUME_LOCAL:
