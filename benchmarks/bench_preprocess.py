@@ -34,6 +34,7 @@ from typing import Any
 import cv2
 
 from spermhead.config import PreprocessConfig
+from spermhead.preprocess.acquisition import describe
 from spermhead.preprocess.align import canonicalize, canonicalize_paths, load_canonical
 from spermhead.preprocess.io import read_image
 
@@ -102,6 +103,12 @@ def run(repeat: int, runs: int, image_size: int) -> dict[str, Any]:
             rows.append({"input": "decoded", "color": color, "workers": label, "images_per_s": rate, "cpu_us": cpu})
             rate, cpu = measure(lambda cfg=cfg, w=workers: canonicalize_paths(files, cfg, workers=w), n, runs)
             rows.append({"input": "files", "color": color, "workers": label, "images_per_s": rate, "cpu_us": cpu})
+    # the acquisition descriptors every prepared image also gets (preprocess/acquisition.py)
+    cfg = PreprocessConfig(image_size=image_size)
+    canon = [canonicalize(a, cfg) for a in arrays]
+    rate, cpu = measure(lambda: [describe(c) for c in canon], n, runs)
+    rows.append({"input": "canonical: describe only", "color": "gray", "workers": "1 thread",
+                 "images_per_s": rate, "cpu_us": cpu})
     # processes for comparison: spawned (forking a process that has used OpenCV's threads can hang)
     cfg = PreprocessConfig(image_size=image_size, color="rgb")
     ctx = multiprocessing.get_context("spawn")
