@@ -99,3 +99,20 @@ def test_predict_writes_each_samples_composition(tmp_path: Path):
     flat = "".join(text.split())  # table titles wrap at the test console's width
     assert "patient1:10heads" in flat and "patient2:10heads" in flat and "adjustedforthemodel'serrors" in flat
     assert "errors on the 400 held-out images" in text
+
+
+def test_evaluate_puts_the_estimated_shares_beside_the_true_ones():
+    from spermhead.evaluation.external import Assessment
+    from spermhead.evaluation.predictions import NO_FOLD, Predictions
+
+    rng = np.random.default_rng(3)
+    truth = np.array([60, 40, 40, 60])
+    predicted = predicted_from(truth, BIASED, rng)
+    true = [c for c, n in zip(CLASSES, truth, strict=True) for _ in range(n)]
+    probs = np.full((200, 4), 0.1)
+    probs[np.arange(200), [CLASSES.index(c) for c in predicted]] = 0.7
+    pred = Predictions([f"s{i}" for i in range(200)], ["x"] * 200, [NO_FOLD] * 200, true, probs, CLASSES)
+    comp = Assessment(pred, None, operating_points={"accuracy": [0.0] * 4}, confusion=BIASED.tolist()).metrics()["composition"]
+    assert [r["true_share"] for r in comp] == pytest.approx([0.3, 0.2, 0.2, 0.3])
+    assert comp[0]["share"] == pytest.approx(predicted.count("normal") / 200)
+    assert abs(comp[0]["adjusted"] - 0.3) < abs(comp[0]["share"] - 0.3)  # the adjustment moves towards the truth

@@ -477,6 +477,11 @@ def predict(
         raise typer.Exit(1)
 
 
+def share_text(row: dict[str, Any], key: str) -> str:
+    """'12.5% (8.1-18.0)': a share of a composition row with its interval."""
+    return f"{100 * row[key]:.1f}% ({100 * row[key + '_low']:.1f}-{100 * row[key + '_high']:.1f})"
+
+
 def show_compositions(rows: list[dict[str, Any]], classes: list[str], confusion: list[list[int]] | None,
                       summary: Path | None, shown: int = 10) -> None:
     """Each sample's (folder's) class shares, counted and adjusted; all of them to `summary`."""
@@ -494,14 +499,12 @@ def show_compositions(rows: list[dict[str, Any]], classes: list[str], confusion:
             writer.writeheader()
             writer.writerows(summary_rows(samples))
 
-    def pct(row: dict[str, Any], key: str) -> str:
-        return f"{100 * row[key]:.1f}% ({100 * row[key + '_low']:.1f}-{100 * row[key + '_high']:.1f})"
-
     for name, heads, comp in samples[:shown]:
         columns = ["class", "heads", "counted (95% CI)"] + (["adjusted for the model's errors"] if confusion else [])
         table = Table(*columns, title=f"{name}: {heads} heads", title_justify="left")
         for r in comp:
-            table.add_row(r["class"], str(r["count"]), pct(r, "share"), *([pct(r, "adjusted")] if confusion else []))
+            table.add_row(r["class"], str(r["count"]), share_text(r, "share"),
+                          *([share_text(r, "adjusted")] if confusion else []))
         console.print(table)
     if len(samples) > shown:
         console.print(f"({len(samples) - shown} more samples" + (f" in {summary})" if summary else
@@ -531,6 +534,7 @@ def evaluate(
     Images it did train on are detected and reported apart; exit code 1 if any file failed."""
     import torch
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.table import Table
 
     from spermhead.data.readers import NAMED_DATASETS, default_data_dir, load_dataset
     from spermhead.evaluation.external import assess, check_out_dir, write_assessment
@@ -568,6 +572,15 @@ def evaluate(
                for side in ("unlike", "like")}
         console.print(f"images unlike the training images: {unlike['unlike']} (accuracy {acc['unlike']}); "
                       f"like them: {unlike['like']} (accuracy {acc['like']})", highlight=False, soft_wrap=True)
+    comp = metrics["composition"]
+    adjusted = "adjusted" in comp[0]
+    table = Table("class", "true share", "counted (95% CI)", *(["adjusted (95% CI)"] if adjusted else []),
+                  title="class shares, as predict would estimate them for a sample of these images",
+                  title_justify="left")
+    for r in comp:
+        table.add_row(r["class"], f"{100 * r['true_share']:.1f}%", share_text(r, "share"),
+                      *([share_text(r, "adjusted")] if adjusted else []))
+    console.print(table)
     if metrics.get("unseen"):
         u = metrics["unseen"]
         console.print(f"images the model did not train on ({u['n']}): accuracy {u['accuracy']:.4f}, "

@@ -24,6 +24,7 @@ import numpy as np
 from spermhead.data.duplicates import DEFAULT_THRESHOLD, nearest, signatures
 from spermhead.data.samples import SampleTable
 from spermhead.errors import ConfigError, DataError
+from spermhead.evaluation.composition import composition
 from spermhead.evaluation.metrics import compute_metrics, cv_metrics, headline
 from spermhead.evaluation.predictions import NO_FOLD, Predictions
 from spermhead.models.inference import apply_class_bias
@@ -44,6 +45,8 @@ class Assessment:
     # per scored image: its acquisition lies outside the bundle's training range (None: the
     # bundle records none)
     unlike: list[bool] | None = None
+    # the bundle's held-out confusion counts at `operating_point` (None: not recorded)
+    confusion: list[list[int]] | None = None
 
     def at_point(self, name: str) -> Predictions:
         """The predictions at another of the bundle's operating points: the same probabilities
@@ -87,11 +90,20 @@ class Assessment:
                                  "of them): these figures say nothing about new images")
                 out["unseen"] = compute_metrics(self.predictions.subset(unseen)) if unseen.size else None
         out["unlike_training"] = None if self.unlike is None else self._split_by_likeness()
+        out["composition"] = self._composition()
         if self.unlike is not None and any(self.unlike):
             notes.append(f"{sum(self.unlike)} of {len(self.unlike)} images are unlike the images the model "
                          "was trained on (size, framing, grey levels or focus; `unlike_training`): figures on "
                          "them say how it does on another microscope's images, not on its own")
         return out
+
+    def _composition(self) -> list[dict[str, Any]]:
+        """The scored images' class shares as a sample's would be estimated (counted, and adjusted
+        with the bundle's confusion), beside the true shares: what a lab's figure is worth."""
+        pred = self.predictions
+        rows = composition([pred.classes[i] for i in pred.pred_indices], pred.classes, self.confusion)
+        truth = np.bincount(pred.true_indices, minlength=len(pred.classes)) / len(pred)
+        return [{**row, "true_share": float(t)} for row, t in zip(rows, truth, strict=True)]
 
     def _split_by_likeness(self) -> dict[str, Any]:
         """How many images lie outside the training range, and the accuracy on each side."""
@@ -138,7 +150,8 @@ def assess(predictor: Predictor, table: SampleTable,
     points = predictor.meta.operating_points or {predictor.meta.operating_point: list(predictor.meta.class_bias or
                                                                                      [0.0] * len(predictor.classes))}
     return Assessment(predictions, seen, unusable, dict(unknown), points, predictor.meta.operating_point,
-                      predictor.meta.temperature, unlike if predictor.meta.input_ranges else None)
+                      predictor.meta.temperature, unlike if predictor.meta.input_ranges else None,
+                      predictor.meta.confusion)
 
 
 def check_out_dir(out: Path, overwrite: bool) -> None:
