@@ -19,7 +19,7 @@ import numpy as np
 
 from spermhead.data.readers import load_dataset
 from spermhead.preprocess import acquisition
-from spermhead.preprocess.acquisition import describe, fit_ranges
+from spermhead.preprocess.acquisition import describe, fit_ranges, outside
 from spermhead.preprocess.align import canonicalize_paths
 from spermhead.training.options import build_run_config
 from spermhead.training.protocols import make_folds
@@ -28,15 +28,13 @@ MARGINS = (1.0, 1.05, 1.1, 1.2, 1.3)
 
 
 def flagged(descriptions: list[dict[str, float]], ranges: dict[str, list[float]], margin: float) -> np.ndarray:
-    """Per image: any descriptor outside its range widened by `margin`."""
-    out = np.zeros(len(descriptions), bool)
-    for i, d in enumerate(descriptions):
-        out[i] = any(name in d and not lo / margin <= d[name] <= hi * margin for name, (lo, hi) in ranges.items())
-    return out
+    """Per image: any descriptor outside its range widened by `margin` (the shipped rule)."""
+    return np.array([any(name in d and outside(d[name], lo, hi, margin) for name, (lo, hi) in ranges.items())
+                     for d in descriptions], bool)
 
 
 def by_descriptor(descriptions: list[dict[str, float]], ranges: dict[str, list[float]], margin: float) -> str:
-    counts = {name: sum(name in d and not lo / margin <= d[name] <= hi * margin for d in descriptions)
+    counts = {name: sum(name in d and outside(d[name], lo, hi, margin) for d in descriptions)
               for name, (lo, hi) in ranges.items()}
     return ", ".join(f"{k} {v}" for k, v in counts.items() if v)
 

@@ -116,3 +116,14 @@ def test_evaluate_puts_the_estimated_shares_beside_the_true_ones():
     assert [r["true_share"] for r in comp] == pytest.approx([0.3, 0.2, 0.2, 0.3])
     assert comp[0]["share"] == pytest.approx(predicted.count("normal") / 200)
     assert abs(comp[0]["adjusted"] - 0.3) < abs(comp[0]["share"] - 0.3)  # the adjustment moves towards the truth
+
+
+def test_predict_refuses_an_output_it_cannot_write_before_classifying(tmp_path: Path):
+    bundle = untrained_bundle(tmp_path / "bundle", classes=CLASSES, image_size=32, width=8)
+    image = tmp_path / "h.png"
+    Image.fromarray(render_head("normal", "hushem", np.random.default_rng(0))[0]).save(image)
+    (tmp_path / "taken").mkdir()
+    for option in ("--summary", "--csv", "--json"):
+        result = CliRunner().invoke(app, ["predict", "--model", str(bundle), str(image), option, str(tmp_path / "taken")])
+        assert result.exit_code == 2 and f"{option} " in result.output and "is a folder" in result.output, result.output
+        assert "classified" not in result.output  # refused before any image was scored

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
@@ -148,6 +149,22 @@ def data_synth(
                   highlight=False, soft_wrap=True)
     console.print(f"use them as the dataset '{name}': spermhead data summary {name} --data-dir {out}",
                   highlight=False, soft_wrap=True)
+
+
+def check_output_file(path: Path | None, option: str) -> None:
+    """Before any work: a file `option` will write can be written (its folder made if need be)."""
+    from spermhead.errors import ConfigError
+
+    if path is None:
+        return
+    if path.is_dir():
+        raise ConfigError(f"{option} {path}: is a folder; give a file name")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not os.access(path.parent, os.W_OK):
+            raise PermissionError("not writable")
+    except OSError as exc:
+        raise ConfigError(f"{option} {path}: cannot write there ({exc})") from None
 
 
 # Options that do not change what `train` computes: with only these, --resume keeps the saved settings.
@@ -429,6 +446,8 @@ def predict(
     from spermhead.preprocess.acquisition import batch_warning
     from spermhead.serving.predictor import Predictor, csv_columns, csv_row, expand_inputs
 
+    for path, option in ((csv_out, "--csv"), (json_out, "--json"), (summary, "--summary")):
+        check_output_file(path, option)  # not after minutes of classifying
     files = expand_inputs(paths)
     if not files:
         raise SpermheadError(f"{' '.join(paths)}: no image files found")
@@ -492,8 +511,7 @@ def show_compositions(rows: list[dict[str, Any]], classes: list[str], confusion:
     from spermhead.evaluation.composition import SUMMARY_COLUMNS, sample_compositions, summary_rows
 
     samples = sample_compositions(rows, classes, confusion)
-    if summary is not None:
-        summary.parent.mkdir(parents=True, exist_ok=True)
+    if summary is not None:  # checked writable before predict began
         with open(summary, "w", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=SUMMARY_COLUMNS)
             writer.writeheader()

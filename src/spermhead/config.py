@@ -275,7 +275,7 @@ def read_config_file(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def environment_differences(saved: dict[str, Any]) -> list[str]:
-    """'name: saved -> here' for the recorded versions that differ from this machine's."""
+    """'name saved -> here' for the recorded versions that differ from this machine's."""
     here = environment()
     pairs = {"python": (saved.get("python"), here["python"]),
              **{name: ((saved.get("packages") or {}).get(name), version)

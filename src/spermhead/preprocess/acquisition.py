@@ -45,8 +45,9 @@ MIN_IMAGES = 20  # fewer training images than this give no range worth checking 
 def describe(canon: CanonicalImage) -> dict[str, float]:
     """The descriptors of one prepared image (the head's two only where a head was found).
 
-    About 0.1 ms, a tenth of the alignment's time: quantiles come from a histogram and one
-    partition, since np.percentile alone would cost more than all the rest."""
+    About 0.1 ms, a seventh of the alignment's time (benchmarks/bench_preprocess.py): quantiles
+    come from a histogram and one partition, since np.percentile alone would cost more than all
+    the rest."""
     gray = canon.image[0] if canon.image.shape[0] == 1 else canon.image.mean(axis=0).astype(np.uint8)
     cumulative = np.bincount(gray.ravel(), minlength=256).cumsum()
     low, high = np.searchsorted(cumulative, [0.05 * cumulative[-1], 0.95 * cumulative[-1]])
@@ -71,8 +72,9 @@ def fit_ranges(descriptions: Sequence[Mapping[str, float]]) -> dict[str, list[fl
     return ranges
 
 
-def _outside(value: float, low: float, high: float) -> bool:
-    return value < low / MARGIN or value > high * MARGIN
+def outside(value: float, low: float, high: float, margin: float = MARGIN) -> bool:
+    """Beyond the training range [low, high] widened by `margin` (a ratio) each way."""
+    return value < low / margin or value > high * margin
 
 
 def _fmt(value: float) -> str:
@@ -85,7 +87,7 @@ def unlike_training(description: Mapping[str, float] | None,
     reasons = []
     for name, (low, high) in ranges.items():
         value = (description or {}).get(name)
-        if value is not None and _outside(value, low, high):
+        if value is not None and outside(value, low, high):
             before, after = _SAYS.get(name, (name, ""))
             reasons.append(f"{before} {_fmt(value)}{after} (training {_fmt(low)}-{_fmt(high)})")
     return reasons
@@ -100,7 +102,7 @@ def batch_warning(rows: Sequence[Mapping[str, Any]], ranges: Mapping[str, Sequen
     parts = []
     for name, (low, high) in ranges.items():
         values = [r["acquisition"][name] for r in scored if name in (r.get("acquisition") or {})]
-        n = sum(_outside(v, low, high) for v in values)
+        n = sum(outside(v, low, high) for v in values)
         if n:
             parts.append(f"{_NAMES.get(name, name)}: {n} outside, median {_fmt(float(np.median(values)))} "
                          f"(training {_fmt(low)}-{_fmt(high)})")
