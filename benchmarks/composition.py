@@ -1,18 +1,23 @@
 """A sample's class shares from predicted classes: counted as predicted, and adjusted for the
-model's measured errors (evaluation/composition.py). RESULTS.md, session 16.
+model's measured errors (evaluation/composition.py). RESULTS.md, sessions 16 and 17.
 
-    .venv/bin/python benchmarks/composition.py RUN_DIR ... [--samples 100] [--heads 200] [--pool]
+    .venv/bin/python benchmarks/composition.py RUN_DIR ... [--samples 100] [--heads 50] [--pool]
+        [--replace] [--check-from RUN_DIR]
 
 No training: each run's out-of-fold predictions.csv stands in for a lab's samples. For each test
 fold, the confusion counts come from the *other* folds' predictions (as a bundle's come from its
 run, never from the sample it is used on). Each simulated sample draws a class mix at random
 (flat Dirichlet, so some samples have almost no normal heads and some many), then `--heads`
-images of the fold with those true classes (with replacement), and the shares are estimated
-from their predicted classes alone. Printed per run: the mean absolute error of each class's
-share, counted and adjusted, in percentage points, and how often each 95% interval held the
-sample's true share. Also, for comparison (not shipped), the EM re-weighting of the calibrated
-probabilities to the sample's class mix (Saerens, Latinne and Decaestecker 2002), from the other
-folds' class mix as the training prior.
+images of the fold with those true classes (`composition.held_out_samples`: each image at most
+once and at most half the fold, unless `--replace`, session 16's simulation, where a fold's few
+images of a class recur), and the shares are estimated from their predicted classes alone.
+Printed per run: the mean absolute error of each class's share, counted and adjusted, in
+percentage points, and how often each 95% interval held the sample's true share (bounds as
+shown, to 0.1%). `--check-from RUN` first widens the intervals as a bundle of that run would
+(`composition.check_intervals` on its own predictions): give a run of another CV seed to see
+whether the widening carries over. Also, for comparison (not shipped), the EM re-weighting of the
+calibrated probabilities to the sample's class mix (Saerens, Latinne and Decaestecker 2002), from
+the other folds' class mix as the training prior.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import confusion_matrix
 
-from spermhead.evaluation.composition import composition
+from spermhead.evaluation.composition import ESTIMATES, SHOWN, check_intervals, composition, held_out_samples
 from spermhead.evaluation.predictions import read_predictions
 
 
@@ -39,30 +44,26 @@ def em_shares(probs: np.ndarray, prior: np.ndarray, steps: int = 500, tol: float
     return shares
 
 
-def simulate(run: Path, samples: int, heads: int, seed: int) -> dict[str, np.ndarray]:
+def simulate(run: Path, samples: int, heads: int, seed: int, *, replace: bool = False,
+             extra_sd: dict | None = None) -> dict[str, np.ndarray]:
     pred = read_predictions(run)
     classes = list(pred.classes)
     k = len(classes)
     true, guess, folds = pred.true_indices, pred.pred_indices, np.asarray(pred.folds)
     rng = np.random.default_rng(seed)
     err: dict[str, list] = {"counted": [], "adjusted": [], "em": []}
-    held = {"counted": [], "adjusted": []}
-    for fold in sorted(set(folds.tolist())):
-        inside, others = folds == fold, folds != fold
+    held: dict[str, list] = {"counted": [], "adjusted": []}
+    per_fold = samples // len(set(folds.tolist())) + 1
+    for others, picked, truth in held_out_samples(true, folds, k, heads=heads, per_fold=per_fold, rng=rng,
+                                                  replace=replace):
         cm = confusion_matrix(true[others], guess[others], labels=range(k))
         prior = np.bincount(true[others], minlength=k) / others.sum()
-        by_class = [np.flatnonzero(inside & (true == j)) for j in range(k)]
-        for _ in range(samples // len(set(folds.tolist())) + 1):
-            mix = rng.dirichlet(np.ones(k))
-            n_true = rng.multinomial(heads, mix)
-            picked = np.concatenate([rng.choice(by_class[j], n_true[j]) for j in range(k) if n_true[j]])
-            truth = n_true / heads
-            rows = composition([classes[i] for i in guess[picked]], classes, cm, seed=int(rng.integers(1 << 31)))
-            for how, (est, lo, hi) in {"counted": ("share", "share_low", "share_high"),
-                                       "adjusted": ("adjusted", "adjusted_low", "adjusted_high")}.items():
-                err[how].append([abs(r[est] - t) for r, t in zip(rows, truth, strict=True)])
-                held[how].append([r[lo] <= t <= r[hi] for r, t in zip(rows, truth, strict=True)])
-            err["em"].append(np.abs(em_shares(pred.probabilities[picked], prior) - truth))
+        rows = composition([classes[i] for i in guess[picked]], classes, cm, extra_sd=extra_sd,
+                           seed=int(rng.integers(1 << 31)))
+        for how, (est, lo, hi) in ESTIMATES.items():
+            err[how].append([abs(r[est] - t) for r, t in zip(rows, truth, strict=True)])
+            held[how].append([r[lo] - SHOWN <= t <= r[hi] + SHOWN for r, t in zip(rows, truth, strict=True)])
+        err["em"].append(np.abs(em_shares(pred.probabilities[picked], prior) - truth))
     return {"classes": np.array(classes), **{f"err_{h}": np.array(v) for h, v in err.items()},
             **{f"held_{h}": np.array(v) for h, v in held.items()}}
 
@@ -74,15 +75,24 @@ def main() -> None:
     parser.add_argument("--heads", type=int, default=200, help="heads per sample (WHO assesses 200)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--pool", action="store_true", help="one table over all the runs given (repeats of a recipe)")
+    parser.add_argument("--replace", action="store_true", help="draw a fold's images with replacement (session 16)")
+    parser.add_argument("--check-from", type=Path, help="widen the intervals as this run's bundle would")
     args = parser.parse_args()
-    results = [(str(run), simulate(run, args.samples, args.heads, args.seed)) for run in args.runs]
+    extra_sd = None
+    if args.check_from:
+        p = read_predictions(args.check_from)
+        check = check_intervals(p.true_indices, p.pred_indices, p.folds, list(p.classes))
+        extra_sd = check["extra_sd"] if check else None
+        print(f"widened as {args.check_from}'s bundle would: extra sd {extra_sd}")
+    results = [(str(run), simulate(run, args.samples, args.heads, args.seed, replace=args.replace,
+                                   extra_sd=extra_sd)) for run in args.runs]
     if args.pool:
         keys = [k for k in results[0][1] if k != "classes"]
         pooled = {"classes": results[0][1]["classes"], **{k: np.concatenate([r[k] for _, r in results]) for k in keys}}
         results = [(" + ".join(name for name, _ in results), pooled)]
     for run, r in results:
         n = len(r["err_counted"])
-        print(f"\n{run}: {n} samples of {args.heads} heads")
+        print(f"\n{run}: {n} samples of {args.heads} heads{' (with replacement)' if args.replace else ''}")
         print("| class | error, counted (points) | error, adjusted | error, EM (not shipped) | "
               "95% interval held, counted | adjusted |")
         print("|---|---|---|---|---|---|")

@@ -14,7 +14,15 @@ from typer.testing import CliRunner
 
 from spermhead.cli import app
 from spermhead.data.synthetic import render_head
-from spermhead.evaluation.composition import MIN_HEADS, composition, sample_compositions
+from spermhead.evaluation.composition import (
+    MIN_HEADS,
+    check_intervals,
+    composition,
+    held_out_samples,
+    sample_compositions,
+    widen,
+    wilson,
+)
 from spermhead.serving.predictor import untrained_bundle
 
 CLASSES = ["normal", "tapered", "pyriform", "amorphous"]
@@ -76,10 +84,97 @@ def test_samples_are_folders_and_small_ones_are_left_out():
     assert [(name, n) for name, n, _ in samples] == [("/lab/p1", MIN_HEADS)]
 
 
+def test_wilson_intervals_are_scipys():
+    from scipy.stats import binomtest
+
+    counts = np.arange(0, 31)
+    low, high = wilson(counts, 30)
+    ci = [binomtest(int(m), 30).proportion_ci(0.95, method="wilson") for m in counts]
+    assert low == pytest.approx([c.low for c in ci], abs=1e-12) and high == pytest.approx([c.high for c in ci], abs=1e-12)
+
+
+def test_widening_adds_the_extra_error_in_quadrature_and_stays_within_zero_and_one():
+    assert widen(0.3, 0.2, 0.45, 0.0) == pytest.approx((0.2, 0.45))
+    low, high = widen(0.3, 0.2, 0.45, 0.05)
+    assert 0.3 - low == pytest.approx(np.hypot(0.1, 1.96 * 0.05), abs=1e-3)
+    assert high - 0.3 == pytest.approx(np.hypot(0.15, 1.96 * 0.05), abs=1e-3)
+    assert widen(0.02, 0.0, 0.1, 0.2) == pytest.approx((0.0, 0.02 + np.hypot(0.08, 1.96 * 0.2)), abs=1e-3)
+
+
+def out_of_fold_run(rng: np.random.Generator, *, folds: int = 5, per_class: int = 30,
+                    wobble: float = 0.15) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A CV run's (true, predicted, fold) where every fold's model misreads normal heads as
+    amorphous at its own rate, around BIASED's 40%: the other folds' confusion is not quite this
+    fold's."""
+    true, predicted, fold_of = [], [], []
+    rates = BIASED / BIASED.sum(axis=1, keepdims=True)
+    for f in range(folds):
+        mine = rates.copy()
+        slip = float(np.clip(0.4 + rng.normal(0, wobble), 0.05, 0.9))
+        mine[0] = [1 - slip, 0, 0, slip]
+        for j in range(len(CLASSES)):
+            true += [j] * per_class
+            predicted += list(rng.choice(len(CLASSES), per_class, p=mine[j]))
+            fold_of += [f] * per_class
+    return np.array(true), np.array(predicted), np.array(fold_of)
+
+
+def held_out_coverage(run: tuple[np.ndarray, np.ndarray, np.ndarray], extra_sd, rng: np.random.Generator,
+                      how: str) -> float:
+    from sklearn.metrics import confusion_matrix
+
+    true, predicted, folds = run
+    est, lo, hi = {"counted": ("share", "share_low", "share_high"), "adjusted": ("adjusted", "adjusted_low", "adjusted_high")}[how]
+    held = []
+    for others, picked, truth in held_out_samples(true, folds, 4, heads=50, per_fold=30, rng=rng):
+        cm = confusion_matrix(true[others], predicted[others], labels=range(4))
+        rows = composition([CLASSES[i] for i in predicted[picked]], CLASSES,
+                           cm.tolist() if how == "adjusted" else None, extra_sd=extra_sd,
+                           draws=300, seed=int(rng.integers(1000)))
+        held.append([r[lo] - 5e-4 <= t <= r[hi] + 5e-4 for r, t in zip(rows, truth, strict=True)])
+    return np.mean(held, axis=0)  # per class
+
+
+def test_the_share_check_widens_what_a_models_bias_would_otherwise_leave_too_narrow():
+    rng = np.random.default_rng(5)
+    check = check_intervals(*out_of_fold_run(rng), CLASSES)
+    assert check is not None and check["samples"] >= 200 and check["better"] == "adjusted"
+    # counting keeps the bias: normal and amorphous need a wide margin, the others little
+    sd = check["extra_sd"]["counted"]
+    assert min(sd[0], sd[3]) > 0.05 and max(sd[1], sd[2]) < 0.03
+    assert check["error"]["counted"][0] > 1.5 * check["error"]["adjusted"][0]
+    # on another run of the same kind the widened intervals hold; the bare counted ones do not
+    other = out_of_fold_run(np.random.default_rng(6))
+    bare = held_out_coverage(other, None, np.random.default_rng(7), "counted")
+    widened = held_out_coverage(other, check["extra_sd"], np.random.default_rng(7), "counted")
+    assert bare[[0, 3]].max() < 0.8 and widened.min() > 0.88, (bare, widened)
+    assert held_out_coverage(other, check["extra_sd"], np.random.default_rng(7), "adjusted").min() > 0.88
+
+
+def test_a_perfect_models_check_widens_nothing_and_one_split_has_nothing_to_check_with():
+    true = np.repeat(np.arange(4), 50)
+    folds = np.tile(np.arange(5), 40)
+    check = check_intervals(true, true, folds, CLASSES)
+    assert check is not None and max(check["error"]["counted"]) == 0
+    assert max(check["extra_sd"]["counted"]) == 0 and max(check["extra_sd"]["adjusted"]) == 0
+    assert check_intervals(true, true, np.zeros(200, int), CLASSES) is None
+
+
+def test_held_out_samples_draw_each_head_once_from_one_fold():
+    true = np.repeat(np.arange(4), 10)
+    folds = np.tile(np.arange(2), 20)
+    for others, picked, truth in held_out_samples(true, folds, 4, heads=50, per_fold=5, rng=np.random.default_rng(0)):
+        assert len(set(picked.tolist())) == len(picked) <= 10  # at most half the fold's 20
+        assert len(set(folds[picked].tolist())) == 1 and not others[picked].any()
+        assert truth == pytest.approx(np.bincount(true[picked], minlength=4) / len(picked))
+
+
 def test_predict_writes_each_samples_composition(tmp_path: Path):
     bundle = untrained_bundle(tmp_path / "bundle", classes=CLASSES, image_size=32, width=8)
     meta = json.loads((bundle / "model.json").read_text())
     meta["confusions"] = {"accuracy": BIASED.tolist()}
+    check = check_intervals(*out_of_fold_run(np.random.default_rng(5)), CLASSES)
+    meta["share_checks"] = {"accuracy": check}
     (bundle / "model.json").write_text(json.dumps(meta))
     for sample in ("patient1", "patient2"):
         (tmp_path / "images" / sample).mkdir(parents=True)
@@ -93,12 +188,21 @@ def test_predict_writes_each_samples_composition(tmp_path: Path):
         rows = list(csv.DictReader(fh))
     assert [(Path(r["sample"]).name, r["class"]) for r in rows] == [
         (p, c) for p in ("patient1", "patient2") for c in CLASSES]
-    assert all(int(r["heads"]) == MIN_HEADS and r["adjusted"] != "" for r in rows)
+    assert all(int(r["heads"]) == MIN_HEADS and r["adjusted"] != "" and r["closer_in_check"] == "adjusted"
+               for r in rows)
     assert sum(int(r["count"]) for r in rows) == 2 * MIN_HEADS
+    # the counted intervals carry the check's margin on top of Wilson's
+    assert check["extra_sd"]["counted"][0] > 0.05
+    for r in rows:
+        plain = composition([r["class"]] * int(r["count"]) + ["x"] * (MIN_HEADS - int(r["count"])), [r["class"], "x"])[0]
+        sd = check["extra_sd"]["counted"][CLASSES.index(r["class"])]
+        expected = widen(plain["share"], plain["share_low"], plain["share_high"], sd)
+        assert (float(r["share_low"]), float(r["share_high"])) == pytest.approx(expected)
     text = " ".join(result.output.split())
     flat = "".join(text.split())  # table titles wrap at the test console's width
-    assert "patient1:10heads" in flat and "patient2:10heads" in flat and "adjustedforthemodel'serrors" in flat
+    assert "patient1:10heads" in flat and "patient2:10heads" in flat and "adjustedforthemodel'serrors★" in flat
     assert "errors on the 400 held-out images" in text
+    assert f"★ closer in this model's check: on {check['samples']} samples" in text
 
 
 def test_evaluate_puts_the_estimated_shares_beside_the_true_ones():
@@ -116,6 +220,13 @@ def test_evaluate_puts_the_estimated_shares_beside_the_true_ones():
     assert [r["true_share"] for r in comp] == pytest.approx([0.3, 0.2, 0.2, 0.3])
     assert comp[0]["share"] == pytest.approx(predicted.count("normal") / 200)
     assert abs(comp[0]["adjusted"] - 0.3) < abs(comp[0]["share"] - 0.3)  # the adjustment moves towards the truth
+    # with the bundle's share check, its intervals are widened as predict widens them
+    check = {"extra_sd": {"counted": [0.1] * 4, "adjusted": [0.0] * 4}, "better": "adjusted"}
+    checked = Assessment(pred, None, operating_points={"accuracy": [0.0] * 4}, confusion=BIASED.tolist(),
+                         share_check=check).metrics()
+    assert checked["share_check"] == check
+    assert (checked["composition"][0]["share_low"], checked["composition"][0]["share_high"]) == pytest.approx(
+        widen(comp[0]["share"], comp[0]["share_low"], comp[0]["share_high"], 0.1))
 
 
 def test_predict_refuses_an_output_it_cannot_write_before_classifying(tmp_path: Path):

@@ -105,6 +105,19 @@ def test_the_bundle_records_its_held_out_confusion_at_each_point(separable_run):
     assert sum(map(sum, meta.confusions["balanced"])) == metrics["n"]
 
 
+def test_the_bundle_records_its_share_check_at_each_point(separable_run):
+    from spermhead.evaluation.composition import check_intervals
+    from spermhead.evaluation.predictions import read_predictions
+
+    meta = load_bundle(separable_run.out / "model").meta
+    metrics = json.loads((separable_run.out / "metrics.json").read_text())
+    assert set(meta.share_checks) == {"accuracy", "balanced"} and meta.share_check == metrics["share_check"]
+    pred = read_predictions(separable_run.out)  # the point in use: its out-of-fold predictions, checked
+    assert meta.share_check == check_intervals(pred.true_indices, pred.pred_indices, pred.folds, pred.classes)
+    # separable heads: both estimates are right, so no interval needs widening
+    assert max(meta.share_check["error"]["counted"]) < 0.02 and max(meta.share_check["extra_sd"]["adjusted"]) < 0.02
+
+
 def test_bundle_reloads_with_the_same_probabilities(separable, separable_run):
     table = load_dataset(str(separable))
     bundle = load_bundle(separable_run.out / "model")

@@ -454,7 +454,7 @@ def predict(
     rows: list[dict[str, Any]] = []
     with Predictor(model, backend=backend, batch_size=batch_size, operating_point=operating_point) as predictor:
         columns = csv_columns(predictor.classes)
-        ranges, confusion = predictor.meta.input_ranges, predictor.meta.confusion
+        ranges, confusion, check = predictor.meta.input_ranges, predictor.meta.confusion, predictor.meta.share_check
         fh = open(csv_out, "w", newline="") if csv_out else None  # noqa: SIM115 - closed below
         try:
             writer = csv.DictWriter(fh, fieldnames=columns) if fh else None
@@ -489,7 +489,7 @@ def predict(
     if len(shown) < len(rows):
         console.print(f"({len(rows) - len(shown)} more rows" + (" in the CSV/JSON)" if csv_out or json_out else
                                                                  "; write them all with --csv)"))
-    show_compositions(rows, predictor.classes, confusion, summary)
+    show_compositions(rows, predictor.classes, confusion, summary, check)
     if warning := batch_warning(rows, ranges):
         err_console.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
     if failed:
@@ -502,23 +502,29 @@ def share_text(row: dict[str, Any], key: str) -> str:
 
 
 def show_compositions(rows: list[dict[str, Any]], classes: list[str], confusion: list[list[int]] | None,
-                      summary: Path | None, shown: int = 10) -> None:
-    """Each sample's (folder's) class shares, counted and adjusted; all of them to `summary`."""
+                      summary: Path | None, check: dict[str, Any] | None = None, shown: int = 10) -> None:
+    """Each sample's (folder's) class shares, counted and adjusted, widened and marked as the
+    bundle's share check found; all of them to `summary`."""
     import csv
 
     from rich.table import Table
 
     from spermhead.evaluation.composition import SUMMARY_COLUMNS, sample_compositions, summary_rows
 
-    samples = sample_compositions(rows, classes, confusion)
+    samples = sample_compositions(rows, classes, confusion, check["extra_sd"] if check else None)
+    closer = check["better"] if check and confusion else None
     if summary is not None:  # checked writable before predict began
         with open(summary, "w", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=SUMMARY_COLUMNS)
             writer.writeheader()
-            writer.writerows(summary_rows(samples))
+            writer.writerows(summary_rows(samples, closer))
+
+    def title(how: str, text: str) -> str:
+        return text + (" ★" if how == closer else "")
 
     for name, heads, comp in samples[:shown]:
-        columns = ["class", "heads", "counted (95% CI)"] + (["adjusted for the model's errors"] if confusion else [])
+        columns = ["class", "heads", title("counted", "counted (95% CI)"),
+                   *([title("adjusted", "adjusted for the model's errors")] if confusion else [])]
         table = Table(*columns, title=f"{name}: {heads} heads", title_justify="left")
         for r in comp:
             table.add_row(r["class"], str(r["count"]), share_text(r, "share"),
@@ -533,6 +539,12 @@ def show_compositions(rows: list[dict[str, Any]], classes: list[str], confusion:
     elif samples:
         console.print("this bundle records no held-out confusion, so the shares are as predicted, not adjusted "
                       "for the model's errors", highlight=False)
+    if samples and check:
+        error = {how: 100 * sum(v) / len(v) for how, v in check["error"].items()}
+        console.print(f"★ closer in this model's check: on {check['samples']} samples of up to {check['heads']} of its "
+                      f"run's held-out heads, shares were off by {error['counted']:.1f} points counted and "
+                      f"{error['adjusted']:.1f} adjusted, on average; each interval is widened to hold the truth "
+                      f"in {100 * check['level']:.0f}% of them", highlight=False)
 
 
 @app.command("evaluate")
@@ -592,7 +604,9 @@ def evaluate(
                       f"like them: {unlike['like']} (accuracy {acc['like']})", highlight=False, soft_wrap=True)
     comp = metrics["composition"]
     adjusted = "adjusted" in comp[0]
-    table = Table("class", "true share", "counted (95% CI)", *(["adjusted (95% CI)"] if adjusted else []),
+    closer = (metrics.get("share_check") or {}).get("better") if adjusted else None
+    table = Table("class", "true share", "counted (95% CI)" + (" ★" if closer == "counted" else ""),
+                  *(["adjusted (95% CI)" + (" ★" if closer == "adjusted" else "")] if adjusted else []),
                   title="class shares, as predict would estimate them for a sample of these images",
                   title_justify="left")
     for r in comp:

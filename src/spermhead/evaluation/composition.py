@@ -11,17 +11,23 @@ true class (a Perks prior on p, 1/K per class, so a 20-head sample is barely pul
 shares; each row of C drawn from its own Dirichlet posterior, counts + 1/2), so both the sample's
 few heads and the few held-out images behind C widen the interval, and a class never predicted
 still gets an upper bound.
+
+Those intervals assume the new sample's heads are misread at the held-out rates. Within a lab they
+are not quite: another model, other heads. `check_intervals` measures by how much, on a run's own
+held-out predictions (samples drawn from one fold, the confusion from the others), and a bundle
+keeps the result; `composition` then widens each interval by that extra spread.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from statistics import NormalDist
 from typing import Any
 
 import numpy as np
-from scipy.stats import binomtest
+from sklearn.metrics import confusion_matrix
 
 LEVEL = 0.95
 DRAWS = 2000  # kept after BURN_IN
@@ -32,57 +38,179 @@ ROW_PRIOR = 0.5  # Jeffreys, on each row of the confusion
 def adjusted_draws(predicted_counts: np.ndarray, confusion: np.ndarray, *, draws: int = DRAWS,
                    seed: int = 0) -> np.ndarray:
     """Posterior draws (draws x classes) of the true class shares, given the predicted counts
-    and held-out confusion counts (rows true, columns predicted)."""
+    and held-out confusion counts (rows true, columns predicted). Several samples at once:
+    counts (samples x classes), a confusion per sample or one for all; draws x samples x classes
+    back, each sample's chain on its own."""
     rng = np.random.default_rng(seed)
-    k = len(predicted_counts)
-    counts = predicted_counts.astype(int)
-    p = np.full(k, 1.0 / k)
-    out = np.empty((draws, k))
+    counts = np.asarray(predicted_counts).astype(int)
+    single = counts.ndim == 1
+    counts = np.atleast_2d(counts)
+    n, k = counts.shape
+    confusion = np.broadcast_to(np.asarray(confusion, float), (n, k, k))
+    p = np.full((n, k), 1.0 / k)
+    out = np.empty((draws, n, k))
     # every step's P(predicted | true), each row from its Dirichlet posterior, drawn at once
-    gammas = rng.gamma(np.asarray(confusion, float) + ROW_PRIOR, size=(BURN_IN + draws, k, k))
-    confusions = gammas / gammas.sum(axis=2, keepdims=True)
+    gammas = rng.gamma(confusion + ROW_PRIOR, size=(BURN_IN + draws, n, k, k))
+    confusions = gammas / gammas.sum(axis=3, keepdims=True)
     for step, c in enumerate(confusions):
-        true_counts = np.zeros(k)
-        for j in range(k):  # the heads predicted as j: which true class each came from
-            if counts[j]:
-                w = p * c[:, j]
-                true_counts += rng.multinomial(counts[j], w / w.sum())
-        p = rng.dirichlet(true_counts + 1.0 / k)
+        true_counts = np.zeros((n, k))
+        for j in np.flatnonzero(counts.any(axis=0)):  # the heads predicted as j: which true class each came from
+            w = p * c[:, :, j]
+            true_counts += rng.multinomial(counts[:, j], w / w.sum(axis=1, keepdims=True))
+        g = rng.gamma(true_counts + 1.0 / k)  # a Dirichlet draw per sample
+        p = g / g.sum(axis=1, keepdims=True)
         if step >= BURN_IN:
             out[step - BURN_IN] = p
+    return out[:, 0] if single else out
+
+
+ESTIMATES = {"counted": ("share", "share_low", "share_high"),
+             "adjusted": ("adjusted", "adjusted_low", "adjusted_high")}
+
+
+def _z(level: float) -> float:
+    return NormalDist().inv_cdf((1 + level) / 2)
+
+
+def widen(share: float, low: float, high: float, extra_sd: float, level: float = LEVEL) -> tuple[float, float]:
+    """The interval (low, high) around `share` with an independent error of sd `extra_sd` added
+    on each side (in quadrature), kept within [0, 1]."""
+    spread = _z(level) * extra_sd
+    return max(0.0, share - float(np.hypot(share - low, spread))), min(1.0, share + float(np.hypot(high - share, spread)))
+
+
+def wilson(counts: np.ndarray, n: np.ndarray | int, level: float = LEVEL) -> tuple[np.ndarray, np.ndarray]:
+    """Wilson score intervals of counts out of n, elementwise (scipy's binomtest gives one at a time)."""
+    z = _z(level)
+    counts, n = np.asarray(counts, float), np.asarray(n, float)
+    centre = (counts + z * z / 2) / (n + z * z)
+    half = z * np.sqrt(counts * (n - counts) / n + z * z / 4) / (n + z * z)
+    return np.clip(centre - half, 0.0, 1.0), np.clip(centre + half, 0.0, 1.0)
+
+
+def share_intervals(counts: np.ndarray, confusion: np.ndarray | None, *, level: float = LEVEL,
+                    draws: int = DRAWS, seed: int = 0) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Per estimate ("counted"; "adjusted" where `confusion` is given): (share, low, high), each
+    samples x classes, for the predicted counts of several samples (samples x classes)."""
+    counts = np.asarray(counts, float)
+    n = counts.sum(axis=1, keepdims=True)
+    out = {"counted": (counts / n, *wilson(counts, n, level))}
+    if confusion is not None:
+        post = adjusted_draws(counts, confusion, draws=draws, seed=seed)
+        low, high = np.quantile(post, [(1 - level) / 2, (1 + level) / 2], axis=0)
+        out["adjusted"] = (post.mean(axis=0), low, high)
     return out
 
 
 def composition(predicted: Sequence[str], classes: Sequence[str], confusion: Sequence[Sequence[int]] | None = None,
-                *, level: float = LEVEL, draws: int = DRAWS, seed: int = 0) -> list[dict[str, Any]]:
+                *, extra_sd: Mapping[str, Sequence[float]] | None = None, level: float = LEVEL,
+                draws: int = DRAWS, seed: int = 0) -> list[dict[str, Any]]:
     """Per class: count, share with a Wilson interval, and where `confusion` (held-out counts,
     rows true, columns predicted, in `classes` order) is given, the adjusted share (posterior
-    mean) with an equal-tailed interval."""
-    n = len(predicted)
+    mean) with an equal-tailed interval. `extra_sd` ("counted" and/or "adjusted" -> one sd per
+    class, from `check_intervals`) widens those intervals."""
     tally = Counter(predicted)
     counts = np.array([tally.get(c, 0) for c in classes], float)
-    rows: list[dict[str, Any]] = []
-    for c, m in zip(classes, counts, strict=True):
-        ci = binomtest(int(m), n).proportion_ci(level, method="wilson") if n else None
-        rows.append({"class": c, "count": int(m), "share": float(m / n) if n else None,
-                     "share_low": float(ci.low) if ci else None, "share_high": float(ci.high) if ci else None})
-    cm = None if confusion is None else np.asarray(confusion, float)
-    if n == 0 or cm is None or cm.shape != (len(classes), len(classes)):
+    rows: list[dict[str, Any]] = [{"class": c, "count": int(m), "share": None, "share_low": None, "share_high": None}
+                                  for c, m in zip(classes, counts, strict=True)]
+    if not predicted:
         return rows
-    post = adjusted_draws(counts, cm, draws=draws, seed=seed)
-    low, high = np.quantile(post, [(1 - level) / 2, (1 + level) / 2], axis=0)
-    for row, mean, lo, hi in zip(rows, post.mean(axis=0), low, high, strict=True):
-        row.update(adjusted=float(mean), adjusted_low=float(lo), adjusted_high=float(hi))
+    cm = None if confusion is None else np.asarray(confusion, float)
+    if cm is not None and cm.shape != (len(classes), len(classes)):
+        cm = None
+    for how, (value, low, high) in share_intervals(counts[None], cm, level=level, draws=draws, seed=seed).items():
+        e, lo, hi = ESTIMATES[how]
+        sds = (extra_sd or {}).get(how, [0.0] * len(classes))
+        for row, v, lw, hg, sd in zip(rows, value[0], low[0], high[0], sds, strict=True):
+            row[e] = float(v)
+            row[lo], row[hi] = widen(float(v), float(lw), float(hg), sd, level) if sd else (float(lw), float(hg))
     return rows
+
+
+CHECK_HEADS = 50  # per simulated sample, at most half a fold's images
+CHECK_SAMPLES = 200
+CHECK_DRAWS = 400  # per sample: the check needs each interval, not its last digit
+SHOWN = 0.0005  # bounds are shown to 0.1%: "0.0%" holds a true share of none
+
+
+def held_out_samples(true: np.ndarray, folds: np.ndarray, k: int, *, heads: int, per_fold: int,
+                     rng: np.random.Generator, replace: bool = False) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Simulated samples of a run's held-out images: (mask of the other folds' images, the
+    sample's image indices, its true class shares). Each fold in turn gives `per_fold` samples of
+    a random class mix (flat Dirichlet) of `heads` images (at most half the fold). Without
+    `replace` a class has at most the fold's images of it, each drawn once, as a real sample's
+    heads are all different."""
+    for fold in sorted(set(folds.tolist())):
+        inside = folds == fold
+        by_class = [np.flatnonzero(inside & (true == j)) for j in range(k)]
+        size = min(heads, max(int(inside.sum()) // 2, 1)) if not replace else heads
+        for _ in range(per_fold):
+            n_true = rng.multinomial(size, rng.dirichlet(np.ones(k)))
+            if not replace:
+                n_true = np.minimum(n_true, [len(b) for b in by_class])
+            if not n_true.sum():
+                continue
+            picked = np.concatenate([rng.choice(by_class[j], n_true[j], replace=replace) for j in range(k) if n_true[j]])
+            yield ~inside, picked, n_true / n_true.sum()
+
+
+def check_intervals(true: Sequence[int], predicted: Sequence[int], folds: Sequence[int], classes: Sequence[str], *,
+                    heads: int = CHECK_HEADS, samples: int = CHECK_SAMPLES, level: float = LEVEL,
+                    seed: int = 0) -> dict[str, Any] | None:
+    """How far a run's own held-out predictions put each class share from the truth, and the
+    extra sd each interval needs to hold the truth `level` of the time there.
+
+    Samples come from one fold and are estimated with the other folds' confusion, as a bundle's
+    confusion comes from its run and never from the sample it is used on. Per class and estimate:
+    the mean absolute error, how often the interval held, and `extra_sd`, the smallest sd that,
+    added by `widen`, makes the interval hold in `level` of the samples (None with fewer than two
+    folds)."""
+    true, predicted, folds = (np.asarray(a, int) for a in (true, predicted, folds))
+    fold_ids = sorted(set(folds.tolist()))
+    if len(fold_ids) < 2:
+        return None
+    k, z = len(classes), _z(level)
+    rng = np.random.default_rng(seed)
+    truths, values = [], {how: [] for how in ESTIMATES}
+    per_fold = -(-samples // len(fold_ids))
+    picks = list(held_out_samples(true, folds, k, heads=heads, per_fold=per_fold, rng=rng))
+    for fold in fold_ids:  # one batch of chains per fold: they share its confusion
+        mine = [(others, picked, truth) for others, picked, truth in picks if folds[picked[0]] == fold]
+        if not mine:
+            continue
+        others = mine[0][0]
+        cm = confusion_matrix(true[others], predicted[others], labels=range(k))
+        counts = np.array([np.bincount(predicted[picked], minlength=k) for _, picked, _ in mine])
+        for how, triple in share_intervals(counts, cm, level=level, draws=CHECK_DRAWS,
+                                           seed=int(rng.integers(1 << 31))).items():
+            values[how].append(triple)
+        truths.append(np.array([truth for _, _, truth in mine]))
+    truth = np.concatenate(truths)
+    est, need, held = {}, {}, {}
+    for how, parts in values.items():
+        value, low, high = (np.concatenate([part[i] for part in parts]) for i in range(3))
+        low, high = low - SHOWN, high + SHOWN
+        side = np.where(truth < value, value - low, high - value)
+        est[how] = np.abs(value - truth)
+        # the sd that widen() must add for this interval to reach the truth
+        need[how] = np.sqrt(np.maximum((value - truth) ** 2 - side ** 2, 0.0)) / z
+        held[how] = (low <= truth) & (truth <= high)
+    error = {how: np.mean(v, axis=0) for how, v in est.items()}
+    return {"heads": heads, "samples": len(truth), "level": level,
+            "error": {how: e.round(4).tolist() for how, e in error.items()},
+            "held": {how: np.mean(v, axis=0).round(3).tolist() for how, v in held.items()},
+            "extra_sd": {how: np.quantile(v, level, axis=0).round(4).tolist() for how, v in need.items()},
+            "better": min(error, key=lambda how: float(error[how].mean()))}
 
 
 MIN_HEADS = 10  # fewer classified heads than this in a folder give no composition worth printing
 SUMMARY_COLUMNS = ["sample", "heads", "class", "count", "share", "share_low", "share_high",
-                   "adjusted", "adjusted_low", "adjusted_high"]
+                   "adjusted", "adjusted_low", "adjusted_high", "closer_in_check"]
 
 
 def sample_compositions(rows: Sequence[dict[str, Any]], classes: Sequence[str],
-                        confusion: Sequence[Sequence[int]] | None) -> list[tuple[str, int, list[dict[str, Any]]]]:
+                        confusion: Sequence[Sequence[int]] | None,
+                        extra_sd: Mapping[str, Sequence[float]] | None = None) -> list[tuple[str, int, list[dict[str, Any]]]]:
     """(sample, heads, composition) per folder of classified images (a folder = one sample),
     in folder order; folders with fewer than MIN_HEADS classified images are left out."""
     groups: dict[str, list[str]] = {}
@@ -90,11 +218,12 @@ def sample_compositions(rows: Sequence[dict[str, Any]], classes: Sequence[str],
         if row.get("ok"):
             folder = str(Path(row["path"]).parent) if row.get("path") else "uploads"
             groups.setdefault(folder, []).append(row["class"])
-    return [(folder, len(predicted), composition(predicted, classes, confusion))
+    return [(folder, len(predicted), composition(predicted, classes, confusion, extra_sd=extra_sd))
             for folder, predicted in sorted(groups.items()) if len(predicted) >= MIN_HEADS]
 
 
-def summary_rows(samples: Sequence[tuple[str, int, list[dict[str, Any]]]]) -> list[dict[str, Any]]:
-    """One CSV row per sample and class (SUMMARY_COLUMNS)."""
-    return [{"sample": name, "heads": heads, **{k: r.get(k, "") for k in SUMMARY_COLUMNS[2:]}}
-            for name, heads, comp in samples for r in comp]
+def summary_rows(samples: Sequence[tuple[str, int, list[dict[str, Any]]]], closer: str | None = None) -> list[dict[str, Any]]:
+    """One CSV row per sample and class (SUMMARY_COLUMNS); `closer`: the estimate the bundle's
+    share check found closer to the truth (counted or adjusted), where it has one."""
+    return [{"sample": name, "heads": heads, **{k: r.get(k, "") for k in SUMMARY_COLUMNS[2:-1]},
+             "closer_in_check": closer or ""} for name, heads, comp in samples for r in comp]

@@ -47,6 +47,8 @@ class Assessment:
     unlike: list[bool] | None = None
     # the bundle's held-out confusion counts at `operating_point` (None: not recorded)
     confusion: list[list[int]] | None = None
+    # the bundle's share check at `operating_point` (composition.check_intervals; None: not recorded)
+    share_check: dict[str, Any] | None = None
 
     def at_point(self, name: str) -> Predictions:
         """The predictions at another of the bundle's operating points: the same probabilities
@@ -91,6 +93,7 @@ class Assessment:
                 out["unseen"] = compute_metrics(self.predictions.subset(unseen)) if unseen.size else None
         out["unlike_training"] = None if self.unlike is None else self._split_by_likeness()
         out["composition"] = self._composition()
+        out["share_check"] = self.share_check
         if self.unlike is not None and any(self.unlike):
             notes.append(f"{sum(self.unlike)} of {len(self.unlike)} images are unlike the images the model "
                          "was trained on (size, framing, grey levels or focus; `unlike_training`): figures on "
@@ -101,7 +104,8 @@ class Assessment:
         """The scored images' class shares as a sample's would be estimated (counted, and adjusted
         with the bundle's confusion), beside the true shares: what a lab's figure is worth."""
         pred = self.predictions
-        rows = composition([pred.classes[i] for i in pred.pred_indices], pred.classes, self.confusion)
+        rows = composition([pred.classes[i] for i in pred.pred_indices], pred.classes, self.confusion,
+                           extra_sd=self.share_check["extra_sd"] if self.share_check else None)
         truth = np.bincount(pred.true_indices, minlength=len(pred.classes)) / len(pred)
         return [{**row, "true_share": float(t)} for row, t in zip(rows, truth, strict=True)]
 
@@ -151,7 +155,7 @@ def assess(predictor: Predictor, table: SampleTable,
                                                                                      [0.0] * len(predictor.classes))}
     return Assessment(predictions, seen, unusable, dict(unknown), points, predictor.meta.operating_point,
                       predictor.meta.temperature, unlike if predictor.meta.input_ranges else None,
-                      predictor.meta.confusion)
+                      predictor.meta.confusion, predictor.meta.share_check)
 
 
 def check_out_dir(out: Path, overwrite: bool) -> None:

@@ -59,11 +59,20 @@ class BundleMeta:
     # per operating point, the run's held-out confusion counts (rows true, columns predicted), so
     # a sample's class shares can be adjusted for the model's errors (evaluation/composition.py)
     confusions: dict[str, list[list[int]]] = field(default_factory=dict)
+    # per operating point, how far the run's own held-out predictions put a sample's class shares
+    # from the truth, counted and adjusted, and by how much each interval must widen to hold it
+    # (composition.check_intervals); empty where the run had no folds to check with
+    share_checks: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def confusion(self) -> list[list[int]] | None:
         """The held-out confusion counts at the operating point in use (None: not recorded)."""
         return self.confusions.get(self.operating_point)
+
+    @property
+    def share_check(self) -> dict[str, Any] | None:
+        """The share check at the operating point in use (None: not recorded)."""
+        return self.share_checks.get(self.operating_point)
     shape_fusion: float = 0.0  # weight of the fused shape models (models/shape.py); 0 = CNN alone
     pixel_fusion: float = 0.0  # weight of the fused pixel models (models/pixels.py)
     # Inputs are [0, 1] images; each member standardises with its own training-side statistics.
@@ -127,7 +136,7 @@ def save_bundle(directory: Path, members: list[nn.Module], meta: BundleMeta,
             tensors.update(pixel.tensors(f"pixels{i}"))
     write_safetensors(tensors, directory / "model.safetensors")
     described = asdict(meta)
-    for key in ("shape_fusion", "pixel_fusion", "cnn_prior", "input_ranges", "confusions"):  # left out when off, so such bundles
+    for key in ("shape_fusion", "pixel_fusion", "cnn_prior", "input_ranges", "confusions", "share_checks"):  # left out when off, so such bundles
         if not described[key]:                                 # stay readable by older versions
             del described[key]
     (directory / "model.json").write_text(json.dumps(described, indent=2))

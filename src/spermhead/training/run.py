@@ -30,6 +30,7 @@ from spermhead.data.extra import pool_extra_training
 from spermhead.data.readers import load_dataset
 from spermhead.data.samples import SampleTable
 from spermhead.errors import ConfigError
+from spermhead.evaluation.composition import check_intervals
 from spermhead.evaluation.metrics import headline
 from spermhead.evaluation.predictions import Predictions, concat
 from spermhead.models.inference import Ensemble, predict_proba, standardized
@@ -466,6 +467,9 @@ def train_run(cfg: RunConfig, *, overwrite: bool = False, resume: bool = False,
     metrics["operating_points"] = {p: headline(m) for p, (_, m) in scored.items()}
     metrics["validation"] = validation_summary(results)
     metrics["alignment"] = {"aligned": int(sum(c.aligned for c in canon)), "total": len(canon)}
+    share_checks = {point: check for point, (pred, _) in scored.items()
+                    if (check := check_intervals(pred.true_indices, pred.pred_indices, pred.folds, pred.classes))}
+    metrics["share_check"] = share_checks.get(cfg.operating_point)
     predictions.write_csv(out / "predictions.csv")
     write_metrics_json(metrics, out / "metrics.json")  # deterministic: timings live in run.json
     bundle_members = [m for r in results for m in r.members]
@@ -490,7 +494,8 @@ def train_run(cfg: RunConfig, *, overwrite: bool = False, resume: bool = False,
                  trained_signatures(table, folds, refit=kind_is_refit(cfg)),
                  temperature=pooled_temperature([r.temperature for r in results]),
                  input_ranges=fit_ranges([describe(c) for c in canon]),
-                 confusions={point: m["confusion_matrix"] for point, (_, m) in scored.items()})
+                 confusions={point: m["confusion_matrix"] for point, (_, m) in scored.items()},
+                 share_checks=share_checks)
     timing = {
         "wall_seconds": time.perf_counter() - start,
         "init_seconds": float(init.get("seconds", 0.0)),  # a source model trained by this run
@@ -576,7 +581,8 @@ def write_bundle(cfg: RunConfig, table: SampleTable, members: list[nn.Module], b
                  metrics: dict[str, Any], directory: Path, shapes: list[ShapeModel] | None = None,
                  pixels: list[PixelModel] | None = None, trained: np.ndarray | None = None,
                  temperature: float = 1.0, input_ranges: dict[str, list[float]] | None = None,
-                 confusions: dict[str, list[list[int]]] | None = None) -> Path:
+                 confusions: dict[str, list[list[int]]] | None = None,
+                 share_checks: dict[str, dict[str, Any]] | None = None) -> Path:
     """`biases`: each operating point's log-prior correction ("balanced", and "accuracy" where
     extra training images shifted the prior), and "cnn_prior" where class-balanced training
     took the training prior out of the CNN's posteriors. `trained`: signatures of the images
@@ -598,6 +604,7 @@ def write_bundle(cfg: RunConfig, table: SampleTable, members: list[nn.Module], b
         class_bias=points[cfg.operating_point], operating_points=points,
         cnn_prior=None if "cnn_prior" not in biases else [float(b) for b in biases["cnn_prior"]],
         temperature=float(temperature), input_ranges=input_ranges or {}, confusions=confusions or {},
+        share_checks=share_checks or {},
         run={"dataset": cfg.dataset, "protocol": cfg.protocol.kind, "folds": cfg.protocol.folds,
              "seed": cfg.seed, "metrics": headline(metrics), "run_dir": str(Path(cfg.out).resolve())},
     )
