@@ -168,6 +168,30 @@ def _confusion(m: Mapping[str, Any]) -> str:
     return table(["true \\ predicted", *classes], rows)
 
 
+def _share_check(m: Mapping[str, Any]) -> str:
+    """The run's check of a sample's class shares (composition.check_intervals), in points."""
+    check = m.get("share_check")
+    if not check:
+        return ""
+    classes = m.get("classes") or list(m.get("per_class", {}))
+
+    def pts(v: float) -> str:
+        return f"{100 * v:.1f}"
+
+    rows = [[c, pts(check["error"]["counted"][i]), pts(check["error"]["adjusted"][i]),
+             f"{100 * check['held']['counted'][i]:.0f}%", f"{100 * check['held']['adjusted'][i]:.0f}%",
+             pts(check["extra_sd"]["counted"][i]), pts(check["extra_sd"]["adjusted"][i])]
+            for i, c in enumerate(classes)]
+    return ("<h2>A sample's class shares</h2>"
+            f"<p>{check['samples']} simulated samples of up to {check['heads']} held-out heads each, of random class "
+            "mixes, estimated from their predicted classes with the other folds' confusion. Error: mean distance "
+            "from the true share, in points. Held: how often the 95% interval held the true share. Extra sd: "
+            "what <code>predict</code> adds to each interval so that it holds in 95% of these samples. "
+            f"The {esc(check['better'])} share was closer on average.</p>"
+            + table(["class", "error, counted", "error, adjusted", "held, counted", "held, adjusted",
+                     "extra sd, counted", "extra sd, adjusted"], rows))
+
+
 def _baseline_note(m: Mapping[str, Any]) -> str:
     support = {c: v.get("support", 0) for c, v in m.get("per_class", {}).items()}
     n = sum(support.values())
@@ -258,7 +282,8 @@ def write_report(
     notes = metrics.get("notes") or []
     if notes:
         body.append("<ul>" + "".join(f"<li>{esc(n)}</li>" for n in notes) + "</ul>")
-    body += ["<h2>Per class</h2>", _per_class(metrics), "<h3>Confusion matrix (counts)</h3>", _confusion(metrics)]
+    body += ["<h2>Per class</h2>", _per_class(metrics), "<h3>Confusion matrix (counts)</h3>", _confusion(metrics),
+             _share_check(metrics)]
     if metrics.get("per_source"):
         body += ["<h2>Per source</h2>", _summary_table("source", list(metrics["per_source"].items()))]
     if metrics.get("folds"):
