@@ -138,7 +138,7 @@ def held_out_coverage(run: tuple[np.ndarray, np.ndarray, np.ndarray], extra_sd, 
 def test_the_share_check_widens_what_a_models_bias_would_otherwise_leave_too_narrow():
     rng = np.random.default_rng(5)
     check = check_intervals(*out_of_fold_run(rng), CLASSES)
-    assert check is not None and check["samples"] >= 200 and check["better"] == "adjusted"
+    assert check is not None and check["samples"] >= 200 and check["closer"][0] == check["closer"][3] == "adjusted"
     # counting keeps the bias: normal and amorphous need a wide margin, the others little
     sd = check["extra_sd"]["counted"]
     assert min(sd[0], sd[3]) > 0.05 and max(sd[1], sd[2]) < 0.03
@@ -188,8 +188,8 @@ def test_predict_writes_each_samples_composition(tmp_path: Path):
         rows = list(csv.DictReader(fh))
     assert [(Path(r["sample"]).name, r["class"]) for r in rows] == [
         (p, c) for p in ("patient1", "patient2") for c in CLASSES]
-    assert all(int(r["heads"]) == MIN_HEADS and r["adjusted"] != "" and r["closer_in_check"] == "adjusted"
-               for r in rows)
+    assert all(int(r["heads"]) == MIN_HEADS and r["adjusted"] != "" for r in rows)
+    assert [r["closer_in_check"] for r in rows] == check["closer"] * 2
     assert sum(int(r["count"]) for r in rows) == 2 * MIN_HEADS
     # the counted intervals carry the check's margin on top of Wilson's
     assert check["extra_sd"]["counted"][0] > 0.05
@@ -200,9 +200,13 @@ def test_predict_writes_each_samples_composition(tmp_path: Path):
         assert (float(r["share_low"]), float(r["share_high"])) == pytest.approx(expected)
     text = " ".join(result.output.split())
     flat = "".join(text.split())  # table titles wrap at the test console's width
-    assert "patient1:10heads" in flat and "patient2:10heads" in flat and "adjustedforthemodel'serrors★" in flat
+    assert "patient1:10heads" in flat and "patient2:10heads" in flat and "adjustedforthemodel'serrors" in flat
     assert "errors on the 400 held-out images" in text
-    assert f"★ closer in this model's check: on {check['samples']} samples" in text
+    assert f"★ the closer of the two in this model's check: on {check['samples']} samples" in text
+    # each class's row stars the estimate its check found closer, in both samples
+    lines = [line for line in result.output.splitlines() if line.strip().startswith(("│ normal", "│ amorphous"))]
+    assert len(lines) == 4 and all(line.count("★") == 1 for line in lines)
+    assert all(line.index("★") > line.index(")", line.index(")") + 1) for line in lines if "normal" in line)
 
 
 def test_evaluate_puts_the_estimated_shares_beside_the_true_ones():
@@ -221,7 +225,7 @@ def test_evaluate_puts_the_estimated_shares_beside_the_true_ones():
     assert comp[0]["share"] == pytest.approx(predicted.count("normal") / 200)
     assert abs(comp[0]["adjusted"] - 0.3) < abs(comp[0]["share"] - 0.3)  # the adjustment moves towards the truth
     # with the bundle's share check, its intervals are widened as predict widens them
-    check = {"extra_sd": {"counted": [0.1] * 4, "adjusted": [0.0] * 4}, "better": "adjusted"}
+    check = {"extra_sd": {"counted": [0.1] * 4, "adjusted": [0.0] * 4}, "closer": ["adjusted"] * 4}
     checked = Assessment(pred, None, operating_points={"accuracy": [0.0] * 4}, confusion=BIASED.tolist(),
                          share_check=check).metrics()
     assert checked["share_check"] == check

@@ -496,9 +496,11 @@ def predict(
         raise typer.Exit(1)
 
 
-def share_text(row: dict[str, Any], key: str) -> str:
-    """'12.5% (8.1-18.0)': a share of a composition row with its interval."""
-    return f"{100 * row[key]:.1f}% ({100 * row[key + '_low']:.1f}-{100 * row[key + '_high']:.1f})"
+def share_text(row: dict[str, Any], key: str, closer: list[str] | None = None, index: int = 0) -> str:
+    """'12.5% (8.1-18.0)': a share of a composition row with its interval, starred where `closer`
+    (per class: counted or adjusted, from the bundle's share check) names this estimate."""
+    star = " ★" if closer and closer[index] == ("counted" if key == "share" else "adjusted") else ""
+    return f"{100 * row[key]:.1f}% ({100 * row[key + '_low']:.1f}-{100 * row[key + '_high']:.1f}){star}"
 
 
 def show_compositions(rows: list[dict[str, Any]], classes: list[str], confusion: list[list[int]] | None,
@@ -512,23 +514,19 @@ def show_compositions(rows: list[dict[str, Any]], classes: list[str], confusion:
     from spermhead.evaluation.composition import SUMMARY_COLUMNS, sample_compositions, summary_rows
 
     samples = sample_compositions(rows, classes, confusion, check["extra_sd"] if check else None)
-    closer = check["better"] if check and confusion else None
+    closer = check["closer"] if check and confusion else None
     if summary is not None:  # checked writable before predict began
         with open(summary, "w", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=SUMMARY_COLUMNS)
             writer.writeheader()
             writer.writerows(summary_rows(samples, closer))
 
-    def title(how: str, text: str) -> str:
-        return text + (" ★" if how == closer else "")
-
     for name, heads, comp in samples[:shown]:
-        columns = ["class", "heads", title("counted", "counted (95% CI)"),
-                   *([title("adjusted", "adjusted for the model's errors")] if confusion else [])]
+        columns = ["class", "heads", "counted (95% CI)", *(["adjusted for the model's errors"] if confusion else [])]
         table = Table(*columns, title=f"{name}: {heads} heads", title_justify="left")
-        for r in comp:
-            table.add_row(r["class"], str(r["count"]), share_text(r, "share"),
-                          *([share_text(r, "adjusted")] if confusion else []))
+        for i, r in enumerate(comp):
+            table.add_row(r["class"], str(r["count"]), share_text(r, "share", closer, i),
+                          *([share_text(r, "adjusted", closer, i)] if confusion else []))
         console.print(table)
     if len(samples) > shown:
         console.print(f"({len(samples) - shown} more samples" + (f" in {summary})" if summary else
@@ -541,10 +539,10 @@ def show_compositions(rows: list[dict[str, Any]], classes: list[str], confusion:
                       "for the model's errors", highlight=False)
     if samples and check:
         error = {how: 100 * sum(v) / len(v) for how, v in check["error"].items()}
-        console.print(f"★ closer in this model's check: on {check['samples']} samples of up to {check['heads']} of its "
-                      f"run's held-out heads, shares were off by {error['counted']:.1f} points counted and "
-                      f"{error['adjusted']:.1f} adjusted, on average; each interval is widened to hold the truth "
-                      f"in {100 * check['level']:.0f}% of them", highlight=False)
+        console.print(f"★ the closer of the two in this model's check: on {check['samples']} samples of up to "
+                      f"{check['heads']} of its run's held-out heads, shares were off by {error['counted']:.1f} points "
+                      f"counted and {error['adjusted']:.1f} adjusted, on average over the classes; each interval is "
+                      f"widened to hold the truth in {100 * check['level']:.0f}% of them", highlight=False)
 
 
 @app.command("evaluate")
@@ -604,14 +602,13 @@ def evaluate(
                       f"like them: {unlike['like']} (accuracy {acc['like']})", highlight=False, soft_wrap=True)
     comp = metrics["composition"]
     adjusted = "adjusted" in comp[0]
-    closer = (metrics.get("share_check") or {}).get("better") if adjusted else None
-    table = Table("class", "true share", "counted (95% CI)" + (" ★" if closer == "counted" else ""),
-                  *(["adjusted (95% CI)" + (" ★" if closer == "adjusted" else "")] if adjusted else []),
+    closer = (metrics.get("share_check") or {}).get("closer") if adjusted else None
+    table = Table("class", "true share", "counted (95% CI)", *(["adjusted (95% CI)"] if adjusted else []),
                   title="class shares, as predict would estimate them for a sample of these images",
                   title_justify="left")
-    for r in comp:
-        table.add_row(r["class"], f"{100 * r['true_share']:.1f}%", share_text(r, "share"),
-                      *([share_text(r, "adjusted")] if adjusted else []))
+    for i, r in enumerate(comp):
+        table.add_row(r["class"], f"{100 * r['true_share']:.1f}%", share_text(r, "share", closer, i),
+                      *([share_text(r, "adjusted", closer, i)] if adjusted else []))
     console.print(table)
     if metrics.get("unseen"):
         u = metrics["unseen"]

@@ -200,7 +200,8 @@ def check_intervals(true: Sequence[int], predicted: Sequence[int], folds: Sequen
             "error": {how: e.round(4).tolist() for how, e in error.items()},
             "held": {how: np.mean(v, axis=0).round(3).tolist() for how, v in held.items()},
             "extra_sd": {how: np.quantile(v, level, axis=0).round(4).tolist() for how, v in need.items()},
-            "better": min(error, key=lambda how: float(error[how].mean()))}
+            # per class, the estimate that was closer (a tie goes to counting, the simpler)
+            "closer": ["adjusted" if a < c else "counted" for c, a in zip(error["counted"], error["adjusted"], strict=True)]}
 
 
 MIN_HEADS = 10  # fewer classified heads than this in a folder give no composition worth printing
@@ -222,8 +223,10 @@ def sample_compositions(rows: Sequence[dict[str, Any]], classes: Sequence[str],
             for folder, predicted in sorted(groups.items()) if len(predicted) >= MIN_HEADS]
 
 
-def summary_rows(samples: Sequence[tuple[str, int, list[dict[str, Any]]]], closer: str | None = None) -> list[dict[str, Any]]:
-    """One CSV row per sample and class (SUMMARY_COLUMNS); `closer`: the estimate the bundle's
-    share check found closer to the truth (counted or adjusted), where it has one."""
+def summary_rows(samples: Sequence[tuple[str, int, list[dict[str, Any]]]],
+                 closer: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """One CSV row per sample and class (SUMMARY_COLUMNS); `closer`: per class, the estimate the
+    bundle's share check found closer to the truth (counted or adjusted), where it has one."""
     return [{"sample": name, "heads": heads, **{k: r.get(k, "") for k in SUMMARY_COLUMNS[2:-1]},
-             "closer_in_check": closer or ""} for name, heads, comp in samples for r in comp]
+             "closer_in_check": closer[i] if closer else ""}
+            for name, heads, comp in samples for i, r in enumerate(comp)]

@@ -180,16 +180,16 @@ def _share_check(m: Mapping[str, Any]) -> str:
 
     rows = [[c, pts(check["error"]["counted"][i]), pts(check["error"]["adjusted"][i]),
              f"{100 * check['held']['counted'][i]:.0f}%", f"{100 * check['held']['adjusted'][i]:.0f}%",
-             pts(check["extra_sd"]["counted"][i]), pts(check["extra_sd"]["adjusted"][i])]
+             pts(check["extra_sd"]["counted"][i]), pts(check["extra_sd"]["adjusted"][i]), check["closer"][i]]
             for i, c in enumerate(classes)]
     return ("<h2>A sample's class shares</h2>"
             f"<p>{check['samples']} simulated samples of up to {check['heads']} held-out heads each, of random class "
             "mixes, estimated from their predicted classes with the other folds' confusion. Error: mean distance "
             "from the true share, in points. Held: how often the 95% interval held the true share. Extra sd: "
             "what <code>predict</code> adds to each interval so that it holds in 95% of these samples. "
-            f"The {esc(check['better'])} share was closer on average.</p>"
+            "Closer: the estimate with the smaller error, which <code>predict</code> stars.</p>"
             + table(["class", "error, counted", "error, adjusted", "held, counted", "held, adjusted",
-                     "extra sd, counted", "extra sd, adjusted"], rows))
+                     "extra sd, counted", "extra sd, adjusted", "closer"], rows))
 
 
 def _baseline_note(m: Mapping[str, Any]) -> str:
