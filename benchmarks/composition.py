@@ -2,7 +2,7 @@
 model's measured errors (evaluation/composition.py). RESULTS.md, sessions 16 and 17.
 
     .venv/bin/python benchmarks/composition.py RUN_DIR ... [--samples 100] [--heads 50] [--pool]
-        [--replace] [--check-from RUN_DIR]
+        [--replace] [--check-from RUN_DIR] [--together 2]
 
 No training: each run's out-of-fold predictions.csv stands in for a lab's samples. For each test
 fold, the confusion counts come from the *other* folds' predictions (as a bundle's come from its
@@ -15,7 +15,8 @@ Printed per run: the mean absolute error of each class's share, counted and adju
 percentage points, and how often each 95% interval held the sample's true share (bounds as
 shown, to 0.1%). `--check-from RUN` first widens the intervals as a bundle of that run would
 (`composition.check_intervals` on its own predictions): give a run of another CV seed to see
-whether the widening carries over. Also, for comparison (not shipped), the EM re-weighting of the
+whether the widening carries over. `--together 2` draws each sample from two neighbouring folds
+(estimated with the other three folds' confusion), for samples larger than half a fold. Also, for comparison (not shipped), the EM re-weighting of the
 calibrated probabilities to the sample's class mix (Saerens, Latinne and Decaestecker 2002), from
 the other folds' class mix as the training prior.
 """
@@ -45,7 +46,7 @@ def em_shares(probs: np.ndarray, prior: np.ndarray, steps: int = 500, tol: float
 
 
 def simulate(run: Path, samples: int, heads: int, seed: int, *, replace: bool = False,
-             extra_sd: dict | None = None) -> dict[str, np.ndarray]:
+             extra_sd: dict | None = None, together: int = 1) -> dict[str, np.ndarray]:
     pred = read_predictions(run)
     classes = list(pred.classes)
     k = len(classes)
@@ -55,7 +56,7 @@ def simulate(run: Path, samples: int, heads: int, seed: int, *, replace: bool = 
     held: dict[str, list] = {"counted": [], "adjusted": []}
     per_fold = samples // len(set(folds.tolist())) + 1
     for others, picked, truth in held_out_samples(true, folds, k, heads=heads, per_fold=per_fold, rng=rng,
-                                                  replace=replace):
+                                                  replace=replace, together=together):
         cm = confusion_matrix(true[others], guess[others], labels=range(k))
         prior = np.bincount(true[others], minlength=k) / others.sum()
         rows = composition([classes[i] for i in guess[picked]], classes, cm, extra_sd=extra_sd,
@@ -77,6 +78,8 @@ def main() -> None:
     parser.add_argument("--pool", action="store_true", help="one table over all the runs given (repeats of a recipe)")
     parser.add_argument("--replace", action="store_true", help="draw a fold's images with replacement (session 16)")
     parser.add_argument("--check-from", type=Path, help="widen the intervals as this run's bundle would")
+    parser.add_argument("--together", type=int, default=1,
+                        help="draw each sample from this many neighbouring folds (larger samples)")
     args = parser.parse_args()
     extra_sd = None
     if args.check_from:
@@ -85,7 +88,7 @@ def main() -> None:
         extra_sd = check["extra_sd"] if check else None
         print(f"widened as {args.check_from}'s bundle would: extra sd {extra_sd}")
     results = [(str(run), simulate(run, args.samples, args.heads, args.seed, replace=args.replace,
-                                   extra_sd=extra_sd)) for run in args.runs]
+                                   extra_sd=extra_sd, together=args.together)) for run in args.runs]
     if args.pool:
         keys = [k for k in results[0][1] if k != "classes"]
         pooled = {"classes": results[0][1]["classes"], **{k: np.concatenate([r[k] for _, r in results]) for k in keys}}

@@ -210,6 +210,47 @@ def test_model_health_docs(client: TestClient) -> None:
     assert "/api/predict" in client.get("/openapi.json").json()["paths"]
 
 
+def test_composition_gives_the_heads_class_shares_and_names_what_it_cannot_use(client: TestClient) -> None:
+    from spermhead.evaluation.composition import composition
+
+    heads = ["normal"] * 3 + ["amorphous"] * 17
+    r = client.post("/api/composition", json={"predicted": heads})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    # an untrained bundle records no confusion: counted only, as predict's table would give it
+    assert body["heads"] == 20 and not body["adjusted"] and body["closer"] is None and body["check"] is None
+    assert body["rows"] == composition(heads, list(CLASSES))
+    assert client.get("/api/model").json()["sample_min_heads"] == 10
+    bad = client.post("/api/composition", json={"predicted": ["normal", "banana", "Normal"]})
+    assert bad.status_code == 422 and "'Normal', 'banana'" in bad.json()["detail"] and "it has normal" in bad.json()["detail"]
+    assert client.post("/api/composition", json={"predicted": []}).status_code == 422
+    assert client.post("/api/composition", json={"heads": heads}).status_code == 422
+    assert client.post("/api/composition", content=b"not json", headers={"content-type": "application/json"}).status_code == 422
+    assert client.get("/health").json()["status"] == "ok"
+
+
+def test_composition_is_adjusted_widened_and_starred_as_the_bundle_records(bundle: Path, tmp_path: Path) -> None:
+    import json
+    import shutil
+
+    from spermhead.evaluation.composition import composition
+
+    copy = Path(shutil.copytree(bundle, tmp_path / "bundle"))
+    meta = json.loads((copy / "model.json").read_text())
+    confusion = [[60, 0, 0, 40], [0, 95, 5, 0], [0, 5, 95, 0], [0, 0, 5, 95]]
+    check = {"heads": 50, "samples": 200, "level": 0.95, "error": {"counted": [0.2, 0.01, 0.01, 0.2],
+             "adjusted": [0.05, 0.02, 0.02, 0.05]}, "held": {"counted": [0.3, 1, 1, 0.3], "adjusted": [0.95] * 4},
+             "extra_sd": {"counted": [0.15, 0, 0, 0.15], "adjusted": [0, 0, 0, 0]},
+             "closer": ["adjusted", "counted", "counted", "adjusted"]}
+    meta.update(confusions={"accuracy": confusion}, share_checks={"accuracy": check})
+    (copy / "model.json").write_text(json.dumps(meta))
+    with TestClient(create_app(copy)) as c:
+        heads = ["normal"] * 12 + ["tapered"] * 10 + ["amorphous"] * 18
+        body = c.post("/api/composition", json={"predicted": heads}).json()
+    assert body["adjusted"] and body["closer"] == check["closer"] and body["check"]["samples"] == 200
+    assert body["rows"] == composition(heads, list(CLASSES), confusion, extra_sd=check["extra_sd"])
+
+
 def test_pages_are_self_contained(client: TestClient) -> None:
     for page in ("/", "/review"):
         r = client.get(page)

@@ -67,6 +67,14 @@ def server(tmp_path_factory: pytest.TempPathFactory, images: Path) -> Iterator[s
     meta["input_ranges"] = fit_ranges([describe(canonicalize(render_head(CLASSES[i % 4], "hushem",
                                                                          np.random.default_rng(1000 + i))[0], cfg))
                                        for i in range(40)])
+    # and its held-out confusion and share check, so the page can adjust and star a sample's shares
+    meta["confusions"] = {"accuracy": [[60, 0, 0, 40], [0, 95, 5, 0], [0, 5, 95, 0], [0, 0, 5, 95]]}
+    meta["share_checks"] = {"accuracy": {
+        "heads": 50, "samples": 200, "level": 0.95,
+        "error": {"counted": [0.2, 0.01, 0.01, 0.2], "adjusted": [0.05, 0.02, 0.02, 0.05]},
+        "held": {"counted": [0.3, 1, 1, 0.3], "adjusted": [0.95] * 4},
+        "extra_sd": {"counted": [0.15, 0, 0, 0.15], "adjusted": [0] * 4},
+        "closer": ["adjusted", "counted", "counted", "adjusted"]}}
     (bundle / "model.json").write_text(json.dumps(meta))
     app = create_app(bundle, review_source=images)
     port = free_port()
@@ -187,3 +195,40 @@ def test_review_page_steps_with_buttons_and_keys(page, server: str, tmp_path: Pa
         assert "wrong" in page.locator("#pred-label").get_attribute("class")
     else:
         page.wait_for_selector("#empty:has-text('No errors')")
+
+
+def test_classify_page_gives_the_class_shares_of_all_its_heads(page, server: str, images: Path,
+                                                               tmp_path: Path) -> None:
+    files = []
+    for i in range(10):  # predict's smallest sample
+        path = tmp_path / f"head_{i}.png"
+        Image.fromarray(render_head(CLASSES[i % 4], "hushem", np.random.default_rng(500 + i))[0]).save(path)
+        files.append(str(path))
+    page.goto(server + "/")
+    page.wait_for_selector("#model-info:has-text('spermnet')")
+    page.set_input_files("#file-input", files[:6])
+    page.wait_for_function("document.querySelectorAll('.card.result').length === 6")
+    assert page.locator("#sample").is_hidden()  # six heads are not yet a sample
+    page.set_input_files("#file-input", files[6:])
+    page.wait_for_selector("#sample table.shares")
+    assert "all 10 heads on this page" in page.locator("#sample h2").inner_text()
+    rows = page.locator("#sample table.shares tr")
+    assert rows.count() == 1 + len(CLASSES)
+    assert "adjusted for the model's errors" in rows.nth(0).inner_text()
+    counts = [int(rows.nth(1 + i).locator("td").nth(1).inner_text()) for i in range(len(CLASSES))]
+    shown = [card.inner_text().strip().lower() for card in page.locator(".card.result .cls").all()]
+    assert sum(counts) == 10 and counts == [shown.count(c) for c in CLASSES]
+    # each class's row stars the estimate the bundle's check found closer
+    normal = rows.nth(1).locator("td")
+    assert "★" in normal.nth(3).inner_text() and "★" not in normal.nth(2).inner_text()
+    tapered = rows.nth(2).locator("td")
+    assert "★" in tapered.nth(2).inner_text() and "★" not in tapered.nth(3).inner_text()
+    assert "closer of the two in this model's check" in page.locator("#sample").inner_text()
+    out = (screenshot_dir() or tmp_path) / "classify-sample.png"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(out))
+    page.click("#new-sample")  # the next sample starts from an empty page
+    assert page.locator("#sample").is_hidden() and page.locator(".card").count() == 0
+    page.set_input_files("#file-input", files[:6])
+    page.wait_for_function("document.querySelectorAll('.card.result').length === 6")
+    assert page.locator("#sample").is_hidden()

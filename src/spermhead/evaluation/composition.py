@@ -134,14 +134,17 @@ SHOWN = 0.0005  # bounds are shown to 0.1%: "0.0%" holds a true share of none
 
 
 def held_out_samples(true: np.ndarray, folds: np.ndarray, k: int, *, heads: int, per_fold: int,
-                     rng: np.random.Generator, replace: bool = False) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+                     rng: np.random.Generator, replace: bool = False,
+                     together: int = 1) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Simulated samples of a run's held-out images: (mask of the other folds' images, the
     sample's image indices, its true class shares). Each fold in turn gives `per_fold` samples of
     a random class mix (flat Dirichlet) of `heads` images (at most half the fold). Without
     `replace` a class has at most the fold's images of it, each drawn once, as a real sample's
-    heads are all different."""
-    for fold in sorted(set(folds.tolist())):
-        inside = folds == fold
+    heads are all different. `together` > 1 draws from that many neighbouring folds at once
+    (larger samples; the confusion then comes from fewer)."""
+    ids = sorted(set(folds.tolist()))
+    for i in range(len(ids)):
+        inside = np.isin(folds, [ids[(i + j) % len(ids)] for j in range(together)])
         by_class = [np.flatnonzero(inside & (true == j)) for j in range(k)]
         size = min(heads, max(int(inside.sum()) // 2, 1)) if not replace else heads
         for _ in range(per_fold):

@@ -16,6 +16,10 @@ REST contract
         several:    200 {"results": [row, ...]} in upload order; a bad file's row is
                     {"name", "ok": false, "status": 4xx, "error": "<file name>: <problem>"}
         rows:       see `serving.predictor`; plus "crop" and "gradcam" PNG data URIs
+    POST /api/composition    JSON {"predicted": [class, ...]}: those heads as one sample; their
+                             class shares, counted and adjusted (evaluation/composition.py),
+                             widened and starred as the bundle's share check says; 422 names
+                             a class the model does not have
     GET  /api/model          classes, architecture, input, operating point, run metrics
     GET  /api/review         the review set (404 when the server has none)
     GET  /api/review/image/{index}   sample `index` of the review set as PNG (never by path)
@@ -39,7 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
+from fastapi import Body, FastAPI, File, HTTPException, Query, Request, UploadFile
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -48,6 +52,7 @@ from swagger_ui_bundle import swagger_ui_path
 
 from spermhead import __version__
 from spermhead.errors import SpermheadError
+from spermhead.evaluation.composition import MIN_HEADS, composition
 from spermhead.serving.gradcam import crop_rgb, gradcam_png, png_bytes
 from spermhead.serving.predictor import Predictor, Prepared
 
@@ -371,6 +376,20 @@ class Service:
             log.exception("drawing crop/Grad-CAM failed for %s", prep.name)
             row["gradcam_error"] = f"{type(exc).__name__}: {exc}"
 
+    def composition(self, predicted: list[str]) -> dict[str, Any]:
+        meta = self.predictor.meta
+        if not predicted:
+            raise HTTPException(422, "no heads given: 'predicted' lists each head's predicted class")
+        if unknown := sorted(set(predicted) - set(meta.classes)):
+            raise HTTPException(422, f"not classes of this model: {', '.join(map(repr, unknown[:5]))}; "
+                                     f"it has {', '.join(meta.classes)}")
+        check = meta.share_check
+        rows = composition(predicted, meta.classes, meta.confusion, extra_sd=check["extra_sd"] if check else None)
+        return {"heads": len(predicted), "classes": list(meta.classes), "rows": rows,
+                "adjusted": meta.confusion is not None,
+                "closer": check["closer"] if check and meta.confusion else None,
+                "check": None if not check else {k: check[k] for k in ("samples", "heads", "level", "error", "held")}}
+
     def model_info(self) -> dict[str, Any]:
         meta, cfg = self.predictor.meta, self.predictor.config
         return {
@@ -392,6 +411,8 @@ class Service:
             "uncertainty_threshold": meta.uncertainty_threshold,
             # the training images' range of each acquisition descriptor; outside -> unlike_training
             "input_ranges": meta.input_ranges,
+            # the fewest heads whose class shares predict prints (a folder = a sample)
+            "sample_min_heads": MIN_HEADS,
             "run": meta.run,
             "bundle_version": meta.version,
             "server_version": __version__,
@@ -503,6 +524,16 @@ def create_app(
         if len(rows) == 1 and not rows[0]["ok"]:
             raise HTTPException(rows[0]["status"], rows[0]["error"])
         return {"results": rows}
+
+    @app.post("/api/composition", tags=["predict"])
+    def sample_composition(
+        predicted: list[str] = Body(..., embed=True, description="Each head's predicted class, as /api/predict gave it"),
+    ) -> dict[str, Any]:
+        """These heads as one sample: each class's share counted (Wilson 95% interval) and, where
+        the bundle records its held-out confusion, adjusted for the model's errors; each interval
+        widened by the bundle's share check, and `closer` naming per class the estimate that
+        check found closer to the truth."""
+        return service.composition(predicted)
 
     @app.get("/api/review", tags=["review"])
     def review() -> dict[str, Any]:

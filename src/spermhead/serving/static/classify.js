@@ -7,7 +7,10 @@ const statusLine = document.getElementById("status");
 const dropzone = document.getElementById("dropzone");
 const input = document.getElementById("file-input");
 const gradcamBox = document.getElementById("gradcam");
+const samplePanel = document.getElementById("sample");
 let classes = [];
+let minHeads = 10;
+const predicted = []; // every head classified on this page: together, one sample
 
 function figure(src, caption, alt) {
   const img = el("img", { src, alt });
@@ -106,7 +109,7 @@ async function sendBatch(files) {
   const body = await response.json();
   let failed = 0;
   body.results.forEach((r, i) => {
-    if (r.ok) fillResult(pending[i], files[i], r);
+    if (r.ok) { fillResult(pending[i], files[i], r); predicted.push(r.class); }
     else { failed += 1; fillError(pending[i], files[i], r.error); }
   });
   return failed;
@@ -121,6 +124,65 @@ async function handleFiles(fileList) {
     failed += await sendBatch(files.slice(i, i + BATCH));
   }
   statusLine.textContent = `${files.length - failed} classified` + (failed ? `, ${failed} could not be used` : "");
+  await showSample();
+}
+
+function shareText(row, key, star) {
+  const s = `${pct(row[key])} (${(100 * row[key + "_low"]).toFixed(1)}-${(100 * row[key + "_high"]).toFixed(1)})`;
+  return star ? s + " ★" : s;
+}
+
+// The class shares of every head on the page, as predict gives a folder's (POST /api/composition).
+async function showSample() {
+  if (predicted.length < minHeads) return;
+  let body;
+  try {
+    const response = await fetch("/api/composition", {
+      method: "POST", headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ predicted }),
+    });
+    if (!response.ok) throw new Error(await errorText(response));
+    body = await response.json();
+  } catch (e) {
+    samplePanel.replaceChildren(el("div", { class: "err", text: `class shares unavailable: ${e.message}` }));
+    samplePanel.hidden = false;
+    return;
+  }
+  const head = el("tr", {}, el("th", { text: "class" }), el("th", { text: "heads" }),
+    el("th", { text: "counted (95% CI)" }));
+  if (body.adjusted) head.append(el("th", { text: "adjusted for the model's errors" }));
+  const table = el("table", { class: "shares" }, head);
+  body.rows.forEach((r, i) => {
+    const closer = body.closer ? body.closer[i] : null;
+    const tr = el("tr", {}, el("td", { text: r.class }), el("td", { text: String(r.count) }),
+      el("td", { text: shareText(r, "share", closer === "counted") }));
+    if (body.adjusted) tr.append(el("td", { text: shareText(r, "adjusted", closer === "adjusted") }));
+    table.append(tr);
+  });
+  const notes = [];
+  if (body.adjusted) notes.push("Adjusted: the shares that best explain these predictions, given the model's errors on its run's held-out images.");
+  if (body.check) {
+    const mean = (v) => (100 * v.reduce((a, b) => a + b, 0) / v.length).toFixed(1);
+    notes.push(`★ the closer of the two in this model's check: on ${body.check.samples} samples of up to `
+      + `${body.check.heads} held-out heads, shares were off by ${mean(body.check.error.counted)} points counted `
+      + `and ${mean(body.check.error.adjusted)} adjusted, on average; each interval is widened to hold the truth `
+      + `in ${Math.round(100 * body.check.level)}% of them.`);
+  }
+  const restart = el("button", { type: "button", class: "button secondary", id: "new-sample", text: "New sample" });
+  restart.addEventListener("click", newSample);
+  samplePanel.replaceChildren(
+    el("div", { class: "sample-head" }, el("h2", { text: `This sample: all ${body.heads} heads on this page` }), restart),
+    table, ...notes.map((n) => el("div", { class: "hint", text: n })));
+  samplePanel.hidden = false;
+}
+
+// The next sample starts from an empty page.
+function newSample() {
+  predicted.length = 0;
+  cards.replaceChildren();
+  samplePanel.replaceChildren();
+  samplePanel.hidden = true;
+  statusLine.textContent = "";
 }
 
 input.addEventListener("change", () => { handleFiles(input.files); input.value = ""; });
@@ -135,4 +197,6 @@ dropzone.addEventListener("drop", (e) => handleFiles(e.dataTransfer.files));
 window.addEventListener("dragover", (e) => e.preventDefault());
 window.addEventListener("drop", (e) => e.preventDefault());
 
-loadModelInfo().then((m) => { if (m) classes = m.classes; });
+loadModelInfo().then((m) => {
+  if (m) { classes = m.classes; minHeads = m.sample_min_heads ?? minHeads; }
+});
