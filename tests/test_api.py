@@ -238,7 +238,7 @@ def test_composition_is_adjusted_widened_and_starred_as_the_bundle_records(bundl
     copy = Path(shutil.copytree(bundle, tmp_path / "bundle"))
     meta = json.loads((copy / "model.json").read_text())
     confusion = [[60, 0, 0, 40], [0, 95, 5, 0], [0, 5, 95, 0], [0, 0, 5, 95]]
-    check = {"heads": 50, "samples": 200, "level": 0.95, "error": {"counted": [0.2, 0.01, 0.01, 0.2],
+    check = {"heads": [50, 200], "samples": 400, "level": 0.95, "error": {"counted": [0.2, 0.01, 0.01, 0.2],
              "adjusted": [0.05, 0.02, 0.02, 0.05]}, "held": {"counted": [0.3, 1, 1, 0.3], "adjusted": [0.95] * 4},
              "extra_sd": {"counted": [0.15, 0, 0, 0.15], "adjusted": [0, 0, 0, 0]},
              "closer": ["adjusted", "counted", "counted", "adjusted"]}
@@ -247,7 +247,8 @@ def test_composition_is_adjusted_widened_and_starred_as_the_bundle_records(bundl
     with TestClient(create_app(copy)) as c:
         heads = ["normal"] * 12 + ["tapered"] * 10 + ["amorphous"] * 18
         body = c.post("/api/composition", json={"predicted": heads}).json()
-    assert body["adjusted"] and body["closer"] == check["closer"] and body["check"]["samples"] == 200
+    assert body["adjusted"] and body["closer"] == check["closer"] and body["check"]["samples"] == 400
+    assert body["check"]["heads"] == 200  # the largest sample the check drew
     assert body["rows"] == composition(heads, list(CLASSES), confusion, extra_sd=check["extra_sd"])
 
 

@@ -70,7 +70,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, images: Path) -> Iterator[s
     # and its held-out confusion and share check, so the page can adjust and star a sample's shares
     meta["confusions"] = {"accuracy": [[60, 0, 0, 40], [0, 95, 5, 0], [0, 5, 95, 0], [0, 0, 5, 95]]}
     meta["share_checks"] = {"accuracy": {
-        "heads": 50, "samples": 200, "level": 0.95,
+        "heads": [50, 200], "samples": 400, "level": 0.95,
         "error": {"counted": [0.2, 0.01, 0.01, 0.2], "adjusted": [0.05, 0.02, 0.02, 0.05]},
         "held": {"counted": [0.3, 1, 1, 0.3], "adjusted": [0.95] * 4},
         "extra_sd": {"counted": [0.15, 0, 0, 0.15], "adjusted": [0] * 4},

@@ -511,7 +511,12 @@ def show_compositions(rows: list[dict[str, Any]], classes: list[str], confusion:
 
     from rich.table import Table
 
-    from spermhead.evaluation.composition import SUMMARY_COLUMNS, sample_compositions, summary_rows
+    from spermhead.evaluation.composition import (
+        SUMMARY_COLUMNS,
+        largest_sample,
+        sample_compositions,
+        summary_rows,
+    )
 
     samples = sample_compositions(rows, classes, confusion, check["extra_sd"] if check else None)
     closer = check["closer"] if check and confusion else None
@@ -540,7 +545,7 @@ def show_compositions(rows: list[dict[str, Any]], classes: list[str], confusion:
     if samples and check:
         error = {how: 100 * sum(v) / len(v) for how, v in check["error"].items()}
         console.print(f"★ the closer of the two in this model's check: on {check['samples']} samples of up to "
-                      f"{check['heads']} of its run's held-out heads, shares were off by {error['counted']:.1f} points "
+                      f"{largest_sample(check)} of its run's held-out heads, shares were off by {error['counted']:.1f} points "
                       f"counted and {error['adjusted']:.1f} adjusted, on average over the classes; each interval is "
                       f"widened to hold the truth in {100 * check['level']:.0f}% of them", highlight=False)
 

@@ -128,8 +128,11 @@ def composition(predicted: Sequence[str], classes: Sequence[str], confusion: Seq
     return rows
 
 
-CHECK_HEADS = 200  # per simulated sample (WHO assesses 200 heads), at most half the folds drawn from
-CHECK_SAMPLES = 200
+# (folds drawn from together, largest sample): one fold's heads, at most 50, and where a run has
+# four folds or more, two neighbouring folds' heads, up to the 200 WHO assesses. A check at one
+# size alone missed the other's errors (RESULTS.md, session 17).
+CHECK_SIZES = ((1, 50), (2, 200))
+CHECK_SAMPLES = 200  # per size
 CHECK_DRAWS = 400  # per sample: the check needs each interval, not its last digit
 SHOWN = 0.0005  # bounds are shown to 0.1%: "0.0%" holds a true share of none
 
@@ -161,16 +164,15 @@ def held_out_samples(true: np.ndarray, folds: np.ndarray, k: int, *, heads: int,
 
 
 def check_intervals(true: Sequence[int], predicted: Sequence[int], folds: Sequence[int], classes: Sequence[str], *,
-                    heads: int = CHECK_HEADS, samples: int = CHECK_SAMPLES, level: float = LEVEL,
-                    seed: int = 0) -> dict[str, Any] | None:
+                    samples: int = CHECK_SAMPLES, level: float = LEVEL, seed: int = 0) -> dict[str, Any] | None:
     """How far a run's own held-out predictions put each class share from the truth, and the
     extra sd each interval needs to hold the truth `level` of the time there.
 
-    Samples come from two neighbouring folds (one where the run has fewer than four) and are
-    estimated with the other folds' confusion, as a bundle's confusion comes from its run and
-    never from the sample it is used on. Per class and estimate:
-    the mean absolute error, how often the interval held, and `extra_sd`, the smallest sd that,
-    added by `widen`, makes the interval hold in `level` of the samples (None with fewer than two
+    Samples of each of CHECK_SIZES come from one fold or two neighbouring ones and are estimated
+    with the other folds' confusion, as a bundle's confusion comes from its run and never from
+    the sample it is used on. Per class and estimate: the mean absolute error and how often the
+    interval held, over all samples, and `extra_sd`, the smallest sd that, added by `widen`,
+    makes the interval hold in `level` of the samples of each size (None with fewer than two
     folds)."""
     true, predicted, folds = (np.asarray(a, int) for a in (true, predicted, folds))
     fold_ids = sorted(set(folds.tolist()))
@@ -178,39 +180,47 @@ def check_intervals(true: Sequence[int], predicted: Sequence[int], folds: Sequen
         return None
     k, z = len(classes), _z(level)
     rng = np.random.default_rng(seed)
-    truths, values, largest = [], {how: [] for how in ESTIMATES}, 0
-    # samples from two neighbouring folds reach WHO's 200 heads on a set the size of SCIAN-PA;
-    # the other folds (three of five) still give the confusion
-    together = 2 if len(fold_ids) >= 4 else 1
-    per_group = -(-samples // len(fold_ids))
-    picks = list(held_out_samples(true, folds, k, heads=heads, per_fold=per_group, rng=rng, together=together))
-    for _, group in groupby(picks, key=lambda pick: id(pick[0])):  # one batch of chains per group of folds
-        mine = list(group)
-        others = mine[0][0]
-        cm = confusion_matrix(true[others], predicted[others], labels=range(k))
-        counts = np.array([np.bincount(predicted[picked], minlength=k) for _, picked, _ in mine])
-        for how, triple in share_intervals(counts, cm, level=level, draws=CHECK_DRAWS,
-                                           seed=int(rng.integers(1 << 31))).items():
-            values[how].append(triple)
-        truths.append(np.array([truth for _, _, truth in mine]))
-        largest = max(largest, *(len(picked) for _, picked, _ in mine))
-    truth = np.concatenate(truths)
-    est, need, held = {}, {}, {}
-    for how, parts in values.items():
-        value, low, high = (np.concatenate([part[i] for part in parts]) for i in range(3))
-        low, high = low - SHOWN, high + SHOWN
-        side = np.where(truth < value, value - low, high - value)
-        est[how] = np.abs(value - truth)
-        # the sd that widen() must add for this interval to reach the truth
-        need[how] = np.sqrt(np.maximum((value - truth) ** 2 - side ** 2, 0.0)) / z
-        held[how] = (low <= truth) & (truth <= high)
-    error = {how: np.mean(v, axis=0) for how, v in est.items()}
-    return {"heads": largest, "samples": len(truth), "level": level,
+    est: dict[str, list[np.ndarray]] = {how: [] for how in ESTIMATES}
+    held: dict[str, list[np.ndarray]] = {how: [] for how in ESTIMATES}
+    need: dict[str, list[np.ndarray]] = {how: [] for how in ESTIMATES}  # one quantile per size
+    largest = []
+    for together, heads in CHECK_SIZES:
+        if together > 1 and len(fold_ids) < 2 * together:  # the confusion would rest on too few folds
+            continue
+        picks = list(held_out_samples(true, folds, k, heads=heads, per_fold=-(-samples // len(fold_ids)),
+                                      rng=rng, together=together))
+        truths, values = [], {how: [] for how in ESTIMATES}
+        for _, group in groupby(picks, key=lambda pick: id(pick[0])):  # one batch of chains per group of folds
+            mine = list(group)
+            others = mine[0][0]
+            cm = confusion_matrix(true[others], predicted[others], labels=range(k))
+            counts = np.array([np.bincount(predicted[picked], minlength=k) for _, picked, _ in mine])
+            for how, triple in share_intervals(counts, cm, level=level, draws=CHECK_DRAWS,
+                                               seed=int(rng.integers(1 << 31))).items():
+                values[how].append(triple)
+            truths.append(np.array([truth for _, _, truth in mine]))
+        truth = np.concatenate(truths)
+        largest.append(max(len(picked) for _, picked, _ in picks))
+        for how, parts in values.items():
+            value, low, high = (np.concatenate([part[i] for part in parts]) for i in range(3))
+            low, high = low - SHOWN, high + SHOWN
+            side = np.where(truth < value, value - low, high - value)
+            est[how].append(np.abs(value - truth))
+            held[how].append((low <= truth) & (truth <= high))
+            # the sd that widen() must add for this interval to reach the truth
+            need[how].append(np.quantile(np.sqrt(np.maximum((value - truth) ** 2 - side ** 2, 0.0)) / z, level, axis=0))
+    error = {how: np.concatenate(v).mean(axis=0) for how, v in est.items()}
+    return {"heads": largest, "samples": int(sum(len(v) for v in est["counted"])), "level": level,
             "error": {how: e.round(4).tolist() for how, e in error.items()},
-            "held": {how: np.mean(v, axis=0).round(3).tolist() for how, v in held.items()},
-            "extra_sd": {how: np.quantile(v, level, axis=0).round(4).tolist() for how, v in need.items()},
+            "held": {how: np.concatenate(v).mean(axis=0).round(3).tolist() for how, v in held.items()},
+            "extra_sd": {how: np.max(v, axis=0).round(4).tolist() for how, v in need.items()},
             # per class, the estimate that was closer (a tie goes to counting, the simpler)
             "closer": ["adjusted" if a < c else "counted" for c, a in zip(error["counted"], error["adjusted"], strict=True)]}
+
+
+def largest_sample(check: Mapping[str, Any]) -> int:
+    """The most heads in one of a share check's samples."""
+    return int(np.max(check["heads"]))
 
 
 MIN_HEADS = 10  # fewer classified heads than this in a folder give no composition worth printing

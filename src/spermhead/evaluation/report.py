@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from spermhead.config import environment as current_environment
+from spermhead.evaluation.composition import largest_sample
 
 PLOT_TITLES = {
     "training_curves": "Training curves",
@@ -183,7 +184,7 @@ def _share_check(m: Mapping[str, Any]) -> str:
              pts(check["extra_sd"]["counted"][i]), pts(check["extra_sd"]["adjusted"][i]), check["closer"][i]]
             for i, c in enumerate(classes)]
     return ("<h2>A sample's class shares</h2>"
-            f"<p>{check['samples']} simulated samples of up to {check['heads']} held-out heads each, of random class "
+            f"<p>{check['samples']} simulated samples of up to {largest_sample(check)} held-out heads each, of random class "
             "mixes, estimated from their predicted classes with the other folds' confusion. Error: mean distance "
             "from the true share, in points. Held: how often the 95% interval held the true share. Extra sd: "
             "what <code>predict</code> adds to each interval so that it holds in 95% of these samples. "

@@ -52,7 +52,7 @@ from swagger_ui_bundle import swagger_ui_path
 
 from spermhead import __version__
 from spermhead.errors import SpermheadError
-from spermhead.evaluation.composition import MIN_HEADS, composition
+from spermhead.evaluation.composition import MIN_HEADS, composition, largest_sample
 from spermhead.serving.gradcam import crop_rgb, gradcam_png, png_bytes
 from spermhead.serving.predictor import Predictor, Prepared
 
@@ -388,7 +388,8 @@ class Service:
         return {"heads": len(predicted), "classes": list(meta.classes), "rows": rows,
                 "adjusted": meta.confusion is not None,
                 "closer": check["closer"] if check and meta.confusion else None,
-                "check": None if not check else {k: check[k] for k in ("samples", "heads", "level", "error", "held")}}
+                "check": None if not check else {"samples": check["samples"], "heads": largest_sample(check),
+                                                 "level": check["level"], "error": check["error"], "held": check["held"]}}
 
     def model_info(self) -> dict[str, Any]:
         meta, cfg = self.predictor.meta, self.predictor.config
