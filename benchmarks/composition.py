@@ -54,9 +54,11 @@ def simulate(run: Path, samples: int, heads: int, seed: int, *, replace: bool = 
     rng = np.random.default_rng(seed)
     err: dict[str, list] = {"counted": [], "adjusted": [], "em": []}
     held: dict[str, list] = {"counted": [], "adjusted": []}
+    sizes = []
     per_fold = samples // len(set(folds.tolist())) + 1
     for others, picked, truth in held_out_samples(true, folds, k, heads=heads, per_fold=per_fold, rng=rng,
                                                   replace=replace, together=together):
+        sizes.append(len(picked))
         cm = confusion_matrix(true[others], guess[others], labels=range(k))
         prior = np.bincount(true[others], minlength=k) / others.sum()
         rows = composition([classes[i] for i in guess[picked]], classes, cm, extra_sd=extra_sd,
@@ -65,7 +67,7 @@ def simulate(run: Path, samples: int, heads: int, seed: int, *, replace: bool = 
             err[how].append([abs(r[est] - t) for r, t in zip(rows, truth, strict=True)])
             held[how].append([r[lo] - SHOWN <= t <= r[hi] + SHOWN for r, t in zip(rows, truth, strict=True)])
         err["em"].append(np.abs(em_shares(pred.probabilities[picked], prior) - truth))
-    return {"classes": np.array(classes), **{f"err_{h}": np.array(v) for h, v in err.items()},
+    return {"classes": np.array(classes), "sizes": np.array(sizes), **{f"err_{h}": np.array(v) for h, v in err.items()},
             **{f"held_{h}": np.array(v) for h, v in held.items()}}
 
 
@@ -95,7 +97,8 @@ def main() -> None:
         results = [(" + ".join(name for name, _ in results), pooled)]
     for run, r in results:
         n = len(r["err_counted"])
-        print(f"\n{run}: {n} samples of {args.heads} heads{' (with replacement)' if args.replace else ''}")
+        print(f"\n{run}: {n} samples of up to {args.heads} heads (largest {r['sizes'].max()})"
+              f"{' (with replacement)' if args.replace else ''}")
         print("| class | error, counted (points) | error, adjusted | error, EM (not shipped) | "
               "95% interval held, counted | adjusted |")
         print("|---|---|---|---|---|---|")
