@@ -152,12 +152,30 @@ def test_the_share_check_widens_what_a_models_bias_would_otherwise_leave_too_nar
     assert held_out_coverage(other, check["extra_sd"], np.random.default_rng(7), "adjusted").min() > 0.88
 
 
+def test_the_share_check_widens_as_much_as_the_size_that_needs_most(monkeypatch: pytest.MonkeyPatch):
+    import spermhead.evaluation.composition as comp
+
+    run = out_of_fold_run(np.random.default_rng(5))
+    both = check_intervals(*run, CLASSES)
+    alone = []
+    for size in comp.CHECK_SIZES:
+        monkeypatch.setattr(comp, "CHECK_SIZES", (size,))
+        alone.append(check_intervals(*run, CLASSES))
+    assert both["heads"] == [a["heads"][0] for a in alone] and both["samples"] == sum(a["samples"] for a in alone)
+    for how in ("counted", "adjusted"):
+        assert both["extra_sd"][how] == np.max([a["extra_sd"][how] for a in alone], axis=0).tolist()
+    # the two sizes do need different margins here, so taking either alone would narrow some interval
+    assert alone[0]["extra_sd"]["counted"] != alone[1]["extra_sd"]["counted"]
+
+
 def test_a_perfect_models_check_widens_nothing_and_one_split_has_nothing_to_check_with():
     true = np.repeat(np.arange(4), 50)
     folds = np.tile(np.arange(5), 40)
     check = check_intervals(true, true, folds, CLASSES)
     assert check is not None and max(check["error"]["counted"]) == 0
     assert max(check["extra_sd"]["counted"]) == 0 and max(check["extra_sd"]["adjusted"]) == 0
+    # a class absent from a sample is held by an interval shown as starting at 0.0%
+    assert min(check["held"]["adjusted"]) == 1 and min(check["held"]["counted"]) == 1
     assert check_intervals(true, true, np.zeros(200, int), CLASSES) is None
 
 

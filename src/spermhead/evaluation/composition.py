@@ -179,7 +179,6 @@ def check_intervals(true: Sequence[int], predicted: Sequence[int], folds: Sequen
     if len(fold_ids) < 2:
         return None
     k, z = len(classes), _z(level)
-    rng = np.random.default_rng(seed)
     est: dict[str, list[np.ndarray]] = {how: [] for how in ESTIMATES}
     held: dict[str, list[np.ndarray]] = {how: [] for how in ESTIMATES}
     need: dict[str, list[np.ndarray]] = {how: [] for how in ESTIMATES}  # one quantile per size
@@ -187,6 +186,7 @@ def check_intervals(true: Sequence[int], predicted: Sequence[int], folds: Sequen
     for together, heads in CHECK_SIZES:
         if together > 1 and len(fold_ids) < 2 * together:  # the confusion would rest on too few folds
             continue
+        rng = np.random.default_rng([seed, together, heads])  # each size's samples on their own
         picks = list(held_out_samples(true, folds, k, heads=heads, per_fold=-(-samples // len(fold_ids)),
                                       rng=rng, together=together))
         truths, values = [], {how: [] for how in ESTIMATES}
