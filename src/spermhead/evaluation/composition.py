@@ -14,8 +14,8 @@ still gets an upper bound.
 
 Those intervals assume the new sample's heads are misread at the held-out rates. Within a lab they
 are not quite: another model, other heads. `check_intervals` measures by how much, on a run's own
-held-out predictions (samples drawn from one fold, the confusion from the others), and a bundle
-keeps the result; `composition` then widens each interval by that extra spread.
+held-out predictions (samples drawn from one or two folds, the confusion from the others), and a
+bundle keeps the result; `composition` then widens each interval by that extra spread.
 """
 
 from __future__ import annotations
