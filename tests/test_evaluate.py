@@ -42,6 +42,12 @@ def test_new_images_score_near_perfect_and_unseen(trained, tmp_path: Path) -> No
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert metrics["n"] == 40 and metrics["accuracy"] >= 0.95
     assert metrics["training_overlap"]["seen"] == 0
+    # the bundle's share check travels into the assessment, and its stars are explained
+    from spermhead.serving.bundle import load_bundle
+
+    check = load_bundle(bundle).meta.share_check
+    assert check is not None and metrics["share_check"] == check
+    assert "★ per class, the estimate the bundle's own check found closer" in " ".join(result.output.split())
     pred = Predictions.read_csv(tmp_path / "out" / "predictions.csv")
     expected = {f"{c}/{c}_{i:03d}.png" for c in CLASSES for i in range(10)}
     assert set(pred.ids) == expected and all(t == i.split("/")[0] for t, i in zip(pred.true, pred.ids, strict=True))

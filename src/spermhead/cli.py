@@ -615,6 +615,9 @@ def evaluate(
         table.add_row(r["class"], f"{100 * r['true_share']:.1f}%", share_text(r, "share", closer, i),
                       *([share_text(r, "adjusted", closer, i)] if adjusted else []))
     console.print(table)
+    if closer:
+        console.print("★ per class, the estimate the bundle's own check found closer to the truth, on samples of "
+                      "its run's held-out heads; intervals widened as that check says (see README)", highlight=False)
     if metrics.get("unseen"):
         u = metrics["unseen"]
         console.print(f"images the model did not train on ({u['n']}): accuracy {u['accuracy']:.4f}, "
