@@ -149,6 +149,35 @@ def test_predict_cli_bad_bundle_is_a_one_line_error(tmp_path: Path, folder: Path
     assert result.exit_code == 2 and "model.json" in result.output
 
 
+@pytest.mark.parametrize("damage, words", [
+    (lambda m: m.update(confusions={"accuracy": [[1, 2], [3, 4]]}), "confusions.accuracy: not a 4 x 4"),
+    (lambda m: m["share_checks"]["accuracy"].pop("closer"), "share_checks.accuracy.closer"),
+    (lambda m: m["share_checks"]["accuracy"]["extra_sd"].update(adjusted=[0.1]), "share_checks.accuracy.extra_sd"),
+])
+def test_a_damaged_share_record_is_a_one_line_error_naming_the_file(bundle: Path, folder: Path, tmp_path: Path,
+                                                                     damage, words: str) -> None:
+    import shutil
+
+    copy = Path(shutil.copytree(bundle, tmp_path / "b"))
+    meta = json.loads((copy / "model.json").read_text())
+    four = [0.0] * 4
+    meta["confusions"] = {"accuracy": [[5, 0, 0, 0], [0, 5, 0, 0], [0, 0, 5, 0], [0, 0, 0, 5]]}
+    meta["share_checks"] = {"accuracy": {"heads": [50, 200], "samples": 400, "level": 0.95,
+                                         "error": {"counted": four, "adjusted": four},
+                                         "held": {"counted": four, "adjusted": four},
+                                         "extra_sd": {"counted": four, "adjusted": four},
+                                         "closer": ["counted"] * 4}}
+    (copy / "model.json").write_text(json.dumps(meta))
+    images = str(folder / "*.bmp")
+    assert CliRunner().invoke(app, ["predict", "--model", str(copy), images]).exit_code == 0  # intact: fine
+    damage(meta)
+    (copy / "model.json").write_text(json.dumps(meta))
+    result = CliRunner().invoke(app, ["predict", "--model", str(copy), images])
+    flat = "".join(result.output.split())  # long paths wrap at the test console's width
+    assert result.exit_code == 2 and str(copy / "model.json") in flat, result.output
+    assert words.replace(" ", "") in flat and "Traceback" not in result.output, result.output
+
+
 def test_operating_point_switches_the_prior_correction(bundle: Path, folder: Path, tmp_path: Path) -> None:
     import shutil
 

@@ -157,6 +157,8 @@ def load_bundle(directory: Path | str) -> Bundle:
         raise SpermheadError(f"{meta_path}: not a spermhead bundle description ({exc})") from exc
     if meta.format > BUNDLE_FORMAT:
         raise SpermheadError(f"{meta_path}: bundle format {meta.format} is newer than this spermhead")
+    if problem := _share_records_problem(meta):
+        raise SpermheadError(f"{meta_path}: {problem}")
     state = load_file(str(weights_path))
     members = []
     for i in range(meta.members):
@@ -172,6 +174,31 @@ def load_bundle(directory: Path | str) -> Bundle:
     shapes = _second_opinions(state, weights_path, ShapeModel, "shape", meta.shape_fusion)
     pixels = _second_opinions(state, weights_path, PixelModel, "pixels", meta.pixel_fusion)
     return Bundle(meta, ensemble, directory, shapes, pixels)
+
+
+def _share_records_problem(meta: BundleMeta) -> str | None:
+    """What is wrong with the confusions and share checks a sample's shares are computed from
+    (a damaged or hand-edited model.json), or None."""
+    k = len(meta.classes)
+
+    def per_class(value: Any) -> bool:
+        return isinstance(value, list) and len(value) == k and all(isinstance(v, int | float) for v in value)
+
+    for point, cm in meta.confusions.items():
+        if not (isinstance(cm, list) and len(cm) == k and all(per_class(row) for row in cm)):
+            return f"confusions.{point}: not a {k} x {k} table of counts"
+    for point, check in meta.share_checks.items():
+        if not isinstance(check, dict):
+            return f"share_checks.{point}: not a record"
+        for key in ("error", "held", "extra_sd"):
+            if not (isinstance(check.get(key), dict) and all(per_class(check[key].get(how)) for how in ("counted", "adjusted"))):
+                return f"share_checks.{point}.{key}: needs counted and adjusted, one number per class ({k})"
+        closer = check.get("closer")
+        if not (isinstance(closer, list) and len(closer) == k and set(closer) <= {"counted", "adjusted"}):
+            return f"share_checks.{point}.closer: needs counted or adjusted for each of the {k} classes"
+        if not all(isinstance(check.get(key), int | float | list) for key in ("samples", "heads", "level")):
+            return f"share_checks.{point}: needs samples, heads and level"
+    return None
 
 
 def _second_opinions(state: dict[str, torch.Tensor], path: Path, kind: Any, prefix: str, weight: float) -> list[Any]:
