@@ -207,7 +207,8 @@ def test_classify_page_gives_the_class_shares_of_all_its_heads(page, server: str
     page.goto(server + "/")
     page.wait_for_selector("#model-info:has-text('spermnet')")
     page.set_input_files("#file-input", files[:6])
-    page.wait_for_function("document.querySelectorAll('.card.result').length === 6")
+    page.wait_for_selector("#status:has-text('6 classified')")  # set once the page has settled
+    assert page.locator(".card.result").count() == 6
     assert page.locator("#sample").is_hidden()  # six heads are not yet a sample
     page.set_input_files("#file-input", files[6:])
     page.wait_for_selector("#sample table.shares")
@@ -230,5 +231,5 @@ def test_classify_page_gives_the_class_shares_of_all_its_heads(page, server: str
     page.click("#new-sample")  # the next sample starts from an empty page
     assert page.locator("#sample").is_hidden() and page.locator(".card").count() == 0
     page.set_input_files("#file-input", files[:6])
-    page.wait_for_function("document.querySelectorAll('.card.result').length === 6")
-    assert page.locator("#sample").is_hidden()
+    page.wait_for_selector("#status:has-text('6 classified')")
+    assert page.locator(".card.result").count() == 6 and page.locator("#sample").is_hidden()

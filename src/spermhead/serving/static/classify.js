@@ -123,8 +123,8 @@ async function handleFiles(fileList) {
   for (let i = 0; i < files.length; i += BATCH) {
     failed += await sendBatch(files.slice(i, i + BATCH));
   }
+  await showSample(); // before the status line, which thus says when the page is settled
   statusLine.textContent = `${files.length - failed} classified` + (failed ? `, ${failed} could not be used` : "");
-  await showSample();
 }
 
 function shareText(row, key, star) {
