@@ -1,5 +1,6 @@
 """Other second opinions fused with the CNN, on a bench's saved fold models: the recipe's shape
-model with other regularisation or a finer profile, and classical models on the aligned pixels.
+model with other regularisation, a finer profile or the two sides of the head apart, and
+classical models on the aligned pixels.
 
 Every model is fitted on the fold's training side only and fused with the CNN's raw posteriors
 (`(1 - W) * cnn + W * other`, as `--shape-fusion` does); "profile + pixels" gives each of the two
@@ -23,7 +24,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
 from spermhead.models.shape import ShapeModel, fuse, fuse_all
-from spermhead.preprocess.profile import axis_profile
+from spermhead.preprocess.profile import axis_profile, head_mask
 
 Fitter = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]  # (train x, train y, x) -> probs
 
@@ -51,12 +52,30 @@ def _flipped_svm(images: np.ndarray, y: np.ndarray, new: np.ndarray) -> np.ndarr
     return np.mean([fit(train, labels, flat(v)) for v in views(new)], axis=0)
 
 
+def half_widths(image: np.ndarray, points: int = 24) -> np.ndarray:
+    """The head's two half-widths along its axis, from the centre line to each edge, the larger
+    first at every point (alignment leaves the head's up/down side open): the asymmetry an
+    irregular head has and the recipe's total width hides. NaNs where no head is found."""
+    found = head_mask(image)
+    if found is None:
+        return np.full(2 * points, np.nan, dtype=np.float32)
+    rows = np.arange(found.shape[0])
+    centre = (found * rows[:, None]).sum() / found.sum()
+    cols = np.flatnonzero(found.any(0))
+    above = np.array([centre - rows[found[:, j] > 0].min() for j in cols])
+    below = np.array([rows[found[:, j] > 0].max() - centre for j in cols])
+    grid, at = np.linspace(0, len(cols) - 1, points), np.arange(len(cols))
+    sides = [np.interp(grid, at, np.maximum(above, below)), np.interp(grid, at, np.minimum(above, below))]
+    return (np.concatenate(sides) / len(cols)).astype(np.float32)
+
+
 # name -> (feature set, fitter)
 MODELS: dict[str, tuple[str, Fitter]] = {
     "profile C=1 (the recipe)": ("profile", _profile(1.0)),
     "profile C=0.3": ("profile", _profile(0.3)),
     "profile C=0.1": ("profile", _profile(0.1)),
     "profile, 40 points": ("profile40", _profile(1.0)),
+    "profile + half-widths": ("profile2", _profile(1.0)),
     "pixels, PCA 50 + SVM": ("pixels", _svm(pca=True)),
     "gradient histograms + SVM": ("hog", _svm(pca=False)),
     "pixels and their flips, PCA 50 + SVM": ("images", _flipped_svm),
@@ -70,6 +89,7 @@ def features(saved: SavedFold) -> dict[str, np.ndarray]:
     gray = images[:, 0].astype(np.float32) / 255
     return {"profile": saved.profiles(),
             "profile40": np.stack([axis_profile(x, 40) for x in images]),
+            "profile2": np.c_[saved.profiles(), np.stack([half_widths(x) for x in images])],
             "pixels": gray.reshape(len(gray), -1),
             "images": gray,
             "hog": np.stack([gradient_histograms(x) for x in gray])}
@@ -92,6 +112,8 @@ def seed_scores(run: Path, data_dir: str) -> dict[tuple[tuple[str, float], str],
             profile, pixels = other["profile C=1 (the recipe)"], other["pixels, PCA 50 + SVM"]
             for w in PAIR_WEIGHTS:
                 tally.add((("profile + pixels", w), part), fuse_all(cnn, [(profile, w), (pixels, w)]), y[idx])
+                both = fuse_all(cnn, [(other["profile + half-widths"], w), (pixels, w)])
+                tally.add((("profile and half-widths + pixels", w), part), both, y[idx])
             trio = fuse_all(cnn, [(profile, 0.2), (pixels, 0.2), (other["gradient histograms + SVM"], 0.2)])
             tally.add((("profile + pixels + gradient histograms", 0.2), part), trio, y[idx])
     return tally.scores()
@@ -104,6 +126,8 @@ def main() -> None:
     settings = {("CNN alone", 0.0): "CNN alone"}
     settings |= {(name, w): f"{name}, W {w}" for name in MODELS for w in WEIGHTS}
     settings |= {("profile + pixels", w): f"profile + pixels, W {w} each" for w in PAIR_WEIGHTS}
+    settings |= {("profile and half-widths + pixels", w): f"profile and half-widths + pixels, W {w} each"
+                 for w in PAIR_WEIGHTS}
     settings[("profile + pixels + gradient histograms", 0.2)] = "profile + pixels + gradient histograms, W 0.2 each"
     print_scores(scores, settings, "CNN fused with another model at weight W")
 

@@ -12,12 +12,14 @@ POINTS = 24  # samples along the axis, for each of width and darkness
 FEATURES = 2 * POINTS + 2
 
 
-def axis_profile(image: np.ndarray, points: int = POINTS) -> np.ndarray:
-    """Features of one aligned head: `image` is a canonical uint8 C x S x S or S x S image.
-    A head that cannot be found gives NaNs (the shape model then answers with its prior)."""
+def _gray(image: np.ndarray) -> np.ndarray:
     gray = image.astype(np.float32)
-    if gray.ndim == 3:
-        gray = gray.mean(0)
+    return gray.mean(0) if gray.ndim == 3 else gray
+
+
+def head_mask(image: np.ndarray) -> np.ndarray | None:
+    """0/1 uint8 mask of the head in a canonical C x S x S or S x S image; None when none is found."""
+    gray = _gray(image)
     u8 = cv2.GaussianBlur(gray.astype(np.uint8), (3, 3), 0)
     _, mask = cv2.threshold(u8, 0, 1, cv2.THRESH_BINARY_INV + cv2.THRESH_OTSU)
     n, labels, stats, _ = cv2.connectedComponentsWithStats(mask)
@@ -26,8 +28,16 @@ def axis_profile(image: np.ndarray, points: int = POINTS) -> np.ndarray:
     dist = [np.hypot(*(stats[i, :2] + stats[i, 2:4] / 2 - centre)) if i and stats[i, 4] > 30 else np.inf
             for i in range(n)]
     if not dist or not np.isfinite(min(dist)):
+        return None
+    return (labels == int(np.argmin(dist))).astype(np.uint8)
+
+
+def axis_profile(image: np.ndarray, points: int = POINTS) -> np.ndarray:
+    """Features of one aligned head: `image` is a canonical uint8 C x S x S or S x S image.
+    A head that cannot be found gives NaNs (the shape model then answers with its prior)."""
+    gray, mask = _gray(image), head_mask(image)
+    if mask is None:
         return np.full(2 * points + 2, np.nan, dtype=np.float32)
-    mask = (labels == int(np.argmin(dist))).astype(np.uint8)
     cols = np.flatnonzero(mask.any(0))
     x0, x1 = cols[0], cols[-1] + 1
     length = x1 - x0
