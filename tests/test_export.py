@@ -71,6 +71,12 @@ def test_export_cli_then_onnx_backend_matches_torch(bundle: Path, tmp_path: Path
     assert np.abs(a - b).max() <= PARITY_TOLERANCE
 
 
+def test_export_to_a_folder_is_refused_by_name(bundle: Path, tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["export", "--model", str(bundle), "--onnx", str(tmp_path)])
+    assert result.exit_code == 2 and f"--onnx {tmp_path}: is a folder; give a file name" in result.output, result.output
+    assert not list(tmp_path.iterdir())
+
+
 def test_stale_onnx_is_not_used(bundle: Path, tmp_path: Path) -> None:
     other = untrained_bundle(tmp_path / "other", "spermnet", classes=CLASSES, image_size=32, width=8, seed=1)
     export_onnx(bundle, other / ONNX_NAME, check=False)  # exported from different weights

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -33,6 +35,22 @@ def test_pretrain_command_writes_loadable_backbone(tmp_path, accelerator) -> Non
     assert record["images"] == {"synthetic": 96} and record["final_loss"] > 0
     model = build_model("spermnet", 4, 1, 32, weights=out)
     assert sorted(model.weights_report.missing) == ["fc.bias", "fc.weight"]  # all but the classifier
+    # the weights are not replaced without --overwrite
+    written = out.read_bytes()
+    again = CliRunner().invoke(app, ["pretrain", "--out", str(out), "--sources", "synthetic", "--epochs", "1"])
+    assert again.exit_code == 2 and "exists; pass --overwrite" in again.output, again.output
+    assert out.read_bytes() == written
+
+
+def test_pretrain_prints_no_lightning_chatter(tmp_path) -> None:
+    # a process of its own: Lightning's handler writes to the stream it found at import
+    args = [sys.executable, "-m", "spermhead", "pretrain", "--out", str(tmp_path / "w.safetensors"), "--sources",
+            "synthetic", "--synthetic", "16", "--epochs", "1", "--batch-size", "8", "--image-size", "32",
+            "--threads", "1", "--accelerator", "cpu", "--no-progress"]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    said = done.stdout + done.stderr
+    assert "backbone weights:" in said and "GPU available" not in said and "Tip" not in said, said
 
 
 def test_pretrain_refuses_bad_settings_before_reading_images(tmp_path) -> None:

@@ -274,8 +274,18 @@ def test_bad_options_fail_before_training(separable, tmp_path):
     with pytest.raises(ConfigError, match="too few images for 50-fold"):
         train_run(quick_config(separable, tmp_path / "x", cv=50), progress=False)
     assert not (tmp_path / "x").exists()
-    with pytest.raises(ConfigError, match="unknown model|choices|choose"):
+    # nothing is left in the run folder, so the corrected command is not then refused for it
+    with pytest.raises(ConfigError, match="unknown model 'no-such-net'"):
         train_run(quick_config(separable, tmp_path / "y", model="no-such-net"), progress=False)
+    assert not (tmp_path / "y").exists()
+    with pytest.raises(ConfigError, match="nothere.safetensors: weights file not found"):
+        train_run(quick_config(separable, tmp_path / "y", weights=str(tmp_path / "nothere.safetensors")),
+                  progress=False)
+    assert not (tmp_path / "y").exists()
+    (tmp_path / "afile").write_text("precious")
+    with pytest.raises(ConfigError, match="afile: is a file, not a folder"):
+        train_run(quick_config(separable, tmp_path / "afile"), progress=False)
+    assert (tmp_path / "afile").read_text() == "precious"
     (tmp_path / "z").mkdir()
     (tmp_path / "z" / "keep.txt").write_text("precious")
     with pytest.raises(ConfigError, match="--overwrite"):
@@ -365,6 +375,35 @@ def test_select_writes_the_model_selection_table(separable, tmp_path):
     assert got["True"]["accuracy_vs_best"] == "" and 0 <= float(got["False"]["mcnemar_p_vs_best"]) <= 1
     low, diff, high = (float(got["False"][f"accuracy_vs_best{s}"]) for s in ("_ci_low", "", "_ci_high"))
     assert low <= diff <= high
+
+
+def test_run_json_names_the_weights_the_folds_started_from(separable, separable_run, tmp_path):
+    weights = separable_run.out / "model" / "model.safetensors"  # a bundle's weights seed another run
+    run = train_run(quick_config(separable, tmp_path / "w", weights=str(weights), epochs=1, cv=2), progress=False)
+    init = json.loads((run.out / "run.json").read_text())["init"]
+    assert init == {"init": "weights", "weights": str(weights.resolve())}
+
+
+def test_select_checks_every_model_name_before_training_any(separable, tmp_path):
+    from spermhead.training.select import select_models
+
+    base = quick_config(separable, tmp_path, epochs=3)
+    with pytest.raises(ConfigError, match="unknown model 'seed-cnnn'"):
+        select_models(base, ["spermnet", "seed-cnnn"], tmp_path / "sel", progress=False)
+    assert not (tmp_path / "sel").exists()  # spermnet, first in the list, was not trained
+
+
+def test_train_command_names_a_missing_run_or_config_file(tmp_path):
+    from typer.testing import CliRunner
+
+    from spermhead.cli import app
+
+    result = CliRunner().invoke(app, ["train", "--out", str(tmp_path / "nothere"), "--resume"])
+    assert result.exit_code == 2 and "nothere: no run to resume there" in result.output, result.output
+    result = CliRunner().invoke(app, ["train", "hushem", "--config", str(tmp_path / "nothere.yaml"),
+                                      "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2 and "nothere.yaml: no such file or folder" in result.output, result.output
+    assert not list(tmp_path.iterdir())
 
 
 def test_select_command_prints_the_winner_chosen_on_validation(separable, tmp_path):
@@ -493,7 +532,7 @@ def test_background_mask_gets_its_own_source_and_default_sources_keep_their_cach
         build_run_config("hushem", "unused", background="blur")
 
 
-def test_synthetic_init_trains_its_source_once_then_reuses_the_cache(separable, tmp_path, monkeypatch):
+def test_synthetic_init_trains_its_source_once_then_reuses_the_cache(separable, tmp_path, monkeypatch, caplog):
     from safetensors.torch import load_file
 
     from spermhead.config import load_config
@@ -502,6 +541,12 @@ def test_synthetic_init_trains_its_source_once_then_reuses_the_cache(separable, 
     monkeypatch.setenv("SPERMHEAD_CACHE", str(tmp_path / "cache"))
     opts = dict(init="synthetic", init_per_class=4, init_epochs=1, epochs=1, cv=2)
     first = train_run(quick_config(separable, tmp_path / "a", **opts), progress=False)
+    # a first run says why it will take minutes longer than the next
+    told = [r.getMessage() for r in caplog.records if "synthetic source model" in r.getMessage()]
+    assert told == [f"training the synthetic source model for these input settings first (4 rendered heads per "
+                    f"class, 1 epochs: at the defaults 5-20 minutes on 2 cores; once, then cached in "
+                    f"{tmp_path / 'cache' / 'synthetic-init'})"]
+    caplog.clear()
     init = json.loads((first.out / "run.json").read_text())["init"]
     assert init["init"] == "synthetic" and init["cached"] is False
     source = Path(init["weights"])
@@ -525,6 +570,7 @@ def test_synthetic_init_trains_its_source_once_then_reuses_the_cache(separable, 
     monkeypatch.setattr(run_module, "build_member", recording_build_member)
     second = train_run(quick_config(separable, tmp_path / "b", **opts), progress=False)
     assert json.loads((second.out / "run.json").read_text())["init"]["cached"] is True
+    assert not [r for r in caplog.records if "synthetic source model" in r.getMessage()]
     assert starts == [str(source)] * 2  # 2 folds, no source retraining
     monkeypatch.undo()
     monkeypatch.setenv("SPERMHEAD_CACHE", str(tmp_path / "cache"))

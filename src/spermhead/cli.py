@@ -279,6 +279,9 @@ def train(
     name = name or settings.get("dataset")
     if name is None and resume and (out / "config.yaml").is_file():
         name = load_config(out / "config.yaml").dataset  # `train --out RUN --resume` alone
+    if name is None and resume:
+        raise ConfigError(f"{out}: no run to resume there (no config.yaml); give the command that started "
+                          "the run, or the run's folder with --out")
     if name is None:
         raise ConfigError("give the dataset NAME (or --config with a run directory)")
     if resume and (out / "config.yaml").is_file() and not given_options(ctx) - _RESUME_LOCAL:
@@ -321,6 +324,7 @@ def pretrain_cmd(
     seed: Annotated[int, typer.Option()] = 0,
     threads: Annotated[int, typer.Option(help="Torch CPU threads; 0 lets torch decide")] = 0,
     accelerator: Annotated[str, typer.Option(help="auto, cpu or gpu")] = "auto",
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing weights file")] = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
 ) -> None:
     """Self-supervised (SimCLR) pretraining on unlabelled heads; train with --weights OUT afterwards.
@@ -334,7 +338,7 @@ def pretrain_cmd(
                          preprocess=PreprocessConfig(image_size=image_size, color=color), synthetic=synthetic,
                          epochs=epochs, batch_size=batch_size, num_threads=threads,
                          accelerator=accelerator)
-    path = pretrain(cfg, progress=progress)
+    path = pretrain(cfg, progress=progress, overwrite=overwrite)
     console.print(f"backbone weights: {path}  (record: {path.with_suffix('.json')})\n"
                   f"next: spermhead train NAME --weights {path}")
 
@@ -764,6 +768,7 @@ def export(
     from spermhead.serving.onnx_export import export_onnx
     from spermhead.serving.predictor import ONNX_NAME
 
+    check_output_file(onnx, "--onnx")
     report = export_onnx(model, onnx or model / ONNX_NAME)
     console.print(report.summary(), highlight=False)
     meta = json.loads((model / "model.json").read_text())

@@ -256,6 +256,8 @@ def read_config_file(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """
     path = Path(path)
     file = path / "config.yaml" if path.is_dir() else path
+    if not path.exists():
+        raise ConfigError(f"{path}: no such file or folder (give a run directory or a YAML file of settings)")
     if not file.is_file():
         raise ConfigError(f"{path}: no config.yaml there (give a run directory or a YAML file of settings)")
     try:

@@ -131,8 +131,12 @@ def pooled_images(cfg: PretrainConfig) -> tuple[np.ndarray, dict[str, int]]:
     return np.concatenate(parts), counts
 
 
-def check_config(cfg: PretrainConfig) -> None:
+def check_config(cfg: PretrainConfig, overwrite: bool = False) -> None:
     """Refuse settings that cannot work before any image is read."""
+    if Path(cfg.out).is_dir():
+        raise ConfigError(f"--out {cfg.out}: is a folder; give a file name (*.safetensors)")
+    if Path(cfg.out).exists() and not overwrite:
+        raise ConfigError(f"--out {cfg.out}: exists; pass --overwrite to replace it")
     if not cfg.sources:
         raise ConfigError("pretraining needs at least one source (a dataset, a folder or 'synthetic')")
     if Path(cfg.out).suffix != ".safetensors":
@@ -145,11 +149,12 @@ def check_config(cfg: PretrainConfig) -> None:
                           "source, at least 2 synthetic heads")
 
 
-def pretrain(cfg: PretrainConfig, progress: bool = True) -> Path:
-    """Run SimCLR and write the backbone to `cfg.out` (safetensors) with a JSON record beside it."""
+def pretrain(cfg: PretrainConfig, progress: bool = True, overwrite: bool = False) -> Path:
+    """Run SimCLR and write the backbone to `cfg.out` (safetensors) with a JSON record beside it;
+    an existing file is replaced only with `overwrite`."""
     from spermhead.models.registry import build_model
 
-    check_config(cfg)
+    check_config(cfg, overwrite)
     if cfg.num_threads > 0:
         torch.set_num_threads(cfg.num_threads)
     L.seed_everything(cfg.seed, workers=True, verbose=False)

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+
+# Lightning's start-up chatter (GPU/TPU availability, tips) is noise for a CPU tool; every module
+# that fits (training, the synthetic source, SimCLR pretraining) imports this one.
+logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
 
 
 @contextmanager

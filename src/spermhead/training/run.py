@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import json
-import logging
 import os
 import shutil
 import time
@@ -55,9 +54,6 @@ from spermhead.training.quiet import quiet_fit
 from spermhead.training.targets import soft_targets
 from spermhead.training.temperature import fit_temperature, pooled_temperature
 
-# Lightning's start-up chatter (GPU/TPU availability, tips) is noise for a CPU tool.
-logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
-
 
 @dataclass
 class FoldResult:
@@ -87,7 +83,16 @@ class RunResult:
     timing: dict[str, Any] = field(default_factory=dict)
 
 
+def check_run_dir(out: Path, *, overwrite: bool, resume: bool) -> None:
+    """Refuse an output that cannot become the run folder, before any image is read."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out}: is a file, not a folder; give --out a folder for the run")
+    if out.is_dir() and any(out.iterdir()) and not (overwrite or resume):
+        raise ConfigError(f"{out}: run directory exists; pass --overwrite to replace it or --resume to continue it")
+
+
 def prepare_run_dir(out: Path, *, overwrite: bool, resume: bool) -> None:
+    check_run_dir(out, overwrite=overwrite, resume=resume)
     if out.exists() and any(out.iterdir()):
         if resume:
             return
@@ -123,14 +128,27 @@ def channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
     return [float(v) for v in mean], [float(v) for v in std]
 
 
+def build_network(cfg: RunConfig, num_classes: int) -> nn.Module:
+    """The run's network, with its weights file or hub weights loaded if it names them."""
+    return build_model(cfg.model.name, num_classes=num_classes, in_chans=_in_chans(cfg),
+                       image_size=cfg.preprocess.image_size, pretrained=cfg.model.pretrained,
+                       weights=cfg.model.weights, l2_conv=cfg.model.l2_conv, drop_rate=cfg.model.drop_rate,
+                       **cfg.model.kwargs)
+
+
+def _in_chans(cfg: RunConfig) -> int:
+    return 1 if cfg.preprocess.color == "gray" else 3
+
+
+def check_model(cfg: RunConfig, num_classes: int) -> None:
+    """Build the network once before anything is written or trained, so that an unknown model, a
+    bad model option or weights that cannot be read stop the run with nothing left behind."""
+    build_network(cfg, num_classes)
+
+
 def build_member(cfg: RunConfig, num_classes: int, train_images: np.ndarray) -> nn.Module:
-    in_chans = 1 if cfg.preprocess.color == "gray" else 3
-    net = build_model(cfg.model.name, num_classes=num_classes, in_chans=in_chans,
-                      image_size=cfg.preprocess.image_size, pretrained=cfg.model.pretrained,
-                      weights=cfg.model.weights, l2_conv=cfg.model.l2_conv, drop_rate=cfg.model.drop_rate,
-                      **cfg.model.kwargs)
     mean, std = channel_stats(train_images)
-    return standardized(net, in_chans, mean, std)
+    return standardized(build_network(cfg, num_classes), _in_chans(cfg), mean, std)
 
 
 def _loader(images: np.ndarray, labels: np.ndarray, batch: int, *, sampler: Any = None,
@@ -416,9 +434,11 @@ def train_run(cfg: RunConfig, *, overwrite: bool = False, resume: bool = False,
 
     check_run_config(cfg)  # a config built in code, or read back by --resume, is checked too
     out = Path(cfg.out)
+    check_run_dir(out, overwrite=overwrite, resume=resume)
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
     table = load_dataset(cfg.dataset, cfg.data_dir)
+    check_model(cfg, len(table.classes))
     if cfg.protocol.kind == "auto":  # a dataset's own train/val/test folders win; else K-fold CV
         cfg.protocol.kind = "folders" if table.has_fixed_split else "cv"
     if resume and (out / "config.yaml").is_file():
@@ -439,6 +459,10 @@ def train_run(cfg: RunConfig, *, overwrite: bool = False, resume: bool = False,
     prepare_run_dir(out, overwrite=overwrite, resume=resume)
     save_config(cfg, out / "config.yaml")
     init: dict[str, Any] = {"init": cfg.model.resolved_init()}
+    if init["init"] == "scratch" and cfg.model.weights:  # the record names the file the folds started from
+        init = {"init": "weights", "weights": str(Path(cfg.model.weights).resolve())}
+    elif init["init"] == "scratch" and cfg.model.pretrained:
+        init = {"init": "pretrained", "model": cfg.model.name}
     if init["init"] == "synthetic":
         from spermhead.training.synthetic_init import cached_record, source_path, synthetic_init_weights
 
@@ -589,7 +613,7 @@ def write_bundle(cfg: RunConfig, table: SampleTable, members: list[nn.Module], b
     the members trained on, kept beside the weights for `evaluate`."""
     from spermhead.serving.bundle import BundleMeta, save_bundle, save_training_signatures
 
-    in_chans = 1 if cfg.preprocess.color == "gray" else 3
+    in_chans = _in_chans(cfg)
     kind = "single" if len(members) == 1 else "ensemble"
     if kind_is_refit(cfg):
         kind = "refit"

@@ -8,7 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from spermhead.config import RunConfig
-from spermhead.training.run import train_run
+from spermhead.data.readers import load_dataset
+from spermhead.training.options import check_run_config
+from spermhead.training.run import check_model, train_run
 
 # The seed's variants 2.a-2.d: RGB vs gray, with and without L2 on the conv layers.
 VARIANTS = [("rgb", 0.0), ("gray", 0.0), ("rgb", 0.01), ("gray", 0.01)]
@@ -23,24 +25,32 @@ def select_models(base: RunConfig, models: list[str], out: Path, *, variants: bo
     from spermhead.evaluation.selection import write_selection
     from spermhead.models.registry import build_model, count_parameters
 
-    out.mkdir(parents=True, exist_ok=True)
     combos = VARIANTS if variants else [(base.preprocess.color, base.model.l2_conv)]
-    rows = []
+    runs = []
     for name in models:
         for color, l2 in combos:
             tag = name.replace(":", "-") + ("" if not variants else "_" + variant_name(color, l2).replace("=", ""))
-            cfg = replace(base, out=str(out / tag),
-                          preprocess=replace(base.preprocess, color=color),
+            cfg = replace(base, out=str(out / tag), preprocess=replace(base.preprocess, color=color),
                           model=replace(base.model, name=name, l2_conv=l2))
-            result = train_run(cfg, overwrite=overwrite, resume=resume, progress=progress)
-            m = result.metrics  # fold means +/- sd come from it
-            in_chans = 1 if color == "gray" else 3
-            params = count_parameters(build_model(name, num_classes=len(result.predictions.classes),
-                                                  in_chans=in_chans, image_size=cfg.preprocess.image_size))
-            rows.append({
-                "model": name, "variant": variant_name(color, l2), "run_dir": str(cfg.out),
-                "metrics": m, "seconds_per_epoch": result.timing["seconds_per_epoch"],
-                "parameters": params, "predictions": result.predictions,
-            })
+            runs.append((name, color, l2, cfg))
+    # every model is built once first: a misspelt name in the list stops the selection before
+    # hours go into the models before it
+    num_classes = len(load_dataset(base.dataset, base.data_dir).classes)
+    for *_, cfg in runs:
+        check_run_config(cfg)
+        check_model(cfg, num_classes)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for name, color, l2, cfg in runs:
+        result = train_run(cfg, overwrite=overwrite, resume=resume, progress=progress)
+        in_chans = 1 if color == "gray" else 3
+        params = count_parameters(build_model(name, num_classes=len(result.predictions.classes),
+                                              in_chans=in_chans, image_size=cfg.preprocess.image_size))
+        rows.append({
+            "model": name, "variant": variant_name(color, l2), "run_dir": str(cfg.out),
+            "metrics": result.metrics,  # fold means +/- sd come from it
+            "seconds_per_epoch": result.timing["seconds_per_epoch"],
+            "parameters": params, "predictions": result.predictions,
+        })
     write_selection(rows, out)
     return rows

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import tempfile
 import time
@@ -30,6 +31,8 @@ from spermhead import __version__
 from spermhead.config import RunConfig, environment
 from spermhead.errors import ConfigError
 from spermhead.models.weights import write_safetensors
+
+log = logging.getLogger(__name__)
 
 # Bump when the renderer or the source recipe changes what a cached file holds.
 SOURCE_FORMAT = 1
@@ -156,6 +159,11 @@ def train_source(cfg: RunConfig, path: Path, *, progress: bool) -> dict[str, Any
     except OSError as exc:
         raise ConfigError(f"{path.parent}: cannot write the synthetic source model there ({exc}); "
                           "set SPERMHEAD_CACHE to a writable folder") from None
+    # a warning, the level that reaches a user who set up no logging: without it a first run sits
+    # silent for many minutes, or shows a progress bar with the source's epochs, not the run's
+    log.warning("training the synthetic source model for these input settings first (%d rendered heads "
+                "per class, %d epochs: at the defaults 5-20 minutes on 2 cores; once, then cached in %s)",
+                cfg.model.init_per_class, cfg.model.init_epochs, path.parent)
     start = time.perf_counter()
     images, labels, classes = rendered_heads(cfg)
     # The fold recipe, minus what only real data has: expert votes, validation, a prior to fix.
