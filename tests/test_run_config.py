@@ -36,6 +36,24 @@ def test_a_saved_config_builds_the_same_run_again(tmp_path, dataset, options):
     assert again.out == str(tmp_path / "again")
 
 
+def test_folders_are_saved_as_absolute_paths_so_a_config_works_from_anywhere(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for folder in ("lab/heads", "extra", "data"):
+        (tmp_path / folder).mkdir(parents=True)
+    (tmp_path / "w.safetensors").write_bytes(b"")
+    cfg = build_run_config("lab/heads", "runs/a", data_dir="data", extra_train=["extra", "scian-pa"],
+                           weights="w.safetensors")
+    assert cfg.dataset == str(tmp_path / "lab" / "heads") and cfg.data_dir == str(tmp_path / "data")
+    assert cfg.extra_train == (str(tmp_path / "extra"), "scian-pa")  # a dataset name stays a name
+    assert cfg.model.weights == str(tmp_path / "w.safetensors")
+    (tmp_path / "runs").mkdir()
+    save_config(cfg, tmp_path / "runs" / "config.yaml")
+    monkeypatch.chdir(tmp_path / "lab")  # elsewhere, the saved config still names the same folders
+    settings, _ = read_config_file(tmp_path / "runs")
+    assert build_run_config(settings["dataset"], "b", settings=settings).dataset == str(tmp_path / "lab" / "heads")
+    assert build_run_config("hushem", "runs/b").dataset == "hushem"
+
+
 def test_options_given_change_only_themselves(tmp_path):
     save_config(build_run_config("hushem", "first"), tmp_path / "config.yaml")
     settings, _ = read_config_file(tmp_path / "config.yaml")
@@ -85,8 +103,10 @@ def test_a_bad_file_is_refused_naming_it_and_the_settings(tmp_path, text, proble
 
 def test_cli_refuses_a_bad_config_before_making_the_run_directory(tmp_path):
     (tmp_path / "bad.yaml").write_text("train:\n  epoch: 7\n")
+    (tmp_path / "empty").mkdir()
     for config, problem in ((tmp_path / "bad.yaml", "train.epoch: not a setting"),
-                            (tmp_path / "nowhere", "no config.yaml")):
+                            (tmp_path / "nowhere", "nowhere: no such file or folder"),
+                            (tmp_path / "empty", "empty: no config.yaml there")):
         result = CliRunner().invoke(app, ["train", "hushem", "--config", str(config), "--out", str(tmp_path / "run")])
         assert result.exit_code == 2 and problem in result.output, result.output
     assert not (tmp_path / "run").exists()

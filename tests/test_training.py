@@ -393,16 +393,13 @@ def test_select_checks_every_model_name_before_training_any(separable, tmp_path)
     assert not (tmp_path / "sel").exists()  # spermnet, first in the list, was not trained
 
 
-def test_train_command_names_a_missing_run_or_config_file(tmp_path):
+def test_resume_names_a_folder_with_no_run(tmp_path):
     from typer.testing import CliRunner
 
     from spermhead.cli import app
 
     result = CliRunner().invoke(app, ["train", "--out", str(tmp_path / "nothere"), "--resume"])
     assert result.exit_code == 2 and "nothere: no run to resume there" in result.output, result.output
-    result = CliRunner().invoke(app, ["train", "hushem", "--config", str(tmp_path / "nothere.yaml"),
-                                      "--out", str(tmp_path / "run")])
-    assert result.exit_code == 2 and "nothere.yaml: no such file or folder" in result.output, result.output
     assert not list(tmp_path.iterdir())
 
 
@@ -613,6 +610,8 @@ def test_the_synthetic_source_looks_like_its_set_unless_told():
     assert source_style(build_run_config("scian-pa", "unused")) == "scian"
     combined = build_run_config("combined", "unused")
     assert source_style(combined) == "hushem"
+    # a folder takes HuSHeM's look whatever its name, and whether given as a relative or an absolute path
+    assert source_style(build_run_config("scian-lookalike", "unused")) == "hushem"
     told = build_run_config("combined", "unused", init_style="scian")
     assert source_style(told) == "scian" and source_path(told) != source_path(combined)  # its own cached file
     with pytest.raises(ConfigError, match="init_style 'pink'"):

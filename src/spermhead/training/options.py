@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import fields, is_dataclass
+from pathlib import Path
 from typing import Any
 
 from spermhead.config import OPTIMIZERS, SCHEDULES, RunConfig
+from spermhead.data.readers import NAMED_DATASETS
 from spermhead.errors import ConfigError
 from spermhead.training.augment import PRESETS
 from spermhead.training.balance import BALANCE_MODES
@@ -85,14 +87,14 @@ def build_run_config(dataset: str, out: str, *, recipe: str | None = None, data_
     if recipe is not None and saved_recipe is not None and recipe.lower() != saved_recipe:
         raise ConfigError(f"--recipe {recipe} with a config of recipe {saved_recipe}: give one or the other")
     recipe = (recipe or saved_recipe or "default").lower()
-    cfg = apply_recipe(RunConfig(dataset=dataset, out=out), recipe)
+    cfg = apply_recipe(RunConfig(dataset=_absolute(dataset), out=out), recipe)
     # "default" trains a named dataset with its own recipe; `--recipe hushem` (say) gives any set
     # the recipe of the dataset it resembles
     measured = dataset.lower() if recipe == "default" else recipe if recipe in DATASET_RECIPES else None
     _apply_options(cfg, DATASET_RECIPES.get(measured or "", {}))
     _apply_settings(cfg, {k: v for k, v in settings.items() if k not in ("dataset", "out")})
     cfg.seed = cfg.seed if seed is None else seed
-    cfg.data_dir = data_dir or cfg.data_dir
+    cfg.data_dir = str(Path(data_dir).absolute()) if data_dir else cfg.data_dir
     cfg.loggers = cfg.loggers if loggers is None else tuple(loggers)
     epochs_given = options.get("epochs") is not None or _in_settings(settings, "epochs")
     if cv is not None and split is not None:
@@ -111,6 +113,10 @@ def build_run_config(dataset: str, out: str, *, recipe: str | None = None, data_
             raise ConfigError(f"--operating-point {operating_point!r}: accuracy or balanced")
         cfg.operating_point = operating_point
     _apply_options(cfg, options)
+    # folders are kept as absolute paths, so that `--config RUN` and `serve --review RUN` find
+    # them from any working directory
+    cfg.extra_train = tuple(_absolute(e) for e in cfg.extra_train)
+    cfg.model.weights = _absolute(cfg.model.weights) if cfg.model.weights else cfg.model.weights
     strength = cfg.train.prior_strength
     if strength != "val":
         try:
@@ -129,6 +135,14 @@ def build_run_config(dataset: str, out: str, *, recipe: str | None = None, data_
                 _set_field(cfg, name, value)
     check_run_config(cfg)
     return cfg
+
+
+def _absolute(name: str) -> str:
+    """A path that exists, made absolute (links kept as named); a dataset name or a missing path
+    as given (a missing one is then refused by name)."""
+    if name.lower() in NAMED_DATASETS or not Path(name).exists():
+        return name
+    return str(Path(name).absolute())
 
 
 def _choice(value: Any, choices: Any, option: str) -> None:

@@ -40,11 +40,14 @@ SOURCE_STREAM = 0x5EED  # first word of the source heads' RNG keys (see rendered
 
 
 def source_style(cfg: RunConfig) -> str:
-    """SCIAN's grey look and 5 classes (with *small*) for SCIAN sets, HuSHeM's otherwise, unless
-    `init_style` names one."""
+    """SCIAN's grey look and 5 classes (with *small*) for the named SCIAN sets, HuSHeM's otherwise
+    (a folder of heads too, whatever its name), unless `init_style` names one."""
+    from spermhead.data.readers import NAMED_DATASETS
+
     if cfg.model.init_style != "auto":
         return cfg.model.init_style
-    return "scian" if cfg.dataset.lower().startswith("scian") else "hushem"
+    named = cfg.dataset.lower()
+    return "scian" if named in NAMED_DATASETS and named.startswith("scian") else "hushem"
 
 
 def cache_root() -> Path:
