@@ -226,6 +226,12 @@ def test_predict_writes_each_samples_composition(tmp_path: Path):
     lines = [line for line in result.output.splitlines() if line.strip().startswith(("│ normal", "│ amorphous"))]
     assert len(lines) == 4 and all(line.count("★") == 1 for line in lines)
     assert all(line.index("★") > line.index(")", line.index(")") + 1) for line in lines if "normal" in line)
+    assert "holds the header only" not in text
+    # a folder too small to be a sample: the file holds the header alone, and predict says why
+    few = CliRunner().invoke(app, ["predict", "--model", str(bundle), *map(str, (tmp_path / "images" / "patient1").glob("h[0-3].png")),
+                                   "--summary", str(out)])
+    assert few.exit_code == 0 and len(out.read_text().splitlines()) == 1
+    assert f"no folder has {MIN_HEADS} classified heads" in " ".join(few.output.split()), few.output
 
 
 def test_evaluate_puts_the_estimated_shares_beside_the_true_ones():

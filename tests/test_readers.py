@@ -66,6 +66,13 @@ def test_scian_file_without_id_fails_loudly(tmp_path):
         read_scian(root)
 
 
+def test_scian_folder_given_as_a_path_names_the_dataset_to_use(tmp_path):
+    root = _scian(tmp_path, ["p1-pl2-sample01/Sperm_01\t0\t0\t0\t0\n"], ["ch00_p1-pl2-sample1-sperm1.tif"])
+    # read as class folders it would be one class, "Partial-Agreement-Images"
+    with pytest.raises(DataError, match=f"name it scian-pa .* with --data-dir {tmp_path}$"):
+        load_dataset(str(root))
+
+
 def test_scian_unknown_majority_code(tmp_path):
     root = _scian(tmp_path, ["p1-pl2-sample01/Sperm_01\t9\t9\t9\t9\n"], ["ch00_p1-pl2-sample1-sperm1.tif"])
     with pytest.raises(DataError, match=r"PA-expert-annotations.txt:1: majority label code 9"):

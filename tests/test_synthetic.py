@@ -241,7 +241,9 @@ def test_cli_synth_then_summary(tmp_path):
     assert json.loads(result.output)["classes"] == dict.fromkeys(
         ["normal", "tapered", "pyriform", "small", "amorphous"], 2)
     again = runner.invoke(app, ["data", "synth", str(tmp_path), "--style", "scian", "--n-per-class", "2"])
-    assert again.exit_code == 2 and "already exists" in again.output
+    assert again.exit_code == 2 and "already exists and is not empty; pass --overwrite" in " ".join(again.output.split())
+    none = runner.invoke(app, ["data", "synth", str(tmp_path / "none"), "--n-per-class", "0"])
+    assert none.exit_code == 2 and "--n-per-class 0: must be at least 1" in none.output, none.output
     assert runner.invoke(app, ["data", "synth", str(tmp_path), "--style", "scian", "--n-per-class", "2",
                                "--overwrite"]).exit_code == 0
     bad = runner.invoke(app, ["data", "synth", str(tmp_path), "--style", "sepia"])

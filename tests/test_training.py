@@ -411,11 +411,13 @@ def test_select_command_prints_the_winner_chosen_on_validation(separable, tmp_pa
     out = tmp_path / "sel"
     result = CliRunner().invoke(app, ["select", str(separable), "--models", "spermnet,seed-cnn", "--cv", "2",
                                       "--epochs", "1", "--image-size", "32", "--out", str(out), "--no-progress",
-                                      "--recipe", "hushem"], terminal_width=200)
+                                      "--recipe", "hushem", "--threads", "1", "--accelerator", "cpu"],
+                                terminal_width=200)
     assert result.exit_code == 0, result.output
     # the networks are compared on their own: HuSHeM's fused second opinions are left out
     train_cfg = load_config(out / "spermnet" / "config.yaml").train
     assert (train_cfg.recipe, train_cfg.shape_fusion, train_cfg.pixel_fusion) == ("hushem", 0.0, 0.0)
+    assert (train_cfg.num_threads, train_cfg.accelerator) == (1, "cpu")
     assert "chosen on validation" in result.output and result.output.count("★") == 4  # title, winner, and the two vs-★ column heads
     with open(out / "selection.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))

@@ -378,6 +378,9 @@ def select(
     image_size: Annotated[int | None, typer.Option()] = None,
     color: Annotated[str | None, typer.Option()] = None,
     seed: Annotated[int, typer.Option()] = 0,
+    threads: Annotated[int | None, typer.Option(help="Torch CPU threads (0 lets torch decide)")] = None,
+    accelerator: Annotated[str | None, typer.Option(
+        help="auto (a CUDA GPU when torch sees one, else the CPU), cpu or gpu")] = None,
     overwrite: Annotated[bool, typer.Option()] = False,
     resume: Annotated[bool, typer.Option()] = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
@@ -401,7 +404,8 @@ def select(
     # for every architecture and hide their differences
     base = build_run_config(name, str(out), recipe=recipe, data_dir=str(data_dir) if data_dir else None,
                             seed=seed, cv=cv, split=split, epochs=epochs, image_size=image_size, color=color,
-                            init="scratch", shape_fusion=0.0, pixel_fusion=0.0)
+                            init="scratch", shape_fusion=0.0, pixel_fusion=0.0, threads=threads,
+                            accelerator=accelerator)
     names = [m.strip() for m in models.split(",") if m.strip()]
     rows = select_models(base, names, out, variants=variants, overwrite=overwrite, resume=resume,
                          progress=progress)
@@ -516,6 +520,7 @@ def show_compositions(rows: list[dict[str, Any]], classes: list[str], confusion:
     from rich.table import Table
 
     from spermhead.evaluation.composition import (
+        MIN_HEADS,
         SUMMARY_COLUMNS,
         largest_sample,
         sample_compositions,
@@ -529,6 +534,9 @@ def show_compositions(rows: list[dict[str, Any]], classes: list[str], confusion:
             writer = csv.DictWriter(fh, fieldnames=SUMMARY_COLUMNS)
             writer.writeheader()
             writer.writerows(summary_rows(samples, closer))
+        if not samples:  # say why the file holds its header alone
+            console.print(f"note: no folder has {MIN_HEADS} classified heads, the fewest a sample's shares are "
+                          f"given for; {summary} holds the header only", highlight=False, soft_wrap=True)
 
     for name, heads, comp in samples[:shown]:
         columns = ["class", "heads", "counted (95% CI)", *(["adjusted for the model's errors"] if confusion else [])]

@@ -121,6 +121,9 @@ def read_scian(root: Path, *, agreement: str = "partial", drop: tuple[str, ...] 
 def read_class_folders(root: Path) -> SampleTable:
     """A folder of class subfolders, or of train/val/test each holding class subfolders."""
     root = _require_dir(root, "dataset")
+    if (root / "PA-expert-annotations.txt").is_file():  # its labels are in that file, not in folders
+        raise DataError(f"{root}: is SCIAN-MorphoSpermGS, whose labels are in PA-expert-annotations.txt; name it "
+                        f"scian-pa (or scian-ta, scian-pa4) with --data-dir {root.parent}")
     splits = [d for d in ("train", "val", "test") if (root / d).is_dir()]
     if splits:
         if len(splits) != 3:

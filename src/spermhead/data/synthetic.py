@@ -377,15 +377,14 @@ def write_synthetic(out: Path | str, style: str, n_per_class: int, seed: int = 0
     if style not in STYLES:
         raise ConfigError(f"unknown synthetic style {style!r}; expected one of {', '.join(STYLES)}")
     if n_per_class < 1:
-        raise ConfigError(f"n_per_class must be at least 1, got {n_per_class}")
+        raise ConfigError(f"--n-per-class {n_per_class}: must be at least 1")
     out = Path(out)
     name = HUSHEM_DIR if style == "hushem" else SCIAN_DIR
     target = out / name
 
     def refuse_if_taken() -> None:
         if target.exists() and not overwrite and (not target.is_dir() or any(target.iterdir())):
-            raise DataError(f"{target}: already exists and is not empty; pass overwrite=True "
-                            "(--overwrite) to replace it")
+            raise DataError(f"{target}: already exists and is not empty; pass --overwrite to replace it")
 
     refuse_if_taken()
     out.mkdir(parents=True, exist_ok=True)
