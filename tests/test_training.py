@@ -425,6 +425,14 @@ def test_select_command_prints_the_winner_chosen_on_validation(separable, tmp_pa
     assert [r["best"] for r in rows].count("True") == 1 and best["best"] == "True"
 
 
+def test_progress_names_each_fit_above_its_bar(separable, tmp_path, capsys):
+    train_run(quick_config(separable, tmp_path / "p", cv=2, epochs=2, refit_val=True, monitor="last"), progress=True)
+    said = capsys.readouterr().out
+    assert "fold 1 of 2: 2 epochs on 34 images, watching 6 validation images" in said, said
+    assert "fold 2 of 2, again on training + validation: 2 epochs on 40 images" in said, said
+    assert "Epoch" in said and "v_num" not in said  # Lightning's bar, less its logger's version number
+
+
 def test_seed_ensemble_per_fold(separable, tmp_path):
     result = train_run(quick_config(separable, tmp_path / "ens", cv=2, epochs=2, members=2), progress=False)
     assert [len(r.members) for r in result.folds] == [2, 2]

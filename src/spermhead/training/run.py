@@ -49,6 +49,7 @@ from spermhead.training.operating import (
     prior_bias,
     prior_shift,
 )
+from spermhead.training.progress import QuietProgressBar, announce
 from spermhead.training.protocols import Fold, duplicate_groups, make_folds, with_extra_training
 from spermhead.training.quiet import quiet_fit
 from spermhead.training.targets import soft_targets
@@ -207,9 +208,10 @@ def read_history(fold_dir: Path) -> list[dict[str, Any]]:
 def fit_member(cfg: RunConfig, member: nn.Module, x_train: np.ndarray, y_train: np.ndarray,
                x_val: np.ndarray, y_val: np.ndarray, num_classes: int, fold_dir: Path, *,
                seed: int, progress: bool, resume: bool,
-               soft: np.ndarray | None = None) -> tuple[nn.Module, int]:
+               soft: np.ndarray | None = None, label: str = "") -> tuple[nn.Module, int]:
     """Train one member with Lightning; returns it at the checkpoint chosen on validation.
-    `soft` (N x K) replaces the hard training labels as targets (expert vote shares)."""
+    `soft` (N x K) replaces the hard training labels as targets (expert vote shares); `label`
+    names the fit above its progress bar."""
     tc = cfg.train
     sampler, loss_weights = None, None
     if soft is not None and tc.balance == "offline":
@@ -230,6 +232,8 @@ def fit_member(cfg: RunConfig, member: nn.Module, x_train: np.ndarray, y_train: 
     val_loader = _loader(x_val, y_val, 256) if has_val else None
     monitor = tc.monitor if has_val else "last"
     callbacks: list[Any] = []
+    if progress and label:
+        announce(label, len(y_train), len(y_val), tc.epochs)
     if monitor == "last":
         # No monitor: keep the latest epoch (save_top_k=0 would also stop last.ckpt, breaking --resume).
         ckpt = ModelCheckpoint(dirpath=fold_dir / "checkpoints", filename="latest", save_last=True, save_top_k=1)
@@ -253,9 +257,7 @@ def fit_member(cfg: RunConfig, member: nn.Module, x_train: np.ndarray, y_train: 
         # the fold keeps the averaged weights: Lightning copies them into the model at the end
         callbacks.append(EMAWeightAveraging(decay=tc.ema))
     if progress:
-        from lightning.pytorch.callbacks import RichProgressBar
-
-        callbacks.append(RichProgressBar(leave=False))
+        callbacks.append(QuietProgressBar(leave=False))
 
     module = HeadClassifier(member, tc, steps_per_epoch=len(train_loader), loss_weights=loss_weights,
                             l2_conv=cfg.model.l2_conv)
@@ -299,7 +301,7 @@ class FittedSide:
 
 def fit_side(cfg: RunConfig, table: SampleTable, images: np.ndarray, rows: np.ndarray, val_rows: np.ndarray,
              fold_dir: Path, fold_index: int, *, progress: bool, resume: bool,
-             shape_features: np.ndarray | None, save_to: Path | None) -> FittedSide:
+             shape_features: np.ndarray | None, save_to: Path | None, label: str = "") -> FittedSide:
     """Train the fold's members on `rows` (watching `val_rows`; logs in `fold_dir`), and fit the
     second opinions the run fuses; their weights go to `save_to` (the fold's folder, where the
     bundle and --resume read them), unless it is None."""
@@ -313,7 +315,8 @@ def fit_side(cfg: RunConfig, table: SampleTable, images: np.ndarray, rows: np.nd
         L.seed_everything(seed, workers=True, verbose=False)
         member = build_member(cfg, k, images[rows])
         member, epochs = fit_member(cfg, member, images[rows], y[rows], images[val_rows], y[val_rows],
-                                    k, member_dir, seed=seed, progress=progress, resume=resume, soft=soft)
+                                    k, member_dir, seed=seed, progress=progress, resume=resume, soft=soft,
+                                    label=label + (f", member {j + 1}" if cfg.train.members_per_fold > 1 else ""))
         if save_to is not None:
             write_safetensors({name: t.contiguous() for name, t in member.state_dict().items()},
                               save_to / f"model{j}.safetensors")
@@ -334,7 +337,7 @@ def fit_side(cfg: RunConfig, table: SampleTable, images: np.ndarray, rows: np.nd
 
 
 def run_fold(cfg: RunConfig, table: SampleTable, images: np.ndarray, fold: Fold, out: Path, *,
-             progress: bool, resume: bool, shape_features: np.ndarray | None = None) -> FoldResult:
+             progress: bool, resume: bool, shape_features: np.ndarray | None = None, label: str = "") -> FoldResult:
     """Train the fold's members, then score its validation and test parts once. With
     `shape_features` (N x F head profiles) a shape model fitted on the training side is fused
     with the CNN's probabilities before either operating point, and so is a pixel model where
@@ -377,7 +380,7 @@ def run_fold(cfg: RunConfig, table: SampleTable, images: np.ndarray, fold: Fold,
     else:
         start = time.perf_counter()
         side = fit_side(cfg, table, images, fold.train, fold.val, fold_dir, fold.index,
-                        save_to=None if refit else fold_dir, **fit)
+                        save_to=None if refit else fold_dir, label=label, **fit)
         seconds = time.perf_counter() - start  # the first fit: run.json's per-epoch timing (a refit adds to wall time)
         val_probs = side.probs(cfg, images, fold.val, shape_features)
         bias, alpha = choose_balanced_bias(val_probs, y[fold.val], y[fold.train], k, cfg.train.prior_strength)
@@ -398,6 +401,7 @@ def run_fold(cfg: RunConfig, table: SampleTable, images: np.ndarray, fold: Fold,
         refit_cfg = replace(cfg, train=replace(cfg.train, epochs=max(scored["epochs"], 1), early_stopping_patience=0,
                                                monitor="last"))
         side = fit_side(refit_cfg, table, images, trained, fold.val[:0], fold_dir / "refit", fold.index,
+                        label=f"{label}, again on training + validation" if label else "",
                         save_to=fold_dir, **fit)
         bias = prior_bias(y[trained], k, alpha)  # the strength chosen above, on the refit's own prior
     test_probs = side.probs(cfg, images, fold.test, shape_features)
@@ -479,6 +483,7 @@ def train_run(cfg: RunConfig, *, overwrite: bool = False, resume: bool = False,
 
         shape_features = profiles(images)
     results = [run_fold(cfg, table, images, f, out, progress=progress, resume=resume,
+                        label=f"fold {f.index + 1} of {len(folds)}" if len(folds) > 1 else "training",
                         shape_features=shape_features) for f in folds]
 
     scored = {}
@@ -561,7 +566,8 @@ def refit_all(cfg: RunConfig, table: SampleTable, images: np.ndarray, results: l
     member = build_member(refit_cfg, len(table.classes), images)
     empty = np.zeros((0, *images.shape[1:]), dtype=images.dtype)
     member, _ = fit_member(refit_cfg, member, images, y, empty, np.zeros(0, dtype=int), len(table.classes),
-                           out / "refit", seed=cfg.seed * 1000 + 999, progress=progress, resume=False)
+                           out / "refit", seed=cfg.seed * 1000 + 999, progress=progress, resume=False,
+                           label="the final model, on all the images")
     return member
 
 
