@@ -110,6 +110,15 @@ def test_cli_refuses_a_bad_config_before_making_the_run_directory(tmp_path):
         result = CliRunner().invoke(app, ["train", "hushem", "--config", str(config), "--out", str(tmp_path / "run")])
         assert result.exit_code == 2 and problem in result.output, result.output
     assert not (tmp_path / "run").exists()
+    # a value the checks refuse is named by its key in the file, not by an option never typed;
+    # an option typed beside the file is named as typed
+    (tmp_path / "value.yaml").write_text("train:\n  optimizer: adamm\n  epochs: 3\n")
+    for typed, problem in (([], "value.yaml: train.optimizer: 'adamm': adamw, adam, sgd"),
+                           (["--optimizer", "sgdd"], "--optimizer 'sgdd': adamw, adam, sgd")):
+        result = CliRunner().invoke(app, ["train", "hushem", "--config", str(tmp_path / "value.yaml"), *typed,
+                                          "--out", str(tmp_path / "run")])
+        assert result.exit_code == 2 and problem in " ".join(result.output.split()), result.output
+    assert not (tmp_path / "run").exists()
     result = CliRunner().invoke(app, ["train", "--out", str(tmp_path / "run")])
     assert result.exit_code == 2 and "give the dataset NAME" in result.output
 
@@ -150,7 +159,9 @@ def test_settings_that_cannot_work_are_refused_before_the_run_folder_is_touched(
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump({section: {key: value}}))
     result = CliRunner().invoke(app, ["train", "hushem", "--config", str(tmp_path / "bad.yaml"), "--out", str(run),
                                       "--overwrite"])
-    assert result.exit_code == 2 and problem in result.output, result.output
+    # the file's value is named by its key there; the check itself names the option
+    said = f"bad.yaml: {setting}: {problem.split(' ', 1)[1]}" if problem.startswith("--") else problem
+    assert result.exit_code == 2 and said in " ".join(result.output.split()), result.output
     # a config built in code meets the same check in train_run
     cfg = RunConfig(dataset="hushem", out=str(run))
     setattr(getattr(cfg, section), key, value)

@@ -133,8 +133,22 @@ def build_run_config(dataset: str, out: str, *, recipe: str | None = None, data_
         for name, value in FOLDER_SYNTHETIC.items():
             if options.get(name) is None and not _in_settings(settings, name):
                 _set_field(cfg, name, value)
-    check_run_config(cfg)
+    try:
+        check_run_config(cfg)
+    except ConfigError as exc:
+        raise _named_as_in_file(exc, settings, options) from None
     return cfg
+
+
+def _named_as_in_file(exc: ConfigError, settings: dict[str, Any], options: dict[str, Any]) -> ConfigError:
+    """A bad value that came from a config file is named by its key there, not by an option the
+    user never typed (the checks name options: `--optimizer 'adamm': ...`)."""
+    flag, _, rest = str(exc).partition(" ")
+    name = flag.removeprefix("--").replace("-", "_")
+    if name not in _FIELDS or options.get(name) is not None or not _in_settings(settings, name):
+        return exc
+    section, attr = _FIELDS[name]
+    return ConfigError(f"config file, {section}.{attr}: {rest}")
 
 
 def _absolute(name: str) -> str:
@@ -153,7 +167,8 @@ def _choice(value: Any, choices: Any, option: str) -> None:
 def check_run_config(cfg: RunConfig) -> None:
     """Refuse settings that cannot work, before any image is read or any folder is touched.
 
-    Each message names the option (its config.yaml key is the same with underscores).
+    Each message names the option (its config.yaml key is the same with underscores);
+    `build_run_config` names a value that came from a config file by its key there instead.
     """
     pre, tc, proto = cfg.preprocess, cfg.train, cfg.protocol
     _choice(cfg.operating_point, ("accuracy", "balanced"), "--operating-point")
