@@ -81,7 +81,7 @@ MODELS: dict[str, tuple[str, Fitter]] = {
     "pixels and their flips, PCA 50 + SVM": ("images", _flipped_svm),
 }
 WEIGHTS = (0.3, 0.4, 0.5)
-PAIR_WEIGHTS = (0.2, 0.3)
+PAIR_WEIGHTS = (0.2, 0.3, 0.35, 0.4)
 
 
 def features(saved: SavedFold) -> dict[str, np.ndarray]:
