@@ -1,4 +1,4 @@
-from spermhead.training.bench import readme_row, results_row, summarise, upsert_row
+from spermhead.training.bench import has_table, readme_row, results_row, summarise, upsert_row
 
 
 def fake_run(seed: int, acc: float) -> dict:
@@ -27,6 +27,8 @@ def test_upsert_replaces_only_its_row(tmp_path):
     text = md.read_text()
     assert "| hushem | new |" in text and "old" not in text
     assert "| scian-pa | keep |" in text and text.startswith("intro") and text.endswith("outro\n")
+    # a file without the table (or no file: a bench run outside the repository) is told apart
+    assert has_table(md, "accuracy") and not has_table(md, "speed") and not has_table(tmp_path / "none.md", "accuracy")
 
 
 def test_a_source_model_is_timed_apart_from_the_repeats():
@@ -63,3 +65,19 @@ def test_a_recipe_with_shape_fusion_says_so():
     for r in runs:
         r["config"]["train"]["shape_fusion"] = 0.4
     assert "balance sampler, shape fusion 0.4 |" in results_row(summarise("hushem", runs, [1, 2]))
+
+
+def test_bench_says_first_when_it_has_no_table_to_record_in(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    import spermhead.training.bench as bench
+    from spermhead.cli import app
+
+    summary = summarise("hushem", [fake_run(1, 0.90), fake_run(2, 0.94)], [1, 2])
+    monkeypatch.setattr(bench, "run_accuracy_bench", lambda *args, **kwargs: summary)  # no training here
+    monkeypatch.chdir(tmp_path)  # outside the repository: no RESULTS.md, no README table
+    said = CliRunner().invoke(app, ["bench", "accuracy", "hushem", "--seeds", "1,2"], terminal_width=200)
+    assert said.exit_code == 0, said.output
+    assert "note: no results table in benchmarks/RESULTS.md or README.md here" in said.output
+    quiet = CliRunner().invoke(app, ["bench", "accuracy", "hushem", "--seeds", "1,2", "--no-record"])
+    assert quiet.exit_code == 0 and "note:" not in quiet.output and "accuracy 92.0" in quiet.output

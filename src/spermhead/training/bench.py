@@ -145,6 +145,11 @@ def readme_row(s: dict[str, Any]) -> str:
             f"| {s['published']} | `{s['command']}` |")
 
 
+def has_table(path: Path, table: str) -> bool:
+    """Whether `path` holds the `<!-- table:start -->` marker that `upsert_row` writes under."""
+    return path.is_file() and f"<!-- {table}:start -->" in path.read_text()
+
+
 def upsert_row(path: Path, table: str, key: str, row: str) -> None:
     """Replace (or add) the row for `key` between `<!-- table:start -->` and `<!-- table:end -->`."""
     text = path.read_text() if path.exists() else ""
