@@ -168,3 +168,18 @@ def test_settings_that_cannot_work_are_refused_before_the_run_folder_is_touched(
     with pytest.raises(ConfigError, match=problem.split(":")[0]):
         train_run(cfg, overwrite=True, progress=False)
     assert [p.name for p in run.iterdir()] == ["keep.txt"]
+
+
+def test_a_run_saved_with_a_relative_folder_still_resumes(tmp_path, monkeypatch):
+    from spermhead.training.run import check_resumable
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "heads").mkdir()
+    (tmp_path / "run").mkdir()
+    asked = build_run_config("heads", "run")
+    saved = build_run_config("heads", "run")
+    saved.dataset = "heads"  # as runs were saved before folders were kept absolute
+    save_config(saved, tmp_path / "run" / "config.yaml")
+    check_resumable(tmp_path / "run", asked)  # the same folder: no difference
+    with pytest.raises(ConfigError, match="train.epochs"):
+        check_resumable(tmp_path / "run", build_run_config("heads", "run", epochs=7))

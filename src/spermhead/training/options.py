@@ -87,7 +87,7 @@ def build_run_config(dataset: str, out: str, *, recipe: str | None = None, data_
     if recipe is not None and saved_recipe is not None and recipe.lower() != saved_recipe:
         raise ConfigError(f"--recipe {recipe} with a config of recipe {saved_recipe}: give one or the other")
     recipe = (recipe or saved_recipe or "default").lower()
-    cfg = apply_recipe(RunConfig(dataset=_absolute(dataset), out=out), recipe)
+    cfg = apply_recipe(RunConfig(dataset=absolute_path(dataset), out=out), recipe)
     # "default" trains a named dataset with its own recipe; `--recipe hushem` (say) gives any set
     # the recipe of the dataset it resembles
     measured = dataset.lower() if recipe == "default" else recipe if recipe in DATASET_RECIPES else None
@@ -115,8 +115,8 @@ def build_run_config(dataset: str, out: str, *, recipe: str | None = None, data_
     _apply_options(cfg, options)
     # folders are kept as absolute paths, so that `--config RUN` and `serve --review RUN` find
     # them from any working directory
-    cfg.extra_train = tuple(_absolute(e) for e in cfg.extra_train)
-    cfg.model.weights = _absolute(cfg.model.weights) if cfg.model.weights else cfg.model.weights
+    cfg.extra_train = tuple(absolute_path(e) for e in cfg.extra_train)
+    cfg.model.weights = absolute_path(cfg.model.weights) if cfg.model.weights else cfg.model.weights
     strength = cfg.train.prior_strength
     if strength != "val":
         try:
@@ -151,7 +151,7 @@ def _named_as_in_file(exc: ConfigError, settings: dict[str, Any], options: dict[
     return ConfigError(f"config file, {section}.{attr}: {rest}")
 
 
-def _absolute(name: str) -> str:
+def absolute_path(name: str) -> str:
     """A path that exists, made absolute (links kept as named); a dataset name or a missing path
     as given (a missing one is then refused by name)."""
     if name.lower() in NAMED_DATASETS or not Path(name).exists():

@@ -106,7 +106,10 @@ def prepare_run_dir(out: Path, *, overwrite: bool, resume: bool) -> None:
 def check_resumable(out: Path, cfg: RunConfig) -> None:
     """A resumed run reads back the folds it finished, so it must go on as it started: other
     settings would mix folds trained two ways in one result."""
+    from spermhead.training.options import absolute_path
+
     saved = load_config(out / "config.yaml")
+    saved.dataset = absolute_path(saved.dataset)  # a run saved before folders were kept absolute
     differences = config_differences(saved, cfg)
     if differences:
         raise ConfigError(
