@@ -115,6 +115,15 @@ def screenshot_dir() -> Path:
     return Path(os.environ.get("SPERMHEAD_SCREENSHOTS", "")) if os.environ.get("SPERMHEAD_SCREENSHOTS") else None
 
 
+def test_the_api_docs_page_lists_the_endpoints(page, server: str) -> None:
+    # FastAPI writes OpenAPI 3.1, which Swagger UI before version 5 refuses to draw
+    page.goto(server + "/docs")
+    page.wait_for_selector(".opblock-summary-path:has-text('/api/predict')")
+    paths = page.locator(".opblock-summary-path").all_inner_texts()
+    assert {"/api/predict", "/api/composition", "/api/model", "/health"} <= {p.strip() for p in paths}
+    assert "Unable to render" not in page.content()
+
+
 def test_classify_page_shows_class_and_probability(page, server: str, images: Path, tmp_path: Path) -> None:
     page.goto(server + "/")
     page.wait_for_selector("#model-info:has-text('spermnet')")

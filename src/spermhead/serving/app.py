@@ -48,7 +48,7 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
-from swagger_ui_bundle import swagger_ui_path
+from swagger_ui.utils import SWAGGER_UI_PY_ROOT
 
 from spermhead import __version__
 from spermhead.errors import SpermheadError
@@ -472,7 +472,7 @@ def create_app(
         return JSONResponse({"detail": f"internal error: {type(exc).__name__}"}, status_code=500)
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
-    app.mount("/swagger-ui", StaticFiles(directory=swagger_ui_path), name="swagger")
+    app.mount("/swagger-ui", StaticFiles(directory=SWAGGER_UI_PY_ROOT / "static"), name="swagger")
 
     @app.get("/docs", include_in_schema=False)
     def docs_page() -> HTMLResponse:
