@@ -22,8 +22,9 @@ function applyFilter(keepItemIndex) {
 }
 
 function running() {
-  // Accuracy over the items from the first one up to the current one in this view.
-  const seen = view.slice(0, pos + 1).filter((it) => it.correct !== null);
+  // Accuracy over every item up to the current one, whatever the filter shows: over the errors
+  // alone it would always read 0%.
+  const seen = all.slice(0, all.indexOf(view[pos]) + 1).filter((it) => it.correct !== null);
   const right = seen.filter((it) => it.correct).length;
   return seen.length ? { text: pct(right / seen.length), k: `running accuracy · ${right}/${seen.length} so far` }
     : { text: "–", k: "running accuracy" };
