@@ -271,3 +271,27 @@ def test_classify_page_gives_the_class_shares_of_all_its_heads(page, server: str
     page.set_input_files("#file-input", files[:6])
     page.wait_for_selector("#status:has-text('6 classified')")
     assert page.locator(".card.result").count() == 6 and page.locator("#sample").is_hidden()
+
+
+def test_new_sample_pressed_during_an_upload_drops_the_answers_still_out(page, server: str, tmp_path: Path) -> None:
+    files = []
+    for i in range(26):
+        path = tmp_path / f"head_{i}.png"
+        Image.fromarray(render_head(CLASSES[i % 4], "hushem", np.random.default_rng(700 + i))[0]).save(path)
+        files.append(str(path))
+    page.goto(server + "/")
+    page.wait_for_selector("#model-info:has-text('spermnet')")
+    page.set_input_files("#file-input", files[:10])
+    page.wait_for_selector("#new-sample")
+    held = []  # the next upload's first batch is held until New sample has been pressed
+    page.route("**/api/predict**", lambda route: route.continue_() if len(held) else held.append(route))
+    page.set_input_files("#file-input", files[10:])  # 16 files: two batches of 8, one after the other
+    while not held:
+        page.wait_for_timeout(20)
+    page.click("#new-sample")
+    held[0].continue_()
+    page.wait_for_selector("#status:has-text('classified')")
+    # only the batch sent after New sample joins the new sample, as the page shows it
+    assert page.locator(".card.result").count() == 8
+    assert page.locator("#status").inner_text().startswith("8 classified") and page.locator("#sample").is_hidden()
+    page.unroute("**/api/predict**")

@@ -11,6 +11,7 @@ const samplePanel = document.getElementById("sample");
 let classes = [];
 let minHeads = 10;
 const predicted = []; // every head classified on this page: together, one sample
+let sampleNumber = 0; // New sample starts the next; answers to requests sent before it are dropped
 
 function figure(src, caption, alt) {
   const img = el("img", { src, alt });
@@ -89,7 +90,9 @@ function fillResult(card, file, r) {
   card.replaceChildren(...parts);
 }
 
+// Returns [classified, failed] among the answers that joined the current sample.
 async function sendBatch(files) {
+  const sample = sampleNumber;
   const pending = files.map(pendingCard);
   const form = new FormData();
   for (const f of files) form.append("files", f, f.name);
@@ -99,32 +102,35 @@ async function sendBatch(files) {
     response = await fetch("/api/predict" + q, { method: "POST", body: form });
   } catch (e) {
     files.forEach((f, i) => fillError(pending[i], f, `network error: ${e.message}`));
-    return 0;
+    return [0, sample === sampleNumber ? files.length : 0];
   }
   if (!response.ok) {
     const message = await errorText(response);
     files.forEach((f, i) => fillError(pending[i], f, message));
-    return files.length;
+    return [0, sample === sampleNumber ? files.length : 0];
   }
   const body = await response.json();
+  if (sample !== sampleNumber) return [0, 0]; // New sample was pressed while this batch was out
   let failed = 0;
   body.results.forEach((r, i) => {
     if (r.ok) { fillResult(pending[i], files[i], r); predicted.push(r.class); }
     else { failed += 1; fillError(pending[i], files[i], r.error); }
   });
-  return failed;
+  return [files.length - failed, failed];
 }
 
 async function handleFiles(fileList) {
   const files = Array.from(fileList);
   if (!files.length) return;
   statusLine.textContent = `classifying ${files.length} image${files.length > 1 ? "s" : ""}…`;
-  let failed = 0;
+  let classified = 0, failed = 0;
   for (let i = 0; i < files.length; i += BATCH) {
-    failed += await sendBatch(files.slice(i, i + BATCH));
+    const [ok, bad] = await sendBatch(files.slice(i, i + BATCH));
+    classified += ok;
+    failed += bad;
   }
   await showSample(); // before the status line, which thus says when the page is settled
-  statusLine.textContent = `${files.length - failed} classified` + (failed ? `, ${failed} could not be used` : "");
+  statusLine.textContent = `${classified} classified` + (failed ? `, ${failed} could not be used` : "");
 }
 
 function shareText(row, key, star) {
@@ -178,6 +184,7 @@ async function showSample() {
 
 // The next sample starts from an empty page.
 function newSample() {
+  sampleNumber += 1;
   predicted.length = 0;
   cards.replaceChildren();
   samplePanel.replaceChildren();
