@@ -52,6 +52,12 @@ def test_new_images_score_near_perfect_and_unseen(trained, tmp_path: Path) -> No
     expected = {f"{c}/{c}_{i:03d}.png" for c in CLASSES for i in range(10)}
     assert set(pred.ids) == expected and all(t == i.split("/")[0] for t, i in zip(pred.true, pred.ids, strict=True))
     assert (tmp_path / "out" / "report.html").is_file() and (tmp_path / "out" / "plots" / "roc.png").is_file()
+    # the report speaks of these images, not of folds the assessment does not have, and shows
+    # their true class shares beside the two estimates
+    report = (tmp_path / "out" / "report.html").read_text()
+    assert "<th>these images</th>" in report and "out-of-fold" not in report and "sd across folds" not in report
+    assert "These images as one sample" in report and "<td>25.0%</td>" in report  # 10 of 40 per class
+    assert "From the model's training run" in report
 
 
 def test_training_images_are_reported_apart(trained, tmp_path: Path) -> None:

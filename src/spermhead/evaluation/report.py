@@ -134,7 +134,7 @@ def _headline(m: Mapping[str, Any]) -> str:
         if has_ci:
             cells.append("" if not ci else f"[{fmt(ci[0])}, {fmt(ci[1])}]")
         out.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-    head = ["metric", "pooled out-of-fold" if k else "held-out set"]
+    head = ["metric", "pooled out-of-fold" if k else "these images"]
     if k:
         head.append(f"mean &plusmn; sd across {k} folds")
     if has_ci:
@@ -169,6 +169,26 @@ def _confusion(m: Mapping[str, Any]) -> str:
     return table(["true \\ predicted", *classes], rows)
 
 
+def _composition(m: Mapping[str, Any]) -> str:
+    """Labelled images assessed by `evaluate`, taken as one sample: each class's true share beside
+    its counted and adjusted estimates (the check a lab can run on its own images)."""
+    rows = m.get("composition")
+    if not rows or "true_share" not in rows[0]:
+        return ""
+
+    def share(r: Mapping[str, Any], key: str) -> str:
+        if r.get(key) is None:
+            return "n/a"
+        return f"{100 * r[key]:.1f}% ({100 * r[key + '_low']:.1f}-{100 * r[key + '_high']:.1f})"
+
+    body = [[r["class"], f"{100 * r['true_share']:.1f}%", share(r, "share"), share(r, "adjusted")] for r in rows]
+    return ("<h2>These images as one sample</h2>"
+            "<p>Each class's true share beside the two estimates <code>predict</code> gives a sample: counted "
+            "from the predicted classes, and adjusted for the model's measured errors (95% intervals, widened "
+            "by the bundle's check below).</p>"
+            + table(["class", "true share", "counted (95% CI)", "adjusted (95% CI)"], body))
+
+
 def _share_check(m: Mapping[str, Any]) -> str:
     """The run's check of a sample's class shares (composition.check_intervals), in points."""
     check = m.get("share_check")
@@ -183,8 +203,9 @@ def _share_check(m: Mapping[str, Any]) -> str:
              f"{100 * check['held']['counted'][i]:.0f}%", f"{100 * check['held']['adjusted'][i]:.0f}%",
              pts(check["extra_sd"]["counted"][i]), pts(check["extra_sd"]["adjusted"][i]), check["closer"][i]]
             for i, c in enumerate(classes)]
+    source = "" if m.get("folds") else "From the model's training run, as its bundle keeps it: "
     return ("<h2>A sample's class shares</h2>"
-            f"<p>{check['samples']} simulated samples of up to {largest_sample(check)} held-out heads each, of random class "
+            f"<p>{source}{check['samples']} simulated samples of up to {largest_sample(check)} held-out heads each, of random class "
             "mixes, estimated from their predicted classes with the other folds' confusion. Error: mean distance "
             "from the true share, in points. Held: how often the 95% interval held the true share. Extra sd: "
             "what <code>predict</code> adds to each interval so that it holds in 95% of these samples. "
@@ -216,9 +237,11 @@ def _how_to_read(m: Mapping[str, Any]) -> str:
         "The calibration error is the gap between the probability given to each answer and how often such "
         "answers are right (0: a 0.8 answer is right 8 times in 10; the reliability plot shows it per bin); "
         "the Brier score (0 best, 2 worst) sums both calibration and sharpness. "
-        "The confidence interval resamples these predictions; the sd across folds shows how much retraining "
-        "on other data moves the result. Metrics are computed on out-of-fold predictions keyed by sample id, "
-        "so every prediction is compared with its own image's label.</p></div>"
+        "The confidence interval resamples these predictions"
+        + ("; the sd across folds shows how much retraining on other data moves the result. Metrics are "
+           "computed on out-of-fold predictions" if m.get("folds") else ". Metrics are computed on the "
+           "predictions")
+        + " keyed by sample id, so every prediction is compared with its own image's label.</p></div>"
     )
 
 
@@ -284,7 +307,7 @@ def write_report(
     if notes:
         body.append("<ul>" + "".join(f"<li>{esc(n)}</li>" for n in notes) + "</ul>")
     body += ["<h2>Per class</h2>", _per_class(metrics), "<h3>Confusion matrix (counts)</h3>", _confusion(metrics),
-             _share_check(metrics)]
+             _composition(metrics), _share_check(metrics)]
     if metrics.get("per_source"):
         body += ["<h2>Per source</h2>", _summary_table("source", list(metrics["per_source"].items()))]
     if metrics.get("folds"):
