@@ -75,6 +75,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, images: Path) -> Iterator[s
         "held": {"counted": [0.3, 1, 1, 0.3], "adjusted": [0.95] * 4},
         "extra_sd": {"counted": [0.15, 0, 0, 0.15], "adjusted": [0] * 4},
         "closer": ["adjusted", "counted", "counted", "adjusted"]}}
+    meta["run"] = {"dataset": "synthetic-heads", "metrics": {"accuracy": 0.9}, "synthetic": True}
     (bundle / "model.json").write_text(json.dumps(meta))
     with serving(create_app(bundle, review_source=images)) as url:
         yield url
@@ -137,6 +138,7 @@ def test_the_api_docs_page_lists_the_endpoints(page, server: str) -> None:
 def test_classify_page_shows_class_and_probability(page, server: str, images: Path, tmp_path: Path) -> None:
     page.goto(server + "/")
     page.wait_for_selector("#model-info:has-text('spermnet')")
+    assert "run accuracy 90.0% on synthetic heads" in page.locator("#model-info").inner_text()
     page.set_input_files("#file-input", [str(images / "normal" / "normal_0.png"),
                                          str(images / "tapered" / "tapered_1.png")])
     page.wait_for_function("document.querySelectorAll('.card.result').length === 2")

@@ -384,6 +384,20 @@ def test_run_json_names_the_weights_the_folds_started_from(separable, separable_
     assert init == {"init": "weights", "weights": str(weights.resolve())}
 
 
+def test_a_run_on_synthetic_heads_says_so_wherever_its_figures_are_read(separable_run, tmp_path):
+    from spermhead.data.synthetic import write_synthetic
+
+    write_synthetic(tmp_path / "data", "hushem", n_per_class=6, seed=0)
+    run = train_run(quick_config(tmp_path / "data" / "HuSHeM", tmp_path / "run", cv=2, epochs=1), progress=False)
+    notes = json.loads((run.out / "metrics.json").read_text())["notes"]
+    assert any(n.startswith("these images are synthetic") for n in notes)
+    assert "these images are synthetic" in (run.out / "report.html").read_text()
+    assert json.loads((run.out / "model" / "model.json").read_text())["run"]["synthetic"] is True
+    # photographed heads (no SYNTHETIC.txt) carry no such note
+    assert not any("synthetic" in n for n in separable_run.metrics.get("notes", []))
+    assert "synthetic" not in json.loads((separable_run.out / "model" / "model.json").read_text())["run"]
+
+
 def test_select_checks_every_model_name_before_training_any(separable, tmp_path):
     from spermhead.training.select import select_models
 

@@ -65,4 +65,4 @@ def pool_extra_training(table: SampleTable, names: tuple[str, ...] | list[str], 
     if not extra:
         raise ConfigError(f"--extra-train {', '.join(names)}: no images left once the dataset's own images "
                           f"and classes it lacks ({', '.join(table.classes)} only) are removed")
-    return SampleTable(table.name, table.samples + extra, list(table.classes)), report
+    return SampleTable(table.name, table.samples + extra, list(table.classes), table.synthetic), report

@@ -52,7 +52,7 @@ def read_hushem(root: Path) -> SampleTable:
         label = normalise_class_name(folder)
         for p in images:
             samples.append(Sample(f"hushem/{folder}/{p.stem}", p, label, "hushem"))
-    return SampleTable("hushem", samples)
+    return SampleTable("hushem", samples, synthetic=_rendered(root))
 
 
 def read_scian_codes(path: Path) -> dict[str, str]:
@@ -115,7 +115,12 @@ def read_scian(root: Path, *, agreement: str = "partial", drop: tuple[str, ...] 
     if orphans:
         raise DataError(f"{image_dir}: {len(orphans)} image(s) without annotation, e.g. {orphans[0]}")
     name = {"partial": "scian-pa", "total": "scian-ta"}[agreement]
-    return SampleTable(name + ("4" if drop else ""), samples)
+    return SampleTable(name + ("4" if drop else ""), samples, synthetic=_rendered(root))
+
+
+def _rendered(root: Path) -> bool:
+    """Whether `spermhead data synth` wrote this dataset (it leaves SYNTHETIC.txt at its root)."""
+    return (root / "SYNTHETIC.txt").is_file()
 
 
 def read_class_folders(root: Path) -> SampleTable:
@@ -134,7 +139,7 @@ def read_class_folders(root: Path) -> SampleTable:
             samples += _class_folder_samples(root / split, root.name, split)
     else:
         samples = _class_folder_samples(root, root.name, "")
-    return SampleTable(root.name, samples)
+    return SampleTable(root.name, samples, synthetic=_rendered(root))
 
 
 def _class_folder_samples(folder: Path, source: str, split: str) -> list[Sample]:
@@ -175,7 +180,7 @@ def load_dataset(name: str, data_dir: Path | str | None = None) -> SampleTable:
         if key == "scian-pa4":
             return read_scian(base / SCIAN_DIR, drop=("small",))
         hushem, scian = read_hushem(base / HUSHEM_DIR), read_scian(base / SCIAN_DIR, drop=("small",))
-        return SampleTable("combined", hushem.samples + scian.samples)
+        return SampleTable("combined", hushem.samples + scian.samples, synthetic=hushem.synthetic or scian.synthetic)
     path = Path(name)
     if not path.exists():
         raise DataError(f"{name}: not a dataset name ({', '.join(NAMED_DATASETS)}) nor a folder")

@@ -27,6 +27,7 @@ class SampleTable:
     name: str
     samples: list[Sample]
     classes: list[str] = field(default_factory=list)
+    synthetic: bool = False  # rendered by `spermhead data synth` (its SYNTHETIC.txt), not photographed
 
     def __post_init__(self) -> None:
         ids = [s.id for s in self.samples]
@@ -61,7 +62,7 @@ class SampleTable:
 
     def subset(self, keep: list[int] | None = None, *, name: str | None = None) -> SampleTable:
         chosen = self.samples if keep is None else [self.samples[i] for i in keep]
-        return SampleTable(name or self.name, list(chosen), list(self.classes))
+        return SampleTable(name or self.name, list(chosen), list(self.classes), self.synthetic)
 
     def summary(self) -> dict:
         return {

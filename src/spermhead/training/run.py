@@ -55,6 +55,9 @@ from spermhead.training.quiet import quiet_fit
 from spermhead.training.targets import soft_targets
 from spermhead.training.temperature import fit_temperature, pooled_temperature
 
+SYNTHETIC_NOTE = ("these images are synthetic (spermhead data synth; SYNTHETIC.txt in the dataset folder): "
+                  "the figures say how the pipeline runs, not how it does on real heads")
+
 
 @dataclass
 class FoldResult:
@@ -499,6 +502,8 @@ def train_run(cfg: RunConfig, *, overwrite: bool = False, resume: bool = False,
     metrics["operating_points"] = {p: headline(m) for p, (_, m) in scored.items()}
     metrics["validation"] = validation_summary(results)
     metrics["alignment"] = {"aligned": int(sum(c.aligned for c in canon)), "total": len(canon)}
+    if table.synthetic:  # said where the figures are read, so no one takes them for a real dataset's
+        metrics["notes"] = [*metrics.get("notes", []), SYNTHETIC_NOTE]
     share_checks = {point: check for point, (pred, _) in scored.items()
                     if (check := check_intervals(pred.true_indices, pred.pred_indices, pred.folds, pred.classes))}
     metrics["share_check"] = share_checks.get(cfg.operating_point)
@@ -639,7 +644,8 @@ def write_bundle(cfg: RunConfig, table: SampleTable, members: list[nn.Module], b
         temperature=float(temperature), input_ranges=input_ranges or {}, confusions=confusions or {},
         share_checks=share_checks or {},
         run={"dataset": cfg.dataset, "protocol": cfg.protocol.kind, "folds": cfg.protocol.folds,
-             "seed": cfg.seed, "metrics": headline(metrics), "run_dir": str(Path(cfg.out).resolve())},
+             "seed": cfg.seed, "metrics": headline(metrics), "run_dir": str(Path(cfg.out).resolve()),
+             **({"synthetic": True} if table.synthetic else {})},
     )
     save_bundle(directory, members, meta, shapes, pixels)
     if trained is not None:

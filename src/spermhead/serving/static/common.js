@@ -55,7 +55,7 @@ async function loadModelInfo() {
     const m = await r.json();
     window.MODEL = m;
     const acc = m.run && m.run.metrics && typeof m.run.metrics.accuracy === "number"
-      ? ` · run accuracy ${pct(m.run.metrics.accuracy)}` : "";
+      ? ` · run accuracy ${pct(m.run.metrics.accuracy)}${m.run.synthetic ? " on synthetic heads" : ""}` : "";
     target.textContent = `${m.architecture} · ${m.input.size}px ${m.input.color} · ${m.classes.length} classes${acc}`;
     return m;
   } catch (e) {
