@@ -116,7 +116,9 @@ def test_the_bundle_records_its_share_check_at_each_point(separable_run):
     assert meta.share_check == check_intervals(pred.true_indices, pred.pred_indices, pred.folds, pred.classes)
     # separable heads: both estimates are right, so no interval needs widening
     assert max(meta.share_check["error"]["counted"]) < 0.02 and max(meta.share_check["extra_sd"]["adjusted"]) < 0.02
-    assert "A sample's class shares" in (separable_run.out / "report.html").read_text()
+    report = (separable_run.out / "report.html").read_text()
+    assert "A sample's class shares" in report
+    assert "<h2>Timing</h2>" in report and "<th>item</th>" in report  # no lowercase title, no blank header
 
 
 def test_bundle_reloads_with_the_same_probabilities(separable, separable_run):

@@ -59,8 +59,8 @@ def plot_training_curves(history: Sequence[dict[str, Any]]) -> Figure:
                 if pts:
                     xs, ys = zip(*pts, strict=True)
                     ax.plot(xs, ys, style, color=colour, lw=1.4, label=f"{label} {split}".strip())
-    ax_loss.set(title="loss", xlabel="epoch")
-    ax_acc.set(title="accuracy", xlabel="epoch", ylim=(0, 1.02))
+    ax_loss.set(title="loss", xlabel="epoch", ylabel="cross-entropy loss")
+    ax_acc.set(title="accuracy", xlabel="epoch", ylabel="accuracy", ylim=(0, 1.02))
     for ax in (ax_loss, ax_acc):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)

@@ -252,7 +252,7 @@ def _extra(extra: Mapping[str, Any]) -> str:
         if isinstance(value, Mapping):
             rows = [[k, v if isinstance(v, int | float | str) or v is None else json.dumps(_plain(v))]
                     for k, v in value.items()]
-            parts.append(table(["", "value"], rows))
+            parts.append(table(["item", "value"], rows))
         elif isinstance(value, list | tuple) and value and all(isinstance(r, Mapping) for r in value):
             cols = list(dict.fromkeys(k for r in value for k in r))
             parts.append(table(cols, [[r.get(c) for c in cols] for r in value]))

@@ -660,7 +660,7 @@ def write_outputs(cfg: RunConfig, out: Path, predictions: Predictions, metrics: 
 
     plots = write_plots(predictions, history, out / "plots")
     return write_report(out, {**cfg.to_dict(), "environment": environment()}, metrics, plots,
-                        {"timing": timing})
+                        {"Timing": timing})
 
 
 def default_threads() -> int:
