@@ -237,13 +237,19 @@ def test_review_page_without_a_review_set_shows_no_viewer(page, tmp_path: Path) 
         assert page.locator("#layout").is_hidden()  # not an empty viewer with live-looking buttons
 
 
+def head_files(folder: Path, n: int, seed: int) -> list[str]:
+    """`n` HuSHeM-style heads as PNG files, the classes in turn."""
+    files = []
+    for i in range(n):
+        path = folder / f"head_{i}.png"
+        Image.fromarray(render_head(CLASSES[i % 4], "hushem", np.random.default_rng(seed + i))[0]).save(path)
+        files.append(str(path))
+    return files
+
+
 def test_classify_page_gives_the_class_shares_of_all_its_heads(page, server: str, images: Path,
                                                                tmp_path: Path) -> None:
-    files = []
-    for i in range(10):  # predict's smallest sample
-        path = tmp_path / f"head_{i}.png"
-        Image.fromarray(render_head(CLASSES[i % 4], "hushem", np.random.default_rng(500 + i))[0]).save(path)
-        files.append(str(path))
+    files = head_files(tmp_path, 10, seed=500)  # predict's smallest sample
     page.goto(server + "/")
     page.wait_for_selector("#model-info:has-text('spermnet')")
     page.set_input_files("#file-input", files[:6])
@@ -276,11 +282,7 @@ def test_classify_page_gives_the_class_shares_of_all_its_heads(page, server: str
 
 
 def test_new_sample_pressed_during_an_upload_drops_the_answers_still_out(page, server: str, tmp_path: Path) -> None:
-    files = []
-    for i in range(26):
-        path = tmp_path / f"head_{i}.png"
-        Image.fromarray(render_head(CLASSES[i % 4], "hushem", np.random.default_rng(700 + i))[0]).save(path)
-        files.append(str(path))
+    files = head_files(tmp_path, 26, seed=700)
     page.goto(server + "/")
     page.wait_for_selector("#model-info:has-text('spermnet')")
     page.set_input_files("#file-input", files[:10])
