@@ -65,3 +65,7 @@ def test_pretrain_refuses_bad_settings_before_reading_images(tmp_path) -> None:
         result = CliRunner().invoke(app, ["pretrain", *args])
         assert result.exit_code != 0 and message in result.output, result.output
     assert not list(tmp_path.iterdir())  # nothing written
+    (tmp_path / "weights").mkdir()
+    folder = CliRunner().invoke(app, ["pretrain", "--out", str(tmp_path / "weights"), "--sources", "synthetic"])
+    assert folder.exit_code == 2 and "weights: is a folder; give a file name" in folder.output, folder.output
+    assert not list((tmp_path / "weights").iterdir())
