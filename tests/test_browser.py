@@ -214,9 +214,7 @@ def test_review_page_steps_with_buttons_and_keys(page, server: str, tmp_path: Pa
     if errors:
         page.wait_for_selector(f"#pos:has-text('/ {errors}')")
         assert "wrong" in page.locator("#pred-label").get_attribute("class")
-        # the running accuracy still counts every image up to this one, not the errors alone (with
-        # this untrained model's answers every error comes before the right ones, so the two ways
-        # of counting agree here: this checks that the filter leaves the figure as it was)
+        # the filter leaves the running accuracy as the unfiltered view gives it at the same image
         for _ in range(errors - 1):  # the last error, with the most images before it
             page.click("#next")
         name, filtered = page.locator("#item-name").inner_text(), page.locator("#stat-running-k").inner_text()
@@ -227,6 +225,28 @@ def test_review_page_steps_with_buttons_and_keys(page, server: str, tmp_path: Pa
     else:
         page.wait_for_selector("#empty:has-text('No errors')")
         assert page.locator("#layout").is_hidden()
+
+
+def test_review_running_accuracy_counts_every_image_up_to_the_current_one(page, tmp_path: Path) -> None:
+    # a model that answers "amorphous" to everything, on two amorphous heads then two normal ones
+    # (the review set's order): the first error is the third image, after two right answers
+    bundle = untrained_bundle(tmp_path / "bundle", "spermnet", classes=CLASSES, image_size=32, width=8)
+    meta = json.loads((bundle / "model.json").read_text())
+    always = [0.0, 0.0, 0.0, 50.0]  # CLASSES[3] is amorphous
+    meta["class_bias"], meta["operating_points"] = always, {"accuracy": always, "balanced": always}
+    (bundle / "model.json").write_text(json.dumps(meta))
+    for label in ("amorphous", "normal"):
+        (tmp_path / "set" / label).mkdir(parents=True)
+        for i in range(2):
+            rgb, _ = render_head(label, "hushem", np.random.default_rng(900 + i))
+            Image.fromarray(rgb).save(tmp_path / "set" / label / f"{label}_{i}.png")
+    with serving(create_app(bundle, review_source=tmp_path / "set")) as url:
+        page.goto(url + "/review")
+        page.wait_for_selector("#pos:has-text('1 / 4')")
+        page.check("#errors-only")
+        page.wait_for_selector("#pos:has-text('1 / 2')")
+        # over the errors alone it would read 0/1
+        assert page.locator("#stat-running-k").inner_text() == "running accuracy · 2/3 so far"
 
 
 def test_review_page_without_a_review_set_shows_no_viewer(page, tmp_path: Path) -> None:
