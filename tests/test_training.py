@@ -270,6 +270,11 @@ def test_a_folder_with_bad_images_names_them_all_before_training(separable, tmp_
         train_run(quick_config(lab, tmp_path / "run"), progress=False)
     assert all(str(lab / name / "scanner-junk.png") in str(info.value) for name in CLASSES[:2])
     assert not (tmp_path / "run").exists()
+    # a run folder that is taken is refused first, before minutes of reading images
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "keep.txt").write_text("an earlier run")
+    with pytest.raises(ConfigError, match="taken: run directory exists"):
+        train_run(quick_config(lab, tmp_path / "taken"), progress=False)
 
 
 def test_bad_options_fail_before_training(separable, tmp_path):

@@ -292,9 +292,10 @@ def train(
         cfg.train.num_threads = threads if threads is not None else cfg.train.num_threads
         cfg.train.accelerator = accelerator or cfg.train.accelerator
     else:  # a fresh start, or a resume whose options must match the saved ones (checked in train_run)
-        cfg = _named_for_file(config, build_run_config,
+        cfg = build_run_config(
             name, str(out), recipe=recipe, data_dir=str(data_dir) if data_dir else None, seed=seed, cv=cv,
             split=split, operating_point=operating_point, settings=settings,
+            settings_file=str(config) if config is not None else None,
             loggers=("csv", *logger) if logger else None,
             model=model, width=width, grouped=grouped, near_duplicates=near_duplicates, epochs=epochs, image_size=image_size, color=color,
             scale=scale, background=background, batch_size=batch_size, lr=lr, optimizer=optimizer, schedule=schedule, balance=balance,
@@ -306,19 +307,6 @@ def train(
         )
     result = train_run(cfg, overwrite=overwrite, resume=resume, progress=progress)
     print_run_summary(result.out, result.metrics)
-
-
-def _named_for_file(config: Path | None, build: Any, *args: Any, **kwargs: Any) -> Any:
-    """`build(*args, **kwargs)`, with a bad value from the --config file named by the file, as a
-    misspelt key in it is (`bad.yaml: train.optimizer: 'adamm': ...`)."""
-    from spermhead.errors import ConfigError
-
-    try:
-        return build(*args, **kwargs)
-    except ConfigError as exc:
-        if config is None or not str(exc).startswith("config file, "):
-            raise
-        raise ConfigError(f"{config}: {str(exc).removeprefix('config file, ')}") from None
 
 
 @app.command("pretrain")

@@ -76,8 +76,10 @@ def _in_settings(settings: dict[str, Any], option: str) -> bool:
 def build_run_config(dataset: str, out: str, *, recipe: str | None = None, data_dir: str | None = None,
                      seed: int | None = None, cv: int | None = None, split: str | None = None,
                      operating_point: str | None = None, loggers: tuple[str, ...] | None = None,
-                     settings: dict[str, Any] | None = None, **options: Any) -> RunConfig:
-    """The recipe, then `settings` (a config file's, `config.read_config_file`), then the options.
+                     settings: dict[str, Any] | None = None, settings_file: str | None = None,
+                     **options: Any) -> RunConfig:
+    """The recipe, then `settings` (a config file's, `config.read_config_file`; `settings_file`
+    names it in errors), then the options.
 
     Options left None are not given. A saved run's config.yaml holds every setting, so it gives
     that run again whatever the recipe says; a hand-written file may hold only what it changes.
@@ -136,11 +138,12 @@ def build_run_config(dataset: str, out: str, *, recipe: str | None = None, data_
     try:
         check_run_config(cfg)
     except ConfigError as exc:
-        raise _named_as_in_file(exc, settings, options) from None
+        raise _named_as_in_file(exc, settings, options, settings_file or "the config file") from None
     return cfg
 
 
-def _named_as_in_file(exc: ConfigError, settings: dict[str, Any], options: dict[str, Any]) -> ConfigError:
+def _named_as_in_file(exc: ConfigError, settings: dict[str, Any], options: dict[str, Any],
+                      file: str) -> ConfigError:
     """A bad value that came from a config file is named by its key there, not by an option the
     user never typed (the checks name options: `--optimizer 'adamm': ...`)."""
     flag, _, rest = str(exc).partition(" ")
@@ -148,7 +151,7 @@ def _named_as_in_file(exc: ConfigError, settings: dict[str, Any], options: dict[
     if name not in _FIELDS or options.get(name) is not None or not _in_settings(settings, name):
         return exc
     section, attr = _FIELDS[name]
-    return ConfigError(f"config file, {section}.{attr}: {rest}")
+    return ConfigError(f"{file}: {section}.{attr}: {rest}")
 
 
 def absolute_path(name: str) -> str:

@@ -97,11 +97,7 @@ def check_run_dir(out: Path, *, overwrite: bool, resume: bool) -> None:
 
 def prepare_run_dir(out: Path, *, overwrite: bool, resume: bool) -> None:
     check_run_dir(out, overwrite=overwrite, resume=resume)
-    if out.exists() and any(out.iterdir()):
-        if resume:
-            return
-        if not overwrite:
-            raise ConfigError(f"{out}: run directory exists; pass --overwrite to replace it or --resume to continue it")
+    if out.exists() and any(out.iterdir()) and not resume:  # --overwrite, as the check allows only then
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
 
