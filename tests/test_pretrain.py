@@ -69,3 +69,18 @@ def test_pretrain_refuses_bad_settings_before_reading_images(tmp_path) -> None:
     folder = CliRunner().invoke(app, ["pretrain", "--out", str(tmp_path / "weights"), "--sources", "synthetic"])
     assert folder.exit_code == 2 and "weights: is a folder; give a file name" in folder.output, folder.output
     assert not list((tmp_path / "weights").iterdir())
+
+
+def test_fits_on_many_core_machines_ask_for_no_loader_workers(tmp_path, monkeypatch, recwarn) -> None:
+    import lightning.fabric.utilities.data as fabric_data
+
+    from spermhead.config import PreprocessConfig
+    from spermhead.training.pretrain import PretrainConfig, pretrain
+
+    monkeypatch.setattr(fabric_data, "_num_cpus_available", lambda: 16)  # a lab workstation, not CI's 2 cores
+    assert fabric_data.suggested_max_num_workers(1) == 15  # so Lightning's worker check would speak
+    cfg = PretrainConfig(sources=("synthetic",), synthetic=16, epochs=1, batch_size=8,
+                         out=str(tmp_path / "w.safetensors"), preprocess=PreprocessConfig(image_size=32),
+                         accelerator="cpu")
+    assert pretrain(cfg, progress=False).is_file()
+    assert not [w for w in recwarn if "many workers" in str(w.message)]

@@ -21,4 +21,8 @@ def quiet_fit() -> Iterator[None]:
         warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
         # --swa swaps the one-cycle (per-step) schedule for its own per-epoch one, as intended
         warnings.filterwarnings("ignore", message="SWA is currently only supported every epoch")
+        # the images sit in memory as tensors and are augmented a batch at a time on the model's
+        # device, so loader workers would only add processes (Lightning asks on every machine with
+        # more than two cores)
+        warnings.filterwarnings("ignore", message="The '.*dataloader' does not have many workers")
         yield
