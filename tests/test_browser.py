@@ -227,9 +227,9 @@ def test_review_page_steps_with_buttons_and_keys(page, server: str, tmp_path: Pa
         assert page.locator("#layout").is_hidden()
 
 
-def test_review_running_accuracy_counts_every_image_up_to_the_current_one(page, tmp_path: Path) -> None:
-    # a model that answers "amorphous" to everything, on two amorphous heads then two normal ones
-    # (the review set's order): the first error is the third image, after two right answers
+def always_amorphous(tmp_path: Path) -> tuple[Path, Path]:
+    """(a bundle that answers "amorphous" to everything, a review folder of two amorphous heads
+    then two normal ones, the review set's order)."""
     bundle = untrained_bundle(tmp_path / "bundle", "spermnet", classes=CLASSES, image_size=32, width=8)
     meta = json.loads((bundle / "model.json").read_text())
     always = [0.0, 0.0, 0.0, 50.0]  # CLASSES[3] is amorphous
@@ -240,13 +240,37 @@ def test_review_running_accuracy_counts_every_image_up_to_the_current_one(page, 
         for i in range(2):
             rgb, _ = render_head(label, "hushem", np.random.default_rng(900 + i))
             Image.fromarray(rgb).save(tmp_path / "set" / label / f"{label}_{i}.png")
-    with serving(create_app(bundle, review_source=tmp_path / "set")) as url:
+    return bundle, tmp_path / "set"
+
+
+def test_review_running_accuracy_counts_every_image_up_to_the_current_one(page, tmp_path: Path) -> None:
+    # the first error is the third image, after two right answers
+    bundle, review_set = always_amorphous(tmp_path)
+    with serving(create_app(bundle, review_source=review_set)) as url:
         page.goto(url + "/review")
         page.wait_for_selector("#pos:has-text('1 / 4')")
         page.check("#errors-only")
         page.wait_for_selector("#pos:has-text('1 / 2')")
         # over the errors alone it would read 0/1
         assert page.locator("#stat-running-k").inner_text() == "running accuracy · 2/3 so far"
+
+
+def test_review_page_marks_an_image_the_model_trained_on(page, tmp_path: Path) -> None:
+    from spermhead.data.duplicates import signatures
+    from spermhead.serving.bundle import save_training_signatures
+
+    bundle, review_set = always_amorphous(tmp_path)
+    save_training_signatures(bundle, signatures([review_set / "amorphous" / "amorphous_0.png"]))
+    with serving(create_app(bundle, review_source=review_set)) as url:
+        page.goto(url + "/review")
+        page.wait_for_selector("#pos:has-text('1 / 4')")
+        assert page.locator("#item-seen").is_visible() and "1 of 4 images" in page.locator("#note").inner_text()
+        # 2 of 4 right overall; of the three not trained on, one (amorphous_1) is right
+        assert page.locator("#stat-overall").inner_text() == "50.0%"
+        assert page.locator("#stat-overall-k").inner_text() == "overall accuracy · 33.3% on the 3 not seen in training"
+        page.click("#next")
+        page.wait_for_selector("#pos:has-text('2 / 4')")
+        assert page.locator("#item-seen").is_hidden()
 
 
 def test_review_page_without_a_review_set_shows_no_viewer(page, tmp_path: Path) -> None:

@@ -196,3 +196,26 @@ def test_a_damaged_assessment_record_does_not_stop_the_review(trained, tmp_path:
     with TestClient(create_app(bundle, review_source=tmp_path / "out")) as client:
         data = client.get("/api/review").json()
         assert data["count"] == 8 and "assessment.json does not name a dataset" in data["note"]
+
+
+def test_review_marks_the_images_the_model_trained_on(trained, tmp_path: Path) -> None:
+    """Both ways into the review page (an evaluate folder, a class folder predicted now) flag the
+    training images, and the overall figure is given apart for the others."""
+    from fastapi.testclient import TestClient
+
+    from spermhead.serving.app import create_app
+
+    data, bundle = trained
+    mix = write_separable(tmp_path / "mix", n_per_class=2, seed=9)  # new images ...
+    for c in CLASSES:  # ... and one training image per class
+        shutil.copy(data / c / f"{c}_000.png", mix / c / "trained.png")
+    trained_ids = {f"{c}/trained.png" for c in CLASSES}
+    assert evaluate(bundle, mix, tmp_path / "out").exit_code == 0
+    for source in (tmp_path / "out", mix):
+        with TestClient(create_app(bundle, review_source=source)) as client:
+            review = client.get("/api/review").json()
+        assert {it["id"] for it in review["items"] if it["seen"]} == trained_ids, source
+        assert all(it["seen"] is False for it in review["items"] if it["id"] not in trained_ids)
+        assert review["seen"] == 4 and "4 of 12 images are ones this model trained on" in review["note"]
+        unseen = [it["correct"] for it in review["items"] if not it["seen"]]
+        assert review["accuracy_unseen"] == pytest.approx(sum(unseen) / len(unseen))

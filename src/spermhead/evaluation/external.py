@@ -121,6 +121,15 @@ class Assessment:
         return out
 
 
+def seen_in_training(predictor: Predictor, paths: list[str | Path]) -> list[bool] | None:
+    """Per image: one the bundle's models trained on, or a near-duplicate of one (thumbnail
+    signatures, data/duplicates.py); None where the bundle does not record its training images."""
+    trained = load_training_signatures(predictor.bundle_dir)
+    if trained is None:
+        return None
+    return [bool(c >= DEFAULT_THRESHOLD) for c in nearest(signatures(paths), trained)]
+
+
 def assess(predictor: Predictor, table: SampleTable,
            on_row: Callable[[], None] | None = None) -> Assessment:
     """Score every image of `table` whose class the model has; `on_row` is called per image (a
@@ -146,11 +155,7 @@ def assess(predictor: Predictor, table: SampleTable,
     predictions = Predictions(
         ids=[s.id for s in scored], sources=[s.source for s in scored], folds=[NO_FOLD] * len(scored),
         true=[s.label for s in scored], probabilities=np.asarray(probs), classes=predictor.classes)
-    trained = load_training_signatures(predictor.bundle_dir)
-    seen = None
-    if trained is not None:
-        closest = nearest(signatures([s.path for s in scored]), trained)
-        seen = [bool(c >= DEFAULT_THRESHOLD) for c in closest]
+    seen = seen_in_training(predictor, [s.path for s in scored])
     points = predictor.meta.operating_points or {predictor.meta.operating_point: list(predictor.meta.class_bias or
                                                                                      [0.0] * len(predictor.classes))}
     return Assessment(predictions, seen, unusable, dict(unknown), points, predictor.meta.operating_point,

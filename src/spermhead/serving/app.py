@@ -53,6 +53,7 @@ from swagger_ui.utils import SWAGGER_UI_PY_ROOT
 from spermhead import __version__
 from spermhead.errors import SpermheadError
 from spermhead.evaluation.composition import MIN_HEADS, composition, largest_sample
+from spermhead.evaluation.external import seen_in_training
 from spermhead.serving.gradcam import crop_rgb, gradcam_png, png_bytes
 from spermhead.serving.predictor import Predictor, Prepared
 
@@ -145,6 +146,7 @@ class ReviewItem:
     pred: str | None
     probabilities: dict[str, float] = field(default_factory=dict)
     error: str | None = None
+    seen: bool | None = None  # the model trained on this image (or a near-duplicate); None = unknown
 
     def to_dict(self) -> dict[str, Any]:
         conf = self.probabilities.get(self.pred, None) if self.pred else None
@@ -153,7 +155,7 @@ class ReviewItem:
             "true": self.true, "pred": self.pred,
             "correct": None if self.pred is None else self.pred == self.true,
             "confidence": conf, "probabilities": self.probabilities,
-            "has_image": self.path is not None, "error": self.error,
+            "has_image": self.path is not None, "error": self.error, "seen": self.seen,
         }
 
 
@@ -168,11 +170,27 @@ class ReviewSet:
     def to_dict(self) -> dict[str, Any]:
         judged = [it for it in self.items if it.pred is not None]
         correct = sum(it.pred == it.true for it in judged)
+        unseen = [it for it in judged if it.seen is False]
         return {
             "kind": self.kind, "source": self.source, "classes": self.classes, "note": self.note,
             "count": len(self.items), "accuracy": correct / len(judged) if judged else None,
+            "seen": sum(it.seen is True for it in self.items),
+            "accuracy_unseen": sum(it.pred == it.true for it in unseen) / len(unseen) if unseen else None,
             "items": [it.to_dict() for it in self.items],
         }
+
+
+def _mark_seen(review: ReviewSet, seen: dict[str, bool] | None) -> ReviewSet:
+    """Flag the images (by id) the model trained on: right answers on them are recall, not a test."""
+    if seen is None:
+        return review
+    for it in review.items:
+        it.seen = seen.get(it.id)
+    if n := sum(seen.values()):
+        warning = (f"{n} of {len(seen)} images are ones this model trained on (or near-duplicates of "
+                   "them), marked 'seen in training': its answers on them say nothing about new images")
+        review.note = f"{warning}. {review.note}" if review.note else warning
+    return review
 
 
 def _sample_paths(dataset: str | Path, data_dir: str | Path | None = None) -> dict[str, Path]:
@@ -235,7 +253,21 @@ def _review_from_predictions(csv_path: Path, review_data: Path | str | None) -> 
                    {c: float(p) for c, p in zip(preds.classes, preds.probabilities[i], strict=True)})
         for i, sid in enumerate(preds.ids)
     ]
-    return ReviewSet("predictions", str(csv_path), list(preds.classes), items, note)
+    review = ReviewSet("predictions", str(csv_path), list(preds.classes), items, note)
+    # `evaluate` records which images its bundle trained on; a run's own predictions are all
+    # from fold models that did not see them
+    return _mark_seen(review, _recorded_seen(csv_path.parent / "assessment.json", preds.ids))
+
+
+def _recorded_seen(record_path: Path, ids: list[str]) -> dict[str, bool] | None:
+    try:
+        listed = json.loads(record_path.read_text()).get("seen_in_training")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if listed is None:
+        return None
+    trained = set(listed)
+    return {i: i in trained for i in ids}
 
 
 def _review_from_folder(source: str, predictor: Predictor, review_data: Path | str | None) -> ReviewSet:
@@ -251,7 +283,10 @@ def _review_from_folder(source: str, predictor: Predictor, review_data: Path | s
             items.append(ReviewItem(i, s.id, Path(s.path), s.label, r["class"], r["probabilities"]))
         else:
             items.append(ReviewItem(i, s.id, Path(s.path), s.label, None, {}, r["error"]))
-    return ReviewSet("folder", source, list(predictor.classes), items, note)
+    review = ReviewSet("folder", source, list(predictor.classes), items, note)
+    scored = [it for it in items if it.pred is not None and it.path is not None]
+    seen = seen_in_training(predictor, [it.path for it in scored])
+    return _mark_seen(review, None if seen is None else {it.id: s for it, s in zip(scored, seen, strict=True)})
 
 
 # ---------------------------------------------------------------------- app

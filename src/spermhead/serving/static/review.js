@@ -64,6 +64,7 @@ function render() {
   $("pred-conf").textContent = it.confidence != null ? pct(it.confidence) : "";
   $("bars").replaceChildren(it.pred ? probabilityBars(it.probabilities, classes, it.pred) : "");
   $("item-error").textContent = it.error || "";
+  $("item-seen").hidden = it.seen !== true;
   const r = running();
   $("stat-running").textContent = r.text;
   $("stat-running-k").textContent = r.k;
@@ -99,6 +100,10 @@ async function load() {
   $("source").textContent = `${data.count} images · ${what} ${data.source}`;
   if (data.note) { $("note").hidden = false; $("note").textContent = data.note; }
   $("stat-overall").textContent = data.accuracy != null ? pct(data.accuracy) : "–";
+  if (data.seen && data.accuracy_unseen != null) {
+    // the honest figure: images the model trained on are recalled, not predicted
+    $("stat-overall-k").textContent = `overall accuracy · ${pct(data.accuracy_unseen)} on the ${data.count - data.seen} not seen in training`;
+  }
   $("stat-errors").textContent = String(all.filter((it) => it.correct === false).length);
   applyFilter();
 }
