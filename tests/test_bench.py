@@ -1,3 +1,5 @@
+from pathlib import Path
+
 from spermhead.training.bench import has_table, readme_row, results_row, summarise, upsert_row
 
 
@@ -81,3 +83,38 @@ def test_bench_says_first_when_it_has_no_table_to_record_in(tmp_path, monkeypatc
     assert "note: no results table in benchmarks/RESULTS.md or README.md here" in said.output
     quiet = CliRunner().invoke(app, ["bench", "accuracy", "hushem", "--seeds", "1,2", "--no-record"])
     assert quiet.exit_code == 0 and "note:" not in quiet.output and "accuracy 92.0" in quiet.output
+
+
+def test_a_row_is_recorded_only_for_the_recipe_on_real_images(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    import spermhead.training.bench as bench
+    from spermhead.cli import app
+
+    summary = summarise("hushem", [fake_run(1, 0.90), fake_run(2, 0.94)], [1, 2])
+    recorded = []
+
+    def fake_bench(*args, results_md=None, readme=None, **kwargs):  # no training here
+        recorded.append((results_md, readme))
+        return summary
+
+    monkeypatch.setattr(bench, "run_accuracy_bench", fake_bench)
+    runner = CliRunner()
+    assert runner.invoke(app, ["data", "synth", str(tmp_path / "synth"), "--n-per-class", "3"]).exit_code == 0
+    monkeypatch.chdir(tmp_path)
+    cases = {  # each would put a figure the row's command cannot give into the README
+        "since --epochs 1 changes the recipe's 20": ["--epochs", "1", "--data-dir", "synth"],
+        "since the hushem images found here are synthetic heads": ["--data-dir", "synth"],
+    }
+    for said, options in cases.items():
+        recorded.clear()
+        result = runner.invoke(app, ["bench", "accuracy", "hushem", "--seeds", "1,2", *options], terminal_width=200)
+        assert result.exit_code == 0, result.output
+        assert said in result.output and recorded == [(None, None)], (said, result.output)
+    for marker in (tmp_path / "synth").rglob("SYNTHETIC.txt"):
+        marker.unlink()  # the same images, no longer marked: as real ones would be
+    recorded.clear()
+    result = runner.invoke(app, ["bench", "accuracy", "hushem", "--seeds", "1,2", "--epochs", "20", "--data-dir",
+                                 "synth"], terminal_width=200)  # the recipe's own epochs, named
+    assert result.exit_code == 0 and "not recorded" not in result.output, result.output
+    assert recorded == [(Path("benchmarks/RESULTS.md"), Path("README.md"))]

@@ -828,17 +828,23 @@ def bench_accuracy(
 ) -> None:
     """Run the published protocol for a dataset over several CV seeds and record the result."""
     from spermhead.errors import ConfigError
-    from spermhead.training.bench import BENCHES, has_table, run_accuracy_bench
+    from spermhead.training import bench
+    from spermhead.training.bench import BENCHES, has_table
 
     if name not in BENCHES:
         raise ConfigError(f"unknown benchmark {name!r}; choose from {', '.join(BENCHES)}")
     seed_list = [int(s) for s in seeds.split(",") if s.strip()]
     extra = {k: v for k, v in {"epochs": epochs, "threads": threads, "accelerator": accelerator}.items() if v is not None}
     missing = [str(p) for p in (Path("benchmarks/RESULTS.md"), Path("README.md")) if not has_table(p, "accuracy")]
-    if record and missing:  # said first, not found out after hours of training
+    # said first, not found out after hours of training
+    if record and (refusal := bench.record_refusal(name, str(data_dir) if data_dir else None, extra)):
+        console.print(f"note: not recorded in the results tables, since {refusal}; the results go to "
+                      f"{out / name} only", highlight=False, soft_wrap=True)
+        record = False
+    if record and missing:
         console.print(f"note: no results table in {' or '.join(missing)} here (run from the spermhead repository "
                       f"to record the row there); the results go to {out / name} only", highlight=False, soft_wrap=True)
-    summary = run_accuracy_bench(
+    summary = bench.run_accuracy_bench(
         name, out / name, seeds=seed_list, data_dir=str(data_dir) if data_dir else None, progress=progress,
         results_md=Path("benchmarks/RESULTS.md") if record else None,
         readme=Path("README.md") if record else None, **extra)

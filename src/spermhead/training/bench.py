@@ -51,9 +51,29 @@ def bench_config(name: str, out: Path, seed: int, data_dir: str | None, **overri
                             **protocol, **options)
 
 
+def record_refusal(name: str, data_dir: str | None, overrides: dict[str, Any]) -> str | None:
+    """Why this bench's row must not go into the results tables, or None: a row stands for the
+    recipe on the real dataset, and its command column names nothing else."""
+    from spermhead.data.readers import load_dataset
+    from spermhead.errors import SpermheadError
+
+    recipe_epochs = bench_config(name, Path("unused"), 0, data_dir).train.epochs
+    if overrides.get("epochs") not in (None, recipe_epochs):
+        return f"--epochs {overrides['epochs']} changes the recipe's {recipe_epochs}"
+    try:
+        table = load_dataset(BENCHES[name].dataset, data_dir)
+    except SpermheadError:
+        return None  # the run itself says what is missing
+    if table.synthetic:
+        return f"the {table.name} images found here are synthetic heads (SYNTHETIC.txt)"
+    return None
+
+
 def run_accuracy_bench(name: str, out: Path, *, seeds: list[int], data_dir: str | None = None,
                        progress: bool = False, results_md: Path | None = None, readme: Path | None = None,
                        **overrides: Any) -> dict[str, Any]:
+    if (results_md is not None or readme is not None) and record_refusal(name, data_dir, overrides):
+        results_md = readme = None  # the CLI has said why, before training
     runs = []
     for seed in seeds:
         cfg = bench_config(name, out, seed, data_dir, **overrides)
