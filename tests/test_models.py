@@ -165,6 +165,27 @@ def test_spermnet_starts_from_another_runs_weights(tmp_path: Path) -> None:
     torch.testing.assert_close(target.stem[0].weight, source[1].stem[0].weight)
 
 
+def test_weights_of_another_width_are_refused_and_an_ensemble_named(tmp_path: Path, caplog) -> None:
+    """A file that fills almost nothing of the model is no warm start: refused, not a warning.
+    A bundle's file holds one model per fold: the load says it takes the first."""
+    from safetensors.torch import save_file
+
+    from spermhead.models.inference import standardized
+
+    members = [standardized(build_model("spermnet", 4, 1, 64), 1) for _ in range(3)]
+    bundle_state = {f"member{i}.{k}": v for i, m in enumerate(members) for k, v in m.state_dict().items()}
+    save_file(bundle_state, str(tmp_path / "model.safetensors"))
+    with pytest.raises(ConfigError, match=r"only [\d,]+ of this model's [\d,]+ weights fit it; \d+ tensors have "
+                                          r"another shape \(e.g. .*another width, depth or architecture"):
+        build_model("spermnet", 4, 1, 64, weights=tmp_path / "model.safetensors", width=16)
+    with caplog.at_level("WARNING", logger="spermhead"):
+        target = build_model("spermnet", 5, 1, 64, weights=tmp_path / "model.safetensors")
+    said = " | ".join(r.getMessage() for r in caplog.records)
+    assert "holds a bundle's 3 models (one per fold); the first, member0, is the start" in said
+    assert "2 model tensors keep their random init (0 not in the file, 2 of another shape" in said
+    torch.testing.assert_close(target.stem[0].weight, members[0][1].stem[0].weight)
+
+
 def test_missing_tensors_are_reported_once_per_file(tmp_path: Path, caplog) -> None:
     """Every CV fold loads the same start: its missing classifier is said once, not per fold."""
     from safetensors.torch import save_file

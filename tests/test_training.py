@@ -48,6 +48,8 @@ def quick_config(dataset: Path, out: Path, cv: int = 4, **options) -> RunConfig:
     # thread, since `make test` runs two test processes at once
     defaults = dict(model="spermnet", image_size=24, align=False, epochs=20, tta=False, threads=1, augment="light",
                     batch_size=16, lr=3e-3, init="scratch", accelerator="cpu")
+    if options.get("weights") or options.get("pretrained"):
+        defaults.pop("init")  # the file is the start (--init scratch with it is refused)
     return build_run_config(str(dataset), str(out), cv=cv, **{**defaults, **options})
 
 
@@ -633,6 +635,8 @@ def test_synthetic_init_refuses_conflicting_weights(separable, tmp_path):
         quick_config(separable, tmp_path / "x", init="synthetic", weights="w.safetensors")
     with pytest.raises(ConfigError, match="auto, scratch or synthetic"):
         quick_config(separable, tmp_path / "y", init="imagenet")
+    with pytest.raises(ConfigError, match="--init scratch starts from random weights"):
+        quick_config(separable, tmp_path / "z", init="scratch", weights="w.safetensors")
 
 
 def test_the_synthetic_source_looks_like_its_set_unless_told():

@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 # ... and spermhead's own files: a fold's model ("1." after the Standardize layer) or a bundle's
 # first member ("member0.1.")
+MIN_FITTED_SHARE = 0.5  # of the model's weights (elements) the file must fill
 _PREFIXES = ("", "module.", "model.", "backbone.", "module.backbone.", "model.backbone.", "_orig_mod.",
              "1.", "member0.1.")
 _WRAPPERS = ("state_dict", "model", "state_dict_ema", "model_ema")
@@ -158,8 +159,27 @@ def load_state_into(model: nn.Module, state: dict[str, torch.Tensor], source: st
             f"{source}: none of its {len(state)} tensors match this model "
             f"(e.g. file has '{next(iter(state))}', model expects '{next(iter(target), '')}'); "
             "are these weights for another architecture?")
+    # A classifier for other classes, or a backbone file without one, leaves a small part out;
+    # another width or depth leaves nearly every weight at random, which is no warm start at all.
+    params = dict(model.named_parameters())
+    fitted = sum(v.numel() for k, v in fit.items() if k in params)
+    total = sum(p.numel() for p in params.values())
+    if fitted < MIN_FITTED_SHARE * total:
+        example = f" (e.g. {report.mismatched[0]})" if report.mismatched else ""
+        raise ConfigError(
+            f"{source}: only {fitted:,} of this model's {total:,} weights fit it; {len(report.mismatched)} tensors "
+            f"have another shape{example} and {len(report.missing) - len(report.mismatched)} are not in the file. "
+            "Are these weights for another width, depth or architecture?")
     model.load_state_dict(fit, strict=False)
     return report
+
+
+def _ensemble_size(report: LoadReport) -> int:
+    """How many members a bundle file holds, where the load took its first; else 0."""
+    if not report.prefix.startswith("member0."):
+        return 0
+    return 1 + len({k.split(".", 1)[0] for k in report.unexpected
+                    if k.startswith("member") and not k.startswith("member0.")})
 
 
 @contextlib.contextmanager
@@ -205,10 +225,16 @@ def load_pretrained(
     if weights is not None:
         report = load_state_into(model_or_backbone, read_state_dict(weights), str(weights))
         log.info("%s", report.summary())
-        if report.missing and str(weights) not in _WARNED_MISSING:
-            _WARNED_MISSING.add(str(weights))  # once per file, not once per fold
-            log.warning("%s: %d model tensors not in the file keep their random init",
-                        weights, len(report.missing))
+        if str(weights) not in _WARNED_MISSING:  # once per file, not once per fold
+            _WARNED_MISSING.add(str(weights))
+            if report.missing:
+                other = len(report.mismatched)
+                log.warning("%s: %d model tensors keep their random init (%d not in the file, %d of another "
+                            "shape: %s)", weights, len(report.missing), len(report.missing) - other, other,
+                            ", ".join(report.missing[:4]) + (", ..." if len(report.missing) > 4 else ""))
+            if members := _ensemble_size(report):
+                log.warning("%s holds a bundle's %d models (one per fold); the first, member0, is the start",
+                            weights, members)
         return report
     if not pretrained:
         return None

@@ -128,6 +128,9 @@ def build_run_config(dataset: str, out: str, *, recipe: str | None = None, data_
                               "or 'val' (choose it per fold on validation data)") from None
     if cfg.model.init not in ("auto", "scratch", "synthetic"):
         raise ConfigError(f"--init {cfg.model.init!r}: auto, scratch or synthetic")
+    if options.get("init") == "scratch" and (cfg.model.weights or cfg.model.pretrained):
+        raise ConfigError("--init scratch starts from random weights; drop --weights/--pretrained, or --init "
+                          "(a run given --weights starts from that file)")
     cfg.model.init = cfg.model.resolved_init()  # config.yaml records what the run did
     if measured is not None and not epochs_given and cfg.model.init != "synthetic":
         cfg.train.epochs = SCRATCH_EPOCHS.get(measured, cfg.train.epochs)
