@@ -386,11 +386,21 @@ def test_select_writes_the_model_selection_table(separable, tmp_path):
     assert low <= diff <= high
 
 
-def test_run_json_names_the_weights_the_folds_started_from(separable, separable_run, tmp_path):
+def test_run_json_names_the_weights_the_folds_started_from(separable, separable_run, tmp_path, caplog):
     weights = separable_run.out / "model" / "model.safetensors"  # a bundle's weights seed another run
-    run = train_run(quick_config(separable, tmp_path / "w", weights=str(weights), epochs=1, cv=2), progress=False)
+    fresh = write_separable(tmp_path / "fresh", n_per_class=5, seed=11)
+    run = train_run(quick_config(fresh, tmp_path / "w", weights=str(weights), epochs=1, cv=2), progress=False)
     init = json.loads((run.out / "run.json").read_text())["init"]
     assert init == {"init": "weights", "weights": str(weights.resolve())}
+    assert not any("--weights file" in n for n in run.metrics["notes"])
+    # the same start on the images its bundle trained on has seen every test fold: said before
+    # training, and wherever the figures are read
+    with caplog.at_level("WARNING", logger="spermhead"):
+        leaky = train_run(quick_config(separable, tmp_path / "l", weights=str(weights), epochs=1, cv=2),
+                          progress=False)
+    said = "comes from a bundle that trained on 80 of these 80 images"
+    assert said in caplog.text and any(said in n for n in leaky.metrics["notes"])
+    assert json.loads((leaky.out / "run.json").read_text())["init"]["saw"] == 80
 
 
 def test_a_run_on_synthetic_heads_says_so_wherever_its_figures_are_read(separable_run, tmp_path):

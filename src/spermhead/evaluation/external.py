@@ -21,14 +21,14 @@ from typing import Any
 
 import numpy as np
 
-from spermhead.data.duplicates import DEFAULT_THRESHOLD, nearest, signatures
+from spermhead.data.duplicates import DEFAULT_THRESHOLD
 from spermhead.data.samples import SampleTable
 from spermhead.errors import ConfigError, DataError
 from spermhead.evaluation.composition import composition
 from spermhead.evaluation.metrics import compute_metrics, cv_metrics, headline
 from spermhead.evaluation.predictions import NO_FOLD, Predictions
 from spermhead.models.inference import apply_class_bias
-from spermhead.serving.bundle import load_training_signatures
+from spermhead.serving.bundle import seen_by_bundle
 from spermhead.serving.predictor import Predictor
 
 
@@ -121,15 +121,6 @@ class Assessment:
         return out
 
 
-def seen_in_training(predictor: Predictor, paths: list[str | Path]) -> list[bool] | None:
-    """Per image: one the bundle's models trained on, or a near-duplicate of one (thumbnail
-    signatures, data/duplicates.py); None where the bundle does not record its training images."""
-    trained = load_training_signatures(predictor.bundle_dir)
-    if trained is None:
-        return None
-    return [bool(c >= DEFAULT_THRESHOLD) for c in nearest(signatures(paths), trained)]
-
-
 def assess(predictor: Predictor, table: SampleTable,
            on_row: Callable[[], None] | None = None) -> Assessment:
     """Score every image of `table` whose class the model has; `on_row` is called per image (a
@@ -155,7 +146,7 @@ def assess(predictor: Predictor, table: SampleTable,
     predictions = Predictions(
         ids=[s.id for s in scored], sources=[s.source for s in scored], folds=[NO_FOLD] * len(scored),
         true=[s.label for s in scored], probabilities=np.asarray(probs), classes=predictor.classes)
-    seen = seen_in_training(predictor, [s.path for s in scored])
+    seen = seen_by_bundle(predictor.bundle_dir, [s.path for s in scored])
     points = predictor.meta.operating_points or {predictor.meta.operating_point: list(predictor.meta.class_bias or
                                                                                      [0.0] * len(predictor.classes))}
     return Assessment(predictions, seen, unusable, dict(unknown), points, predictor.meta.operating_point,

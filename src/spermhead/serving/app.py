@@ -53,7 +53,7 @@ from swagger_ui.utils import SWAGGER_UI_PY_ROOT
 from spermhead import __version__
 from spermhead.errors import SpermheadError
 from spermhead.evaluation.composition import MIN_HEADS, composition, largest_sample
-from spermhead.evaluation.external import seen_in_training
+from spermhead.serving.bundle import seen_by_bundle
 from spermhead.serving.gradcam import crop_rgb, gradcam_png, png_bytes
 from spermhead.serving.predictor import Predictor, Prepared
 
@@ -285,7 +285,7 @@ def _review_from_folder(source: str, predictor: Predictor, review_data: Path | s
             items.append(ReviewItem(i, s.id, Path(s.path), s.label, None, {}, r["error"]))
     review = ReviewSet("folder", source, list(predictor.classes), items, note)
     scored = [it for it in items if it.pred is not None and it.path is not None]
-    seen = seen_in_training(predictor, [it.path for it in scored])
+    seen = seen_by_bundle(predictor.bundle_dir, [it.path for it in scored])
     return _mark_seen(review, None if seen is None else {it.id: s for it, s in zip(scored, seen, strict=True)})
 
 

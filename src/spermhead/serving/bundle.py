@@ -227,3 +227,14 @@ def load_training_signatures(directory: Path | str) -> np.ndarray | None:
         return load_file(str(path))["signatures"].float().numpy()
     except (KeyError, OSError, SafetensorError) as exc:
         raise SpermheadError(f"{path}: unreadable training-image signatures ({exc})") from exc
+
+
+def seen_by_bundle(directory: Path | str, paths: list[Path] | list[str]) -> list[bool] | None:
+    """Per image file: one the bundle's models trained on, or a near-duplicate of one (thumbnail
+    signatures, data/duplicates.py); None where the bundle does not record its training images."""
+    from spermhead.data.duplicates import DEFAULT_THRESHOLD, nearest, signatures
+
+    trained = load_training_signatures(directory)
+    if trained is None:
+        return None
+    return [bool(c >= DEFAULT_THRESHOLD) for c in nearest(signatures(paths), trained)]

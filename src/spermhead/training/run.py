@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 import shutil
 import time
@@ -55,6 +56,7 @@ from spermhead.training.quiet import quiet_fit
 from spermhead.training.targets import soft_targets
 from spermhead.training.temperature import fit_temperature, pooled_temperature
 
+log = logging.getLogger(__name__)
 SYNTHETIC_NOTE = ("these images are synthetic (spermhead data synth; SYNTHETIC.txt in the dataset folder): "
                   "the figures say how the pipeline runs, not how it does on real heads")
 
@@ -469,6 +471,9 @@ def train_run(cfg: RunConfig, *, overwrite: bool = False, resume: bool = False,
         init = {"init": "weights", "weights": str(Path(cfg.model.weights).resolve())}
     elif init["init"] == "scratch" and cfg.model.pretrained:
         init = {"init": "pretrained", "model": cfg.model.name}
+    weights_saw = images_the_weights_saw(cfg, table, n_own) if init["init"] == "weights" else None
+    if weights_saw:
+        init["saw"] = weights_saw
     if init["init"] == "synthetic":
         from spermhead.training.synthetic_init import cached_record, source_path, synthetic_init_weights
 
@@ -500,6 +505,8 @@ def train_run(cfg: RunConfig, *, overwrite: bool = False, resume: bool = False,
     metrics["alignment"] = {"aligned": int(sum(c.aligned for c in canon)), "total": len(canon)}
     if table.synthetic:  # said where the figures are read, so no one takes them for a real dataset's
         metrics["notes"] = [*metrics.get("notes", []), SYNTHETIC_NOTE]
+    if weights_saw:
+        metrics["notes"] = [*metrics.get("notes", []), weights_saw_note(cfg, weights_saw, n_own)]
     share_checks = {point: check for point, (pred, _) in scored.items()
                     if (check := check_intervals(pred.true_indices, pred.pred_indices, pred.folds, pred.classes))}
     metrics["share_check"] = share_checks.get(cfg.operating_point)
@@ -543,6 +550,25 @@ def train_run(cfg: RunConfig, *, overwrite: bool = False, resume: bool = False,
     history = [{"fold": r.index, **row} for r in results for row in r.history]
     write_outputs(cfg, out, predictions, metrics, history, timing)
     return RunResult(out, metrics, predictions, results, timing)
+
+
+def images_the_weights_saw(cfg: RunConfig, table: SampleTable, n_own: int) -> int:
+    """How many of the dataset's images the --weights file's bundle trained on (or near-duplicates
+    of them), from the signatures a bundle keeps beside its model.safetensors; 0 where it keeps
+    none. Warned before training: such a start has seen test-fold images."""
+    from spermhead.serving.bundle import seen_by_bundle
+
+    seen = seen_by_bundle(Path(str(cfg.model.weights)).parent, [s.path for s in table.samples[:n_own]])
+    n = int(sum(seen or []))
+    if n:
+        log.warning("%s", weights_saw_note(cfg, n, n_own))
+    return n
+
+
+def weights_saw_note(cfg: RunConfig, n: int, n_own: int) -> str:
+    return (f"the --weights file ({cfg.model.weights}) comes from a bundle that trained on {n} of these {n_own} "
+            "images (or near-duplicates of them), so its test folds are not unseen: these figures flatter "
+            "the model")
 
 
 def kind_is_refit(cfg: RunConfig) -> bool:
