@@ -182,3 +182,48 @@ def test_compare_pairs_repeats_by_name_and_adds_a_t_interval_over_them(table, tm
     empty = CliRunner().invoke(app, ["compare", str(tmp_path / "empty"), str(tmp_path / "b")])
     assert empty.exit_code == 2 and "empty: no predictions.csv in it nor in its subfolders" in \
         " ".join(empty.output.split())
+
+
+def test_compare_warns_when_the_same_ids_stand_for_other_images_or_points(tmp_path):
+    """Ids name an image by dataset and file name, not by its pixels: synthetic heads laid out
+    like HuSHeM, or another copy of the files, pair silently by id, so compare says so."""
+    import shutil
+
+    from spermhead.config import save_config
+    from spermhead.data.readers import load_dataset
+    from spermhead.training.options import build_run_config
+
+    runner = CliRunner()
+    assert runner.invoke(app, ["data", "synth", str(tmp_path / "synth"), "--n-per-class", "3"]).exit_code == 0
+    shutil.copytree(tmp_path / "synth", tmp_path / "real")
+    (tmp_path / "real" / "HuSHeM" / "SYNTHETIC.txt").unlink()  # read as photographs would be
+    shutil.copytree(tmp_path / "real", tmp_path / "copy")
+    table = load_dataset("hushem", tmp_path / "real")
+
+    def run(name: str, data: str, point: str, record: str = "config") -> Path:
+        folder = tmp_path / "runs" / name
+        answers(table, np.ones(len(table), bool)).write_csv(folder / "predictions.csv")
+        (folder / "metrics.json").write_text(json.dumps({"operating_point": point}))
+        if record == "config":  # a training run
+            save_config(build_run_config("hushem", str(folder), data_dir=str(tmp_path / data)), folder / "config.yaml")
+        else:  # an evaluate folder
+            (folder / "assessment.json").write_text(json.dumps({"dataset": "hushem", "data_dir": str(tmp_path / data)}))
+        return folder
+
+    def said(a: Path, b: Path) -> str:
+        result = runner.invoke(app, ["compare", str(a), str(b)], terminal_width=300)
+        assert result.exit_code == 0, result.output
+        return " ".join(result.output.split())
+
+    real = run("real", "real", "accuracy")
+    assert "warning" not in said(real, run("again", "real", "accuracy", record="assessment"))
+    out = said(real, run("synth", "synth", "accuracy", record="assessment"))
+    assert "warning: synth scored synthetic heads (data synth) and real real images under the same ids" in out
+    out = said(real, run("copy", "copy", "accuracy"))
+    assert f"warning: real read its images from {(tmp_path / 'real' / 'HuSHeM').resolve()} and copy from" in out
+    out = said(real, run("balanced", "real", "balanced"))
+    assert "warning: real is scored at the accuracy point and balanced at the balanced point" in out
+    assert "warning" not in said(tmp_path / "runs" / "real" / "predictions.csv", tmp_path / "runs" / "again")
+    for side, source in (("ra", "real"), ("rb", "synth")):  # folders of repeats are checked too
+        shutil.copytree(tmp_path / "runs" / source, tmp_path / side / "seed1")
+    assert "warning: rb scored synthetic heads" in said(tmp_path / "ra", tmp_path / "rb")

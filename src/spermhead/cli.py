@@ -666,12 +666,14 @@ def compare(
     from spermhead.errors import DataError
     from spermhead.evaluation.paired import compare_predictions, compare_repeats, repeat_folders, verdict
     from spermhead.evaluation.predictions import read_predictions
+    from spermhead.evaluation.provenance import provenance, provenance_warnings
 
     names = distinct_names(run_a, run_b)
     folders = repeat_folders(run_a), repeat_folders(run_b)
     if (folders[0] is None) != (folders[1] is None):
         raise DataError(f"{run_a} and {run_b}: compare one run with one run, or repeats with repeats")
     if folders[0] is None or folders[1] is None:
+        warn_provenance(provenance_warnings(provenance(run_a), provenance(run_b), names))
         c = compare_predictions(read_predictions(run_a), read_predictions(run_b), names=names)
         show_comparison(c)
         for key in ("accuracy", "balanced_accuracy"):
@@ -681,6 +683,8 @@ def compare(
         if not common:
             raise DataError(f"{run_a} and {run_b} have no repeat in common: {', '.join(folders[0])} against "
                             f"{', '.join(folders[1])}")
+        first = common[0]  # the repeats of one side share their images and operating point
+        warn_provenance(provenance_warnings(provenance(folders[0][first]), provenance(folders[1][first]), names))
         c = compare_repeats({r: (read_predictions(folders[0][r]), read_predictions(folders[1][r])) for r in common},
                             names=names)
         show_repeats(c, [r for f in folders for r in f if r not in common])
@@ -690,6 +694,11 @@ def compare(
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(c, indent=2) + "\n")
+
+
+def warn_provenance(warnings: list[str]) -> None:
+    for text in warnings:
+        console.print(f"warning: {text}", style="yellow", highlight=False, soft_wrap=True)
 
 
 def show_comparison(c: dict[str, Any]) -> None:

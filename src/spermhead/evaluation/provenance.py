@@ -1,0 +1,84 @@
+"""Where a run's (or an `evaluate` folder's) predictions came from: the image files it read,
+whether they were synthetic heads, and the operating point it scored at.
+
+`compare` pairs two runs by sample id, and ids name an image by its dataset and file name
+("hushem/01_Normal/image_001"), not by its pixels: the same ids can stand for HuSHeM's photographs in
+one run and for `data synth` heads laid out like them in the other, and the same answers read at
+two operating points differ for reasons that have nothing to do with the models. These are said
+beside the comparison, not hidden in it."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from spermhead.errors import SpermheadError
+
+
+@dataclass(frozen=True)
+class Provenance:
+    images: Path | None  # the folder holding every image the run read, where they can still be found
+    synthetic: bool | None  # rendered by `spermhead data synth`; None = unknown
+    operating_point: str | None
+
+
+def _json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _dataset(folder: Path) -> tuple[str, str | None] | None:
+    """The dataset and data folder a run (config.yaml) or an assessment (assessment.json) read."""
+    record = _json(folder / "assessment.json")
+    if isinstance(record.get("dataset"), str):
+        return record["dataset"], record.get("data_dir")
+    if (folder / "config.yaml").is_file():
+        from spermhead.config import load_config
+
+        try:
+            cfg = load_config(folder / "config.yaml")
+        except (SpermheadError, OSError, ValueError, TypeError):
+            return None
+        return cfg.dataset, cfg.data_dir
+    return None
+
+
+def provenance(source: Path | str) -> Provenance:
+    """What can still be found out about a predictions.csv (or the folder holding one)."""
+    from spermhead.data.readers import load_dataset
+
+    source = Path(source)
+    folder = source if source.is_dir() else source.parent
+    point = _json(folder / "metrics.json").get("operating_point")
+    images, synthetic = None, None
+    if (named := _dataset(folder)) is not None:
+        try:
+            table = load_dataset(*named)
+        except SpermheadError:  # moved, or on another machine: nothing to say
+            pass
+        else:
+            images = Path(os.path.commonpath([str(Path(s.path).resolve()) for s in table.samples]))
+            synthetic = table.synthetic
+    return Provenance(images, synthetic, point if isinstance(point, str) else None)
+
+
+def provenance_warnings(a: Provenance, b: Provenance, names: tuple[str, str]) -> list[str]:
+    """What makes a pairing of the two by sample id suspect, in words; empty when nothing does."""
+    out = []
+    if a.synthetic is not None and b.synthetic is not None and a.synthetic != b.synthetic:
+        fake, real = (names[0], names[1]) if a.synthetic else (names[1], names[0])
+        out.append(f"{fake} scored synthetic heads (data synth) and {real} real images under the same ids: "
+                   "this compares different images")
+    elif a.images is not None and b.images is not None and a.images != b.images:
+        out.append(f"{names[0]} read its images from {a.images} and {names[1]} from {b.images}: unless one is a "
+                   "copy of the other, this compares different images")
+    if a.operating_point and b.operating_point and a.operating_point != b.operating_point:
+        out.append(f"{names[0]} is scored at the {a.operating_point} point and {names[1]} at the "
+                   f"{b.operating_point} point: part of any difference is the operating point, not the model")
+    return out
