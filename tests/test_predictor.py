@@ -215,3 +215,11 @@ def test_a_dead_worker_loses_no_rows(bundle: Path, folder: Path, monkeypatch: py
     items = list(preparer.map(paths, chunk=3))
     assert [getattr(it, "path", None) or it["path"] for it in items] == [str(p) for p in paths]
     assert sum(isinstance(it, dict) for it in items) == 1  # only the corrupt file
+
+
+def test_predict_table_keeps_whole_file_names_on_a_narrow_terminal(bundle: Path, folder: Path) -> None:
+    result = CliRunner().invoke(app, ["predict", "--model", str(bundle), str(folder / "*.bmp")], terminal_width=80)
+    assert result.exit_code == 0, result.output
+    # the file column's pieces, line by line, give back every path whole (folded, not cut)
+    column = "".join(line.split("│")[1].strip() for line in result.output.splitlines() if line.startswith("│"))
+    assert "…" not in result.output and str(folder / "head1.bmp") in column and str(folder / "head3.bmp") in column

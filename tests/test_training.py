@@ -328,6 +328,7 @@ def test_killed_run_resumes_and_completes(separable, tmp_path):
     assert not (out / "metrics.json").exists()
     done = subprocess.run([*args, "--resume"], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
+    assert "Checkpoint directory" not in done.stdout + done.stderr  # going on in it is the point
     pred = Predictions.read_csv(out / "predictions.csv")
     assert len(pred) == 80 and len(set(pred.ids)) == 80
     # the epochs fold 1 logged before the kill are kept beside those after the resume
@@ -386,12 +387,17 @@ def test_select_writes_the_model_selection_table(separable, tmp_path):
     assert low <= diff <= high
 
 
-def test_run_json_names_the_weights_the_folds_started_from(separable, separable_run, tmp_path, caplog):
+def test_run_json_names_the_weights_the_folds_started_from(separable, separable_run, tmp_path, caplog, monkeypatch):
+    import torch
+
     weights = separable_run.out / "model" / "model.safetensors"  # a bundle's weights seed another run
     fresh = write_separable(tmp_path / "fresh", n_per_class=5, seed=11)
-    run = train_run(quick_config(fresh, tmp_path / "w", weights=str(weights), epochs=1, cv=2), progress=False)
-    init = json.loads((run.out / "run.json").read_text())["init"]
-    assert init == {"init": "weights", "weights": str(weights.resolve())}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # so "auto" means the CPU here too
+    run = train_run(quick_config(fresh, tmp_path / "w", weights=str(weights), epochs=1, cv=2, accelerator="auto"),
+                    progress=False)
+    record = json.loads((run.out / "run.json").read_text())
+    assert record["init"] == {"init": "weights", "weights": str(weights.resolve())}
+    assert record["device"] == "cpu"  # the device the run used, not the option it was given
     assert not any("--weights file" in n for n in run.metrics["notes"])
     # the same start on the images its bundle trained on has seen every test fold: said before
     # training, and wherever the figures are read

@@ -449,7 +449,7 @@ def predict(
         torch.set_num_threads(threads)
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-    from rich.table import Table
+    from rich.table import Column, Table
     from rich.text import Text
 
     from spermhead.preprocess.acquisition import batch_warning
@@ -485,7 +485,8 @@ def predict(
         json_out.write_text(json.dumps(rows, indent=1))
 
     failed = [r for r in rows if not r["ok"]]
-    table = Table("file", "class", "confidence", "uncertain", "unlike training", "status",
+    # a narrow terminal folds the file names rather than cutting them to "imgs/image…" alike
+    table = Table(Column("file", overflow="fold"), "class", "confidence", "uncertain", "unlike training", "status",
                   title=f"{len(rows) - len(failed)} classified, {len(failed)} failed")
     shown = rows if len(rows) <= show else failed[:show] + [r for r in rows if r["ok"]][: max(0, show - len(failed))]
     for r in shown:

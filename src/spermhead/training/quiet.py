@@ -25,4 +25,6 @@ def quiet_fit() -> Iterator[None]:
         # device, so loader workers would only add processes (Lightning asks on every machine with
         # more than two cores)
         warnings.filterwarnings("ignore", message="The '.*dataloader' does not have many workers")
+        # --resume goes on in the fold's own checkpoint folder; a fresh run never finds one there
+        warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
         yield

@@ -544,7 +544,9 @@ def train_run(cfg: RunConfig, *, overwrite: bool = False, resume: bool = False,
         "train_images_per_second": float(np.mean([len(f.train) * r.epochs / max(r.seconds, 1e-9)
                                                   for f, r in zip(folds, results, strict=True)])),
     }
-    (out / "run.json").write_text(json.dumps({"timing": timing, "init": init, "extra_train": extra,
+    # what --accelerator auto chose: CPU and GPU runs are not bit-identical
+    (out / "run.json").write_text(json.dumps({"timing": timing, "device": resolve_accelerator(cfg.train.accelerator),
+                                              "init": init, "extra_train": extra,
                                               "near_duplicates": twins,
                                               "environment": environment()}, indent=2))
     history = [{"fold": r.index, **row} for r in results for row in r.history]
