@@ -93,6 +93,22 @@ def test_missing_and_empty_folders(tmp_path):
         load_dataset(str(tmp_path / "out"))
 
 
+def test_a_labs_class_folders_kept_by_session_are_read_whole_and_hidden_files_left_out(tmp_path, caplog):
+    for cls, files in {"Normal": ["a.png", "session 2/b.PNG", "session 2/day 3/c.tif", "._a.png", ".DS_Store",
+                                  ".thumbs/d.png"],
+                       "Normall": ["e.png"], "Amorphous": ["f.jpg"], "other": ["g.png"]}.items():
+        for name in files:
+            (tmp_path / "lab" / cls / name).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / "lab" / cls / name).write_bytes(b"x")
+    with caplog.at_level("WARNING", logger="spermhead"):
+        table = load_dataset(str(tmp_path / "lab"))
+    assert sorted(s.id for s in table.samples) == ["Amorphous/f.jpg", "Normal/a.png", "Normal/session 2/b.PNG",
+                                                   "Normal/session 2/day 3/c.tif", "Normall/e.png", "other/g.png"]
+    # a near miss of a WHO class is trained as a class of its own, so it is pointed out; "other" is not one
+    assert "'Normall' is not a WHO class name but looks like 'normal' misspelt" in caplog.text
+    assert "'other'" not in caplog.text and table.classes == ["normal", "amorphous", "Normall", "other"]
+
+
 def test_fixed_split_folders(tmp_path):
     for split in ("train", "val", "test"):
         for cls in ("01_Normal", "Tapered"):

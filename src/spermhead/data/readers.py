@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
+import logging
 import os
 import re
 from pathlib import Path
@@ -14,6 +16,7 @@ HUSHEM_DIR = "HuSHeM"
 SCIAN_DIR = "SCIAN-MorphoSpermGS"
 HUSHEM_FOLDERS = ("01_Normal", "02_Tapered", "03_Pyriform", "04_Amorphous")
 NAMED_DATASETS = ("hushem", "scian-pa", "scian-ta", "scian-pa4", "combined")
+log = logging.getLogger(__name__)
 
 _SCIAN_ID = re.compile(r"^(?P<group>p\d+-pl\d+)-sample(?P<sample>\d+)/Sperm_(?P<sperm>\d+)$")
 _SCIAN_FILE = re.compile(
@@ -31,8 +34,12 @@ def normalise_class_name(folder: str) -> str:
     return stripped if stripped in WHO_CLASSES else folder
 
 
-def list_images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+def list_images(folder: Path, *, nested: bool = False) -> list[Path]:
+    """Image files by suffix, sorted; hidden ones (".DS_Store", macOS's "._x.png" copies) are not
+    images. `nested`: in subfolders too (a lab's class folder kept by session or date)."""
+    found = folder.rglob("*") if nested else folder.iterdir()
+    return sorted(p for p in found if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
 
 
 def _require_dir(path: Path, what: str) -> Path:
@@ -148,17 +155,34 @@ def _class_folder_samples(folder: Path, source: str, split: str) -> list[Sample]
         raise DataError(f"{folder}: no class subfolders")
     samples = []
     for d in class_dirs:
-        images = list_images(d)
+        inner = [c.name for c in sorted(d.iterdir()) if c.is_dir() and list_images(c, nested=True)]
+        if not list_images(d) and inner and (len(class_dirs) == 1 or any(_class_like(c) for c in inner)):
+            # one level too high, e.g. the folder that `data synth` wrote HuSHeM/ into
+            raise DataError(f"{d}: holds folders of images ({', '.join(inner[:4])}), not images; if "
+                            f"those are the classes, pass {d} itself as the dataset")
+        images = list_images(d, nested=True)
         if not images:
-            nested = [c.name for c in sorted(d.iterdir()) if c.is_dir() and list_images(c)]
-            if nested:  # one level too high, e.g. the folder that `data synth` wrote HuSHeM/ into
-                raise DataError(f"{d}: holds folders of images ({', '.join(nested[:4])}), not images; if "
-                                f"those are the classes, pass {d} itself as the dataset")
             raise DataError(f"{d}: empty class folder, no images")
         label = normalise_class_name(d.name)
+        _warn_if_misspelt(d, label)
         prefix = f"{split}/" if split else ""
-        samples += [Sample(f"{prefix}{d.name}/{p.name}", p, label, source, split=split) for p in images]
+        samples += [Sample(f"{prefix}{d.name}/{p.relative_to(d).as_posix()}", p, label, source, split=split)
+                    for p in images]
     return samples
+
+
+def _class_like(name: str) -> bool:
+    return normalise_class_name(name) in WHO_CLASSES or name.lower() in ("train", "val", "test")
+
+
+def _warn_if_misspelt(folder: Path, label: str) -> None:
+    """A folder named a letter or two off a WHO class ("Normall") would train as a class of its own."""
+    if label in WHO_CLASSES:
+        return
+    bare = re.sub(r"^\d+[\s_.\-]*", "", label).strip().lower()
+    if close := difflib.get_close_matches(bare, WHO_CLASSES, n=1, cutoff=0.8):
+        log.warning("%s: '%s' is not a WHO class name but looks like '%s' misspelt; it is read as a class "
+                    "of its own (rename the folder if it is meant to be %s)", folder, label, close[0], close[0])
 
 
 def load_dataset(name: str, data_dir: Path | str | None = None) -> SampleTable:
