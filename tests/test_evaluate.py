@@ -219,3 +219,24 @@ def test_review_marks_the_images_the_model_trained_on(trained, tmp_path: Path) -
         assert review["seen"] == 4 and "4 of 12 images are ones this model trained on" in review["note"]
         unseen = [it["correct"] for it in review["items"] if not it["seen"]]
         assert review["accuracy_unseen"] == pytest.approx(sum(unseen) / len(unseen))
+
+
+def test_review_scores_the_images_evaluate_scores(trained, tmp_path: Path) -> None:
+    """A class the model does not have is shown on the review page but, as in evaluate, not scored."""
+    from fastapi.testclient import TestClient
+
+    from spermhead.serving.app import create_app
+
+    _, bundle = trained
+    lab = write_separable(tmp_path / "lab", n_per_class=3, seed=12)
+    (lab / "small").mkdir()
+    shutil.copy(lab / CLASSES[0] / f"{CLASSES[0]}_000.png", lab / "small" / "s.png")
+    assert evaluate(bundle, lab, tmp_path / "out").exit_code == 0
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    with TestClient(create_app(bundle, review_source=lab)) as client:
+        review = client.get("/api/review").json()
+    assert review["count"] == 13 and metrics["n"] == 12
+    assert review["accuracy"] == pytest.approx(metrics["accuracy"])
+    small = next(it for it in review["items"] if it["true"] == "small")
+    assert small["pred"] in CLASSES and small["correct"] is None
+    assert "shown but not scored: small" in review["note"]

@@ -147,13 +147,18 @@ class ReviewItem:
     probabilities: dict[str, float] = field(default_factory=dict)
     error: str | None = None
     seen: bool | None = None  # the model trained on this image (or a near-duplicate); None = unknown
+    known: bool = True  # its true class is one the model has; else it is shown but not scored, as evaluate does
+
+    @property
+    def judged(self) -> bool:
+        return self.pred is not None and self.known
 
     def to_dict(self) -> dict[str, Any]:
         conf = self.probabilities.get(self.pred, None) if self.pred else None
         return {
             "index": self.index, "id": self.id, "name": self.path.name if self.path else self.id,
             "true": self.true, "pred": self.pred,
-            "correct": None if self.pred is None else self.pred == self.true,
+            "correct": self.pred == self.true if self.judged else None,
             "confidence": conf, "probabilities": self.probabilities,
             "has_image": self.path is not None, "error": self.error, "seen": self.seen,
         }
@@ -168,7 +173,7 @@ class ReviewSet:
     note: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        judged = [it for it in self.items if it.pred is not None]
+        judged = [it for it in self.items if it.judged]
         correct = sum(it.pred == it.true for it in judged)
         unseen = [it for it in judged if it.seen is False]
         return {
@@ -275,14 +280,15 @@ def _review_from_folder(source: str, predictor: Predictor, review_data: Path | s
 
     table = load_dataset(source, review_data)
     unknown = sorted(set(table.classes) - set(predictor.classes))
-    note = f"classes the model does not know: {', '.join(unknown)}" if unknown else ""
+    note = (f"classes the model does not know, shown but not scored: {', '.join(unknown)}" if unknown else "")
     rows = list(predictor.predict_files([s.path for s in table.samples]))
     items = []
     for i, (s, r) in enumerate(zip(table.samples, rows, strict=True)):
+        known = s.label in predictor.classes
         if r["ok"]:
-            items.append(ReviewItem(i, s.id, Path(s.path), s.label, r["class"], r["probabilities"]))
+            items.append(ReviewItem(i, s.id, Path(s.path), s.label, r["class"], r["probabilities"], known=known))
         else:
-            items.append(ReviewItem(i, s.id, Path(s.path), s.label, None, {}, r["error"]))
+            items.append(ReviewItem(i, s.id, Path(s.path), s.label, None, {}, r["error"], known=known))
     review = ReviewSet("folder", source, list(predictor.classes), items, note)
     scored = [it for it in items if it.pred is not None and it.path is not None]
     seen = seen_by_bundle(predictor.bundle_dir, [it.path for it in scored])
