@@ -229,7 +229,7 @@ def test_predict_writes_each_samples_composition(tmp_path: Path):
     assert "holds the header only" not in text
     # a folder too small to be a sample: the file holds the header alone, and predict says why
     few = CliRunner().invoke(app, ["predict", "--model", str(bundle), *map(str, (tmp_path / "images" / "patient1").glob("h[0-3].png")),
-                                   "--summary", str(out)])
+                                   "--summary", str(out), "--overwrite"])
     assert few.exit_code == 0 and len(out.read_text().splitlines()) == 1
     assert f"no folder has {MIN_HEADS} classified heads" in " ".join(few.output.split()), few.output
 
@@ -267,3 +267,13 @@ def test_predict_refuses_an_output_it_cannot_write_before_classifying(tmp_path: 
         result = CliRunner().invoke(app, ["predict", "--model", str(bundle), str(image), option, str(tmp_path / "taken")])
         assert result.exit_code == 2 and f"{option} " in result.output and "is a folder" in result.output, result.output
         assert "classified" not in result.output  # refused before any image was scored
+    # a file already there (a run's own predictions.csv, say) is kept unless --overwrite is given
+    for option in ("--summary", "--csv", "--json"):
+        kept = tmp_path / f"kept{option[2:]}.csv"
+        kept.write_text("precious\n")
+        result = CliRunner().invoke(app, ["predict", "--model", str(bundle), str(image), option, str(kept)])
+        assert result.exit_code == 2 and "exists; pass --overwrite" in result.output, result.output
+        assert kept.read_text() == "precious\n"
+        replaced = CliRunner().invoke(app, ["predict", "--model", str(bundle), str(image), option, str(kept),
+                                            "--overwrite"])
+        assert replaced.exit_code == 0 and kept.read_text() != "precious\n", replaced.output

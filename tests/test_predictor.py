@@ -223,3 +223,13 @@ def test_predict_table_keeps_whole_file_names_on_a_narrow_terminal(bundle: Path,
     # the file column's pieces, line by line, give back every path whole (folded, not cut)
     column = "".join(line.split("│")[1].strip() for line in result.output.splitlines() if line.startswith("│"))
     assert "…" not in result.output and str(folder / "head1.bmp") in column and str(folder / "head3.bmp") in column
+
+
+def test_a_run_folder_stands_for_its_bundle(bundle: Path, folder: Path, tmp_path: Path) -> None:
+    import shutil
+
+    shutil.copytree(bundle, tmp_path / "run" / "model")  # as `train --out run` leaves it
+    result = CliRunner().invoke(app, ["predict", "--model", str(tmp_path / "run"), str(folder / "*.bmp")])
+    assert result.exit_code == 0 and "2 classified" in result.output, result.output
+    with Predictor(tmp_path / "run") as predictor:
+        assert predictor.bundle_dir == tmp_path / "run" / "model"

@@ -151,14 +151,17 @@ def data_synth(
                   highlight=False, soft_wrap=True)
 
 
-def check_output_file(path: Path | None, option: str) -> None:
-    """Before any work: a file `option` will write can be written (its folder made if need be)."""
+def check_output_file(path: Path | None, option: str, *, overwrite: bool = True) -> None:
+    """Before any work: a file `option` will write can be written (its folder made if need be),
+    and, without `overwrite`, is not there already."""
     from spermhead.errors import ConfigError
 
     if path is None:
         return
     if path.is_dir():
         raise ConfigError(f"{option} {path}: is a folder; give a file name")
+    if path.exists() and not overwrite:
+        raise ConfigError(f"{option} {path}: exists; pass --overwrite to replace it")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         if not os.access(path.parent, os.W_OK):
@@ -439,6 +442,7 @@ def predict(
     batch_size: Annotated[int, typer.Option(help="Images per model call")] = 256,
     show: Annotated[int, typer.Option(help="Rows shown in the table; --csv/--json get them all")] = 50,
     threads: Annotated[int, typer.Option(help="Torch CPU threads; 0 lets torch decide")] = 0,
+    overwrite: Annotated[bool, typer.Option(help="Replace existing --csv/--json/--summary files")] = False,
 ) -> None:
     """Classify images. A file that cannot be used becomes an error row; exit code 1 if any did."""
     import csv
@@ -456,7 +460,8 @@ def predict(
     from spermhead.serving.predictor import Predictor, csv_columns, csv_row, expand_inputs
 
     for path, option in ((csv_out, "--csv"), (json_out, "--json"), (summary, "--summary")):
-        check_output_file(path, option)  # not after minutes of classifying
+        # not after minutes of classifying; and a run's own predictions.csv is not replaced unasked
+        check_output_file(path, option, overwrite=overwrite)
     files = expand_inputs(paths)
     if not files:
         raise SpermheadError(f"{' '.join(paths)}: no image files found")
@@ -784,9 +789,11 @@ def export(
     onnx: Annotated[Path | None, typer.Option("--onnx", help="Output file (default: model.onnx in the bundle)")] = None,
 ) -> None:
     """Export the bundle's model to ONNX (dynamic batch) and check it against torch."""
+    from spermhead.serving.bundle import bundle_folder
     from spermhead.serving.onnx_export import export_onnx
     from spermhead.serving.predictor import ONNX_NAME
 
+    model = bundle_folder(model)
     check_output_file(onnx, "--onnx")
     report = export_onnx(model, onnx or model / ONNX_NAME)
     console.print(report.summary(), highlight=False)

@@ -143,10 +143,19 @@ def save_bundle(directory: Path, members: list[nn.Module], meta: BundleMeta,
     return directory
 
 
+def bundle_folder(path: Path | str) -> Path:
+    """The bundle a path names: the folder itself, or the `model/` of the run folder it is (what a
+    user naturally passes after `train --out RUN`)."""
+    path = Path(path)
+    if not (path / "model.json").is_file() and (path / "model" / "model.json").is_file():
+        return path / "model"
+    return path
+
+
 def load_bundle(directory: Path | str) -> Bundle:
     from spermhead.models.registry import build_model  # lazy: keeps bundle import light
 
-    directory = Path(directory)
+    directory = bundle_folder(directory)
     meta_path, weights_path = directory / "model.json", directory / "model.safetensors"
     for p in (meta_path, weights_path):
         if not p.is_file():

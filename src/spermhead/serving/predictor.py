@@ -32,7 +32,7 @@ from torch import nn
 from spermhead.errors import ConfigError
 from spermhead.models.inference import apply_class_bias, apply_temperature, predict_proba
 from spermhead.preprocess.acquisition import unlike_training
-from spermhead.serving.bundle import Bundle, load_bundle
+from spermhead.serving.bundle import Bundle, bundle_folder, load_bundle
 from spermhead.serving.prepare import (
     Prepared,
     ProcessPreparer,
@@ -93,7 +93,7 @@ class Predictor:
         if backend not in BACKENDS:
             raise ConfigError(f"backend {backend!r}: choose one of {', '.join(BACKENDS)}")
         self.bundle: Bundle = load_bundle(bundle_dir)
-        self.bundle_dir = Path(bundle_dir)
+        self.bundle_dir = bundle_folder(bundle_dir)
         self.meta = self.bundle.meta
         if operating_point is not None:
             self._use_operating_point(operating_point)
