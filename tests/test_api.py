@@ -89,7 +89,13 @@ def test_one_image(client: TestClient) -> None:
     assert isinstance(row["uncertain"], bool)
     assert row["crop"].startswith("data:image/png;base64,")
     assert "gradcam" not in row and "path" not in row
-    assert {"aligned", "alignment", "morphometrics"} <= set(row)
+    assert {"aligned", "alignment", "morphometrics"} <= set(row) and row["head_found"] is True
+
+
+def test_an_image_with_no_head_says_so(client: TestClient) -> None:
+    blank = encode(Image.new("RGB", (120, 120), (200, 200, 200)), "PNG")
+    (row,) = post(client, ("blank.png", blank)).json()["results"]
+    assert row["ok"] and row["head_found"] is False and row["alignment"].startswith("fallback: no head found")
 
 
 def test_gradcam_overlay(client: TestClient) -> None:

@@ -291,6 +291,22 @@ def head_files(folder: Path, n: int, seed: int) -> list[str]:
     return files
 
 
+def test_classify_page_leaves_images_with_no_head_out_of_the_shares(page, server: str, tmp_path: Path) -> None:
+    files = head_files(tmp_path, 10, seed=700)
+    blank = tmp_path / "blank.png"
+    Image.new("RGB", (120, 120), (200, 200, 200)).save(blank)  # a frame with nothing in it
+    page.goto(server + "/")
+    page.wait_for_selector("#model-info:has-text('spermnet')")
+    page.set_input_files("#file-input", [str(blank), *files[:9]])
+    page.wait_for_selector("#status:has-text('10 classified')")
+    assert "no head found in 1 (not in the class shares)" in page.locator("#status").inner_text()
+    assert page.locator(".badge.unaligned:has-text('no head found')").count() == 1
+    assert page.locator("#sample").is_hidden()  # nine heads and a blank frame are not yet ten heads
+    page.set_input_files("#file-input", files[9:])
+    page.wait_for_selector("#sample table.shares")
+    assert "all 10 heads on this page" in page.locator("#sample h2").inner_text()
+
+
 def test_classify_page_gives_the_class_shares_of_all_its_heads(page, server: str, images: Path,
                                                                tmp_path: Path) -> None:
     files = head_files(tmp_path, 10, seed=500)  # predict's smallest sample

@@ -226,7 +226,17 @@ def test_predict_writes_each_samples_composition(tmp_path: Path):
     lines = [line for line in result.output.splitlines() if line.strip().startswith(("│ normal", "│ amorphous"))]
     assert len(lines) == 4 and all(line.count("★") == 1 for line in lines)
     assert all(line.index("★") > line.index(")", line.index(")") + 1) for line in lines if "normal" in line)
-    assert "holds the header only" not in text
+    assert "holds the header only" not in text and "no head found" not in text
+    # a blank frame in a sample is classified, but is no head to count in its shares
+    Image.new("RGB", (120, 120), (200, 200, 200)).save(tmp_path / "images" / "patient1" / "blank.png")
+    blank = CliRunner().invoke(app, ["predict", "--model", str(bundle), str(tmp_path / "images"), "--summary", str(out),
+                                     "--overwrite"], terminal_width=200)
+    assert blank.exit_code == 0, blank.output
+    with open(out, newline="") as fh:
+        assert {int(r["heads"]) for r in csv.DictReader(fh)} == {MIN_HEADS}
+    said = " ".join(blank.output.split())
+    assert "no head found in 1 image (status 'fallback'); each is classified on the whole image but left out" in said
+    assert "21 classified" in said
     # a folder too small to be a sample: the file holds the header alone, and predict says why
     few = CliRunner().invoke(app, ["predict", "--model", str(bundle), *map(str, (tmp_path / "images" / "patient1").glob("h[0-3].png")),
                                    "--summary", str(out), "--overwrite"])

@@ -497,7 +497,7 @@ def predict(
     for r in shown:
         if r["ok"]:
             table.add_row(r["path"], r["class"], f"{r['confidence']:.3f}", "yes" if r["uncertain"] else "",
-                          "yes" if r["unlike_training"] else "", r["alignment"])
+                          "yes" if r["unlike_training"] else "", r["alignment"].removeprefix("fallback: "))
         else:
             table.add_row(r["path"], "", "", "", "", Text(r["error"], style="red"))  # Text: no markup from file names
     console.print(table)
@@ -536,6 +536,10 @@ def show_compositions(rows: list[dict[str, Any]], classes: list[str], confusion:
 
     samples = sample_compositions(rows, classes, confusion, check["extra_sd"] if check else None)
     closer = check["closer"] if check and confusion else None
+    if headless := sum(1 for r in rows if r.get("ok") and not r.get("head_found", True)):
+        console.print(f"note: no head found in {headless} image{'s' * (headless != 1)} (status 'fallback'); "
+                      "each is classified on the whole image but left out of the class shares",
+                      highlight=False, soft_wrap=True)
     if summary is not None:  # checked writable before predict began
         with open(summary, "w", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=SUMMARY_COLUMNS)

@@ -232,10 +232,11 @@ def sample_compositions(rows: Sequence[dict[str, Any]], classes: Sequence[str],
                         confusion: Sequence[Sequence[int]] | None,
                         extra_sd: Mapping[str, Sequence[float]] | None = None) -> list[tuple[str, int, list[dict[str, Any]]]]:
     """(sample, heads, composition) per folder of classified images (a folder = one sample),
-    in folder order; folders with fewer than MIN_HEADS classified images are left out."""
+    in folder order; images where no head was found are no heads to count, and folders with
+    fewer than MIN_HEADS heads are left out."""
     groups: dict[str, list[str]] = {}
     for row in rows:
-        if row.get("ok"):
+        if row.get("ok") and row.get("head_found", True):
             folder = str(Path(row["path"]).parent) if row.get("path") else "uploads"
             groups.setdefault(folder, []).append(row["class"])
     return [(folder, len(predicted), composition(predicted, classes, confusion, extra_sd=extra_sd))

@@ -60,6 +60,15 @@ class CanonicalImage:
     source_shape: tuple[int, int] = (0, 0)  # the original image's height and width
 
 
+FALLBACK = "fallback"  # the status prefix where segmentation found no head
+
+
+def head_found(status: str) -> bool:
+    """False where segmentation found no head and the whole image was used (a blank frame, noise,
+    debris): such an image is classified, but is no head to count in a sample's class shares."""
+    return not status.startswith(FALLBACK)
+
+
 class _NoHead(Exception):
     """Segmentation found nothing usable; the message becomes the fallback reason."""
 
@@ -526,7 +535,7 @@ def canonicalize(rgb: np.ndarray, cfg: PreprocessConfig) -> CanonicalImage:
         head = _measure(scene)
     except _NoHead as exc:
         return CanonicalImage(_to_chw(_centre_crop(rgb, cfg.image_size), cfg.color), None, False,
-                              f"fallback: {exc}", shape)
+                              f"{FALLBACK}: {exc}", shape)
     if not cfg.align:
         return CanonicalImage(_to_chw(_centre_crop(rgb, cfg.image_size), cfg.color),
                               _morphometrics(head, scene.scale, 0.0), False, "not aligned (align=False)", shape)

@@ -7,7 +7,7 @@ with. A file that cannot be used becomes an error row; it never stops a batch.
 
 Result rows (plain dicts, JSON-ready):
     ok       {"name", "path", "ok": True, "status": 200, "class", "confidence",
-              "probabilities": {class: p}, "uncertain", "aligned", "alignment", "morphometrics",
+              "probabilities": {class: p}, "uncertain", "aligned", "alignment", "head_found", "morphometrics",
               "acquisition": {descriptor: value}, "unlike_training": [reason, ...]}
     failure  {"name", "path", "ok": False, "status": 400|404|413|415|500, "error": "<name>: <problem>"}
 `status` is the HTTP code the API answers with for that file. `unlike_training` names each way
@@ -32,6 +32,7 @@ from torch import nn
 from spermhead.errors import ConfigError
 from spermhead.models.inference import apply_class_bias, apply_temperature, predict_proba
 from spermhead.preprocess.acquisition import unlike_training
+from spermhead.preprocess.align import head_found
 from spermhead.serving.bundle import Bundle, bundle_folder, load_bundle
 from spermhead.serving.prepare import (
     Prepared,
@@ -198,6 +199,7 @@ class Predictor:
             "uncertain": confidence < self.meta.uncertainty_threshold,
             "aligned": prep.aligned,
             "alignment": prep.alignment,
+            "head_found": head_found(prep.alignment),
             "morphometrics": prep.morphometrics,
             "acquisition": prep.acquisition,
             # what sets this image apart from the bundle's training images (empty: nothing)

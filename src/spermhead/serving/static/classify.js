@@ -11,6 +11,7 @@ const samplePanel = document.getElementById("sample");
 let classes = [];
 let minHeads = 10;
 const predicted = []; // every head classified on this page: together, one sample
+let headless = 0;     // images on this page where no head was found
 let sampleNumber = 0; // New sample starts the next; answers to requests sent before it are dropped
 
 function figure(src, caption, alt) {
@@ -67,7 +68,10 @@ function fillResult(card, file, r) {
     verdict.append(el("span", { class: "badge uncertain", text: "uncertain",
       title: "the top probability is below the model's uncertainty threshold" }));
   }
-  if (!r.aligned) {
+  if (r.head_found === false) {
+    verdict.append(el("span", { class: "badge unaligned", text: "no head found",
+      title: `${r.alignment}: classified on the whole image, and not counted in the class shares` }));
+  } else if (!r.aligned) {
     verdict.append(el("span", { class: "badge unaligned", text: "not aligned", title: r.alignment }));
   }
   const unlike = r.unlike_training || [];
@@ -113,8 +117,11 @@ async function sendBatch(files) {
   if (sample !== sampleNumber) return [0, 0]; // New sample was pressed while this batch was out
   let failed = 0;
   body.results.forEach((r, i) => {
-    if (r.ok) { fillResult(pending[i], files[i], r); predicted.push(r.class); }
-    else { failed += 1; fillError(pending[i], files[i], r.error); }
+    if (r.ok) {
+      fillResult(pending[i], files[i], r);
+      if (r.head_found === false) headless += 1; // a blank frame or debris is no head to count
+      else predicted.push(r.class);
+    } else { failed += 1; fillError(pending[i], files[i], r.error); }
   });
   return [files.length - failed, failed];
 }
@@ -130,7 +137,8 @@ async function handleFiles(fileList) {
     failed += bad;
   }
   await showSample(); // before the status line, which thus says when the page is settled
-  statusLine.textContent = `${classified} classified` + (failed ? `, ${failed} could not be used` : "");
+  statusLine.textContent = `${classified} classified` + (failed ? `, ${failed} could not be used` : "")
+    + (headless ? ` · no head found in ${headless} (not in the class shares)` : "");
 }
 
 function shareText(row, key, star) {
@@ -186,6 +194,7 @@ async function showSample() {
 function newSample() {
   sampleNumber += 1;
   predicted.length = 0;
+  headless = 0;
   cards.replaceChildren();
   samplePanel.replaceChildren();
   samplePanel.hidden = true;
