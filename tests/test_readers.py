@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -142,3 +143,18 @@ def test_partial_agreement_heads_as_extras_leave_every_total_agreement_head_out(
     assert not {pa.samples[i].path.resolve() for i in twins} & {s.path.resolve() for s in extras}
     assert not own & {s.path.resolve() for s in extras}
     assert all(s.id.startswith("extra/scian-pa/") for s in extras)
+
+
+def test_summary_names_the_files_training_would_stop_on(tmp_path):
+    for cls in ("normal", "amorphous"):
+        (tmp_path / "lab" / cls).mkdir(parents=True)
+        Image.new("L", (16, 16), 90).save(tmp_path / "lab" / cls / "ok.png")
+    (tmp_path / "lab" / "normal" / "empty.png").write_bytes(b"")
+    (tmp_path / "lab" / "amorphous" / "[notes].png").write_text("not an image")  # brackets: no markup
+    result = CliRunner().invoke(app, ["data", "summary", str(tmp_path / "lab")], terminal_width=300)
+    said = " ".join(result.output.split())
+    assert result.exit_code == 1 and "lab:4images" in "".join(said.split())  # the title wraps
+    assert "2 of 4 images cannot be used (train and evaluate would stop on them)" in said
+    assert "empty.png" in said and "[notes].png" in said
+    listed = CliRunner().invoke(app, ["data", "summary", str(tmp_path / "lab"), "--json"])
+    assert sorted(Path(u["path"]).name for u in json.loads(listed.stdout)["unusable"]) == ["[notes].png", "empty.png"]

@@ -50,20 +50,41 @@ def data_summary(
     data_dir: DataDir = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Count images per class and per source."""
+    """Count images per class and per source, and name the files that cannot be used (exit code 1
+    if any: `train` would stop on them)."""
     from rich.table import Table
 
     from spermhead.data.readers import load_dataset
+    from spermhead.errors import MAX_LISTED, ImageError
+    from spermhead.preprocess.io import read_image
 
-    summary = load_dataset(name, data_dir).summary()
+    table = load_dataset(name, data_dir)
+    summary = table.summary()
+    unusable = []
+    for sample in table.samples:  # decoded as training decodes them, so nothing passes here and fails there
+        try:
+            read_image(sample.path)
+        except ImageError as exc:
+            unusable.append({"path": str(sample.path), "error": str(exc)})
+    summary["unusable"] = unusable
     if as_json:
         print(json.dumps(summary))
-        return
-    for key in ("classes", "sources"):
-        table = Table(key, "images", title=f"{name}: {summary['total']} images" if key == "classes" else None)
-        for label, n in summary[key].items():
-            table.add_row(label, str(n))
-        console.print(table)
+    else:
+        for key in ("classes", "sources"):
+            counts = Table(key, "images", title=f"{name}: {summary['total']} images" if key == "classes" else None)
+            for label, n in summary[key].items():
+                counts.add_row(label, str(n))
+            console.print(counts)
+    if unusable:
+        listed = "".join(f"\n  {u['error']}" for u in unusable[:MAX_LISTED])
+        more = f"\n  ... and {len(unusable) - MAX_LISTED} more" if len(unusable) > MAX_LISTED else ""
+        from rich.text import Text
+
+        # Text, not markup: a file name may hold brackets
+        err_console.print(Text.assemble(("warning:", "yellow"), f" {len(unusable)} of {summary['total']} images "
+                                        f"cannot be used (train and evaluate would stop on them); fix or remove "
+                                        f"them:{listed}{more}"), highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
 
 
 @data_app.command("preview")
