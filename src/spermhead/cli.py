@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import os
 from collections.abc import Callable
@@ -30,7 +31,9 @@ DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Folder holding
 
 
 def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Show user errors as one red line and exit 2, instead of a traceback."""
+    """Show user errors as one red line and exit 2, instead of a traceback; Ctrl-C says what
+    becomes of the work (exit 130, the shell's code for it)."""
+    resumable = "resume" in inspect.signature(fn).parameters
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -39,6 +42,11 @@ def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
         except SpermheadError as exc:
             err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)  # paths stay whole
             raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            hint = (": the same command with --resume goes on from the last finished epoch" if resumable
+                    else "; files it had finished are kept")
+            err_console.print(f"[yellow]interrupted[/]{hint}", highlight=False, soft_wrap=True)
+            raise typer.Exit(130) from None
 
     return wrapper
 
