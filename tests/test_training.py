@@ -1150,3 +1150,26 @@ def test_calibration_changes_probabilities_not_answers_and_is_served_as_assessed
     moved = assessed.at_point("balanced").sorted_by_id()
     order = np.argsort(on.ids)
     np.testing.assert_allclose(moved.probabilities, balanced[order], atol=1e-5)
+
+
+def test_ctrl_c_during_a_fit_says_how_to_go_on(separable, tmp_path, monkeypatch):
+    """Lightning answers Ctrl-C in a fit with sys.exit(1); the command must still say that
+    --resume goes on, exit 130, and leave Ctrl-C working (Lightning's teardown restores it)."""
+    import signal
+
+    from typer.testing import CliRunner
+
+    from spermhead.cli import app
+    from spermhead.training.module import HeadClassifier
+
+    def pressed(self, batch, batch_idx):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(HeadClassifier, "training_step", pressed)
+    result = CliRunner().invoke(app, ["train", str(separable), "--out", str(tmp_path / "run"), "--init", "scratch",
+                                      "--epochs", "1", "--cv", "2", "--image-size", "24", "--threads", "1",
+                                      "--accelerator", "cpu", "--no-progress"], terminal_width=200)
+    assert result.exit_code == 130, result.output
+    assert "interrupted: the same command with --resume goes on" in result.output
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+

@@ -32,7 +32,7 @@ from spermhead.errors import ConfigError
 from spermhead.models.weights import write_safetensors
 from spermhead.training.augment import AugmentSpec, augment_batch
 from spermhead.training.devices import resolve_accelerator, trainer_device
-from spermhead.training.quiet import quiet_fit
+from spermhead.training.quiet import fit_quietly
 
 # Views differ more than supervised augmentation would allow: the task is to find what
 # survives rotation, scale, shift and stain changes.
@@ -178,8 +178,7 @@ def pretrain(cfg: PretrainConfig, progress: bool = True, overwrite: bool = False
     trainer = L.Trainer(max_epochs=cfg.epochs, **trainer_device(cfg.accelerator), logger=False,
                         enable_checkpointing=False, enable_progress_bar=progress, enable_model_summary=False,
                         default_root_dir=str(out.parent))
-    with quiet_fit():
-        trainer.fit(module, loader)
+    fit_quietly(trainer, module, loader)
     state = {k: v.detach().cpu().contiguous() for k, v in backbone.state_dict().items()}
     write_safetensors(state, out, metadata={"spermhead": "ssl-backbone", "model": cfg.model})
     record = {"config": asdict(cfg), "images": counts, "mean": mean, "std": std,

@@ -6,6 +6,7 @@ import logging
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 # Lightning's start-up chatter (GPU/TPU availability, tips) is noise for a CPU tool; every module
 # that fits (training, the synthetic source, SimCLR pretraining) imports this one.
@@ -28,3 +29,16 @@ def quiet_fit() -> Iterator[None]:
         # --resume goes on in the fold's own checkpoint folder; a fresh run never finds one there
         warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
         yield
+
+
+def fit_quietly(trainer: Any, *args: Any, **kwargs: Any) -> None:
+    """`trainer.fit` without the noise above. Lightning answers Ctrl-C by ending the process
+    (`sys.exit(1)`); here it comes out as KeyboardInterrupt again, so the command can say what
+    becomes of the run."""
+    with quiet_fit():
+        try:
+            trainer.fit(*args, **kwargs)
+        except SystemExit:
+            if not trainer.interrupted:
+                raise
+            raise KeyboardInterrupt from None  # (its teardown has put the SIGINT handler back)

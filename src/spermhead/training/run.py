@@ -52,7 +52,7 @@ from spermhead.training.operating import (
 )
 from spermhead.training.progress import QuietProgressBar, announce
 from spermhead.training.protocols import Fold, duplicate_groups, make_folds, with_extra_training
-from spermhead.training.quiet import quiet_fit
+from spermhead.training.quiet import fit_quietly
 from spermhead.training.targets import soft_targets
 from spermhead.training.temperature import fit_temperature, pooled_temperature
 
@@ -272,8 +272,7 @@ def fit_member(cfg: RunConfig, member: nn.Module, x_train: np.ndarray, y_train: 
         num_sanity_val_steps=0, log_every_n_steps=1, default_root_dir=str(fold_dir),
     )
     last = fold_dir / "checkpoints" / "last.ckpt"
-    with quiet_fit():
-        trainer.fit(module, train_loader, val_loader, ckpt_path=str(last) if resume and last.is_file() else None)
+    fit_quietly(trainer, module, train_loader, val_loader, ckpt_path=str(last) if resume and last.is_file() else None)
     if monitor != "last" and ckpt.best_model_path:
         state = torch.load(ckpt.best_model_path, map_location="cpu", weights_only=True)["state_dict"]
         module.load_state_dict(state)
