@@ -261,15 +261,17 @@ def test_review_page_marks_an_image_the_model_trained_on(page, tmp_path: Path) -
 
     bundle, review_set = always_amorphous(tmp_path)
     save_training_signatures(bundle, signatures([review_set / "amorphous" / "amorphous_0.png"]))
+    (review_set / "small").mkdir()  # a class the model lacks: shown, not scored
+    Image.fromarray(render_head("small", "hushem", np.random.default_rng(950))[0]).save(review_set / "small" / "s.png")
     with serving(create_app(bundle, review_source=review_set)) as url:
         page.goto(url + "/review")
-        page.wait_for_selector("#pos:has-text('1 / 4')")
-        assert page.locator("#item-seen").is_visible() and "1 of 4 images" in page.locator("#note").inner_text()
-        # 2 of 4 right overall; of the three not trained on, one (amorphous_1) is right
+        page.wait_for_selector("#pos:has-text('1 / 5')")
+        assert page.locator("#item-seen").is_visible() and "1 of 5 images" in page.locator("#note").inner_text()
+        # 2 of the 4 scored right; of the three scored and not trained on, one (amorphous_1) is right
         assert page.locator("#stat-overall").inner_text() == "50.0%"
         assert page.locator("#stat-overall-k").inner_text() == "overall accuracy · 33.3% on the 3 not seen in training"
         page.click("#next")
-        page.wait_for_selector("#pos:has-text('2 / 4')")
+        page.wait_for_selector("#pos:has-text('2 / 5')")
         assert page.locator("#item-seen").is_hidden()
 
 

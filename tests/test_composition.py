@@ -235,7 +235,8 @@ def test_predict_writes_each_samples_composition(tmp_path: Path):
     with open(out, newline="") as fh:
         assert {int(r["heads"]) for r in csv.DictReader(fh)} == {MIN_HEADS}
     said = " ".join(blank.output.split())
-    assert "no head found in 1 image (status 'fallback'); each is classified on the whole image but left out" in said
+    assert "no head found in 1 image (alignment 'fallback: no head found' in the CSV); each is classified on the " \
+        "whole image but left out of the class shares" in said
     assert "21 classified" in said
     # a folder too small to be a sample: the file holds the header alone, and predict says why
     few = CliRunner().invoke(app, ["predict", "--model", str(bundle), *map(str, (tmp_path / "images" / "patient1").glob("h[0-3].png")),

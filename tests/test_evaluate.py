@@ -216,7 +216,7 @@ def test_review_marks_the_images_the_model_trained_on(trained, tmp_path: Path) -
             review = client.get("/api/review").json()
         assert {it["id"] for it in review["items"] if it["seen"]} == trained_ids, source
         assert all(it["seen"] is False for it in review["items"] if it["id"] not in trained_ids)
-        assert review["seen"] == 4 and "4 of 12 images are ones this model trained on" in review["note"]
+        assert review["seen"] == 4 and review["unseen"] == 8 and "4 of 12 images are ones this model trained on" in review["note"]
         unseen = [it["correct"] for it in review["items"] if not it["seen"]]
         assert review["accuracy_unseen"] == pytest.approx(sum(unseen) / len(unseen))
 

@@ -184,6 +184,11 @@ def test_weights_of_another_width_are_refused_and_an_ensemble_named(tmp_path: Pa
     assert "holds a bundle's 3 models (one per fold); the first, member0, is the start" in said
     assert "2 model tensors keep their random init (0 not in the file, 2 of another shape" in said
     torch.testing.assert_close(target.stem[0].weight, members[0][1].stem[0].weight)
+    caplog.clear()  # a bundle of one model (a refit, a split) is no ensemble to speak of
+    save_file({f"member0.{k}": v for k, v in members[0].state_dict().items()}, str(tmp_path / "one.safetensors"))
+    with caplog.at_level("WARNING", logger="spermhead"):
+        build_model("spermnet", 5, 1, 64, weights=tmp_path / "one.safetensors")
+    assert "holds a bundle's" not in caplog.text and "keep their random init" in caplog.text
 
 
 def test_missing_tensors_are_reported_once_per_file(tmp_path: Path, caplog) -> None:

@@ -184,7 +184,7 @@ def test_compare_pairs_repeats_by_name_and_adds_a_t_interval_over_them(table, tm
         " ".join(empty.output.split())
 
 
-def test_compare_warns_when_the_same_ids_stand_for_other_images_or_points(tmp_path):
+def test_compare_warns_when_the_same_ids_stand_for_other_images_or_points(tmp_path, monkeypatch):
     """Ids name an image by dataset and file name, not by its pixels: synthetic heads laid out
     like HuSHeM, or another copy of the files, pair silently by id, so compare says so."""
     import shutil
@@ -224,6 +224,12 @@ def test_compare_warns_when_the_same_ids_stand_for_other_images_or_points(tmp_pa
     out = said(real, run("balanced", "real", "balanced"))
     assert "warning: real is scored at the accuracy point and balanced at the balanced point" in out
     assert "warning" not in said(tmp_path / "runs" / "real" / "predictions.csv", tmp_path / "runs" / "again")
+    # a named dataset trained without --data-dir was read from $SPERMHEAD_DATA or ./data where it ran,
+    # which this machine cannot know: nothing is guessed
+    blind = run("blind", "copy", "accuracy")
+    save_config(build_run_config("hushem", str(blind)), blind / "config.yaml")
+    monkeypatch.setenv("SPERMHEAD_DATA", str(tmp_path / "copy"))  # this machine's default, not the run's
+    assert "warning" not in said(real, blind)
     for side, source in (("ra", "real"), ("rb", "synth")):  # folders of repeats are checked too
         shutil.copytree(tmp_path / "runs" / source, tmp_path / side / "seed1")
     assert "warning: rb scored synthetic heads" in said(tmp_path / "ra", tmp_path / "rb")

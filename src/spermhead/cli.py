@@ -90,8 +90,8 @@ def data_summary(
 
         # Text, not markup: a file name may hold brackets
         err_console.print(Text.assemble(("warning:", "yellow"), f" {len(unusable)} of {summary['total']} images "
-                                        f"cannot be used (train and evaluate would stop on them); fix or remove "
-                                        f"them:{listed}{more}"), highlight=False, soft_wrap=True)
+                                        f"cannot be used (train would stop on them; evaluate and predict leave "
+                                        f"them out); fix or remove them:{listed}{more}"), highlight=False, soft_wrap=True)
         raise typer.Exit(1)
 
 
@@ -458,7 +458,7 @@ def select(
 @friendly
 def predict(
     paths: Annotated[list[str], typer.Argument(help="Image files, folders (searched recursively) or glob patterns")],
-    model: Annotated[Path, typer.Option("--model", help="Bundle folder (model.json + model.safetensors)")],
+    model: Annotated[Path, typer.Option("--model", help="Bundle folder (model.json + model.safetensors), or the run folder holding it")],
     csv_out: Annotated[Path | None, typer.Option("--csv", help="Write one row per file to this CSV")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write every result to this JSON file")] = None,
     summary: Annotated[Path | None, typer.Option(
@@ -566,8 +566,9 @@ def show_compositions(rows: list[dict[str, Any]], classes: list[str], confusion:
     samples = sample_compositions(rows, classes, confusion, check["extra_sd"] if check else None)
     closer = check["closer"] if check and confusion else None
     if headless := sum(1 for r in rows if r.get("ok") and not r.get("head_found", True)):
-        console.print(f"note: no head found in {headless} image{'s' * (headless != 1)} (status 'fallback'); "
-                      "each is classified on the whole image but left out of the class shares",
+        console.print(f"note: no head found in {headless} image{'s' * (headless != 1)} (alignment 'fallback: no "
+                      "head found' in the CSV); each is classified on the whole image but left out of the class "
+                      "shares",
                       highlight=False, soft_wrap=True)
     if summary is not None:  # checked writable before predict began
         with open(summary, "w", newline="") as fh:
@@ -606,7 +607,7 @@ def show_compositions(rows: list[dict[str, Any]], classes: list[str], confusion:
 @friendly
 def evaluate(
     name: DatasetArg,
-    model: Annotated[Path, typer.Option("--model", help="Bundle folder (model.json + model.safetensors)")],
+    model: Annotated[Path, typer.Option("--model", help="Bundle folder (model.json + model.safetensors), or the run folder holding it")],
     out: Annotated[Path, typer.Option("--out", help="Folder for the report, metrics and predictions")],
     data_dir: DataDir = None,
     operating_point: Annotated[str | None, typer.Option(
@@ -785,7 +786,7 @@ def show_repeats(c: dict[str, Any], unpaired: list[str]) -> None:
 @app.command("serve")
 @friendly
 def serve(
-    model: Annotated[Path, typer.Option("--model", help="Bundle folder (model.json + model.safetensors)")],
+    model: Annotated[Path, typer.Option("--model", help="Bundle folder (model.json + model.safetensors), or the run folder holding it")],
     host: Annotated[str, typer.Option(help="Interface to bind; localhost unless you mean to share it")] = "127.0.0.1",
     port: Annotated[int, typer.Option()] = 8000,
     review: Annotated[str | None, typer.Option(help="Labelled class folder, dataset name, run folder or "
@@ -818,7 +819,7 @@ def serve(
 @app.command("export")
 @friendly
 def export(
-    model: Annotated[Path, typer.Option("--model", help="Bundle folder")],
+    model: Annotated[Path, typer.Option("--model", help="Bundle folder, or the run folder holding it")],
     onnx: Annotated[Path | None, typer.Option("--onnx", help="Output file (default: model.onnx in the bundle)")] = None,
 ) -> None:
     """Export the bundle's model to ONNX (dynamic batch) and check it against torch."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import logging
 import os
 import re
@@ -156,7 +155,7 @@ def _class_folder_samples(folder: Path, source: str, split: str) -> list[Sample]
     samples = []
     for d in class_dirs:
         inner = [c.name for c in sorted(d.iterdir()) if c.is_dir() and list_images(c, nested=True)]
-        if not list_images(d) and inner and (len(class_dirs) == 1 or any(_class_like(c) for c in inner)):
+        if not list_images(d) and any(_class_like(c) for c in inner):
             # one level too high, e.g. the folder that `data synth` wrote HuSHeM/ into
             raise DataError(f"{d}: holds folders of images ({', '.join(inner[:4])}), not images; if "
                             f"those are the classes, pass {d} itself as the dataset")
@@ -176,13 +175,32 @@ def _class_like(name: str) -> bool:
 
 
 def _warn_if_misspelt(folder: Path, label: str) -> None:
-    """A folder named a letter or two off a WHO class ("Normall") would train as a class of its own."""
-    if label in WHO_CLASSES:
+    """A folder named one typo off a WHO class ("Normall", "Piriform") would train as a class of
+    its own; said once per folder. "Abnormal" is a word of its own, two letters off."""
+    if label in WHO_CLASSES or folder in _WARNED_NAMES:
         return
     bare = re.sub(r"^\d+[\s_.\-]*", "", label).strip().lower()
-    if close := difflib.get_close_matches(bare, WHO_CLASSES, n=1, cutoff=0.8):
-        log.warning("%s: '%s' is not a WHO class name but looks like '%s' misspelt; it is read as a class "
-                    "of its own (rename the folder if it is meant to be %s)", folder, label, close[0], close[0])
+    for name in WHO_CLASSES:
+        if _one_edit_apart(bare, name):
+            _WARNED_NAMES.add(folder)
+            log.warning("%s: '%s' is not a WHO class name but looks like '%s' misspelt; it is read as a class "
+                        "of its own (rename the folder if it is meant to be %s)", folder, label, name, name)
+            return
+
+
+_WARNED_NAMES: set[Path] = set()
+
+
+def _one_edit_apart(a: str, b: str) -> bool:
+    """One letter inserted, dropped, changed, or two neighbours swapped."""
+    if a == b or abs(len(a) - len(b)) > 1:
+        return False
+    if len(a) == len(b):
+        diff = [i for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y]
+        return len(diff) == 1 or (len(diff) == 2 and diff[1] == diff[0] + 1 and a[diff[0]] == b[diff[1]]
+                                  and a[diff[1]] == b[diff[0]])
+    short, long = sorted((a, b), key=len)
+    return any(long[:i] + long[i + 1:] == short for i in range(len(long)))
 
 
 def load_dataset(name: str, data_dir: Path | str | None = None) -> SampleTable:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from spermhead.data.readers import NAMED_DATASETS
 from spermhead.errors import SpermheadError
 
 
@@ -45,6 +46,8 @@ def _dataset(folder: Path) -> tuple[str, str | None] | None:
             cfg = load_config(folder / "config.yaml")
         except (SpermheadError, OSError, ValueError, TypeError):
             return None
+        if cfg.data_dir is None and cfg.dataset.lower() in NAMED_DATASETS:
+            return None  # read from $SPERMHEAD_DATA or ./data where it ran: not known here
         return cfg.dataset, cfg.data_dir
     return None
 

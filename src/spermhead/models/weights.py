@@ -232,7 +232,7 @@ def load_pretrained(
                 log.warning("%s: %d model tensors keep their random init (%d not in the file, %d of another "
                             "shape: %s)", weights, len(report.missing), len(report.missing) - other, other,
                             ", ".join(report.missing[:4]) + (", ..." if len(report.missing) > 4 else ""))
-            if members := _ensemble_size(report):
+            if (members := _ensemble_size(report)) > 1:
                 log.warning("%s holds a bundle's %d models (one per fold); the first, member0, is the start",
                             weights, members)
         return report

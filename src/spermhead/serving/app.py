@@ -180,6 +180,7 @@ class ReviewSet:
             "kind": self.kind, "source": self.source, "classes": self.classes, "note": self.note,
             "count": len(self.items), "accuracy": correct / len(judged) if judged else None,
             "seen": sum(it.seen is True for it in self.items),
+            "unseen": len(unseen),  # scored images not seen in training: what accuracy_unseen is over
             "accuracy_unseen": sum(it.pred == it.true for it in unseen) / len(unseen) if unseen else None,
             "items": [it.to_dict() for it in self.items],
         }

@@ -310,14 +310,13 @@ def expand_inputs(specs: Iterable[Path | str]) -> list[Path]:
     A name that matches nothing is kept, so it becomes an error row rather than vanishing."""
     from glob import glob
 
-    from spermhead.data.readers import IMAGE_SUFFIXES
+    from spermhead.data.readers import list_images
 
     out: list[Path] = []
     for spec in specs:
         path = Path(spec)
         if path.is_dir():
-            out += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-                          and not any(part.startswith(".") for part in p.relative_to(path).parts))
+            out += list_images(path, nested=True)
         elif not path.exists() and _GLOB_CHARS & set(str(spec)):
             matches = sorted(Path(m) for m in glob(str(spec), recursive=True))
             files = [m for m in matches if m.is_file()]

@@ -102,7 +102,7 @@ async function load() {
   $("stat-overall").textContent = data.accuracy != null ? pct(data.accuracy) : "–";
   if (data.seen && data.accuracy_unseen != null) {
     // the honest figure: images the model trained on are recalled, not predicted
-    $("stat-overall-k").textContent = `overall accuracy · ${pct(data.accuracy_unseen)} on the ${data.count - data.seen} not seen in training`;
+    $("stat-overall-k").textContent = `overall accuracy · ${pct(data.accuracy_unseen)} on the ${data.unseen} not seen in training`;
   }
   $("stat-errors").textContent = String(all.filter((it) => it.correct === false).length);
   applyFilter();
