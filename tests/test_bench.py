@@ -118,3 +118,27 @@ def test_a_row_is_recorded_only_for_the_recipe_on_real_images(tmp_path, monkeypa
                                  "synth"], terminal_width=200)  # the recipe's own epochs, named
     assert result.exit_code == 0 and "not recorded" not in result.output, result.output
     assert recorded == [(Path("benchmarks/RESULTS.md"), Path("README.md"))]
+
+
+def test_the_bench_itself_records_no_row_for_synthetic_heads(tmp_path, monkeypatch):
+    """Called from code (not the CLI), the bench still keeps its tables for the recipe on real images."""
+    from types import SimpleNamespace
+
+    import spermhead.training.bench as bench
+    from spermhead.data.synthetic import write_synthetic
+
+    write_synthetic(tmp_path / "data", "hushem", n_per_class=3, seed=0)
+    point = {"accuracy": 0.9, "balanced_accuracy": 0.9, "per_class_recall": {"normal": 0.9}}
+    fake = SimpleNamespace(timing={}, metrics={"operating_points": {"accuracy": point, "balanced": point},
+                                               "macro_f1": 0.9})
+    monkeypatch.setattr(bench, "train_run", lambda *args, **kwargs: fake)  # no training here
+    table = tmp_path / "R.md"
+    table.write_text("<!-- accuracy:start -->\n| dataset | x |\n|---|---|\n| hushem | 94.6 |\n<!-- accuracy:end -->\n")
+    before = table.read_text()
+    bench.run_accuracy_bench("hushem", tmp_path / "out", seeds=[1], data_dir=str(tmp_path / "data"),
+                             results_md=table, readme=table)
+    assert table.read_text() == before
+    (tmp_path / "data" / "HuSHeM" / "SYNTHETIC.txt").unlink()  # the same heads taken for real ones
+    bench.run_accuracy_bench("hushem", tmp_path / "out", seeds=[1], data_dir=str(tmp_path / "data"),
+                             results_md=table, readme=None)
+    assert "94.6" not in table.read_text()

@@ -1173,3 +1173,19 @@ def test_ctrl_c_during_a_fit_says_how_to_go_on(separable, tmp_path, monkeypatch)
     assert "interrupted: the same command with --resume goes on" in result.output
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
+
+
+def test_a_bad_weights_record_stops_the_run_before_an_old_one_is_cleared(separable, separable_run, tmp_path):
+    import shutil
+
+    from spermhead.errors import SpermheadError
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(separable_run.out / "model", bundle)
+    (bundle / "training_images.safetensors").write_bytes(b"not safetensors")
+    old = tmp_path / "old"
+    shutil.copytree(separable_run.out, old)  # a finished run, to be replaced with --overwrite
+    with pytest.raises(SpermheadError, match="unreadable training-image signatures"):
+        train_run(quick_config(separable, old, weights=str(bundle / "model.safetensors"), epochs=1, cv=2),
+                  overwrite=True, progress=False)
+    assert (old / "metrics.json").read_text() == (separable_run.out / "metrics.json").read_text()
