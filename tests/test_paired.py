@@ -224,10 +224,12 @@ def test_compare_warns_when_the_same_ids_stand_for_other_images_or_points(tmp_pa
     out = said(real, run("balanced", "real", "balanced"))
     assert "warning: real is scored at the accuracy point and balanced at the balanced point" in out
     assert "warning" not in said(tmp_path / "runs" / "real" / "predictions.csv", tmp_path / "runs" / "again")
-    # a named dataset trained without --data-dir was read from $SPERMHEAD_DATA or ./data where it ran,
-    # which this machine cannot know: nothing is guessed
+    # a named dataset trained without --data-dir before runs recorded the default folder was read
+    # from $SPERMHEAD_DATA or ./data where it ran, which this machine cannot know: nothing is guessed
     blind = run("blind", "copy", "accuracy")
-    save_config(build_run_config("hushem", str(blind)), blind / "config.yaml")
+    old_style = build_run_config("hushem", str(blind))
+    old_style.data_dir = None
+    save_config(old_style, blind / "config.yaml")
     monkeypatch.setenv("SPERMHEAD_DATA", str(tmp_path / "copy"))  # this machine's default, not the run's
     assert "warning" not in said(real, blind)
     for side, source in (("ra", "real"), ("rb", "synth")):  # folders of repeats are checked too

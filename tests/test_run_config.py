@@ -52,6 +52,13 @@ def test_folders_are_saved_as_absolute_paths_so_a_config_works_from_anywhere(tmp
     settings, _ = read_config_file(tmp_path / "runs")
     assert build_run_config(settings["dataset"], "b", settings=settings).dataset == str(tmp_path / "lab" / "heads")
     assert build_run_config("hushem", "runs/b").dataset == "hushem"
+    # a named dataset read from the default data folder records where that was, for `serve --review
+    # RUN` and `compare` from elsewhere; a folder of one's own has no data folder to record
+    monkeypatch.delenv("SPERMHEAD_DATA", raising=False)
+    assert build_run_config("hushem", "runs/b").data_dir == str(tmp_path / "lab" / "data")
+    monkeypatch.setenv("SPERMHEAD_DATA", str(tmp_path / "data"))
+    assert build_run_config("hushem", "runs/b").data_dir == str(tmp_path / "data")
+    assert build_run_config(str(tmp_path / "extra"), "runs/c").data_dir is None
 
 
 def test_options_given_change_only_themselves(tmp_path):

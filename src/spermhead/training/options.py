@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from spermhead.config import OPTIMIZERS, SCHEDULES, RunConfig
-from spermhead.data.readers import NAMED_DATASETS
+from spermhead.data.readers import NAMED_DATASETS, default_data_dir
 from spermhead.errors import ConfigError
 from spermhead.training.augment import PRESETS
 from spermhead.training.balance import BALANCE_MODES
@@ -118,6 +118,8 @@ def build_run_config(dataset: str, out: str, *, recipe: str | None = None, data_
     # folders are kept as absolute paths, so that `--config RUN` and `serve --review RUN` find
     # them from any working directory
     cfg.extra_train = tuple(absolute_path(e) for e in cfg.extra_train)
+    if cfg.data_dir is None and any(n.lower() in NAMED_DATASETS for n in (cfg.dataset, *cfg.extra_train)):
+        cfg.data_dir = str(default_data_dir().absolute())  # $SPERMHEAD_DATA or ./data, as it is here and now
     cfg.model.weights = absolute_path(cfg.model.weights) if cfg.model.weights else cfg.model.weights
     strength = cfg.train.prior_strength
     if strength != "val":
