@@ -240,3 +240,10 @@ def test_review_scores_the_images_evaluate_scores(trained, tmp_path: Path) -> No
     small = next(it for it in review["items"] if it["true"] == "small")
     assert small["pred"] in CLASSES and small["correct"] is None
     assert "shown but not scored: small" in review["note"]
+
+
+def test_evaluate_takes_the_run_folder_and_records_its_bundle(trained, tmp_path: Path) -> None:
+    _, bundle = trained
+    fresh = write_separable(tmp_path / "fresh", n_per_class=2, seed=13)
+    assert evaluate(bundle.parent, fresh, tmp_path / "out").exit_code == 0  # the run folder, as train --out left it
+    assert json.loads((tmp_path / "out" / "assessment.json").read_text())["bundle"] == str(bundle.resolve())

@@ -63,18 +63,18 @@ def data_summary(
     from rich.table import Table
 
     from spermhead.data.readers import load_dataset
-    from spermhead.errors import MAX_LISTED, ImageError
+    from spermhead.errors import ImageError, unusable_message
     from spermhead.preprocess.io import read_image
 
     table = load_dataset(name, data_dir)
     summary = table.summary()
-    unusable = []
+    failed: list[tuple[str, ImageError]] = []
     for sample in table.samples:  # decoded as training decodes them, so nothing passes here and fails there
         try:
             read_image(sample.path)
         except ImageError as exc:
-            unusable.append({"path": str(sample.path), "error": str(exc)})
-    summary["unusable"] = unusable
+            failed.append((str(sample.path), exc))
+    summary["unusable"] = [{"path": path, "error": str(exc)} for path, exc in failed]
     if as_json:
         print(json.dumps(summary))
     else:
@@ -83,15 +83,13 @@ def data_summary(
             for label, n in summary[key].items():
                 counts.add_row(label, str(n))
             console.print(counts)
-    if unusable:
-        listed = "".join(f"\n  {u['error']}" for u in unusable[:MAX_LISTED])
-        more = f"\n  ... and {len(unusable) - MAX_LISTED} more" if len(unusable) > MAX_LISTED else ""
+    if failed:
         from rich.text import Text
 
+        message = unusable_message([exc for _, exc in failed], summary["total"],
+                                   " (train would stop on them; evaluate and predict leave them out)")
         # Text, not markup: a file name may hold brackets
-        err_console.print(Text.assemble(("warning:", "yellow"), f" {len(unusable)} of {summary['total']} images "
-                                        f"cannot be used (train would stop on them; evaluate and predict leave "
-                                        f"them out); fix or remove them:{listed}{more}"), highlight=False, soft_wrap=True)
+        err_console.print(Text.assemble(("warning:", "yellow"), f" {message}"), highlight=False, soft_wrap=True)
         raise typer.Exit(1)
 
 
@@ -624,6 +622,7 @@ def evaluate(
 
     from spermhead.data.readers import NAMED_DATASETS, default_data_dir, load_dataset
     from spermhead.evaluation.external import assess, check_out_dir, write_assessment
+    from spermhead.serving.bundle import bundle_folder
     from spermhead.serving.predictor import Predictor
 
     if threads > 0:
@@ -640,7 +639,7 @@ def evaluate(
         named = name.lower() in NAMED_DATASETS
         about = {"dataset": name if named else str(Path(name).resolve()),
                  "data_dir": str(Path(data_dir or default_data_dir()).resolve()) if named else None,
-                 "bundle": str(model.resolve()),
+                 "bundle": str(bundle_folder(model).resolve()),
                  "model": {"name": predictor.meta.architecture},
                  "preprocess": predictor.meta.preprocess, "trained_on": predictor.meta.run.get("dataset"),
                  "operating_point": predictor.meta.operating_point, "backend": backend}

@@ -35,7 +35,12 @@ def raise_for_unusable(failed: Sequence[ImageError], total: int) -> None:
     if len(failed) == 1:
         raise failed[0]
     if failed:
-        listed = "".join(f"\n  {e}" for e in failed[:MAX_LISTED])
-        if len(failed) > MAX_LISTED:
-            listed += f"\n  ... and {len(failed) - MAX_LISTED} more"
-        raise DataError(f"{len(failed)} of {total} images cannot be used; fix or remove them:{listed}")
+        raise DataError(unusable_message(failed, total))
+
+
+def unusable_message(failed: Sequence[ImageError], total: int, why: str = "") -> str:
+    """"N of M images cannot be used{why}; fix or remove them:" and the first MAX_LISTED, one a line."""
+    listed = "".join(f"\n  {e}" for e in failed[:MAX_LISTED])
+    if len(failed) > MAX_LISTED:
+        listed += f"\n  ... and {len(failed) - MAX_LISTED} more"
+    return f"{len(failed)} of {total} images cannot be used{why}; fix or remove them:{listed}"
