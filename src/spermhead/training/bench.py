@@ -73,7 +73,7 @@ def run_accuracy_bench(name: str, out: Path, *, seeds: list[int], data_dir: str 
                        progress: bool = False, results_md: Path | None = None, readme: Path | None = None,
                        **overrides: Any) -> dict[str, Any]:
     if (results_md is not None or readme is not None) and record_refusal(name, data_dir, overrides):
-        results_md = readme = None  # the CLI has said why, before training
+        results_md = readme = None  # (the CLI says why, before training)
     runs = []
     for seed in seeds:
         cfg = bench_config(name, out, seed, data_dir, **overrides)

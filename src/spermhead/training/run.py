@@ -463,18 +463,17 @@ def train_run(cfg: RunConfig, *, overwrite: bool = False, resume: bool = False,
     # name while an earlier run in that folder (--overwrite) is still there.
     start = time.perf_counter()
     images, canon = canonical_images(table, cfg)
-    # so is the --weights file's bundle's record of its training images
-    weights_saw = images_the_weights_saw(cfg, table, n_own) if cfg.model.resolved_init() == "scratch" \
-        and cfg.model.weights else None
-    prepare_run_dir(out, overwrite=overwrite, resume=resume)
-    save_config(cfg, out / "config.yaml")
     init: dict[str, Any] = {"init": cfg.model.resolved_init()}
     if init["init"] == "scratch" and cfg.model.weights:  # the record names the file the folds started from
         init = {"init": "weights", "weights": str(Path(cfg.model.weights).resolve())}
     elif init["init"] == "scratch" and cfg.model.pretrained:
         init = {"init": "pretrained", "model": cfg.model.name}
+    # so is the --weights file's bundle's record of its training images
+    weights_saw = images_the_weights_saw(cfg, table, n_own) if init["init"] == "weights" else 0
     if weights_saw:
         init["saw"] = weights_saw
+    prepare_run_dir(out, overwrite=overwrite, resume=resume)
+    save_config(cfg, out / "config.yaml")
     if init["init"] == "synthetic":
         from spermhead.training.synthetic_init import cached_record, source_path, synthetic_init_weights
 
