@@ -29,8 +29,13 @@ def default_data_dir() -> Path:
 
 def normalise_class_name(folder: str) -> str:
     """`01_Normal` -> `normal`; names that are not WHO classes are kept as they are."""
-    stripped = re.sub(r"^\d+[\s_.\-]*", "", folder).strip().lower()
+    stripped = _bare_name(folder)
     return stripped if stripped in WHO_CLASSES else folder
+
+
+def _bare_name(folder: str) -> str:
+    """`01_Normal` -> `normal`: the folder's name without a leading number, in lower case."""
+    return re.sub(r"^\d+[\s_.\-]*", "", folder).strip().lower()
 
 
 def list_images(folder: Path, *, nested: bool = False) -> list[Path]:
@@ -179,9 +184,8 @@ def _warn_if_misspelt(folder: Path, label: str) -> None:
     its own; said once per folder. "Abnormal" is a word of its own, two letters off."""
     if label in WHO_CLASSES or folder in _WARNED_NAMES:
         return
-    bare = re.sub(r"^\d+[\s_.\-]*", "", label).strip().lower()
     for name in WHO_CLASSES:
-        if _one_edit_apart(bare, name):
+        if _one_edit_apart(_bare_name(label), name):
             _WARNED_NAMES.add(folder)
             log.warning("%s: '%s' is not a WHO class name but looks like '%s' misspelt; it is read as a class "
                         "of its own (rename the folder if it is meant to be %s)", folder, label, name, name)
