@@ -227,8 +227,12 @@ def test_composition_gives_the_heads_class_shares_and_names_what_it_cannot_use(c
     assert body["heads"] == 20 and not body["adjusted"] and body["closer"] is None and body["check"] is None
     assert body["rows"] == composition(heads, list(CLASSES))
     assert client.get("/api/model").json()["sample_min_heads"] == 10
-    bad = client.post("/api/composition", json={"predicted": ["normal", "banana", "Normal"]})
-    assert bad.status_code == 422 and "'Normal', 'banana'" in bad.json()["detail"] and "it has normal" in bad.json()["detail"]
+    bad = client.post("/api/composition", json={"predicted": ["normal", "banana", "Normall"]})
+    assert bad.status_code == 422 and "'Normall', 'banana'" in bad.json()["detail"] and "it has normal" in bad.json()["detail"]
+    # a class as a lab writes it, or as its folder is named, is the model's class
+    spelt = client.post("/api/composition", json={"predicted": ["Normal", "01_Normal", " AMORPHOUS"] + heads[3:]})
+    assert spelt.status_code == 200, spelt.text
+    assert spelt.json()["rows"] == composition(["normal"] * 2 + ["amorphous"] * 18, list(CLASSES))
     assert client.post("/api/composition", json={"predicted": []}).status_code == 422
     assert client.post("/api/composition", json={"heads": heads}).status_code == 422
     assert client.post("/api/composition", content=b"not json", headers={"content-type": "application/json"}).status_code == 422

@@ -51,6 +51,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from swagger_ui.utils import SWAGGER_UI_PY_ROOT
 
 from spermhead import __version__
+from spermhead.data.readers import normalise_class_name
 from spermhead.errors import SpermheadError
 from spermhead.evaluation.composition import MIN_HEADS, composition, largest_sample
 from spermhead.serving.bundle import seen_by_bundle
@@ -76,6 +77,15 @@ def display_name(filename: str | None) -> str:
 
 def _mb(n: float) -> str:
     return f"{n:g} MB"
+
+
+def match_class(name: str, classes: list[str] | tuple[str, ...]) -> str:
+    """The model's spelling of a class a client names: "Normal" or "01_Normal" is `normal`, as a
+    class folder's name would be read; a name that matches none is returned as it is."""
+    if name in classes:
+        return name
+    by_key = {normalise_class_name(c).lower(): c for c in classes}
+    return by_key.get(normalise_class_name(name).lower(), name)
 
 
 # ---------------------------------------------------------------------- request size cap
@@ -422,7 +432,8 @@ class Service:
         meta = self.predictor.meta
         if not predicted:
             raise HTTPException(422, "no heads given: 'predicted' lists each head's predicted class")
-        if unknown := sorted(set(predicted) - set(meta.classes)):
+        predicted = [match_class(name, meta.classes) for name in predicted]
+        if unknown := sorted({name for name in predicted if name not in meta.classes}):
             raise HTTPException(422, f"not classes of this model: {', '.join(map(repr, unknown[:5]))}; "
                                      f"it has {', '.join(meta.classes)}")
         check = meta.share_check
@@ -570,7 +581,7 @@ def create_app(
 
     @app.post("/api/composition", tags=["predict"])
     def sample_composition(
-        predicted: list[str] = Body(..., embed=True, description="Each head's predicted class, as /api/predict gave it"),
+        predicted: list[str] = Body(..., embed=True, description="Each head's predicted class, as /api/predict gave it; \"Normal\" or \"01_Normal\" is read as normal"),
     ) -> dict[str, Any]:
         """These heads as one sample: each class's share counted (Wilson 95% interval) and, where
         the bundle records its held-out confusion, adjusted for the model's errors; each interval
