@@ -267,6 +267,13 @@ def test_evaluate_puts_the_estimated_shares_beside_the_true_ones():
     assert checked["share_check"] == check
     assert (checked["composition"][0]["share_low"], checked["composition"][0]["share_high"]) == pytest.approx(
         widen(comp[0]["share"], comp[0]["share_low"], comp[0]["share_high"], 0.1))
+    # images with no head found are scored but, as predict does, left out of the sample's shares
+    found = [i >= 20 for i in range(200)]  # the first 20 are normal heads
+    headless = Assessment(pred, None, operating_points={"accuracy": [0.0] * 4}, confusion=BIASED.tolist(),
+                          head_found=found).metrics()
+    assert [r["true_share"] for r in headless["composition"]] == pytest.approx([40 / 180, 40 / 180, 40 / 180, 60 / 180])
+    assert sum(r["count"] for r in headless["composition"]) == 180 and headless["n"] == 200
+    assert any(n.startswith("20 images with no head found are scored") for n in headless["notes"])
 
 
 def test_predict_refuses_an_output_it_cannot_write_before_classifying(tmp_path: Path):

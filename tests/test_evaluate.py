@@ -24,7 +24,7 @@ runner = CliRunner()
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(the training folder, the bundle)."""
-    data = write_separable(tmp_path_factory.mktemp("train") / "data")
+    data = write_separable(tmp_path_factory.mktemp("train") / "data", heads=True)
     out = tmp_path_factory.mktemp("runs") / "run"
     train_run(quick_config(data, out, cv=2), progress=False)
     return data, out / "model"
@@ -36,7 +36,7 @@ def evaluate(bundle: Path, dataset: Path, out: Path, *extra: str):
 
 def test_new_images_score_near_perfect_and_unseen(trained, tmp_path: Path) -> None:
     _, bundle = trained
-    fresh = write_separable(tmp_path / "fresh", n_per_class=10, seed=7)  # other noise: other images
+    fresh = write_separable(tmp_path / "fresh", n_per_class=10, seed=7, heads=True)  # other noise: other images
     result = evaluate(bundle, fresh, tmp_path / "out")
     assert result.exit_code == 0, result.output
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
@@ -99,19 +99,33 @@ def test_shuffled_labels_score_near_chance(trained, tmp_path: Path) -> None:
 
 def test_unknown_class_and_bad_file_are_left_out_and_named(trained, tmp_path: Path) -> None:
     _, bundle = trained
-    root = write_separable(tmp_path / "lab", n_per_class=5, seed=11)
+    root = write_separable(tmp_path / "lab", n_per_class=5, seed=11, heads=True)
     (root / "small").mkdir()
     for i in range(4):
         Image.fromarray(np.full((24, 24), 128, np.uint8)).save(root / "small" / f"s{i}.png")
     (root / "tapered" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
+    Image.new("L", (64, 64), 200).save(root / "normal" / "blank.png")  # no head in it: scored, not counted in shares
     result = evaluate(bundle, root, tmp_path / "out")
     assert result.exit_code == 1  # like predict: a file that failed makes the exit code 1
     assert "broken.png" in result.output
     record = json.loads((tmp_path / "out" / "assessment.json").read_text())
-    assert record["scored"] == 20 and record["unknown_classes"] == {"small": 4}
+    assert record["scored"] == 21 and record["unknown_classes"] == {"small": 4}
     assert [u["id"] for u in record["unusable"]] == ["tapered/broken.png"]
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
-    assert metrics["n"] == 20 and any("small (4)" in n for n in metrics["notes"])
+    assert metrics["n"] == 21 and any("small (4)" in n for n in metrics["notes"])
+    assert sum(r["count"] for r in metrics["composition"]) == 20 and metrics["composition"][0]["true_share"] == 0.25
+    assert any(n.startswith("1 image with no head found") for n in metrics["notes"])
+
+
+def test_images_with_no_head_give_no_class_shares(trained, tmp_path: Path) -> None:
+    _, bundle = trained
+    result = evaluate(bundle, write_separable(tmp_path / "noise", n_per_class=3, seed=5), tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["n"] == 12 and metrics["composition"] == []
+    assert any(n.startswith("12 images with no head found") for n in metrics["notes"])
+    assert "no head was found in any image: no class shares" in " ".join(result.output.split())
+    assert "These images as one sample" not in (tmp_path / "out" / "report.html").read_text()
 
 
 def test_no_shared_class_is_an_error(trained, tmp_path: Path) -> None:

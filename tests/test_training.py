@@ -30,8 +30,11 @@ from spermhead.training.run import canonical_images, read_history, train_run
 CLASSES = ["normal", "tapered", "pyriform", "amorphous"]
 
 
-def write_separable(root: Path, n_per_class: int = 20, seed: int = 0) -> Path:
-    """Four classes told apart by grey level alone: perfectly separable."""
+def write_separable(root: Path, n_per_class: int = 20, seed: int = 0, *, heads: bool = False) -> Path:
+    """Four classes told apart by grey level alone: perfectly separable. Segmentation finds no
+    head in this noise; `heads` draws the same dark head in every image, so it finds one."""
+    import cv2
+
     rng = np.random.default_rng(seed)
     for k, name in enumerate(CLASSES):
         d = root / name
@@ -39,6 +42,8 @@ def write_separable(root: Path, n_per_class: int = 20, seed: int = 0) -> Path:
         for i in range(n_per_class):
             level = 40 + 55 * k
             img = np.clip(level + rng.normal(0, 6, (24, 24)), 0, 255).astype(np.uint8)
+            if heads:
+                cv2.ellipse(img, (12, 12), (7, 4), 0, 0, 360, level - 35, -1)
             Image.fromarray(img).save(d / f"{name}_{i:03d}.png")
     return root
 

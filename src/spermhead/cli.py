@@ -601,6 +601,25 @@ def show_compositions(rows: list[dict[str, Any]], classes: list[str], confusion:
                       f"widened to hold the truth in {100 * check['level']:.0f}% of them", highlight=False)
 
 
+def print_true_shares(metrics: dict[str, Any]) -> None:
+    """evaluate's images as one sample: each class's true share beside predict's estimates."""
+    from rich.table import Table
+
+    comp = metrics["composition"]
+    adjusted = "adjusted" in comp[0]
+    closer = (metrics.get("share_check") or {}).get("closer") if adjusted else None
+    table = Table("class", "true share", "counted (95% CI)", *(["adjusted (95% CI)"] if adjusted else []),
+                  title="class shares, as predict would estimate them for a sample of these images",
+                  title_justify="left")
+    for i, r in enumerate(comp):
+        table.add_row(r["class"], f"{100 * r['true_share']:.1f}%", share_text(r, "share", closer, i),
+                      *([share_text(r, "adjusted", closer, i)] if adjusted else []))
+    console.print(table)
+    if closer:
+        console.print("★ per class, the estimate the bundle's own check found closer to the truth, on samples of "
+                      "its run's held-out heads; intervals widened as that check says (see README)", highlight=False)
+
+
 @app.command("evaluate")
 @friendly
 def evaluate(
@@ -618,7 +637,6 @@ def evaluate(
     Images it did train on are detected and reported apart; exit code 1 if any file failed."""
     import torch
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-    from rich.table import Table
 
     from spermhead.data.readers import NAMED_DATASETS, default_data_dir, load_dataset
     from spermhead.evaluation.external import assess, check_out_dir, write_assessment
@@ -657,19 +675,10 @@ def evaluate(
                for side in ("unlike", "like")}
         console.print(f"images unlike the training images: {unlike['unlike']} (accuracy {acc['unlike']}); "
                       f"like them: {unlike['like']} (accuracy {acc['like']})", highlight=False, soft_wrap=True)
-    comp = metrics["composition"]
-    adjusted = "adjusted" in comp[0]
-    closer = (metrics.get("share_check") or {}).get("closer") if adjusted else None
-    table = Table("class", "true share", "counted (95% CI)", *(["adjusted (95% CI)"] if adjusted else []),
-                  title="class shares, as predict would estimate them for a sample of these images",
-                  title_justify="left")
-    for i, r in enumerate(comp):
-        table.add_row(r["class"], f"{100 * r['true_share']:.1f}%", share_text(r, "share", closer, i),
-                      *([share_text(r, "adjusted", closer, i)] if adjusted else []))
-    console.print(table)
-    if closer:
-        console.print("★ per class, the estimate the bundle's own check found closer to the truth, on samples of "
-                      "its run's held-out heads; intervals widened as that check says (see README)", highlight=False)
+    if metrics["composition"]:
+        print_true_shares(metrics)
+    else:
+        console.print("no head was found in any image: no class shares to give for them as a sample", highlight=False)
     if metrics.get("unseen"):
         u = metrics["unseen"]
         console.print(f"images the model did not train on ({u['n']}): accuracy {u['accuracy']:.4f}, "
@@ -690,6 +699,7 @@ def distinct_names(a: Path, b: Path) -> tuple[str, str]:
         if na != nb:
             return na, nb
     return "A", "B"  # the same run twice
+
 
 
 @app.command("compare")

@@ -49,6 +49,9 @@ class Assessment:
     confusion: list[list[int]] | None = None
     # the bundle's share check at `operating_point` (composition.check_intervals; None: not recorded)
     share_check: dict[str, Any] | None = None
+    # per scored image: a head was found in it (None: all were). A sample's shares leave out the
+    # others, as `predict` does, so the check here is of the figure a lab gets.
+    head_found: list[bool] | None = None
 
     def at_point(self, name: str) -> Predictions:
         """The predictions at another of the bundle's operating points: the same probabilities
@@ -93,6 +96,10 @@ class Assessment:
                 out["unseen"] = compute_metrics(self.predictions.subset(unseen)) if unseen.size else None
         out["unlike_training"] = None if self.unlike is None else self._split_by_likeness()
         out["composition"] = self._composition()
+        if self.head_found is not None and not all(self.head_found):
+            n = self.head_found.count(False)
+            notes.append(f"{n} image{'s' * (n != 1)} with no head found {'are' if n != 1 else 'is'} scored, but left "
+                         "out of these images' class shares, as predict leaves them out of a sample's")
         out["share_check"] = self.share_check
         if self.unlike is not None and any(self.unlike):
             notes.append(f"{sum(self.unlike)} of {len(self.unlike)} images are unlike the images the model "
@@ -104,6 +111,10 @@ class Assessment:
         """The scored images' class shares as a sample's would be estimated (counted, and adjusted
         with the bundle's confusion), beside the true shares: what a lab's figure is worth."""
         pred = self.predictions
+        if self.head_found is not None and not all(self.head_found):
+            pred = pred.subset(np.flatnonzero(self.head_found))
+            if not len(pred):
+                return []
         rows = composition([pred.classes[i] for i in pred.pred_indices], pred.classes, self.confusion,
                            extra_sd=self.share_check["extra_sd"] if self.share_check else None)
         truth = np.bincount(pred.true_indices, minlength=len(pred.classes)) / len(pred)
@@ -130,12 +141,13 @@ def assess(predictor: Predictor, table: SampleTable,
     if not known:
         raise ConfigError(f"{table.name}: none of its classes ({', '.join(table.classes)}) is one the "
                           f"model has ({', '.join(predictor.classes)})")
-    scored, probs, unusable, unlike = [], [], [], []
+    scored, probs, unusable, unlike, found = [], [], [], [], []
     for sample, row in zip(known, predictor.predict_files([s.path for s in known]), strict=True):
         if row["ok"]:
             scored.append(sample)
             probs.append([row["probabilities"][c] for c in predictor.classes])
             unlike.append(bool(row["unlike_training"]))
+            found.append(bool(row["head_found"]))
         else:
             unusable.append({"id": sample.id, "path": str(sample.path), "error": row["error"]})
         if on_row is not None:
@@ -151,7 +163,7 @@ def assess(predictor: Predictor, table: SampleTable,
                                                                                      [0.0] * len(predictor.classes))}
     return Assessment(predictions, seen, unusable, dict(unknown), points, predictor.meta.operating_point,
                       predictor.meta.temperature, unlike if predictor.meta.input_ranges else None,
-                      predictor.meta.confusion, predictor.meta.share_check)
+                      predictor.meta.confusion, predictor.meta.share_check, found)
 
 
 def check_out_dir(out: Path, overwrite: bool) -> None:
