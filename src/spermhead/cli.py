@@ -711,7 +711,8 @@ def compare(
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the comparison to this JSON file")] = None,
 ) -> None:
     """Compare two models scored on the same images, image by image: B minus A with a paired
-    bootstrap interval, and McNemar's exact test; over repeats (CV seeds) also a t interval."""
+    bootstrap interval, and McNemar's exact test; over repeats (CV seeds) also an interval that
+    draws the repeats and the images together."""
     from spermhead.errors import DataError
     from spermhead.evaluation.paired import compare_predictions, compare_repeats, repeat_folders, verdict
     from spermhead.evaluation.predictions import read_predictions
@@ -738,7 +739,8 @@ def compare(
                             names=names)
         show_repeats(c, [r for f in folders for r in f if r not in common])
     console.print("Each bootstrap interval covers which images were scored, not retraining on other data"
-                  + (": the t interval over the repeats covers both." if "repeats" in c
+                  + (": the interval over the repeats, which draws repeats and images together, covers both."
+                     if "repeats" in c
                      else ": for that, compare folders of repeats (CV seeds)."), style="dim")
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
@@ -784,7 +786,7 @@ def show_repeats(c: dict[str, Any], unpaired: list[str]) -> None:
                       f"{one['images']['only_a']} / {one['images']['only_b']}", f"{one['mcnemar_p']:.3g}")
     m = c["accuracy"]
     table.add_row("mean", "", f"{m['a']:.4f}", f"{m['b']:.4f}", f"{m['difference']:+.4f}",
-                  "" if m["ci"] is None else f"{m['ci'][0]:+.4f} to {m['ci'][1]:+.4f} (t)", "", "")
+                  "" if m["ci"] is None else f"{m['ci'][0]:+.4f} to {m['ci'][1]:+.4f} (repeats and images)", "", "")
     console.print(table)
     for key in ("accuracy", "balanced_accuracy"):
         console.print(repeats_verdict(c, key), highlight=False)

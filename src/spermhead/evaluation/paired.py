@@ -5,9 +5,11 @@ one model is reliably better: most images are easy for both, and the difference 
 few they answer differently. Pairing the answers by sample id measures that difference
 directly: a bootstrap over the images of B's score minus A's, and McNemar's exact test on the
 images exactly one of them gets right. Both say how far the difference stands above the
-luck of which images were there; neither says how much retraining on other data would move it.
-Over repeats (CV seeds, say) `compare_repeats` adds that: a t interval over the repeats'
-differences, which covers both."""
+luck of which images were there; neither says how much retraining would move it. Over repeats
+(CV seeds, say) `compare_repeats` adds that: a bootstrap that draws the repeats and the images
+together, so its interval covers both. (A t interval over the repeats' differences would not:
+every repeat scores the same images, and two models that differ on the same few images in
+every repeat would get an interval of zero width.)"""
 
 from __future__ import annotations
 
@@ -18,7 +20,6 @@ from typing import Any
 
 import numpy as np
 from scipy.stats import binomtest
-from scipy.stats import t as student_t
 
 from spermhead.errors import DataError
 from spermhead.evaluation.metrics import BOOT_SEED, N_BOOT, resample_indices, resampled_scores
@@ -77,23 +78,51 @@ def compare_predictions(a: Predictions, b: Predictions, *, names: tuple[str, str
 def compare_repeats(pairs: Mapping[str, tuple[Predictions, Predictions]], *, names: tuple[str, str] = ("A", "B"),
                     n_boot: int = N_BOOT, seed: int = BOOT_SEED, level: float = 0.95) -> dict[str, Any]:
     """`compare_predictions` on each repeat (A's and B's runs on the same folds), then B minus A
-    over the repeats: the mean difference, its sd, a t interval (none for one repeat) and how
-    often each was ahead."""
+    over the repeats: the mean difference, its sd over the repeats, how often each was ahead,
+    and (two repeats or more) a percentile interval from `repeats_bootstrap`."""
     repeats = {r: compare_predictions(a, b, names=(f"{names[0]}/{r}", f"{names[1]}/{r}"), n_boot=n_boot,
                                       seed=seed, level=level) for r, (a, b) in pairs.items()}
-    out: dict[str, Any] = {"names": list(names), "level": level, "n_repeats": len(repeats), "repeats": repeats}
+    out: dict[str, Any] = {"names": list(names), "level": level, "n_repeats": len(repeats), "repeats": repeats,
+                           "bootstrap": {"resamples": int(n_boot), "seed": int(seed), "over": "repeats and images"}}
+    boot = repeats_bootstrap([paired(a, b) for a, b in pairs.values()], n_boot=n_boot, seed=seed) \
+        if len(repeats) > 1 else None
+    tail = (1.0 - level) / 2.0 * 100.0
     for key in ("accuracy", "balanced_accuracy"):
         d = np.array([c[key]["difference"] for c in repeats.values()])
         summary: dict[str, Any] = {"a": float(np.mean([c[key]["a"] for c in repeats.values()])),
                                    "b": float(np.mean([c[key]["b"] for c in repeats.values()])),
                                    "difference": float(d.mean()), "sd": None, "ci": None,
                                    "b_ahead": int(np.sum(d > 0)), "a_ahead": int(np.sum(d < 0))}
-        if len(d) > 1:
-            sd = float(d.std(ddof=1))
-            half = float(student_t.ppf(0.5 + level / 2, len(d) - 1)) * sd / np.sqrt(len(d))
-            summary.update(sd=sd, ci=[float(d.mean() - half), float(d.mean() + half)])
+        if boot is not None:
+            lo, hi = np.percentile(boot[key], [tail, 100.0 - tail])
+            summary.update(sd=float(d.std(ddof=1)), ci=[float(lo), float(hi)])
         out[key] = summary
     return out
+
+
+def repeats_bootstrap(pairs: list[tuple[Predictions, Predictions]], *, n_boot: int = N_BOOT,
+                      seed: int = BOOT_SEED) -> dict[str, np.ndarray]:
+    """B minus A, averaged over the repeats, in each of `n_boot` resamples that draw the repeats
+    with replacement and the images with replacement: where every repeat scored the same images
+    (CV seeds on one dataset), one draw of images serves them all, as a new set of images would
+    meet every retrained model. Each pair is in one id order (`paired`)."""
+    rng = np.random.default_rng(seed)
+    shared = all(list(a.ids) == list(pairs[0][0].ids) for a, _ in pairs)
+    sides = [(a.true_indices, a.pred_indices == a.true_indices, b.pred_indices == a.true_indices, len(a.classes))
+             for a, b in pairs]
+    out: dict[str, list[np.ndarray]] = {"accuracy": [], "balanced_accuracy": []}
+    n0 = len(pairs[0][0])
+    for start, stop, idx in resample_indices(n0, n_boot, rng):
+        per_repeat = []  # (accuracy, balanced accuracy) differences, each (resamples,)
+        for y, right_a, right_b, k in sides:
+            draw = idx if shared else rng.integers(0, len(y), size=(stop - start, len(y)))
+            (acc_a, bal_a), (acc_b, bal_b) = (resampled_scores(y, right, k, draw) for right in (right_a, right_b))
+            per_repeat.append((acc_b - acc_a, bal_b - bal_a))
+        picks = rng.integers(0, len(sides), size=(stop - start, len(sides)))
+        for m, key in enumerate(("accuracy", "balanced_accuracy")):
+            table = np.stack([d[m] for d in per_repeat], axis=1)  # resamples x repeats
+            out[key].append(np.take_along_axis(table, picks, axis=1).mean(axis=1))
+    return {key: np.concatenate(v) for key, v in out.items()}
 
 
 def verdict(c: dict[str, Any], key: str = "accuracy") -> str:
@@ -115,8 +144,9 @@ def repeats_verdict(c: dict[str, Any], key: str = "accuracy") -> str:
     if m["ci"] is not None:
         lo, hi = m["ci"]
         said = (f"{b} is {'better' if lo > 0 else 'worse'}" if lo > 0 or hi < 0
-                else "no difference these repeats can show")
-        text += f" ({100 * c['level']:.0f}% t interval {100 * lo:+.1f} to {100 * hi:+.1f}); {said}"
+                else "no difference these repeats and images can show")
+        text += (f" ({100 * c['level']:.0f}% CI {100 * lo:+.1f} to {100 * hi:+.1f}, bootstrap over repeats and "
+                 f"images); {said}")
     return text + f"; B ahead on {m['b_ahead']}, A on {m['a_ahead']}"
 
 
