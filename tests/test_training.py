@@ -184,6 +184,27 @@ def test_no_test_sample_reaches_training_or_validation(separable):
         assert not set(f.train) & set(f.val)
 
 
+def test_grouped_cv_keeps_each_group_in_one_part_of_every_fold():
+    """--grouped: a patient's (plate's) heads are in one of test, validation and training, so
+    the checkpoint is not chosen on a group the model trains on."""
+    from spermhead.config import ProtocolConfig
+    from spermhead.data.samples import Sample, SampleTable
+
+    rng = np.random.default_rng(0)
+    samples = [Sample(f"p{g}/{i}", Path(f"p{g}/{i}.png"), CLASSES[int(rng.integers(4))], "lab", group=f"p{g}")
+               for g in range(10) for i in range(30)]
+    table = SampleTable("lab", samples, CLASSES)
+    groups = np.array([s.group for s in samples])
+    folds = make_folds(table, ProtocolConfig(kind="cv", folds=5, grouped=True, near_duplicates=0), seed=0, val_fraction=0.15)
+    for f in folds:
+        train, val, test = (set(groups[part]) for part in (f.train, f.val, f.test))
+        assert val and not train & val and not train & test and not val & test
+        assert len(f.train) + len(f.val) + len(f.test) == len(samples)
+    one_each = SampleTable("lab", samples[:60], CLASSES)  # two groups: a training side holds one
+    with pytest.raises(ConfigError, match="one acquisition group"):
+        make_folds(one_each, ProtocolConfig(kind="cv", folds=2, grouped=True, near_duplicates=0), seed=0, val_fraction=0.15)
+
+
 def test_a_learning_curve_point_shrinks_only_the_training_sides(separable):
     table = load_dataset(str(separable))
     cfg = quick_config(separable, Path("unused"))

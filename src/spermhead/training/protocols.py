@@ -83,7 +83,11 @@ def _make_folds(table: SampleTable, protocol: ProtocolConfig, seed: int, val_fra
     _check_spread(y, test_fold, protocol.folds, together)
     folds = []
     for k in range(protocol.folds):
-        train, val = _carve_val(np.flatnonzero(test_fold != k), y, val_fraction, seed + k, together)
+        train_side = np.flatnonzero(test_fold != k)
+        if protocol.grouped:
+            train, val = _carve_val_by_group(train_side, y, groups, val_fraction, seed + k, together)
+        else:
+            train, val = _carve_val(train_side, y, val_fraction, seed + k, together)
         folds.append(Fold(k, train, val, np.flatnonzero(test_fold == k)))
     return folds
 
@@ -147,6 +151,30 @@ def _carve_val(train_side: np.ndarray, y: np.ndarray, fraction: float, seed: int
         in_val = keep_together(np.isin(train_side, val), _restricted(together, train_side))
         train, val = train_side[~in_val], train_side[in_val]
     return np.sort(train), np.sort(val)
+
+
+def _carve_val_by_group(train_side: np.ndarray, y: np.ndarray, groups: np.ndarray, fraction: float, seed: int,
+                        together: list[list[int]] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Grouped CV's validation part: whole groups of the training side, as its test folds are,
+    so checkpoint choice, early stopping and the temperature are not fitted on a patient or plate
+    the model also trains on. About `fraction` of the images where the groups allow; a training
+    side of one group cannot be split by group, and is refused."""
+    if fraction <= 0:
+        return np.sort(train_side), np.array([], dtype=int)
+    mine = groups[train_side]
+    n_groups = len(set(mine.tolist()))
+    if n_groups < 2:
+        raise ConfigError(f"--grouped: a training side holds one acquisition group ({mine[0]}), so no group is "
+                          "left for its validation part; use more groups or more folds")
+    splitter = StratifiedGroupKFold(min(n_groups, max(2, round(1 / fraction))), shuffle=True, random_state=seed)
+    _, val_pos = next(splitter.split(train_side, y[train_side], mine))
+    in_val = np.zeros(len(train_side), bool)
+    in_val[val_pos] = True
+    order = np.argsort(train_side)
+    train_side, in_val = train_side[order], in_val[order]
+    if together:
+        in_val = keep_together(in_val, _restricted(together, train_side))
+    return train_side[~in_val], train_side[in_val]
 
 
 def _random_split(y: np.ndarray, split: tuple[float, float, float], seed: int,
