@@ -19,6 +19,9 @@ def test_summary_reports_mean_and_sd_over_seeds():
     assert s["balanced"]["balanced_accuracy"] > s["accuracy"]["balanced_accuracy"]
     assert s["command"] == "spermhead bench accuracy hushem --seeds 1,2"
     assert "92.0 ± 2.8" in results_row(s) and "`spermhead bench accuracy hushem --seeds 1,2`" in readme_row(s)
+    # one seed gives no sd, rather than an sd of 0
+    one = summarise("hushem", [fake_run(1, 0.90)], [1])
+    assert one["accuracy"]["accuracy_sd"] is None and "| 90.0 |" in readme_row(one) and "±" not in readme_row(one)
 
 
 def test_upsert_replaces_only_its_row(tmp_path):
@@ -83,6 +86,9 @@ def test_bench_says_first_when_it_has_no_table_to_record_in(tmp_path, monkeypatc
     assert "note: no results table in benchmarks/RESULTS.md or README.md here" in said.output
     quiet = CliRunner().invoke(app, ["bench", "accuracy", "hushem", "--seeds", "1,2", "--no-record"])
     assert quiet.exit_code == 0 and "note:" not in quiet.output and "accuracy 92.0" in quiet.output
+    monkeypatch.setattr(bench, "run_accuracy_bench", lambda *args, **kwargs: summarise("hushem", [fake_run(1, 0.9)], [1]))
+    one = CliRunner().invoke(app, ["bench", "accuracy", "hushem", "--seeds", "1", "--no-record"], terminal_width=200)
+    assert one.exit_code == 0 and "accuracy 90.0, average recall 80.0 (one seed: no sd)" in one.output, one.output
 
 
 def test_a_row_is_recorded_only_for_the_recipe_on_real_images(tmp_path, monkeypatch):

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from spermhead.config import RunConfig, config_differences, load_config
+from spermhead.config import ProtocolConfig, RunConfig, config_differences, load_config
 from spermhead.data.readers import load_dataset
 from spermhead.errors import ConfigError
 from spermhead.evaluation.predictions import Predictions
@@ -187,7 +187,6 @@ def test_no_test_sample_reaches_training_or_validation(separable):
 def test_grouped_cv_keeps_each_group_in_one_part_of_every_fold():
     """--grouped: a patient's (plate's) heads are in one of test, validation and training, so
     the checkpoint is not chosen on a group the model trains on."""
-    from spermhead.config import ProtocolConfig
     from spermhead.data.samples import Sample, SampleTable
 
     rng = np.random.default_rng(0)
@@ -203,6 +202,19 @@ def test_grouped_cv_keeps_each_group_in_one_part_of_every_fold():
     one_each = SampleTable("lab", samples[:60], CLASSES)  # two groups: a training side holds one
     with pytest.raises(ConfigError, match="one acquisition group"):
         make_folds(one_each, ProtocolConfig(kind="cv", folds=2, grouped=True, near_duplicates=0), seed=0, val_fraction=0.15)
+
+
+def test_a_fixed_split_without_validation_images_gives_an_empty_validation_part():
+    """A table built in code with train and test images only (the folder reader refuses an empty
+    val/): its validation part is empty, and still an index array."""
+    from spermhead.data.samples import Sample, SampleTable
+
+    samples = [Sample(f"{split}/{c}/{i}", Path(f"{i}.png"), c, "lab", split=split)
+               for split in ("train", "test") for c in CLASSES for i in range(3)]
+    (fold,) = make_folds(SampleTable("lab", samples, CLASSES), ProtocolConfig(kind="folders"), seed=0,
+                         val_fraction=0.15)
+    assert (len(fold.train), len(fold.val), len(fold.test)) == (12, 0, 12) and fold.val.dtype.kind == "i"
+    assert np.asarray(CLASSES)[fold.val].size == 0  # usable as an index, as the run uses it
 
 
 def test_a_learning_curve_point_shrinks_only_the_training_sides(separable):
@@ -505,6 +517,10 @@ def test_seed_ensemble_per_fold(separable, tmp_path):
     assert bundle.meta.members == 4
     pred = Predictions.read_csv(result.out / "predictions.csv")
     assert len(pred) == 80
+    # a resumed run reads each finished fold's time back per member, as it first gave it
+    again = train_run(load_config(result.out / "config.yaml"), resume=True, progress=False)
+    assert [r.seconds for r in again.folds] == pytest.approx([r.seconds for r in result.folds])
+    assert again.timing["seconds_per_epoch"] == pytest.approx(result.timing["seconds_per_epoch"])
 
 
 def test_seed_recipe_reproduces_the_report_settings():
@@ -554,11 +570,15 @@ def test_tiny_training_side_still_gets_a_stratified_validation_part():
 
 
 def test_refit_bundle_is_one_model_trained_on_all_data(separable, tmp_path):
-    result = train_run(quick_config(separable, tmp_path / "refit", cv=2, epochs=2, final_model="refit"),
-                       progress=False)
+    result = train_run(quick_config(separable, tmp_path / "refit", cv=2, epochs=12, final_model="refit",
+                                    monitor="val_acc", patience=2), progress=False)
     bundle = load_bundle(result.out / "model")
     assert (bundle.meta.kind, bundle.meta.members) == ("refit", 1)
     assert len(Predictions.read_csv(result.out / "predictions.csv")) == 80  # CV scores stay out-of-fold
+    # it trains for as many epochs as the folds' kept checkpoints needed, not as the folds ran on
+    done = [json.loads((result.out / "folds" / f"fold{k}" / "done.json").read_text()) for k in (0, 1)]
+    assert any(d["kept_epochs"] < d["epochs"] for d in done)
+    assert len(read_history(result.out / "refit")) == int(np.median([d["kept_epochs"] for d in done]))
 
 
 def test_ema_keeps_the_averaged_weights(tmp_path):
@@ -577,8 +597,8 @@ def test_ema_keeps_the_averaged_weights(tmp_path):
         net = build_model("spermnet", num_classes=4, in_chans=1, image_size=24, width=8)
         start = {k: v.clone() for k, v in net.state_dict().items() if k.endswith("weight")}
         cfg = quick_config(tmp_path, tmp_path / f"ema{ema}", epochs=8, ema=ema, balance="none")
-        out, _ = fit_member(cfg, net, x, y, x[:8], y[:8], 4, tmp_path / f"fold{ema}", seed=0, progress=False,
-                            resume=False)
+        out, _, _ = fit_member(cfg, net, x, y, x[:8], y[:8], 4, tmp_path / f"fold{ema}", seed=0, progress=False,
+                               resume=False)
         state = out.state_dict()
         return max(float((state[k] - v).abs().max()) for k, v in start.items())
 

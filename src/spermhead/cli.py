@@ -912,6 +912,7 @@ def bench_accuracy(
         readme=Path("README.md") if record else None, **extra)
     for point in ("accuracy", "balanced"):
         s = summary[point]
-        console.print(f"{name} ({point} point): accuracy {100 * s['accuracy']:.1f} ± {100 * s['accuracy_sd']:.1f}, "
-                      f"average recall {100 * s['balanced_accuracy']:.1f} ± {100 * s['balanced_accuracy_sd']:.1f}")
+        console.print(f"{name} ({point} point): accuracy {bench.percent_sd(s['accuracy'], s['accuracy_sd'])}, "
+                      f"average recall {bench.percent_sd(s['balanced_accuracy'], s['balanced_accuracy_sd'])}"
+                      + ("" if s["accuracy_sd"] is not None else " (one seed: no sd)"), highlight=False)
     console.print(f"details: {out / name / f'accuracy-{name}.json'}")

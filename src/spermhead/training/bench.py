@@ -96,9 +96,9 @@ def run_accuracy_bench(name: str, out: Path, *, seeds: list[int], data_dir: str 
 
 
 def summarise(name: str, runs: list[dict[str, Any]], seeds: list[int]) -> dict[str, Any]:
-    def stats(point: str, key: str) -> tuple[float, float]:
-        values = [r["metrics"][point][key] for r in runs]
-        return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+    def stats(point: str, key: str) -> tuple[float, float | None]:
+        values = [r["metrics"][point][key] for r in runs]  # one seed has no sd, rather than one of 0
+        return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else None
 
     classes = list(runs[0]["metrics"]["accuracy"]["per_class_recall"])
     out = {"dataset": name, "protocol": BENCHES[name].protocol, "seeds": seeds,
@@ -119,8 +119,9 @@ def summarise(name: str, runs: list[dict[str, Any]], seeds: list[int]) -> dict[s
     return out
 
 
-def _pct(v: float, sd: float) -> str:
-    return f"{100 * v:.1f} ± {100 * sd:.1f}"
+def percent_sd(v: float, sd: float | None) -> str:
+    """A mean and its sd over seeds, in percent; one seed has no sd to give."""
+    return f"{100 * v:.1f}" + ("" if sd is None else f" ± {100 * sd:.1f}")
 
 
 def _protocol(s: dict[str, Any], seeds_word: str) -> str:
@@ -151,17 +152,17 @@ def results_row(s: dict[str, Any]) -> str:
         time_text += f" (+ {s['init_seconds'] / 60:.1f} min once: source model)"
     if s.get("device", "cpu") != "cpu":  # the budgets are for the 2-core CPU
         time_text += f" on {s['device'].upper()}"
-    return (f"| {s['dataset']} | {_protocol(s, ' seeds')} | {_pct(a['accuracy'], a['accuracy_sd'])} "
-            f"| {_pct(a['balanced_accuracy'], a['balanced_accuracy_sd'])} | {_pct(b['accuracy'], b['accuracy_sd'])} "
-            f"| {_pct(b['balanced_accuracy'], b['balanced_accuracy_sd'])} | {100 * s['macro_f1']:.1f} | {recall} "
+    return (f"| {s['dataset']} | {_protocol(s, ' seeds')} | {percent_sd(a['accuracy'], a['accuracy_sd'])} "
+            f"| {percent_sd(a['balanced_accuracy'], a['balanced_accuracy_sd'])} | {percent_sd(b['accuracy'], b['accuracy_sd'])} "
+            f"| {percent_sd(b['balanced_accuracy'], b['balanced_accuracy_sd'])} | {100 * s['macro_f1']:.1f} | {recall} "
             f"| {time_text} | {recipe} | `{s['command']}` |")
 
 
 def readme_row(s: dict[str, Any]) -> str:
     a, b = s["accuracy"], s["balanced"]
-    return (f"| {s['dataset']} | {_protocol(s, '')} | {_pct(a['accuracy'], a['accuracy_sd'])} "
-            f"| {_pct(a['balanced_accuracy'], a['balanced_accuracy_sd'])} "
-            f"| {_pct(b['accuracy'], b['accuracy_sd'])} | {_pct(b['balanced_accuracy'], b['balanced_accuracy_sd'])} "
+    return (f"| {s['dataset']} | {_protocol(s, '')} | {percent_sd(a['accuracy'], a['accuracy_sd'])} "
+            f"| {percent_sd(a['balanced_accuracy'], a['balanced_accuracy_sd'])} "
+            f"| {percent_sd(b['accuracy'], b['accuracy_sd'])} | {percent_sd(b['balanced_accuracy'], b['balanced_accuracy_sd'])} "
             f"| {s['published']} | `{s['command']}` |")
 
 

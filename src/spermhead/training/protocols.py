@@ -195,7 +195,8 @@ def _random_split(y: np.ndarray, split: tuple[float, float, float], seed: int,
 def _folder_split(table: SampleTable) -> Fold:
     if not table.has_fixed_split:
         raise ConfigError(f"{table.name}: --split folders needs train/, val/ and test/ folders")
-    by = {k: np.array([i for i, s in enumerate(table.samples) if s.split == k]) for k in ("train", "val", "test")}
+    by = {k: np.array([i for i, s in enumerate(table.samples) if s.split == k], dtype=int)
+          for k in ("train", "val", "test")}  # int even when empty: an empty val/ is allowed
     return Fold(0, by["train"], by["val"], by["test"])
 
 

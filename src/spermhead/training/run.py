@@ -69,7 +69,7 @@ class FoldResult:
     bias: np.ndarray  # balanced operating point, chosen on this fold's validation part
     history: list[dict[str, Any]]
     seconds: float  # training time of one member
-    epochs: int
+    epochs: int  # epochs trained
     val_labels: list[int] = field(default_factory=list)  # the tuning signal: never the test fold
     val_pred: list[int] = field(default_factory=list)  # at the accuracy point
     val_pred_balanced: list[int] = field(default_factory=list)  # at the balanced point
@@ -78,6 +78,7 @@ class FoldResult:
     shape: ShapeModel | None = None  # fused with the CNN where `shape_fusion` > 0
     pixels: PixelModel | None = None  # fused with the CNN where `pixel_fusion` > 0
     temperature: float = 1.0  # fitted on the validation part; divides the final log-probabilities
+    kept_epochs: int = 0  # epochs up to the checkpoint kept (0: as `epochs`, the last)
 
 
 @dataclass
@@ -212,8 +213,9 @@ def read_history(fold_dir: Path) -> list[dict[str, Any]]:
 def fit_member(cfg: RunConfig, member: nn.Module, x_train: np.ndarray, y_train: np.ndarray,
                x_val: np.ndarray, y_val: np.ndarray, num_classes: int, fold_dir: Path, *,
                seed: int, progress: bool, resume: bool,
-               soft: np.ndarray | None = None, label: str = "") -> tuple[nn.Module, int]:
-    """Train one member with Lightning; returns it at the checkpoint chosen on validation.
+               soft: np.ndarray | None = None, label: str = "") -> tuple[nn.Module, int, int]:
+    """Train one member with Lightning; returns it at the checkpoint chosen on validation, the
+    epochs it trained, and the epochs up to that checkpoint (what a refit should train for).
     `soft` (N x K) replaces the hard training labels as targets (expert vote shares); `label`
     names the fit above its progress bar."""
     tc = cfg.train
@@ -273,10 +275,12 @@ def fit_member(cfg: RunConfig, member: nn.Module, x_train: np.ndarray, y_train: 
     )
     last = fold_dir / "checkpoints" / "last.ckpt"
     fit_quietly(trainer, module, train_loader, val_loader, ckpt_path=str(last) if resume and last.is_file() else None)
+    kept = trainer.current_epoch
     if monitor != "last" and ckpt.best_model_path:
-        state = torch.load(ckpt.best_model_path, map_location="cpu", weights_only=True)["state_dict"]
-        module.load_state_dict(state)
-    return module.model.cpu().eval(), trainer.current_epoch  # scoring and saving happen on the CPU
+        best = torch.load(ckpt.best_model_path, map_location="cpu", weights_only=True)
+        module.load_state_dict(best["state_dict"])
+        kept = int(best["epoch"]) + 1  # saved at the end of that (0-based) epoch
+    return module.model.cpu().eval(), trainer.current_epoch, kept  # scoring and saving happen on the CPU
 
 
 @dataclass
@@ -287,6 +291,7 @@ class FittedSide:
     pixels: PixelModel | None
     cnn_prior: np.ndarray | None  # the training prior given back to the CNN (balanced training)
     epochs: int
+    kept_epochs: int  # up to the checkpoint kept
 
     def probs(self, cfg: RunConfig, images: np.ndarray, idx: np.ndarray,
               shape_features: np.ndarray | None) -> np.ndarray:
@@ -311,15 +316,15 @@ def fit_side(cfg: RunConfig, table: SampleTable, images: np.ndarray, rows: np.nd
     y = np.asarray(table.label_indices)
     k = len(table.classes)
     soft = soft_targets(table, rows, cfg.train.soft_labels) if cfg.train.soft_labels > 0 else None
-    members, epochs = [], 0
+    members, epochs, kept = [], 0, 0
     for j in range(max(1, cfg.train.members_per_fold)):  # a seed ensemble: members differ only in their seed
         seed = cfg.seed * 1000 + fold_index + 100 * j
         member_dir = fold_dir if j == 0 else fold_dir / f"member{j}"
         L.seed_everything(seed, workers=True, verbose=False)
         member = build_member(cfg, k, images[rows])
-        member, epochs = fit_member(cfg, member, images[rows], y[rows], images[val_rows], y[val_rows],
-                                    k, member_dir, seed=seed, progress=progress, resume=resume, soft=soft,
-                                    label=label + (f", member {j + 1}" if cfg.train.members_per_fold > 1 else ""))
+        member, epochs, kept = fit_member(cfg, member, images[rows], y[rows], images[val_rows], y[val_rows],
+                                          k, member_dir, seed=seed, progress=progress, resume=resume, soft=soft,
+                                          label=label + (f", member {j + 1}" if cfg.train.members_per_fold > 1 else ""))
         if save_to is not None:
             write_safetensors({name: t.contiguous() for name, t in member.state_dict().items()},
                               save_to / f"model{j}.safetensors")
@@ -336,7 +341,7 @@ def fit_side(cfg: RunConfig, table: SampleTable, images: np.ndarray, rows: np.nd
             write_safetensors(pixels.tensors("pixels"), save_to / "pixels.safetensors")
     # after class-balanced training, the training prior goes back first (training/operating.py)
     prior = learnt_prior_correction(y[rows], k, cfg.train.balance)
-    return FittedSide(members, shape, pixels, prior, epochs)
+    return FittedSide(members, shape, pixels, prior, epochs, kept)
 
 
 def run_fold(cfg: RunConfig, table: SampleTable, images: np.ndarray, fold: Fold, out: Path, *,
@@ -367,12 +372,13 @@ def run_fold(cfg: RunConfig, table: SampleTable, images: np.ndarray, fold: Fold,
         pixels = PixelModel.from_tensors(load_file(str(pixel_file)), "pixels") if pixel_file.is_file() else None
         return FoldResult(fold.index, members, np.load(fold_dir / "test_probs.npy"),
                           np.asarray(info["bias"], dtype=np.float32), read_history(fold_dir),
-                          info["seconds"], info["epochs"], val_labels=info["val_labels"],
+                          info["seconds"] / n, info["epochs"], val_labels=info["val_labels"],
                           val_pred=info["val_pred"], val_pred_balanced=info.get("val_pred_balanced", []),
                           accuracy_bias=None if info.get("accuracy_bias") is None
                           else np.asarray(info["accuracy_bias"], dtype=np.float32), shape=shape, pixels=pixels,
                           cnn_prior=learnt_prior_correction(y[trained], k, cfg.train.balance),
-                          temperature=info.get("temperature", 1.0))  # folds finished before it: none
+                          temperature=info.get("temperature", 1.0),  # folds finished before it: none
+                          kept_epochs=info.get("kept_epochs", 0))
     fold_dir.mkdir(parents=True, exist_ok=True)
     fit = {"progress": progress, "resume": resume, "shape_features": shape_features}
     # A refit's first fit is done with once validation is scored; its record lets --resume go
@@ -400,7 +406,7 @@ def run_fold(cfg: RunConfig, table: SampleTable, images: np.ndarray, fold: Fold,
     bias, alpha = np.asarray(scored["bias"], dtype=np.float32), scored["alpha"]
     temperature = scored.get("temperature", 1.0)  # a first.json from before it: none
     seconds, val_pred, val_pred_balanced = scored["seconds"], scored["val_pred"], scored["val_pred_balanced"]
-    if refit:  # as many epochs as the first fit ran, nothing to watch
+    if refit:  # as many epochs as the first fit ran (it kept its last: refit_val needs monitor "last")
         refit_cfg = replace(cfg, train=replace(cfg.train, epochs=max(scored["epochs"], 1), early_stopping_patience=0,
                                                monitor="last"))
         side = fit_side(refit_cfg, table, images, trained, fold.val[:0], fold_dir / "refit", fold.index,
@@ -414,13 +420,14 @@ def run_fold(cfg: RunConfig, table: SampleTable, images: np.ndarray, fold: Fold,
     done.write_text(json.dumps({"bias": bias.tolist(),
                                 "accuracy_bias": None if accuracy_bias is None else accuracy_bias.tolist(),
                                 "alpha": alpha, "temperature": temperature, "seconds": seconds, "epochs": side.epochs,
+                                "kept_epochs": side.kept_epochs,
                                 "members": n, "train": len(trained), "val": len(fold.val),
                                 "test": len(fold.test), "refit_val": refit, "val_labels": val_labels,
                                 "val_pred": val_pred, "val_pred_balanced": val_pred_balanced}))
     return FoldResult(fold.index, side.members, test_probs, bias, read_history(fold_dir), seconds / n, side.epochs,
                       val_labels=val_labels, val_pred=val_pred, val_pred_balanced=val_pred_balanced,
                       accuracy_bias=accuracy_bias, shape=side.shape, pixels=side.pixels, cnn_prior=side.cnn_prior,
-                      temperature=temperature)
+                      temperature=temperature, kept_epochs=side.kept_epochs)
 
 
 def out_of_fold(table: SampleTable, folds: list[Fold], results: list[FoldResult], *,
@@ -592,14 +599,14 @@ def refit_all(cfg: RunConfig, table: SampleTable, images: np.ndarray, results: l
               out: Path, *, progress: bool) -> nn.Module:
     """One model on all the data, for as many epochs as the folds' chosen checkpoints needed."""
     y = np.asarray(table.label_indices)
-    epochs = int(np.median([max(r.epochs, 1) for r in results]))
+    epochs = int(np.median([max(r.kept_epochs or r.epochs, 1) for r in results]))
     refit_cfg = replace(cfg, train=replace(cfg.train, epochs=epochs, early_stopping_patience=0, monitor="last"))
     L.seed_everything(cfg.seed * 1000 + 999, workers=True, verbose=False)
     member = build_member(refit_cfg, len(table.classes), images)
     empty = np.zeros((0, *images.shape[1:]), dtype=images.dtype)
-    member, _ = fit_member(refit_cfg, member, images, y, empty, np.zeros(0, dtype=int), len(table.classes),
-                           out / "refit", seed=cfg.seed * 1000 + 999, progress=progress, resume=False,
-                           label="the final model, on all the images")
+    member, _, _ = fit_member(refit_cfg, member, images, y, empty, np.zeros(0, dtype=int), len(table.classes),
+                              out / "refit", seed=cfg.seed * 1000 + 999, progress=progress, resume=False,
+                              label="the final model, on all the images")
     return member
 
 

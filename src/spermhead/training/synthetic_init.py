@@ -179,9 +179,9 @@ def train_source(cfg: RunConfig, path: Path, *, progress: bool) -> dict[str, Any
     member = build_member(source_cfg, len(classes), images)
     empty = np.zeros((0, *images.shape[1:]), dtype=images.dtype)
     with tempfile.TemporaryDirectory(prefix="spermhead-init-") as tmp:
-        member, _ = fit_member(source_cfg, member, images, labels, empty, np.zeros(0, dtype=int), len(classes),
-                               Path(tmp), seed=seed, progress=progress, resume=False,
-                               label="the synthetic source model")
+        member, _, _ = fit_member(source_cfg, member, images, labels, empty, np.zeros(0, dtype=int), len(classes),
+                                  Path(tmp), seed=seed, progress=progress, resume=False,
+                                  label="the synthetic source model")
     net = member[1]  # without the Standardize layer: each fold brings its own statistics
     record = {"settings": source_settings(cfg), "classes": classes, "classifier": classifier_keys(net),
               "images": int(len(images)), "wall_seconds": time.perf_counter() - start, "spermhead": __version__,
