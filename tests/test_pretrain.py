@@ -33,6 +33,7 @@ def test_pretrain_command_writes_loadable_backbone(tmp_path, accelerator) -> Non
     assert result.exit_code == 0, result.output
     record = json.loads(out.with_suffix(".json").read_text())
     assert record["images"] == {"synthetic": 96} and record["final_loss"] > 0
+    assert not out.with_suffix(".images.safetensors").exists()  # synthetic heads only: no real image seen
     model = build_model("spermnet", 4, 1, 32, weights=out)
     assert sorted(model.weights_report.missing) == ["fc.bias", "fc.weight"]  # all but the classifier
     # the weights are not replaced without --overwrite
@@ -84,3 +85,28 @@ def test_fits_on_many_core_machines_ask_for_no_loader_workers(tmp_path, monkeypa
                          accelerator="cpu")
     assert pretrain(cfg, progress=False).is_file()
     assert not [w for w in recwarn if "many workers" in str(w.message)]
+
+
+def test_a_backbone_pretrained_on_the_test_images_is_said_to_have_seen_them(tmp_path, caplog) -> None:
+    """Pretraining takes no labels, but it has seen the images: fine-tuned from it, a CV run's
+    test folds are not unseen, and the run says so as for a bundle's weights."""
+    from test_training import quick_config, write_separable
+
+    from spermhead.serving.bundle import pretrained_images_file
+    from spermhead.training.run import train_run
+
+    data = write_separable(tmp_path / "lab", n_per_class=6)
+    out = tmp_path / "ssl.safetensors"
+    result = CliRunner().invoke(app, ["pretrain", "--out", str(out), "--sources", str(data), "--epochs", "1",
+                                      "--batch-size", "8", "--image-size", "24", "--threads", "1",
+                                      "--accelerator", "cpu", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert pretrained_images_file(out).is_file()
+    with caplog.at_level("WARNING", logger="spermhead"):
+        leaky = train_run(quick_config(data, tmp_path / "leaky", weights=str(out), epochs=1, cv=2), progress=False)
+    said = "was pretrained (without labels) on 24 of these 24 images"
+    assert said in caplog.text and any(said in n for n in leaky.metrics["notes"])
+    assert json.loads((leaky.out / "run.json").read_text())["init"]["saw"] == 24
+    fresh = write_separable(tmp_path / "other", n_per_class=6, seed=9)  # other images: nothing to say
+    clean = train_run(quick_config(fresh, tmp_path / "clean", weights=str(out), epochs=1, cv=2), progress=False)
+    assert not any("--weights file" in n for n in clean.metrics["notes"])

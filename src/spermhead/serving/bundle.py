@@ -221,15 +221,24 @@ def _second_opinions(state: dict[str, torch.Tensor], path: Path, kind: Any, pref
 
 
 def save_training_signatures(directory: Path | str, signatures: np.ndarray) -> Path:
-    """Float16 is plenty: signatures are unit vectors compared against a 0.98 threshold."""
+    """Into a bundle folder, or a `*.safetensors` file named in full (`pretrained_images_file`).
+    Float16 is plenty: signatures are unit vectors compared against a 0.98 threshold."""
     tensor = torch.from_numpy(np.ascontiguousarray(signatures, dtype=np.float16))
-    return write_safetensors({"signatures": tensor}, Path(directory) / TRAINING_IMAGES)
+    path = Path(directory) if str(directory).endswith(".safetensors") else Path(directory) / TRAINING_IMAGES
+    return write_safetensors({"signatures": tensor}, path)
+
+
+def pretrained_images_file(weights: Path | str) -> Path:
+    """Where `spermhead pretrain` keeps the signatures of the real images a backbone saw, beside
+    it: `ssl.safetensors` -> `ssl.images.safetensors`."""
+    return Path(weights).with_suffix(".images.safetensors")
 
 
 def load_training_signatures(directory: Path | str) -> np.ndarray | None:
     """The training images' signatures, or None for a bundle that does not record them (made
-    before they were kept, or by `untrained_bundle`)."""
-    path = Path(directory) / TRAINING_IMAGES
+    before they were kept, or by `untrained_bundle`). `directory` may also name a signatures file
+    itself (a pretrained backbone's, `pretrained_images_file`)."""
+    path = Path(directory) if Path(directory).is_file() else Path(directory) / TRAINING_IMAGES
     if not path.is_file():
         return None
     try:
@@ -240,7 +249,8 @@ def load_training_signatures(directory: Path | str) -> np.ndarray | None:
 
 def seen_by_bundle(directory: Path | str, paths: list[Path] | list[str]) -> list[bool] | None:
     """Per image file: one the bundle's models trained on, or a near-duplicate of one (thumbnail
-    signatures, data/duplicates.py); None where the bundle does not record its training images."""
+    signatures, data/duplicates.py); None where the bundle does not record its training images.
+    `directory` may be a signatures file (load_training_signatures)."""
     from spermhead.data.duplicates import DEFAULT_THRESHOLD, nearest, signatures
 
     trained = load_training_signatures(directory)

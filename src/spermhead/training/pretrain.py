@@ -28,8 +28,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from spermhead.config import PreprocessConfig, environment
+from spermhead.data.duplicates import signatures
 from spermhead.errors import ConfigError
 from spermhead.models.weights import write_safetensors
+from spermhead.serving.bundle import pretrained_images_file, save_training_signatures
 from spermhead.training.augment import AugmentSpec, augment_batch
 from spermhead.training.devices import resolve_accelerator, trainer_device
 from spermhead.training.quiet import fit_quietly
@@ -109,12 +111,13 @@ class SimCLRModule(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
-def pooled_images(cfg: PretrainConfig) -> tuple[np.ndarray, dict[str, int]]:
-    """Canonical uint8 images of every source (N x C x S x S) and how many each gave."""
+def pooled_images(cfg: PretrainConfig) -> tuple[np.ndarray, dict[str, int], list[Path]]:
+    """Canonical uint8 images of every source (N x C x S x S), how many each gave, and the files
+    of the real ones (the synthetic heads have none)."""
     from spermhead.data.readers import load_dataset
     from spermhead.preprocess.align import canonicalize, canonicalize_paths
 
-    parts, counts = [], {}
+    parts, counts, files = [], {}, []
     for source in cfg.sources:
         if source == "synthetic":
             from spermhead.data.synthetic import LABELS, render_head
@@ -127,8 +130,9 @@ def pooled_images(cfg: PretrainConfig) -> tuple[np.ndarray, dict[str, int]]:
         else:
             table = load_dataset(source, cfg.data_dir)
             parts.append(canonicalize_paths([s.path for s in table.samples], cfg.preprocess)[0])
+            files += [s.path for s in table.samples]
         counts[source] = len(parts[-1])
-    return np.concatenate(parts), counts
+    return np.concatenate(parts), counts, files
 
 
 def check_config(cfg: PretrainConfig, overwrite: bool = False) -> None:
@@ -159,7 +163,7 @@ def pretrain(cfg: PretrainConfig, progress: bool = True, overwrite: bool = False
         torch.set_num_threads(cfg.num_threads)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     start = time.perf_counter()
-    images, counts = pooled_images(cfg)
+    images, counts, files = pooled_images(cfg)
     in_chans = images.shape[1]
     x = images.astype(np.float32) / 255
     mean, std = float(x.mean()), float(x.std() + 1e-6)
@@ -181,6 +185,12 @@ def pretrain(cfg: PretrainConfig, progress: bool = True, overwrite: bool = False
     fit_quietly(trainer, module, loader)
     state = {k: v.detach().cpu().contiguous() for k, v in backbone.state_dict().items()}
     write_safetensors(state, out, metadata={"spermhead": "ssl-backbone", "model": cfg.model})
+    # without labels, but it has seen these images: `train --weights` says so when they are its test folds
+    seen = pretrained_images_file(out)
+    if files:
+        save_training_signatures(seen, signatures(files))
+    else:
+        seen.unlink(missing_ok=True)  # an older file's, from real sources this run did not read
     record = {"config": asdict(cfg), "images": counts, "mean": mean, "std": std,
               "final_loss": float(trainer.callback_metrics.get("ssl_loss", float("nan"))),
               "wall_seconds": time.perf_counter() - start, "environment": environment()}

@@ -562,12 +562,15 @@ def train_run(cfg: RunConfig, *, overwrite: bool = False, resume: bool = False,
 
 
 def images_the_weights_saw(cfg: RunConfig, table: SampleTable, n_own: int) -> int:
-    """How many of the dataset's images the --weights file's bundle trained on (or near-duplicates
-    of them), from the signatures a bundle keeps beside its model.safetensors; 0 where it keeps
-    none. Warned before training: such a start has seen test-fold images."""
-    from spermhead.serving.bundle import seen_by_bundle
+    """How many of the dataset's images the --weights file saw (or near-duplicates of them): a
+    pretrained backbone's from the signatures `pretrain` keeps beside it, a bundle's from those it
+    keeps beside its model.safetensors; 0 where there are none. Warned before training: such a
+    start has seen test-fold images."""
+    from spermhead.serving.bundle import pretrained_images_file, seen_by_bundle
 
-    seen = seen_by_bundle(Path(str(cfg.model.weights)).parent, [s.path for s in table.samples[:n_own]])
+    weights = Path(str(cfg.model.weights))
+    beside = pretrained_images_file(weights)
+    seen = seen_by_bundle(beside if beside.is_file() else weights.parent, [s.path for s in table.samples[:n_own]])
     n = int(sum(seen or []))
     if n:
         log.warning("%s", weights_saw_note(cfg, n, n_own))
@@ -575,9 +578,13 @@ def images_the_weights_saw(cfg: RunConfig, table: SampleTable, n_own: int) -> in
 
 
 def weights_saw_note(cfg: RunConfig, n: int, n_own: int) -> str:
-    return (f"the --weights file ({cfg.model.weights}) comes from a bundle that trained on {n} of these {n_own} "
-            "images (or near-duplicates of them), so its test folds are not unseen: these figures flatter "
-            "the model")
+    from spermhead.serving.bundle import pretrained_images_file
+
+    weights = Path(str(cfg.model.weights))
+    source = ("was pretrained (without labels) on" if pretrained_images_file(weights).is_file()
+              else "comes from a bundle that trained on")
+    return (f"the --weights file ({cfg.model.weights}) {source} {n} of these {n_own} images (or near-duplicates "
+            "of them), so its test folds are not unseen: these figures flatter the model")
 
 
 def kind_is_refit(cfg: RunConfig) -> bool:
