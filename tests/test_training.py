@@ -217,6 +217,21 @@ def test_a_fixed_split_without_validation_images_gives_an_empty_validation_part(
     assert np.asarray(CLASSES)[fold.val].size == 0  # usable as an index, as the run uses it
 
 
+def test_a_fixed_split_names_heads_on_both_sides_of_it(tmp_path, caplog):
+    import shutil
+
+    root = tmp_path / "ds"
+    for split, seed in (("train", 0), ("val", 1), ("test", 2)):
+        write_separable(root / split, n_per_class=3, seed=seed)
+    shutil.copy(root / "train" / "normal" / "normal_000.png", root / "test" / "normal" / "again.png")
+    table = load_dataset(str(root))
+    with caplog.at_level("WARNING", logger="spermhead"):
+        (fold,) = make_folds(table, ProtocolConfig(kind="folders"), seed=0, val_fraction=0.15)
+    assert len(fold.test) == 13  # the split is the lab's, kept as it is...
+    assert "1 head(s) are in train/ and also" in caplog.text  # ...but the twin is named
+    assert "test/normal/again.png" in caplog.text and "train/normal/normal_000.png" in caplog.text
+
+
 def test_a_learning_curve_point_shrinks_only_the_training_sides(separable):
     table = load_dataset(str(separable))
     cfg = quick_config(separable, Path("unused"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from collections import Counter
 from dataclasses import dataclass, replace
@@ -13,6 +14,8 @@ from spermhead.config import ProtocolConfig
 from spermhead.data.duplicates import keep_together, near_duplicate_groups, signatures
 from spermhead.data.samples import SampleTable
 from spermhead.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -57,7 +60,9 @@ def _make_folds(table: SampleTable, protocol: ProtocolConfig, seed: int, val_fra
         raise ConfigError(f"{table.name}: only one class has images ({', '.join(present) or 'none'}); "
                           "a classifier needs at least two")
     if protocol.kind == "folders":
-        return [_folder_split(table)]  # the dataset author's split, taken as it is
+        fold = _folder_split(table)  # the dataset author's split, taken as it is, but its twins are named
+        _warn_split_twins(table, fold, duplicate_groups(table, protocol.near_duplicates))
+        return [fold]
     together = duplicate_groups(table, protocol.near_duplicates)
     if protocol.kind == "random":
         return [_random_split(y, protocol.split, seed, together)]
@@ -198,6 +203,19 @@ def _folder_split(table: SampleTable) -> Fold:
     by = {k: np.array([i for i, s in enumerate(table.samples) if s.split == k], dtype=int)
           for k in ("train", "val", "test")}  # int even when empty: an empty val/ is allowed
     return Fold(0, by["train"], by["val"], by["test"])
+
+
+def _warn_split_twins(table: SampleTable, fold: Fold, together: list[list[int]]) -> None:
+    """A fixed split is kept as the lab made it; a head in both its training and its validation or
+    test part is pointed out, since its figures then flatter the model."""
+    part = np.zeros(len(table), int)
+    part[fold.val], part[fold.test] = 1, 2
+    across = [g for g in together if len({bool(part[i]) for i in g}) > 1]
+    if across:
+        shown = "; ".join(" = ".join(table.samples[i].id for i in g) for g in across[:3])
+        log.warning("%s: %d head(s) are in train/ and also, as a near-duplicate, in val/ or test/ (%s%s); "
+                    "the split is kept as it is, but its validation and test figures flatter the model",
+                    table.name, len(across), shown, "; ..." if len(across) > 3 else "")
 
 
 def parse_split(text: str) -> tuple[str, tuple[float, float, float] | None]:
