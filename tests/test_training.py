@@ -920,6 +920,12 @@ def test_balanced_training_gets_its_training_prior_back():
         corrected = apply_bias(uniform, learnt_prior_correction(pooled, 2, balance))
         np.testing.assert_allclose(corrected, [[9 / 22, 13 / 22]], rtol=1e-5)  # counts + 1
         assert apply_bias(corrected, prior_shift(own, pooled, 2)).argmax(1).tolist() == [0]
+    # offline balancing to 5 per class keeps both classes (8 and 12) whole: it learnt their own
+    # prior, so there is nothing to give back; to 10, the 8 grew and the 12 stayed
+    natural = apply_bias(uniform, learnt_prior_correction(pooled, 2, "offline", per_class=5))
+    np.testing.assert_allclose(natural, uniform, rtol=1e-6)
+    partly = apply_bias(uniform, learnt_prior_correction(pooled, 2, "offline", per_class=10))
+    np.testing.assert_allclose(partly, [[9 / 11 / (9 / 11 + 13 / 13), 1 / (9 / 11 + 1)]], rtol=1e-5)
 
 
 def test_balanced_training_on_a_skewed_set_keeps_two_sound_operating_points(tmp_path):

@@ -29,15 +29,23 @@ def prior_bias(train_labels: np.ndarray, num_classes: int, alpha: float) -> np.n
     return (-alpha * np.log(prior)).astype(np.float32)
 
 
-def learnt_prior_correction(train_labels: np.ndarray, num_classes: int, balance: str) -> np.ndarray | None:
+def learnt_prior_correction(train_labels: np.ndarray, num_classes: int, balance: str,
+                            per_class: int = 0) -> np.ndarray | None:
     """The log-prior added to a CNN's posteriors so that they are those of a model trained on the
     training side's own class mix: None after natural-prior training (`balance` "none"); the log
     training prior after class-balanced training, which learnt a uniform prior. Without it the
     accuracy point of a skewed set answers like the balanced point, and the balanced point
-    divides the prior out twice (benchmarks/RESULTS.md, session 11)."""
+    divides the prior out twice (benchmarks/RESULTS.md, session 11). Offline balancing grows each
+    class to `per_class` images but keeps a larger class whole, so the prior it learnt is of
+    those counts, not uniform."""
     if balance == "none":
         return None
-    return -prior_bias(train_labels, num_classes, 1.0)
+    correction = -prior_bias(train_labels, num_classes, 1.0)
+    if balance == "offline" and per_class > 0:
+        counts = np.bincount(train_labels, minlength=num_classes)
+        grown = np.where(counts > 0, np.maximum(counts, per_class), 0)
+        correction = correction + prior_bias(np.repeat(np.arange(num_classes), grown), num_classes, 1.0)
+    return correction
 
 
 def prior_shift(own_labels: np.ndarray, train_labels: np.ndarray, num_classes: int) -> np.ndarray:

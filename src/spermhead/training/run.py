@@ -340,7 +340,7 @@ def fit_side(cfg: RunConfig, table: SampleTable, images: np.ndarray, rows: np.nd
         if save_to is not None:
             write_safetensors(pixels.tensors("pixels"), save_to / "pixels.safetensors")
     # after class-balanced training, the training prior goes back first (training/operating.py)
-    prior = learnt_prior_correction(y[rows], k, cfg.train.balance)
+    prior = learnt_prior_correction(y[rows], k, cfg.train.balance, cfg.train.balance_per_class)
     return FittedSide(members, shape, pixels, prior, epochs, kept)
 
 
@@ -376,7 +376,8 @@ def run_fold(cfg: RunConfig, table: SampleTable, images: np.ndarray, fold: Fold,
                           val_pred=info["val_pred"], val_pred_balanced=info.get("val_pred_balanced", []),
                           accuracy_bias=None if info.get("accuracy_bias") is None
                           else np.asarray(info["accuracy_bias"], dtype=np.float32), shape=shape, pixels=pixels,
-                          cnn_prior=learnt_prior_correction(y[trained], k, cfg.train.balance),
+                          cnn_prior=learnt_prior_correction(y[trained], k, cfg.train.balance,
+                                                            cfg.train.balance_per_class),
                           temperature=info.get("temperature", 1.0),  # folds finished before it: none
                           kept_epochs=info.get("kept_epochs", 0))
     fold_dir.mkdir(parents=True, exist_ok=True)
@@ -530,7 +531,8 @@ def train_run(cfg: RunConfig, *, overwrite: bool = False, resume: bool = False,
     pixels = [r.pixels for r in results if r.pixels is not None]
     if kind_is_refit(cfg):
         bundle_members = [refit_all(cfg, table, images, results, out, progress=progress)]
-        refit_prior = learnt_prior_correction(np.asarray(table.label_indices), k, cfg.train.balance)
+        refit_prior = learnt_prior_correction(np.asarray(table.label_indices), k, cfg.train.balance,
+                                              cfg.train.balance_per_class)
         if refit_prior is not None:  # the refit model trained on every image
             bias["cnn_prior"] = refit_prior
         if shape_features is not None:
