@@ -523,6 +523,7 @@ def test_progress_names_each_fit_above_its_bar(separable, tmp_path, capsys):
     assert "fold 1 of 2: 2 epochs on 34 images, watching 6 validation images" in said, said
     assert "fold 2 of 2, again on training + validation: 2 epochs on 40 images" in said, said
     assert "Epoch" in said and "v_num" not in said  # Lightning's bar, less its logger's version number
+    assert "Epoch 2/2" in said and "Epoch 0/" not in said  # counted from 1, as a user counts
 
 
 def test_seed_ensemble_per_fold(separable, tmp_path):
