@@ -361,3 +361,29 @@ def test_new_sample_pressed_during_an_upload_drops_the_answers_still_out(page, s
     assert page.locator(".card.result").count() == 8
     assert page.locator("#status").inner_text().startswith("8 classified") and page.locator("#sample").is_hidden()
     page.unroute("**/api/predict**")
+
+
+def test_the_report_fits_a_phone_screen(page, tmp_path: Path) -> None:
+    """Wide tables scroll inside themselves, so the page itself never scrolls sideways."""
+    from spermhead.data.samples import Sample, SampleTable
+    from spermhead.evaluation.metrics import cv_metrics
+    from spermhead.evaluation.plots import write_plots
+    from spermhead.evaluation.predictions import Predictions
+    from spermhead.evaluation.report import write_report
+
+    classes = ["normal", "tapered", "pyriform", "small", "amorphous"]
+    table = SampleTable("t", [Sample(f"s{i}", Path("p"), classes[i % 5], "a") for i in range(100)], classes)
+    pred = Predictions.from_model_output([s.id for s in table.samples],
+                                         np.random.default_rng(0).dirichlet(np.ones(5), size=100), table,
+                                         folds=[i % 5 for i in range(100)])
+    report = write_report(tmp_path, {"dataset": "scian-pa", "model": {"name": "spermnet"},
+                                     "protocol": {"kind": "cv", "folds": 5}},
+                          cv_metrics(pred, n_boot=200), write_plots(pred, [], tmp_path / "plots"))
+    page.set_viewport_size({"width": 375, "height": 800})
+    try:
+        page.goto(report.as_uri())
+        widest = page.evaluate("Math.max(...[...document.querySelectorAll('table')].map(t => t.scrollWidth))")
+        assert widest > 375  # the per-class tables are wider than the phone...
+        assert page.evaluate("document.documentElement.scrollWidth") <= 375  # ...but scroll on their own
+    finally:
+        page.set_viewport_size({"width": 1280, "height": 900})

@@ -32,7 +32,7 @@ body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:2re
 h1{font-size:1.6rem;margin-bottom:.2rem}h2{font-size:1.2rem;margin-top:2rem;border-bottom:1px solid #d6dbe0;
  padding-bottom:.2rem}
 .sub{color:#5b6570;margin-top:0}
-table{border-collapse:collapse;margin:.6rem 0;font-size:.92rem}
+table{border-collapse:collapse;margin:.6rem 0;font-size:.92rem;display:block;max-width:100%;overflow-x:auto}
 th,td{border:1px solid #d6dbe0;padding:.3rem .6rem;text-align:right}
 th:first-child,td:first-child{text-align:left}
 thead th{background:#eef2f5}
@@ -45,6 +45,7 @@ figcaption{font-size:.85rem;color:#5b6570}
 pre{background:#f6f8fa;padding:.7rem;overflow:auto;font-size:.85rem;border:1px solid #e3e7eb}
 .note{background:#fff8e6;border-left:4px solid #e6a700;padding:.6rem .9rem}
 .muted{color:#5b6570;font-size:.9rem}
+@media (max-width:600px){body{margin:1rem auto;padding:0 .6rem}figure{min-width:0;flex-basis:100%}}
 """
 
 
