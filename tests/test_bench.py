@@ -135,8 +135,10 @@ def test_the_bench_itself_records_no_row_for_synthetic_heads(tmp_path, monkeypat
 
     write_synthetic(tmp_path / "data", "hushem", n_per_class=3, seed=0)
     point = {"accuracy": 0.9, "balanced_accuracy": 0.9, "per_class_recall": {"normal": 0.9}}
-    fake = SimpleNamespace(timing={}, metrics={"operating_points": {"accuracy": point, "balanced": point},
-                                               "macro_f1": 0.9})
+    # the run's own operating point is the balanced one: the row's macro F1 is still the accuracy point's
+    fake = SimpleNamespace(timing={}, metrics={"operating_points": {"accuracy": {**point, "macro_f1": 0.85},
+                                                                    "balanced": {**point, "macro_f1": 0.7}},
+                                               "macro_f1": 0.7})
     monkeypatch.setattr(bench, "train_run", lambda *args, **kwargs: fake)  # no training here
     table = tmp_path / "R.md"
     table.write_text("<!-- accuracy:start -->\n| dataset | x |\n|---|---|\n| hushem | 94.6 |\n<!-- accuracy:end -->\n")
@@ -147,4 +149,4 @@ def test_the_bench_itself_records_no_row_for_synthetic_heads(tmp_path, monkeypat
     (tmp_path / "data" / "HuSHeM" / "SYNTHETIC.txt").unlink()  # the same heads taken for real ones
     bench.run_accuracy_bench("hushem", tmp_path / "out", seeds=[1], data_dir=str(tmp_path / "data"),
                              results_md=table, readme=None)
-    assert "94.6" not in table.read_text()
+    assert "94.6" not in table.read_text() and "| 85.0 |" in table.read_text()

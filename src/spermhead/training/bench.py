@@ -84,7 +84,7 @@ def run_accuracy_bench(name: str, out: Path, *, seeds: list[int], data_dir: str 
                      "init_seconds": init_seconds, "config": cfg.to_dict(),
                      "device": resolve_accelerator(cfg.train.accelerator),
                      "metrics": {p: result.metrics["operating_points"][p] for p in ("accuracy", "balanced")},
-                     "macro_f1": result.metrics["macro_f1"]})
+                     "macro_f1": result.metrics["operating_points"]["accuracy"]["macro_f1"]})
     summary = summarise(name, runs, seeds)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"accuracy-{name}.json").write_text(json.dumps({"summary": summary, "runs": runs}, indent=2))
