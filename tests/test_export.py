@@ -77,9 +77,14 @@ def test_export_to_a_folder_is_refused_by_name(bundle: Path, tmp_path: Path) -> 
     assert not list(tmp_path.iterdir())
 
 
-def test_stale_onnx_is_not_used(bundle: Path, tmp_path: Path) -> None:
+def test_stale_onnx_is_not_used(bundle: Path, tmp_path: Path, caplog) -> None:
     other = untrained_bundle(tmp_path / "other", "spermnet", classes=CLASSES, image_size=32, width=8, seed=1)
     export_onnx(bundle, other / ONNX_NAME, check=False)  # exported from different weights
     with Predictor(other, backend="onnx") as po:
         assert po.onnx_path != other / ONNX_NAME  # exported afresh to a temporary file
         assert onnx_fingerprint(po.onnx_path) == bundle_fingerprint(other)
+    # with none beside the bundle, the temporary export is said, with how to keep one
+    (other / ONNX_NAME).unlink()
+    with caplog.at_level("WARNING", logger="spermhead"), Predictor(other, backend="onnx") as po:
+        assert po.onnx_path.parent != other
+    assert f"no {ONNX_NAME} in {other}: exporting a temporary one" in caplog.text

@@ -139,6 +139,9 @@ class Predictor:
             return beside
         if beside.is_file():
             log.warning("%s was exported from other weights; exporting afresh", beside)
+        else:  # a few seconds each time: say how to keep one
+            log.warning("no %s in %s: exporting a temporary one (`spermhead export --model %s` keeps it there)",
+                        ONNX_NAME, self.bundle_dir, self.bundle_dir)
         self._tmpdir = tempfile.TemporaryDirectory(prefix="spermhead-onnx-")
         out = Path(self._tmpdir.name) / ONNX_NAME
         export_onnx(self.bundle, out)
