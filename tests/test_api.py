@@ -387,3 +387,26 @@ def test_review_run_folder_finds_images_through_its_config(bundle: Path, labelle
         data = c.get("/api/review").json()  # labels and predictions still reviewable, without images
         assert "images unavailable" in data["note"] and not any(it["has_image"] for it in data["items"])
         assert c.get("/api/review/image/0").status_code == 404
+
+
+def test_serve_reviews_a_named_dataset_from_the_data_folder_its_error_names(bundle: Path, tmp_path: Path,
+                                                                             monkeypatch) -> None:
+    """`serve --review hushem` without a data folder says to pass --data-dir; serve takes it."""
+    import uvicorn
+    from typer.testing import CliRunner
+
+    from spermhead.cli import app
+    from spermhead.data.synthetic import write_synthetic
+
+    served = []
+    monkeypatch.setattr(uvicorn, "run", lambda web, **kw: served.append(web))  # no server here
+    monkeypatch.chdir(tmp_path)  # no ./data
+    monkeypatch.delenv("SPERMHEAD_DATA", raising=False)
+    runner = CliRunner()
+    missing = runner.invoke(app, ["serve", "--model", str(bundle), "--review", "hushem"], terminal_width=200)
+    assert missing.exit_code == 2 and "pass --data-dir" in missing.output and not served, missing.output
+    write_synthetic(tmp_path / "heads", "hushem", n_per_class=2, seed=0)
+    result = runner.invoke(app, ["serve", "--model", str(bundle), "--review", "hushem", "--data-dir", "heads"])
+    assert result.exit_code == 0, result.output
+    with TestClient(served[0]) as c:
+        assert len(c.get("/api/review").json()["items"]) == 8

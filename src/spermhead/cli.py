@@ -802,8 +802,9 @@ def serve(
     port: Annotated[int, typer.Option()] = 8000,
     review: Annotated[str | None, typer.Option(help="Labelled class folder, dataset name, run folder or "
                                                "predictions.csv for the review page")] = None,
-    review_data: Annotated[Path | None, typer.Option(help="Dataset folder holding the images of --review's "
-                                                     "predictions (default: the run's config.yaml)")] = None,
+    review_data: Annotated[Path | None, typer.Option(
+        "--review-data", "--data-dir", help="Data folder holding the images of --review's predictions, or the "
+        "named dataset's (default: the run's config.yaml; SPERMHEAD_DATA or ./data)")] = None,
     max_upload_mb: Annotated[float, typer.Option(help="Per-file upload limit")] = 20,
     backend: Annotated[str, typer.Option(help="torch or onnx")] = "torch",
     operating_point: Annotated[str | None, typer.Option(
