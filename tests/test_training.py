@@ -285,6 +285,25 @@ def test_refit_val_scores_validation_before_and_test_after_training_on_it(separa
         build_run_config(str(separable), "unused", refit_val=True, monitor="val_acc")
 
 
+def test_train_takes_the_checkpoint_to_keep_and_names_the_recipe_that_refits(separable, tmp_path):
+    from typer.testing import CliRunner
+
+    from spermhead.cli import app
+
+    runner = CliRunner()
+    refused = runner.invoke(app, ["train", "hushem", "--data-dir", str(tmp_path), "--monitor", "val_acc",
+                                  "--out", str(tmp_path / "no")], terminal_width=200)
+    said = " ".join(refused.output.split())
+    assert refused.exit_code == 2 and "set by hushem's recipe" in said and "--no-refit-val" in said, said
+    run = tmp_path / "best"
+    result = runner.invoke(app, ["train", str(separable), "--monitor", "val_acc", "--patience", "3", "--epochs", "2",
+                                 "--cv", "2", "--image-size", "24", "--init", "scratch", "--threads",
+                                 "1", "--no-progress", "--out", str(run)])
+    assert result.exit_code == 0, result.output
+    saved = load_config(run / "config.yaml").train
+    assert (saved.monitor, saved.early_stopping_patience) == ("val_acc", 3)
+
+
 def test_balancing_and_augmentation_touch_only_training(separable, tmp_path):
     cfg = quick_config(separable, tmp_path / "bal", balance="offline", epochs=2)
     cfg.train.balance_per_class = 30

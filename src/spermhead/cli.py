@@ -273,6 +273,11 @@ def train(
     refit_val: Annotated[bool | None, typer.Option(
         "--refit-val/--no-refit-val",
         help="After scoring its validation part, each fold trains again on training + validation")] = None,
+    monitor: Annotated[str | None, typer.Option(
+        help="The checkpoint each fold keeps: last (the recipes'), val_acc or val_loss (the best on its "
+             "validation part)")] = None,
+    patience: Annotated[int | None, typer.Option(
+        help="With --monitor val_acc/val_loss: stop after this many epochs without improvement (0 = never)")] = None,
     shape_fusion: Annotated[float | None, typer.Option(
         help="Weight (0-1) of a head-profile logistic regression fused with the CNN's probabilities; "
              "0 = the CNN alone")] = None,
@@ -331,7 +336,7 @@ def train(
             scale=scale, background=background, batch_size=batch_size, lr=lr, optimizer=optimizer, schedule=schedule, balance=balance,
             augment=augment, soft_labels=soft_labels, label_smoothing=label_smoothing, mixup=mixup, cutmix=cutmix, swa=swa, ema=ema, sam=sam, tta=tta, pretrained=pretrained,
             weights=weights, init=init, prior_strength=prior_strength, l2_conv=l2_conv, final_model=final, threads=threads, members=members,
-            train_fraction=train_fraction, refit_val=refit_val,
+            train_fraction=train_fraction, refit_val=refit_val, monitor=monitor, patience=patience,
             accelerator=accelerator, extra_train=extra_train or None, shape_fusion=shape_fusion,
             pixel_fusion=pixel_fusion, calibrate=calibrate,
         )
