@@ -174,3 +174,23 @@ def test_ctrl_c_says_what_becomes_of_the_work(monkeypatch):
     summary = CliRunner().invoke(app, ["data", "summary", "hushem"])
     assert summary.exit_code == 130 and "interrupted; files it had finished are kept" in summary.output
     # Ctrl-C during a fit (Lightning's own exit) is test_training.py's
+
+
+def test_data_preview_shows_the_images_the_recipe_trains_on(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    import spermhead.preprocess.preview as preview
+    from spermhead.cli import app
+    from spermhead.data.synthetic import write_synthetic
+    from spermhead.training.recipes import DATASET_RECIPES
+
+    write_synthetic(tmp_path / "data", "hushem", n_per_class=2, seed=0)
+    seen = []
+    monkeypatch.setattr(preview, "contact_sheet", lambda table, cfg, out, **kw: seen.append(cfg) or out)
+    runner = CliRunner()
+    for extra in ([], ["--image-size", "32", "--color", "rgb"]):
+        result = runner.invoke(app, ["data", "preview", "hushem", "--data-dir", str(tmp_path / "data"), "--out",
+                                     str(tmp_path / "grid.png"), *extra])
+        assert result.exit_code == 0, result.output
+    assert (seen[0].image_size, seen[0].color) == (DATASET_RECIPES["hushem"]["image_size"], "gray")  # HuSHeM's 48
+    assert (seen[1].image_size, seen[1].color) == (32, "rgb")

@@ -100,19 +100,18 @@ def data_preview(
     out: Annotated[Path, typer.Option("--out", help="PNG file to write.")],
     data_dir: DataDir = None,
     per_class: Annotated[int, typer.Option("--per-class", min=1, help="Random samples per class.")] = 6,
-    image_size: Annotated[int, typer.Option("--image-size", min=8, help="Canonical image size.")] = 64,
-    color: Annotated[str, typer.Option("--color", help="gray or rgb.")] = "gray",
+    image_size: Annotated[int | None, typer.Option(
+        "--image-size", min=8, help="Canonical image size (default: the dataset's training recipe's)")] = None,
+    color: Annotated[str | None, typer.Option("--color", help="gray or rgb (default: the recipe's)")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Which samples are drawn.")] = 0,
 ) -> None:
-    """Write a contact sheet: per class, raw crops beside their aligned canonical images."""
-    from spermhead.config import PreprocessConfig
+    """Write a contact sheet: per class, raw crops beside the canonical images `train` would give
+    the model (its recipe's size, colour and scale, unless told otherwise)."""
     from spermhead.data.readers import load_dataset
-    from spermhead.errors import ConfigError
     from spermhead.preprocess.preview import contact_sheet
+    from spermhead.training.options import build_run_config
 
-    if color not in ("gray", "rgb"):
-        raise ConfigError(f"--color {color!r}: gray or rgb")
-    cfg = PreprocessConfig(image_size=image_size, color=color)
+    cfg = build_run_config(name, "unused", image_size=image_size, color=color).preprocess  # checks them too
     path = contact_sheet(load_dataset(name, data_dir), cfg, out, per_class=per_class, seed=seed)
     console.print(f"wrote {path}", highlight=False, soft_wrap=True)
 
