@@ -174,6 +174,13 @@ def test_absent_class_is_left_out_of_auc_and_noted() -> None:
     assert m["roc_auc_ovr_macro"] == pytest.approx(np.mean(aucs))
     assert any("amorphous" in note for note in m["notes"])
     json.dumps(m, allow_nan=False)
+    # answered "amorphous" at times, it counts in macro F1 with an F1 of 0, and the notes say so
+    answered = pred.pred_indices == 3
+    assert answered.any()
+    from sklearn.metrics import f1_score
+
+    assert m["macro_f1"] == pytest.approx(f1_score(pred.true_indices, pred.pred_indices, average="macro"))
+    assert any(n.startswith("predicted but absent from the true labels: amorphous") for n in m["notes"])
 
 
 def test_cv_metrics_folds_ci_and_determinism(oof: Predictions, tmp_path: Path) -> None:

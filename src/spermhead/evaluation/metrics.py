@@ -107,6 +107,11 @@ def compute_metrics(pred: Predictions) -> dict[str, Any]:
             f"classes absent from the true labels: {', '.join(absent)}; their recall and AUC are "
             "undefined and left out of balanced accuracy and the AUC averages"
         )
+    if guessed := [classes[c] for c in labels if seen[c] and not present[c]]:
+        notes.append(
+            f"predicted but absent from the true labels: {', '.join(guessed)}; each counts in macro F1 "
+            "with an F1 of 0, as every such answer is wrong (scikit-learn's convention)"
+        )
 
     roc: list[float | None] = []
     ap: list[float | None] = []
