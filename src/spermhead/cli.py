@@ -688,7 +688,9 @@ def evaluate(
         console.print(f"images the model did not train on ({u['n']}): accuracy {u['accuracy']:.4f}, "
                       f"balanced accuracy {u['balanced_accuracy']:.4f}")
     for bad in result.unusable[:20]:
-        err_console.print(f"{bad['path']}: {bad['error']}", style="red", highlight=False, markup=False)
+        name = Path(bad["path"]).name + ": "  # the error names the file already: name it once, by its path
+        error = bad["error"][len(name):] if bad["error"].startswith(name) else bad["error"]
+        err_console.print(f"{bad['path']}: {error}", style="red", highlight=False, markup=False)
     console.print(f"report: {out / 'report.html'}")
     if result.unusable:
         raise typer.Exit(1)

@@ -33,8 +33,11 @@ def paired(a: Predictions, b: Predictions, *, names: tuple[str, str] = ("A", "B"
         raise DataError(f"{names[0]} and {names[1]} have different classes: {a.classes} and {b.classes}")
     only_a, only_b = sorted(set(a.ids) - set(b.ids)), sorted(set(b.ids) - set(a.ids))
     if only_a or only_b:
-        raise DataError(f"{names[0]} and {names[1]} scored different images: {len(only_a)} only in "
-                        f"{names[0]} (e.g. {only_a[:3]}), {len(only_b)} only in {names[1]} (e.g. {only_b[:3]})")
+        def some(ids: list[str], name: str) -> str:
+            return f"{len(ids)} only in {name}" + (f" (e.g. {', '.join(ids[:3])})" if ids else "")
+
+        raise DataError(f"{names[0]} and {names[1]} scored different images: {some(only_a, names[0])}, "
+                        f"{some(only_b, names[1])}")
     a, b = a.sorted_by_id(), b.sorted_by_id()
     relabelled = [i for i, ta, tb in zip(a.ids, a.true, b.true, strict=True) if ta != tb]
     if relabelled:
