@@ -304,9 +304,14 @@ def test_classify_page_leaves_images_with_no_head_out_of_the_shares(page, server
     assert "no head found in 1 (not in the class shares)" in page.locator("#status").inner_text()
     assert page.locator(".badge.unaligned:has-text('no head found')").count() == 1
     assert page.locator("#sample").is_hidden()  # nine heads and a blank frame are not yet ten heads
-    page.set_input_files("#file-input", files[9:])
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not an image")
+    page.set_input_files("#file-input", [str(broken), *files[9:]])
     page.wait_for_selector("#sample table.shares")
     assert "all 10 heads on this page" in page.locator("#sample h2").inner_text()
+    # the status line counts the whole page, as the shares do, not the last upload alone
+    page.wait_for_selector("#status:has-text('11 classified on this page, 1 could not be used')")
+    assert "no head found in 1" in page.locator("#status").inner_text()
 
 
 def test_classify_page_gives_the_class_shares_of_all_its_heads(page, server: str, images: Path,

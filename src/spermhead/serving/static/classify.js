@@ -12,6 +12,7 @@ let classes = [];
 let minHeads = 10;
 const predicted = []; // every head classified on this page: together, one sample
 let headless = 0;     // images on this page where no head was found
+let classifiedOnPage = 0, failedOnPage = 0; // the status line counts the page, as the shares do
 let sampleNumber = 0; // New sample starts the next; answers to requests sent before it are dropped
 
 function figure(src, caption, alt) {
@@ -130,14 +131,14 @@ async function handleFiles(fileList) {
   const files = Array.from(fileList);
   if (!files.length) return;
   statusLine.textContent = `classifying ${files.length} image${files.length > 1 ? "s" : ""}…`;
-  let classified = 0, failed = 0;
   for (let i = 0; i < files.length; i += BATCH) {
     const [ok, bad] = await sendBatch(files.slice(i, i + BATCH));
-    classified += ok;
-    failed += bad;
+    classifiedOnPage += ok;
+    failedOnPage += bad;
   }
   await showSample(); // before the status line, which thus says when the page is settled
-  statusLine.textContent = `${classified} classified` + (failed ? `, ${failed} could not be used` : "")
+  statusLine.textContent = `${classifiedOnPage} classified on this page`
+    + (failedOnPage ? `, ${failedOnPage} could not be used` : "")
     + (headless ? ` · no head found in ${headless} (not in the class shares)` : "");
 }
 
@@ -195,6 +196,8 @@ function newSample() {
   sampleNumber += 1;
   predicted.length = 0;
   headless = 0;
+  classifiedOnPage = 0;
+  failedOnPage = 0;
   cards.replaceChildren();
   samplePanel.replaceChildren();
   samplePanel.hidden = true;
