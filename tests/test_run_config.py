@@ -92,10 +92,10 @@ def test_a_hand_written_file_changes_only_what_it_names(tmp_path):
 
 
 @pytest.mark.parametrize("text, problem", [
-    ("train:\n  epoch: 7\n", "train.epoch: not a setting"),
+    ("train:\n  epoch: 7\n", "train.epoch: not a setting (did you mean train.epochs?)"),
     ("train:\n  epochs: ten\n", "train.epochs: 'ten' is not a whole number"),
     ("train:\n  tta: 1\n", "train.tta: 1 is not true or false"),
-    ("train:\n  lr: fast\nmodel:\n  nmae: x\n", "train.lr: 'fast' is not a number; model.nmae: not a setting"),
+    ("train:\n  lr: fast\nmodel:\n  nmae: x\n", "train.lr: 'fast' is not a number; model.nmae: not a setting (did you mean model.name?)"),
     ("train: 7\n", "train: a mapping of settings"),
     ("- epochs\n", "a mapping of settings"),
     ("train: [unclosed\n", "not readable as YAML"),
@@ -106,6 +106,14 @@ def test_a_bad_file_is_refused_naming_it_and_the_settings(tmp_path, text, proble
     with pytest.raises(ConfigError, match="bad.yaml") as err:
         read_config_file(file)
     assert problem in str(err.value)
+
+
+def test_a_misspelt_setting_is_offered_its_spelling_and_a_stray_one_is_not(tmp_path):
+    file = tmp_path / "bad.yaml"
+    file.write_text("train:\n  qqqq: 1\n  balence: none\n")
+    with pytest.raises(ConfigError) as err:
+        read_config_file(file)
+    assert str(err.value).endswith("train.qqqq: not a setting; train.balence: not a setting (did you mean train.balance?)")
 
 
 def test_cli_refuses_a_bad_config_before_making_the_run_directory(tmp_path):

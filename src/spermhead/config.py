@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import platform
 import sys
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
@@ -239,7 +240,8 @@ def _check_settings(data: Any, template: dict[str, Any], where: str, problems: l
     for key, value in data.items():
         name = f"{where}{key}"
         if key not in template:
-            problems.append(f"{name}: not a setting")
+            near = difflib.get_close_matches(str(key), [str(k) for k in template], n=1)
+            problems.append(f"{name}: not a setting" + (f" (did you mean {where}{near[0]}?)" if near else ""))
         elif isinstance(template[key], dict) and key != "kwargs":
             _check_settings(value, template[key], f"{name}.", problems)
         elif name == "train.prior_strength" and isinstance(value, str):
