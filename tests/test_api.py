@@ -225,6 +225,9 @@ def test_composition_gives_the_heads_class_shares_and_names_what_it_cannot_use(c
     body = r.json()
     # an untrained bundle records no confusion: counted only, as predict's table would give it
     assert body["heads"] == 20 and not body["adjusted"] and body["closer"] is None and body["check"] is None
+    assert body["note"] is None
+    few = client.post("/api/composition", json={"predicted": heads[:3]}).json()
+    assert few["rows"] == composition(heads[:3], list(CLASSES)) and few["note"].startswith("3 heads: predict")
     assert body["rows"] == composition(heads, list(CLASSES))
     assert client.get("/api/model").json()["sample_min_heads"] == 10
     bad = client.post("/api/composition", json={"predicted": ["normal", "banana", "Normall"]})

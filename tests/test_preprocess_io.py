@@ -183,7 +183,7 @@ def test_huge_png_is_refused_from_its_header_fast(tmp_path: Path):
     err = _bad(path)
     assert time.perf_counter() - start < 0.5
     assert err.status == 413
-    assert err.problem == "image is 20000 x 20000 = 400000000 pixels, over the limit of 40000000"
+    assert err.problem == "image is 20000 x 20000 = 400,000,000 pixels, over the limit of 40,000,000"
     assert str(path) in str(err)
 
 
@@ -191,7 +191,7 @@ def test_max_pixels_limit():
     data = _encode(Image.new("RGB", (131, 131)), "BMP")
     err = _bad(data, name="a.bmp", max_pixels=10_000)
     assert err.status == 413
-    assert err.problem == "image is 131 x 131 = 17161 pixels, over the limit of 10000"
+    assert err.problem == "image is 131 x 131 = 17,161 pixels, over the limit of 10,000"
     assert read_image(data, max_pixels=17_161).shape == (131, 131, 3)
 
 

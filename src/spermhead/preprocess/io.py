@@ -86,7 +86,7 @@ def read_image(source: Path | str | bytes, name: str | None = None, max_pixels: 
         width, height = im.size
         if width * height > max_pixels:
             raise ImageError(
-                name, f"image is {width} x {height} = {width * height} pixels, over the limit of {max_pixels}", 413
+                name, f"image is {width} x {height} = {width * height:,} pixels, over the limit of {max_pixels:,}", 413
             )
         if width < 1 or height < 1:
             raise ImageError(name, CORRUPT, 400)

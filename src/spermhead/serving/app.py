@@ -438,7 +438,9 @@ class Service:
                                      f"it has {', '.join(meta.classes)}")
         check = meta.share_check
         rows = composition(predicted, meta.classes, meta.confusion, extra_sd=check["extra_sd"] if check else None)
-        return {"heads": len(predicted), "classes": list(meta.classes), "rows": rows,
+        few = (f"{len(predicted)} heads: predict and the classify page give a sample's shares from {MIN_HEADS} "
+               "heads on; below that the intervals are too wide to say much") if len(predicted) < MIN_HEADS else None
+        return {"heads": len(predicted), "classes": list(meta.classes), "rows": rows, "note": few,
                 "adjusted": meta.confusion is not None,
                 "closer": check["closer"] if check and meta.confusion else None,
                 "check": None if not check else {"samples": check["samples"], "heads": largest_sample(check),
