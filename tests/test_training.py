@@ -558,6 +558,15 @@ def test_seed_ensemble_per_fold(separable, tmp_path):
     assert again.timing["seconds_per_epoch"] == pytest.approx(result.timing["seconds_per_epoch"])
 
 
+def test_the_plateau_schedule_trains_fits_with_no_validation_part(separable, tmp_path):
+    """A refit on training + validation, and the final refit, have no validation loss to watch:
+    the learning rate then follows the training loss instead of failing the run."""
+    result = train_run(quick_config(separable, tmp_path / "plateau", cv=2, epochs=2, schedule="plateau",
+                                    refit_val=True, final_model="refit"), progress=False)
+    assert load_bundle(result.out / "model").meta.kind == "refit"
+    assert all(json.loads((result.out / "folds" / f"fold{k}" / "done.json").read_text())["refit_val"] for k in (0, 1))
+
+
 def test_seed_recipe_reproduces_the_report_settings():
     cfg = build_run_config("hushem", "unused", recipe="seed", model="seed-alexnet")
     t = cfg.train

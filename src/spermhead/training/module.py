@@ -83,10 +83,11 @@ class HeadClassifier(L.LightningModule):
     """`model` takes [0, 1] images (it standardises internally) and returns logits."""
 
     def __init__(self, model: nn.Module, cfg: TrainConfig, steps_per_epoch: int,
-                 loss_weights: torch.Tensor | None = None, l2_conv: float = 0.0) -> None:
+                 loss_weights: torch.Tensor | None = None, l2_conv: float = 0.0, validated: bool = True) -> None:
         super().__init__()
         self.model = model
         self.cfg = cfg
+        self.validated = validated  # a fit with no validation part (a refit, a source model) has no val_loss
         self.steps_per_epoch = max(1, steps_per_epoch)
         self.augment = get_spec(cfg.augment)
         self.l2_conv = l2_conv
@@ -174,7 +175,9 @@ class HeadClassifier(L.LightningModule):
             return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
         if cfg.schedule == "plateau":
             sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=5)
-            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": "val_loss"}}
+            # halved when the loss stalls: the validation loss where there is one, else the training loss
+            watched = "val_loss" if self.validated else "train_loss"
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": watched}}
         if cfg.schedule == "none":
             return opt
         raise ConfigError(f"unknown schedule {cfg.schedule!r}: {', '.join(SCHEDULES)}")

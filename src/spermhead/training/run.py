@@ -266,7 +266,7 @@ def fit_member(cfg: RunConfig, member: nn.Module, x_train: np.ndarray, y_train: 
         callbacks.append(QuietProgressBar(leave=False))
 
     module = HeadClassifier(member, tc, steps_per_epoch=len(train_loader), loss_weights=loss_weights,
-                            l2_conv=cfg.model.l2_conv)
+                            l2_conv=cfg.model.l2_conv, validated=has_val)
     module.generators = [g for g in (train_loader.generator, getattr(sampler, "generator", None)) if g is not None]
     trainer = L.Trainer(
         max_epochs=tc.epochs, **trainer_device(tc.accelerator), logger=_loggers(cfg, fold_dir),
