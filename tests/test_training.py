@@ -668,6 +668,21 @@ def test_background_mask_gets_its_own_source_and_default_sources_keep_their_cach
         build_run_config("hushem", "unused", background="blur")
 
 
+def test_the_source_models_name_follows_the_training_settings_it_was_trained_with():
+    """Trained with the run's optimiser, learning rate and loss, a source is cached under them: a
+    run with other ones does not start from a source it did not ask for. Settings the source does
+    not use (fusion, TTA) leave its name alone, as do the recipes, which train at the defaults."""
+    from spermhead.training.synthetic_init import source_path, source_settings
+
+    plain = build_run_config("hushem", "unused")
+    assert "train" not in source_settings(plain)
+    for option in ({"lr": 0.01}, {"optimizer": "sgd"}, {"mixup": 0.2}, {"label_smoothing": 0.0}, {"sam": 0.05},
+                   {"batch_size": 16}, {"schedule": "cosine"}, {"l2_conv": 0.01}):
+        assert source_path(build_run_config("hushem", "unused", **option)) != source_path(plain), option
+    for option in ({"tta": False}, {"shape_fusion": 0.0}, {"refit_val": False}, {"threads": 1}):
+        assert source_path(build_run_config("hushem", "unused", **option)) == source_path(plain), option
+
+
 def test_synthetic_init_trains_its_source_once_then_reuses_the_cache(separable, tmp_path, monkeypatch, caplog):
     from safetensors.torch import load_file
 

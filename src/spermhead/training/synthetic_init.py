@@ -28,7 +28,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from spermhead import __version__
-from spermhead.config import RunConfig, environment
+from spermhead.config import ModelConfig, RunConfig, TrainConfig, environment
 from spermhead.errors import ConfigError
 from spermhead.models.weights import write_safetensors
 
@@ -54,15 +54,29 @@ def cache_root() -> Path:
     return Path(os.environ.get("SPERMHEAD_CACHE") or Path.home() / ".cache" / "spermhead")
 
 
+# The run's training settings that `train_source` keeps (the others it fixes, or the source does
+# not use); each enters the hash only away from its default, so sources cached before they did
+# stay valid: every recipe trains at their defaults.
+SOURCE_TRAIN_FIELDS = ("batch_size", "optimizer", "lr", "weight_decay", "schedule", "warmup_epochs",
+                       "label_smoothing", "mixup", "cutmix", "swa", "sam")
+
+
 def source_settings(cfg: RunConfig) -> dict[str, Any]:
     """Everything the source model depends on; its hash names the cached file."""
     pre = {k: v for k, v in asdict(cfg.preprocess).items() if k != "max_pixels"}
     if pre["background"] == "keep":  # added later: at its default, earlier cached sources stay valid
         del pre["background"]
-    return {"format": SOURCE_FORMAT, "model": cfg.model.name, "kwargs": dict(cfg.model.kwargs),
-            "drop_rate": cfg.model.drop_rate, "preprocess": pre, "style": source_style(cfg),
-            "per_class": cfg.model.init_per_class, "epochs": cfg.model.init_epochs,
-            "augment": cfg.train.augment, "seed": cfg.model.init_seed}
+    settings = {"format": SOURCE_FORMAT, "model": cfg.model.name, "kwargs": dict(cfg.model.kwargs),
+                "drop_rate": cfg.model.drop_rate, "preprocess": pre, "style": source_style(cfg),
+                "per_class": cfg.model.init_per_class, "epochs": cfg.model.init_epochs,
+                "augment": cfg.train.augment, "seed": cfg.model.init_seed}
+    defaults = TrainConfig()
+    train = {k: getattr(cfg.train, k) for k in SOURCE_TRAIN_FIELDS if getattr(cfg.train, k) != getattr(defaults, k)}
+    if cfg.model.l2_conv != ModelConfig().l2_conv:
+        train["l2_conv"] = cfg.model.l2_conv
+    if train:
+        settings["train"] = train
+    return settings
 
 
 def source_path(cfg: RunConfig) -> Path:
