@@ -150,6 +150,17 @@ def model_names() -> list[str]:
     return list(_REGISTRY)
 
 
+def takes_weights(name: str) -> bool:
+    """Whether the model can start from a weights file (--weights, the synthetic source)."""
+    entry = _REGISTRY.get(name)
+    return name.startswith(TIMM_PREFIX) or (entry is not None and entry.pretrainable)
+
+
+def weights_models_text() -> str:
+    """The models that take a weights file, for an error that refuses one."""
+    return ", ".join([n for n in _REGISTRY if takes_weights(n)] + [f"{TIMM_PREFIX}<name>"])
+
+
 def build_model(
     name: str,
     num_classes: int,
@@ -195,8 +206,8 @@ def build_model(
         if entry.pretrainable:
             kwargs = {**kwargs, "pretrained": pretrained, "weights": weights}
         elif pretrained or weights is not None:
-            raise ConfigError(f"model '{name}' has no pretrained weights (it trains from scratch); "
-                              f"use seed-resnet50, seed-efficientnet-b7 or {TIMM_PREFIX}<name>")
+            raise ConfigError(f"model '{name}' takes no pretrained weights (it trains from scratch); "
+                              f"these do: {weights_models_text()}")
         model = entry.builder(num_classes, in_chans, image_size, **common, **kwargs)
     model.architecture = name
     model.l2_conv = float(l2_conv)
