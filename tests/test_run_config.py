@@ -198,3 +198,15 @@ def test_a_run_saved_with_a_relative_folder_still_resumes(tmp_path, monkeypatch)
     check_resumable(tmp_path / "run", asked)  # the same folder: no difference
     with pytest.raises(ConfigError, match="train.epochs"):
         check_resumable(tmp_path / "run", build_run_config("heads", "run", epochs=7))
+
+
+def test_an_unknown_or_missing_logger_is_refused_before_the_run_folder(tmp_path, monkeypatch):
+    import importlib.util
+
+    with pytest.raises(ConfigError, match="--logger 'foo': csv, tensorboard, mlflow"):
+        build_run_config("hushem", str(tmp_path / "run"), loggers=("csv", "foo"))
+    result = CliRunner().invoke(app, ["train", "hushem", "--logger", "foo", "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2 and "--logger 'foo'" in result.output and not (tmp_path / "run").exists()
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)  # as where it is not installed
+    with pytest.raises(ConfigError, match="--logger mlflow needs `pip install mlflow`"):
+        build_run_config("hushem", str(tmp_path / "run"), loggers=("csv", "mlflow"))

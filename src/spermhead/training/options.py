@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import fields, is_dataclass
 from pathlib import Path
 from typing import Any
@@ -168,6 +169,9 @@ def absolute_path(name: str) -> str:
     return str(Path(name).absolute())
 
 
+LOGGERS = ("csv", "tensorboard", "mlflow")
+
+
 def _choice(value: Any, choices: Any, option: str) -> None:
     if value not in choices:
         raise ConfigError(f"{option} {value!r}: {', '.join(choices)}")
@@ -181,6 +185,10 @@ def check_run_config(cfg: RunConfig) -> None:
     """
     pre, tc, proto = cfg.preprocess, cfg.train, cfg.protocol
     _choice(cfg.operating_point, ("accuracy", "balanced"), "--operating-point")
+    for logger in cfg.loggers:  # before the run folder, not at its first fit
+        _choice(logger, LOGGERS, "--logger")
+        if logger != "csv" and importlib.util.find_spec(logger) is None:
+            raise ConfigError(f"--logger {logger} needs `pip install {logger}`")
     _choice(pre.color, ("gray", "rgb"), "--color")
     _choice(pre.scale, ("head", "image"), "--scale")
     _choice(pre.background, ("keep", "mask"), "--background")
