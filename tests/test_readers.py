@@ -194,3 +194,12 @@ def test_data_preview_shows_the_images_the_recipe_trains_on(tmp_path, monkeypatc
         assert result.exit_code == 0, result.output
     assert (seen[0].image_size, seen[0].color) == (DATASET_RECIPES["hushem"]["image_size"], "gray")  # HuSHeM's 48
     assert (seen[1].image_size, seen[1].color) == (32, "rgb")
+
+
+def test_a_table_with_one_id_twice_is_a_data_error_naming_it():
+    from spermhead.data.samples import Sample, SampleTable
+    from spermhead.errors import DataError
+
+    rows = [Sample("a/1.png", Path("1.png"), "normal", "lab"), Sample("a/1.png", Path("2.png"), "tapered", "lab")]
+    with pytest.raises(DataError, match=r"dataset 'lab': duplicate sample ids \['a/1.png'\]"):
+        SampleTable("lab", rows)

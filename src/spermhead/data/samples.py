@@ -7,6 +7,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from spermhead.errors import DataError
+
 # Canonical order of the WHO head classes; datasets list theirs in this order.
 WHO_CLASSES = ("normal", "tapered", "pyriform", "small", "amorphous")
 
@@ -33,7 +35,8 @@ class SampleTable:
         ids = [s.id for s in self.samples]
         if len(set(ids)) != len(ids):
             dup = [i for i, n in Counter(ids).items() if n > 1][:3]
-            raise ValueError(f"dataset {self.name!r}: duplicate sample ids {dup}")
+            raise DataError(f"dataset {self.name!r}: duplicate sample ids {dup}: each image needs its own id, "
+                            "as predictions and labels are paired by it")
         if not self.classes:
             self.classes = order_classes({s.label for s in self.samples})
 
