@@ -330,3 +330,22 @@ def test_weight_files_are_readable_as_the_umask_allows(tmp_path):
     finally:
         os.umask(old)
     assert stat.S_IMODE(path.stat().st_mode) == 0o644  # safetensors alone writes 0600
+
+
+def test_a_builder_that_records_no_options_still_rebuilds_from_its_spec(monkeypatch):
+    """A contributor's model need not set `model_kwargs`: the options it was built with are kept,
+    so its bundle rebuilds the same shapes."""
+    from torch import nn
+
+    from spermhead.models import registry
+
+    def tiny(num_classes: int, in_chans: int, image_size: int, *, drop_rate: float, width: int = 8) -> nn.Module:
+        return nn.Sequential(nn.Conv2d(in_chans, width, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                             nn.Dropout(drop_rate), nn.Linear(width, num_classes))
+
+    monkeypatch.setitem(registry._REGISTRY, "tiny", registry._Entry(tiny, "a contributor's model", False))
+    model = registry.build_model("tiny", 4, 1, 32, width=4)
+    spec = registry.model_spec(model)
+    assert spec["width"] == 4
+    again = registry.build_model("tiny", 4, 1, 32, **spec)
+    again.load_state_dict(model.state_dict())  # the same shapes: width 4, not the default 8

@@ -9,7 +9,13 @@ load its state dict, without network or the original weights file. So training m
 `model_spec(model)` as the bundle's `model_kwargs`: it holds every structural option with
 its resolved value (e.g. spermnet's widths and stem stride, and `freeze_backbone` of the
 seed's backbone models, which pretrained weights had switched on), and never `pretrained`
-or `weights`."""
+or `weights`. `build_model` keeps the options a model was built with; a builder sets
+`model.model_kwargs` only for options it resolves to something else (spermnet: `width` to
+`widths`).
+
+To add a model: write a builder `(num_classes, in_chans, image_size, *, drop_rate, **options)`
+returning an `nn.Module` of logits, and add it to `_REGISTRY` below (pretrainable True if it
+can load `weights`). `spermhead models` lists it, and train, export, predict and serve take it."""
 
 from __future__ import annotations
 
@@ -213,8 +219,10 @@ def build_model(
     model.l2_conv = float(l2_conv)
     if not hasattr(model, "backbone_frozen"):
         model.backbone_frozen = False
-    # What a bundle must pass back to build_model to rebuild this exact module.
-    model.model_kwargs = {**getattr(model, "model_kwargs", {}), **common, "l2_conv": float(l2_conv)}
+    # What a bundle must pass back to build_model to rebuild this exact module: the options given
+    # (so a builder that records none still rebuilds), then what the builder resolved them to.
+    given = {k: v for k, v in kwargs.items() if k not in ("pretrained", "weights")}
+    model.model_kwargs = {**given, **getattr(model, "model_kwargs", {}), **common, "l2_conv": float(l2_conv)}
     return model
 
 
