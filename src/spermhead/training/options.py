@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
-from dataclasses import fields, is_dataclass
+from dataclasses import is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -250,7 +250,3 @@ def check_run_config(cfg: RunConfig) -> None:
     if cfg.model.resolved_init() == "synthetic" and not takes_weights(cfg.model.name):
         raise ConfigError(f"--init synthetic: model '{cfg.model.name}' cannot start from the source model's weights "
                           f"(it trains from scratch: --init scratch); these can: {weights_models_text()}")
-
-
-def known_options() -> set[str]:
-    return set(_FIELDS) | {f.name for f in fields(RunConfig)} | {"width"}

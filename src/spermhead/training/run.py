@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import os
 import shutil
 import time
 from dataclasses import dataclass, field, replace
@@ -701,7 +700,3 @@ def write_outputs(cfg: RunConfig, out: Path, predictions: Predictions, metrics: 
     plots = write_plots(predictions, history, out / "plots")
     return write_report(out, {**cfg.to_dict(), "environment": environment()}, metrics, plots,
                         {"Timing": timing})
-
-
-def default_threads() -> int:
-    return max(1, os.cpu_count() or 1)
