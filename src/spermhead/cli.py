@@ -1,4 +1,5 @@
-"""The `spermhead` command. Thin: each command parses options and calls one module."""
+"""The `spermhead` command: each command parses its options, calls the modules that do the work
+and prints their results (tables, notes, where the files went)."""
 
 from __future__ import annotations
 
