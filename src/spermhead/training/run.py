@@ -454,7 +454,8 @@ def train_run(cfg: RunConfig, *, overwrite: bool = False, resume: bool = False,
     table = load_dataset(cfg.dataset, cfg.data_dir)
     check_model(cfg, len(table.classes))
     if cfg.protocol.kind == "auto":  # a dataset's own train/val/test folders win; else K-fold CV
-        cfg.protocol.kind = "folders" if table.has_fixed_split else "cv"
+        # a copy: the caller's config (select shares its protocol between runs) is left as given
+        cfg = replace(cfg, protocol=replace(cfg.protocol, kind="folders" if table.has_fixed_split else "cv"))
     if resume and (out / "config.yaml").is_file():
         check_resumable(out, cfg)
     folds = make_folds(table, cfg.protocol, cfg.seed, cfg.train.val_fraction,
