@@ -221,7 +221,9 @@ def train(
                          "those settings over the recipe's; the options given here change them")] = None,
     data_dir: DataDir = None,
     model: Annotated[str | None, typer.Option(help="Model name (see `spermhead models`)")] = None,
-    width: Annotated[int | None, typer.Option(help="spermnet: first-stage channels (later stages double)")] = None,
+    width: Annotated[int | None, typer.Option(
+        help="The model's width option (spermnet: first-stage channels, later stages double); other "
+             "model options go in a --config file under model: kwargs:")] = None,
     cv: Annotated[int | None, typer.Option("--cv", help="Stratified K-fold CV")] = None,
     split: Annotated[str | None, typer.Option(help="'folders' (train/val/test) or e.g. 60/30/10")] = None,
     grouped: Annotated[bool | None, typer.Option("--grouped", help="CV folds by acquisition group")] = None,

@@ -46,7 +46,7 @@ class ModelInfo:
 class _Entry:
     builder: Builder
     description: str
-    pretrainable: bool  # accepts pretrained / weights
+    pretrainable: bool  # can load a weights file (and, timm-based, hub weights with --pretrained)
 
 
 def _build_spermnet(num_classes: int, in_chans: int, image_size: int, *, drop_rate: float,
