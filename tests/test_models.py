@@ -245,11 +245,20 @@ def _perturb_batchnorm(model: nn.Module, shape: tuple[int, int, int]) -> None:
             model(torch.randn(4, *shape))
 
 
-@pytest.mark.parametrize("name,kwargs", [
+ROUNDTRIP = [
     ("spermnet", {}), ("spermnet", {"width": 8, "depths": [1, 1]}), ("seed-cnn", {"l2_conv": 0.01}),
     ("seed-alexnet", {}), ("timm:resnet18", {}), ("timm:resnet18", {"freeze_backbone": True}),
-    ("seed-resnet50", SMALL_BACKBONE),
-])
+    ("seed-resnet50", SMALL_BACKBONE), ("seed-efficientnet-b7", {"backbone": "efficientnet_b0"}),
+]
+
+
+def test_every_registered_model_has_a_roundtrip_case() -> None:
+    from spermhead.models.registry import model_names
+
+    assert set(model_names()) <= {name for name, _ in ROUNDTRIP}, "add the new model to ROUNDTRIP"
+
+
+@pytest.mark.parametrize("name,kwargs", ROUNDTRIP)
 def test_state_dict_roundtrip(name: str, kwargs: dict, tmp_path: Path) -> None:
     in_chans, size = 1, 32
     model = build_model(name, 3, in_chans, size, **kwargs)
