@@ -263,3 +263,40 @@ def test_repeats_that_differ_on_the_same_few_images_show_no_difference(table):
     spread = compare_repeats(scattered)
     assert all(one["accuracy"]["ci"][0] < 0 for one in spread["repeats"].values())  # none alone shows it
     assert spread["accuracy"]["ci"][0] > 0 and "B is better" in repeats_verdict(spread)
+
+
+def test_a_named_dataset_and_its_folder_are_paired_by_image_file(tmp_path):
+    """`train hushem` names an image "hushem/01_Normal/image_001", the same folder trained as class
+    folders "01_Normal/image_001.BMP": compare pairs them by the file each read."""
+    import shutil
+
+    from spermhead.data.readers import load_dataset
+    from spermhead.data.synthetic import write_synthetic
+
+    write_synthetic(tmp_path / "data", "hushem", n_per_class=3, seed=0)
+    (tmp_path / "data" / "HuSHeM" / "SYNTHETIC.txt").unlink()  # taken for real images: no warning to read
+    named, folder = load_dataset("hushem", tmp_path / "data"), load_dataset(str(tmp_path / "data" / "HuSHeM"))
+    assert not set(s.id for s in named.samples) & set(s.id for s in folder.samples)
+    rng = np.random.default_rng(0)
+    right = {s.path.resolve(): bool(rng.random() < 0.5) for s in named.samples}
+    for side, table, record in (("a", named, {"dataset": "hushem", "data_dir": str(tmp_path / "data")}),
+                                ("b", folder, {"dataset": str(tmp_path / "data" / "HuSHeM"), "data_dir": None})):
+        (tmp_path / side).mkdir()
+        (tmp_path / side / "assessment.json").write_text(json.dumps(record))
+        answers(table, np.array([right[s.path.resolve()] or side == "b" for s in table.samples])).write_csv(
+            tmp_path / side / "predictions.csv")
+    result = CliRunner().invoke(app, ["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--json",
+                                      str(tmp_path / "c.json")], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert "the 12 images are paired by the file each one read" in result.output
+    c = json.loads((tmp_path / "c.json").read_text())
+    assert c["n"] == 12 and c["images"]["only_a"] == 0 and c["images"]["only_b"] == 12 - sum(right.values())
+    for side in ("a", "b"):  # as folders of repeats too
+        shutil.copytree(tmp_path / side, tmp_path / f"r{side}" / "seed1")
+    repeats = CliRunner().invoke(app, ["compare", str(tmp_path / "ra"), str(tmp_path / "rb")], terminal_width=200)
+    assert repeats.exit_code == 0 and "paired by the file each one read" in repeats.output, repeats.output
+    # a folder holding other files is not paired with it
+    shutil.copytree(tmp_path / "data" / "HuSHeM", tmp_path / "copy")
+    (tmp_path / "b" / "assessment.json").write_text(json.dumps({"dataset": str(tmp_path / "copy"), "data_dir": None}))
+    apart = CliRunner().invoke(app, ["compare", str(tmp_path / "a"), str(tmp_path / "b")], terminal_width=200)
+    assert apart.exit_code == 2 and "scored different images" in apart.output

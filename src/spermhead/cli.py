@@ -725,15 +725,20 @@ def compare(
     from spermhead.errors import DataError
     from spermhead.evaluation.paired import compare_predictions, compare_repeats, repeat_folders, verdict
     from spermhead.evaluation.predictions import read_predictions
-    from spermhead.evaluation.provenance import provenance, provenance_warnings
+    from spermhead.evaluation.provenance import by_image_file, provenance, provenance_warnings
 
     names = distinct_names(run_a, run_b)
     folders = repeat_folders(run_a), repeat_folders(run_b)
     if (folders[0] is None) != (folders[1] is None):
         raise DataError(f"{run_a} and {run_b}: compare one run with one run, or repeats with repeats")
     if folders[0] is None or folders[1] is None:
-        warn_provenance(provenance_warnings(provenance(run_a), provenance(run_b), names))
-        c = compare_predictions(read_predictions(run_a), read_predictions(run_b), names=names)
+        pa, pb = provenance(run_a), provenance(run_b)
+        warn_provenance(provenance_warnings(pa, pb, names))
+        a, b = read_predictions(run_a), read_predictions(run_b)
+        if (by_file := by_image_file(a, b, pa, pb)) is not None:
+            a, b = by_file
+            note_paired_by_file(len(a))
+        c = compare_predictions(a, b, names=names)
         show_comparison(c)
         for key in ("accuracy", "balanced_accuracy"):
             console.print(verdict(c, key), highlight=False)
@@ -743,9 +748,14 @@ def compare(
             raise DataError(f"{run_a} and {run_b} have no repeat in common: {', '.join(folders[0])} against "
                             f"{', '.join(folders[1])}")
         first = common[0]  # the repeats of one side share their images and operating point
-        warn_provenance(provenance_warnings(provenance(folders[0][first]), provenance(folders[1][first]), names))
-        c = compare_repeats({r: (read_predictions(folders[0][r]), read_predictions(folders[1][r])) for r in common},
-                            names=names)
+        pa, pb = provenance(folders[0][first]), provenance(folders[1][first])
+        warn_provenance(provenance_warnings(pa, pb, names))
+        pairs = {r: (read_predictions(folders[0][r]), read_predictions(folders[1][r])) for r in common}
+        moved = {r: by_image_file(a, b, pa, pb) for r, (a, b) in pairs.items()}
+        if all(m is not None for m in moved.values()):
+            pairs = {r: m for r, m in moved.items() if m is not None}
+            note_paired_by_file(len(pairs[first][0]))
+        c = compare_repeats(pairs, names=names)
         show_repeats(c, [r for f in folders for r in f if r not in common])
     console.print("Each bootstrap interval covers which images were scored, not retraining on other data"
                   + (": the interval over the repeats, which draws repeats and images together, covers both."
@@ -754,6 +764,11 @@ def compare(
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(c, indent=2) + "\n")
+
+
+def note_paired_by_file(n: int) -> None:
+    console.print(f"note: the two name their images differently (a named dataset and its folder, say); the "
+                  f"{n} images are paired by the file each one read", highlight=False, soft_wrap=True)
 
 
 def warn_provenance(warnings: list[str]) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 
 from spermhead.data.readers import NAMED_DATASETS
 from spermhead.errors import SpermheadError
+from spermhead.evaluation.predictions import Predictions
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,7 @@ class Provenance:
     images: Path | None  # the folder holding every image the run read, where they can still be found
     synthetic: bool | None  # rendered by `spermhead data synth`; None = unknown
     operating_point: str | None
+    files: dict[str, str] | None = None  # sample id -> the image file it named (resolved); None = unknown
 
 
 def _json(path: Path) -> dict[str, Any]:
@@ -59,16 +61,39 @@ def provenance(source: Path | str) -> Provenance:
     source = Path(source)
     folder = source if source.is_dir() else source.parent
     point = _json(folder / "metrics.json").get("operating_point")
-    images, synthetic = None, None
+    images, synthetic, files = None, None, None
     if (named := _dataset(folder)) is not None:
         try:
             table = load_dataset(*named)
         except SpermheadError:  # moved, or on another machine: nothing to say
             pass
         else:
-            images = Path(os.path.commonpath([str(Path(s.path).resolve()) for s in table.samples]))
+            files = {s.id: str(Path(s.path).resolve()) for s in table.samples}
+            images = Path(os.path.commonpath(list(files.values())))
             synthetic = table.synthetic
-    return Provenance(images, synthetic, point if isinstance(point, str) else None)
+    return Provenance(images, synthetic, point if isinstance(point, str) else None, files)
+
+
+def by_image_file(a: Predictions, b: Predictions, pa: Provenance, pb: Provenance) -> tuple[Predictions, Predictions] | None:
+    """`a` and `b` keyed by the image file each id named, where they name their images differently
+    (a named dataset's ids, "hushem/01_Normal/image_001", against the same folder read as class
+    folders, "01_Normal/image_001.BMP") but read the same files; None where the ids already agree
+    or the files cannot be matched one to one. The new ids are the files' paths below their
+    common folder."""
+    if set(a.ids) == set(b.ids) or pa.files is None or pb.files is None:
+        return None
+    if not set(a.ids) <= pa.files.keys() or not set(b.ids) <= pb.files.keys():
+        return None
+    fa, fb = [pa.files[i] for i in a.ids], [pb.files[i] for i in b.ids]
+    if len(set(fa)) != len(fa) or set(fa) != set(fb):
+        return None
+    root = os.path.commonpath(fa) if len(fa) > 1 else os.path.dirname(fa[0])
+
+    def keyed(p: Predictions, files: list[str]) -> Predictions:
+        ids = [Path(os.path.relpath(f, root)).as_posix() for f in files]
+        return Predictions(ids, p.sources, p.folds, p.true, p.probabilities, p.classes)
+
+    return keyed(a, fa), keyed(b, fb)
 
 
 def provenance_warnings(a: Provenance, b: Provenance, names: tuple[str, str]) -> list[str]:
