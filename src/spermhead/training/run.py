@@ -623,7 +623,8 @@ def validation_summary(results: list[FoldResult]) -> dict[str, Any]:
     """Pooled scores on the validation parts carved from each training side, at the accuracy
     point, and at the balanced point under "balanced_point". Recipes are compared on these, so
     test folds never steer a choice. (The balanced point's bias is chosen on these same parts
-    where `prior_strength` is "val", so that figure is optimistic then.)"""
+    where `prior_strength` is "val", so that figure is optimistic then.) `n` counts predictions:
+    the folds' validation parts overlap, so an image can be counted in several."""
     from sklearn.metrics import accuracy_score, balanced_accuracy_score
 
     y = [v for r in results for v in r.val_labels]
