@@ -199,6 +199,15 @@ def test_grouped_cv_keeps_each_group_in_one_part_of_every_fold():
         train, val, test = (set(groups[part]) for part in (f.train, f.val, f.test))
         assert val and not train & val and not train & test and not val & test
         assert len(f.train) + len(f.val) + len(f.test) == len(samples)
+    # a class in two groups only: the validation part is one that leaves it in training
+    confined = [Sample(s.id, s.path, "normal" if s.label == "tapered" and s.group not in ("p0", "p1") else s.label,
+                       "lab", group=s.group) for s in samples]
+    y = np.array([CLASSES.index(s.label) for s in confined])
+    for seed in range(3):
+        for f in make_folds(SampleTable("lab", confined, CLASSES), ProtocolConfig(kind="cv", folds=5, grouped=True,
+                                                                                  near_duplicates=0),
+                            seed=seed, val_fraction=0.15):
+            assert set(y[f.train]) == set(y[np.concatenate([f.train, f.val])]), (seed, f.index)
     one_each = SampleTable("lab", samples[:60], CLASSES)  # two groups: a training side holds one
     with pytest.raises(ConfigError, match="one acquisition group"):
         make_folds(one_each, ProtocolConfig(kind="cv", folds=2, grouped=True, near_duplicates=0), seed=0, val_fraction=0.15)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from collections import Counter
 from dataclasses import dataclass, replace
 
@@ -90,7 +91,8 @@ def _make_folds(table: SampleTable, protocol: ProtocolConfig, seed: int, val_fra
     for k in range(protocol.folds):
         train_side = np.flatnonzero(test_fold != k)
         if protocol.grouped:
-            train, val = _carve_val_by_group(train_side, y, groups, val_fraction, seed + k, together)
+            train, val = _carve_val_by_group(train_side, y, groups, val_fraction, seed + k, together,
+                                             list(table.classes))
         else:
             train, val = _carve_val(train_side, y, val_fraction, seed + k, together)
         folds.append(Fold(k, train, val, np.flatnonzero(test_fold == k)))
@@ -159,11 +161,14 @@ def _carve_val(train_side: np.ndarray, y: np.ndarray, fraction: float, seed: int
 
 
 def _carve_val_by_group(train_side: np.ndarray, y: np.ndarray, groups: np.ndarray, fraction: float, seed: int,
-                        together: list[list[int]] | None = None) -> tuple[np.ndarray, np.ndarray]:
+                        together: list[list[int]] | None = None,
+                        classes: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Grouped CV's validation part: whole groups of the training side, as its test folds are,
     so checkpoint choice, early stopping and the temperature are not fitted on a patient or plate
-    the model also trains on. About `fraction` of the images where the groups allow; a training
-    side of one group cannot be split by group, and is refused."""
+    the model also trains on. About `fraction` of the images where the groups allow; of the
+    candidate parts, the first that leaves every class in training. A training side of one
+    group, or whose groups cannot leave a class in training, is refused. (Twins moved by
+    `keep_together` may cross a group's line: one head stays on one side first.)"""
     if fraction <= 0:
         return np.sort(train_side), np.array([], dtype=int)
     mine = groups[train_side]
@@ -172,14 +177,24 @@ def _carve_val_by_group(train_side: np.ndarray, y: np.ndarray, groups: np.ndarra
         raise ConfigError(f"--grouped: a training side holds one acquisition group ({mine[0]}), so no group is "
                           "left for its validation part; use more groups or more folds")
     splitter = StratifiedGroupKFold(min(n_groups, max(2, round(1 / fraction))), shuffle=True, random_state=seed)
-    _, val_pos = next(splitter.split(train_side, y[train_side], mine))
-    in_val = np.zeros(len(train_side), bool)
-    in_val[val_pos] = True
     order = np.argsort(train_side)
-    train_side, in_val = train_side[order], in_val[order]
-    if together:
-        in_val = keep_together(in_val, _restricted(together, train_side))
-    return train_side[~in_val], train_side[in_val]
+    labels = y[train_side]
+    with warnings.catch_warnings():  # a class in few groups: said below if it matters, not as sklearn's
+        warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
+        candidates = list(splitter.split(train_side, labels, mine))
+    for _, val_pos in candidates:
+        in_val = np.zeros(len(train_side), bool)
+        in_val[val_pos] = True
+        in_val = in_val[order]
+        if together:
+            in_val = keep_together(in_val, _restricted(together, train_side[order]))
+        if set(labels[order][~in_val].tolist()) == set(labels.tolist()):
+            return train_side[order][~in_val], train_side[order][in_val]
+    lost = sorted(set(labels.tolist()) - set(labels[order][~in_val].tolist()))
+    named = ", ".join(classes[c] if classes else str(c) for c in lost)
+    raise ConfigError(f"--grouped: every way of taking whole groups out of a training side for its validation "
+                      f"part leaves {named} with no training image, as its images lie in few groups; use fewer "
+                      "folds, or CV without --grouped")
 
 
 def _random_split(y: np.ndarray, split: tuple[float, float, float], seed: int,
