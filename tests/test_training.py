@@ -977,13 +977,17 @@ def test_balanced_training_gets_its_training_prior_back():
     # dataset's own prior, the dataset's majority
     uniform = np.array([[0.5, 0.5]])
     for balance in ("sampler", "loss", "offline"):
-        corrected = apply_bias(uniform, learnt_prior_correction(pooled, 2, balance))
+        corrected = apply_bias(uniform, learnt_prior_correction(pooled, 2, balance, per_class=6400))
         np.testing.assert_allclose(corrected, [[9 / 22, 13 / 22]], rtol=1e-5)  # counts + 1
         assert apply_bias(corrected, prior_shift(own, pooled, 2)).argmax(1).tolist() == [0]
     # offline balancing to 5 per class keeps both classes (8 and 12) whole: it learnt their own
     # prior, so there is nothing to give back; to 10, the 8 grew and the 12 stayed
     natural = apply_bias(uniform, learnt_prior_correction(pooled, 2, "offline", per_class=5))
     np.testing.assert_allclose(natural, uniform, rtol=1e-6)
+    np.testing.assert_allclose(apply_bias(uniform, learnt_prior_correction(pooled, 2, "offline", per_class=0)),
+                               uniform, rtol=1e-6)  # none grown: the natural prior, nothing to give back
+    with pytest.raises(ConfigError, match="balance_per_class 0: must be at least 1"):
+        build_run_config("hushem", "unused", settings={"train": {"balance_per_class": 0}})
     partly = apply_bias(uniform, learnt_prior_correction(pooled, 2, "offline", per_class=10))
     np.testing.assert_allclose(partly, [[9 / 11 / (9 / 11 + 13 / 13), 1 / (9 / 11 + 1)]], rtol=1e-5)
 

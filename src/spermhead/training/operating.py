@@ -41,7 +41,7 @@ def learnt_prior_correction(train_labels: np.ndarray, num_classes: int, balance:
     if balance == "none":
         return None
     correction = -prior_bias(train_labels, num_classes, 1.0)
-    if balance == "offline" and per_class > 0:
+    if balance == "offline":
         counts = np.bincount(train_labels, minlength=num_classes)
         grown = np.where(counts > 0, np.maximum(counts, per_class), 0)
         correction = correction + prior_bias(np.repeat(np.arange(num_classes), grown), num_classes, 1.0)

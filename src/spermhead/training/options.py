@@ -222,6 +222,7 @@ def check_run_config(cfg: RunConfig) -> None:
         ("--pixel-fusion", tc.pixel_fusion, 0, 1, True, True, "a weight; 0 = left out"),
         ("--train-fraction", tc.train_fraction, 0, 1, False, True, "the share of each training side to train on"),
         ("val_fraction", tc.val_fraction, 0, 1, True, False, "the share of each training side to validate on"),
+        ("balance_per_class", tc.balance_per_class, 1, None, True, True, "images per class after offline balancing"),
         ("--near-duplicates", proto.near_duplicates, 0, 1, True, True, "a correlation; 0 = do not look for them"),
     ]
     if tc.prior_strength != "val":
