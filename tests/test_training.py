@@ -303,7 +303,9 @@ def test_train_takes_the_checkpoint_to_keep_and_names_the_recipe_that_refits(sep
     refused = runner.invoke(app, ["train", "hushem", "--data-dir", str(tmp_path), "--monitor", "val_acc",
                                   "--out", str(tmp_path / "no")], terminal_width=200)
     said = " ".join(refused.output.split())
-    assert refused.exit_code == 2 and "set by hushem's recipe" in said and "--no-refit-val" in said, said
+    assert refused.exit_code == 2 and "--refit-val (on in hushem's recipe)" in said and "--no-refit-val" in said, said
+    with pytest.raises(ConfigError, match=r"^--refit-val with --monitor val_acc"):  # a recipe without it: not blamed
+        build_run_config("scian-ta", "unused", refit_val=True, monitor="val_acc")
     run = tmp_path / "best"
     result = runner.invoke(app, ["train", str(separable), "--monitor", "val_acc", "--patience", "3", "--epochs", "2",
                                  "--cv", "2", "--image-size", "24", "--init", "scratch", "--threads",

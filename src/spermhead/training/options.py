@@ -242,10 +242,11 @@ def check_run_config(cfg: RunConfig) -> None:
         raise ConfigError(f"--shape-fusion {tc.shape_fusion} and --pixel-fusion {tc.pixel_fusion}: "
                           "the two weights add up to more than 1, which leaves the CNN a negative weight")
     if tc.refit_val and tc.monitor != "last":
-        whose = f"the {tc.recipe} recipe" if tc.recipe != "default" else f"{cfg.dataset}'s recipe"
-        raise ConfigError(f"--refit-val (set by {whose}, or by you) with --monitor {tc.monitor}: a fold "
-                          "that also trains on its validation part has nothing left to choose a checkpoint on; "
-                          "use --monitor last, or --no-refit-val")
+        recipe = tc.recipe if tc.recipe in DATASET_RECIPES else cfg.dataset.lower()
+        whose = f" (on in {recipe}'s recipe)" if DATASET_RECIPES.get(recipe, {}).get("refit_val") else ""
+        raise ConfigError(f"--refit-val{whose} with --monitor {tc.monitor}: a fold that also trains on its "
+                          "validation part has nothing left to choose a checkpoint on; use --monitor last, or "
+                          "--no-refit-val")
     if cfg.model.resolved_init() == "synthetic" and (cfg.model.weights or cfg.model.pretrained):
         raise ConfigError("--init synthetic picks the starting weights itself; drop --weights/--pretrained")
     if cfg.model.resolved_init() == "synthetic" and not takes_weights(cfg.model.name):
