@@ -413,3 +413,16 @@ def test_serve_reviews_a_named_dataset_from_the_data_folder_its_error_names(bund
     assert result.exit_code == 0, result.output
     with TestClient(served[0]) as c:
         assert len(c.get("/api/review").json()["items"]) == 8
+    # a named-dataset run's predictions find their images in the data folder given the same way
+    from spermhead.data.readers import load_dataset
+
+    table = load_dataset("hushem", tmp_path / "heads")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "assessment.json").write_text('{"dataset": "hushem", "data_dir": "/moved/away"}')
+    Predictions.from_model_output([s.id for s in table.samples], np.full((8, 4), 0.25), table,
+                                  classes=list(CLASSES)).write_csv(tmp_path / "run" / "predictions.csv")
+    result = runner.invoke(app, ["serve", "--model", str(bundle), "--review", "run", "--data-dir", "heads"])
+    assert result.exit_code == 0, result.output
+    with TestClient(served[-1]) as c:
+        review = c.get("/api/review").json()
+        assert review["count"] == 8 and all(it["has_image"] for it in review["items"]), review["note"]

@@ -216,6 +216,24 @@ def _sample_paths(dataset: str | Path, data_dir: str | Path | None = None) -> di
     return {s.id: Path(s.path) for s in table.samples}
 
 
+def _recorded_dataset(folder: Path) -> str | None:
+    """The named dataset (hushem, scian-pa, ...) an `evaluate` folder or a run read; None for a
+    folder of images, or where neither records one."""
+    from spermhead.data.readers import NAMED_DATASETS
+
+    name = None
+    try:
+        if (folder / "assessment.json").is_file():
+            name = json.loads((folder / "assessment.json").read_text()).get("dataset")
+        elif (folder / "config.yaml").is_file():
+            from spermhead.config import load_config
+
+            name = load_config(folder / "config.yaml").dataset
+    except (OSError, ValueError, AttributeError, SpermheadError):
+        return None
+    return name if isinstance(name, str) and name.lower() in NAMED_DATASETS else None
+
+
 def load_review_set(source: Path | str, predictor: Predictor, review_data: Path | str | None = None) -> ReviewSet:
     """A run's predictions.csv (or a run folder holding one), else a labelled class folder
     (or a dataset name) that the loaded model predicts now."""
@@ -235,7 +253,10 @@ def _review_from_predictions(csv_path: Path, review_data: Path | str | None) -> 
     paths: dict[str, Path] = {}
     note = ""
     if review_data is not None:
-        paths = _sample_paths(review_data)
+        # the data folder of a named dataset the run read (as `train --data-dir` takes it), else
+        # the folder of images itself
+        named = _recorded_dataset(csv_path.parent)
+        paths = _sample_paths(named, review_data) if named else _sample_paths(review_data)
         where = str(review_data)
     elif (csv_path.parent / "assessment.json").is_file():  # an `evaluate` folder records its dataset
         record_path = csv_path.parent / "assessment.json"
