@@ -108,7 +108,8 @@ def repeats_bootstrap(pairs: list[tuple[Predictions, Predictions]], *, n_boot: i
     """B minus A, averaged over the repeats, in each of `n_boot` resamples that draw the repeats
     with replacement and the images with replacement: where every repeat scored the same images
     (CV seeds on one dataset), one draw of images serves them all, as a new set of images would
-    meet every retrained model. Each pair is in one id order (`paired`)."""
+    meet every retrained model. Each pair is in one id order (`paired`). Conservative: the
+    repeats' spread already holds part of the images' luck, which the image draw adds again."""
     rng = np.random.default_rng(seed)
     shared = all(list(a.ids) == list(pairs[0][0].ids) for a, _ in pairs)
     sides = [(a.true_indices, a.pred_indices == a.true_indices, b.pred_indices == a.true_indices, len(a.classes))
