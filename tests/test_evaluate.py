@@ -129,6 +129,17 @@ def test_images_with_no_head_give_no_class_shares(trained, tmp_path: Path) -> No
     assert "These images as one sample" not in (tmp_path / "out" / "report.html").read_text()
 
 
+def test_a_folder_of_only_unusable_images_is_an_error_naming_one_once(trained, tmp_path: Path) -> None:
+    _, bundle = trained
+    (tmp_path / "lab" / "normal").mkdir(parents=True)
+    for i in range(2):
+        (tmp_path / "lab" / "normal" / f"bad{i}.png").write_bytes(b"not an image")
+    result = evaluate(bundle, tmp_path / "lab", tmp_path / "out")
+    said = result.output.replace("\n", "")
+    assert result.exit_code == 2 and "none of its 2 images could be used (first: bad0.png: " in said, said
+    assert said.count("bad0.png") == 1
+
+
 def test_no_shared_class_is_an_error(trained, tmp_path: Path) -> None:
     _, bundle = trained
     for c in ("a", "b"):

@@ -237,7 +237,7 @@ def test_a_fixed_split_names_heads_on_both_sides_of_it(tmp_path, caplog):
     with caplog.at_level("WARNING", logger="spermhead"):
         (fold,) = make_folds(table, ProtocolConfig(kind="folders"), seed=0, val_fraction=0.15)
     assert len(fold.test) == 13  # the split is the lab's, kept as it is...
-    assert "1 head(s) are in train/ and also" in caplog.text  # ...but the twin is named
+    assert "1 head is in train/ and also" in caplog.text  # ...but the twin is named
     assert "test/normal/again.png" in caplog.text and "train/normal/normal_000.png" in caplog.text
 
 

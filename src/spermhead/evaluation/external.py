@@ -154,7 +154,7 @@ def assess(predictor: Predictor, table: SampleTable,
             on_row()
     if not scored:
         raise DataError(f"{table.name}: none of its {len(known)} images could be used "
-                        f"(first: {unusable[0]['path']}: {unusable[0]['error']})")
+                        f"(first: {unusable[0]['error']})")  # the error names its file
     predictions = Predictions(
         ids=[s.id for s in scored], sources=[s.source for s in scored], folds=[NO_FOLD] * len(scored),
         true=[s.label for s in scored], probabilities=np.asarray(probs), classes=predictor.classes)

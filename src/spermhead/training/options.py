@@ -187,8 +187,9 @@ def check_run_config(cfg: RunConfig) -> None:
     _choice(cfg.operating_point, ("accuracy", "balanced"), "--operating-point")
     for logger in cfg.loggers:  # before the run folder, not at its first fit
         _choice(logger, LOGGERS, "--logger")
-        if logger != "csv" and importlib.util.find_spec(logger) is None:
-            raise ConfigError(f"--logger {logger} needs `pip install {logger}`")
+        packages = {"tensorboard": ("tensorboard", "tensorboardX"), "mlflow": ("mlflow",)}.get(logger, ())
+        if packages and all(importlib.util.find_spec(name) is None for name in packages):
+            raise ConfigError(f"--logger {logger} needs `pip install {packages[0]}`")
     _choice(pre.color, ("gray", "rgb"), "--color")
     _choice(pre.scale, ("head", "image"), "--scale")
     _choice(pre.background, ("keep", "mask"), "--background")

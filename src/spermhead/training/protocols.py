@@ -228,9 +228,10 @@ def _warn_split_twins(table: SampleTable, fold: Fold, together: list[list[int]])
     across = [g for g in together if len({bool(part[i]) for i in g}) > 1]
     if across:
         shown = "; ".join(" = ".join(table.samples[i].id for i in g) for g in across[:3])
-        log.warning("%s: %d head(s) are in train/ and also, as a near-duplicate, in val/ or test/ (%s%s); "
+        log.warning("%s: %d %s in train/ and also, as a near-duplicate, in val/ or test/ (%s%s); "
                     "the split is kept as it is, but its validation and test figures flatter the model",
-                    table.name, len(across), shown, "; ..." if len(across) > 3 else "")
+                    table.name, len(across), "head is" if len(across) == 1 else "heads are", shown,
+                    "; ..." if len(across) > 3 else "")
 
 
 def parse_split(text: str) -> tuple[str, tuple[float, float, float] | None]:

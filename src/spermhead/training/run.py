@@ -321,9 +321,10 @@ def fit_side(cfg: RunConfig, table: SampleTable, images: np.ndarray, rows: np.nd
         member_dir = fold_dir if j == 0 else fold_dir / f"member{j}"
         L.seed_everything(seed, workers=True, verbose=False)
         member = build_member(cfg, k, images[rows])
-        member, epochs, kept = fit_member(cfg, member, images[rows], y[rows], images[val_rows], y[val_rows],
+        member, epochs, kept_j = fit_member(cfg, member, images[rows], y[rows], images[val_rows], y[val_rows],
                                           k, member_dir, seed=seed, progress=progress, resume=resume, soft=soft,
                                           label=label + (f", member {j + 1}" if cfg.train.members_per_fold > 1 else ""))
+        kept = max(kept, kept_j)  # a refit follows the member whose checkpoint came latest
         if save_to is not None:
             write_safetensors({name: t.contiguous() for name, t in member.state_dict().items()},
                               save_to / f"model{j}.safetensors")
