@@ -1307,7 +1307,6 @@ def test_ctrl_c_during_a_fit_says_how_to_go_on(separable, tmp_path, monkeypatch)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
-
 def test_a_bad_weights_record_stops_the_run_before_an_old_one_is_cleared(separable, separable_run, tmp_path):
     import shutil
 

@@ -710,7 +710,6 @@ def distinct_names(a: Path, b: Path) -> tuple[str, str]:
     return "A", "B"  # the same run twice
 
 
-
 @app.command("compare")
 @friendly
 def compare(
