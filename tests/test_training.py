@@ -578,6 +578,19 @@ def test_the_plateau_schedule_trains_fits_with_no_validation_part(separable, tmp
     assert all(json.loads((result.out / "folds" / f"fold{k}" / "done.json").read_text())["refit_val"] for k in (0, 1))
 
 
+def test_resume_refuses_folds_split_otherwise(separable, tmp_path):
+    """A fold finished by a version that split it otherwise (or on other images) is not read back
+    into a result split this way."""
+    result = train_run(quick_config(separable, tmp_path / "r", cv=2, epochs=1), progress=False)
+    cfg = load_config(result.out / "config.yaml")
+    done = result.out / "folds" / "fold0" / "done.json"
+    info = json.loads(done.read_text())
+    info["val_labels"] = info["val_labels"][1:]  # as an older carving would have left it
+    done.write_text(json.dumps(info))
+    with pytest.raises(ConfigError, match="fold0: this fold was split otherwise when it was trained"):
+        train_run(cfg, resume=True, progress=False)
+
+
 def test_seed_recipe_reproduces_the_report_settings():
     cfg = build_run_config("hushem", "unused", recipe="seed", model="seed-alexnet")
     t = cfg.train

@@ -282,6 +282,18 @@ def fit_member(cfg: RunConfig, member: nn.Module, x_train: np.ndarray, y_train: 
     return module.model.cpu().eval(), trainer.current_epoch, kept  # scoring and saving happen on the CPU
 
 
+def check_same_split(fold_dir: Path, fold: Fold, test_size: int, val_size: int, y: np.ndarray,
+                     val_labels: list[int] | None = None) -> None:
+    """A finished fold read back by --resume must have been split as this version splits it
+    (its validation and test parts' sizes, and validation labels where recorded): a fold split
+    otherwise, by an older version, would mix two protocols in one result."""
+    if (test_size, val_size) != (len(fold.test), len(fold.val)) or (
+            val_labels is not None and list(val_labels) != y[fold.val].tolist()):
+        raise ConfigError(f"{fold_dir}: this fold was split otherwise when it was trained ({val_size} validation and "
+                          f"{test_size} test images; now {len(fold.val)} and {len(fold.test)}), by an older spermhead "
+                          "or on other data; --resume would mix the two in one result: start again with --overwrite")
+
+
 @dataclass
 class FittedSide:
     """The models one set of training rows gives: the CNN members and any second opinions."""
@@ -362,6 +374,7 @@ def run_fold(cfg: RunConfig, table: SampleTable, images: np.ndarray, fold: Fold,
     own_trained = np.concatenate([fold.own_train, fold.val]) if refit else fold.own_train
     if resume and done.is_file():
         info = json.loads(done.read_text())
+        check_same_split(fold_dir, fold, info["test"], len(info["val_labels"]), y, info["val_labels"])
         members = []
         for j in range(n):
             member = build_member(cfg, k, images[trained])
@@ -387,6 +400,7 @@ def run_fold(cfg: RunConfig, table: SampleTable, images: np.ndarray, fold: Fold,
     first = fold_dir / "first.json"
     if refit and resume and first.is_file():
         scored = json.loads(first.read_text())
+        check_same_split(fold_dir, fold, len(fold.test), len(scored["val_pred"]), y)
     else:
         start = time.perf_counter()
         side = fit_side(cfg, table, images, fold.train, fold.val, fold_dir, fold.index,
