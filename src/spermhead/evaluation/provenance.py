@@ -36,8 +36,9 @@ def _json(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def _dataset(folder: Path) -> tuple[str, str | None] | None:
-    """The dataset and data folder a run (config.yaml) or an assessment (assessment.json) read."""
+def recorded_dataset(folder: Path) -> tuple[str, str | None] | None:
+    """The dataset and data folder a run (config.yaml) or an assessment (assessment.json) records
+    having read; None where neither records one."""
     record = _json(folder / "assessment.json")
     if isinstance(record.get("dataset"), str):
         return record["dataset"], record.get("data_dir")
@@ -48,10 +49,16 @@ def _dataset(folder: Path) -> tuple[str, str | None] | None:
             cfg = load_config(folder / "config.yaml")
         except (SpermheadError, OSError, ValueError, TypeError):
             return None
-        if cfg.data_dir is None and cfg.dataset.lower() in NAMED_DATASETS:
-            return None  # read from $SPERMHEAD_DATA or ./data where it ran: not known here
         return cfg.dataset, cfg.data_dir
     return None
+
+
+def _dataset(folder: Path) -> tuple[str, str | None] | None:
+    """What `recorded_dataset` says, where it says where the images are."""
+    named = recorded_dataset(folder)
+    if named is not None and named[1] is None and named[0].lower() in NAMED_DATASETS:
+        return None  # read from $SPERMHEAD_DATA or ./data where it ran: not known here
+    return named
 
 
 def provenance(source: Path | str) -> Provenance:

@@ -220,18 +220,10 @@ def _recorded_dataset(folder: Path) -> str | None:
     """The named dataset (hushem, scian-pa, ...) an `evaluate` folder or a run read; None for a
     folder of images, or where neither records one."""
     from spermhead.data.readers import NAMED_DATASETS
+    from spermhead.evaluation.provenance import recorded_dataset
 
-    name = None
-    try:
-        if (folder / "assessment.json").is_file():
-            name = json.loads((folder / "assessment.json").read_text()).get("dataset")
-        elif (folder / "config.yaml").is_file():
-            from spermhead.config import load_config
-
-            name = load_config(folder / "config.yaml").dataset
-    except (OSError, ValueError, AttributeError, SpermheadError):
-        return None
-    return name if isinstance(name, str) and name.lower() in NAMED_DATASETS else None
+    named = recorded_dataset(folder)
+    return named[0] if named is not None and named[0].lower() in NAMED_DATASETS else None
 
 
 def load_review_set(source: Path | str, predictor: Predictor, review_data: Path | str | None = None) -> ReviewSet:

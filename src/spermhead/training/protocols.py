@@ -177,20 +177,18 @@ def _carve_val_by_group(train_side: np.ndarray, y: np.ndarray, groups: np.ndarra
         raise ConfigError(f"--grouped: a training side holds one acquisition group ({mine[0]}), so no group is "
                           "left for its validation part; use more groups or more folds")
     splitter = StratifiedGroupKFold(min(n_groups, max(2, round(1 / fraction))), shuffle=True, random_state=seed)
-    order = np.argsort(train_side)
-    labels = y[train_side]
+    train_side = np.sort(train_side)
+    labels, mine = y[train_side], groups[train_side]
     with warnings.catch_warnings():  # a class in few groups: said below if it matters, not as sklearn's
         warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
         candidates = list(splitter.split(train_side, labels, mine))
     for _, val_pos in candidates:
-        in_val = np.zeros(len(train_side), bool)
-        in_val[val_pos] = True
-        in_val = in_val[order]
+        in_val = np.isin(np.arange(len(train_side)), val_pos)
         if together:
-            in_val = keep_together(in_val, _restricted(together, train_side[order]))
-        if set(labels[order][~in_val].tolist()) == set(labels.tolist()):
-            return train_side[order][~in_val], train_side[order][in_val]
-    lost = sorted(set(labels.tolist()) - set(labels[order][~in_val].tolist()))
+            in_val = keep_together(in_val, _restricted(together, train_side))
+        if set(labels[~in_val].tolist()) == set(labels.tolist()):
+            return train_side[~in_val], train_side[in_val]
+    lost = sorted(set(labels.tolist()) - set(labels[~in_val].tolist()))
     named = ", ".join(classes[c] if classes else str(c) for c in lost)
     raise ConfigError(f"--grouped: every way of taking whole groups out of a training side for its validation "
                       f"part leaves {named} with no training image, as its images lie in few groups; use fewer "
@@ -216,7 +214,7 @@ def _folder_split(table: SampleTable) -> Fold:
     if not table.has_fixed_split:
         raise ConfigError(f"{table.name}: --split folders needs train/, val/ and test/ folders")
     by = {k: np.array([i for i, s in enumerate(table.samples) if s.split == k], dtype=int)
-          for k in ("train", "val", "test")}  # int even when empty: an empty val/ is allowed
+          for k in ("train", "val", "test")}  # int even when empty (a table built in code without val rows)
     return Fold(0, by["train"], by["val"], by["test"])
 
 
