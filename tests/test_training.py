@@ -605,7 +605,7 @@ def test_seed_recipe_reproduces_the_report_settings():
 
 def test_short_recipe_epochs_follow_the_start():
     # the recipe's short schedule is for the synthetic start; from random weights it is too short
-    assert build_run_config("hushem", "unused").train.epochs == 20
+    assert build_run_config("hushem", "unused").train.epochs == 40  # session 21
     assert build_run_config("hushem", "unused", init="scratch").train.epochs == 150
     assert build_run_config("hushem", "unused", model="seed-cnn").train.epochs == 150  # auto -> scratch
     assert build_run_config("hushem", "unused", model="seed-cnn", epochs=7).train.epochs == 7

@@ -62,7 +62,7 @@ class ModelConfig:
 class TrainConfig:
     recipe: str = "default"
     # the defaults are the best HuSHeM recipe found (benchmarks/RESULTS.md), except that its recipe
-    # trains 20 epochs from the synthetic start; 150 is its schedule from random weights
+    # trains 40 epochs from the synthetic start; 150 is its schedule from random weights
     epochs: int = 150
     batch_size: int = 32
     optimizer: str = "adamw"  # adamw | adam | sgd

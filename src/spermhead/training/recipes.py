@@ -42,8 +42,9 @@ _SCIAN = {"epochs": 40, "augment": "light", "monitor": "last", "balance": "none"
           "scale": "image"}
 DATASET_RECIPES: dict[str, dict[str, object]] = {
     # HuSHeM: 48 px, and the CNN fused with the profile and pixel models, 0.3 each (session 9);
-    # each fold trains again on training + validation once validation is scored (session 12)
-    "hushem": {"epochs": 20, "augment": "aligned", "monitor": "last", "image_size": 48,
+    # each fold trains again on training + validation once validation is scored (session 12);
+    # 40 epochs, not 20: +0.7 points of validation accuracy on two sets of 8 CV seeds (session 21)
+    "hushem": {"epochs": 40, "augment": "aligned", "monitor": "last", "image_size": 48,
                "shape_fusion": 0.3, "pixel_fusion": 0.3, "refit_val": True},
     "scian-pa": {**_SCIAN, "refit_val": True},
     "scian-ta": _SCIAN,
