@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 from spermhead.data.samples import WHO_CLASSES, Sample, SampleTable
@@ -14,7 +15,6 @@ IMAGE_SUFFIXES = {".bmp", ".png", ".jpg", ".jpeg", ".tif", ".tiff"}
 HUSHEM_DIR = "HuSHeM"
 SCIAN_DIR = "SCIAN-MorphoSpermGS"
 HUSHEM_FOLDERS = ("01_Normal", "02_Tapered", "03_Pyriform", "04_Amorphous")
-NAMED_DATASETS = ("hushem", "scian-pa", "scian-ta", "scian-pa4", "combined")
 log = logging.getLogger(__name__)
 
 _SCIAN_ID = re.compile(r"^(?P<group>p\d+-pl\d+)-sample(?P<sample>\d+)/Sperm_(?P<sperm>\d+)$")
@@ -207,6 +207,24 @@ def _one_edit_apart(a: str, b: str) -> bool:
     return any(long[:i] + long[i + 1:] == short for i in range(len(long)))
 
 
+def _read_combined(base: Path) -> SampleTable:
+    """The seed report's set: HuSHeM with SCIAN-PA's four shared classes ("small" dropped)."""
+    hushem, scian = read_hushem(base / HUSHEM_DIR), read_scian(base / SCIAN_DIR, drop=("small",))
+    return SampleTable("combined", hushem.samples + scian.samples, synthetic=hushem.synthetic or scian.synthetic)
+
+
+# Each named dataset's reader, given the folder holding HuSHeM/ and SCIAN-MorphoSpermGS/. A new
+# public set is one entry here.
+NAMED_READERS: dict[str, Callable[[Path], SampleTable]] = {
+    "hushem": lambda base: read_hushem(base / HUSHEM_DIR),
+    "scian-pa": lambda base: read_scian(base / SCIAN_DIR),
+    "scian-ta": lambda base: read_scian(base / SCIAN_DIR, agreement="total"),
+    "scian-pa4": lambda base: read_scian(base / SCIAN_DIR, drop=("small",)),
+    "combined": _read_combined,
+}
+NAMED_DATASETS = tuple(NAMED_READERS)
+
+
 def load_dataset(name: str, data_dir: Path | str | None = None) -> SampleTable:
     """A named dataset under `data_dir`, or a path to class folders."""
     key = name.lower()
@@ -217,16 +235,7 @@ def load_dataset(name: str, data_dir: Path | str | None = None) -> SampleTable:
                 f"{base}: missing data folder; pass --data-dir or set SPERMHEAD_DATA to the folder "
                 f"holding {HUSHEM_DIR}/ and {SCIAN_DIR}/"
             )
-        if key == "hushem":
-            return read_hushem(base / HUSHEM_DIR)
-        if key == "scian-pa":
-            return read_scian(base / SCIAN_DIR)
-        if key == "scian-ta":
-            return read_scian(base / SCIAN_DIR, agreement="total")
-        if key == "scian-pa4":
-            return read_scian(base / SCIAN_DIR, drop=("small",))
-        hushem, scian = read_hushem(base / HUSHEM_DIR), read_scian(base / SCIAN_DIR, drop=("small",))
-        return SampleTable("combined", hushem.samples + scian.samples, synthetic=hushem.synthetic or scian.synthetic)
+        return NAMED_READERS[key](base)
     path = Path(name)
     if not path.exists():
         raise DataError(f"{name}: not a dataset name ({', '.join(NAMED_DATASETS)}) nor a folder")
