@@ -262,6 +262,30 @@ def test_report_is_self_contained_and_escaped(tmp_path: Path) -> None:
     assert "<script>" not in text and "&lt;script&gt;" in text
     assert "a &lt; b" in text
     assert "average recall" in text and "Expected calibration error" in text
+    assert "fused answers" not in text  # the network alone
+
+
+def test_report_says_whose_answers_a_fused_run_scores_and_both_points(tmp_path: Path) -> None:
+    """A fused run's figures are not its architecture's alone: the report says so under its
+    name, and gives both operating points and the validation parts beside the headline."""
+    table = SampleTable("t", [Sample(id=f"s{i}", path=Path("p"), label="ab"[i % 2], source="a") for i in range(40)],
+                        ["a", "b"])
+    probs = np.random.default_rng(1).dirichlet(np.ones(2), size=40)
+    pred = Predictions.from_model_output([s.id for s in table.samples], probs, table, folds=[i % 2 for i in range(40)])
+    metrics = dict(cv_metrics(pred, n_boot=200))
+    metrics["operating_point"] = "balanced"
+    metrics["operating_points"] = {"accuracy": {"accuracy": 0.61, "balanced_accuracy": 0.62},
+                                   "balanced": {"accuracy": 0.63, "balanced_accuracy": 0.64}}
+    metrics["validation"] = {"n": 17, "accuracy": 0.71, "balanced_accuracy": 0.72,
+                             "balanced_point": {"accuracy": 0.73, "balanced_accuracy": 0.74}}
+    config = {"dataset": "hushem", "model": {"name": "timm:resnet18"}, "protocol": {"kind": "cv", "folds": 2},
+              "train": {"shape_fusion": 0.3, "pixel_fusion": 0.3}}
+    text = write_report(tmp_path, config, metrics, {}).read_text()
+    assert "fused answers: <b>the network 0.4 + head-profile model 0.3 + pixel model 0.3</b>" in text
+    points = text[text.index("Operating points and validation"):]
+    for figure in ("0.610", "0.640", "0.710", "0.740"):
+        assert figure in points
+    assert "balanced point (this report)" in points and "validation parts (17 predictions" in points
 
 
 # ---------------------------------------------------------------- calibration
@@ -343,4 +367,22 @@ def test_selection_chooses_on_validation_not_on_the_test_folds(tmp_path: Path) -
     md = write_selection([rows[0], {"model": "no val", "accuracy": 0.5, "balanced_accuracy": 0.5}],
                          tmp_path / "b")["md"].read_text()
     assert "flatters the chosen row" in md
+
+
+def test_selection_names_its_setting_the_validation_n_and_a_tie_with_the_winner(tmp_path: Path) -> None:
+    level = {"accuracy": 0.9, "balanced_accuracy": 0.9}
+    rows = [{"model": name, **level, "metrics": {"validation": {"n": 12, "accuracy": 0.5, "balanced_accuracy": 0.5}}}
+            for name in ("first", "second")]
+    rows.append({"model": "worse", **level,
+                 "metrics": {"validation": {"n": 12, "accuracy": 0.4, "balanced_accuracy": 0.4}}})
+    table = selection_table(rows)
+    assert [r["best"] for r in table] == [True, False, False]
+    assert [r["tied_with_best"] for r in table] == [False, True, False] and table[0]["val_n"] == 12
+    paths = write_selection(rows, tmp_path, about="hushem, 2-fold cross-validation, seed 0")
+    md = paths["md"].read_text()
+    assert md.startswith("# Model selection\n\nhushem, 2-fold cross-validation, seed 0\n")
+    assert "0.500 (n 12)" in md and "level with second on both criteria" in " ".join(md.split())
+    assert "hushem, 2-fold cross-validation, seed 0" in paths["html"].read_text()
+    # no tie, no such note
+    assert "level with" not in write_selection(rows[::2], tmp_path / "b")["md"].read_text()
 

@@ -148,6 +148,28 @@ def test_local_weights_load_and_freeze(tmp_path: Path) -> None:
     assert all(torch.equal(v, probe.state_dict()[k]) for k, v in before.items())
 
 
+def test_a_file_of_a_larger_model_is_named_for_the_tensors_it_cannot_place(tmp_path: Path, caplog) -> None:
+    """resnet34's file into resnet18 fills every resnet18 tensor, so it loads; but a third of the
+    file fits nothing, which says it was made for another model."""
+    from safetensors.torch import save_file
+
+    state, st, _ = _weights_files(tmp_path)
+    with caplog.at_level("WARNING", logger="spermhead"):
+        build_model("timm:resnet18", 4, 3, 32, weights=st)
+    assert "fit no part of this model" not in caplog.text  # only its 1000-class head is left over
+    # a few tensors of something else (a pretraining's projection head) are no sign of another model
+    headed = {**state, "projection.0.weight": torch.zeros(8, 512), "projection.0.bias": torch.zeros(8)}
+    save_file({k: v.contiguous() for k, v in headed.items()}, str(tmp_path / "headed.safetensors"))
+    with caplog.at_level("WARNING", logger="spermhead"):
+        build_model("timm:resnet18", 4, 3, 32, weights=tmp_path / "headed.safetensors")
+    assert "fit no part of this model" not in caplog.text
+    larger = {**state, **{f"layer3.{i}.extra.weight": torch.zeros(4) for i in range(2, 62)}}
+    save_file({k: v.contiguous() for k, v in larger.items()}, str(tmp_path / "r34ish.safetensors"))
+    with caplog.at_level("WARNING", logger="spermhead"):
+        build_model("timm:resnet18", 4, 3, 32, weights=tmp_path / "r34ish.safetensors")
+    assert "r34ish.safetensors: 60 of its tensors fit no part of this model (e.g. layer3.10.extra" in caplog.text
+
+
 def test_spermnet_starts_from_another_runs_weights(tmp_path: Path) -> None:
     """A bundle trained on one dataset (4 classes) seeds a model for another (5 classes):
     everything but the classifier is copied, through the bundle's `member0.1.` prefix."""

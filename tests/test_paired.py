@@ -121,6 +121,14 @@ def test_compare_command_reads_two_runs(table, tmp_path):
     assert "y/seed1 is better: the interval leaves out zero" in said and "only A 0," in said
     saved = json.loads(out.read_text())
     assert saved["names"] == ["x/seed1", "y/seed1"] and saved["images"]["only_a"] == 0
+    # an existing --json is kept unless --overwrite; comparing a run with itself is said
+    again = CliRunner().invoke(app, ["compare", str(tmp_path / "x" / "seed1"), str(tmp_path / "y" / "seed1"),
+                                     "--json", str(out)])
+    assert again.exit_code == 2 and "exists; pass --overwrite" in " ".join(again.output.split())
+    assert json.loads(out.read_text()) == saved
+    itself = CliRunner().invoke(app, ["compare", str(tmp_path / "x" / "seed1"),
+                                      str(tmp_path / "x" / "seed1" / "predictions.csv")], terminal_width=200)
+    assert itself.exit_code == 0 and "are the same run" in " ".join(itself.output.split())
     broken = tmp_path / "broken.csv"
     broken.write_text("id,true\n")
     bad = CliRunner().invoke(app, ["compare", str(tmp_path / "x" / "seed1"), str(broken)])
@@ -177,6 +185,10 @@ def test_compare_pairs_repeats_by_name_and_adds_an_interval_over_them(table, tmp
     # one run against a folder of repeats means nothing
     mixed = CliRunner().invoke(app, ["compare", str(tmp_path / "a" / "seed1"), str(tmp_path / "b")])
     assert mixed.exit_code == 2 and "repeats with repeats" in " ".join(mixed.output.split())
+    # a `select` folder's runs are different models, not repeats of one
+    write_selection([{"model": "m", "accuracy": 0.5, "balanced_accuracy": 0.5}], tmp_path / "b")
+    chosen = CliRunner().invoke(app, ["compare", str(tmp_path / "a"), str(tmp_path / "b")])
+    assert chosen.exit_code == 2 and "is a `spermhead select` folder" in " ".join(chosen.output.split())
     (tmp_path / "empty").mkdir()
     empty = CliRunner().invoke(app, ["compare", str(tmp_path / "empty"), str(tmp_path / "b")])
     assert empty.exit_code == 2 and "empty: no predictions.csv in it nor in its subfolders" in \
@@ -231,6 +243,13 @@ def test_compare_warns_when_the_same_ids_stand_for_other_images_or_points(tmp_pa
     save_config(old_style, blind / "config.yaml")
     monkeypatch.setenv("SPERMHEAD_DATA", str(tmp_path / "copy"))  # this machine's default, not the run's
     assert "warning" not in said(real, blind)
+    # two architectures through HuSHeM's fused answers: the fusion dilutes their difference
+    other = run("other", "real", "accuracy")
+    save_config(build_run_config("hushem", str(other), data_dir=str(tmp_path / "real"), model="seed-cnn"),
+                other / "config.yaml")
+    out = said(real, other)
+    assert "are not the two networks' alone" in out and "between spermnet and seed-cnn" in out
+    assert "--shape-fusion 0 --pixel-fusion 0" in out
     for side, source in (("ra", "real"), ("rb", "synth")):  # folders of repeats are checked too
         shutil.copytree(tmp_path / "runs" / source, tmp_path / side / "seed1")
     assert "warning: rb scored synthetic heads" in said(tmp_path / "ra", tmp_path / "rb")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import signal
@@ -313,6 +314,14 @@ def test_train_takes_the_checkpoint_to_keep_and_names_the_recipe_that_refits(sep
     assert result.exit_code == 0, result.output
     saved = load_config(run / "config.yaml").train
     assert (saved.monitor, saved.early_stopping_patience) == ("val_acc", 3)
+    # the summary's accuracy is the pooled one, the fold mean beside it; the network's alone here
+    said = " ".join(result.output.split())
+    assert "pooled (fold mean" in said and "fused answers" not in said
+    fused = runner.invoke(app, ["train", str(separable), "--shape-fusion", "0.3", "--epochs", "1", "--cv", "2",
+                                "--image-size", "24", "--init", "scratch", "--threads", "1", "--no-progress",
+                                "--out", str(tmp_path / "fused")], terminal_width=300)
+    assert fused.exit_code == 0, fused.output
+    assert "these are the fused answers: the network 0.7 + head-profile model 0.3" in " ".join(fused.output.split())
 
 
 def test_balancing_and_augmentation_touch_only_training(separable, tmp_path):
@@ -432,9 +441,14 @@ def test_killed_run_resumes_and_completes(separable, tmp_path):
     assert changed.exit_code == 2 and "train.epochs: 20 -> 30" in changed.output, changed.output
     assert "seed: 0 -> 4" in changed.output and "num_threads" not in changed.output
     assert {f: (out / f).read_bytes() for f in written} == written
+    trained = json.loads((out / "run.json").read_text())["timing"]
     alone = CliRunner().invoke(app, ["train", "--out", str(out), "--resume", "--threads", "1", "--no-progress"])
     assert alone.exit_code == 0, alone.output
     assert (out / "predictions.csv").read_bytes() == written["predictions.csv"]
+    # reading finished folds back is not training them: their own time is kept beside this command's
+    timing = json.loads((out / "run.json").read_text())["timing"]
+    assert timing["resumed"] and timing["fold_training_seconds"] == pytest.approx(trained["fold_training_seconds"])
+    assert timing["wall_seconds"] < timing["fold_training_seconds"]
 
 
 def test_soft_targets_follow_expert_votes():
@@ -468,6 +482,14 @@ def test_select_writes_the_model_selection_table(separable, tmp_path):
     assert got["True"]["accuracy_vs_best"] == "" and 0 <= float(got["False"]["mcnemar_p_vs_best"]) <= 1
     low, diff, high = (float(got["False"][f"accuracy_vs_best{s}"]) for s in ("_ci_low", "", "_ci_high"))
     assert low <= diff <= high
+    assert f"{base.dataset}, 4-fold cross-validation, seed 0; 3 epochs" in table  # what every row shares
+    # a second selection into the same folder would replace this table: refused, the table kept
+    with pytest.raises(ConfigError, match="holds a selection table already"):
+        select_models(base, ["seed-cnn"], tmp_path / "sel", progress=False)
+    assert (tmp_path / "sel" / "selection.md").read_text() == table
+    with pytest.raises(ConfigError, match="--models names spermnet more than once"):
+        select_models(base, ["spermnet", "seed-cnn", "spermnet"], tmp_path / "dup", progress=False)
+    assert not (tmp_path / "dup").exists()
 
 
 def test_run_json_names_the_weights_the_folds_started_from(separable, separable_run, tmp_path, caplog, monkeypatch):
@@ -479,7 +501,8 @@ def test_run_json_names_the_weights_the_folds_started_from(separable, separable_
     run = train_run(quick_config(fresh, tmp_path / "w", weights=str(weights), epochs=1, cv=2, accelerator="auto"),
                     progress=False)
     record = json.loads((run.out / "run.json").read_text())
-    assert record["init"] == {"init": "weights", "weights": str(weights.resolve())}
+    assert record["init"] == {"init": "weights", "weights": str(weights.resolve()),
+                              "sha256": hashlib.sha256(weights.read_bytes()).hexdigest()}
     assert record["device"] == "cpu"  # the device the run used, not the option it was given
     assert not any("--weights file" in n for n in run.metrics["notes"])
     # the same start on the images its bundle trained on has seen every test fold: said before

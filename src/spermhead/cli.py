@@ -208,6 +208,15 @@ def given_options(ctx: typer.Context) -> set[str]:
     return {p for p, src in sources.items() if src is not None and src.name not in ("DEFAULT", "DEFAULT_MAP")}
 
 
+# The protocol options `train` and `select` share.
+CvOption = Annotated[int | None, typer.Option("--cv", help="Stratified K-fold CV (default 5)")]
+SplitOption = Annotated[str | None, typer.Option(help="'folders' (train/val/test) or e.g. 60/30/10")]
+GroupedOption = Annotated[bool | None, typer.Option("--grouped", help="CV folds by acquisition group")]
+NearDuplicatesOption = Annotated[float | None, typer.Option(
+    help="Images whose thumbnails correlate this much are one head and stay on one side of every "
+         "split (default 0.98; 0 = do not look)")]
+
+
 @app.command("train")
 @friendly
 def train(
@@ -224,12 +233,10 @@ def train(
     width: Annotated[int | None, typer.Option(
         help="The model's width option (spermnet: first-stage channels, later stages double); other "
              "model options go in a --config file under model: kwargs:")] = None,
-    cv: Annotated[int | None, typer.Option("--cv", help="Stratified K-fold CV")] = None,
-    split: Annotated[str | None, typer.Option(help="'folders' (train/val/test) or e.g. 60/30/10")] = None,
-    grouped: Annotated[bool | None, typer.Option("--grouped", help="CV folds by acquisition group")] = None,
-    near_duplicates: Annotated[float | None, typer.Option(
-        help="Images whose thumbnails correlate this much are one head and stay on one side of every "
-             "split (default 0.98; 0 = do not look)")] = None,
+    cv: CvOption = None,
+    split: SplitOption = None,
+    grouped: GroupedOption = None,
+    near_duplicates: NearDuplicatesOption = None,
     recipe: Annotated[str | None, typer.Option(
         help="default (a named dataset's own recipe; the general one for a folder), seed (the seed "
              "report's training), or hushem, scian-pa, scian-ta, combined: that benchmark's recipe, "
@@ -301,7 +308,7 @@ def train(
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
 ) -> None:
     """Train and assess a model under CV or a fixed split; writes a run directory with a bundle."""
-    from spermhead.config import environment_differences, load_config, read_config_file
+    from spermhead.config import environment_differences, fusion_text, load_config, read_config_file
     from spermhead.errors import ConfigError
     from spermhead.training.options import build_run_config
     from spermhead.training.run import train_run
@@ -344,6 +351,9 @@ def train(
         )
     result = train_run(cfg, overwrite=overwrite, resume=resume, progress=progress)
     print_run_summary(result.out, result.metrics)
+    if fused := fusion_text(cfg.train.shape_fusion, cfg.train.pixel_fusion):
+        console.print(f"these are the fused answers: {fused} (the recipe's; --shape-fusion 0 --pixel-fusion 0 "
+                      f"scores {cfg.model.name} alone)", highlight=False, soft_wrap=True)
 
 
 @app.command("pretrain")
@@ -390,7 +400,11 @@ def metrics_table(title: str, metrics: dict[str, Any]) -> Any:
         if metrics.get(key) is not None:
             value = f"{metrics[key]:.4f}"
             if key == "accuracy" and metrics.get("accuracy_std") is not None:
-                value += f" +/- {metrics['accuracy_std']:.4f} (folds)"
+                # the pooled figure (every image once), with the folds' spread; the report's
+                # table gives the fold mean beside it
+                mean = metrics.get("accuracy_mean")
+                value += (f" pooled (fold mean {mean:.4f} +/- {metrics['accuracy_std']:.4f})" if mean is not None
+                          else f" +/- {metrics['accuracy_std']:.4f} (folds)")
             table.add_row(key, value)
     return table
 
@@ -408,19 +422,25 @@ def select(
     models: Annotated[str, typer.Option(help="Comma-separated model names")],
     out: Annotated[Path, typer.Option("--out", help="Folder for the runs and the selection table")],
     data_dir: DataDir = None,
-    cv: Annotated[int | None, typer.Option("--cv")] = None,
-    split: Annotated[str | None, typer.Option(help="'folders' or e.g. 60/30/10")] = None,
+    cv: CvOption = None,
+    split: SplitOption = None,
+    grouped: GroupedOption = None,
+    near_duplicates: NearDuplicatesOption = None,
     variants: Annotated[bool, typer.Option("--variants", help="Add gray/RGB x L2 variants")] = False,
-    recipe: Annotated[str, typer.Option()] = "default",
-    epochs: Annotated[int | None, typer.Option()] = None,
-    image_size: Annotated[int | None, typer.Option()] = None,
-    color: Annotated[str | None, typer.Option()] = None,
-    seed: Annotated[int, typer.Option()] = 0,
+    recipe: Annotated[str, typer.Option(
+        help="default (the dataset's recipe, less its synthetic start and fusion) or seed (the seed "
+             "report's training)")] = "default",
+    epochs: Annotated[int | None, typer.Option(help="Epochs for every model (default: the recipe's "
+                                                    "from random weights)")] = None,
+    image_size: Annotated[int | None, typer.Option(help="Canonical image size in pixels")] = None,
+    color: Annotated[str | None, typer.Option(help="gray or rgb")] = None,
+    seed: Annotated[int, typer.Option(help="The split's (and training's) seed")] = 0,
     threads: Annotated[int | None, typer.Option(help="Torch CPU threads (0 lets torch decide)")] = None,
     accelerator: Annotated[str | None, typer.Option(
         help="auto (a CUDA GPU when torch sees one, else the CPU), cpu or gpu")] = None,
-    overwrite: Annotated[bool, typer.Option()] = False,
-    resume: Annotated[bool, typer.Option()] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace the runs and the table already in --out")] = False,
+    resume: Annotated[bool, typer.Option(
+        help="Finish the runs in --out (and any model newly listed); finished runs are read back")] = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
 ) -> None:
     """Train several models under one protocol and write the model-selection table."""
@@ -441,7 +461,8 @@ def select(
     # on its own: the recipe's second opinions (HuSHeM's take 0.6 of the vote) would be the same
     # for every architecture and hide their differences
     base = build_run_config(name, str(out), recipe=recipe, data_dir=str(data_dir) if data_dir else None,
-                            seed=seed, cv=cv, split=split, epochs=epochs, image_size=image_size, color=color,
+                            seed=seed, cv=cv, split=split, grouped=grouped, near_duplicates=near_duplicates,
+                            epochs=epochs, image_size=image_size, color=color,
                             init="scratch", shape_fusion=0.0, pixel_fusion=0.0, threads=threads,
                             accelerator=accelerator)
     names = [m.strip() for m in models.split(",") if m.strip()]
@@ -717,6 +738,7 @@ def compare(
                                            "repeats (seed1/, seed2/, ...)")],
     run_b: Annotated[Path, typer.Argument(help="The other one, scored on the same images (folds)")],
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the comparison to this JSON file")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing --json file")] = False,
 ) -> None:
     """Compare two models scored on the same images, image by image: B minus A with a paired
     bootstrap interval, and McNemar's exact test; over repeats (CV seeds) also an interval that
@@ -726,7 +748,10 @@ def compare(
     from spermhead.evaluation.predictions import read_predictions
     from spermhead.evaluation.provenance import by_image_file, provenance, provenance_warnings
 
+    check_output_file(json_out, "--json", overwrite=overwrite)
     names = distinct_names(run_a, run_b)
+    if len({(p if p.is_dir() else p.parent).resolve() for p in (run_a, run_b)}) == 1:
+        warn_provenance([f"{run_a} and {run_b} are the same run: every difference below is zero by construction"])
     folders = repeat_folders(run_a), repeat_folders(run_b)
     if (folders[0] is None) != (folders[1] is None):
         raise DataError(f"{run_a} and {run_b}: compare one run with one run, or repeats with repeats")

@@ -142,6 +142,16 @@ class RunConfig:
         return _from_dict(cls, data)
 
 
+def fusion_text(shape_fusion: float, pixel_fusion: float) -> str:
+    """Whose answers a run's scores are, in words: "" for the network alone, else e.g. "the network
+    0.4 + head-profile model 0.3 + pixel model 0.3" (`models/shape.fuse_all`)."""
+    others = [(w, name) for w, name in ((shape_fusion, "head-profile model"), (pixel_fusion, "pixel model")) if w > 0]
+    if not others:
+        return ""
+    network = 1 - sum(w for w, _ in others)
+    return " + ".join([f"the network {network:.2g}", *(f"{name} {w:.2g}" for w, name in others)])
+
+
 def _from_dict(cls: type, data: dict[str, Any]) -> Any:
     kwargs = {}
     for f in fields(cls):

@@ -159,6 +159,9 @@ def repeat_folders(path: Path) -> dict[str, Path] | None:
     the lever runs write them), by name in natural order; None for one run or a CSV file."""
     if not path.is_dir() or (path / "predictions.csv").is_file():
         return None
+    if (path / "selection.csv").is_file():  # its subfolders are different models, not repeats of one
+        raise DataError(f"{path}: is a `spermhead select` folder, whose runs are different models, not repeats "
+                        f"of one; compare two of its runs (spermhead compare {path}/MODEL_A {path}/MODEL_B)")
     found = {p.name: p for p in path.iterdir() if (p / "predictions.csv").is_file()}
     if not found:
         raise DataError(f"{path}: no predictions.csv in it nor in its subfolders")

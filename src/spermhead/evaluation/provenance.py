@@ -26,6 +26,8 @@ class Provenance:
     synthetic: bool | None  # rendered by `spermhead data synth`; None = unknown
     operating_point: str | None
     files: dict[str, str] | None = None  # sample id -> the image file it named (resolved); None = unknown
+    model: str | None = None  # the architecture (a run's config.yaml); None = unknown
+    fusion: str = ""  # its answers fused with second opinions (config.fusion_text); "" = the network alone
 
 
 def _json(path: Path) -> dict[str, Any]:
@@ -78,7 +80,21 @@ def provenance(source: Path | str) -> Provenance:
             files = {s.id: str(Path(s.path).resolve()) for s in table.samples}
             images = Path(os.path.commonpath(list(files.values())))
             synthetic = table.synthetic
-    return Provenance(images, synthetic, point if isinstance(point, str) else None, files)
+    model, fusion = _model(folder)
+    return Provenance(images, synthetic, point if isinstance(point, str) else None, files, model, fusion)
+
+
+def _model(folder: Path) -> tuple[str | None, str]:
+    """The architecture a run trained and the fusion its answers came from (config.yaml)."""
+    if not (folder / "config.yaml").is_file():
+        return None, ""
+    from spermhead.config import fusion_text, load_config
+
+    try:
+        cfg = load_config(folder / "config.yaml")
+    except (SpermheadError, OSError, ValueError, TypeError):
+        return None, ""
+    return cfg.model.name, fusion_text(cfg.train.shape_fusion, cfg.train.pixel_fusion)
 
 
 def by_image_file(a: Predictions, b: Predictions, pa: Provenance, pb: Provenance) -> tuple[Predictions, Predictions] | None:
@@ -113,6 +129,11 @@ def provenance_warnings(a: Provenance, b: Provenance, names: tuple[str, str]) ->
     elif a.images is not None and b.images is not None and a.images != b.images:
         out.append(f"{names[0]} read its images from {a.images} and {names[1]} from {b.images}: unless one is a "
                    "copy of the other, this compares different images")
+    if a.model and b.model and a.model != b.model and (a.fusion or b.fusion):
+        fused = [f"{n}'s are {p.fusion}" for n, p in zip(names, (a, b), strict=True) if p.fusion]
+        out.append(f"the answers compared are not the two networks' alone ({'; '.join(fused)}), so the fused "
+                   f"models dilute the difference between {a.model} and {b.model}; train both with "
+                   "--shape-fusion 0 --pixel-fusion 0 to compare the networks")
     if a.operating_point and b.operating_point and a.operating_point != b.operating_point:
         out.append(f"{names[0]} is scored at the {a.operating_point} point and {names[1]} at the "
                    f"{b.operating_point} point: part of any difference is the operating point, not the model")

@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from spermhead.config import environment as current_environment
+from spermhead.config import fusion_text
 from spermhead.evaluation.composition import largest_sample
 
 PLOT_TITLES = {
@@ -112,6 +113,18 @@ def _titles(config: Mapping[str, Any], n_folds: int) -> tuple[str, str, str]:
     return dataset, str(model), str(protocol)
 
 
+def _fusion(config: Mapping[str, Any]) -> str:
+    """Where the scores are not the network's alone, whose they are: the model named above has only
+    part of each vote, so its figures are not that architecture's."""
+    train = config.get("train")
+    fused = fusion_text(train.get("shape_fusion") or 0.0, train.get("pixel_fusion") or 0.0) \
+        if isinstance(train, Mapping) else ""
+    if not fused:
+        return ""
+    return (f'<p class="sub">every score below is of the fused answers: <b>{esc(fused)}</b> (the recipe\'s '
+            "second opinions; train with --shape-fusion 0 --pixel-fusion 0 for the network alone)</p>")
+
+
 def _headline(m: Mapping[str, Any]) -> str:
     k = len(m.get("folds") or [])
     has_ci = bool(m.get("accuracy_ci95"))
@@ -142,6 +155,24 @@ def _headline(m: Mapping[str, Any]) -> str:
         head.append("95% bootstrap CI")
     head_html = "<tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>"
     return f"<table><thead>{head_html}</thead><tbody>{''.join(out)}</tbody></table>"
+
+
+def _points(m: Mapping[str, Any]) -> str:
+    """Both operating points on the scored images, and on the validation parts that chose what the
+    run chose (checkpoints, temperature): what `compare` and the recipes are judged on."""
+    points, val = m.get("operating_points") or {}, m.get("validation") or {}
+    if not points and not val:
+        return ""
+    rows = []
+    for point, h in points.items():
+        mark = " (this report)" if point == m.get("operating_point") else ""
+        rows.append([f"scored images, {point} point{mark}", h.get("accuracy"), h.get("balanced_accuracy")])
+    if val.get("n"):
+        where = f"validation parts ({val['n']} predictions, carved from the training sides)"
+        rows.append([f"{where}, accuracy point", val.get("accuracy"), val.get("balanced_accuracy")])
+        if bp := val.get("balanced_point"):
+            rows.append([f"{where}, balanced point", bp.get("accuracy"), bp.get("balanced_accuracy")])
+    return "<h3>Operating points and validation</h3>" + table(["", "accuracy", "average recall"], rows)
 
 
 def _per_class(m: Mapping[str, Any]) -> str:
@@ -300,8 +331,10 @@ def write_report(
         f"<h1>spermhead report: {esc(title)}</h1>",
         f'<p class="sub">dataset <b>{esc(dataset)}</b> · model <b>{esc(model)}</b> · protocol '
         f"<b>{esc(protocol)}</b> · {esc(metrics.get('n', '?'))} images · written {esc(when)}</p>",
+        _fusion(config),
         "<h2>Headline</h2>",
         _headline(metrics),
+        _points(metrics),
         _how_to_read(metrics),
     ]
     notes = metrics.get("notes") or []

@@ -27,11 +27,13 @@ COLUMNS = [
     "parameters",
     "val_accuracy",
     "val_balanced_accuracy",
+    "val_n",
     "accuracy_vs_best",
     "accuracy_vs_best_ci_low",
     "accuracy_vs_best_ci_high",
     "mcnemar_p_vs_best",
     "best",
+    "tied_with_best",
 ]
 # Header of the human-readable tables (md/html), where the sd joins its mean.
 DISPLAY = [
@@ -116,11 +118,13 @@ def selection_table(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
             "parameters": None if params is None else int(params),
             "val_accuracy": _validation(r, "accuracy"),
             "val_balanced_accuracy": _validation(r, "balanced_accuracy"),
+            "val_n": None if (n := _validation(r, "n")) is None else int(n),
             "accuracy_vs_best": None,
             "accuracy_vs_best_ci_low": None,
             "accuracy_vs_best_ci_high": None,
             "mcnemar_p_vs_best": None,
             "best": False,
+            "tied_with_best": False,
         })
     if out:
         prefix = "val_" if chosen_on_validation(out) else ""
@@ -133,6 +137,8 @@ def selection_table(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
         best = max(range(len(out)), key=key)
         out[best]["best"] = True
+        for i, e in enumerate(out):  # level with the best on both criteria: chosen by list order alone
+            e["tied_with_best"] = i != best and key(i)[:2] == key(best)[:2]
         _versus_best(rows, out, best)
     return out
 
@@ -164,6 +170,8 @@ def cell_text(row: Mapping[str, Any], key: str) -> str:
         return f"{v:+.3f} ({row['accuracy_vs_best_ci_low']:+.3f} to {row['accuracy_vs_best_ci_high']:+.3f})"
     if key == "mcnemar_p_vs_best" and v is not None:
         return f"{v:.2g}"
+    if key == "val_balanced_accuracy" and v is not None and row.get("val_n") is not None:
+        return f"{v:.3f} (n {row['val_n']})"
     if key in ("accuracy", "balanced_accuracy") and v is not None:
         sd = row[f"{key}_sd"]
         return f"{v:.3f}" + ("" if sd is None else f" ± {sd:.3f}")
@@ -182,14 +190,16 @@ def _md_escape(s: str) -> str:
     return s.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
 
 
-def write_selection(rows: Sequence[Mapping[str, Any]], out_dir: Path | str) -> dict[str, Path]:
+def write_selection(rows: Sequence[Mapping[str, Any]], out_dir: Path | str, about: str = "") -> dict[str, Path]:
     """selection.csv (raw numbers, sd in its own column), selection.md and selection.html
-    (mean ± sd, best row marked ★). Returns {"csv": path, "md": path, "html": path}."""
+    (mean ± sd, best row marked ★). `about` says what the rows were trained and scored on (it heads
+    the md and html tables). Returns {"csv": path, "md": path, "html": path}."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     table = selection_table(rows)
     note = ("Where a run was cross-validated, every metric is the mean across folds (accuracy and "
-            "balanced accuracy ± sd). ")
+            "balanced accuracy ± sd). Validation n counts the validation predictions pooled over the folds. ")
+    tied = [r["model"] + (f" ({r['variant']})" if r["variant"] else "") for r in table if r["tied_with_best"]]
     if any(r["accuracy_vs_best"] is not None for r in table):
         note += ("Accuracy vs ★ is each row's pooled test accuracy minus the ★ row's on the same images, with "
                  "a paired bootstrap 95% CI and McNemar's exact p on the images only one of the two gets "
@@ -197,11 +207,15 @@ def write_selection(rows: Sequence[Mapping[str, Any]], out_dir: Path | str) -> d
     if chosen_on_validation(table):
         note += (BEST_MARK + " marks the best validation balanced accuracy (then accuracy), pooled over "
                  "the validation parts carved from each training side; the test folds took no part "
-                 "in the choice, so the chosen row's figures are a fair estimate.")
+                 "in the choice, so the chosen row's figures are a fair estimate. ")
     else:
         note += (BEST_MARK + " marks the best balanced accuracy (then accuracy) on the test folds: "
                  "some rows have no validation scores (val_fraction 0), so nothing else can choose, and this "
-                 "choice flatters the chosen row.")
+                 "choice flatters the chosen row. ")
+    if tied:
+        note += (f"{BEST_MARK} is level with {', '.join(tied)} on both criteria and was chosen by its place in the "
+                 "list of models alone: these scores do not tell them apart.")
+    note = note.rstrip()
 
     csv_path = out_dir / "selection.csv"
     with open(csv_path, "w", newline="") as fh:
@@ -219,7 +233,8 @@ def write_selection(rows: Sequence[Mapping[str, Any]], out_dir: Path | str) -> d
             cells[0] = f"{cells[0]} {BEST_MARK}"
         md.append("| " + " | ".join(cells) + " |")
     md_path = out_dir / "selection.md"
-    md_path.write_text("# Model selection\n\n" + "\n".join(md) + f"\n\n{note}\n", encoding="utf-8")
+    lead = f"{about}\n\n" if about else ""
+    md_path.write_text("# Model selection\n\n" + lead + "\n".join(md) + f"\n\n{note}\n", encoding="utf-8")
 
     head = "".join(f"<th>{esc(h)}</th>" for _, h in DISPLAY)
     body = []
@@ -233,6 +248,7 @@ def write_selection(rows: Sequence[Mapping[str, Any]], out_dir: Path | str) -> d
     html_path.write_text(
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>Model selection</title>'
         f"<style>{CSS}</style></head><body><h1>Model selection</h1>"
+        + (f"<p>{html.escape(about)}</p>" if about else "") +
         f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
         f'<p class="muted">{html.escape(note)}</p></body></html>\n',
         encoding="utf-8",

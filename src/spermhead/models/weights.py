@@ -10,6 +10,7 @@ adapted to gray input the way timm does it. A file that matches nothing is an er
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import socket
@@ -27,6 +28,9 @@ log = logging.getLogger(__name__)
 # ... and spermhead's own files: a fold's model ("1." after the Standardize layer) or a bundle's
 # first member ("member0.1.")
 MIN_FITTED_SHARE = 0.5  # of the model's weights (elements) the file must fill
+# of the file's tensors that may fit nothing before it is called another model's (a pretraining's
+# projection head is a few)
+UNUSED_SHARE = 0.1
 _PREFIXES = ("", "module.", "model.", "backbone.", "module.backbone.", "model.backbone.", "_orig_mod.",
              "1.", "member0.1.")
 _WRAPPERS = ("state_dict", "model", "state_dict_ema", "model_ema")
@@ -69,6 +73,15 @@ class LoadReport:
                 shown = ", ".join(keys[:5]) + (f", ... (+{len(keys) - 5})" if len(keys) > 5 else "")
                 parts.append(f"{label}: {shown}")
         return "; ".join(parts)
+
+
+def file_sha256(path: str | Path) -> str:
+    """The file's sha256, read in blocks (weights files can be large)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -232,6 +245,10 @@ def load_pretrained(
                 log.warning("%s: %d model tensors keep their random init (%d not in the file, %d of another "
                             "shape: %s)", weights, len(report.missing), len(report.missing) - other, other,
                             ", ".join(report.missing[:4]) + (", ..." if len(report.missing) > 4 else ""))
+            unused = [] if _ensemble_size(report) else report.unexpected  # a bundle holds other parts too
+            if len(unused) > UNUSED_SHARE * (len(unused) + report.loaded):
+                log.warning("%s: %d of its tensors fit no part of this model (e.g. %s); is it for a larger model "
+                            "or another architecture?", weights, len(unused), ", ".join(unused[:3]))
             if (members := _ensemble_size(report)) > 1:
                 log.warning("%s holds a bundle's %d models (one per fold); the first, member0, is the start",
                             weights, members)

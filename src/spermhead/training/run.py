@@ -36,7 +36,7 @@ from spermhead.models.inference import Ensemble, predict_proba, standardized
 from spermhead.models.pixels import PixelModel
 from spermhead.models.registry import build_model, model_spec
 from spermhead.models.shape import ShapeModel, fuse_all
-from spermhead.models.weights import write_safetensors
+from spermhead.models.weights import file_sha256, write_safetensors
 from spermhead.preprocess.acquisition import describe, fit_ranges
 from spermhead.training.augment import tta_flips
 from spermhead.training.balance import balanced_sampler, class_weights, offline_balance
@@ -488,7 +488,8 @@ def train_run(cfg: RunConfig, *, overwrite: bool = False, resume: bool = False,
     images, canon = canonical_images(table, cfg)
     init: dict[str, Any] = {"init": cfg.model.resolved_init()}
     if init["init"] == "scratch" and cfg.model.weights:  # the record names the file the folds started from
-        init = {"init": "weights", "weights": str(Path(cfg.model.weights).resolve())}
+        init = {"init": "weights", "weights": str(Path(cfg.model.weights).resolve()),
+                "sha256": file_sha256(cfg.model.weights)}  # which file, should the path be reused
     elif init["init"] == "scratch" and cfg.model.pretrained:
         init = {"init": "pretrained", "model": cfg.model.name}
     # so is the --weights file's bundle's record of its training images
@@ -561,7 +562,10 @@ def train_run(cfg: RunConfig, *, overwrite: bool = False, resume: bool = False,
                  confusions={point: m["confusion_matrix"] for point, (_, m) in scored.items()},
                  share_checks=share_checks)
     timing = {
-        "wall_seconds": time.perf_counter() - start,
+        "wall_seconds": time.perf_counter() - start,  # this command's; --resume reads finished folds back
+        "resumed": resume,
+        # the folds' own training, where it ran (earlier, for folds a --resume read back)
+        "fold_training_seconds": float(sum(r.seconds for r in results)),
         "init_seconds": float(init.get("seconds", 0.0)),  # a source model trained by this run
         "seconds_per_epoch": float(np.mean([r.seconds / max(r.epochs, 1) for r in results])),
         "epochs": [r.epochs for r in results],

@@ -9,6 +9,7 @@ from typing import Any
 
 from spermhead.config import RunConfig
 from spermhead.data.readers import load_dataset
+from spermhead.errors import ConfigError
 from spermhead.training.options import check_run_config
 from spermhead.training.run import check_model, train_run
 
@@ -33,9 +34,18 @@ def select_models(base: RunConfig, models: list[str], out: Path, *, variants: bo
             cfg = replace(base, out=str(out / tag), preprocess=replace(base.preprocess, color=color),
                           model=replace(base.model, name=name, l2_conv=l2))
             runs.append((name, color, l2, cfg))
+    tags = [cfg.out for *_, cfg in runs]
+    if len(set(tags)) < len(tags):
+        twice = sorted({Path(t).name for t in tags if tags.count(t) > 1})
+        raise ConfigError(f"--models names {', '.join(twice)} more than once")
+    if (out / "selection.csv").is_file() and not (overwrite or resume):
+        # its table would be replaced by one of these models alone
+        raise ConfigError(f"{out}: holds a selection table already; pass --resume to finish or extend it "
+                          "(give every model again), --overwrite to start again, or another --out")
     # every model is built once first: a misspelt name in the list stops the selection before
     # hours go into the models before it
-    num_classes = len(load_dataset(base.dataset, base.data_dir).classes)
+    table = load_dataset(base.dataset, base.data_dir)
+    num_classes = len(table.classes)
     for *_, cfg in runs:
         check_run_config(cfg)
         check_model(cfg, num_classes)
@@ -52,5 +62,20 @@ def select_models(base: RunConfig, models: list[str], out: Path, *, variants: bo
             "seconds_per_epoch": result.timing["seconds_per_epoch"],
             "parameters": params, "predictions": result.predictions,
         })
-    write_selection(rows, out)
+    write_selection(rows, out, about=selection_about(base, synthetic=table.synthetic,
+                                                     fixed_split=table.has_fixed_split))
     return rows
+
+
+def selection_about(base: RunConfig, *, synthetic: bool, fixed_split: bool) -> str:
+    """What every row of the table was trained and scored on, in one sentence (its header)."""
+    p = base.protocol
+    kind = p.kind if p.kind != "auto" else "folders" if fixed_split else "cv"  # as train_run resolves it
+    protocol = ({"cv": f"{p.folds}-fold cross-validation" + (", grouped" if p.grouped else ""),
+                 "folders": "its train/val/test folders",
+                 "random": "a random {:g}/{:g}/{:g} split".format(*(100 * f for f in p.split))}.get(kind, kind))
+    images = " (synthetic heads from `spermhead data synth`)" if synthetic else ""
+    return (f"{base.dataset}{images}, {protocol}, seed {base.seed}; {base.train.epochs} epochs, "
+            f"{base.preprocess.image_size} px {base.preprocess.color}, recipe {base.train.recipe}; every model from "
+            "random weights and scored alone (no fused second opinions); the validation parts are carved "
+            "from each training side.")
