@@ -187,6 +187,28 @@ def test_request_body_cap(bundle: Path) -> None:
         r = post(c, ("a.png", b"\0" * 600_000), ("b.png", b"\0" * 600_000))
         assert r.status_code == 413 and "request" in r.json()["detail"]
         assert c.get("/health").status_code == 200
+        # sent without a length (chunked), the cut-off inside the form parser is still a 413
+        boundary = "spermheadtest"
+        part = (f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="a.png"\r\n'
+                "Content-Type: image/png\r\n\r\n").encode()
+
+        def body():
+            for _ in range(3):
+                yield part + b"\0" * 600_000 + b"\r\n"
+            yield f"--{boundary}--\r\n".encode()
+
+        r = c.post("/api/predict", content=body(), headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+        assert r.status_code == 413 and "request limit" in r.json()["detail"], r.text
+        assert c.get("/health").status_code == 200
+
+
+def test_the_request_limit_holds_a_full_page_batch_at_the_file_limit(bundle: Path) -> None:
+    """The classify page sends 8 files a request: raising the per-file limit raises the
+    request's with it, and /api/model says both."""
+    for per_file, request in ((20, 200), (50, 410)):
+        with TestClient(create_app(bundle, max_upload_mb=per_file)) as c:
+            limits = c.get("/api/model").json()["limits"]
+            assert (limits["max_upload_mb"], limits["max_request_mb"]) == (per_file, request)
 
 
 def test_unexpected_error_is_json_500_and_server_survives(bundle: Path) -> None:
@@ -406,6 +428,12 @@ def test_serve_reviews_a_named_dataset_from_the_data_folder_its_error_names(bund
     monkeypatch.chdir(tmp_path)  # no ./data
     monkeypatch.delenv("SPERMHEAD_DATA", raising=False)
     runner = CliRunner()
+    out_of_range = runner.invoke(app, ["serve", "--model", str(bundle), "--port", "70000"])
+    assert out_of_range.exit_code == 2 and "65535" in out_of_range.output and not served
+    shared = runner.invoke(app, ["serve", "--model", str(bundle), "--host", "0.0.0.0"], terminal_width=300)
+    said = " ".join(shared.output.split())
+    assert shared.exit_code == 0 and "every network interface" in said and "no login and no HTTPS" in said
+    served.clear()
     missing = runner.invoke(app, ["serve", "--model", str(bundle), "--review", "hushem"], terminal_width=200)
     assert missing.exit_code == 2 and "pass --data-dir" in missing.output and not served, missing.output
     write_synthetic(tmp_path / "heads", "hushem", n_per_class=2, seed=0)

@@ -75,6 +75,14 @@ def test_export_to_a_folder_is_refused_by_name(bundle: Path, tmp_path: Path) -> 
     result = CliRunner().invoke(app, ["export", "--model", str(bundle), "--onnx", str(tmp_path)])
     assert result.exit_code == 2 and f"--onnx {tmp_path}: is a folder; give a file name" in result.output, result.output
     assert not list(tmp_path.iterdir())
+    # another file already there is kept unless --overwrite; the bundle's own model.onnx is remade
+    kept = tmp_path / "precious.onnx"
+    kept.write_text("keep me")
+    refused = CliRunner().invoke(app, ["export", "--model", str(bundle), "--onnx", str(kept)])
+    assert refused.exit_code == 2 and "exists; pass --overwrite" in " ".join(refused.output.split())
+    assert kept.read_text() == "keep me"
+    replaced = CliRunner().invoke(app, ["export", "--model", str(bundle), "--onnx", str(kept), "--overwrite"])
+    assert replaced.exit_code == 0 and onnx_fingerprint(kept) == bundle_fingerprint(bundle), replaced.output
 
 
 def test_stale_onnx_is_not_used(bundle: Path, tmp_path: Path, caplog) -> None:
@@ -88,3 +96,9 @@ def test_stale_onnx_is_not_used(bundle: Path, tmp_path: Path, caplog) -> None:
     with caplog.at_level("WARNING", logger="spermhead"), Predictor(other, backend="onnx") as po:
         assert po.onnx_path.parent != other
     assert f"no {ONNX_NAME} in {other}: exporting a temporary one" in caplog.text
+    # a damaged file is called damaged, not another model's export
+    (other / ONNX_NAME).write_bytes(b"\x08garbage" * 50)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="spermhead"), Predictor(other, backend="onnx") as po:
+        assert po.onnx_path.parent != other
+    assert "cannot be read as an ONNX model" in caplog.text and "other weights" not in caplog.text

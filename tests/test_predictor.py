@@ -137,6 +137,41 @@ def test_predict_cli_folder_with_corrupt_file(bundle: Path, folder: Path, tmp_pa
     assert {f"p_{c}" for c in CLASSES} <= set(rows[0])
     assert len(json.loads(out_json.read_text())) == 7
     assert "broken.png" in result.output
+    said = " ".join(result.output.split())
+    assert "1 file(s) in the folders skipped for their suffix" in said and "notes.txt" in said
+
+
+def test_predict_cli_writes_a_file_name_that_is_not_utf8_and_refuses_one_file_for_two_outputs(
+        bundle: Path, folder: Path, tmp_path: Path) -> None:
+    import os
+    import shutil
+
+    (tmp_path / "in").mkdir()
+    odd = tmp_path / "in" / os.fsdecode(b"m\xe9.png")  # a Latin-1 name from an old share
+    shutil.copy(folder / "head0.png", odd)
+    shutil.copy(folder / "head0.png", tmp_path / "in" / "z.png")
+    out_csv = tmp_path / "out.csv"
+    result = CliRunner().invoke(app, ["predict", "--model", str(bundle), str(tmp_path / "in"), "--csv", str(out_csv)])
+    assert result.exit_code == 0, result.output
+    with open(out_csv, newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [Path(r["path"]).name for r in rows] == ["m\\udce9.png", "z.png"] and all(r["class"] for r in rows)
+    same = CliRunner().invoke(app, ["predict", "--model", str(bundle), str(folder / "head0.png"),
+                                    "--csv", str(tmp_path / "o.csv"), "--json", str(tmp_path / "o.csv")])
+    assert same.exit_code == 2 and "--csv and --json name the same file" in " ".join(same.output.split())
+    assert not (tmp_path / "o.csv").exists()
+
+
+def test_a_damaged_weights_file_is_a_one_line_error_naming_it(bundle: Path, folder: Path, tmp_path: Path) -> None:
+    import shutil
+
+    for name, content in (("cut", (bundle / "model.safetensors").read_bytes()[:5000]), ("empty", b"")):
+        damaged = shutil.copytree(bundle, tmp_path / name)
+        (damaged / "model.safetensors").write_bytes(content)
+        result = CliRunner().invoke(app, ["predict", "--model", str(damaged), str(folder / "head0.png")])
+        said = " ".join(result.output.split())
+        assert result.exit_code == 2 and f"{damaged / 'model.safetensors'}: not a readable safetensors file" in said
+        assert "Traceback" not in result.output
 
 
 def test_predict_cli_all_good_exits_0(bundle: Path, folder: Path) -> None:

@@ -511,20 +511,32 @@ def predict(
     from rich.table import Column, Table
     from rich.text import Text
 
+    from spermhead.data.readers import IMAGE_SUFFIXES, skipped_files
+    from spermhead.errors import ConfigError
     from spermhead.preprocess.acquisition import batch_warning
     from spermhead.serving.predictor import Predictor, csv_columns, csv_row, expand_inputs
+    from spermhead.serving.prepare import printable
 
-    for path, option in ((csv_out, "--csv"), (json_out, "--json"), (summary, "--summary")):
+    outputs = [(path, option) for path, option in ((csv_out, "--csv"), (json_out, "--json"), (summary, "--summary"))
+               if path is not None]
+    for path, option in outputs:
         # not after minutes of classifying; and a run's own predictions.csv is not replaced unasked
         check_output_file(path, option, overwrite=overwrite)
+    for i, (path, option) in enumerate(outputs):  # one file for two outputs keeps only the last written
+        if same := [o for p, o in outputs[i + 1:] if p.resolve() == path.resolve()]:
+            raise ConfigError(f"{option} and {same[0]} name the same file, {path}; give each its own")
     files = expand_inputs(paths)
+    suffixes = "/".join(sorted(s.lstrip(".") for s in IMAGE_SUFFIXES))
+    if skipped := [f for p in paths if Path(p).is_dir() for f in skipped_files(Path(p))]:
+        err_console.print(f"note: {len(skipped)} file(s) in the folders skipped for their suffix (not {suffixes}), "
+                          f"e.g. {printable(str(skipped[0]))}; name a file itself to try it", highlight=False, soft_wrap=True)
     if not files:
-        raise SpermheadError(f"{' '.join(paths)}: no image files found")
+        raise SpermheadError(f"{' '.join(paths)}: no image files found (folders are searched for {suffixes})")
     rows: list[dict[str, Any]] = []
     with Predictor(model, backend=backend, batch_size=batch_size, operating_point=operating_point) as predictor:
         columns = csv_columns(predictor.classes)
         ranges, confusion, check = predictor.meta.input_ranges, predictor.meta.confusion, predictor.meta.share_check
-        fh = open(csv_out, "w", newline="") if csv_out else None  # noqa: SIM115 - closed below
+        fh = open(csv_out, "w", newline="", encoding="utf-8") if csv_out else None  # noqa: SIM115 - closed below
         try:
             writer = csv.DictWriter(fh, fieldnames=columns) if fh else None
             if writer:
@@ -597,7 +609,7 @@ def show_compositions(rows: list[dict[str, Any]], classes: list[str], confusion:
                       "shares",
                       highlight=False, soft_wrap=True)
     if summary is not None:  # checked writable before predict began
-        with open(summary, "w", newline="") as fh:
+        with open(summary, "w", newline="", encoding="utf-8") as fh:
             writer = csv.DictWriter(fh, fieldnames=SUMMARY_COLUMNS)
             writer.writeheader()
             writer.writerows(summary_rows(samples, closer))
@@ -847,13 +859,16 @@ def show_repeats(c: dict[str, Any], unpaired: list[str]) -> None:
 def serve(
     model: Annotated[Path, typer.Option("--model", help="Bundle folder (model.json + model.safetensors), or the run folder holding it")],
     host: Annotated[str, typer.Option(help="Interface to bind; localhost unless you mean to share it")] = "127.0.0.1",
-    port: Annotated[int, typer.Option()] = 8000,
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
     review: Annotated[str | None, typer.Option(help="Labelled class folder, dataset name, run folder or "
                                                "predictions.csv for the review page")] = None,
     review_data: Annotated[Path | None, typer.Option(
         "--review-data", "--data-dir", help="Data folder holding the images of --review's predictions, or the "
         "named dataset's (default: the run's config.yaml; SPERMHEAD_DATA or ./data)")] = None,
     max_upload_mb: Annotated[float, typer.Option(help="Per-file upload limit")] = 20,
+    max_request_mb: Annotated[float | None, typer.Option(
+        help="Limit of one request, all its files together (default: the larger of 200 and a full batch "
+             "of the classify page, 8 files at --max-upload-mb, plus 10)")] = None,
     backend: Annotated[str, typer.Option(help="torch or onnx")] = "torch",
     operating_point: Annotated[str | None, typer.Option(
         help="accuracy (the model's posteriors) or balanced (prior correction for average recall); "
@@ -871,8 +886,14 @@ def serve(
     from spermhead.serving.app import create_app
 
     web = create_app(model, review, max_upload_mb=max_upload_mb, review_data=review_data, backend=backend,
-                     operating_point=operating_point)
-    console.print(f"serving {model} at http://{host}:{port}/  (review: /review, API docs: /docs)")
+                     operating_point=operating_point, max_request_mb=max_request_mb)
+    if host in ("0.0.0.0", "::", ""):
+        console.print(f"serving {model} on every network interface, port {port}: open http://THIS-MACHINE:{port}/ "
+                      "(its name or address). There is no login and no HTTPS, and /review shows the labelled "
+                      "images to anyone who reaches it: share it on a trusted network only (README, "
+                      "\"Sharing the server\")", highlight=False, soft_wrap=True)
+    else:
+        console.print(f"serving {model} at http://{host}:{port}/  (review: /review, API docs: /docs)")
     uvicorn.run(web, host=host, port=port, log_level="info")
 
 
@@ -880,7 +901,9 @@ def serve(
 @friendly
 def export(
     model: Annotated[Path, typer.Option("--model", help="Bundle folder, or the run folder holding it")],
-    onnx: Annotated[Path | None, typer.Option("--onnx", help="Output file (default: model.onnx in the bundle)")] = None,
+    onnx: Annotated[Path | None, typer.Option("--onnx", help="Output file (default: model.onnx in the bundle, "
+                                                                "replaced if there)")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing --onnx file")] = False,
 ) -> None:
     """Export the bundle's model to ONNX (dynamic batch) and check it against torch."""
     from spermhead.serving.bundle import bundle_folder
@@ -888,7 +911,9 @@ def export(
     from spermhead.serving.predictor import ONNX_NAME
 
     model = bundle_folder(model)
-    check_output_file(onnx, "--onnx")
+    # the bundle's own model.onnx is derived from its weights and simply made again; another file is kept
+    own = onnx is None or onnx.resolve() == (model / ONNX_NAME).resolve()
+    check_output_file(onnx, "--onnx", overwrite=overwrite or own)
     report = export_onnx(model, onnx or model / ONNX_NAME)
     console.print(report.summary(), highlight=False)
     meta = json.loads((model / "model.json").read_text())

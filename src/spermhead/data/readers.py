@@ -46,6 +46,13 @@ def list_images(folder: Path, *, nested: bool = False) -> list[Path]:
                   and not any(part.startswith(".") for part in p.relative_to(folder).parts))
 
 
+def skipped_files(folder: Path) -> list[Path]:
+    """The visible files under `folder` (recursively) that `list_images` passes over for their
+    suffix: a GIF, a WebP, a file with no suffix. Said, not silently dropped."""
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() not in IMAGE_SUFFIXES
+                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+
+
 def _require_dir(path: Path, what: str) -> Path:
     if not path.is_dir():
         raise DataError(f"{path}: missing folder ({what})")

@@ -91,6 +91,9 @@ def match_class(name: str, classes: list[str] | tuple[str, ...]) -> str:
 # ---------------------------------------------------------------------- request size cap
 
 
+PAGE_BATCH = 8  # files the classify page sends per request (static/classify.js, BATCH)
+
+
 class _BodyTooLarge(Exception):
     pass
 
@@ -112,19 +115,28 @@ class BodyLimit:
             await self._refuse(send)
             return
         seen = 0
-        started = False
+        started = over = replaced = False
 
         async def counting_receive() -> Message:
-            nonlocal seen
+            nonlocal seen, over
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.limit:
+                    over = True
                     raise _BodyTooLarge
             return message
 
         async def tracking_send(message: Message) -> None:
-            nonlocal started
+            nonlocal started, replaced
+            if over and not started and message["type"] == "http.response.start":
+                # the multipart parser caught the cut-off and answers 400 ("error parsing the
+                # body"); the client is told the real reason instead
+                started = replaced = True
+                await self._refuse(send)
+                return
+            if replaced:
+                return
             started = started or message["type"] == "http.response.start"
             await send(message)
 
@@ -401,6 +413,7 @@ class Service:
         self.predictor = predictor
         self.max_upload = max_upload
         self.max_files = max_files
+        self.max_request = 0  # bytes in one request, all files together (create_app sets it)
         self.review: ReviewSet | None = None
 
     def process_many(self, jobs: list[tuple[list[tuple[str, bytes] | dict[str, Any]], bool, bool]]
@@ -487,7 +500,7 @@ class Service:
             "server_version": __version__,
             "backend": self.predictor.backend,
             "limits": {"max_upload_mb": self.max_upload / MB, "max_pixels": self.predictor.max_pixels,
-                       "max_files": self.max_files},
+                       "max_files": self.max_files, "max_request_mb": self.max_request / MB},
         }
 
 
@@ -531,7 +544,9 @@ def create_app(
     app.state.service = service
     app.state.batcher = Batcher(service, max_images=max_batch_images)
     # A whole request may hold several files; cap it so a client cannot fill the disk.
-    request_cap = max_request_mb if max_request_mb is not None else max(200.0, 4 * max_upload_mb)
+    # By default it holds a full batch of the classify page's largest files, with room for the form.
+    request_cap = max_request_mb if max_request_mb is not None else max(200.0, PAGE_BATCH * max_upload_mb + 10)
+    service.max_request = int(request_cap * MB)
     app.add_middleware(BodyLimit, limit=int(request_cap * MB))
 
     @app.exception_handler(Exception)

@@ -168,7 +168,11 @@ def load_bundle(directory: Path | str) -> Bundle:
         raise SpermheadError(f"{meta_path}: bundle format {meta.format} is newer than this spermhead")
     if problem := _share_records_problem(meta):
         raise SpermheadError(f"{meta_path}: {problem}")
-    state = load_file(str(weights_path))
+    try:
+        state = load_file(str(weights_path))
+    except Exception as exc:  # safetensors raises its own error type for a truncated or foreign file
+        raise SpermheadError(f"{weights_path}: not a readable safetensors file ({exc}); the bundle is damaged: "
+                             "copy it again, or train it again") from exc
     members = []
     for i in range(meta.members):
         net = build_model(
@@ -177,7 +181,11 @@ def load_bundle(directory: Path | str) -> Bundle:
         )
         model = standardized(net, meta.in_chans)
         prefix = f"member{i}."
-        model.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+        try:
+            model.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+        except RuntimeError as exc:  # tensors missing or of other shapes than model.json describes
+            raise SpermheadError(f"{weights_path}: does not hold the {meta.architecture} model {meta_path.name} "
+                                 f"describes (member {i}: {str(exc).splitlines()[0]})") from exc
         members.append(model.eval())
     ensemble = Ensemble(members).eval()
     shapes = _second_opinions(state, weights_path, ShapeModel, "shape", meta.shape_fusion)

@@ -52,13 +52,18 @@ def bundle_fingerprint(bundle_dir: Path | str) -> str:
     return h.hexdigest()
 
 
+UNREADABLE = "unreadable"  # onnx_fingerprint's answer for a file onnx cannot load
+
+
 def onnx_fingerprint(onnx_path: Path | str) -> str | None:
+    """The bundle fingerprint the file was exported with; None if it records none, UNREADABLE if
+    it is no ONNX model (truncated, say)."""
     import onnx
 
     try:
         model = onnx.load(str(onnx_path), load_external_data=False)
     except Exception:  # an unreadable file is simply not reusable
-        return None
+        return UNREADABLE
     return next((p.value for p in model.metadata_props if p.key == FINGERPRINT_KEY), None)
 
 

@@ -127,7 +127,12 @@ class Predictor:
     # ------------------------------------------------------------------ model
 
     def _find_or_export_onnx(self, onnx_path: Path | str | None) -> Path:
-        from spermhead.serving.onnx_export import bundle_fingerprint, export_onnx, onnx_fingerprint
+        from spermhead.serving.onnx_export import (
+            UNREADABLE,
+            bundle_fingerprint,
+            export_onnx,
+            onnx_fingerprint,
+        )
 
         if onnx_path is not None:
             path = Path(onnx_path)
@@ -135,9 +140,12 @@ class Predictor:
                 raise ConfigError(f"{path}: no such ONNX file; create it with `spermhead export`")
             return path
         beside = self.bundle_dir / ONNX_NAME
-        if beside.is_file() and onnx_fingerprint(beside) == bundle_fingerprint(self.bundle_dir):
+        found = onnx_fingerprint(beside) if beside.is_file() else None
+        if beside.is_file() and found == bundle_fingerprint(self.bundle_dir):
             return beside
-        if beside.is_file():
+        if found == UNREADABLE:
+            log.warning("%s cannot be read as an ONNX model (damaged?); exporting afresh", beside)
+        elif beside.is_file():
             log.warning("%s was exported from other weights; exporting afresh", beside)
         else:  # a few seconds each time: say how to keep one
             log.warning("no %s in %s: exporting a temporary one (`spermhead export --model %s` keeps it there)",

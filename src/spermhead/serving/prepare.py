@@ -59,6 +59,12 @@ def error_row(name: str, path: str | None, exc: BaseException) -> dict[str, Any]
     return {"name": name, "path": path, "ok": False, "status": status, "error": message}
 
 
+def printable(path: str) -> str:
+    """A file name as rows record it: bytes that are not UTF-8 (a name from an old Windows share,
+    held by Python as surrogates) written as escapes, so every table, CSV and JSON can hold it."""
+    return path.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def prepare_array(rgb: np.ndarray, cfg: PreprocessConfig, name: str, path: str | None = None) -> Prepared:
     """Canonicalise an already decoded H x W x 3 uint8 RGB image."""
     from spermhead.preprocess.acquisition import describe
@@ -77,7 +83,7 @@ def prepare(source: Path | str | bytes, cfg: PreprocessConfig, max_pixels: int,
     """Read and canonicalise one image; raises ImageError/OSError for a bad file."""
     from spermhead.preprocess.io import read_image
 
-    path = None if isinstance(source, bytes) else str(source)
+    path = None if isinstance(source, bytes) else printable(str(source))
     name = name or (Path(path).name if path else "upload")
     return prepare_array(read_image(source, name=name, max_pixels=max_pixels), cfg, name, path)
 
@@ -85,7 +91,7 @@ def prepare(source: Path | str | bytes, cfg: PreprocessConfig, max_pixels: int,
 def prepare_safe(source: Path | str | bytes, cfg: PreprocessConfig, max_pixels: int,
                  name: str | None = None) -> Prepared | dict[str, Any]:
     """`prepare`, with any failure turned into an error row."""
-    path = None if isinstance(source, bytes) else str(source)
+    path = None if isinstance(source, bytes) else printable(str(source))
     name = name or (Path(path).name if path else "upload")
     try:
         return prepare(source, cfg, max_pixels, name)
