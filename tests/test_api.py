@@ -235,7 +235,9 @@ def test_model_health_docs(client: TestClient) -> None:
     docs = client.get("/docs")
     assert docs.status_code == 200 and "cdn" not in docs.text  # works offline
     assert client.get("/swagger-ui/swagger-ui-bundle.js").status_code == 200
-    assert "/api/predict" in client.get("/openapi.json").json()["paths"]
+    paths = client.get("/openapi.json").json()["paths"]
+    assert {"200", "400", "413", "415"} <= set(paths["/api/predict"]["post"]["responses"])  # what it answers
+    assert "404" in paths["/api/review"]["get"]["responses"]
 
 
 def test_composition_gives_the_heads_class_shares_and_names_what_it_cannot_use(client: TestClient) -> None:

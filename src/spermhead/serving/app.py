@@ -582,7 +582,12 @@ def create_app(
         uncertainty threshold and the metrics of the run that produced it."""
         return service.model_info()
 
-    @app.post("/api/predict", tags=["predict"])
+    @app.post("/api/predict", tags=["predict"], responses={
+        400: {"description": "one file that is empty, truncated or unreadable (named in `detail`)"},
+        413: {"description": "a file over the upload or pixel limit, too many files, or a request over "
+                             "its limit (see `limits` in GET /api/model)"},
+        415: {"description": "one file that is not an image"},
+    })
     async def predict(
         files: list[UploadFile] = File(..., description="One or more images (BMP, PNG, JPEG, TIFF)"),
         gradcam: bool = Query(False, description="Add a Grad-CAM overlay (PNG data URI) per image"),
@@ -619,7 +624,7 @@ def create_app(
         check found closer to the truth."""
         return service.composition(predicted)
 
-    @app.get("/api/review", tags=["review"])
+    @app.get("/api/review", tags=["review"], responses={404: {"description": "the server has no review set"}})
     def review() -> dict[str, Any]:
         """The review set: one item per sample with its true and predicted label."""
         if service.review is None:
@@ -627,7 +632,7 @@ def create_app(
         return service.review.to_dict()
 
     @app.get("/api/review/image/{index}", tags=["review"], response_class=Response,
-             responses={200: {"content": {"image/png": {}}}})
+             responses={200: {"content": {"image/png": {}}}, 404: {"description": "no such review item"}})
     def review_image(index: str) -> Response:
         """Sample `index` of the review set as PNG. Images are looked up by index only, so
         nothing outside the review set can be read."""
