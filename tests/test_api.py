@@ -202,6 +202,16 @@ def test_request_body_cap(bundle: Path) -> None:
         assert c.get("/health").status_code == 200
 
 
+def test_review_names_a_file_whose_name_is_not_utf8(bundle: Path, tmp_path: Path) -> None:
+    import os
+
+    (tmp_path / "normal").mkdir()
+    (tmp_path / "normal" / os.fsdecode(b"t\xeate.png")).write_bytes(png())
+    with TestClient(create_app(bundle, tmp_path)) as c:
+        r = c.get("/api/review")
+        assert r.status_code == 200 and r.json()["items"][0]["name"] == "t\\xeate.png"
+
+
 def test_the_request_limit_holds_a_full_page_batch_at_the_file_limit(bundle: Path) -> None:
     """The classify page sends 8 files a request: raising the per-file limit raises the
     request's with it, and /api/model says both."""
@@ -209,6 +219,10 @@ def test_the_request_limit_holds_a_full_page_batch_at_the_file_limit(bundle: Pat
         with TestClient(create_app(bundle, max_upload_mb=per_file)) as c:
             limits = c.get("/api/model").json()["limits"]
             assert (limits["max_upload_mb"], limits["max_request_mb"]) == (per_file, request)
+    from spermhead.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--max-request-mb 10 is below --max-upload-mb 50"):
+        create_app(bundle, max_upload_mb=50, max_request_mb=10)
 
 
 def test_unexpected_error_is_json_500_and_server_survives(bundle: Path) -> None:

@@ -285,7 +285,7 @@ def test_report_says_whose_answers_a_fused_run_scores_and_both_points(tmp_path: 
     points = text[text.index("Operating points and validation"):]
     for figure in ("0.610", "0.640", "0.710", "0.740"):
         assert figure in points
-    assert "balanced point (this report)" in points and "validation parts (17 predictions" in points
+    assert "balanced point (this report)" in points and "validation (17 predictions" in points
 
 
 # ---------------------------------------------------------------- calibration

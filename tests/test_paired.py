@@ -129,6 +129,10 @@ def test_compare_command_reads_two_runs(table, tmp_path):
     itself = CliRunner().invoke(app, ["compare", str(tmp_path / "x" / "seed1"),
                                       str(tmp_path / "x" / "seed1" / "predictions.csv")], terminal_width=200)
     assert itself.exit_code == 0 and "are the same run" in " ".join(itself.output.split())
+    (tmp_path / "x" / "seed1" / "other.csv").write_text((tmp_path / "y" / "seed1" / "predictions.csv").read_text())
+    two_files = CliRunner().invoke(app, ["compare", str(tmp_path / "x" / "seed1" / "predictions.csv"),
+                                         str(tmp_path / "x" / "seed1" / "other.csv")])
+    assert two_files.exit_code == 0 and "same run" not in two_files.output  # two files in one folder
     broken = tmp_path / "broken.csv"
     broken.write_text("id,true\n")
     bad = CliRunner().invoke(app, ["compare", str(tmp_path / "x" / "seed1"), str(broken)])

@@ -155,7 +155,7 @@ def test_predict_cli_writes_a_file_name_that_is_not_utf8_and_refuses_one_file_fo
     assert result.exit_code == 0, result.output
     with open(out_csv, newline="", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
-    assert [Path(r["path"]).name for r in rows] == ["m\\udce9.png", "z.png"] and all(r["class"] for r in rows)
+    assert [Path(r["path"]).name for r in rows] == ["m\\xe9.png", "z.png"] and all(r["class"] for r in rows)
     same = CliRunner().invoke(app, ["predict", "--model", str(bundle), str(folder / "head0.png"),
                                     "--csv", str(tmp_path / "o.csv"), "--json", str(tmp_path / "o.csv")])
     assert same.exit_code == 2 and "--csv and --json name the same file" in " ".join(same.output.split())
@@ -172,6 +172,16 @@ def test_a_damaged_weights_file_is_a_one_line_error_naming_it(bundle: Path, fold
         said = " ".join(result.output.split())
         assert result.exit_code == 2 and f"{damaged / 'model.safetensors'}: not a readable safetensors file" in said
         assert "Traceback" not in result.output
+    # readable, but not the model model.json describes: the first tensor it lacks is named
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(bundle / "model.safetensors"))
+    lacking = shutil.copytree(bundle, tmp_path / "lacking")
+    save_file({k: v for k, v in state.items() if k != "member0.1.fc.weight"}, str(lacking / "model.safetensors"))
+    result = CliRunner().invoke(app, ["predict", "--model", str(lacking), str(folder / "head0.png")])
+    said = " ".join(result.output.split())
+    assert result.exit_code == 2 and "does not hold the spermnet model model.json describes (member 0: Missing" in said
+    assert "fc.weight" in said
 
 
 def test_predict_cli_all_good_exits_0(bundle: Path, folder: Path) -> None:

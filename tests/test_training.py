@@ -279,7 +279,12 @@ def test_refit_val_scores_validation_before_and_test_after_training_on_it(separa
         assert mean == pytest.approx(both, abs=1e-4)
         assert mean != pytest.approx(images[fold.train].astype(np.float64).mean() / 255, abs=1e-6)
         assert not np.allclose(again.test_probs, plain.test_probs)  # and it scored the test part
+        # the fold's training time counts the refit beside the first fit
+        assert info["fold_seconds"] > info["seconds"] > 0 and again.fold_seconds == info["fold_seconds"]
     assert refit.metrics["accuracy"] >= 0.99  # and it still scores the separable set
+    timing = json.loads((refit.out / "run.json").read_text())["timing"]
+    assert timing["fold_training_seconds"] == pytest.approx(sum(f.fold_seconds for f in refit.folds))
+    assert timing["folds_read_back"] == 0
     # Killed inside fold 3's refit: --resume trains only that refit, and gives the same answers.
     fold3 = refit.out / "folds" / "fold3"
     for name in ("done.json", "test_probs.npy", "model0.safetensors"):
@@ -447,7 +452,8 @@ def test_killed_run_resumes_and_completes(separable, tmp_path):
     assert (out / "predictions.csv").read_bytes() == written["predictions.csv"]
     # reading finished folds back is not training them: their own time is kept beside this command's
     timing = json.loads((out / "run.json").read_text())["timing"]
-    assert timing["resumed"] and timing["fold_training_seconds"] == pytest.approx(trained["fold_training_seconds"])
+    assert timing["folds_read_back"] == 4
+    assert timing["fold_training_seconds"] == pytest.approx(trained["fold_training_seconds"])
     assert timing["wall_seconds"] < timing["fold_training_seconds"]
 
 
@@ -466,7 +472,7 @@ def test_soft_targets_follow_expert_votes():
     np.testing.assert_allclose(half[0], [5 / 6, 1 / 6], atol=1e-6)
 
 
-def test_select_writes_the_model_selection_table(separable, tmp_path):
+def test_select_writes_the_model_selection_table(separable, tmp_path, caplog):
     from spermhead.training.select import select_models
 
     base = quick_config(separable, tmp_path, epochs=3)
@@ -487,6 +493,9 @@ def test_select_writes_the_model_selection_table(separable, tmp_path):
     with pytest.raises(ConfigError, match="holds a selection table already"):
         select_models(base, ["seed-cnn"], tmp_path / "sel", progress=False)
     assert (tmp_path / "sel" / "selection.md").read_text() == table
+    with caplog.at_level("WARNING", logger="spermhead"):  # --resume with fewer models: said what is left out
+        select_models(base, ["seed-cnn"], tmp_path / "sel", resume=True, progress=False)
+    assert "the runs spermnet are not in --models and are left out of the table" in caplog.text
     with pytest.raises(ConfigError, match="--models names spermnet more than once"):
         select_models(base, ["spermnet", "seed-cnn", "spermnet"], tmp_path / "dup", progress=False)
     assert not (tmp_path / "dup").exists()

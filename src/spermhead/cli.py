@@ -352,7 +352,7 @@ def train(
     result = train_run(cfg, overwrite=overwrite, resume=resume, progress=progress)
     print_run_summary(result.out, result.metrics)
     if fused := fusion_text(cfg.train.shape_fusion, cfg.train.pixel_fusion):
-        console.print(f"these are the fused answers: {fused} (the recipe's; --shape-fusion 0 --pixel-fusion 0 "
+        console.print(f"these are the fused answers: {fused} (--shape-fusion 0 --pixel-fusion 0 "
                       f"scores {cfg.model.name} alone)", highlight=False, soft_wrap=True)
 
 
@@ -762,7 +762,7 @@ def compare(
 
     check_output_file(json_out, "--json", overwrite=overwrite)
     names = distinct_names(run_a, run_b)
-    if len({(p if p.is_dir() else p.parent).resolve() for p in (run_a, run_b)}) == 1:
+    if len({(p / "predictions.csv" if p.is_dir() else p).resolve() for p in (run_a, run_b)}) == 1:
         warn_provenance([f"{run_a} and {run_b} are the same run: every difference below is zero by construction"])
     folders = repeat_folders(run_a), repeat_folders(run_b)
     if (folders[0] is None) != (folders[1] is None):
@@ -866,7 +866,7 @@ def serve(
         "--review-data", "--data-dir", help="Data folder holding the images of --review's predictions, or the "
         "named dataset's (default: the run's config.yaml; SPERMHEAD_DATA or ./data)")] = None,
     max_upload_mb: Annotated[float, typer.Option(help="Per-file upload limit")] = 20,
-    max_request_mb: Annotated[float | None, typer.Option(
+    max_request_mb: Annotated[float | None, typer.Option(min=1,
         help="Limit of one request, all its files together (default: the larger of 200 and a full batch "
              "of the classify page, 8 files at --max-upload-mb, plus 10)")] = None,
     backend: Annotated[str, typer.Option(help="torch or onnx")] = "torch",

@@ -168,7 +168,7 @@ def _points(m: Mapping[str, Any]) -> str:
         mark = " (this report)" if point == m.get("operating_point") else ""
         rows.append([f"scored images, {point} point{mark}", h.get("accuracy"), h.get("balanced_accuracy")])
     if val.get("n"):
-        where = f"validation parts ({val['n']} predictions, carved from the training sides)"
+        where = f"validation ({val['n']} predictions, no test image among them)"
         rows.append([f"{where}, accuracy point", val.get("accuracy"), val.get("balanced_accuracy")])
         if bp := val.get("balanced_point"):
             rows.append([f"{where}, balanced point", bp.get("accuracy"), bp.get("balanced_accuracy")])

@@ -52,11 +52,12 @@ from swagger_ui.utils import SWAGGER_UI_PY_ROOT
 
 from spermhead import __version__
 from spermhead.data.readers import normalise_class_name
-from spermhead.errors import SpermheadError
+from spermhead.errors import ConfigError, SpermheadError
 from spermhead.evaluation.composition import MIN_HEADS, composition, largest_sample
 from spermhead.serving.bundle import seen_by_bundle
 from spermhead.serving.gradcam import crop_rgb, gradcam_png, png_bytes
 from spermhead.serving.predictor import Predictor, Prepared
+from spermhead.serving.prepare import printable
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +179,8 @@ class ReviewItem:
     def to_dict(self) -> dict[str, Any]:
         conf = self.probabilities.get(self.pred, None) if self.pred else None
         return {
-            "index": self.index, "id": self.id, "name": self.path.name if self.path else self.id,
+            # a file name that is not UTF-8 cannot go into JSON as it is
+            "index": self.index, "id": printable(self.id), "name": printable(self.path.name if self.path else self.id),
             "true": self.true, "pred": self.pred,
             "correct": self.pred == self.true if self.judged else None,
             "confidence": conf, "probabilities": self.probabilities,
@@ -546,6 +548,9 @@ def create_app(
     # A whole request may hold several files; cap it so a client cannot fill the disk.
     # By default it holds a full batch of the classify page's largest files, with room for the form.
     request_cap = max_request_mb if max_request_mb is not None else max(200.0, PAGE_BATCH * max_upload_mb + 10)
+    if request_cap < max_upload_mb:
+        raise ConfigError(f"--max-request-mb {request_cap:g} is below --max-upload-mb {max_upload_mb:g}: no file "
+                          "that large could be sent")
     service.max_request = int(request_cap * MB)
     app.add_middleware(BodyLimit, limit=int(request_cap * MB))
 

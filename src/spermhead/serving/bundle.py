@@ -184,8 +184,9 @@ def load_bundle(directory: Path | str) -> Bundle:
         try:
             model.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
         except RuntimeError as exc:  # tensors missing or of other shapes than model.json describes
+            lines = [line.strip() for line in str(exc).splitlines()[1:] if line.strip()]  # the first names torch's class
             raise SpermheadError(f"{weights_path}: does not hold the {meta.architecture} model {meta_path.name} "
-                                 f"describes (member {i}: {str(exc).splitlines()[0]})") from exc
+                                 f"describes (member {i}: {lines[0] if lines else exc})") from exc
         members.append(model.eval())
     ensemble = Ensemble(members).eval()
     shapes = _second_opinions(state, weights_path, ShapeModel, "shape", meta.shape_fusion)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
@@ -62,7 +63,7 @@ def error_row(name: str, path: str | None, exc: BaseException) -> dict[str, Any]
 def printable(path: str) -> str:
     """A file name as rows record it: bytes that are not UTF-8 (a name from an old Windows share,
     held by Python as surrogates) written as escapes, so every table, CSV and JSON can hold it."""
-    return path.encode("utf-8", "backslashreplace").decode("utf-8")
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 def prepare_array(rgb: np.ndarray, cfg: PreprocessConfig, name: str, path: str | None = None) -> Prepared:

@@ -52,7 +52,7 @@ DATASET_RECIPES: dict[str, dict[str, object]] = {
     "combined": {"epochs": 100, "augment": "light", "monitor": "last", "balance": "none", "refit_val": True},
 }
 
-# A recipe's epochs are for the synthetic start. HuSHeM's 20 (SCIAN's 40) would leave a model
+# A recipe's epochs are for the synthetic start. HuSHeM's and SCIAN's 40 would leave a model
 # that starts from random weights (another architecture, `--init scratch`, `select`) half-trained,
 # so such a run trains for the epochs of the recipe before the short schedule, unless --epochs is
 # given.

@@ -78,6 +78,8 @@ class FoldResult:
     pixels: PixelModel | None = None  # fused with the CNN where `pixel_fusion` > 0
     temperature: float = 1.0  # fitted on the validation part; divides the final log-probabilities
     kept_epochs: int = 0  # epochs up to the checkpoint kept (0: as `epochs`, the last)
+    fold_seconds: float = 0.0  # the whole fold's training: every member, the refit too
+    read_back: bool = False  # finished earlier and read back by --resume
 
 
 @dataclass
@@ -392,7 +394,8 @@ def run_fold(cfg: RunConfig, table: SampleTable, images: np.ndarray, fold: Fold,
                           cnn_prior=learnt_prior_correction(y[trained], k, cfg.train.balance,
                                                             cfg.train.balance_per_class),
                           temperature=info.get("temperature", 1.0),  # folds finished before it: none
-                          kept_epochs=info.get("kept_epochs", 0))
+                          kept_epochs=info.get("kept_epochs", 0),
+                          fold_seconds=info.get("fold_seconds", info["seconds"]), read_back=True)
     fold_dir.mkdir(parents=True, exist_ok=True)
     fit = {"progress": progress, "resume": resume, "shape_features": shape_features}
     # A refit's first fit is done with once validation is scored; its record lets --resume go
@@ -421,12 +424,15 @@ def run_fold(cfg: RunConfig, table: SampleTable, images: np.ndarray, fold: Fold,
     bias, alpha = np.asarray(scored["bias"], dtype=np.float32), scored["alpha"]
     temperature = scored.get("temperature", 1.0)  # a first.json from before it: none
     seconds, val_pred, val_pred_balanced = scored["seconds"], scored["val_pred"], scored["val_pred_balanced"]
+    refit_seconds = 0.0
     if refit:  # as many epochs as the first fit ran (it kept its last: refit_val needs monitor "last")
+        refit_start = time.perf_counter()
         refit_cfg = replace(cfg, train=replace(cfg.train, epochs=max(scored["epochs"], 1), early_stopping_patience=0,
                                                monitor="last"))
         side = fit_side(refit_cfg, table, images, trained, fold.val[:0], fold_dir / "refit", fold.index,
                         label=f"{label}, again on training + validation" if label else "",
                         save_to=fold_dir, **fit)
+        refit_seconds = time.perf_counter() - refit_start
         bias = prior_bias(y[trained], k, alpha)  # the strength chosen above, on the refit's own prior
     test_probs = side.probs(cfg, images, fold.test, shape_features)
     accuracy_bias = prior_shift(y[own_trained], y[trained], k) if fold.n_extra else None
@@ -434,7 +440,8 @@ def run_fold(cfg: RunConfig, table: SampleTable, images: np.ndarray, fold: Fold,
     val_labels = y[fold.val].tolist()
     done.write_text(json.dumps({"bias": bias.tolist(),
                                 "accuracy_bias": None if accuracy_bias is None else accuracy_bias.tolist(),
-                                "alpha": alpha, "temperature": temperature, "seconds": seconds, "epochs": side.epochs,
+                                "alpha": alpha, "temperature": temperature, "seconds": seconds,
+                                "fold_seconds": seconds + refit_seconds, "epochs": side.epochs,
                                 "kept_epochs": side.kept_epochs,
                                 "members": n, "train": len(trained), "val": len(fold.val),
                                 "test": len(fold.test), "refit_val": refit, "val_labels": val_labels,
@@ -442,7 +449,7 @@ def run_fold(cfg: RunConfig, table: SampleTable, images: np.ndarray, fold: Fold,
     return FoldResult(fold.index, side.members, test_probs, bias, read_history(fold_dir), seconds / n, side.epochs,
                       val_labels=val_labels, val_pred=val_pred, val_pred_balanced=val_pred_balanced,
                       accuracy_bias=accuracy_bias, shape=side.shape, pixels=side.pixels, cnn_prior=side.cnn_prior,
-                      temperature=temperature, kept_epochs=side.kept_epochs)
+                      temperature=temperature, kept_epochs=side.kept_epochs, fold_seconds=seconds + refit_seconds)
 
 
 def out_of_fold(table: SampleTable, folds: list[Fold], results: list[FoldResult], *,
@@ -563,9 +570,9 @@ def train_run(cfg: RunConfig, *, overwrite: bool = False, resume: bool = False,
                  share_checks=share_checks)
     timing = {
         "wall_seconds": time.perf_counter() - start,  # this command's; --resume reads finished folds back
-        "resumed": resume,
-        # the folds' own training, where it ran (earlier, for folds a --resume read back)
-        "fold_training_seconds": float(sum(r.seconds for r in results)),
+        "folds_read_back": sum(r.read_back for r in results),
+        # the folds' own training (every member, refits too), where it ran: earlier, for folds read back
+        "fold_training_seconds": float(sum(r.fold_seconds for r in results)),
         "init_seconds": float(init.get("seconds", 0.0)),  # a source model trained by this run
         "seconds_per_epoch": float(np.mean([r.seconds / max(r.epochs, 1) for r in results])),
         "epochs": [r.epochs for r in results],

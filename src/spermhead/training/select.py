@@ -3,6 +3,7 @@ with cross-validation, out-of-fold scoring, and time and size beside accuracy)."
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,8 @@ from spermhead.data.readers import load_dataset
 from spermhead.errors import ConfigError
 from spermhead.training.options import check_run_config
 from spermhead.training.run import check_model, train_run
+
+log = logging.getLogger(__name__)
 
 # The seed's variants 2.a-2.d: RGB vs gray, with and without L2 on the conv layers.
 VARIANTS = [("rgb", 0.0), ("gray", 0.0), ("rgb", 0.01), ("gray", 0.01)]
@@ -42,6 +45,9 @@ def select_models(base: RunConfig, models: list[str], out: Path, *, variants: bo
         # its table would be replaced by one of these models alone
         raise ConfigError(f"{out}: holds a selection table already; pass --resume to finish or extend it "
                           "(give every model again), --overwrite to start again, or another --out")
+    if resume and out.is_dir() and (left := sorted(d.name for d in out.iterdir() if (d / "config.yaml").is_file()
+                                                   and str(d) not in tags)):
+        log.warning("%s: the runs %s are not in --models and are left out of the table", out, ", ".join(left))
     # every model is built once first: a misspelt name in the list stops the selection before
     # hours go into the models before it
     table = load_dataset(base.dataset, base.data_dir)
@@ -67,6 +73,11 @@ def select_models(base: RunConfig, models: list[str], out: Path, *, variants: bo
     return rows
 
 
+# Where each protocol's validation images come from (never from the test images).
+VALIDATION = {"cv": "a part carved from each fold's training side", "folders": "the val/ folder",
+              "random": "the split's validation part"}
+
+
 def selection_about(base: RunConfig, *, synthetic: bool, fixed_split: bool) -> str:
     """What every row of the table was trained and scored on, in one sentence (its header)."""
     p = base.protocol
@@ -77,5 +88,4 @@ def selection_about(base: RunConfig, *, synthetic: bool, fixed_split: bool) -> s
     images = " (synthetic heads from `spermhead data synth`)" if synthetic else ""
     return (f"{base.dataset}{images}, {protocol}, seed {base.seed}; {base.train.epochs} epochs, "
             f"{base.preprocess.image_size} px {base.preprocess.color}, recipe {base.train.recipe}; every model from "
-            "random weights and scored alone (no fused second opinions); the validation parts are carved "
-            "from each training side.")
+            f"random weights and scored alone (no fused second opinions); validation: {VALIDATION[kind]}.")
