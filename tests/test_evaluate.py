@@ -272,4 +272,8 @@ def test_evaluate_takes_the_run_folder_and_records_its_bundle(trained, tmp_path:
     _, bundle = trained
     fresh = write_separable(tmp_path / "fresh", n_per_class=2, seed=13)
     assert evaluate(bundle.parent, fresh, tmp_path / "out").exit_code == 0  # the run folder, as train --out left it
-    assert json.loads((tmp_path / "out" / "assessment.json").read_text())["bundle"] == str(bundle.resolve())
+    record = json.loads((tmp_path / "out" / "assessment.json").read_text())
+    assert record["bundle"] == str(bundle.resolve())
+    # the bundle's fusion travels with it, for the report to say whose answers it scored (none here)
+    assert record["train"] == {"shape_fusion": 0.0, "pixel_fusion": 0.0}
+    assert "fused answers" not in (tmp_path / "out" / "report.html").read_text()

@@ -700,7 +700,9 @@ def evaluate(
                  "bundle": str(bundle_folder(model).resolve()),
                  "model": {"name": predictor.meta.architecture},
                  "preprocess": predictor.meta.preprocess, "trained_on": predictor.meta.run.get("dataset"),
-                 "operating_point": predictor.meta.operating_point, "backend": backend}
+                 "operating_point": predictor.meta.operating_point, "backend": backend,
+                 # the bundle's fusion, so the report says whose answers these are
+                 "train": {"shape_fusion": predictor.meta.shape_fusion, "pixel_fusion": predictor.meta.pixel_fusion}}
     metrics = write_assessment(out, result, about)
     console.print(f"{name}: {len(result.predictions)} images scored by {model}", highlight=False)
     console.print(metrics_table("", metrics))
