@@ -206,7 +206,7 @@ def write_selection(rows: Sequence[Mapping[str, Any]], out_dir: Path | str, abou
                  "right (`spermhead compare`); they cover which images were scored, not retraining. ")
     if chosen_on_validation(table):
         note += (BEST_MARK + " marks the best validation balanced accuracy (then accuracy), pooled over "
-                 "the validation parts carved from each training side; the test folds took no part "
+                 "the validation parts (never test images); the test folds took no part "
                  "in the choice, so the chosen row's figures are a fair estimate. ")
     else:
         note += (BEST_MARK + " marks the best balanced accuracy (then accuracy) on the test folds: "
