@@ -496,8 +496,9 @@ def test_select_writes_the_model_selection_table(separable, tmp_path, caplog):
     with caplog.at_level("WARNING", logger="spermhead"):  # --resume with fewer models: said what is left out
         select_models(base, ["seed-cnn"], tmp_path / "sel", resume=True, progress=False)
     assert "the runs spermnet are not in --models and are left out of the table" in caplog.text
-    with pytest.raises(ConfigError, match="--models names spermnet more than once"):
-        select_models(base, ["spermnet", "seed-cnn", "spermnet"], tmp_path / "dup", progress=False)
+    with pytest.raises(ConfigError, match="--models names spermnet, timm:resnet18 more than once"):
+        select_models(base, ["spermnet", "timm:resnet18", "seed-cnn", "timm:resnet18", "spermnet"], tmp_path / "dup",
+                      progress=False)
     assert not (tmp_path / "dup").exists()
 
 

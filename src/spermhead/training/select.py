@@ -39,7 +39,7 @@ def select_models(base: RunConfig, models: list[str], out: Path, *, variants: bo
             runs.append((name, color, l2, cfg))
     tags = [cfg.out for *_, cfg in runs]
     if len(set(tags)) < len(tags):
-        twice = sorted({Path(t).name for t in tags if tags.count(t) > 1})
+        twice = sorted({name for name, *_, cfg in runs if tags.count(cfg.out) > 1})  # as given, "timm:x"
         raise ConfigError(f"--models names {', '.join(twice)} more than once")
     if (out / "selection.csv").is_file() and not (overwrite or resume):
         # its table would be replaced by one of these models alone
