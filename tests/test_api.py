@@ -215,6 +215,12 @@ def test_review_names_a_file_whose_name_is_not_utf8(bundle: Path, tmp_path: Path
 def test_the_request_limit_holds_a_full_page_batch_at_the_file_limit(bundle: Path) -> None:
     """The classify page sends 8 files a request: raising the per-file limit raises the
     request's with it, and /api/model says both."""
+    import re
+
+    from spermhead.serving import app as app_module
+
+    page = (Path(app_module.__file__).parent / "static" / "classify.js").read_text()
+    assert int(re.search(r"const BATCH = (\d+);", page).group(1)) == app_module.PAGE_BATCH  # the same batch
     for per_file, request in ((20, 200), (50, 410)):
         with TestClient(create_app(bundle, max_upload_mb=per_file)) as c:
             limits = c.get("/api/model").json()["limits"]

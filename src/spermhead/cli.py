@@ -908,6 +908,7 @@ def export(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing --onnx file")] = False,
 ) -> None:
     """Export the bundle's model to ONNX (dynamic batch) and check it against torch."""
+    from spermhead.config import fusion_text
     from spermhead.serving.bundle import bundle_folder
     from spermhead.serving.onnx_export import export_onnx
     from spermhead.serving.predictor import ONNX_NAME
@@ -919,12 +920,10 @@ def export(
     report = export_onnx(model, onnx or model / ONNX_NAME)
     console.print(report.summary(), highlight=False)
     meta = json.loads((model / "model.json").read_text())
-    fusion = {"head-shape": meta.get("shape_fusion", 0.0), "pixel": meta.get("pixel_fusion", 0.0)}
-    if any(fusion.values()):
-        kinds = " and ".join(f"{k} models (weight {w})" for k, w in fusion.items() if w)
-        console.print(f"note: this bundle fuses its CNN with {kinds} that the ONNX file does not hold; "
-                      "`spermhead predict --backend onnx` applies them, other runtimes get the CNN's "
-                      "probabilities alone")
+    if fused := fusion_text(meta.get("shape_fusion", 0.0), meta.get("pixel_fusion", 0.0)):
+        console.print(f"note: this bundle's answers are {fused}; the ONNX file holds the network alone. "
+                      "`spermhead predict --backend onnx` fuses the others in, other runtimes get the "
+                      "network's probabilities alone", highlight=False, soft_wrap=True)
 
 
 @app.command("models")

@@ -38,19 +38,24 @@ def _bare_name(folder: str) -> str:
     return re.sub(r"^\d+[\s_.\-]*", "", folder).strip().lower()
 
 
-def list_images(folder: Path, *, nested: bool = False) -> list[Path]:
-    """Image files by suffix, sorted; hidden ones (".DS_Store", macOS's "._x.png" copies) are not
-    images. `nested`: in subfolders too (a lab's class folder kept by session or date)."""
+def _visible_files(folder: Path, nested: bool) -> list[Path]:
+    """Files, sorted; hidden ones (".DS_Store", macOS's "._x.png" copies, anything in a hidden
+    folder) are left out."""
     found = folder.rglob("*") if nested else folder.iterdir()
-    return sorted(p for p in found if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+    return sorted(p for p in found if p.is_file()
                   and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+
+
+def list_images(folder: Path, *, nested: bool = False) -> list[Path]:
+    """Image files by suffix, sorted; hidden ones are not images. `nested`: in subfolders too (a
+    lab's class folder kept by session or date)."""
+    return [p for p in _visible_files(folder, nested) if p.suffix.lower() in IMAGE_SUFFIXES]
 
 
 def skipped_files(folder: Path) -> list[Path]:
     """The visible files under `folder` (recursively) that `list_images` passes over for their
     suffix: a GIF, a WebP, a file with no suffix. Said, not silently dropped."""
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() not in IMAGE_SUFFIXES
-                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    return [p for p in _visible_files(folder, True) if p.suffix.lower() not in IMAGE_SUFFIXES]
 
 
 def _require_dir(path: Path, what: str) -> Path:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from spermhead.config import RunConfig, fusion_text
 from spermhead.data.readers import NAMED_DATASETS
 from spermhead.errors import SpermheadError
 from spermhead.evaluation.predictions import Predictions
@@ -44,15 +45,20 @@ def recorded_dataset(folder: Path) -> tuple[str, str | None] | None:
     record = _json(folder / "assessment.json")
     if isinstance(record.get("dataset"), str):
         return record["dataset"], record.get("data_dir")
-    if (folder / "config.yaml").is_file():
-        from spermhead.config import load_config
+    cfg = _run_config(folder)
+    return None if cfg is None else (cfg.dataset, cfg.data_dir)
 
-        try:
-            cfg = load_config(folder / "config.yaml")
-        except (SpermheadError, OSError, ValueError, TypeError):
-            return None
-        return cfg.dataset, cfg.data_dir
-    return None
+
+def _run_config(folder: Path) -> RunConfig | None:
+    """A run folder's config.yaml, where it holds a readable one."""
+    if not (folder / "config.yaml").is_file():
+        return None
+    from spermhead.config import load_config
+
+    try:
+        return load_config(folder / "config.yaml")
+    except (SpermheadError, OSError, ValueError, TypeError):
+        return None
 
 
 def _dataset(folder: Path) -> tuple[str, str | None] | None:
@@ -86,13 +92,7 @@ def provenance(source: Path | str) -> Provenance:
 
 def _model(folder: Path) -> tuple[str | None, str]:
     """The architecture a run trained and the fusion its answers came from (config.yaml)."""
-    if not (folder / "config.yaml").is_file():
-        return None, ""
-    from spermhead.config import fusion_text, load_config
-
-    try:
-        cfg = load_config(folder / "config.yaml")
-    except (SpermheadError, OSError, ValueError, TypeError):
+    if (cfg := _run_config(folder)) is None:
         return None, ""
     return cfg.model.name, fusion_text(cfg.train.shape_fusion, cfg.train.pixel_fusion)
 

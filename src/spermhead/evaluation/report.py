@@ -121,8 +121,8 @@ def _fusion(config: Mapping[str, Any]) -> str:
         if isinstance(train, Mapping) else ""
     if not fused:
         return ""
-    return (f'<p class="sub">every score below is of the fused answers: <b>{esc(fused)}</b> (the recipe\'s '
-            "second opinions; train with --shape-fusion 0 --pixel-fusion 0 for the network alone)</p>")
+    return (f'<p class="sub">every score below is of the fused answers: <b>{esc(fused)}</b> (second '
+            "opinions fused with the network; train with --shape-fusion 0 --pixel-fusion 0 for the network alone)</p>")
 
 
 def _headline(m: Mapping[str, Any]) -> str:
