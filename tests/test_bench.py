@@ -1,6 +1,9 @@
 from pathlib import Path
 
 from spermhead.training.bench import has_table, readme_row, results_row, summarise, upsert_row
+from spermhead.training.recipes import DATASET_RECIPES
+
+RECIPE_EPOCHS = DATASET_RECIPES["hushem"]["epochs"]
 
 
 def fake_run(seed: int, acc: float) -> dict:
@@ -109,7 +112,7 @@ def test_a_row_is_recorded_only_for_the_recipe_on_real_images(tmp_path, monkeypa
     assert runner.invoke(app, ["data", "synth", str(tmp_path / "synth"), "--n-per-class", "3"]).exit_code == 0
     monkeypatch.chdir(tmp_path)
     cases = {  # each would put a figure the row's command cannot give into the README
-        "since --epochs 1 changes the recipe's 40": ["--epochs", "1", "--data-dir", "synth"],
+        f"since --epochs 1 changes the recipe's {RECIPE_EPOCHS}": ["--epochs", "1", "--data-dir", "synth"],
         "since the hushem images found here are synthetic heads": ["--data-dir", "synth"],
     }
     for said, options in cases.items():
@@ -120,8 +123,8 @@ def test_a_row_is_recorded_only_for_the_recipe_on_real_images(tmp_path, monkeypa
     for marker in (tmp_path / "synth").rglob("SYNTHETIC.txt"):
         marker.unlink()  # the same images, no longer marked: as real ones would be
     recorded.clear()
-    result = runner.invoke(app, ["bench", "accuracy", "hushem", "--seeds", "1,2", "--epochs", "40", "--data-dir",
-                                 "synth"], terminal_width=200)  # the recipe's own epochs, named
+    result = runner.invoke(app, ["bench", "accuracy", "hushem", "--seeds", "1,2", "--epochs", str(RECIPE_EPOCHS),
+                                 "--data-dir", "synth"], terminal_width=200)  # the recipe's own epochs, named
     assert result.exit_code == 0 and "not recorded" not in result.output, result.output
     assert recorded == [(Path("benchmarks/RESULTS.md"), Path("README.md"))]
 

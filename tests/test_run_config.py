@@ -16,6 +16,7 @@ from spermhead.config import (
 )
 from spermhead.errors import ConfigError
 from spermhead.training.options import build_run_config
+from spermhead.training.recipes import DATASET_RECIPES
 
 
 @pytest.mark.parametrize("dataset, options", [
@@ -66,7 +67,7 @@ def test_options_given_change_only_themselves(tmp_path):
     settings, _ = read_config_file(tmp_path / "config.yaml")
     again = build_run_config("hushem", "again", settings=settings, seed=3, epochs=7, width=32)
     assert config_differences(build_run_config("hushem", "first"), again) == [
-        "model.kwargs: {} -> {'width': 32}", "seed: 0 -> 3", "train.epochs: 40 -> 7"]
+        "model.kwargs: {} -> {'width': 32}", "seed: 0 -> 3", f"train.epochs: {DATASET_RECIPES['hushem']['epochs']} -> 7"]
 
 
 def test_a_hand_written_file_changes_only_what_it_names(tmp_path):
