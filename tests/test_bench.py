@@ -111,8 +111,13 @@ def test_a_row_is_recorded_only_for_the_recipe_on_real_images(tmp_path, monkeypa
     runner = CliRunner()
     assert runner.invoke(app, ["data", "synth", str(tmp_path / "synth"), "--n-per-class", "3"]).exit_code == 0
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "lr.yaml").write_text("train:\n  lr: 0.01\n")
+    (tmp_path / "same.yaml").write_text(f"train:\n  epochs: {RECIPE_EPOCHS}\n")
     cases = {  # each would put a figure the row's command cannot give into the README
-        f"since --epochs 1 changes the recipe's {RECIPE_EPOCHS}": ["--epochs", "1", "--data-dir", "synth"],
+        f"since the options change the recipe (train.epochs: {RECIPE_EPOCHS} -> 1)": ["--epochs", "1", "--data-dir", "synth"],
+        "model.name: 'spermnet' -> 'seed-cnn'": ["--model", "seed-cnn", "--data-dir", "synth"],
+        "(preprocess.image_size: 48 -> 32)": ["--image-size", "32", "--data-dir", "synth"],
+        "(train.lr: 0.003 -> 0.01)": ["--config", "lr.yaml", "--data-dir", "synth"],
         "since the hushem images found here are synthetic heads": ["--data-dir", "synth"],
     }
     for said, options in cases.items():
@@ -123,10 +128,59 @@ def test_a_row_is_recorded_only_for_the_recipe_on_real_images(tmp_path, monkeypa
     for marker in (tmp_path / "synth").rglob("SYNTHETIC.txt"):
         marker.unlink()  # the same images, no longer marked: as real ones would be
     recorded.clear()
-    result = runner.invoke(app, ["bench", "accuracy", "hushem", "--seeds", "1,2", "--epochs", str(RECIPE_EPOCHS),
-                                 "--data-dir", "synth"], terminal_width=200)  # the recipe's own epochs, named
-    assert result.exit_code == 0 and "not recorded" not in result.output, result.output
-    assert recorded == [(Path("benchmarks/RESULTS.md"), Path("README.md"))]
+    for same in (["--epochs", str(RECIPE_EPOCHS)], ["--config", "same.yaml"]):  # the recipe's own epochs, named
+        recorded.clear()
+        result = runner.invoke(app, ["bench", "accuracy", "hushem", "--seeds", "1,2", *same, "--data-dir", "synth"],
+                               terminal_width=200)
+        assert result.exit_code == 0 and "not recorded" not in result.output, result.output
+        assert recorded == [(Path("benchmarks/RESULTS.md"), Path("README.md"))]
+
+
+def test_a_bench_with_other_settings_names_them_in_its_command(tmp_path, monkeypatch):
+    """The JSON's command runs the same bench again, options and all; a bad settings file is
+    refused before any training."""
+    import json
+    from types import SimpleNamespace
+
+    from typer.testing import CliRunner
+
+    import spermhead.training.bench as bench
+    from spermhead.cli import app
+    from spermhead.training.options import build_run_config
+
+    point = {"accuracy": 0.9, "balanced_accuracy": 0.9, "per_class_recall": {"normal": 0.9}}
+    trained = []
+
+    def fake_train(cfg, **kwargs):  # no training here; what it was asked to train is kept
+        trained.append(cfg)
+        return SimpleNamespace(timing={}, metrics={"operating_points": {"accuracy": {**point, "macro_f1": 0.85},
+                                                                        "balanced": {**point, "macro_f1": 0.7}}})
+
+    monkeypatch.setattr(bench, "train_run", fake_train)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "lr.yaml").write_text("train:\n  lr: 0.01\n")
+    result = CliRunner().invoke(app, ["bench", "accuracy", "hushem", "--seeds", "1", "--model", "seed-cnn",
+                                      "--image-size", "32", "--config", "lr.yaml", "--no-record"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert [(c.model.name, c.preprocess.image_size, c.train.lr) for c in trained] == [("seed-cnn", 32, 0.01)]
+    assert "these are the fused answers" in result.output  # the recipe's fusion stays with another model
+    summary = json.loads((tmp_path / "runs/bench/hushem/accuracy-hushem.json").read_text())["summary"]
+    assert summary["command"] == ("spermhead bench accuracy hushem --seeds 1 --config lr.yaml --model seed-cnn "
+                                  "--image-size 32")
+    # from random weights, the bench trains as `train hushem --model seed-cnn` would: the recipe's
+    # from-scratch epochs, not its fine-tune's
+    assert trained[0].train.epochs == build_run_config("hushem", "x", model="seed-cnn").train.epochs != RECIPE_EPOCHS
+    (tmp_path / "alone.yaml").write_text("train:\n  shape_fusion: 0\n  pixel_fusion: 0\n")
+    trained.clear()  # a settings file changes the recipe's own settings too
+    alone = CliRunner().invoke(app, ["bench", "accuracy", "hushem", "--seeds", "1", "--model", "seed-cnn",
+                                     "--config", "alone.yaml", "--no-record"], terminal_width=200)
+    assert alone.exit_code == 0 and "fused" not in alone.output, alone.output
+    assert [(c.train.shape_fusion, c.train.pixel_fusion) for c in trained] == [(0, 0)]
+    (tmp_path / "bad.yaml").write_text("train:\n  lr: fast\n")
+    trained.clear()
+    bad = CliRunner().invoke(app, ["bench", "accuracy", "hushem", "--seeds", "1", "--config", "bad.yaml",
+                                   "--no-record"], terminal_width=200)
+    assert bad.exit_code != 0 and "bad.yaml" in bad.output and trained == [], bad.output
 
 
 def test_the_bench_itself_records_no_row_for_synthetic_heads(tmp_path, monkeypatch):

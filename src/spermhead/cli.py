@@ -956,14 +956,21 @@ def bench_accuracy(
     seeds: Annotated[str, typer.Option(help="CV seeds, comma-separated")] = "1,2,3",
     out: Annotated[Path, typer.Option(help="Where the runs and JSON go")] = Path("runs/bench"),
     epochs: Annotated[int | None, typer.Option(help="Override the recipe's epochs")] = None,
+    model: Annotated[str | None, typer.Option(
+        help="Another model under the same protocol and recipe (see `spermhead models`)")] = None,
+    image_size: Annotated[int | None, typer.Option(help="Override the recipe's canonical image size")] = None,
+    config: Annotated[Path | None, typer.Option(
+        "--config", help="A YAML file of settings (or a run directory) over the recipe")] = None,
     threads: Annotated[int | None, typer.Option(help="Torch CPU threads")] = None,
     accelerator: Annotated[str | None, typer.Option(
         help="auto (a CUDA GPU when torch sees one, else the CPU), cpu or gpu")] = None,
     record: Annotated[bool, typer.Option("--record/--no-record",
-                      help="Update benchmarks/RESULTS.md and the README table")] = True,
+                      help="Update benchmarks/RESULTS.md and the README table (only for the recipe "
+                           "itself on the real images)")] = True,
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = False,
 ) -> None:
     """Run the published protocol for a dataset over several CV seeds and record the result."""
+    from spermhead.config import environment_differences, fusion_text, read_config_file
     from spermhead.errors import ConfigError
     from spermhead.training import bench
     from spermhead.training.bench import BENCHES, has_table
@@ -971,10 +978,21 @@ def bench_accuracy(
     if name not in BENCHES:
         raise ConfigError(f"unknown benchmark {name!r}; choose from {', '.join(BENCHES)}")
     seed_list = [int(s) for s in seeds.split(",") if s.strip()]
-    extra = {k: v for k, v in {"epochs": epochs, "threads": threads, "accelerator": accelerator}.items() if v is not None}
+    settings: dict[str, Any] = {}
+    if config is not None:
+        settings, written_with = read_config_file(config)
+        settings = {k: v for k, v in settings.items() if k not in ("dataset", "seed", "protocol")}  # the bench's own
+        if changed := environment_differences(written_with):
+            console.print(f"[yellow]note:[/] {config} was written with other versions ({'; '.join(changed)})",
+                          highlight=False, soft_wrap=True)
+    extra = {k: v for k, v in {"epochs": epochs, "model": model, "image_size": image_size, "threads": threads,
+                               "accelerator": accelerator}.items() if v is not None}
+    data = str(data_dir) if data_dir else None
+    cfg = bench.bench_config(name, out / name, seed_list[0] if seed_list else 0, data, settings=settings,
+                             settings_file=str(config) if config else None, **extra)  # bad settings refused first
     missing = [str(p) for p in (Path("benchmarks/RESULTS.md"), Path("README.md")) if not has_table(p, "accuracy")]
     # said first, not found out after hours of training
-    if record and (refusal := bench.record_refusal(name, str(data_dir) if data_dir else None, extra)):
+    if record and (refusal := bench.record_refusal(name, data, extra, settings)):
         console.print(f"note: not recorded in the results tables, since {refusal}; the results go to "
                       f"{out / name} only", highlight=False, soft_wrap=True)
         record = False
@@ -982,12 +1000,16 @@ def bench_accuracy(
         console.print(f"note: no results table in {' or '.join(missing)} here (run from the spermhead repository "
                       f"to record the row there); the results go to {out / name} only", highlight=False, soft_wrap=True)
     summary = bench.run_accuracy_bench(
-        name, out / name, seeds=seed_list, data_dir=str(data_dir) if data_dir else None, progress=progress,
+        name, out / name, seeds=seed_list, data_dir=data, progress=progress,
         results_md=Path("benchmarks/RESULTS.md") if record else None,
-        readme=Path("README.md") if record else None, **extra)
+        readme=Path("README.md") if record else None, settings=settings,
+        settings_file=str(config) if config else None, **extra)
     for point in ("accuracy", "balanced"):
         s = summary[point]
         console.print(f"{name} ({point} point): accuracy {bench.percent_sd(s['accuracy'], s['accuracy_sd'])}, "
                       f"average recall {bench.percent_sd(s['balanced_accuracy'], s['balanced_accuracy_sd'])}"
                       + ("" if s["accuracy_sd"] is not None else " (one seed: no sd)"), highlight=False)
+    if model and (fused := fusion_text(cfg.train.shape_fusion, cfg.train.pixel_fusion)):
+        console.print(f"these are the fused answers: {fused} (a --config with train: shape_fusion: 0 and "
+                      f"pixel_fusion: 0 scores {model} alone)", highlight=False, soft_wrap=True)
     console.print(f"details: {out / name / f'accuracy-{name}.json'}")

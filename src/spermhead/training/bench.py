@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from spermhead.config import RunConfig
+from spermhead.config import RunConfig, config_differences
 from spermhead.training.devices import resolve_accelerator
 from spermhead.training.options import build_run_config
 from spermhead.training.recipes import DATASET_RECIPES
@@ -43,23 +43,31 @@ BENCHES = {
 }
 
 
-def bench_config(name: str, out: Path, seed: int, data_dir: str | None, **overrides: Any) -> RunConfig:
+def bench_config(name: str, out: Path, seed: int, data_dir: str | None, *,
+                 settings: dict[str, Any] | None = None, settings_file: str | None = None,
+                 **overrides: Any) -> RunConfig:
+    """The bench's recipe under its protocol; a config file's `settings`, then `overrides`, change it."""
     spec = BENCHES[name]
     protocol = {"cv": 5} if spec.protocol == "cv5" else {"split": spec.protocol}
-    options = {**spec.options, **overrides}
+    # the recipe (spec.options) comes from build_run_config, as `train NAME` gets it: under the
+    # settings, so a config file changes it, and another model from random weights gets the
+    # recipe's longer from-scratch training, as `train --model` does
     return build_run_config(spec.dataset, str(out / f"seed{seed}"), data_dir=data_dir, seed=seed,
-                            **protocol, **options)
+                            settings=settings, settings_file=settings_file, **protocol, **overrides)
 
 
-def record_refusal(name: str, data_dir: str | None, overrides: dict[str, Any]) -> str | None:
+def record_refusal(name: str, data_dir: str | None, overrides: dict[str, Any],
+                   settings: dict[str, Any] | None = None) -> str | None:
     """Why this bench's row must not go into the results tables, or None: a row stands for the
     recipe on the real dataset, and its command column names nothing else."""
     from spermhead.data.readers import load_dataset
     from spermhead.errors import SpermheadError
 
-    recipe_epochs = bench_config(name, Path("unused"), 0, data_dir).train.epochs
-    if overrides.get("epochs") not in (None, recipe_epochs):
-        return f"--epochs {overrides['epochs']} changes the recipe's {recipe_epochs}"
+    # the whole config compared, not option by option: nothing that changes the figures slips by
+    recipe = bench_config(name, Path("unused"), 0, data_dir)
+    if changed := config_differences(recipe, bench_config(name, Path("unused"), 0, data_dir,
+                                                           settings=settings, **overrides)):
+        return f"the options change the recipe ({'; '.join(changed)})"
     try:
         table = load_dataset(BENCHES[name].dataset, data_dir)
     except SpermheadError:
@@ -71,12 +79,13 @@ def record_refusal(name: str, data_dir: str | None, overrides: dict[str, Any]) -
 
 def run_accuracy_bench(name: str, out: Path, *, seeds: list[int], data_dir: str | None = None,
                        progress: bool = False, results_md: Path | None = None, readme: Path | None = None,
+                       settings: dict[str, Any] | None = None, settings_file: str | None = None,
                        **overrides: Any) -> dict[str, Any]:
-    if (results_md is not None or readme is not None) and record_refusal(name, data_dir, overrides):
+    if (results_md is not None or readme is not None) and record_refusal(name, data_dir, overrides, settings):
         results_md = readme = None  # (the CLI says why, before training)
     runs = []
     for seed in seeds:
-        cfg = bench_config(name, out, seed, data_dir, **overrides)
+        cfg = bench_config(name, out, seed, data_dir, settings=settings, settings_file=settings_file, **overrides)
         start = time.perf_counter()
         result = train_run(cfg, overwrite=True, progress=progress)
         init_seconds = result.timing.get("init_seconds", 0.0)  # a source model, trained once and cached
@@ -85,7 +94,7 @@ def run_accuracy_bench(name: str, out: Path, *, seeds: list[int], data_dir: str 
                      "device": resolve_accelerator(cfg.train.accelerator),
                      "metrics": {p: result.metrics["operating_points"][p] for p in ("accuracy", "balanced")},
                      "macro_f1": result.metrics["operating_points"]["accuracy"]["macro_f1"]})
-    summary = summarise(name, runs, seeds)
+    summary = summarise(name, runs, seeds, command_options(overrides, settings_file))
     out.mkdir(parents=True, exist_ok=True)
     (out / f"accuracy-{name}.json").write_text(json.dumps({"summary": summary, "runs": runs}, indent=2))
     if results_md is not None:
@@ -95,7 +104,13 @@ def run_accuracy_bench(name: str, out: Path, *, seeds: list[int], data_dir: str 
     return summary
 
 
-def summarise(name: str, runs: list[dict[str, Any]], seeds: list[int]) -> dict[str, Any]:
+def command_options(overrides: dict[str, Any], settings_file: str | None = None) -> str:
+    """The options a bench ran with, as its command gives them, so the JSON's command runs it again."""
+    given = {**({"config": settings_file} if settings_file else {}), **overrides}
+    return "".join(f" --{key.replace('_', '-')} {value}" for key, value in given.items() if value is not None)
+
+
+def summarise(name: str, runs: list[dict[str, Any]], seeds: list[int], options: str = "") -> dict[str, Any]:
     def stats(point: str, key: str) -> tuple[float, float | None]:
         values = [r["metrics"][point][key] for r in runs]  # one seed has no sd, rather than one of 0
         return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else None
@@ -107,7 +122,7 @@ def summarise(name: str, runs: list[dict[str, Any]], seeds: list[int]) -> dict[s
            "init_seconds": float(sum(r.get("init_seconds", 0.0) for r in runs)),
            "macro_f1": float(np.mean([r["macro_f1"] for r in runs])),
            "device": runs[0].get("device", "cpu"),
-           "command": f"spermhead bench accuracy {name} --seeds {','.join(map(str, seeds))}"}
+           "command": f"spermhead bench accuracy {name} --seeds {','.join(map(str, seeds))}{options}"}
     for point in ("accuracy", "balanced"):
         acc, acc_sd = stats(point, "accuracy")
         bal, bal_sd = stats(point, "balanced_accuracy")
