@@ -163,6 +163,7 @@ def test_a_bench_with_other_settings_names_them_in_its_command(tmp_path, monkeyp
                                       "--image-size", "32", "--config", "lr.yaml", "--no-record"], terminal_width=200)
     assert result.exit_code == 0, result.output
     assert [(c.model.name, c.preprocess.image_size, c.train.lr) for c in trained] == [("seed-cnn", 32, 0.01)]
+    assert "hushem, CV seed 1 (1 of 1): accuracy 90.0, average recall 90.0" in result.output  # --progress is the default
     assert "these are the fused answers" in result.output  # the recipe's fusion stays with another model
     summary = json.loads((tmp_path / "runs/bench/hushem/accuracy-hushem.json").read_text())["summary"]
     assert summary["command"] == ("spermhead bench accuracy hushem --seeds 1 --config lr.yaml --model seed-cnn "

@@ -967,7 +967,8 @@ def bench_accuracy(
     record: Annotated[bool, typer.Option("--record/--no-record",
                       help="Update benchmarks/RESULTS.md and the README table (only for the recipe "
                            "itself on the real images)")] = True,
-    progress: Annotated[bool, typer.Option("--progress/--no-progress")] = False,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress",
+                        help="Training bars, and a line as each CV seed ends")] = True,
 ) -> None:
     """Run the published protocol for a dataset over several CV seeds and record the result."""
     from spermhead.config import environment_differences, fusion_text, read_config_file

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from rich import get_console
 
 from spermhead.config import RunConfig, config_differences
 from spermhead.training.devices import resolve_accelerator
@@ -94,6 +95,11 @@ def run_accuracy_bench(name: str, out: Path, *, seeds: list[int], data_dir: str 
                      "device": resolve_accelerator(cfg.train.accelerator),
                      "metrics": {p: result.metrics["operating_points"][p] for p in ("accuracy", "balanced")},
                      "macro_f1": result.metrics["operating_points"]["accuracy"]["macro_f1"]})
+        if progress:  # a bench runs for long: each repeat says where it stands when it ends
+            point = runs[-1]["metrics"]["accuracy"]
+            get_console().print(f"{name}, CV seed {seed} ({len(runs)} of {len(seeds)}): accuracy "
+                                f"{100 * point['accuracy']:.1f}, average recall {100 * point['balanced_accuracy']:.1f} "
+                                f"(accuracy point), {runs[-1]['wall_seconds'] / 60:.1f} min", highlight=False)
     summary = summarise(name, runs, seeds, command_options(overrides, settings_file))
     out.mkdir(parents=True, exist_ok=True)
     (out / f"accuracy-{name}.json").write_text(json.dumps({"summary": summary, "runs": runs}, indent=2))
