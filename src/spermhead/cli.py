@@ -208,6 +208,21 @@ def given_options(ctx: typer.Context) -> set[str]:
     return {p for p, src in sources.items() if src is not None and src.name not in ("DEFAULT", "DEFAULT_MAP")}
 
 
+def config_settings(config: Path | None) -> dict[str, Any]:
+    """A --config file's settings (`config.read_config_file`), said first where the file was written
+    with other versions; {} without one."""
+    from spermhead.config import environment_differences, read_config_file
+
+    if config is None:
+        return {}
+    settings, written_with = read_config_file(config)
+    if changed := environment_differences(written_with):
+        console.print(f"[yellow]note:[/] {config} was written with other versions ({'; '.join(changed)}); "
+                      "the same settings may not give the same figures to the last digit",
+                      highlight=False, soft_wrap=True)
+    return settings
+
+
 # The protocol options `train` and `select` share.
 CvOption = Annotated[int | None, typer.Option("--cv", help="Stratified K-fold CV (default 5)")]
 SplitOption = Annotated[str | None, typer.Option(help="'folders' (train/val/test) or e.g. 60/30/10")]
@@ -308,18 +323,12 @@ def train(
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
 ) -> None:
     """Train and assess a model under CV or a fixed split; writes a run directory with a bundle."""
-    from spermhead.config import environment_differences, fusion_text, load_config, read_config_file
+    from spermhead.config import fusion_text, load_config
     from spermhead.errors import ConfigError
     from spermhead.training.options import build_run_config
     from spermhead.training.run import train_run
 
-    settings: dict[str, Any] = {}
-    if config is not None:
-        settings, written_with = read_config_file(config)
-        if changed := environment_differences(written_with):
-            console.print(f"[yellow]note:[/] {config} was written with other versions ({'; '.join(changed)}); "
-                          "the same settings may not give the same figures to the last digit",
-                          highlight=False, soft_wrap=True)
+    settings = config_settings(config)
     name = name or settings.get("dataset")
     if name is None and resume and (out / "config.yaml").is_file():
         name = load_config(out / "config.yaml").dataset  # `train --out RUN --resume` alone
