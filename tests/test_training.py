@@ -580,6 +580,125 @@ def test_select_command_prints_the_winner_chosen_on_validation(separable, tmp_pa
     assert [r["best"] for r in rows].count("True") == 1 and best["best"] == "True"
 
 
+# a small timm model; the same name with timm's weight tag is another row of the same network
+TINY_TIMM = "timm:test_efficientnet"
+TINY_TAGGED = "timm:test_efficientnet.r160_in1k"
+SELECT_QUICK = ["--cv", "2", "--epochs", "1", "--image-size", "24", "--no-progress", "--threads", "1",
+                "--accelerator", "cpu"]
+
+
+def select_cli(*args: str):
+    from typer.testing import CliRunner
+
+    from spermhead.cli import app
+
+    return CliRunner().invoke(app, ["select", *args], terminal_width=200)
+
+
+@pytest.fixture(scope="module")
+def weights_selection(separable, tmp_path_factory):
+    """One network from random weights and from a weights file (as a user without internet gives
+    ImageNet weights), under a settings file: `select`'s start options end to end."""
+    from spermhead.models.registry import build_model
+    from spermhead.models.weights import write_safetensors
+
+    root = tmp_path_factory.mktemp("select-weights")
+    weights = write_safetensors(build_model(TINY_TIMM, 1000, 3, 64).state_dict(), root / "tiny.safetensors")
+    (root / "settings.yaml").write_text("train:\n  lr: 0.0123\n")
+    out = root / "sel"
+    result = select_cli(str(separable), "--models", f"{TINY_TIMM},{TINY_TAGGED}", "--config",
+                        str(root / "settings.yaml"), "--weights", f"{TINY_TAGGED}={weights}", "--out", str(out),
+                        *SELECT_QUICK)
+    assert result.exit_code == 0, result.output
+    return out, weights
+
+
+def test_select_records_what_each_model_started_from(weights_selection):
+    out, weights = weights_selection
+    scratch, filed = (load_config(out / tag / "config.yaml") for tag in ("timm-test_efficientnet",
+                                                                           "timm-test_efficientnet.r160_in1k"))
+    assert (scratch.model.weights, scratch.model.pretrained, scratch.model.init) == (None, False, "scratch")
+    assert (filed.model.weights, filed.model.pretrained) == (str(weights.absolute()), False)
+    assert scratch.train.lr == filed.train.lr == 0.0123  # the settings file reached every model
+    assert json.loads((out / "timm-test_efficientnet" / "run.json").read_text())["init"] == {"init": "scratch"}
+    record = json.loads((out / "timm-test_efficientnet.r160_in1k" / "run.json").read_text())["init"]
+    assert record == {"init": "weights", "weights": str(weights.resolve()),
+                      "sha256": hashlib.sha256(weights.read_bytes()).hexdigest()}
+    # the table's header, so that no row is read as another's start
+    md = (out / "selection.md").read_text()
+    assert (f"{TINY_TIMM} from random weights, {TINY_TAGGED} from the weights file tiny.safetensors; every "
+            "model scored alone") in md
+    assert "tiny.safetensors" in (out / "selection.html").read_text()
+
+
+@pytest.mark.parametrize("given,said", [
+    (["--weights", "seed-alexnet=<w>"],
+     "--weights seed-alexnet=<w>: seed-alexnet is not in --models (spermnet, seed-cnn, timm:resnet18)"),
+    (["--weights", "spermnet=nope.safetensors"], "--weights spermnet=nope.safetensors: no such file"),
+    (["--weights", "spermnet=<w>", "--weights", "spermnet=other.pth"], "--weights names spermnet twice"),
+    (["--weights", "spermnet"], "--weights spermnet: give MODEL=FILE"),
+    (["--pretrained"], "--pretrained: spermnet, seed-cnn have no pretrained weights"),
+])
+def test_select_refuses_a_start_it_cannot_give_before_training(separable, tmp_path, given, said):
+    weights = tmp_path / "w.safetensors"
+    weights.write_bytes(b"")  # never read: every refusal comes first
+    given = [g.replace("<w>", str(weights)) for g in given]
+    result = select_cli(str(separable), "--models", "spermnet,seed-cnn,timm:resnet18", *given, "--out", str(tmp_path / "sel"),
+                        *SELECT_QUICK)
+    assert result.exit_code == 2 and said.replace("<w>", str(weights)) in result.output, result.output
+    assert len(result.output.strip().splitlines()) == 1  # one line
+    assert not (tmp_path / "sel").exists()
+
+
+def test_select_pretrained_starts_every_timm_model_from_its_hub_weights(separable, tmp_path, monkeypatch):
+    import timm.models
+
+    from spermhead.models import weights
+
+    loaded = []  # the hub is out of reach here: its loader only counts the calls
+    monkeypatch.setattr(weights, "HUB_HOST", "hub.invalid")
+    monkeypatch.setattr(timm.models, "load_pretrained", lambda model, **kw: loaded.append(model.pretrained_cfg))
+    out = tmp_path / "sel"
+    result = select_cli(str(separable), "--models", TINY_TIMM, "--pretrained", "--out", str(out), *SELECT_QUICK)
+    assert result.exit_code == 0, result.output
+    assert loaded and all(cfg["architecture"] == "test_efficientnet" for cfg in loaded)
+    assert load_config(out / "timm-test_efficientnet" / "config.yaml").model.pretrained
+    record = json.loads((out / "timm-test_efficientnet" / "run.json").read_text())["init"]
+    assert record == {"init": "pretrained", "model": TINY_TIMM}
+    assert "every model from its pretrained (hub) weights and scored alone" in (out / "selection.md").read_text()
+
+
+def test_select_config_applies_to_every_model_under_the_options(separable, tmp_path, monkeypatch):
+    from spermhead.training import select
+
+    asked = {}
+    monkeypatch.setattr(select, "select_models", lambda base, names, out, **kw: asked.update(base=base) or [])
+    (tmp_path / "s.yaml").write_text(f"dataset: {separable}\nmodel:\n  init: auto\n"
+                                     "train:\n  lr: 0.0123\n  epochs: 5\n  shape_fusion: 0.3\n"
+                                     "environment:\n  python: 2.7.0\n")
+    result = select_cli("--config", str(tmp_path / "s.yaml"), "--models", "spermnet,seed-cnn", "--epochs", "2",
+                        "--out", str(tmp_path / "sel"))
+    assert result.exit_code == 0, result.output
+    base = asked["base"]
+    assert base.dataset == str(separable) and base.train.lr == 0.0123
+    assert base.train.epochs == 2  # the option over the file
+    # the file's fusion over select's none; its "auto" is select's own random start, not spermnet's synthetic one
+    assert (base.train.shape_fusion, base.train.pixel_fusion, base.model.init) == (0.3, 0.0, "scratch")
+    said = " ".join(result.output.split())
+    assert "s.yaml was written with other versions (python 2.7.0 ->" in said
+    assert "s.yaml sets train.shape_fusion 0.3: every model takes that" in said
+
+
+def test_selection_header_says_each_start_and_the_fusion():
+    from spermhead.training.select import selection_about
+
+    base = build_run_config("hushem", "unused", cv=2, shape_fusion=0.3, pixel_fusion=0.0)
+    about = selection_about(base, synthetic=False, fixed_split=False,
+                            starts={"a": "random weights", "b": "the weights file w.safetensors", "c": "random weights"})
+    assert "; a and c from random weights, b from the weights file w.safetensors; every model scored as fused " \
+           "answers (the network 0.7 + head-profile model 0.3); validation" in about
+
+
 def test_progress_names_each_fit_above_its_bar(separable, tmp_path, capsys):
     train_run(quick_config(separable, tmp_path / "p", cv=2, epochs=2, refit_val=True, monitor="last"), progress=True)
     said = capsys.readouterr().out

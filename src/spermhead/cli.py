@@ -427,34 +427,51 @@ def print_run_summary(out: Path, metrics: dict[str, Any]) -> None:
 @app.command("select")
 @friendly
 def select(
-    name: DatasetArg,
     models: Annotated[str, typer.Option(help="Comma-separated model names")],
     out: Annotated[Path, typer.Option("--out", help="Folder for the runs and the selection table")],
+    name: Annotated[str | None, typer.Argument(
+        help="hushem, scian-pa, scian-ta, scian-pa4, combined, or a folder of class folders "
+             "(default with --config: the config's)")] = None,
+    config: Annotated[Path | None, typer.Option(
+        "--config", help="A run directory (its config.yaml) or a YAML file of settings for every model, over "
+                         "the recipe's; the options given here change them. Its model name gives way to "
+                         "--models; its model.init and fusion weights, where it sets them, replace select's "
+                         "own random start and fusion 0 (a run directory's set both)")] = None,
     data_dir: DataDir = None,
     cv: CvOption = None,
     split: SplitOption = None,
     grouped: GroupedOption = None,
     near_duplicates: NearDuplicatesOption = None,
     variants: Annotated[bool, typer.Option("--variants", help="Add gray/RGB x L2 variants")] = False,
-    recipe: Annotated[str, typer.Option(
+    recipe: Annotated[str | None, typer.Option(
         help="default (the dataset's recipe, less its synthetic start and fusion) or seed (the seed "
-             "report's training)")] = "default",
+             "report's training)")] = None,
     epochs: Annotated[int | None, typer.Option(help="Epochs for every model (default: the recipe's "
                                                     "from random weights)")] = None,
     image_size: Annotated[int | None, typer.Option(help="Canonical image size in pixels")] = None,
     color: Annotated[str | None, typer.Option(help="gray or rgb")] = None,
-    seed: Annotated[int, typer.Option(help="The split's (and training's) seed")] = 0,
+    seed: Annotated[int | None, typer.Option(help="The split's (and training's) seed (default 0)")] = None,
+    pretrained: Annotated[bool | None, typer.Option(
+        "--pretrained", help="Every model without a --weights file starts from its hub weights (online "
+                             "only): timm:<name>, seed-resnet50, seed-efficientnet-b7; others are refused")] = None,
+    weights: Annotated[list[str] | None, typer.Option(
+        "--weights", metavar="MODEL=FILE", help="A local weights file (.safetensors or .pth) for one model of "
+        "--models, named as there, e.g. timm:resnet18=resnet18.safetensors; it starts from it. Repeatable")] = None,
     threads: Annotated[int | None, typer.Option(help="Torch CPU threads (0 lets torch decide)")] = None,
     accelerator: Annotated[str | None, typer.Option(
         help="auto (a CUDA GPU when torch sees one, else the CPU), cpu or gpu")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace the runs and the table already in --out")] = False,
     resume: Annotated[bool, typer.Option(
-        help="Finish the runs in --out (and any model newly listed); finished runs are read back")] = False,
+        help="Finish the runs in --out (and any model newly listed), given the same settings and starts; "
+             "finished runs are read back")] = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
 ) -> None:
-    """Train several models under one protocol and write the model-selection table."""
+    """Train several models under one protocol and write the model-selection table. Every model
+    starts from random weights and is scored alone, unless --config, --pretrained or --weights say
+    otherwise; the table's header says what each one started from."""
     from rich.table import Table
 
+    from spermhead.errors import ConfigError
     from spermhead.evaluation.selection import (
         BEST_MARK,
         DISPLAY,
@@ -463,20 +480,36 @@ def select(
         selection_table,
     )
     from spermhead.training.options import build_run_config
-    from spermhead.training.select import select_models
+    from spermhead.training.select import parse_weights, select_models
 
+    settings = config_settings(config)
+    name = name or settings.get("dataset")
+    if name is None:
+        raise ConfigError("give the dataset NAME (or --config with a run directory)")
     # every architecture from random weights: a like-for-like comparison (a synthetic source model
     # per architecture would also cost hours for the seed's large nets on a CPU), and each network
     # on its own: the recipe's second opinions (HuSHeM's take 0.6 of the vote) would be the same
-    # for every architecture and hide their differences
+    # for every architecture and hide their differences. A config that sets them wins: select's
+    # choices are a layer of settings under the file's (as options, "scratch" would refuse
+    # --pretrained). A file's "auto" would resolve for the recipe's model alone: select's own here.
+    own = {"model": {"init": "scratch"}, "train": {"shape_fusion": 0.0, "pixel_fusion": 0.0}}
+    layered = dict(settings)
+    for section, values in own.items():
+        given = {k: v for k, v in (settings.get(section) or {}).items() if (section, k, v) != ("model", "init", "auto")}
+        layered[section] = {**values, **given}
+    if changed := [f"{section}.{k} {layered[section][k]}" for section, values in own.items()
+                   for k, v in values.items() if layered[section][k] != v]:
+        console.print(f"note: {config} sets {', '.join(changed)}: every model takes that instead of select's "
+                      "random start and network scored alone (the table's header says so)",
+                      highlight=False, soft_wrap=True)
     base = build_run_config(name, str(out), recipe=recipe, data_dir=str(data_dir) if data_dir else None,
-                            seed=seed, cv=cv, split=split, grouped=grouped, near_duplicates=near_duplicates,
-                            epochs=epochs, image_size=image_size, color=color,
-                            init="scratch", shape_fusion=0.0, pixel_fusion=0.0, threads=threads,
-                            accelerator=accelerator)
+                            seed=seed, cv=cv, split=split, settings=layered,
+                            settings_file=str(config) if config is not None else None, grouped=grouped,
+                            near_duplicates=near_duplicates, epochs=epochs, image_size=image_size, color=color,
+                            pretrained=pretrained, threads=threads, accelerator=accelerator)
     names = [m.strip() for m in models.split(",") if m.strip()]
-    rows = select_models(base, names, out, variants=variants, overwrite=overwrite, resume=resume,
-                         progress=progress)
+    rows = select_models(base, names, out, variants=variants, weights=parse_weights(weights or []),
+                         overwrite=overwrite, resume=resume, progress=progress)
     chosen = selection_table(rows)
     shown = ("accuracy", "balanced_accuracy", "val_balanced_accuracy", "accuracy_vs_best", "mcnemar_p_vs_best")
     table = Table("model", "variant", *(dict(DISPLAY)[k] for k in shown),

@@ -47,6 +47,7 @@ class _Entry:
     builder: Builder
     description: str
     pretrainable: bool  # can load a weights file (and, timm-based, hub weights with --pretrained)
+    hub: bool = False  # has hub weights (--pretrained): its backbone is a timm model
 
 
 def _build_spermnet(num_classes: int, in_chans: int, image_size: int, *, drop_rate: float,
@@ -146,9 +147,9 @@ _REGISTRY: dict[str, _Entry] = {
     "seed-alexnet": _Entry(_build_seed_alexnet, "Seed Model 2: AlexNet-like, 5 conv + 4 dense, 5x5 "
                            "first filter for small input", False),
     "seed-resnet50": _Entry(_seed_backbone("resnet50"), "Seed Model 3: timm ResNet-50 + 3 dense layers; "
-                            "backbone frozen when pretrained", True),
+                            "backbone frozen when pretrained", True, hub=True),
     "seed-efficientnet-b7": _Entry(_seed_backbone("tf_efficientnet_b7"), "Seed Model 4: timm "
-                                   "EfficientNet-B7 (TF port) + 3 dense; frozen when pretrained", True),
+                                   "EfficientNet-B7 (TF port) + 3 dense; frozen when pretrained", True, hub=True),
 }
 
 
@@ -160,6 +161,17 @@ def takes_weights(name: str) -> bool:
     """Whether the model can start from a weights file (--weights, the synthetic source)."""
     entry = _REGISTRY.get(name)
     return name.startswith(TIMM_PREFIX) or (entry is not None and entry.pretrainable)
+
+
+def has_hub_weights(name: str) -> bool:
+    """Whether `--pretrained` can start the model from hub weights (spermnet takes a weights file only)."""
+    entry = _REGISTRY.get(name)
+    return name.startswith(TIMM_PREFIX) or (entry is not None and entry.hub)
+
+
+def hub_models_text() -> str:
+    """The models with hub weights, for an error that refuses --pretrained."""
+    return ", ".join([f"{TIMM_PREFIX}<name>"] + [n for n in _REGISTRY if has_hub_weights(n)])
 
 
 def weights_models_text() -> str:

@@ -8,10 +8,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from spermhead.config import RunConfig
+from spermhead.config import ModelConfig, ProtocolConfig, RunConfig, fusion_text
 from spermhead.data.readers import load_dataset
 from spermhead.errors import ConfigError
-from spermhead.training.options import check_run_config
+from spermhead.models.registry import has_hub_weights, hub_models_text
+from spermhead.training.options import absolute_path, check_run_config
 from spermhead.training.run import check_model, train_run
 
 log = logging.getLogger(__name__)
@@ -24,23 +25,60 @@ def variant_name(color: str, l2: float) -> str:
     return f"{color}" + (f"+L2={l2:g}" if l2 else "")
 
 
+def parse_weights(items: list[str]) -> dict[str, str]:
+    """`--weights MODEL=FILE` options as {model: file}; a model given two files is refused."""
+    weights: dict[str, str] = {}
+    for item in items:
+        model, eq, file = item.partition("=")  # model names hold no "=", file names may
+        if not (eq and model and file):
+            raise ConfigError(f"--weights {item}: give MODEL=FILE, e.g. timm:resnet18=resnet18.safetensors")
+        if model in weights:
+            raise ConfigError(f"--weights names {model} twice ({weights[model]} and {file}); give each model one file")
+        weights[model] = file
+    return weights
+
+
+def check_starts(base: RunConfig, models: list[str], weights: dict[str, str]) -> None:
+    """Refuse, before any training, a weights file for a model not in the list or not there, and
+    pretrained weights for a model that has none."""
+    if stray := [m for m in weights if m not in models]:
+        raise ConfigError(f"--weights {stray[0]}={weights[stray[0]]}: {stray[0]} is not in --models "
+                          f"({', '.join(models)})")
+    if missing := [m for m, file in weights.items() if not Path(file).is_file()]:
+        raise ConfigError(f"--weights {missing[0]}={weights[missing[0]]}: no such file")
+    # a model with its own file starts from that; the others from the hub, which some lack
+    if base.model.pretrained and (none := [m for m in models if m not in weights and not has_hub_weights(m)]):
+        raise ConfigError(f"--pretrained: {', '.join(none)} {'has' if len(none) == 1 else 'have'} no pretrained "
+                          f"weights (these do: {hub_models_text()}); leave {'it' if len(none) == 1 else 'them'} "
+                          "out, or give a weights file with --weights MODEL=FILE where the model takes one")
+
+
 def select_models(base: RunConfig, models: list[str], out: Path, *, variants: bool = False,
-                  overwrite: bool = False, resume: bool = False, progress: bool = True) -> list[dict[str, Any]]:
+                  weights: dict[str, str] | None = None, overwrite: bool = False, resume: bool = False,
+                  progress: bool = True) -> list[dict[str, Any]]:
+    """Train every model (and variant) with `base`'s settings into `out`/<model>, then write the
+    selection table. `weights` gives a model (named as in `models`) its own starting weights file;
+    the others start as `base` says (random weights, or hub weights where it is pretrained)."""
     from spermhead.evaluation.selection import write_selection
     from spermhead.models.registry import build_model, count_parameters
 
+    weights = weights or {}
     combos = VARIANTS if variants else [(base.preprocess.color, base.model.l2_conv)]
     runs = []
     for name in models:
+        model = replace(base.model, name=name)
+        if name in weights:  # its own file is its start, whatever the others start from
+            model = replace(model, weights=absolute_path(weights[name]), pretrained=False)
         for color, l2 in combos:
             tag = name.replace(":", "-") + ("" if not variants else "_" + variant_name(color, l2).replace("=", ""))
             cfg = replace(base, out=str(out / tag), preprocess=replace(base.preprocess, color=color),
-                          model=replace(base.model, name=name, l2_conv=l2))
+                          model=replace(model, l2_conv=l2))
             runs.append((name, color, l2, cfg))
     tags = [cfg.out for *_, cfg in runs]
     if len(set(tags)) < len(tags):
         twice = sorted({name for name, *_, cfg in runs if tags.count(cfg.out) > 1})  # as given, "timm:x"
         raise ConfigError(f"--models names {', '.join(twice)} more than once")
+    check_starts(base, models, weights)
     if (out / "selection.csv").is_file() and not (overwrite or resume):
         # its table would be replaced by one of these models alone
         raise ConfigError(f"{out}: holds a selection table already; pass --resume to finish or extend it "
@@ -68,8 +106,9 @@ def select_models(base: RunConfig, models: list[str], out: Path, *, variants: bo
             "seconds_per_epoch": result.timing["seconds_per_epoch"],
             "parameters": params, "predictions": result.predictions,
         })
+    starts = {name: start_text(cfg.model) for name, *_, cfg in runs}
     write_selection(rows, out, about=selection_about(base, synthetic=table.synthetic,
-                                                     fixed_split=table.has_fixed_split))
+                                                     fixed_split=table.has_fixed_split, starts=starts))
     return rows
 
 
@@ -78,14 +117,41 @@ VALIDATION = {"cv": "a part carved from each fold's training side", "folders": "
               "random": "the split's validation part"}
 
 
-def selection_about(base: RunConfig, *, synthetic: bool, fixed_split: bool) -> str:
-    """What every row of the table was trained and scored on, in one sentence (its header)."""
+def _and(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+
+
+def protocol_kind(p: ProtocolConfig, fixed_split: bool) -> str:
+    """The protocol a run uses, "auto" resolved as train_run resolves it."""
+    return p.kind if p.kind != "auto" else "folders" if fixed_split else "cv"
+
+
+def start_text(model: ModelConfig) -> str:
+    """What a model's training starts from, in words (a file wins over the hub, as in loading)."""
+    if model.weights:
+        return f"the weights file {Path(model.weights).name}"  # its run's config.yaml holds the whole path
+    if model.pretrained:
+        return "its pretrained (hub) weights"
+    return "a source model trained on synthetic heads" if model.resolved_init() == "synthetic" else "random weights"
+
+
+def selection_about(base: RunConfig, *, synthetic: bool, fixed_split: bool,
+                    starts: dict[str, str] | None = None) -> str:
+    """What every row of the table was trained and scored on, in one sentence (its header).
+    `starts` gives each model's start (`start_text`); without it, every model starts as `base`."""
     p = base.protocol
-    kind = p.kind if p.kind != "auto" else "folders" if fixed_split else "cv"  # as train_run resolves it
+    kind = protocol_kind(p, fixed_split)
     protocol = ({"cv": f"{p.folds}-fold cross-validation" + (", grouped" if p.grouped else ""),
                  "folders": "its train/val/test folders",
                  "random": "a random {:g}/{:g}/{:g} split".format(*(100 * f for f in p.split))}.get(kind, kind))
     images = " (synthetic heads from `spermhead data synth`)" if synthetic else ""
+    starts = starts or {base.model.name: start_text(base.model)}
+    by_start = {text: [name for name, t in starts.items() if t == text] for text in starts.values()}
+    # one start for all is said once; otherwise each model's, so no row is read as another's
+    start = (f"every model from {next(iter(by_start))} and" if len(by_start) == 1
+             else ", ".join(f"{_and(names)} from {text}" for text, names in by_start.items()) + "; every model")
+    fused = fusion_text(base.train.shape_fusion, base.train.pixel_fusion)
+    scored = f"scored as fused answers ({fused})" if fused else "scored alone (no fused second opinions)"
     return (f"{base.dataset}{images}, {protocol}, seed {base.seed}; {base.train.epochs} epochs, "
-            f"{base.preprocess.image_size} px {base.preprocess.color}, recipe {base.train.recipe}; every model from "
-            f"random weights and scored alone (no fused second opinions); validation: {VALIDATION[kind]}.")
+            f"{base.preprocess.image_size} px {base.preprocess.color}, recipe {base.train.recipe}; {start} "
+            f"{scored}; validation: {VALIDATION[kind]}.")
