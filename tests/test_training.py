@@ -631,6 +631,22 @@ def test_select_records_what_each_model_started_from(weights_selection):
     assert "tiny.safetensors" in (out / "selection.html").read_text()
 
 
+def test_select_resume_refuses_a_changed_start_before_any_run(separable, weights_selection, tmp_path):
+    import shutil
+
+    out = tmp_path / "sel"
+    shutil.copytree(weights_selection[0], out)
+    first = (out / "timm-test_efficientnet" / "run.json").read_bytes()
+    # the second model now without its weights file: the first, unchanged, is not even read back
+    result = select_cli(str(separable), "--models", f"{TINY_TIMM},{TINY_TAGGED}", "--config",
+                        str(weights_selection[1].parent / "settings.yaml"), "--out", str(out), "--resume",
+                        *SELECT_QUICK)
+    said = " ".join(result.output.split())
+    assert result.exit_code == 2 and "timm-test_efficientnet.r160_in1k: --resume continues the run" in said, said
+    assert "model.weights: " in said and "-> None" in said
+    assert (out / "timm-test_efficientnet" / "run.json").read_bytes() == first
+
+
 @pytest.mark.parametrize("given,said", [
     (["--weights", "seed-alexnet=<w>"],
      "--weights seed-alexnet=<w>: seed-alexnet is not in --models (spermnet, seed-cnn, timm:resnet18)"),

@@ -13,7 +13,7 @@ from spermhead.data.readers import load_dataset
 from spermhead.errors import ConfigError
 from spermhead.models.registry import has_hub_weights, hub_models_text
 from spermhead.training.options import absolute_path, check_run_config
-from spermhead.training.run import check_model, train_run
+from spermhead.training.run import check_model, check_resumable, train_run
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +93,11 @@ def select_models(base: RunConfig, models: list[str], out: Path, *, variants: bo
     for *_, cfg in runs:
         check_run_config(cfg)
         check_model(cfg, num_classes)
+    if resume:  # a run whose settings (its start too) changed is refused before any other trains
+        for *_, cfg in runs:
+            if (Path(cfg.out) / "config.yaml").is_file():
+                kind = protocol_kind(cfg.protocol, table.has_fixed_split)
+                check_resumable(Path(cfg.out), replace(cfg, protocol=replace(cfg.protocol, kind=kind)))
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     for name, color, l2, cfg in runs:
