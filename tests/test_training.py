@@ -629,6 +629,20 @@ def test_select_records_what_each_model_started_from(weights_selection):
     assert (f"{TINY_TIMM} from random weights, {TINY_TAGGED} from the weights file tiny.safetensors; every "
             "model scored alone") in md
     assert "tiny.safetensors" in (out / "selection.html").read_text()
+    with open(out / "selection.csv", newline="") as fh:  # and in the table a program reads
+        starts = {r["model"]: r["start"] for r in csv.DictReader(fh)}
+    assert starts == {TINY_TIMM: "random weights", TINY_TAGGED: "the weights file tiny.safetensors"}
+
+
+def test_select_names_the_model_whose_weights_file_does_not_fit(separable, tmp_path):
+    from spermhead.models.registry import build_model
+    from spermhead.models.weights import write_safetensors
+
+    other = write_safetensors(build_model("spermnet", 4, 1, 24).state_dict(), tmp_path / "spermnet.safetensors")
+    result = select_cli(str(separable), "--models", f"spermnet,{TINY_TIMM}", "--weights", f"{TINY_TIMM}={other}",
+                        "--out", str(tmp_path / "sel"), *SELECT_QUICK)
+    assert result.exit_code == 2 and f"--models {TINY_TIMM}: " in result.output, result.output
+    assert not (tmp_path / "sel").exists()
 
 
 def test_select_resume_refuses_a_changed_start_before_any_run(separable, weights_selection, tmp_path):

@@ -16,6 +16,7 @@ from spermhead.evaluation.report import CSS, esc
 COLUMNS = [
     "model",
     "variant",
+    "start",
     "accuracy",
     "accuracy_sd",
     "balanced_accuracy",
@@ -107,6 +108,7 @@ def selection_table(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         out.append({
             "model": str(r.get("model", "")),
             "variant": str(r.get("variant", "") or ""),
+            "start": str(r.get("start", "") or ""),  # what its training started from (select's header says it too)
             "accuracy": acc,
             "accuracy_sd": acc_sd,
             "balanced_accuracy": bal,

@@ -10,7 +10,7 @@ from typing import Any
 
 from spermhead.config import ModelConfig, ProtocolConfig, RunConfig, fusion_text
 from spermhead.data.readers import load_dataset
-from spermhead.errors import ConfigError
+from spermhead.errors import ConfigError, SpermheadError
 from spermhead.models.registry import has_hub_weights, hub_models_text
 from spermhead.training.options import absolute_path, check_run_config
 from spermhead.training.run import check_model, check_resumable, train_run
@@ -90,9 +90,12 @@ def select_models(base: RunConfig, models: list[str], out: Path, *, variants: bo
     # hours go into the models before it
     table = load_dataset(base.dataset, base.data_dir)
     num_classes = len(table.classes)
-    for *_, cfg in runs:
+    for name, *_, cfg in runs:
         check_run_config(cfg)
-        check_model(cfg, num_classes)
+        try:
+            check_model(cfg, num_classes)
+        except SpermheadError as exc:  # said of the model in the list it concerns
+            raise ConfigError(f"--models {name}: {exc}") from exc
     if resume:  # a run whose settings (its start too) changed is refused before any other trains
         for *_, cfg in runs:
             if (Path(cfg.out) / "config.yaml").is_file():
@@ -106,7 +109,7 @@ def select_models(base: RunConfig, models: list[str], out: Path, *, variants: bo
         params = count_parameters(build_model(name, num_classes=len(result.predictions.classes),
                                               in_chans=in_chans, image_size=cfg.preprocess.image_size))
         rows.append({
-            "model": name, "variant": variant_name(color, l2), "run_dir": str(cfg.out),
+            "model": name, "variant": variant_name(color, l2), "start": start_text(cfg.model), "run_dir": str(cfg.out),
             "metrics": result.metrics,  # fold means +/- sd come from it
             "seconds_per_epoch": result.timing["seconds_per_epoch"],
             "parameters": params, "predictions": result.predictions,
