@@ -260,6 +260,21 @@ def test_model_health_docs(client: TestClient) -> None:
     assert "404" in paths["/api/review"]["get"]["responses"]
 
 
+def test_pages_and_docs_follow_the_path_a_proxy_serves_them_under(bundle: Path) -> None:
+    """Behind a proxy at /lab (`serve --root-path /lab`), the docs load their files and the API
+    from /lab; the pages link relatively, so they need no setting (tests/test_browser.py runs them)."""
+    with TestClient(create_app(bundle), root_path="/lab") as c:
+        docs = c.get("/docs").text
+        assert "'/lab/openapi.json'" in docs and "/lab/swagger-ui/swagger-ui-bundle.js" in docs
+        assert c.get("/openapi.json").json()["servers"] == [{"url": "/lab"}]
+        page = c.get("/").text
+        assert 'src="/' not in page and 'href="/' not in page and "static/classify.js" in page
+    from spermhead.serving.app import STATIC
+
+    for script in STATIC.glob("*.js"):  # the calls they make, relative too
+        assert 'fetch("/' not in script.read_text() and "`/api" not in script.read_text(), script.name
+
+
 def test_composition_gives_the_heads_class_shares_and_names_what_it_cannot_use(client: TestClient) -> None:
     from spermhead.evaluation.composition import composition
 
@@ -445,11 +460,16 @@ def test_serve_reviews_a_named_dataset_from_the_data_folder_its_error_names(bund
     from spermhead.cli import app
     from spermhead.data.synthetic import write_synthetic
 
-    served = []
-    monkeypatch.setattr(uvicorn, "run", lambda web, **kw: served.append(web))  # no server here
+    served, settings = [], []
+    monkeypatch.setattr(uvicorn, "run", lambda web, **kw: (served.append(web), settings.append(kw)))  # no server here
     monkeypatch.chdir(tmp_path)  # no ./data
     monkeypatch.delenv("SPERMHEAD_DATA", raising=False)
     runner = CliRunner()
+    proxied = runner.invoke(app, ["serve", "--model", str(bundle), "--root-path", "/spermhead/"])
+    assert proxied.exit_code == 0 and settings[-1]["root_path"] == "/spermhead", proxied.output
+    bare = runner.invoke(app, ["serve", "--model", str(bundle), "--root-path", "spermhead"])
+    assert bare.exit_code == 2 and "e.g. /spermhead" in bare.output and len(served) == 1, bare.output
+    served.clear()
     out_of_range = runner.invoke(app, ["serve", "--model", str(bundle), "--port", "70000"])
     assert out_of_range.exit_code == 2 and "65535" in out_of_range.output and not served
     shared = runner.invoke(app, ["serve", "--model", str(bundle), "--host", "0.0.0.0"], terminal_width=300)

@@ -57,8 +57,7 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, images: Path) -> Iterator[str]:
-
+def page_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     bundle = untrained_bundle(tmp_path_factory.mktemp("bundle"), "spermnet", classes=CLASSES,
                               image_size=32, width=8)
     # the range of HuSHeM-style heads, as a bundle trained on them records it
@@ -77,7 +76,12 @@ def server(tmp_path_factory: pytest.TempPathFactory, images: Path) -> Iterator[s
         "closer": ["adjusted", "counted", "counted", "adjusted"]}}
     meta["run"] = {"dataset": "synthetic-heads", "metrics": {"accuracy": 0.9}, "synthetic": True}
     (bundle / "model.json").write_text(json.dumps(meta))
-    with serving(create_app(bundle, review_source=images)) as url:
+    return bundle
+
+
+@pytest.fixture(scope="module")
+def server(page_bundle: Path, images: Path) -> Iterator[str]:
+    with serving(create_app(page_bundle, review_source=images)) as url:
         yield url
 
 
@@ -133,6 +137,38 @@ def test_the_api_docs_page_lists_the_endpoints(page, server: str) -> None:
     paths = page.locator(".opblock-summary-path").all_inner_texts()
     assert {"/api/predict", "/api/composition", "/api/model", "/health"} <= {p.strip() for p in paths}
     assert "Unable to render" not in page.content()
+
+
+def test_the_pages_work_where_a_proxy_serves_them_under_a_path(page, page_bundle: Path, images: Path) -> None:
+    """A lab's reverse proxy may put the server at https://host/spermhead/: every page, image and
+    API call stays under that path."""
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
+
+    proxied = Starlette(routes=[Mount("/lab", app=create_app(page_bundle, review_source=images))])
+    asked: list[str] = []
+
+    def record(request: object) -> None:
+        asked.append(request.url)
+
+    page.on("request", record)
+    try:
+        with serving(proxied) as url:
+            page.goto(url + "/lab/")
+            page.wait_for_selector("#model-info:has-text('spermnet')")
+            page.set_input_files("#file-input", [str(images / "normal" / "normal_0.png")])
+            page.wait_for_selector(".card.result .cls")
+            page.click("nav a:has-text('Review')")
+            page.wait_for_function("document.getElementById('review-image')?.naturalWidth > 0")
+            page.click("nav a:has-text('API')")
+            page.wait_for_selector(".opblock-summary-path:has-text('/api/predict')")
+            # its Try it out calls the API under the path too
+            assert page.locator(".servers select option").first.inner_text().strip() == "/lab"
+    finally:
+        page.remove_listener("request", record)
+    served = [u for u in asked if u.startswith(url)]
+    assert all(u.startswith(url + "/lab/") for u in served), [u for u in served if "/lab/" not in u]
+    assert any("/lab/api/predict" in u for u in served) and any("/lab/api/review/image/" in u for u in served)
 
 
 def test_classify_page_shows_class_and_probability(page, server: str, images: Path, tmp_path: Path) -> None:

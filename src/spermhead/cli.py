@@ -919,11 +919,18 @@ def serve(
              "default: the bundle's")] = None,
     threads: Annotated[int, typer.Option(help="Torch CPU threads; 0 lets torch decide (1 is best on a "
                                          "machine busy with other work)")] = 0,
+    root_path: Annotated[str, typer.Option(
+        help="The path a reverse proxy serves this under, e.g. /spermhead, where the proxy strips it: "
+             "the API docs then call the API there (the pages work under any path)")] = "",
 ) -> None:
     """Serve the classify and review pages and the REST API (docs at /docs)."""
     import torch
     import uvicorn
 
+    from spermhead.errors import ConfigError
+
+    if root_path and not root_path.startswith("/"):  # said before the model loads
+        raise ConfigError(f"--root-path {root_path}: give the path from the host's root, e.g. /{root_path}")
     if threads > 0:
         torch.set_num_threads(threads)
 
@@ -938,7 +945,7 @@ def serve(
                       "\"Sharing the server\")", highlight=False, soft_wrap=True)
     else:
         console.print(f"serving {model} at http://{host}:{port}/  (review: /review, API docs: /docs)")
-    uvicorn.run(web, host=host, port=port, log_level="info")
+    uvicorn.run(web, host=host, port=port, log_level="info", root_path=root_path.rstrip("/"))
 
 
 @app.command("export")

@@ -104,7 +104,7 @@ async function sendBatch(files) {
   const q = gradcamBox.checked ? "?gradcam=true" : "";
   let response;
   try {
-    response = await fetch("/api/predict" + q, { method: "POST", body: form });
+    response = await fetch("api/predict" + q, { method: "POST", body: form });
   } catch (e) {
     files.forEach((f, i) => fillError(pending[i], f, `network error: ${e.message}`));
     return [0, sample === sampleNumber ? files.length : 0];
@@ -152,7 +152,7 @@ async function showSample() {
   if (predicted.length < minHeads) return;
   let body;
   try {
-    const response = await fetch("/api/composition", {
+    const response = await fetch("api/composition", {
       method: "POST", headers: { "Content-Type": "application/json" },
       body: JSON.stringify({ predicted }),
     });

@@ -50,7 +50,7 @@ async function errorText(response) {
 async function loadModelInfo() {
   const target = document.getElementById("model-info");
   try {
-    const r = await fetch("/api/model");
+    const r = await fetch("api/model");
     if (!r.ok) throw new Error(await errorText(r));
     const m = await r.json();
     window.MODEL = m;

@@ -49,7 +49,7 @@ function render() {
 
   const box = $("image-box");
   if (it.has_image) {
-    box.replaceChildren(el("img", { src: `/api/review/image/${it.index}`, alt: it.name, id: "review-image" }));
+    box.replaceChildren(el("img", { src: `api/review/image/${it.index}`, alt: it.name, id: "review-image" }));
   } else {
     box.replaceChildren(el("div", { class: "noimg", text: "image not available" }));
   }
@@ -87,7 +87,7 @@ document.addEventListener("keydown", (e) => {
 
 async function load() {
   loadModelInfo();
-  const r = await fetch("/api/review");
+  const r = await fetch("api/review");
   if (!r.ok) {
     $("empty").hidden = false;
     $("empty").textContent = await errorText(r);
