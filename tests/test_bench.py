@@ -177,6 +177,16 @@ def test_a_bench_with_other_settings_names_them_in_its_command(tmp_path, monkeyp
                                      "--config", "alone.yaml", "--no-record"], terminal_width=200)
     assert alone.exit_code == 0 and "fused" not in alone.output, alone.output
     assert [(c.train.shape_fusion, c.train.pixel_fusion) for c in trained] == [(0, 0)]
+    # a run directory's (or a file's) data folder does not move the bench to other images
+    (tmp_path / "elsewhere.yaml").write_text("data_dir: /elsewhere\ntrain:\n  lr: 0.01\n")
+    trained.clear()
+    moved = CliRunner().invoke(app, ["bench", "accuracy", "hushem", "--seeds", "1", "--config", "elsewhere.yaml",
+                                     "--no-record"], terminal_width=200)
+    assert moved.exit_code == 0 and "not from elsewhere.yaml's data_dir (/elsewhere)" in moved.output, moved.output
+    assert len(trained) == 1 and trained[0].data_dir != "/elsewhere" and trained[0].train.lr == 0.01
+    for seeds, said in (("a", "whole numbers"), ("", "whole numbers"), ("1,1", "each seed once")):
+        refused = CliRunner().invoke(app, ["bench", "accuracy", "hushem", "--seeds", seeds], terminal_width=200)
+        assert refused.exit_code == 2 and said in refused.output, refused.output
     (tmp_path / "bad.yaml").write_text("train:\n  lr: fast\n")
     trained.clear()
     bad = CliRunner().invoke(app, ["bench", "accuracy", "hushem", "--seeds", "1", "--config", "bad.yaml",
@@ -208,3 +218,13 @@ def test_the_bench_itself_records_no_row_for_synthetic_heads(tmp_path, monkeypat
     bench.run_accuracy_bench("hushem", tmp_path / "out", seeds=[1], data_dir=str(tmp_path / "data"),
                              results_md=table, readme=None)
     assert "94.6" not in table.read_text() and "| 85.0 |" in table.read_text()
+
+
+def test_the_record_refusal_looks_at_the_images_the_runs_will_read(tmp_path):
+    """A data folder given in settings (from code) is the one checked for synthetic heads."""
+    import spermhead.training.bench as bench
+    from spermhead.data.synthetic import write_synthetic
+
+    write_synthetic(tmp_path / "data", "hushem", n_per_class=3, seed=0)
+    said = bench.record_refusal("hushem", None, {}, settings={"data_dir": str(tmp_path / "data")})
+    assert said is not None and "synthetic heads" in said

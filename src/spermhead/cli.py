@@ -1020,25 +1020,27 @@ def bench_accuracy(
                         help="Training bars, and a line as each CV seed ends")] = True,
 ) -> None:
     """Run the published protocol for a dataset over several CV seeds and record the result."""
-    from spermhead.config import environment_differences, fusion_text, read_config_file
+    from spermhead.config import fusion_text
     from spermhead.errors import ConfigError
     from spermhead.training import bench
     from spermhead.training.bench import BENCHES, has_table
 
     if name not in BENCHES:
         raise ConfigError(f"unknown benchmark {name!r}; choose from {', '.join(BENCHES)}")
-    seed_list = [int(s) for s in seeds.split(",") if s.strip()]
-    settings: dict[str, Any] = {}
-    if config is not None:
-        settings, written_with = read_config_file(config)
-        settings = {k: v for k, v in settings.items() if k not in ("dataset", "seed", "protocol")}  # the bench's own
-        if changed := environment_differences(written_with):
-            console.print(f"[yellow]note:[/] {config} was written with other versions ({'; '.join(changed)})",
-                          highlight=False, soft_wrap=True)
+    seed_list = bench.parse_seeds(seeds)
+    # what a bench fixes itself (the dataset, its protocol, the seeds) or takes from its own options
+    # (where the images are) is not taken from a file: a run directory of another set would
+    # otherwise send the bench to that run's images
+    own = ("dataset", "seed", "protocol", "data_dir", "out", "loggers")
+    settings = config_settings(config)
+    if settings.get("data_dir") and data_dir is None:
+        console.print(f"note: the images come from --data-dir (default: SPERMHEAD_DATA or ./data), not from "
+                      f"{config}'s data_dir ({settings['data_dir']})", highlight=False, soft_wrap=True)
+    settings = {k: v for k, v in settings.items() if k not in own}
     extra = {k: v for k, v in {"epochs": epochs, "model": model, "image_size": image_size, "threads": threads,
                                "accelerator": accelerator}.items() if v is not None}
     data = str(data_dir) if data_dir else None
-    cfg = bench.bench_config(name, out / name, seed_list[0] if seed_list else 0, data, settings=settings,
+    cfg = bench.bench_config(name, out / name, seed_list[0], data, settings=settings,
                              settings_file=str(config) if config else None, **extra)  # bad settings refused first
     missing = [str(p) for p in (Path("benchmarks/RESULTS.md"), Path("README.md")) if not has_table(p, "accuracy")]
     # said first, not found out after hours of training

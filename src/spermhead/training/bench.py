@@ -57,6 +57,19 @@ def bench_config(name: str, out: Path, seed: int, data_dir: str | None, *,
                             settings=settings, settings_file=settings_file, **protocol, **overrides)
 
 
+def parse_seeds(text: str) -> list[int]:
+    """`--seeds 1,2,3`: whole numbers, each once (a repeat would count one repeat twice in the sd)."""
+    from spermhead.errors import ConfigError
+
+    parts = [s.strip() for s in text.split(",") if s.strip()]
+    if not parts or not all(s.lstrip("-").isdigit() for s in parts):
+        raise ConfigError(f"--seeds {text!r}: give CV seeds as whole numbers, comma-separated, e.g. 1,2,3")
+    seeds = [int(s) for s in parts]
+    if len(set(seeds)) < len(seeds):
+        raise ConfigError(f"--seeds {text}: each seed once (a repeated seed is the same repeat again)")
+    return seeds
+
+
 def record_refusal(name: str, data_dir: str | None, overrides: dict[str, Any],
                    settings: dict[str, Any] | None = None) -> str | None:
     """Why this bench's row must not go into the results tables, or None: a row stands for the
@@ -66,11 +79,11 @@ def record_refusal(name: str, data_dir: str | None, overrides: dict[str, Any],
 
     # the whole config compared, not option by option: nothing that changes the figures slips by
     recipe = bench_config(name, Path("unused"), 0, data_dir)
-    if changed := config_differences(recipe, bench_config(name, Path("unused"), 0, data_dir,
-                                                           settings=settings, **overrides)):
+    asked = bench_config(name, Path("unused"), 0, data_dir, settings=settings, **overrides)
+    if changed := config_differences(recipe, asked):
         return f"the options change the recipe ({'; '.join(changed)})"
-    try:
-        table = load_dataset(BENCHES[name].dataset, data_dir)
+    try:  # the images the runs will read, wherever their folder was given
+        table = load_dataset(asked.dataset, asked.data_dir)
     except SpermheadError:
         return None  # the run itself says what is missing
     if table.synthetic:
