@@ -467,6 +467,7 @@ def test_serve_reviews_a_named_dataset_from_the_data_folder_its_error_names(bund
     runner = CliRunner()
     proxied = runner.invoke(app, ["serve", "--model", str(bundle), "--root-path", "/spermhead/"])
     assert proxied.exit_code == 0 and settings[-1]["root_path"] == "/spermhead", proxied.output
+    assert "a proxy serves it at /spermhead/" in proxied.output
     bare = runner.invoke(app, ["serve", "--model", str(bundle), "--root-path", "spermhead"])
     assert bare.exit_code == 2 and "e.g. /spermhead" in bare.output and len(served) == 1, bare.output
     served.clear()

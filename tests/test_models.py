@@ -226,6 +226,18 @@ def test_missing_tensors_are_reported_once_per_file(tmp_path: Path, caplog) -> N
     assert len(said) == 1 and "2 model tensors" in said[0].getMessage()
 
 
+def test_missing_tensors_are_reported_for_each_model_given_the_file(tmp_path: Path, caplog) -> None:
+    """`select` may give one file to two models: each says what of it does not fit."""
+    from safetensors.torch import save_file
+
+    save_file(build_model("timm:resnet18", 1000, 3, 32).state_dict(), str(tmp_path / "r18.safetensors"))
+    with caplog.at_level("WARNING", logger="spermhead"):
+        for name in ("timm:resnet18", "timm:resnet34", "timm:resnet34"):
+            build_model(name, 4, 1, 32, weights=tmp_path / "r18.safetensors")
+    said = [r.getMessage() for r in caplog.records if "keep their random init" in r.getMessage()]
+    assert len(said) == 2 and said[0].startswith(f"{tmp_path / 'r18.safetensors'}: 2 model tensors"), said
+
+
 def test_frozen_only_with_weights(tmp_path: Path) -> None:
     _, st, _ = _weights_files(tmp_path)
     random = build_model("seed-resnet50", 4, 1, 32, **SMALL_BACKBONE)

@@ -610,11 +610,11 @@ def weights_selection(separable, tmp_path_factory):
                         str(root / "settings.yaml"), "--weights", f"{TINY_TAGGED}={weights}", "--out", str(out),
                         *SELECT_QUICK)
     assert result.exit_code == 0, result.output
-    return out, weights
+    return out, weights, result.output
 
 
 def test_select_records_what_each_model_started_from(weights_selection):
-    out, weights = weights_selection
+    out, weights, _ = weights_selection
     scratch, filed = (load_config(out / tag / "config.yaml") for tag in ("timm-test_efficientnet",
                                                                            "timm-test_efficientnet.r160_in1k"))
     assert (scratch.model.weights, scratch.model.pretrained, scratch.model.init) == (None, False, "scratch")
@@ -629,6 +629,7 @@ def test_select_records_what_each_model_started_from(weights_selection):
     assert (f"{TINY_TIMM} from random weights, {TINY_TAGGED} from the weights file tiny.safetensors; every "
             "model scored alone") in md
     assert "tiny.safetensors" in (out / "selection.html").read_text()
+    assert md.split("\n\n", 1)[0] in " ".join(weights_selection[2].split())  # and select prints it above its table
     with open(out / "selection.csv", newline="") as fh:  # and in the table a program reads
         starts = {r["model"]: r["start"] for r in csv.DictReader(fh)}
     assert starts == {TINY_TIMM: "random weights", TINY_TAGGED: "the weights file tiny.safetensors"}
@@ -658,6 +659,7 @@ def test_select_resume_refuses_a_changed_start_before_any_run(separable, weights
     said = " ".join(result.output.split())
     assert result.exit_code == 2 and "timm-test_efficientnet.r160_in1k: --resume continues the run" in said, said
     assert "model.weights: " in said and "-> None" in said
+    assert "Give select the options the table was made with (the same --config, --weights" in said  # not "--resume alone"
     assert (out / "timm-test_efficientnet" / "run.json").read_bytes() == first
 
 
@@ -703,7 +705,7 @@ def test_select_config_applies_to_every_model_under_the_options(separable, tmp_p
 
     asked = {}
     monkeypatch.setattr(select, "select_models", lambda base, names, out, **kw: asked.update(base=base) or [])
-    (tmp_path / "s.yaml").write_text(f"dataset: {separable}\nmodel:\n  init: auto\n"
+    (tmp_path / "s.yaml").write_text(f"dataset: {separable}\nmodel:\n  init: synthetic\n  weights: w.pth\n"
                                      "train:\n  lr: 0.0123\n  epochs: 5\n  shape_fusion: 0.3\n"
                                      "environment:\n  python: 2.7.0\n")
     result = select_cli("--config", str(tmp_path / "s.yaml"), "--models", "spermnet,seed-cnn", "--epochs", "2",
@@ -712,11 +714,13 @@ def test_select_config_applies_to_every_model_under_the_options(separable, tmp_p
     base = asked["base"]
     assert base.dataset == str(separable) and base.train.lr == 0.0123
     assert base.train.epochs == 2  # the option over the file
-    # the file's fusion over select's none; its "auto" is select's own random start, not spermnet's synthetic one
-    assert (base.train.shape_fusion, base.train.pixel_fusion, base.model.init) == (0.3, 0.0, "scratch")
+    # the file's fusion over select's none; its start fits one model, not the list: select's own
+    assert (base.train.shape_fusion, base.train.pixel_fusion) == (0.3, 0.0)
+    assert (base.model.init, base.model.weights) == ("scratch", None)
     said = " ".join(result.output.split())
     assert "s.yaml was written with other versions (python 2.7.0 ->" in said
-    assert "s.yaml sets train.shape_fusion 0.3: every model takes that" in said
+    assert "s.yaml sets model.init synthetic, model.weights w.pth: left out" in said
+    assert "s.yaml sets train.shape_fusion 0.3: every model's answers are fused" in said
 
 
 def test_selection_header_says_each_start_and_the_fusion():
@@ -727,6 +731,22 @@ def test_selection_header_says_each_start_and_the_fusion():
                             starts={"a": "random weights", "b": "the weights file w.safetensors", "c": "random weights"})
     assert "; a and c from random weights, b from the weights file w.safetensors; every model scored as fused " \
            "answers (the network 0.7 + head-profile model 0.3); validation" in about
+
+
+def test_a_start_says_when_only_the_dense_head_trains():
+    """The seed's backbones are frozen from pretrained weights (a linear probe, more or less), timm's are
+    fine-tuned: two protocols that a table of starts must not show as one."""
+    from spermhead.config import ModelConfig
+    from spermhead.training.select import start_text
+
+    assert start_text(ModelConfig(name="seed-resnet50", weights="/w/r50.safetensors")) == \
+        "the weights file r50.safetensors, backbone frozen"
+    assert start_text(ModelConfig(name="seed-efficientnet-b7", pretrained=True)) == \
+        "its pretrained (hub) weights, backbone frozen"
+    assert start_text(ModelConfig(name="seed-resnet50", weights="r50.pth", kwargs={"freeze_backbone": False})) == \
+        "the weights file r50.pth"
+    assert start_text(ModelConfig(name="timm:resnet18", weights="r18.pth")) == "the weights file r18.pth"
+    assert start_text(ModelConfig(name="spermnet", weights="s.safetensors")) == "the weights file s.safetensors"
 
 
 def test_progress_names_each_fit_above_its_bar(separable, tmp_path, capsys):

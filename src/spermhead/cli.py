@@ -435,8 +435,8 @@ def select(
     config: Annotated[Path | None, typer.Option(
         "--config", help="A run directory (its config.yaml) or a YAML file of settings for every model, over "
                          "the recipe's; the options given here change them. Its model name gives way to "
-                         "--models; its model.init and fusion weights, where it sets them, replace select's "
-                         "own random start and fusion 0 (a run directory's set both)")] = None,
+                         "--models and its start (init, weights file) to select's own (random weights, or "
+                         "--pretrained/--weights); its fusion weights, where it sets them, replace select's 0")] = None,
     data_dir: DataDir = None,
     cv: CvOption = None,
     split: SplitOption = None,
@@ -486,22 +486,25 @@ def select(
     name = name or settings.get("dataset")
     if name is None:
         raise ConfigError("give the dataset NAME (or --config with a run directory)")
-    # every architecture from random weights: a like-for-like comparison (a synthetic source model
-    # per architecture would also cost hours for the seed's large nets on a CPU), and each network
-    # on its own: the recipe's second opinions (HuSHeM's take 0.6 of the vote) would be the same
-    # for every architecture and hide their differences. A config that sets them wins: select's
-    # choices are a layer of settings under the file's (as options, "scratch" would refuse
-    # --pretrained). A file's "auto" would resolve for the recipe's model alone: select's own here.
-    own = {"model": {"init": "scratch"}, "train": {"shape_fusion": 0.0, "pixel_fusion": 0.0}}
-    layered = dict(settings)
-    for section, values in own.items():
-        given = {k: v for k, v in (settings.get(section) or {}).items() if (section, k, v) != ("model", "init", "auto")}
-        layered[section] = {**values, **given}
-    if changed := [f"{section}.{k} {layered[section][k]}" for section, values in own.items()
-                   for k, v in values.items() if layered[section][k] != v]:
-        console.print(f"note: {config} sets {', '.join(changed)}: every model takes that instead of select's "
-                      "random start and network scored alone (the table's header says so)",
+    # Every model starts as select's own options say: from random weights (like for like; a
+    # synthetic source per architecture would also cost hours for the seed's large nets on a CPU),
+    # or --pretrained / --weights MODEL=FILE. A file's start (a run directory's init, weights file
+    # or hub flag) fits the model it was written for, not every model in the list: left out, and said.
+    model_settings = dict(settings.get("model") or {})
+    dropped = [f"model.{k} {v}" for k in ("init", "weights", "pretrained")
+               if (v := model_settings.pop(k, None)) not in (None, False, "auto", "scratch")]
+    if dropped:
+        console.print(f"note: {config} sets {', '.join(dropped)}: left out, since select starts every model "
+                      "from random weights, or as --pretrained and --weights MODEL=FILE say",
                       highlight=False, soft_wrap=True)
+    # Each network is scored alone (the recipe's second opinions, 0.6 of HuSHeM's vote, would be the
+    # same for every architecture and hide their differences), unless the file fuses them.
+    fusion = {"shape_fusion": 0.0, "pixel_fusion": 0.0, **(settings.get("train") or {})}
+    if fused := [f"train.{k} {fusion[k]}" for k in ("shape_fusion", "pixel_fusion") if fusion[k]]:
+        console.print(f"note: {config} sets {', '.join(fused)}: every model's answers are fused with those "
+                      "second opinions, not scored alone (the table's header says so)",
+                      highlight=False, soft_wrap=True)
+    layered = {**settings, "model": {**model_settings, "init": "scratch"}, "train": fusion}
     base = build_run_config(name, str(out), recipe=recipe, data_dir=str(data_dir) if data_dir else None,
                             seed=seed, cv=cv, split=split, settings=layered,
                             settings_file=str(config) if config is not None else None, grouped=grouped,
@@ -518,6 +521,10 @@ def select(
     for r in chosen:
         table.add_row(r["model"] + (f" {BEST_MARK}" if r["best"] else ""), r["variant"],
                       *(cell_text(r, k) for k in shown))
+    # the header the md and html tables carry (each model's start, fused or not), lest the rows be
+    # read as a comparison they are not
+    if (md := out / "selection.md").is_file():
+        console.print(md.read_text().split("\n\n", 1)[0], highlight=False, soft_wrap=True)
     console.print(table)
     console.print(f"selection table: {out / 'selection.md'} (also .csv and .html)")
 
@@ -944,7 +951,9 @@ def serve(
                       "images to anyone who reaches it: share it on a trusted network only (README, "
                       "\"Sharing the server\")", highlight=False, soft_wrap=True)
     else:
-        console.print(f"serving {model} at http://{host}:{port}/  (review: /review, API docs: /docs)")
+        behind = f"; a proxy serves it at {root_path.rstrip('/')}/" if root_path else ""
+        console.print(f"serving {model} at http://{host}:{port}/  (review: /review, API docs: /docs{behind})",
+                      highlight=False, soft_wrap=True)
     uvicorn.run(web, host=host, port=port, log_level="info", root_path=root_path.rstrip("/"))
 
 

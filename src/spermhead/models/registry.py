@@ -48,6 +48,7 @@ class _Entry:
     description: str
     pretrainable: bool  # can load a weights file (and, timm-based, hub weights with --pretrained)
     hub: bool = False  # has hub weights (--pretrained): its backbone is a timm model
+    freezes: bool = False  # from pretrained weights its backbone is frozen (the seed's), unless told not to
 
 
 def _build_spermnet(num_classes: int, in_chans: int, image_size: int, *, drop_rate: float,
@@ -147,9 +148,10 @@ _REGISTRY: dict[str, _Entry] = {
     "seed-alexnet": _Entry(_build_seed_alexnet, "Seed Model 2: AlexNet-like, 5 conv + 4 dense, 5x5 "
                            "first filter for small input", False),
     "seed-resnet50": _Entry(_seed_backbone("resnet50"), "Seed Model 3: timm ResNet-50 + 3 dense layers; "
-                            "backbone frozen when pretrained", True, hub=True),
+                            "backbone frozen when pretrained", True, hub=True, freezes=True),
     "seed-efficientnet-b7": _Entry(_seed_backbone("tf_efficientnet_b7"), "Seed Model 4: timm "
-                                   "EfficientNet-B7 (TF port) + 3 dense; frozen when pretrained", True, hub=True),
+                                   "EfficientNet-B7 (TF port) + 3 dense; frozen when pretrained", True, hub=True,
+                                   freezes=True),
 }
 
 
@@ -167,6 +169,12 @@ def has_hub_weights(name: str) -> bool:
     """Whether `--pretrained` can start the model from hub weights (spermnet takes a weights file only)."""
     entry = _REGISTRY.get(name)
     return name.startswith(TIMM_PREFIX) or (entry is not None and entry.hub)
+
+
+def frozen_when_pretrained(name: str, kwargs: dict[str, Any]) -> bool:
+    """Whether the model, started from pretrained weights, trains its dense head alone."""
+    entry = _REGISTRY.get(name)
+    return entry is not None and entry.freezes and kwargs.get("freeze_backbone") is not False
 
 
 def hub_models_text() -> str:

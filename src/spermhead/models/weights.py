@@ -222,10 +222,10 @@ def _offline_help(name: str) -> str:
             "Download them on a machine with internet, e.g. "
             f"`m = timm.create_model('{name}', pretrained=True); "
             "safetensors.torch.save_file(m.state_dict(), 'weights.safetensors')`, "
-            "copy the file here and pass --weights weights.safetensors")
+            "copy the file here and pass --weights weights.safetensors (select: --weights MODEL=weights.safetensors)")
 
 
-_WARNED_MISSING: set[str] = set()
+_WARNED_MISSING: set[tuple[str, str]] = set()
 
 
 def load_pretrained(
@@ -238,8 +238,9 @@ def load_pretrained(
     if weights is not None:
         report = load_state_into(model_or_backbone, read_state_dict(weights), str(weights))
         log.info("%s", report.summary())
-        if str(weights) not in _WARNED_MISSING:  # once per file, not once per fold
-            _WARNED_MISSING.add(str(weights))
+        # once per file and model, not once per fold (select may give one file to several models)
+        if (str(weights), name) not in _WARNED_MISSING:
+            _WARNED_MISSING.add((str(weights), name))
             if report.missing:
                 other = len(report.mismatched)
                 log.warning("%s: %d model tensors keep their random init (%d not in the file, %d of another "

@@ -106,9 +106,12 @@ def prepare_run_dir(out: Path, *, overwrite: bool, resume: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
-def check_resumable(out: Path, cfg: RunConfig) -> None:
+RESUME_ADVICE = "Give --resume alone to go on with the saved settings, or --overwrite to start again with the new ones"
+
+
+def check_resumable(out: Path, cfg: RunConfig, advice: str = RESUME_ADVICE) -> None:
     """A resumed run reads back the folds it finished, so it must go on as it started: other
-    settings would mix folds trained two ways in one result."""
+    settings would mix folds trained two ways in one result. `advice` says what to do instead."""
     from spermhead.training.options import absolute_path
 
     saved = load_config(out / "config.yaml")
@@ -117,8 +120,7 @@ def check_resumable(out: Path, cfg: RunConfig) -> None:
     if differences:
         raise ConfigError(
             f"{out}: --resume continues the run with the settings it started with, and these differ "
-            f"(saved -> asked): {'; '.join(differences)}. Give --resume alone to go on with the saved "
-            "settings, or --overwrite to start again with the new ones")
+            f"(saved -> asked): {'; '.join(differences)}. {advice}")
 
 
 def canonical_images(table: SampleTable, cfg: RunConfig) -> tuple[np.ndarray, list[Any]]:

@@ -11,7 +11,7 @@ from typing import Any
 from spermhead.config import ModelConfig, ProtocolConfig, RunConfig, fusion_text
 from spermhead.data.readers import load_dataset
 from spermhead.errors import ConfigError, SpermheadError
-from spermhead.models.registry import has_hub_weights, hub_models_text
+from spermhead.models.registry import frozen_when_pretrained, has_hub_weights, hub_models_text
 from spermhead.training.options import absolute_path, check_run_config
 from spermhead.training.run import check_model, check_resumable, train_run
 
@@ -100,7 +100,9 @@ def select_models(base: RunConfig, models: list[str], out: Path, *, variants: bo
         for *_, cfg in runs:
             if (Path(cfg.out) / "config.yaml").is_file():
                 kind = protocol_kind(cfg.protocol, table.has_fixed_split)
-                check_resumable(Path(cfg.out), replace(cfg, protocol=replace(cfg.protocol, kind=kind)))
+                check_resumable(Path(cfg.out), replace(cfg, protocol=replace(cfg.protocol, kind=kind)),
+                                advice="Give select the options the table was made with (the same --config, "
+                                       "--weights and --pretrained too), or --overwrite to start again")
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     for name, color, l2, cfg in runs:
@@ -136,10 +138,12 @@ def protocol_kind(p: ProtocolConfig, fixed_split: bool) -> str:
 
 def start_text(model: ModelConfig) -> str:
     """What a model's training starts from, in words (a file wins over the hub, as in loading)."""
+    # the seed's backbones then train their dense head alone: not the same protocol as a fine-tune
+    frozen = ", backbone frozen" if frozen_when_pretrained(model.name, model.kwargs) else ""
     if model.weights:
-        return f"the weights file {Path(model.weights).name}"  # its run's config.yaml holds the whole path
+        return f"the weights file {Path(model.weights).name}{frozen}"  # its run's config.yaml holds the whole path
     if model.pretrained:
-        return "its pretrained (hub) weights"
+        return f"its pretrained (hub) weights{frozen}"
     return "a source model trained on synthetic heads" if model.resolved_init() == "synthetic" else "random weights"
 
 
@@ -160,6 +164,6 @@ def selection_about(base: RunConfig, *, synthetic: bool, fixed_split: bool,
              else ", ".join(f"{_and(names)} from {text}" for text, names in by_start.items()) + "; every model")
     fused = fusion_text(base.train.shape_fusion, base.train.pixel_fusion)
     scored = f"scored as fused answers ({fused})" if fused else "scored alone (no fused second opinions)"
-    return (f"{base.dataset}{images}, {protocol}, seed {base.seed}; {base.train.epochs} epochs, "
+    return (f"{base.dataset}{images}, {protocol}, seed {base.seed}; {base.train.epochs} epoch{'s' * (base.train.epochs != 1)}, "
             f"{base.preprocess.image_size} px {base.preprocess.color}, recipe {base.train.recipe}; {start} "
             f"{scored}; validation: {VALIDATION[kind]}.")
