@@ -184,6 +184,8 @@ def test_a_bench_with_other_settings_names_them_in_its_command(tmp_path, monkeyp
                                      "--no-record"], terminal_width=200)
     assert moved.exit_code == 0 and "not from elsewhere.yaml's data_dir (/elsewhere)" in moved.output, moved.output
     assert len(trained) == 1 and trained[0].data_dir != "/elsewhere" and trained[0].train.lr == 0.01
+    nope = CliRunner().invoke(app, ["bench", "accuracy", "hushem", "--model", "nope"], terminal_width=200)
+    assert nope.exit_code == 2 and "unknown model 'nope'" in nope.output and "note" not in nope.output, nope.output
     for seeds, said in (("a", "whole numbers"), ("", "whole numbers"), ("1,1", "each seed once")):
         refused = CliRunner().invoke(app, ["bench", "accuracy", "hushem", "--seeds", seeds], terminal_width=200)
         assert refused.exit_code == 2 and said in refused.output, refused.output

@@ -1051,6 +1051,10 @@ def bench_accuracy(
     data = str(data_dir) if data_dir else None
     cfg = bench.bench_config(name, out / name, seed_list[0], data, settings=settings,
                              settings_file=str(config) if config else None, **extra)  # bad settings refused first
+    if model or config:  # so is a model that cannot be built (its name, options or weights file)
+        from spermhead.training.run import check_model
+
+        check_model(cfg, 2)  # any class count: the network is built only to be checked
     missing = [str(p) for p in (Path("benchmarks/RESULTS.md"), Path("README.md")) if not has_table(p, "accuracy")]
     # said first, not found out after hours of training
     if record and (refusal := bench.record_refusal(name, data, extra, settings)):
