@@ -476,7 +476,7 @@ def test_select_writes_the_model_selection_table(separable, tmp_path, caplog):
     from spermhead.training.select import select_models
 
     base = quick_config(separable, tmp_path, epochs=3)
-    rows = select_models(base, ["spermnet", "seed-cnn"], tmp_path / "sel", progress=False)
+    rows, about = select_models(base, ["spermnet", "seed-cnn"], tmp_path / "sel", progress=False)
     assert [r["model"] for r in rows] == ["spermnet", "seed-cnn"]
     assert all(r["parameters"] > 0 and r["seconds_per_epoch"] > 0 for r in rows)
     table = (tmp_path / "sel" / "selection.md").read_text()
@@ -629,7 +629,8 @@ def test_select_records_what_each_model_started_from(weights_selection):
     assert (f"{TINY_TIMM} from random weights, {TINY_TAGGED} from the weights file tiny.safetensors; every "
             "model scored alone") in md
     assert "tiny.safetensors" in (out / "selection.html").read_text()
-    assert md.split("\n\n", 1)[0] in " ".join(weights_selection[2].split())  # and select prints it above its table
+    said = " ".join(weights_selection[2].split())  # select prints it above its table
+    assert f"{TINY_TIMM} from random weights, {TINY_TAGGED} from the weights file tiny.safetensors" in said
     with open(out / "selection.csv", newline="") as fh:  # and in the table a program reads
         starts = {r["model"]: r["start"] for r in csv.DictReader(fh)}
     assert starts == {TINY_TIMM: "random weights", TINY_TAGGED: "the weights file tiny.safetensors"}
@@ -704,7 +705,7 @@ def test_select_config_applies_to_every_model_under_the_options(separable, tmp_p
     from spermhead.training import select
 
     asked = {}
-    monkeypatch.setattr(select, "select_models", lambda base, names, out, **kw: asked.update(base=base) or [])
+    monkeypatch.setattr(select, "select_models", lambda base, names, out, **kw: (asked.update(base=base), ([], ""))[1])
     (tmp_path / "s.yaml").write_text(f"dataset: {separable}\nmodel:\n  init: synthetic\n  weights: w.pth\n"
                                      "train:\n  lr: 0.0123\n  epochs: 5\n  shape_fusion: 0.3\n"
                                      "environment:\n  python: 2.7.0\n")
@@ -719,7 +720,12 @@ def test_select_config_applies_to_every_model_under_the_options(separable, tmp_p
     assert (base.model.init, base.model.weights) == ("scratch", None)
     said = " ".join(result.output.split())
     assert "s.yaml was written with other versions (python 2.7.0 ->" in said
-    assert "s.yaml sets model.init synthetic, model.weights w.pth: left out" in said
+    assert "s.yaml sets model.init synthetic, model.weights w.pth, train.epochs 5: left out" in said
+    # without --epochs, a start's epochs go with it: from random weights, the recipe's from-scratch epochs
+    result = select_cli("--config", str(tmp_path / "s.yaml"), "--models", "spermnet,seed-cnn", "--out",
+                        str(tmp_path / "sel"))
+    assert result.exit_code == 0 and asked["base"].train.epochs == build_run_config(
+        str(separable), "x", init="scratch").train.epochs != 5, result.output
     assert "s.yaml sets train.shape_fusion 0.3: every model's answers are fused" in said
 
 

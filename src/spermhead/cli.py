@@ -450,7 +450,7 @@ def select(
                                                     "from random weights)")] = None,
     image_size: Annotated[int | None, typer.Option(help="Canonical image size in pixels")] = None,
     color: Annotated[str | None, typer.Option(help="gray or rgb")] = None,
-    seed: Annotated[int | None, typer.Option(help="The split's (and training's) seed (default 0)")] = None,
+    seed: Annotated[int | None, typer.Option(help="The split's (and training's) seed (default 0, or --config's)")] = None,
     pretrained: Annotated[bool | None, typer.Option(
         "--pretrained", help="Every model without a --weights file starts from its hub weights (online "
                              "only): timm:<name>, seed-resnet50, seed-efficientnet-b7; others are refused")] = None,
@@ -491,15 +491,19 @@ def select(
     # or --pretrained / --weights MODEL=FILE. A file's start (a run directory's init, weights file
     # or hub flag) fits the model it was written for, not every model in the list: left out, and said.
     model_settings = dict(settings.get("model") or {})
+    train_settings = dict(settings.get("train") or {})
     dropped = [f"model.{k} {v}" for k in ("init", "weights", "pretrained")
                if (v := model_settings.pop(k, None)) not in (None, False, "auto", "scratch")]
+    if dropped and "epochs" in train_settings:  # a start's epochs (a recipe's 40 from the synthetic
+        # source) would leave a model from random weights half-trained: the recipe's from-scratch epochs
+        dropped.append(f"train.epochs {train_settings.pop('epochs')}")
     if dropped:
         console.print(f"note: {config} sets {', '.join(dropped)}: left out, since select starts every model "
-                      "from random weights, or as --pretrained and --weights MODEL=FILE say",
-                      highlight=False, soft_wrap=True)
+                      "from random weights, or as --pretrained and --weights MODEL=FILE say (--epochs sets "
+                      "the epochs)", highlight=False, soft_wrap=True)
     # Each network is scored alone (the recipe's second opinions, 0.6 of HuSHeM's vote, would be the
     # same for every architecture and hide their differences), unless the file fuses them.
-    fusion = {"shape_fusion": 0.0, "pixel_fusion": 0.0, **(settings.get("train") or {})}
+    fusion = {"shape_fusion": 0.0, "pixel_fusion": 0.0, **train_settings}
     if fused := [f"train.{k} {fusion[k]}" for k in ("shape_fusion", "pixel_fusion") if fusion[k]]:
         console.print(f"note: {config} sets {', '.join(fused)}: every model's answers are fused with those "
                       "second opinions, not scored alone (the table's header says so)",
@@ -511,7 +515,7 @@ def select(
                             near_duplicates=near_duplicates, epochs=epochs, image_size=image_size, color=color,
                             pretrained=pretrained, threads=threads, accelerator=accelerator)
     names = [m.strip() for m in models.split(",") if m.strip()]
-    rows = select_models(base, names, out, variants=variants, weights=parse_weights(weights or []),
+    rows, about = select_models(base, names, out, variants=variants, weights=parse_weights(weights or []),
                          overwrite=overwrite, resume=resume, progress=progress)
     chosen = selection_table(rows)
     shown = ("accuracy", "balanced_accuracy", "val_balanced_accuracy", "accuracy_vs_best", "mcnemar_p_vs_best")
@@ -523,8 +527,7 @@ def select(
                       *(cell_text(r, k) for k in shown))
     # the header the md and html tables carry (each model's start, fused or not), lest the rows be
     # read as a comparison they are not
-    if (md := out / "selection.md").is_file():
-        console.print(md.read_text().split("\n\n", 1)[0], highlight=False, soft_wrap=True)
+    console.print(about, highlight=False, soft_wrap=True)
     console.print(table)
     console.print(f"selection table: {out / 'selection.md'} (also .csv and .html)")
 

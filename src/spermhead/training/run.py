@@ -24,7 +24,14 @@ from safetensors.torch import load_file
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from spermhead.config import RunConfig, config_differences, environment, load_config, save_config
+from spermhead.config import (
+    ProtocolConfig,
+    RunConfig,
+    config_differences,
+    environment,
+    load_config,
+    save_config,
+)
 from spermhead.data.extra import pool_extra_training
 from spermhead.data.readers import load_dataset
 from spermhead.data.samples import SampleTable
@@ -465,6 +472,11 @@ def out_of_fold(table: SampleTable, folds: list[Fold], results: list[FoldResult]
     return concat(parts)
 
 
+def protocol_kind(p: ProtocolConfig, fixed_split: bool) -> str:
+    """The protocol a run uses: "auto" takes a dataset's own train/val/test folders, else K-fold CV."""
+    return p.kind if p.kind != "auto" else "folders" if fixed_split else "cv"
+
+
 def train_run(cfg: RunConfig, *, overwrite: bool = False, resume: bool = False,
               progress: bool = True) -> RunResult:
     from spermhead.evaluation.metrics import cv_metrics, write_metrics_json
@@ -477,9 +489,9 @@ def train_run(cfg: RunConfig, *, overwrite: bool = False, resume: bool = False,
         torch.set_num_threads(cfg.train.num_threads)
     table = load_dataset(cfg.dataset, cfg.data_dir)
     check_model(cfg, len(table.classes))
-    if cfg.protocol.kind == "auto":  # a dataset's own train/val/test folders win; else K-fold CV
+    if cfg.protocol.kind == "auto":
         # a copy: the caller's config (select shares its protocol between runs) is left as given
-        cfg = replace(cfg, protocol=replace(cfg.protocol, kind="folders" if table.has_fixed_split else "cv"))
+        cfg = replace(cfg, protocol=replace(cfg.protocol, kind=protocol_kind(cfg.protocol, table.has_fixed_split)))
     if resume and (out / "config.yaml").is_file():
         check_resumable(out, cfg)
     folds = make_folds(table, cfg.protocol, cfg.seed, cfg.train.val_fraction,

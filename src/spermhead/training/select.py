@@ -8,12 +8,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from spermhead.config import ModelConfig, ProtocolConfig, RunConfig, fusion_text
+from spermhead.config import ModelConfig, RunConfig, fusion_text
 from spermhead.data.readers import load_dataset
 from spermhead.errors import ConfigError, SpermheadError
 from spermhead.models.registry import frozen_when_pretrained, has_hub_weights, hub_models_text
 from spermhead.training.options import absolute_path, check_run_config
-from spermhead.training.run import check_model, check_resumable, train_run
+from spermhead.training.run import check_model, check_resumable, protocol_kind, train_run
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ def check_starts(base: RunConfig, models: list[str], weights: dict[str, str]) ->
 
 def select_models(base: RunConfig, models: list[str], out: Path, *, variants: bool = False,
                   weights: dict[str, str] | None = None, overwrite: bool = False, resume: bool = False,
-                  progress: bool = True) -> list[dict[str, Any]]:
+                  progress: bool = True) -> tuple[list[dict[str, Any]], str]:
     """Train every model (and variant) with `base`'s settings into `out`/<model>, then write the
     selection table. `weights` gives a model (named as in `models`) its own starting weights file;
     the others start as `base` says (random weights, or hub weights where it is pretrained)."""
@@ -117,9 +117,9 @@ def select_models(base: RunConfig, models: list[str], out: Path, *, variants: bo
             "parameters": params, "predictions": result.predictions,
         })
     starts = {name: start_text(cfg.model) for name, *_, cfg in runs}
-    write_selection(rows, out, about=selection_about(base, synthetic=table.synthetic,
-                                                     fixed_split=table.has_fixed_split, starts=starts))
-    return rows
+    about = selection_about(base, synthetic=table.synthetic, fixed_split=table.has_fixed_split, starts=starts)
+    write_selection(rows, out, about=about)
+    return rows, about
 
 
 # Where each protocol's validation images come from (never from the test images).
@@ -129,11 +129,6 @@ VALIDATION = {"cv": "a part carved from each fold's training side", "folders": "
 
 def _and(names: list[str]) -> str:
     return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
-
-
-def protocol_kind(p: ProtocolConfig, fixed_split: bool) -> str:
-    """The protocol a run uses, "auto" resolved as train_run resolves it."""
-    return p.kind if p.kind != "auto" else "folders" if fixed_split else "cv"
 
 
 def start_text(model: ModelConfig) -> str:
