@@ -178,15 +178,17 @@ def test_a_bench_with_other_settings_names_them_in_its_command(tmp_path, monkeyp
     assert alone.exit_code == 0 and "fused" not in alone.output, alone.output
     assert [(c.train.shape_fusion, c.train.pixel_fusion) for c in trained] == [(0, 0)]
     # a run directory's (or a file's) data folder does not move the bench to other images
-    (tmp_path / "elsewhere.yaml").write_text("data_dir: /elsewhere\ntrain:\n  lr: 0.01\n")
+    (tmp_path / "elsewhere.yaml").write_text("data_dir: /elsewhere\nseed: 7\ntrain:\n  lr: 0.01\n")
     trained.clear()
     moved = CliRunner().invoke(app, ["bench", "accuracy", "hushem", "--seeds", "1", "--config", "elsewhere.yaml",
                                      "--no-record"], terminal_width=200)
     assert moved.exit_code == 0 and "not from elsewhere.yaml's data_dir (/elsewhere)" in moved.output, moved.output
     assert len(trained) == 1 and trained[0].data_dir != "/elsewhere" and trained[0].train.lr == 0.01
+    assert trained[0].seed == 1 and "elsewhere.yaml's seed is left out" in " ".join(moved.output.split())
     nope = CliRunner().invoke(app, ["bench", "accuracy", "hushem", "--model", "nope"], terminal_width=200)
     assert nope.exit_code == 2 and "unknown model 'nope'" in nope.output and "note" not in nope.output, nope.output
-    for seeds, said in (("a", "whole numbers"), ("", "whole numbers"), ("1,1", "each seed once")):
+    for seeds, said in (("a", "whole numbers"), ("", "whole numbers"), ("-1", "whole numbers"),
+                        ("--1", "whole numbers"), ("\u00b2", "whole numbers"), ("1,1", "each seed once")):
         refused = CliRunner().invoke(app, ["bench", "accuracy", "hushem", "--seeds", seeds], terminal_width=200)
         assert refused.exit_code == 2 and said in refused.output, refused.output
     (tmp_path / "bad.yaml").write_text("train:\n  lr: fast\n")
@@ -218,8 +220,10 @@ def test_the_bench_itself_records_no_row_for_synthetic_heads(tmp_path, monkeypat
     assert table.read_text() == before
     (tmp_path / "data" / "HuSHeM" / "SYNTHETIC.txt").unlink()  # the same heads taken for real ones
     bench.run_accuracy_bench("hushem", tmp_path / "out", seeds=[1], data_dir=str(tmp_path / "data"),
-                             results_md=table, readme=None)
+                             results_md=table, readme=None, threads=1, epochs=RECIPE_EPOCHS)
     assert "94.6" not in table.read_text() and "| 85.0 |" in table.read_text()
+    # the row's command is the recipe's, without options that changed nothing
+    assert "`spermhead bench accuracy hushem --seeds 1` |" in table.read_text()
 
 
 def test_the_record_refusal_looks_at_the_images_the_runs_will_read(tmp_path):

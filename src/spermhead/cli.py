@@ -1021,7 +1021,8 @@ def bench_accuracy(
         help="Another model under the same protocol and recipe (see `spermhead models`)")] = None,
     image_size: Annotated[int | None, typer.Option(help="Override the recipe's canonical image size")] = None,
     config: Annotated[Path | None, typer.Option(
-        "--config", help="A YAML file of settings (or a run directory) over the recipe")] = None,
+        "--config", help="A run directory (its config.yaml) or a YAML file of settings over the recipe; "
+                         "the options given here change them")] = None,
     threads: Annotated[int | None, typer.Option(help="Torch CPU threads")] = None,
     accelerator: Annotated[str | None, typer.Option(
         help="auto (a CUDA GPU when torch sees one, else the CPU), cpu or gpu")] = None,
@@ -1048,6 +1049,9 @@ def bench_accuracy(
     if settings.get("data_dir") and data_dir is None:
         console.print(f"note: the images come from --data-dir (default: SPERMHEAD_DATA or ./data), not from "
                       f"{config}'s data_dir ({settings['data_dir']})", highlight=False, soft_wrap=True)
+    if fixed := [k for k in ("dataset", "seed", "protocol") if k in settings]:
+        console.print(f"note: {config}'s {', '.join(fixed)} {'is' if len(fixed) == 1 else 'are'} left out: the "
+                      f"bench runs {name} under its published protocol, over --seeds", highlight=False, soft_wrap=True)
     settings = {k: v for k, v in settings.items() if k not in own}
     extra = {k: v for k, v in {"epochs": epochs, "model": model, "image_size": image_size, "threads": threads,
                                "accelerator": accelerator}.items() if v is not None}

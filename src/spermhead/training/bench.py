@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,7 +63,7 @@ def parse_seeds(text: str) -> list[int]:
     from spermhead.errors import ConfigError
 
     parts = [s.strip() for s in text.split(",") if s.strip()]
-    if not parts or not all(s.lstrip("-").isdigit() for s in parts):
+    if not parts or not all(re.fullmatch(r"[0-9]+", s) for s in parts):  # numpy's seeds are >= 0
         raise ConfigError(f"--seeds {text!r}: give CV seeds as whole numbers, comma-separated, e.g. 1,2,3")
     seeds = [int(s) for s in parts]
     if len(set(seeds)) < len(seeds):
@@ -113,7 +114,10 @@ def run_accuracy_bench(name: str, out: Path, *, seeds: list[int], data_dir: str 
             get_console().print(f"{name}, CV seed {seed} ({len(runs)} of {len(seeds)}): accuracy "
                                 f"{100 * point['accuracy']:.1f}, average recall {100 * point['balanced_accuracy']:.1f} "
                                 f"(accuracy point), {runs[-1]['wall_seconds'] / 60:.1f} min", highlight=False)
-    summary = summarise(name, runs, seeds, command_options(overrides, settings_file))
+    # a recorded row ran the recipe itself, and its command says so with nothing else (an option
+    # that changed nothing, a local settings file, threads)
+    recorded = results_md is not None or readme is not None
+    summary = summarise(name, runs, seeds, "" if recorded else command_options(overrides, settings_file))
     out.mkdir(parents=True, exist_ok=True)
     (out / f"accuracy-{name}.json").write_text(json.dumps({"summary": summary, "runs": runs}, indent=2))
     if results_md is not None:
@@ -126,7 +130,8 @@ def run_accuracy_bench(name: str, out: Path, *, seeds: list[int], data_dir: str 
 def command_options(overrides: dict[str, Any], settings_file: str | None = None) -> str:
     """The options a bench ran with, as its command gives them, so the JSON's command runs it again."""
     given = {**({"config": settings_file} if settings_file else {}), **overrides}
-    return "".join(f" --{key.replace('_', '-')} {value}" for key, value in given.items() if value is not None)
+    return "".join(f" --{key.replace('_', '-')} {shlex.quote(str(value))}"
+                   for key, value in given.items() if value is not None)
 
 
 def summarise(name: str, runs: list[dict[str, Any]], seeds: list[int], options: str = "") -> dict[str, Any]:
