@@ -931,7 +931,7 @@ def serve(
                                          "machine busy with other work)")] = 0,
     root_path: Annotated[str, typer.Option(
         help="The path a reverse proxy serves this under, e.g. /spermhead, where the proxy strips it: "
-             "the API docs then call the API there (the pages work under any path)")] = "",
+             "the API docs' Try it out then calls the API there (the pages, docs too, work under any path)")] = "",
 ) -> None:
     """Serve the classify and review pages and the REST API (docs at /docs)."""
     import torch

@@ -563,14 +563,13 @@ def create_app(
     app.mount("/swagger-ui", StaticFiles(directory=SWAGGER_UI_PY_ROOT / "static"), name="swagger")
 
     @app.get("/docs", include_in_schema=False)
-    def docs_page(request: Request) -> HTMLResponse:
-        # under the prefix a proxy serves the app at (`serve --root-path`, or a mount), as the pages
-        # are by their relative links
-        root = request.scope.get("root_path", "").rstrip("/")
-        return get_swagger_ui_html(openapi_url=root + (app.openapi_url or "/openapi.json"), title="spermhead API",
-                                   swagger_js_url=f"{root}/swagger-ui/swagger-ui-bundle.js",
-                                   swagger_css_url=f"{root}/swagger-ui/swagger-ui.css",
-                                   swagger_favicon_url=f"{root}/swagger-ui/favicon-32x32.png")
+    def docs_page() -> HTMLResponse:
+        # relative, as the pages' links are: under whatever path a proxy serves the app at, the docs
+        # load from there (`serve --root-path` adds that path to the API's servers, for Try it out)
+        return get_swagger_ui_html(openapi_url=(app.openapi_url or "/openapi.json").lstrip("/"),
+                                   title="spermhead API", swagger_js_url="swagger-ui/swagger-ui-bundle.js",
+                                   swagger_css_url="swagger-ui/swagger-ui.css",
+                                   swagger_favicon_url="swagger-ui/favicon-32x32.png")
 
     @app.get("/", include_in_schema=False)
     def classify_page() -> FileResponse:
