@@ -167,7 +167,7 @@ def test_a_file_of_a_larger_model_is_named_for_the_tensors_it_cannot_place(tmp_p
     save_file({k: v.contiguous() for k, v in larger.items()}, str(tmp_path / "r34ish.safetensors"))
     with caplog.at_level("WARNING", logger="spermhead"):
         build_model("timm:resnet18", 4, 3, 32, weights=tmp_path / "r34ish.safetensors")
-    assert "r34ish.safetensors: 60 of its tensors fit no part of this model (e.g. layer3.10.extra" in caplog.text
+    assert "r34ish.safetensors into resnet18: 60 of its tensors fit no part of this model (e.g. layer3.10.extra" in caplog.text
 
 
 def test_spermnet_starts_from_another_runs_weights(tmp_path: Path) -> None:
@@ -235,7 +235,9 @@ def test_missing_tensors_are_reported_for_each_model_given_the_file(tmp_path: Pa
         for name in ("timm:resnet18", "timm:resnet34", "timm:resnet34"):
             build_model(name, 4, 1, 32, weights=tmp_path / "r18.safetensors")
     said = [r.getMessage() for r in caplog.records if "keep their random init" in r.getMessage()]
-    assert len(said) == 2 and said[0].startswith(f"{tmp_path / 'r18.safetensors'}: 2 model tensors"), said
+    file = tmp_path / "r18.safetensors"
+    assert len(said) == 2 and said[0].startswith(f"{file} into resnet18: 2 model tensors"), said
+    assert said[1].startswith(f"{file} into resnet34: "), said  # each names its model
 
 
 def test_frozen_only_with_weights(tmp_path: Path) -> None:

@@ -753,6 +753,12 @@ def test_a_start_says_when_only_the_dense_head_trains():
         "the weights file r50.pth"
     assert start_text(ModelConfig(name="timm:resnet18", weights="r18.pth")) == "the weights file r18.pth"
     assert start_text(ModelConfig(name="spermnet", weights="s.safetensors")) == "the weights file s.safetensors"
+    # an explicit freeze_backbone wins, whatever the start
+    assert start_text(ModelConfig(name="timm:resnet18", weights="r18.pth", kwargs={"freeze_backbone": True})) == \
+        "the weights file r18.pth, backbone frozen"
+    assert start_text(ModelConfig(name="seed-resnet50", kwargs={"freeze_backbone": True})) == \
+        "random weights, backbone frozen"
+    assert start_text(ModelConfig(name="seed-resnet50")) == "random weights"
 
 
 def test_progress_names_each_fit_above_its_bar(separable, tmp_path, capsys):

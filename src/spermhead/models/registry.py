@@ -171,10 +171,11 @@ def has_hub_weights(name: str) -> bool:
     return name.startswith(TIMM_PREFIX) or (entry is not None and entry.hub)
 
 
-def frozen_when_pretrained(name: str, kwargs: dict[str, Any]) -> bool:
-    """Whether the model, started from pretrained weights, trains its dense head alone."""
+def backbone_frozen(name: str, kwargs: dict[str, Any], *, pretrained_start: bool) -> bool:
+    """Whether the model trains its dense head alone: a `freeze_backbone` option says so, else the
+    seed's backbones freeze when they start from pretrained weights (a hub's or a file's)."""
     entry = _REGISTRY.get(name)
-    return entry is not None and entry.freezes and kwargs.get("freeze_backbone") is not False
+    return bool(kwargs.get("freeze_backbone", entry is not None and entry.freezes and pretrained_start))
 
 
 def hub_models_text() -> str:

@@ -243,13 +243,13 @@ def load_pretrained(
             _WARNED_MISSING.add((str(weights), name))
             if report.missing:
                 other = len(report.mismatched)
-                log.warning("%s: %d model tensors keep their random init (%d not in the file, %d of another "
-                            "shape: %s)", weights, len(report.missing), len(report.missing) - other, other,
+                log.warning("%s into %s: %d model tensors keep their random init (%d not in the file, %d of "
+                            "another shape: %s)", weights, name, len(report.missing), len(report.missing) - other, other,
                             ", ".join(report.missing[:4]) + (", ..." if len(report.missing) > 4 else ""))
             unused = [] if _ensemble_size(report) else report.unexpected  # a bundle holds other parts too
             if len(unused) > UNUSED_SHARE * (len(unused) + report.loaded):
-                log.warning("%s: %d of its tensors fit no part of this model (e.g. %s); is it for a larger model "
-                            "or another architecture?", weights, len(unused), ", ".join(unused[:3]))
+                log.warning("%s into %s: %d of its tensors fit no part of this model (e.g. %s); is it for a larger "
+                            "model or another architecture?", weights, name, len(unused), ", ".join(unused[:3]))
             if (members := _ensemble_size(report)) > 1:
                 log.warning("%s holds a bundle's %d models (one per fold); the first, member0, is the start",
                             weights, members)

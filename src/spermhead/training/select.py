@@ -11,7 +11,7 @@ from typing import Any
 from spermhead.config import ModelConfig, RunConfig, fusion_text
 from spermhead.data.readers import load_dataset
 from spermhead.errors import ConfigError, SpermheadError
-from spermhead.models.registry import frozen_when_pretrained, has_hub_weights, hub_models_text
+from spermhead.models.registry import backbone_frozen, has_hub_weights, hub_models_text
 from spermhead.training.options import absolute_path, check_run_config
 from spermhead.training.run import check_model, check_resumable, protocol_kind, train_run
 
@@ -133,13 +133,15 @@ def _and(names: list[str]) -> str:
 
 def start_text(model: ModelConfig) -> str:
     """What a model's training starts from, in words (a file wins over the hub, as in loading)."""
-    # the seed's backbones then train their dense head alone: not the same protocol as a fine-tune
-    frozen = ", backbone frozen" if frozen_when_pretrained(model.name, model.kwargs) else ""
+    # a frozen backbone trains its dense head alone: not the same protocol as a whole network
+    frozen = backbone_frozen(model.name, model.kwargs, pretrained_start=bool(model.weights or model.pretrained))
     if model.weights:
-        return f"the weights file {Path(model.weights).name}{frozen}"  # its run's config.yaml holds the whole path
-    if model.pretrained:
-        return f"its pretrained (hub) weights{frozen}"
-    return "a source model trained on synthetic heads" if model.resolved_init() == "synthetic" else "random weights"
+        start = f"the weights file {Path(model.weights).name}"  # its run's config.yaml holds the whole path
+    elif model.pretrained:
+        start = "its pretrained (hub) weights"
+    else:
+        start = "a source model trained on synthetic heads" if model.resolved_init() == "synthetic" else "random weights"
+    return start + (", backbone frozen" if frozen else "")
 
 
 def selection_about(base: RunConfig, *, synthetic: bool, fixed_split: bool,
