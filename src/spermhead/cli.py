@@ -27,6 +27,10 @@ err_console = Console(stderr=True)
 
 DatasetArg = Annotated[str, typer.Argument(
     help="hushem, scian-pa, scian-ta, scian-pa4, combined, or a folder of class folders")]
+# train's and select's: the dataset may come from a --config run directory instead
+DatasetOrConfigArg = Annotated[str | None, typer.Argument(
+    help="hushem, scian-pa, scian-ta, scian-pa4, combined, or a folder of class folders "
+         "(default with --config: the config's)")]
 DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Folder holding HuSHeM/ and "
                     "SCIAN-MorphoSpermGS/ (default: $SPERMHEAD_DATA, else ./data).")]
 
@@ -237,9 +241,7 @@ NearDuplicatesOption = Annotated[float | None, typer.Option(
 def train(
     ctx: typer.Context,
     out: Annotated[Path, typer.Option("--out", help="Run directory to create")],
-    name: Annotated[str | None, typer.Argument(
-        help="hushem, scian-pa, scian-ta, scian-pa4, combined, or a folder of class folders "
-             "(default with --config: the config's)")] = None,
+    name: DatasetOrConfigArg = None,
     config: Annotated[Path | None, typer.Option(
         "--config", help="A run directory (its config.yaml) or a YAML file of settings: train with "
                          "those settings over the recipe's; the options given here change them")] = None,
@@ -429,14 +431,13 @@ def print_run_summary(out: Path, metrics: dict[str, Any]) -> None:
 def select(
     models: Annotated[str, typer.Option(help="Comma-separated model names")],
     out: Annotated[Path, typer.Option("--out", help="Folder for the runs and the selection table")],
-    name: Annotated[str | None, typer.Argument(
-        help="hushem, scian-pa, scian-ta, scian-pa4, combined, or a folder of class folders "
-             "(default with --config: the config's)")] = None,
+    name: DatasetOrConfigArg = None,
     config: Annotated[Path | None, typer.Option(
         "--config", help="A run directory (its config.yaml) or a YAML file of settings for every model, over "
                          "the recipe's; the options given here change them. Its model name gives way to "
-                         "--models and its start (init, weights file) to select's own (random weights, or "
-                         "--pretrained/--weights); its fusion weights, where it sets them, replace select's 0")] = None,
+                         "--models and its start (init, weights file, with its epochs) to select's own (random "
+                         "weights, or --pretrained/--weights); its model options (kwargs) go to every model; its "
+                         "fusion weights, where it sets them, replace select's 0")] = None,
     data_dir: DataDir = None,
     cv: CvOption = None,
     split: SplitOption = None,
@@ -467,8 +468,8 @@ def select(
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
 ) -> None:
     """Train several models under one protocol and write the model-selection table. Every model
-    starts from random weights and is scored alone, unless --config, --pretrained or --weights say
-    otherwise; the table's header says what each one started from."""
+    starts from random weights unless --pretrained or --weights say otherwise, and is scored alone
+    unless a --config fuses its answers; the table's header says which."""
     from rich.table import Table
 
     from spermhead.errors import ConfigError
