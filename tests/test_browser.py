@@ -411,6 +411,18 @@ def test_new_sample_pressed_during_an_upload_drops_the_answers_still_out(page, s
     page.unroute("**/api/predict**")
 
 
+def test_cards_keep_the_order_of_the_files_each_drop_on_top(page, server: str, tmp_path: Path) -> None:
+    files = head_files(tmp_path, 12, seed=800)
+    page.goto(server + "/")
+    page.wait_for_selector("#model-info:has-text('spermnet')")
+    page.set_input_files("#file-input", files[:10])  # two batches of the page: 8, then 2
+    page.wait_for_function("document.querySelectorAll('.card.result').length === 10")
+    page.set_input_files("#file-input", files[10:])
+    page.wait_for_function("document.querySelectorAll('.card.result').length === 12")
+    shown = page.locator(".card h3").all_inner_texts()
+    assert shown == [Path(f).name for f in files[10:] + files[:10]], shown
+
+
 def test_the_report_fits_a_phone_screen(page, tmp_path: Path) -> None:
     """Wide tables scroll inside themselves, so the page itself never scrolls sideways."""
     from spermhead.data.samples import Sample, SampleTable

@@ -20,11 +20,13 @@ function figure(src, caption, alt) {
   return el("figure", {}, img, el("figcaption", { text: caption }));
 }
 
-function pendingCard(file) {
+// Each drop or selection goes on top of the page, its files in the order they were given, so
+// the cards read like the list of files a lab has on its slide sheet.
+function pendingCard(file, group) {
   const card = el("article", { class: "card", "data-name": file.name },
     el("h3", { text: file.name, title: file.name }),
     el("div", { class: "status-line", text: "classifying…" }));
-  cards.prepend(card);
+  group.append(card);
   return card;
 }
 
@@ -96,9 +98,9 @@ function fillResult(card, file, r) {
 }
 
 // Returns [classified, failed] among the answers that joined the current sample.
-async function sendBatch(files) {
+async function sendBatch(files, group) {
   const sample = sampleNumber;
-  const pending = files.map(pendingCard);
+  const pending = files.map((f) => pendingCard(f, group));
   const form = new FormData();
   for (const f of files) form.append("files", f, f.name);
   const q = gradcamBox.checked ? "?gradcam=true" : "";
@@ -131,8 +133,13 @@ async function handleFiles(fileList) {
   const files = Array.from(fileList);
   if (!files.length) return;
   statusLine.textContent = `classifying ${files.length} image${files.length > 1 ? "s" : ""}…`;
+  let group = null;
   for (let i = 0; i < files.length; i += BATCH) {
-    const [ok, bad] = await sendBatch(files.slice(i, i + BATCH));
+    if (!group || !group.isConnected) { // New sample cleared the page: the rest start it afresh
+      group = el("div", { class: "card-group" });
+      cards.prepend(group);
+    }
+    const [ok, bad] = await sendBatch(files.slice(i, i + BATCH), group);
     classifiedOnPage += ok;
     failedOnPage += bad;
   }
