@@ -481,35 +481,21 @@ def select(
         selection_table,
     )
     from spermhead.training.options import build_run_config
-    from spermhead.training.select import parse_weights, select_models
+    from spermhead.training.select import parse_weights, select_models, select_settings
 
     settings = config_settings(config)
     name = name or settings.get("dataset")
     if name is None:
         raise ConfigError("give the dataset NAME (or --config with a run directory)")
-    # Every model starts as select's own options say: from random weights (like for like; a
-    # synthetic source per architecture would also cost hours for the seed's large nets on a CPU),
-    # or --pretrained / --weights MODEL=FILE. A file's start (a run directory's init, weights file
-    # or hub flag) fits the model it was written for, not every model in the list: left out, and said.
-    model_settings = dict(settings.get("model") or {})
-    train_settings = dict(settings.get("train") or {})
-    dropped = [f"model.{k} {v}" for k in ("init", "weights", "pretrained")
-               if (v := model_settings.pop(k, None)) not in (None, False, "auto", "scratch")]
-    if dropped and "epochs" in train_settings:  # a start's epochs (a recipe's 40 from the synthetic
-        # source) would leave a model from random weights half-trained: the recipe's from-scratch epochs
-        dropped.append(f"train.epochs {train_settings.pop('epochs')}")
+    layered, dropped, fused = select_settings(settings)
     if dropped:
         console.print(f"note: {config} sets {', '.join(dropped)}: left out, since select starts every model "
                       "from random weights, or as --pretrained and --weights MODEL=FILE say (--epochs sets "
                       "the epochs)", highlight=False, soft_wrap=True)
-    # Each network is scored alone (the recipe's second opinions, 0.6 of HuSHeM's vote, would be the
-    # same for every architecture and hide their differences), unless the file fuses them.
-    fusion = {"shape_fusion": 0.0, "pixel_fusion": 0.0, **train_settings}
-    if fused := [f"train.{k} {fusion[k]}" for k in ("shape_fusion", "pixel_fusion") if fusion[k]]:
+    if fused:
         console.print(f"note: {config} sets {', '.join(fused)}: every model's answers are fused with those "
                       "second opinions, not scored alone (the table's header says so)",
                       highlight=False, soft_wrap=True)
-    layered = {**settings, "model": {**model_settings, "init": "scratch"}, "train": fusion}
     base = build_run_config(name, str(out), recipe=recipe, data_dir=str(data_dir) if data_dir else None,
                             seed=seed, cv=cv, split=split, settings=layered,
                             settings_file=str(config) if config is not None else None, grouped=grouped,
@@ -517,7 +503,7 @@ def select(
                             pretrained=pretrained, threads=threads, accelerator=accelerator)
     names = [m.strip() for m in models.split(",") if m.strip()]
     rows, about = select_models(base, names, out, variants=variants, weights=parse_weights(weights or []),
-                         overwrite=overwrite, resume=resume, progress=progress)
+                                overwrite=overwrite, resume=resume, progress=progress)
     chosen = selection_table(rows)
     shown = ("accuracy", "balanced_accuracy", "val_balanced_accuracy", "accuracy_vs_best", "mcnemar_p_vs_best")
     table = Table("model", "variant", *(dict(DISPLAY)[k] for k in shown),

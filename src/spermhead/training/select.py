@@ -25,6 +25,28 @@ def variant_name(color: str, l2: float) -> str:
     return f"{color}" + (f"+L2={l2:g}" if l2 else "")
 
 
+def select_settings(settings: dict[str, Any]) -> tuple[dict[str, Any], list[str], list[str]]:
+    """A --config file's settings as select uses them, with what it left out and what it fuses.
+
+    Every model starts as select's own options say: from random weights (like for like; a synthetic
+    source per architecture would also cost hours for the seed's large nets on a CPU), or
+    --pretrained / --weights MODEL=FILE. A file's start (a run directory's init, weights file or hub
+    flag) fits the model it was written for, not every model in the list, so it is left out, with
+    its epochs (a recipe's 40 from the synthetic source would leave a network from random weights
+    half-trained; the recipe's from-scratch epochs apply). Each network is scored alone (the
+    recipe's second opinions, 0.6 of HuSHeM's vote, would be the same for every architecture and
+    hide their differences), unless the file fuses them."""
+    model = dict(settings.get("model") or {})
+    train = dict(settings.get("train") or {})
+    dropped = [f"model.{k} {v}" for k in ("init", "weights", "pretrained")
+               if (v := model.pop(k, None)) not in (None, False, "auto", "scratch")]
+    if dropped and "epochs" in train:
+        dropped.append(f"train.epochs {train.pop('epochs')}")
+    fusion = {"shape_fusion": 0.0, "pixel_fusion": 0.0, **train}
+    fused = [f"train.{k} {fusion[k]}" for k in ("shape_fusion", "pixel_fusion") if fusion[k]]
+    return {**settings, "model": {**model, "init": "scratch"}, "train": fusion}, dropped, fused
+
+
 def parse_weights(items: list[str]) -> dict[str, str]:
     """`--weights MODEL=FILE` options as {model: file}; a model given two files is refused."""
     weights: dict[str, str] = {}
