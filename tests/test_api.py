@@ -500,3 +500,48 @@ def test_serve_reviews_a_named_dataset_from_the_data_folder_its_error_names(bund
     with TestClient(served[-1]) as c:
         review = c.get("/api/review").json()
         assert review["count"] == 8 and all(it["has_image"] for it in review["items"]), review["note"]
+
+
+def test_a_request_of_large_photographs_does_not_hold_the_small_ones_behind_it(bundle: Path, monkeypatch) -> None:
+    """A large upload is read and aligned in its own thread: while it is, a crop sent after it is
+    answered (before, the one batching worker read both, the large one first)."""
+    import asyncio
+    import threading
+
+    import httpx
+
+    import spermhead.serving.app as app_module
+
+    web = create_app(bundle)
+    predictor = web.state.service.predictor
+    photo = io.BytesIO()  # a head photographed at 5 times the scale: a much larger file than a crop
+    Image.open(io.BytesIO(png(1))).resize((655, 655)).save(photo, format="PNG")
+    big, small = photo.getvalue(), png(2)
+    assert len(small) < len(big)
+    monkeypatch.setattr(app_module, "PREPARE_APART_BYTES", len(big))
+    reading, release = threading.Event(), threading.Event()
+    read = predictor.prepare_many_bytes
+
+    def slow(items):  # the large upload takes its time; the crop does not
+        if any(len(data) >= len(big) for _, data in items):
+            reading.set()
+            release.wait(20)
+        return read(items)
+
+    monkeypatch.setattr(predictor, "prepare_many_bytes", slow)
+
+    async def both() -> None:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=web), base_url="http://spermhead") as c:
+            first = asyncio.create_task(c.post("/api/predict", files=[("files", ("big.png", big))]))
+            while not reading.is_set():
+                await asyncio.sleep(0.01)
+            answer = await asyncio.wait_for(c.post("/api/predict", files=[("files", ("crop.png", small))]), 10)
+            assert answer.status_code == 200 and not first.done()
+            release.set()
+            assert (await first).status_code == 200
+
+    try:
+        asyncio.run(both())
+    finally:
+        release.set()
+        web.state.batcher.close()
