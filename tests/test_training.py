@@ -1548,3 +1548,21 @@ def test_a_bad_weights_record_stops_the_run_before_an_old_one_is_cleared(separab
         train_run(quick_config(separable, old, weights=str(bundle / "model.safetensors"), epochs=1, cv=2),
                   overwrite=True, progress=False)
     assert (old / "metrics.json").read_text() == (separable_run.out / "metrics.json").read_text()
+
+
+def test_resume_refuses_other_weights_saved_under_the_same_path(separable, tmp_path):
+    """A finished run read back by --resume (as `select --resume` does) started from the file's
+    contents, not its name: other weights under that path are refused."""
+    import torch
+
+    from spermhead.models.registry import build_model
+    from spermhead.models.weights import write_safetensors
+
+    torch.manual_seed(0)
+    weights = write_safetensors(build_model("spermnet", 2, 1, 24).state_dict(), tmp_path / "start.safetensors")
+    cfg = quick_config(separable, tmp_path / "run", cv=2, epochs=1, weights=str(weights))
+    train_run(cfg, progress=False)
+    assert train_run(cfg, resume=True, progress=False).timing["folds_read_back"] == 2  # the same file: read back
+    write_safetensors(build_model("spermnet", 2, 1, 24).state_dict(), weights)  # other weights, same name
+    with pytest.raises(ConfigError, match="start.safetensors has other contents"):
+        train_run(cfg, resume=True, progress=False)

@@ -180,7 +180,7 @@ def backbone_frozen(name: str, kwargs: dict[str, Any], *, pretrained_start: bool
 
 def hub_models_text() -> str:
     """The models with hub weights, for an error that refuses --pretrained."""
-    return ", ".join([f"{TIMM_PREFIX}<name>"] + [n for n in _REGISTRY if has_hub_weights(n)])
+    return ", ".join([n for n in _REGISTRY if has_hub_weights(n)] + [f"{TIMM_PREFIX}<name>"])
 
 
 def weights_models_text() -> str:

@@ -124,10 +124,24 @@ def check_resumable(out: Path, cfg: RunConfig, advice: str = RESUME_ADVICE) -> N
     saved = load_config(out / "config.yaml")
     saved.dataset = absolute_path(saved.dataset)  # a run saved before folders were kept absolute
     differences = config_differences(saved, cfg)
+    started = _recorded_start(out)
+    if cfg.model.weights and started.get("sha256") and Path(cfg.model.weights).is_file() \
+            and file_sha256(cfg.model.weights) != started["sha256"]:  # same path, other weights
+        differences.append(f"the weights file {cfg.model.weights} has other contents (sha256 "
+                           f"{started['sha256'][:12]}... -> {file_sha256(cfg.model.weights)[:12]}...)")
     if differences:
         raise ConfigError(
             f"{out}: --resume continues the run with the settings it started with, and these differ "
             f"(saved -> asked): {'; '.join(differences)}. {advice}")
+
+
+def _recorded_start(out: Path) -> dict[str, Any]:
+    """What run.json says the run's folds started from ({} before the run first finished: an
+    interrupted run is checked by the weights file's path alone)."""
+    try:
+        return dict(json.loads((out / "run.json").read_text()).get("init") or {})
+    except (OSError, ValueError):
+        return {}
 
 
 def canonical_images(table: SampleTable, cfg: RunConfig) -> tuple[np.ndarray, list[Any]]:
