@@ -1028,18 +1028,13 @@ def bench_accuracy(
     if name not in BENCHES:
         raise ConfigError(f"unknown benchmark {name!r}; choose from {', '.join(BENCHES)}")
     seed_list = bench.parse_seeds(seeds)
-    # what a bench fixes itself (the dataset, its protocol, the seeds) or takes from its own options
-    # (where the images are) is not taken from a file: a run directory of another set would
-    # otherwise send the bench to that run's images
-    own = ("dataset", "seed", "protocol", "data_dir", "out", "loggers")
-    settings = config_settings(config)
-    if settings.get("data_dir") and data_dir is None:
+    settings, left_out = bench.bench_settings(config_settings(config))
+    if "data_dir" in left_out and data_dir is None:
         console.print(f"note: the images come from --data-dir (default: SPERMHEAD_DATA or ./data), not from "
-                      f"{config}'s data_dir ({settings['data_dir']})", highlight=False, soft_wrap=True)
-    if fixed := [k for k in ("dataset", "seed", "protocol") if k in settings]:
+                      f"{config}'s data_dir ({left_out['data_dir']})", highlight=False, soft_wrap=True)
+    if fixed := [k for k in ("dataset", "seed", "protocol") if k in left_out]:
         console.print(f"note: {config}'s {', '.join(fixed)} {'is' if len(fixed) == 1 else 'are'} left out: the "
                       f"bench runs {name} under its published protocol, over --seeds", highlight=False, soft_wrap=True)
-    settings = {k: v for k, v in settings.items() if k not in own}
     extra = {k: v for k, v in {"epochs": epochs, "model": model, "image_size": image_size, "threads": threads,
                                "accelerator": accelerator}.items() if v is not None}
     data = str(data_dir) if data_dir else None

@@ -431,12 +431,8 @@ class Service:
         """Several requests' files prepared and scored in one batch; rows handed back per
         request, each decorated as its own request asked."""
         p = self.predictor
-        items = [it for request_items, _, _ in jobs for it in request_items]
-        todo = [i for i, it in enumerate(items) if isinstance(it, tuple)]  # not yet read (see `prepare`)
-        prepared: list[Prepared | dict[str, Any]] = [{} if isinstance(it, tuple) else it for it in items]
-        uploads = [items[i] for i in todo]
-        for i, prep in zip(todo, p.prepare_many_bytes(uploads), strict=True):  # type: ignore[arg-type]
-            prepared[i] = prep
+        # uploads not read yet (a large request's were, see `prepare`), all at once across requests
+        prepared = self.prepare([it for request_items, _, _ in jobs for it in request_items])
         rows = p.classify(prepared)
         out, start = [], 0
         for request_items, gradcam, crop in jobs:
@@ -449,8 +445,8 @@ class Service:
         return out
 
     def prepare(self, items: list[Any]) -> list[Prepared | dict[str, Any]]:
-        """One request's uploads read and aligned (error rows pass through), apart from the batching
-        worker (`PREPARE_APART_BYTES`)."""
+        """Uploads, (name, bytes), read and aligned; error rows and items already read pass through.
+        The batching worker calls it, and a large request before it joins (`PREPARE_APART_BYTES`)."""
         uploads = [i for i, it in enumerate(items) if isinstance(it, tuple)]
         out = list(items)
         for i, prep in zip(uploads, self.predictor.prepare_many_bytes([items[i] for i in uploads]), strict=True):

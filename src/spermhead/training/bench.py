@@ -58,6 +58,18 @@ def bench_config(name: str, out: Path, seed: int, data_dir: str | None, *,
                             settings=settings, settings_file=settings_file, **protocol, **overrides)
 
 
+# What a bench fixes itself (the dataset, its protocol, the seeds) or takes from its own options
+# (where the images are): not taken from a --config file, since a run directory of another set
+# would otherwise send the bench to that run's images.
+BENCH_OWN = ("dataset", "seed", "protocol", "data_dir", "out", "loggers")
+
+
+def bench_settings(settings: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A --config file's settings as a bench takes them, and those it leaves out (`BENCH_OWN`)."""
+    return ({k: v for k, v in settings.items() if k not in BENCH_OWN},
+            {k: v for k, v in settings.items() if k in BENCH_OWN and v is not None})
+
+
 def parse_seeds(text: str) -> list[int]:
     """`--seeds 1,2,3`: whole numbers, each once (a repeat would count one repeat twice in the sd)."""
     from spermhead.errors import ConfigError

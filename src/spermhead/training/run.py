@@ -124,11 +124,11 @@ def check_resumable(out: Path, cfg: RunConfig, advice: str = RESUME_ADVICE) -> N
     saved = load_config(out / "config.yaml")
     saved.dataset = absolute_path(saved.dataset)  # a run saved before folders were kept absolute
     differences = config_differences(saved, cfg)
-    started = _recorded_start(out)
-    if cfg.model.weights and started.get("sha256") and Path(cfg.model.weights).is_file() \
-            and file_sha256(cfg.model.weights) != started["sha256"]:  # same path, other weights
+    started = _recorded_start(out).get("sha256")
+    if started and cfg.model.weights and Path(cfg.model.weights).is_file() \
+            and (now := file_sha256(cfg.model.weights)) != started:  # same path, other weights
         differences.append(f"the weights file {cfg.model.weights} has other contents (sha256 "
-                           f"{started['sha256'][:12]}... -> {file_sha256(cfg.model.weights)[:12]}...)")
+                           f"{started[:12]}... -> {now[:12]}...)")
     if differences:
         raise ConfigError(
             f"{out}: --resume continues the run with the settings it started with, and these differ "
