@@ -62,6 +62,29 @@ def test_folders_are_saved_as_absolute_paths_so_a_config_works_from_anywhere(tmp
     assert build_run_config(str(tmp_path / "extra"), "runs/c").data_dir is None
 
 
+def test_a_hand_written_files_relative_paths_read_from_its_own_folder(tmp_path, monkeypatch):
+    project = tmp_path / "project"
+    for folder in ("heads", "extra", "data"):
+        (project / folder).mkdir(parents=True)
+    (project / "w.safetensors").write_bytes(b"")
+    file = project / "lab.yaml"
+    file.write_text("dataset: heads\ndata_dir: data\nextra_train: [extra, scian-pa]\n"
+                    "model:\n  weights: w.safetensors\n")
+    monkeypatch.chdir(tmp_path)  # not the file's folder: the same names there would not exist
+    settings, _ = read_config_file(file)
+    assert settings["dataset"] == str(project / "heads") and settings["data_dir"] == str(project / "data")
+    assert settings["extra_train"] == [str(project / "extra"), "scian-pa"]  # a dataset name stays a name
+    assert settings["model"]["weights"] == str(project / "w.safetensors")
+    cfg = build_run_config(settings["dataset"], "runs/a", settings=settings)
+    assert (cfg.dataset, cfg.model.weights) == (str(project / "heads"), str(project / "w.safetensors"))
+    # a home folder is written as a shell would take it; absolute paths and names stay as written
+    monkeypatch.setenv("HOME", str(tmp_path))
+    file.write_text(f"dataset: hushem\ndata_dir: ~/data\nmodel:\n  weights: {project / 'w.safetensors'}\n")
+    settings, _ = read_config_file(file)
+    assert settings["dataset"] == "hushem" and settings["data_dir"] == str(tmp_path / "data")
+    assert settings["model"]["weights"] == str(project / "w.safetensors")
+
+
 def test_options_given_change_only_themselves(tmp_path):
     save_config(build_run_config("hushem", "first"), tmp_path / "config.yaml")
     settings, _ = read_config_file(tmp_path / "config.yaml")

@@ -265,6 +265,7 @@ def read_config_file(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
 
     A hand-written file may hold only the settings it changes. Every key and value is checked
     against RunConfig, so a misspelt setting is an error naming it rather than silently unused.
+    Relative paths in it are read from the file's folder (`_rebase_paths`).
     """
     path = Path(path)
     file = path / "config.yaml" if path.is_dir() else path
@@ -284,8 +285,30 @@ def read_config_file(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     _check_settings(data, RunConfig().to_dict(), "", problems)
     if problems:
         raise ConfigError(f"{file}: " + "; ".join(problems))
+    _rebase_paths(data, file.parent)
     # written by a run (it records its environment): the settings it predates stay as it ran them
     return (_as_it_ran(data) if env is not None else data), (env if isinstance(env, dict) else {})
+
+
+def _rebase_paths(data: dict[str, Any], folder: Path) -> None:
+    """A file's relative paths (data_dir, dataset and extra_train folders, model.weights) read
+    from the file's own folder, so that a config kept beside its data works from any working
+    directory; `~` is expanded, as a shell would. A run's config.yaml holds absolute paths already."""
+    from spermhead.data.readers import NAMED_DATASETS
+
+    def rebased(value: Any) -> Any:
+        if not isinstance(value, str) or not value or value.lower() in NAMED_DATASETS:
+            return value
+        path = Path(value).expanduser()
+        return str(path if path.is_absolute() else folder.absolute() / path)
+
+    for key in ("data_dir", "dataset"):
+        if key in data:
+            data[key] = rebased(data[key])
+    if isinstance(data.get("extra_train"), list | tuple):
+        data["extra_train"] = [rebased(v) for v in data["extra_train"]]
+    if isinstance(data.get("model"), dict) and "weights" in data["model"]:
+        data["model"]["weights"] = rebased(data["model"]["weights"])
 
 
 def environment_differences(saved: dict[str, Any]) -> list[str]:
