@@ -1566,3 +1566,8 @@ def test_resume_refuses_other_weights_saved_under_the_same_path(separable, tmp_p
     write_safetensors(build_model("spermnet", 2, 1, 24).state_dict(), weights)  # other weights, same name
     with pytest.raises(ConfigError, match="start.safetensors has other contents"):
         train_run(cfg, resume=True, progress=False)
+    # so is a run interrupted before it finished (no run.json yet), by the record of its start
+    for name in ("run.json", "metrics.json", "predictions.csv"):
+        (tmp_path / "run" / name).unlink()
+    with pytest.raises(ConfigError, match="start.safetensors has other contents"):
+        train_run(cfg, resume=True, progress=False)

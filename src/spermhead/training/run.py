@@ -135,13 +135,19 @@ def check_resumable(out: Path, cfg: RunConfig, advice: str = RESUME_ADVICE) -> N
             f"(saved -> asked): {'; '.join(differences)}. {advice}")
 
 
+START_RECORD = "start.json"  # what the folds start from, written before any fold trains
+
+
 def _recorded_start(out: Path) -> dict[str, Any]:
-    """What run.json says the run's folds started from ({} before the run first finished: an
-    interrupted run is checked by the weights file's path alone)."""
-    try:
-        return dict(json.loads((out / "run.json").read_text()).get("init") or {})
-    except (OSError, ValueError):
-        return {}
+    """What the run's folds started from: run.json's record once the run finished, else the one
+    written before its first fold trained ({} for a run interrupted before spermhead wrote it:
+    that one is checked by the weights file's path alone)."""
+    for name, read in (("run.json", lambda d: d.get("init")), (START_RECORD, lambda d: d)):
+        try:
+            return dict(read(json.loads((out / name).read_text())) or {})
+        except (OSError, ValueError, AttributeError):
+            continue
+    return {}
 
 
 def canonical_images(table: SampleTable, cfg: RunConfig) -> tuple[np.ndarray, list[Any]]:
@@ -533,6 +539,8 @@ def train_run(cfg: RunConfig, *, overwrite: bool = False, resume: bool = False,
         init["saw"] = weights_saw
     prepare_run_dir(out, overwrite=overwrite, resume=resume)
     save_config(cfg, out / "config.yaml")
+    if not (resume and (out / START_RECORD).is_file()):  # a resumed run keeps its own start's record
+        (out / START_RECORD).write_text(json.dumps(init, indent=2) + "\n")
     if init["init"] == "synthetic":
         from spermhead.training.synthetic_init import cached_record, source_path, synthetic_init_weights
 
