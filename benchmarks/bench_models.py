@@ -4,6 +4,7 @@ inference images/s, plus parameters. Prints a markdown table for benchmarks/RESU
     .venv/bin/python benchmarks/bench_models.py                 # all models + timm:resnet18
     .venv/bin/python benchmarks/bench_models.py --spermnet-grid # spermnet width/depth options
     .venv/bin/python benchmarks/bench_models.py --threads 1     # adds load-robust CPU-time columns
+    .venv/bin/python benchmarks/bench_models.py --layout both   # channels-last (training's) vs usual
 
 Each figure is the batch size over the median step time of a few timed steps after
 warm-up, so a neighbour's burst of CPU use moves it less than a mean would. On a shared
@@ -26,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from spermhead.models.inference import fast_input, fast_layout
 from spermhead.models.registry import build_model, count_parameters, model_names
 
 SPERMNET_GRID: list[dict[str, Any]] = [
@@ -60,8 +62,11 @@ def _median_step(step: Any, warmup: int, iters: int) -> tuple[float, float]:
 
 
 def measure(model: nn.Module, *, batch: int, size: int, in_chans: int, warmup: int, iters: int,
-            infer_batch: int) -> dict[str, float]:
-    x = torch.randn(batch, in_chans, size, size)
+            infer_batch: int, channels_last: bool = True) -> dict[str, float]:
+    layout = fast_input if channels_last else (lambda t: t)
+    if channels_last:
+        fast_layout(model)
+    x = layout(torch.randn(batch, in_chans, size, size))
     y = torch.randint(0, 4, (batch,))
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     model.train()
@@ -73,7 +78,7 @@ def measure(model: nn.Module, *, batch: int, size: int, in_chans: int, warmup: i
 
     train_s, train_cpu = _median_step(train_step, warmup, iters)
     model.eval()
-    xi = torch.randn(infer_batch, in_chans, size, size)
+    xi = layout(torch.randn(infer_batch, in_chans, size, size))
 
     def infer_step() -> None:
         with torch.inference_mode():
@@ -96,12 +101,18 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--iters", type=int, default=8)
     ap.add_argument("--slow-iters", type=int, default=3, help="timed steps for models over 20M params")
+    ap.add_argument("--layout", choices=("channels-last", "usual", "both"), default="channels-last",
+                    help="memory layout: channels-last (how spermhead trains and serves since session 23)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     runs: list[tuple[str, str, dict[str, Any]]] = (
         [("spermnet", str(kw), kw) for kw in SPERMNET_GRID] if args.spermnet_grid
         else [(name, "", {}) for name in args.models])
+    layouts = {"both": ["usual", "channels-last"]}.get(args.layout, [args.layout])
+    if len(layouts) > 1 or args.layout == "usual":  # the layout becomes part of each row's options
+        runs = [(name, " ".join(filter(None, [label, layout])), {**kw, "_layout": layout})
+                for name, label, kw in runs for layout in layouts]
     print(f"<!-- {dt.date.today()} | {' '.join([os.path.basename(sys.argv[0]), *(argv or sys.argv[1:])])} | "
           f"torch {torch.__version__}, {args.threads} threads, {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} cpus, load {os.getloadavg()[0]:.1f} -->")
@@ -114,12 +125,14 @@ def main(argv: list[str] | None = None) -> None:
     print("|---|---|---:|---:|---:|---:|---:|" + ("---:|---:|" if cpu_cols else "") + "---:|")
     for name, label, kwargs in runs:
         t0, load = time.perf_counter(), os.getloadavg()[0]  # other processes' CPU use skews timings
+        kwargs = dict(kwargs)
+        channels_last = kwargs.pop("_layout", args.layout) == "channels-last"
         model = build_model(name, num_classes=4, in_chans=args.in_chans, image_size=args.size, **kwargs)
         params = count_parameters(model)
         iters = args.iters if params < 20_000_000 else args.slow_iters
         warmup = args.warmup if params < 20_000_000 else 1
         r = measure(model, batch=args.batch, size=args.size, in_chans=args.in_chans, warmup=warmup,
-                    iters=iters, infer_batch=args.infer_batch)
+                    iters=iters, infer_batch=args.infer_batch, channels_last=channels_last)
         print(f"| {name} | {label or '-'} | {params / 1e6:.2f}M | {count_parameters(model, True) / 1e6:.2f}M "
               f"| {r['train_ips']:.0f} | {r['infer_ips']:.0f} | {r['step_s']:.3f} "
               + (f"| {r['train_core']:.0f} | {r['infer_core']:.0f} " if cpu_cols else "")

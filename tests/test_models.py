@@ -310,7 +310,7 @@ def test_state_dict_roundtrip(name: str, kwargs: dict, tmp_path: Path) -> None:
 
 def test_bundle_roundtrip_of_frozen_model(tmp_path: Path) -> None:
     """A pretrained, frozen seed model rebuilt by load_bundle without the weights file."""
-    from spermhead.models.inference import standardized
+    from spermhead.models.inference import fast_layout, standardized
     from spermhead.serving.bundle import BundleMeta, load_bundle, save_bundle
 
     _, st, _ = _weights_files(tmp_path)
@@ -325,8 +325,8 @@ def test_bundle_roundtrip_of_frozen_model(tmp_path: Path) -> None:
     member = bundle.model.members[0][1]
     assert member.backbone_frozen and not any(p.requires_grad for p in member.backbone.parameters())
     x = torch.rand(3, 1, 32, 32)
-    with torch.no_grad():
-        assert torch.equal(model.eval()(x), bundle.model(x))
+    with torch.no_grad():  # loaded in the layout training runs in, so to the bit as trained
+        assert torch.equal(fast_layout(model).eval()(x), bundle.model(x))
 
 
 def test_cli_models_json() -> None:
@@ -394,3 +394,31 @@ def test_a_builder_that_records_no_options_still_rebuilds_from_its_spec(monkeypa
     assert spec["width"] == 4
     again = registry.build_model("tiny", 4, 1, 32, **spec)
     again.load_state_dict(model.state_dict())  # the same shapes: width 4, not the default 8
+
+
+@pytest.mark.parametrize("name", ["spermnet", "seed-cnn"])
+def test_training_and_serving_run_channels_last_with_the_same_answers(tmp_path: Path, name: str) -> None:
+    """The fast CPU layout: a wrapped model's convolutions hold channels-last weights, answers match
+    the usual layout up to float rounding, and saved weights load back into either layout."""
+    from spermhead.config import TrainConfig
+    from spermhead.models.inference import predict_proba, standardized
+    from spermhead.models.weights import write_safetensors
+    from spermhead.training.module import HeadClassifier
+
+    torch.manual_seed(0)
+    usual = standardized(build_model(name, 4, 1, 32), 1, [0.4], [0.2]).eval()
+    fast = standardized(build_model(name, 4, 1, 32), 1, [0.4], [0.2])
+    fast.load_state_dict(usual.state_dict())
+    HeadClassifier(fast, TrainConfig(), steps_per_epoch=1)  # training wraps it so
+    convs = [m.weight for m in fast.modules() if isinstance(m, nn.Conv2d)]
+    assert convs and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
+    assert any(not w.is_contiguous() for w in convs)  # (1-channel and 1x1 kernels read the same both ways)
+    images = np.random.default_rng(0).integers(0, 256, (6, 1, 32, 32), dtype=np.uint8)
+    a, b = (predict_proba(m, images, [0.0], [1.0], tta=True) for m in (usual, fast))
+    np.testing.assert_allclose(a, b, atol=1e-5)
+    path = write_safetensors(fast.state_dict(), tmp_path / "w.safetensors")  # written in the usual order
+    from safetensors.torch import load_file
+
+    usual.load_state_dict(load_file(path))
+    np.testing.assert_allclose(predict_proba(usual, images, [0.0], [1.0]), predict_proba(fast, images, [0.0], [1.0]),
+                               atol=1e-5)

@@ -10,6 +10,19 @@ import torch
 from torch import nn
 
 
+def fast_layout(model: nn.Module) -> nn.Module:
+    """The model with its weights in channels-last order (in place): oneDNN's convolutions run
+    12-35% faster on a CPU that way, in training and in inference, when the images come in that
+    order too (`fast_input`; benchmarks/RESULTS.md, "Memory layout"). Answers are the same up to
+    float rounding, and saved weights are written in the usual order (`write_safetensors`)."""
+    return model.to(memory_format=torch.channels_last)
+
+
+def fast_input(x: torch.Tensor) -> torch.Tensor:
+    """An N x C x H x W batch in the order `fast_layout` models run fastest on."""
+    return x.contiguous(memory_format=torch.channels_last)
+
+
 def to_input(images: np.ndarray | torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """uint8 N x C x H x W -> normalised float32 tensor."""
     x = torch.as_tensor(images).float().div_(255.0)
@@ -46,7 +59,7 @@ def predict_proba(
     model.eval()
     out = []
     for start in range(0, len(images), batch_size):
-        x = to_input(images[start : start + batch_size], mean, std)
+        x = fast_input(to_input(images[start : start + batch_size], mean, std))
         views = flip_views(x, flips) if tta else [x]
         probs = torch.stack([model(v).softmax(-1) for v in views]).mean(0)
         if class_bias is not None:

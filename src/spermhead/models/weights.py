@@ -40,10 +40,11 @@ HUB_HOST = "huggingface.co"
 def write_safetensors(tensors: dict[str, torch.Tensor], path: Path | str,
                       metadata: dict[str, str] | None = None) -> Path:
     """safetensors' `save_file`, but readable by others as the umask allows: the library writes
-    0600, which keeps a bundle or cache from another user (say, the one running the server)."""
+    0600, which keeps a bundle or cache from another user (say, the one running the server).
+    Tensors of a model trained channels-last (`fast_layout`) are written in the usual order."""
     from safetensors.torch import save_file
 
-    save_file(tensors, str(path), metadata=metadata)
+    save_file({name: t.contiguous() for name, t in tensors.items()}, str(path), metadata=metadata)
     mask = os.umask(0)
     os.umask(mask)
     os.chmod(path, 0o666 & ~mask)

@@ -18,7 +18,7 @@ from torch import nn
 from spermhead import __version__
 from spermhead.config import PreprocessConfig
 from spermhead.errors import SpermheadError
-from spermhead.models.inference import Ensemble, standardized
+from spermhead.models.inference import Ensemble, fast_layout, standardized
 from spermhead.models.pixels import PixelModel
 from spermhead.models.shape import ShapeModel, fuse_all
 from spermhead.models.weights import write_safetensors
@@ -187,7 +187,7 @@ def load_bundle(directory: Path | str) -> Bundle:
             lines = [line.strip() for line in str(exc).splitlines()[1:] if line.strip()]  # the first names torch's class
             raise SpermheadError(f"{weights_path}: does not hold the {meta.architecture} model {meta_path.name} "
                                  f"describes (member {i}: {lines[0] if lines else exc})") from exc
-        members.append(model.eval())
+        members.append(fast_layout(model).eval())
     ensemble = Ensemble(members).eval()
     shapes = _second_opinions(state, weights_path, ShapeModel, "shape", meta.shape_fusion)
     pixels = _second_opinions(state, weights_path, PixelModel, "pixels", meta.pixel_fusion)

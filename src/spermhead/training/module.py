@@ -11,6 +11,7 @@ from torch import nn
 
 from spermhead.config import OPTIMIZERS, SCHEDULES, TrainConfig
 from spermhead.errors import ConfigError
+from spermhead.models.inference import fast_input, fast_layout
 from spermhead.training.augment import augment_batch, get_spec
 
 
@@ -85,7 +86,7 @@ class HeadClassifier(L.LightningModule):
     def __init__(self, model: nn.Module, cfg: TrainConfig, steps_per_epoch: int,
                  loss_weights: torch.Tensor | None = None, l2_conv: float = 0.0, validated: bool = True) -> None:
         super().__init__()
-        self.model = model
+        self.model = fast_layout(model)
         self.cfg = cfg
         self.validated = validated  # a fit with no validation part (a refit, a source model) has no val_loss
         self.steps_per_epoch = max(1, steps_per_epoch)
@@ -116,7 +117,7 @@ class HeadClassifier(L.LightningModule):
         x = x.float().div_(255)
         if self.training and self.trainer.training:
             x = augment_batch(x, self.augment)
-        return x, y
+        return fast_input(x), y
 
     def _loss(self, logits: torch.Tensor, y: torch.Tensor, smoothing: float) -> torch.Tensor:
         weight = self.loss_weights if self.loss_weights.numel() else None

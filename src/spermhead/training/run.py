@@ -369,7 +369,7 @@ def fit_side(cfg: RunConfig, table: SampleTable, images: np.ndarray, rows: np.nd
                                           label=label + (f", member {j + 1}" if cfg.train.members_per_fold > 1 else ""))
         kept = max(kept, kept_j)  # a refit follows the member whose checkpoint came latest
         if save_to is not None:
-            write_safetensors({name: t.contiguous() for name, t in member.state_dict().items()},
+            write_safetensors(member.state_dict(),
                               save_to / f"model{j}.safetensors")
         shutil.rmtree(member_dir / "checkpoints", ignore_errors=True)  # its weights are saved, or done with
         members.append(member)
