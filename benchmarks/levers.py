@@ -96,6 +96,7 @@ LEVERS: dict[str, dict] = {
     "shape03": {"shape_fusion": 0.3},
     "shape04": {"shape_fusion": 0.4},
     "shape05": {"shape_fusion": 0.5},
+    "fusion33": {"shape_fusion": 0.3, "pixel_fusion": 0.3},  # HuSHeM's second opinions, on another set
     "cutmix": {"cutmix": 1.0},
     "swa25": {"swa": 0.25},
     # SCIAN-TA: the partial-agreement heads outside TA join every training side (data/extra.py)
