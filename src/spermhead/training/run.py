@@ -539,8 +539,7 @@ def train_run(cfg: RunConfig, *, overwrite: bool = False, resume: bool = False,
         init["saw"] = weights_saw
     prepare_run_dir(out, overwrite=overwrite, resume=resume)
     save_config(cfg, out / "config.yaml")
-    if not (resume and (out / START_RECORD).is_file()):  # a resumed run keeps its own start's record
-        (out / START_RECORD).write_text(json.dumps(init, indent=2) + "\n")
+    (out / START_RECORD).write_text(json.dumps(init, indent=2) + "\n")  # a resume has checked it is the same
     if init["init"] == "synthetic":
         from spermhead.training.synthetic_init import cached_record, source_path, synthetic_init_weights
 
