@@ -460,6 +460,30 @@ def test_killed_run_resumes_and_completes(separable, tmp_path):
     assert timing["wall_seconds"] < timing["fold_training_seconds"]
 
 
+def test_a_damaged_checkpoint_is_set_aside_and_the_fit_starts_over(separable, tmp_path, caplog):
+    """A last.ckpt that cannot be read (a copy cut short where links fail, a full disk) does not
+    stop --resume: the fit starts over, named in a warning, and draws the same model."""
+    cfg = quick_config(separable, tmp_path / "run", cv=2, epochs=3)
+    train_run(cfg, progress=False)
+    finished = (tmp_path / "run" / "predictions.csv").read_bytes()
+    fold = tmp_path / "run" / "folds" / "fold0"
+    for path in (fold / "done.json", tmp_path / "run" / "run.json", tmp_path / "run" / "predictions.csv"):
+        path.unlink()  # as if the run had been stopped in fold 0's training
+    (fold / "checkpoints").mkdir()
+    (fold / "checkpoints" / "last.ckpt").write_bytes(b"cut short")
+    with caplog.at_level("WARNING", logger="spermhead.training.run"):
+        train_run(cfg, resume=True, progress=False)
+    assert "last.ckpt: cannot be read" in caplog.text and "this fit starts over" in caplog.text
+    assert (tmp_path / "run" / "predictions.csv").read_bytes() == finished
+    # the damaged file is cleared away, so the new fit's last.ckpt is the one a second resume reads
+    from spermhead.training.run import resumable_checkpoint
+
+    (fold / "checkpoints").mkdir()
+    (fold / "checkpoints" / "last.ckpt").write_bytes(b"cut short")
+    assert resumable_checkpoint(fold / "checkpoints" / "last.ckpt") is None
+    assert not (fold / "checkpoints").exists()
+
+
 def test_soft_targets_follow_expert_votes():
     from spermhead.data.samples import Sample, SampleTable
     from spermhead.training.targets import soft_targets

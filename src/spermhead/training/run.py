@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import pickle
 import shutil
 import time
 from dataclasses import dataclass, field, replace
@@ -271,8 +272,10 @@ def fit_member(cfg: RunConfig, member: nn.Module, x_train: np.ndarray, y_train: 
     if progress and label:
         announce(label, len(y_train), len(y_val), tc.epochs)
     if monitor == "last":
-        # No monitor: keep the latest epoch (save_top_k=0 would also stop last.ckpt, breaking --resume).
-        ckpt = ModelCheckpoint(dirpath=fold_dir / "checkpoints", filename="latest", save_last=True, save_top_k=1)
+        # No monitor: keep the latest epoch (save_top_k=0 would also stop last.ckpt, breaking --resume),
+        # and make last.ckpt a link to it: writing each epoch's checkpoint twice took a fifth of a
+        # HuSHeM fit (benchmarks/RESULTS.md, "Checkpoints"). Lightning copies where links fail.
+        ckpt = ModelCheckpoint(dirpath=fold_dir / "checkpoints", filename="latest", save_last="link", save_top_k=1)
     else:
         key, mode = {"val_acc": ("val_score", "max"), "val_loss": ("val_loss", "min")}[monitor]
         ckpt = ModelCheckpoint(dirpath=fold_dir / "checkpoints", filename="best", monitor=key, mode=mode,
@@ -304,13 +307,31 @@ def fit_member(cfg: RunConfig, member: nn.Module, x_train: np.ndarray, y_train: 
         num_sanity_val_steps=0, log_every_n_steps=1, default_root_dir=str(fold_dir),
     )
     last = fold_dir / "checkpoints" / "last.ckpt"
-    fit_quietly(trainer, module, train_loader, val_loader, ckpt_path=str(last) if resume and last.is_file() else None)
+    fit_quietly(trainer, module, train_loader, val_loader, ckpt_path=resumable_checkpoint(last) if resume else None)
     kept = trainer.current_epoch
     if monitor != "last" and ckpt.best_model_path:
         best = torch.load(ckpt.best_model_path, map_location="cpu", weights_only=True)
         module.load_state_dict(best["state_dict"])
         kept = int(best["epoch"]) + 1  # saved at the end of that (0-based) epoch
     return module.model.cpu().eval(), trainer.current_epoch, kept  # scoring and saving happen on the CPU
+
+
+def resumable_checkpoint(last: Path) -> str | None:
+    """The fit's last.ckpt to go on from, or None to start the fit over. A checkpoint that cannot
+    be read (a copy cut short where links fail, a full disk) is named in a warning and its folder
+    cleared, so the new fit's last.ckpt takes its name (Lightning would write last-v1.ckpt beside
+    it, and a second resume would meet the damaged one again). Starting over draws the same
+    batches, so the model is the same, only later."""
+    if not last.is_file():
+        return None
+    try:
+        torch.load(last, map_location="cpu", weights_only=False)
+    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as exc:
+        log.warning("%s: cannot be read (%s); this fit starts over", last, str(exc).splitlines()[0] if str(exc) else
+                    type(exc).__name__)
+        shutil.rmtree(last.parent, ignore_errors=True)
+        return None
+    return str(last)
 
 
 def check_same_split(fold_dir: Path, fold: Fold, test_size: int, val_size: int, y: np.ndarray,
