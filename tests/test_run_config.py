@@ -77,6 +77,10 @@ def test_a_hand_written_files_relative_paths_read_from_its_own_folder(tmp_path, 
     assert settings["model"]["weights"] == str(project / "w.safetensors")
     cfg = build_run_config(settings["dataset"], "runs/a", settings=settings)
     assert (cfg.dataset, cfg.model.weights) == (str(project / "heads"), str(project / "w.safetensors"))
+    # a run's own config.yaml keeps its paths as the run read them (against its working directory)
+    run_file = project / "run.yaml"
+    run_file.write_text("data_dir: data\nenvironment:\n  python: 3.11.0\n")
+    assert read_config_file(run_file)[0]["data_dir"] == "data"
     # a home folder is written as a shell would take it; absolute paths and names stay as written
     monkeypatch.setenv("HOME", str(tmp_path))
     file.write_text(f"dataset: hushem\ndata_dir: ~/data\nmodel:\n  weights: {project / 'w.safetensors'}\n")

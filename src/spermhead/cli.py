@@ -343,7 +343,7 @@ def train(
         # --resume alone: the interrupted run's own settings (where it runs may change)
         cfg = load_config(out / "config.yaml")
         cfg.dataset = name  # a different dataset is refused by the settings check
-        cfg.data_dir = str(data_dir) if data_dir else cfg.data_dir
+        cfg.data_dir = str(data_dir.absolute()) if data_dir else cfg.data_dir  # saved again: from anywhere
         cfg.train.num_threads = threads if threads is not None else cfg.train.num_threads
         cfg.train.accelerator = accelerator or cfg.train.accelerator
     else:  # a fresh start, or a resume whose options must match the saved ones (checked in train_run)

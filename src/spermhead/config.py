@@ -265,7 +265,8 @@ def read_config_file(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
 
     A hand-written file may hold only the settings it changes. Every key and value is checked
     against RunConfig, so a misspelt setting is an error naming it rather than silently unused.
-    Relative paths in it are read from the file's folder (`_rebase_paths`).
+    Relative paths in a hand-written file are read from the file's folder (`_rebase_paths`); a
+    run's own config.yaml (it records its environment) keeps them as the run read them.
     """
     path = Path(path)
     file = path / "config.yaml" if path.is_dir() else path
@@ -285,7 +286,8 @@ def read_config_file(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     _check_settings(data, RunConfig().to_dict(), "", problems)
     if problems:
         raise ConfigError(f"{file}: " + "; ".join(problems))
-    _rebase_paths(data, file.parent)
+    if env is None:  # hand-written; a run's own file holds paths as the run read them
+        _rebase_paths(data, file.parent)
     # written by a run (it records its environment): the settings it predates stay as it ran them
     return (_as_it_ran(data) if env is not None else data), (env if isinstance(env, dict) else {})
 
@@ -293,7 +295,7 @@ def read_config_file(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
 def _rebase_paths(data: dict[str, Any], folder: Path) -> None:
     """A file's relative paths (data_dir, dataset and extra_train folders, model.weights) read
     from the file's own folder, so that a config kept beside its data works from any working
-    directory; `~` is expanded, as a shell would. A run's config.yaml holds absolute paths already."""
+    directory; `~` is expanded, as a shell would."""
     from spermhead.data.readers import NAMED_DATASETS
 
     def rebased(value: Any) -> Any:
