@@ -433,6 +433,9 @@ def test_killed_run_resumes_and_completes(separable, tmp_path):
     assert epochs == list(range(20)), epochs
     versions = sorted(p.name for p in (out / "folds" / "fold1" / "logs").glob("version_*"))
     assert versions == ["version_0", "version_1"], versions  # version_0 alone: fold 1 had finished before the kill
+    # and it went on from its checkpoint: merged history would hide a fit that started over
+    with open(out / "folds" / "fold1" / "logs" / "version_1" / "metrics.csv") as fh:
+        assert min(int(float(r["epoch"])) for r in csv.DictReader(fh) if r.get("epoch")) >= 1
     # and the resumed fold drew what an uninterrupted run draws: the same answers, to the bit
     whole = subprocess.run(train(tmp_path / "whole"), capture_output=True, text=True, timeout=600)
     assert whole.returncode == 0, whole.stderr[-2000:]
@@ -482,6 +485,28 @@ def test_a_damaged_checkpoint_is_set_aside_and_the_fit_starts_over(separable, tm
     (fold / "checkpoints" / "last.ckpt").write_bytes(b"cut short")
     assert resumable_checkpoint(fold / "checkpoints" / "last.ckpt") is None
     assert not (fold / "checkpoints").exists()
+
+
+def test_a_resumed_fit_goes_on_from_its_checkpoint_under_the_same_names(tmp_path):
+    """--resume goes on from last.ckpt (the resumed fit logs from the next epoch, not epoch 0), and
+    the checkpoints keep their names: no last-v1.ckpt beside the last.ckpt a later resume reads."""
+    from spermhead.training.run import build_member, fit_member
+
+    # one epoch first: the checkpoint written after a fit's first epoch is the one Lightning names
+    # no last checkpoint in, which is what made it write last-v1.ckpt on a resume
+    cfg = quick_config(tmp_path, tmp_path / "run", epochs=1, schedule="none")  # no schedule tied to the epochs
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (48, 1, 24, 24), dtype=np.uint8)
+    y = np.arange(48) % 4
+    fold_dir = tmp_path / "fold"
+    common = dict(seed=0, progress=False, soft=None)
+    fit_member(cfg, build_member(cfg, 4, x), x, y, x[:8], y[:8], 4, fold_dir, resume=False, **common)
+    cfg.train.epochs = 3  # a longer run asked of the same fit, to see where it goes on from
+    fit_member(cfg, build_member(cfg, 4, x), x, y, x[:8], y[:8], 4, fold_dir, resume=True, **common)
+    assert sorted(p.name for p in (fold_dir / "checkpoints").iterdir()) == ["last.ckpt", "latest.ckpt"]
+    with open(fold_dir / "logs" / "version_1" / "metrics.csv") as fh:
+        epochs = {int(float(r["epoch"])) for r in csv.DictReader(fh) if r.get("epoch")}
+    assert min(epochs) == 1, epochs
 
 
 def test_soft_targets_follow_expert_votes():

@@ -275,11 +275,14 @@ def fit_member(cfg: RunConfig, member: nn.Module, x_train: np.ndarray, y_train: 
         # No monitor: keep the latest epoch (save_top_k=0 would also stop last.ckpt, breaking --resume),
         # and make last.ckpt a link to it: writing each epoch's checkpoint twice took a fifth of a
         # HuSHeM fit (benchmarks/RESULTS.md, "Checkpoints"). Lightning copies where links fail.
-        ckpt = ModelCheckpoint(dirpath=fold_dir / "checkpoints", filename="latest", save_last="link", save_top_k=1)
+        # Fixed names: a resumed fit would otherwise write last-v1.ckpt beside the last.ckpt it
+        # resumed from, and where links fail a later resume would read that stale copy.
+        ckpt = ModelCheckpoint(dirpath=fold_dir / "checkpoints", filename="latest", save_last="link", save_top_k=1,
+                               enable_version_counter=False)
     else:
         key, mode = {"val_acc": ("val_score", "max"), "val_loss": ("val_loss", "min")}[monitor]
         ckpt = ModelCheckpoint(dirpath=fold_dir / "checkpoints", filename="best", monitor=key, mode=mode,
-                               save_last=True, save_top_k=1)
+                               save_last=True, save_top_k=1, enable_version_counter=False)
     callbacks.append(ckpt)
     if tc.early_stopping_patience > 0 and has_val:
         callbacks.append(EarlyStopping(monitor="val_loss", mode="min", patience=tc.early_stopping_patience))
