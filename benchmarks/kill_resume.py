@@ -6,13 +6,15 @@ A synthetic HuSHeM-style folder is trained once without interruption (the refere
 starts the same command, kills its whole process group with SIGKILL after a delay drawn uniformly
 over the reference's wall time (so kills land while images are read, folds train and save, and
 the bundle is written), then runs it again with --resume. A trial passes when the resume exits 0,
-its predictions.csv equals the reference's byte for byte, and every fold's logged history holds
-each epoch once. The unit test (tests/test_training.py) kills at one moment; this looks for the
+its predictions.csv equals the reference's byte for byte, every fold's merged history holds every
+epoch, and each fit that had a last.ckpt when it was killed went on from it (its next log starts
+past epoch 0; a fit started over would give the same predictions, so they alone cannot tell). The unit test (tests/test_training.py) kills at one moment; this looks for the
 moments it does not."""
 
 from __future__ import annotations
 
 import argparse
+import csv
 import os
 import random
 import shutil
@@ -26,7 +28,7 @@ from pathlib import Path
 from spermhead.data.synthetic import write_synthetic
 from spermhead.training.run import read_history
 
-EPOCHS, FOLDS = 8, 3
+EPOCHS, FOLDS = 30, 3  # long enough that many kills land inside a fit
 
 
 def command(data: Path, out: Path) -> list[str]:
@@ -35,7 +37,19 @@ def command(data: Path, out: Path) -> list[str]:
             "--threads", "1", "--init", "scratch"]
 
 
-def problems(out: Path, reference: Path) -> list[str]:
+def checkpointed_fits(out: Path) -> list[Path]:
+    """The fit folders holding a readable last.ckpt now (a link to a file that exists)."""
+    return [ckpt.parent.parent for ckpt in out.glob("folds/**/checkpoints/last.ckpt") if ckpt.is_file()]
+
+
+def first_logged_epoch(fit: Path) -> int:
+    """The first epoch the fit's newest log version holds."""
+    newest = max(fit.glob("logs/version_*"), key=lambda p: int(p.name[8:]))
+    with open(newest / "metrics.csv") as fh:
+        return min(int(float(r["epoch"])) for r in csv.DictReader(fh) if r.get("epoch"))
+
+
+def problems(out: Path, reference: Path, checkpointed: list[Path]) -> list[str]:
     found = []
     if (out / "predictions.csv").read_bytes() != (reference / "predictions.csv").read_bytes():
         found.append("predictions differ from the uninterrupted run")
@@ -43,6 +57,7 @@ def problems(out: Path, reference: Path) -> list[str]:
         epochs = [h["epoch"] for h in read_history(fold)]
         if epochs != list(range(EPOCHS)):
             found.append(f"{fold.name} history epochs {epochs}")
+    found += [f"{fit.relative_to(out)} started over" for fit in checkpointed if first_logged_epoch(fit) == 0]
     return found
 
 
@@ -60,7 +75,7 @@ def main() -> None:
         subprocess.run(command(data, work / "reference"), check=True, capture_output=True)
         wall = time.perf_counter() - start
         print(f"reference run: {wall:.1f} s ({FOLDS} folds x {EPOCHS} epochs)")
-        failures = 0
+        failures = resumed = 0
         for trial in range(args.trials):
             out = work / f"trial{trial}"
             delay = rng.uniform(0.0, wall)
@@ -71,13 +86,15 @@ def main() -> None:
             if not finished_first:
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+            checkpointed = checkpointed_fits(out)
             done = subprocess.run([*command(data, out), "--resume"], capture_output=True, text=True)
             found = [f"resume exited {done.returncode}: {done.stderr.strip().splitlines()[-1:]}"] \
-                if done.returncode else problems(out, work / "reference")
+                if done.returncode else problems(out, work / "reference", checkpointed)
             failures += bool(found)
+            resumed += len(checkpointed)
             state = "finished before the kill" if finished_first else f"killed at {delay:.1f} s"
             print(f"trial {trial}: {state}: {'; '.join(found) or 'resumed to the same predictions'}", flush=True)
-        print(f"{args.trials - failures} of {args.trials} trials passed")
+        print(f"{args.trials - failures} of {args.trials} trials passed; {resumed} fits went on from a checkpoint")
         sys.exit(1 if failures else 0)
     finally:
         shutil.rmtree(work, ignore_errors=True)
