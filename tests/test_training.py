@@ -509,6 +509,27 @@ def test_a_resumed_fit_goes_on_from_its_checkpoint_under_the_same_names(tmp_path
     assert min(epochs) == 1, epochs
 
 
+def test_resume_refuses_a_synthetic_source_trained_again_since(separable, tmp_path, monkeypatch):
+    """Folds started from one synthetic source model are not resumed from another: the cache may
+    be trained again (cleared, another machine) between the interruption and the resume."""
+    from safetensors.torch import load_file
+
+    from spermhead.models.weights import write_safetensors
+
+    monkeypatch.setenv("SPERMHEAD_CACHE", str(tmp_path / "cache"))
+    cfg = quick_config(separable, tmp_path / "run", init="synthetic", init_per_class=4, init_epochs=1, epochs=1, cv=2)
+    train_run(cfg, progress=False)
+    source = Path(json.loads((tmp_path / "run" / "start.json").read_text())["weights"])
+    assert train_run(cfg, resume=True, progress=False).timing["folds_read_back"] == 2  # the same source: read back
+    write_safetensors({k: v + 1 for k, v in load_file(str(source)).items()}, source)  # trained again, say
+    with pytest.raises(ConfigError, match="synthetic source model .* trained again since"):
+        train_run(cfg, resume=True, progress=False)
+    for name in ("run.json", "metrics.json", "predictions.csv"):  # interrupted before it finished
+        (tmp_path / "run" / name).unlink()
+    with pytest.raises(ConfigError, match="synthetic source model .* trained again since"):
+        train_run(cfg, resume=True, progress=False)
+
+
 def test_soft_targets_follow_expert_votes():
     from spermhead.data.samples import Sample, SampleTable
     from spermhead.training.targets import soft_targets

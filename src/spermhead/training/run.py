@@ -139,6 +139,19 @@ def check_resumable(out: Path, cfg: RunConfig, advice: str = RESUME_ADVICE) -> N
 START_RECORD = "start.json"  # what the folds start from, written before any fold trains
 
 
+def check_same_source(out: Path, init: dict[str, Any]) -> None:
+    """A resumed run whose folds started from a synthetic source model goes on from the same one:
+    the cached file may have been trained again since (a cleared cache, another machine), and
+    folds from two sources would mix two starts in one result."""
+    started = _recorded_start(out)
+    if started.get("init") == "synthetic" and started.get("sha256") and started["sha256"] != init["sha256"]:
+        raise ConfigError(
+            f"{out}: its folds started from a synthetic source model (sha256 {started['sha256'][:12]}...) "
+            f"that the cache no longer holds; {init['weights']} was trained again since (sha256 "
+            f"{init['sha256'][:12]}...), so --resume would mix two starts in one result. Put the old file "
+            "back, or start again with --overwrite")
+
+
 def _recorded_start(out: Path) -> dict[str, Any]:
     """What the run's folds started from: run.json's record once the run finished, else the one
     written before its first fold trained ({} for a run interrupted before spermhead wrote it:
@@ -563,16 +576,21 @@ def train_run(cfg: RunConfig, *, overwrite: bool = False, resume: bool = False,
         init["saw"] = weights_saw
     prepare_run_dir(out, overwrite=overwrite, resume=resume)
     save_config(cfg, out / "config.yaml")
-    (out / START_RECORD).write_text(json.dumps(init, indent=2) + "\n")  # a resume has checked it is the same
     if init["init"] == "synthetic":
         from spermhead.training.synthetic_init import cached_record, source_path, synthetic_init_weights
 
         cached = cached_record(source_path(cfg)) is not None
         init_start = time.perf_counter()
         weights = synthetic_init_weights(cfg, list(table.classes), progress=progress)
-        init.update(weights=str(weights), cached=cached, seconds=0.0 if cached else time.perf_counter() - init_start)
+        init.update(weights=str(weights), cached=cached, seconds=0.0 if cached else time.perf_counter() - init_start,
+                    sha256=file_sha256(weights))
+        if resume:  # the cache may have been trained again (cleared, another machine) since the run began
+            check_same_source(out, init)
         # the saved config keeps "init: synthetic"; the folds start from the cached file
         cfg = replace(cfg, model=replace(cfg.model, weights=str(weights)))
+    # before any fold trains; a resume has checked that its start is the one recorded
+    (out / START_RECORD).write_text(json.dumps({k: v for k, v in init.items() if k not in ("cached", "seconds")},
+                                               indent=2) + "\n")
     write_sample_table(table, canon, out / "samples.csv", n_own)
     shape_features = None
     if cfg.train.shape_fusion > 0:
