@@ -42,11 +42,14 @@ def checkpointed_fits(out: Path) -> list[Path]:
     return [ckpt.parent.parent for ckpt in out.glob("folds/**/checkpoints/last.ckpt") if ckpt.is_file()]
 
 
-def first_logged_epoch(fit: Path) -> int:
-    """The first epoch the fit's newest log version holds."""
+def first_logged_epoch(fit: Path) -> int | None:
+    """The first epoch the fit's newest log version holds (None where it logged none: a kill
+    after the fit's last checkpoint leaves nothing to train again)."""
     newest = max(fit.glob("logs/version_*"), key=lambda p: int(p.name[8:]))
+    if not (newest / "metrics.csv").is_file():
+        return None
     with open(newest / "metrics.csv") as fh:
-        return min(int(float(r["epoch"])) for r in csv.DictReader(fh) if r.get("epoch"))
+        return min((int(float(r["epoch"])) for r in csv.DictReader(fh) if r.get("epoch")), default=None)
 
 
 def problems(out: Path, reference: Path, checkpointed: list[Path]) -> list[str]:

@@ -574,8 +574,7 @@ def train_run(cfg: RunConfig, *, overwrite: bool = False, resume: bool = False,
     weights_saw = images_the_weights_saw(cfg, table, n_own) if init["init"] == "weights" else 0
     if weights_saw:
         init["saw"] = weights_saw
-    prepare_run_dir(out, overwrite=overwrite, resume=resume)
-    save_config(cfg, out / "config.yaml")
+    as_asked = cfg  # config.yaml records "init: synthetic", not the cached file the folds start from
     if init["init"] == "synthetic":
         from spermhead.training.synthetic_init import cached_record, source_path, synthetic_init_weights
 
@@ -586,11 +585,14 @@ def train_run(cfg: RunConfig, *, overwrite: bool = False, resume: bool = False,
                     sha256=file_sha256(weights))
         if resume:  # the cache may have been trained again (cleared, another machine) since the run began
             check_same_source(out, init)
-        # the saved config keeps "init: synthetic"; the folds start from the cached file
         cfg = replace(cfg, model=replace(cfg.model, weights=str(weights)))
-    # before any fold trains; a resume has checked that its start is the one recorded
-    (out / START_RECORD).write_text(json.dumps({k: v for k, v in init.items() if k not in ("cached", "seconds")},
-                                               indent=2) + "\n")
+    # The run folder is touched only now, so a refusal above (or a source model that fails to
+    # train) leaves an earlier run there as it was.
+    prepare_run_dir(out, overwrite=overwrite, resume=resume)
+    save_config(as_asked, out / "config.yaml")
+    if not (resume and (out / START_RECORD).is_file()):  # a resume keeps the record of how its run began
+        (out / START_RECORD).write_text(json.dumps({k: v for k, v in init.items() if k not in ("cached", "seconds")},
+                                                   indent=2) + "\n")
     write_sample_table(table, canon, out / "samples.csv", n_own)
     shape_features = None
     if cfg.train.shape_fusion > 0:
