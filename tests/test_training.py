@@ -533,6 +533,38 @@ def test_resume_refuses_a_synthetic_source_trained_again_since(separable, tmp_pa
         train_run(cfg, resume=True, progress=False)
 
 
+def test_a_fit_kept_at_its_best_epoch_resumes_from_its_last_one(tmp_path):
+    """With a monitor, last.ckpt is still the latest epoch, not the last one that improved: a
+    resume goes on from where the fit stopped."""
+    import torch
+
+    from spermhead.training.run import build_member, fit_member
+
+    # a learning rate too small to move the score: only epoch 0 improves, so only it is "best"
+    cfg = quick_config(tmp_path, tmp_path / "run", epochs=3, schedule="none", lr=1e-12, monitor="val_acc")
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (48, 1, 24, 24), dtype=np.uint8)
+    y = np.arange(48) % 4
+    fold_dir = tmp_path / "fold"
+    _, trained, kept = fit_member(cfg, build_member(cfg, 4, x), x, y, x[:8], y[:8], 4, fold_dir, seed=0,
+                                  progress=False, resume=False)
+    best = torch.load(fold_dir / "checkpoints" / "best.ckpt", weights_only=False)["epoch"]
+    assert trained == 3 and kept == best + 1  # (epoch 0 here; another CPU's rounding might move it)
+    assert torch.load(fold_dir / "checkpoints" / "last.ckpt", weights_only=False)["epoch"] == 2
+    # stopped after 2 epochs and resumed to 4, a fit keeps the model an uninterrupted 4 keep
+    cfg.train.lr = 3e-3
+    kept_models = []
+    for name, stops in (("whole", [4]), ("resumed", [2, 4])):
+        for i, epochs in enumerate(stops):
+            cfg.train.epochs = epochs
+            torch.manual_seed(0)  # the same first weights (a run seeds each fold so)
+            model, _, kept = fit_member(cfg, build_member(cfg, 4, x), x, y, x[:8], y[:8], 4, tmp_path / name,
+                                        seed=0, progress=False, resume=i > 0)
+        kept_models.append((kept, model.state_dict()))
+    (kept_a, a), (kept_b, b) = kept_models
+    assert kept_a == kept_b and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_soft_targets_follow_expert_votes():
     from spermhead.data.samples import Sample, SampleTable
     from spermhead.training.targets import soft_targets

@@ -284,19 +284,22 @@ def fit_member(cfg: RunConfig, member: nn.Module, x_train: np.ndarray, y_train: 
     callbacks: list[Any] = []
     if progress and label:
         announce(label, len(y_train), len(y_val), tc.epochs)
-    if monitor == "last":
-        # No monitor: keep the latest epoch (save_top_k=0 would also stop last.ckpt, breaking --resume),
-        # and make last.ckpt a link to it: writing each epoch's checkpoint twice took a fifth of a
-        # HuSHeM fit (benchmarks/RESULTS.md, "Checkpoints"). Lightning copies where links fail.
-        # Fixed names: a resumed fit would otherwise write last-v1.ckpt beside the last.ckpt it
-        # resumed from, and where links fail a later resume would read that stale copy.
-        ckpt = ModelCheckpoint(dirpath=fold_dir / "checkpoints", filename="latest", save_last="link", save_top_k=1,
-                               enable_version_counter=False)
-    else:
+    # Every epoch is kept as latest.ckpt, with last.ckpt a link to it for --resume: writing each
+    # epoch twice took a fifth of a HuSHeM fit (benchmarks/RESULTS.md, "Checkpoints"); Lightning
+    # copies where links fail. (save_top_k=0 would also stop last.ckpt.) Fixed names: a resumed fit
+    # would otherwise write last-v1.ckpt beside the last.ckpt it resumed from.
+    latest = ModelCheckpoint(dirpath=fold_dir / "checkpoints", filename="latest", save_last="link", save_top_k=1,
+                             enable_version_counter=False)
+    ckpt = latest
+    if monitor != "last":
+        # The best epoch apart: Lightning's own save_last only writes on the epochs that improve,
+        # so a resume went back to the last improvement. Listed first, it saves first, so each
+        # latest.ckpt holds the best score of its own epoch.
         key, mode = {"val_acc": ("val_score", "max"), "val_loss": ("val_loss", "min")}[monitor]
         ckpt = ModelCheckpoint(dirpath=fold_dir / "checkpoints", filename="best", monitor=key, mode=mode,
-                               save_last=True, save_top_k=1, enable_version_counter=False)
-    callbacks.append(ckpt)
+                               save_top_k=1, enable_version_counter=False)
+        callbacks.append(ckpt)
+    callbacks.append(latest)
     if tc.early_stopping_patience > 0 and has_val:
         callbacks.append(EarlyStopping(monitor="val_loss", mode="min", patience=tc.early_stopping_patience))
     if tc.swa > 0:
