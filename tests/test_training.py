@@ -524,12 +524,12 @@ def test_resume_refuses_a_synthetic_source_trained_again_since(separable, tmp_pa
     write_safetensors({k: v + 1 for k, v in load_file(str(source)).items()}, source)  # trained again, say
     config = tmp_path / "run" / "config.yaml"
     config.write_text(config.read_text() + "# as the run left it\n")
-    with pytest.raises(ConfigError, match="synthetic source model .* trained again since"):
+    with pytest.raises(ConfigError, match="another synthetic source model.*trained again since"):
         train_run(cfg, resume=True, progress=False)
     assert config.read_text().endswith("# as the run left it\n")  # refused before the run folder is touched
     for name in ("run.json", "metrics.json", "predictions.csv"):  # interrupted before it finished
         (tmp_path / "run" / name).unlink()
-    with pytest.raises(ConfigError, match="synthetic source model .* trained again since"):
+    with pytest.raises(ConfigError, match="another synthetic source model.*trained again since"):
         train_run(cfg, resume=True, progress=False)
 
 

@@ -125,11 +125,9 @@ def check_resumable(out: Path, cfg: RunConfig, advice: str = RESUME_ADVICE) -> N
     saved = load_config(out / "config.yaml")
     saved.dataset = absolute_path(saved.dataset)  # a run saved before folders were kept absolute
     differences = config_differences(saved, cfg)
-    started = _recorded_start(out).get("sha256")
-    if started and cfg.model.weights and Path(cfg.model.weights).is_file() \
-            and (now := file_sha256(cfg.model.weights)) != started:  # same path, other weights
-        differences.append(f"the weights file {cfg.model.weights} has other contents (sha256 "
-                           f"{started[:12]}... -> {now[:12]}...)")
+    if cfg.model.weights and Path(cfg.model.weights).is_file() and (
+            changed := start_change(out, Path(cfg.model.weights), f"the weights file {cfg.model.weights}")):
+        differences.append(changed)  # same path, other weights
     if differences:
         raise ConfigError(
             f"{out}: --resume continues the run with the settings it started with, and these differ "
@@ -139,17 +137,23 @@ def check_resumable(out: Path, cfg: RunConfig, advice: str = RESUME_ADVICE) -> N
 START_RECORD = "start.json"  # what the folds start from, written before any fold trains
 
 
-def check_same_source(out: Path, init: dict[str, Any]) -> None:
+def start_change(out: Path, start: Path, what: str) -> str | None:
+    """'WHAT has other contents (sha256 a -> b)' where the file the run's folds started from, as
+    recorded (`_recorded_start`), is not `start` byte for byte; None where it is or none was recorded."""
+    started = _recorded_start(out).get("sha256")
+    if started and (now := file_sha256(start)) != started:
+        return f"{what} has other contents (sha256 {started[:12]}... -> {now[:12]}...)"
+    return None
+
+
+def check_same_source(out: Path, source: Path) -> None:
     """A resumed run whose folds started from a synthetic source model goes on from the same one:
     the cached file may have been trained again since (a cleared cache, another machine), and
     folds from two sources would mix two starts in one result."""
-    started = _recorded_start(out)
-    if started.get("init") == "synthetic" and started.get("sha256") and started["sha256"] != init["sha256"]:
-        raise ConfigError(
-            f"{out}: its folds started from a synthetic source model (sha256 {started['sha256'][:12]}...) "
-            f"that the cache no longer holds; {init['weights']} was trained again since (sha256 "
-            f"{init['sha256'][:12]}...), so --resume would mix two starts in one result. Put the old file "
-            "back, or start again with --overwrite")
+    if changed := start_change(out, source, f"the synthetic source model {source}"):
+        raise ConfigError(f"{out}: its folds started from another synthetic source model: {changed}, trained "
+                          "again since the run began, so --resume would mix two starts in one result. Put the "
+                          "old file back, or start again with --overwrite")
 
 
 def _recorded_start(out: Path) -> dict[str, Any]:
@@ -587,7 +591,7 @@ def train_run(cfg: RunConfig, *, overwrite: bool = False, resume: bool = False,
         init.update(weights=str(weights), cached=cached, seconds=0.0 if cached else time.perf_counter() - init_start,
                     sha256=file_sha256(weights))
         if resume:  # the cache may have been trained again (cleared, another machine) since the run began
-            check_same_source(out, init)
+            check_same_source(out, weights)
         cfg = replace(cfg, model=replace(cfg.model, weights=str(weights)))
     # The run folder is touched only now, so a refusal above (or a source model that fails to
     # train) leaves an earlier run there as it was.
