@@ -565,6 +565,35 @@ def test_a_fit_kept_at_its_best_epoch_resumes_from_its_last_one(tmp_path):
     assert kept_a == kept_b and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_a_fit_resumed_in_a_moved_folder_keeps_its_best_epoch(tmp_path, recwarn):
+    """A run folder moved (or copied to another machine) before --resume keeps its record of the
+    best epoch: Lightning's own checkpoint dropped it, so the first resumed epoch overwrote
+    best.ckpt whatever its score."""
+    import torch
+
+    from spermhead.training.run import build_member, fit_member
+
+    # a learning rate too small to learn: from these first weights the score peaks in the first
+    # two epochs, so the best epoch is one from before the move
+    cfg = quick_config(tmp_path, tmp_path / "run", epochs=4, schedule="none", lr=1e-12, monitor="val_acc")
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (48, 1, 24, 24), dtype=np.uint8)
+    y = np.arange(48) % 4
+    kept = {}
+    for name, stops in (("whole", [4]), ("before", [2, 4])):
+        for i, epochs in enumerate(stops):
+            cfg.train.epochs = epochs
+            torch.manual_seed(1)
+            if i:
+                (tmp_path / "before").rename(tmp_path / "after")
+                name = "after"
+            kept[name] = fit_member(cfg, build_member(cfg, 4, x), x, y, x[:8], y[:8], 4, tmp_path / name, seed=0,
+                                    progress=False, resume=i > 0)[2]
+    best = torch.load(tmp_path / "after" / "checkpoints" / "best.ckpt", weights_only=False)["epoch"]
+    assert kept["whole"] <= 2 and kept["after"] == kept["whole"] == best + 1, (kept, best)
+    assert not [w for w in recwarn if "dirpath has changed" in str(w.message)]
+
+
 def test_soft_targets_follow_expert_votes():
     from spermhead.data.samples import Sample, SampleTable
     from spermhead.training.targets import soft_targets

@@ -19,7 +19,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import EarlyStopping
 from lightning.pytorch.loggers import CSVLogger
 from safetensors.torch import load_file
 from torch import nn
@@ -48,6 +48,7 @@ from spermhead.models.weights import file_sha256, write_safetensors
 from spermhead.preprocess.acquisition import describe, fit_ranges
 from spermhead.training.augment import tta_flips
 from spermhead.training.balance import balanced_sampler, class_weights, offline_balance
+from spermhead.training.checkpoints import MovableCheckpoint
 from spermhead.training.devices import resolve_accelerator, trainer_device
 from spermhead.training.module import HeadClassifier
 from spermhead.training.operating import (
@@ -292,7 +293,7 @@ def fit_member(cfg: RunConfig, member: nn.Module, x_train: np.ndarray, y_train: 
     # epoch twice took a fifth of a HuSHeM fit (benchmarks/RESULTS.md, "Checkpoints"); Lightning
     # copies where links fail. (save_top_k=0 would also stop last.ckpt.) Fixed names: a resumed fit
     # would otherwise write last-v1.ckpt beside the last.ckpt it resumed from.
-    latest = ModelCheckpoint(dirpath=fold_dir / "checkpoints", filename="latest", save_last="link", save_top_k=1,
+    latest = MovableCheckpoint(dirpath=fold_dir / "checkpoints", filename="latest", save_last="link", save_top_k=1,
                              enable_version_counter=False)
     ckpt = latest
     if monitor != "last":
@@ -300,7 +301,7 @@ def fit_member(cfg: RunConfig, member: nn.Module, x_train: np.ndarray, y_train: 
         # so a resume went back to the last improvement. Listed first, it saves first, so each
         # latest.ckpt holds the best score of its own epoch.
         key, mode = {"val_acc": ("val_score", "max"), "val_loss": ("val_loss", "min")}[monitor]
-        ckpt = ModelCheckpoint(dirpath=fold_dir / "checkpoints", filename="best", monitor=key, mode=mode,
+        ckpt = MovableCheckpoint(dirpath=fold_dir / "checkpoints", filename="best", monitor=key, mode=mode,
                                save_top_k=1, enable_version_counter=False)
         callbacks.append(ckpt)
     callbacks.append(latest)

@@ -1,0 +1,34 @@
+"""Checkpoints that survive their run folder being moved or copied before a --resume."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+
+class MovableCheckpoint(ModelCheckpoint):
+    """A ModelCheckpoint whose record of the best checkpoints follows its folder.
+
+    Lightning stores absolute paths in each checkpoint and, when the folder differs on resume,
+    drops the best score and the best-k record. The first resumed epoch then counts as an
+    improvement whatever its score and overwrites best.ckpt, so a fit resumed in a moved run folder
+    could keep another epoch than the uninterrupted fit. Paths under the old folder are rebased
+    onto the new one instead, and the record is kept."""
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        old = state_dict.get("dirpath")
+        if old and self.dirpath and old != self.dirpath:
+            state_dict = {**state_dict, "dirpath": self.dirpath,
+                          "best_k_models": {self._rebased(k, old): v
+                                            for k, v in (state_dict.get("best_k_models") or {}).items()}}
+            for key in ("best_model_path", "kth_best_model_path", "last_model_path"):
+                if state_dict.get(key):
+                    state_dict[key] = self._rebased(state_dict[key], old)
+        super().load_state_dict(state_dict)
+
+    def _rebased(self, path: str, old: str) -> str:
+        """`path` under the old folder, moved to the same place under this one."""
+        relative = os.path.relpath(path, old)
+        return path if relative.startswith(os.pardir) else os.path.join(self.dirpath or "", relative)
