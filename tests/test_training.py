@@ -565,6 +565,28 @@ def test_a_fit_kept_at_its_best_epoch_resumes_from_its_last_one(tmp_path):
     assert kept_a == kept_b and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_the_latest_checkpoint_holds_its_own_epochs_best_score(tmp_path):
+    """The best-epoch callback saves before the latest one, so latest.ckpt (what a resume reads)
+    already counts its own epoch: saved the other way round, a resume would not know that the
+    epoch it goes on from was the best, and the next one to beat the older best would replace it."""
+    import torch
+
+    from spermhead.training.run import build_member, fit_member, read_history
+
+    cfg = quick_config(tmp_path, tmp_path / "run", epochs=3, schedule="none", lr=1e-12, monitor="val_acc")
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (48, 1, 24, 24), dtype=np.uint8)
+    y = np.arange(48) % 4
+    torch.manual_seed(0)  # first weights whose score rises at the last epoch
+    fit_member(cfg, build_member(cfg, 4, x), x, y, x[:8], y[:8], 4, tmp_path / "fold", seed=0, progress=False,
+               resume=False)
+    scores = [e["val_score"] for e in read_history(tmp_path / "fold")]
+    assert scores[-1] > max(scores[:-1]), scores  # the scenario: the last epoch is the best
+    states = torch.load(tmp_path / "fold" / "checkpoints" / "latest.ckpt", weights_only=False)["callbacks"]
+    best = next(v for v in states.values() if v.get("monitor") == "val_score")
+    assert float(best["best_model_score"]) == pytest.approx(scores[-1])
+
+
 def test_a_fit_resumed_in_a_moved_folder_keeps_its_best_epoch(tmp_path, recwarn):
     """A run folder moved (or copied to another machine) before --resume keeps its record of the
     best epoch: Lightning's own checkpoint dropped it, so the first resumed epoch overwrote
