@@ -82,8 +82,6 @@ def test_unknown_names_and_options() -> None:
         build_model("spermnet", 4, widths=[8, 16], depths=[1, 1, 1])
     with pytest.raises(ConfigError, match="no hub weights"):
         build_model("spermnet", 4, pretrained=True)
-    with pytest.raises(ConfigError, match="no pretrained"):
-        build_model("seed-cnn", 4, pretrained=True)
     with pytest.raises(ConfigError, match="timm:not_a_model_xyz"):
         build_model("timm:not_a_model_xyz", 4)
 
@@ -185,6 +183,30 @@ def test_spermnet_starts_from_another_runs_weights(tmp_path: Path) -> None:
     report = target.weights_report
     assert report.prefix == "member0.1." and sorted(report.missing) == ["fc.bias", "fc.weight"]
     torch.testing.assert_close(target.stem[0].weight, source[1].stem[0].weight)
+
+
+@pytest.mark.parametrize("name", ["seed-cnn", "seed-alexnet"])
+def test_the_seeds_own_networks_start_from_a_weights_file(tmp_path: Path, name: str) -> None:
+    """The seed's custom CNN and AlexNet-like net load a file too (a bundle's, or the synthetic
+    source, so `--init synthetic` can start them): all but a classifier for other classes. They
+    have no hub weights."""
+    import torch
+    from safetensors.torch import save_file
+
+    from spermhead.models.inference import standardized
+
+    source = standardized(build_model(name, 4, 1, 32), 1)
+    save_file({f"member0.{k}": v for k, v in source.state_dict().items()}, str(tmp_path / "model.safetensors"))
+    target = build_model(name, 5, 1, 32, weights=tmp_path / "model.safetensors")
+    last = [k for k, m in target.named_modules() if isinstance(m, torch.nn.Linear)][-1]
+    assert sorted(target.weights_report.missing) == [f"{last}.bias", f"{last}.weight"]
+    first = next(k for k, v in target.state_dict().items() if v.dim() == 4)  # the first convolution
+    torch.testing.assert_close(target.state_dict()[first], source[1].state_dict()[first])
+    if name == "seed-cnn":  # its first dense layer reads the flattened image, so 48 px's cannot start 32 px
+        with pytest.raises(ConfigError, match=r"only .* weights fit it.*classifier\.1\.weight"):
+            build_model(name, 5, 1, 48, weights=tmp_path / "model.safetensors")
+    with pytest.raises(ConfigError, match=f"{name} has no hub weights; pass --weights FILE"):
+        build_model(name, 4, 1, 32, pretrained=True)
 
 
 def test_weights_of_another_width_are_refused_and_an_ensemble_named(tmp_path: Path, caplog) -> None:
@@ -388,7 +410,7 @@ def test_a_builder_that_records_no_options_still_rebuilds_from_its_spec(monkeypa
         return nn.Sequential(nn.Conv2d(in_chans, width, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
                              nn.Dropout(drop_rate), nn.Linear(width, num_classes))
 
-    monkeypatch.setitem(registry._REGISTRY, "tiny", registry._Entry(tiny, "a contributor's model", False))
+    monkeypatch.setitem(registry._REGISTRY, "tiny", registry._Entry(tiny, "a contributor's model"))
     model = registry.build_model("tiny", 4, 1, 32, width=4)
     spec = registry.model_spec(model)
     assert spec["width"] == 4

@@ -14,8 +14,10 @@ or `weights`. `build_model` keeps the options a model was built with; a builder 
 `widths`).
 
 To add a model: write a builder `(num_classes, in_chans, image_size, *, drop_rate, **options)`
-returning an `nn.Module` of logits, and add it to `_REGISTRY` below (pretrainable True if it
-can load `weights`). `spermhead models` lists it, and train, export, predict and serve take it."""
+returning an `nn.Module` of logits, and add it to `_REGISTRY` below. `build_model` loads a weights
+file into it (`--weights`, the synthetic source), unless the builder takes `pretrained` and
+`weights` itself (hub weights, a frozen backbone). `spermhead models` lists it, and train,
+export, predict and serve take it."""
 
 from __future__ import annotations
 
@@ -46,13 +48,11 @@ class ModelInfo:
 class _Entry:
     builder: Builder
     description: str
-    pretrainable: bool  # can load a weights file (and, timm-based, hub weights with --pretrained)
     hub: bool = False  # has hub weights (--pretrained): its backbone is a timm model
     freezes: bool = False  # from pretrained weights its backbone is frozen (the seed's), unless told not to
 
 
 def _build_spermnet(num_classes: int, in_chans: int, image_size: int, *, drop_rate: float,
-                    pretrained: bool = False, weights: str | Path | None = None,
                     width: int | None = None, widths: list[int] | None = None,
                     depths: list[int] | None = None, stem_stride: int | None = None) -> nn.Module:
     from spermhead.models.spermnet import DEFAULT_DEPTHS, DEFAULT_WIDTH, SpermNet, default_stem_stride
@@ -67,13 +67,19 @@ def _build_spermnet(num_classes: int, in_chans: int, image_size: int, *, drop_ra
     model = SpermNet(num_classes, in_chans, image_size, width=widths[0], widths=widths, depths=depths,
                      stem_stride=stem_stride, drop_rate=drop_rate)
     model.model_kwargs = {"widths": widths, "depths": depths, "stem_stride": stem_stride}
+    return model
+
+
+def _file_start(model: nn.Module, name: str, pretrained: bool, weights: str | Path | None) -> nn.Module:
+    """`model` with a weights file loaded where given (a bundle's, the synthetic source's), for a
+    model without hub weights. A classifier for other classes keeps its random init."""
     if pretrained:
-        raise ConfigError("spermnet has no hub weights; pass --weights FILE (e.g. the "
+        raise ConfigError(f"{name} has no hub weights; pass --weights FILE (e.g. the "
                           "model.safetensors of a bundle trained on another dataset)")
     if weights is not None:
         from spermhead.models.weights import load_pretrained
 
-        model.weights_report = load_pretrained(model, "spermnet", False, weights)
+        model.weights_report = load_pretrained(model, name, False, weights)
     return model
 
 
@@ -142,27 +148,21 @@ def _build_timm(timm_name: str, num_classes: int, in_chans: int, image_size: int
 
 _REGISTRY: dict[str, _Entry] = {
     "spermnet": _Entry(_build_spermnet, "Project default: small ResNet (24-192 channels, first stage at "
-                       "16x16 px), fast on CPU from scratch", True),
+                       "16x16 px), fast on CPU from scratch"),
     "seed-cnn": _Entry(_build_seed_cnn, "Seed Model 1: conv 32@4x4, conv 64@2x2, pool, dense "
-                       "576-1024-256, BatchNorm", False),
+                       "576-1024-256, BatchNorm"),
     "seed-alexnet": _Entry(_build_seed_alexnet, "Seed Model 2: AlexNet-like, 5 conv + 4 dense, 5x5 "
-                           "first filter for small input", False),
+                           "first filter for small input"),
     "seed-resnet50": _Entry(_seed_backbone("resnet50"), "Seed Model 3: timm ResNet-50 + 3 dense layers; "
-                            "backbone frozen when pretrained", True, hub=True, freezes=True),
+                            "backbone frozen when pretrained", hub=True, freezes=True),
     "seed-efficientnet-b7": _Entry(_seed_backbone("tf_efficientnet_b7"), "Seed Model 4: timm "
-                                   "EfficientNet-B7 (TF port) + 3 dense; frozen when pretrained", True, hub=True,
+                                   "EfficientNet-B7 (TF port) + 3 dense; frozen when pretrained", hub=True,
                                    freezes=True),
 }
 
 
 def model_names() -> list[str]:
     return list(_REGISTRY)
-
-
-def takes_weights(name: str) -> bool:
-    """Whether the model can start from a weights file (--weights, the synthetic source)."""
-    entry = _REGISTRY.get(name)
-    return name.startswith(TIMM_PREFIX) or (entry is not None and entry.pretrainable)
 
 
 def has_hub_weights(name: str) -> bool:
@@ -181,11 +181,6 @@ def backbone_frozen(name: str, kwargs: dict[str, Any], *, pretrained_start: bool
 def hub_models_text() -> str:
     """The models with hub weights, for an error that refuses --pretrained."""
     return ", ".join([n for n in _REGISTRY if has_hub_weights(n)] + [f"{TIMM_PREFIX}<name>"])
-
-
-def weights_models_text() -> str:
-    """The models that take a weights file, for an error that refuses one."""
-    return ", ".join([n for n in _REGISTRY if takes_weights(n)] + [f"{TIMM_PREFIX}<name>"])
 
 
 def build_model(
@@ -230,12 +225,12 @@ def build_model(
         if unknown:
             raise ConfigError(f"model '{name}' has no option {', '.join(unknown)}; "
                               f"its options: {', '.join(sorted(options)) or 'none'}")
-        if entry.pretrainable:
-            kwargs = {**kwargs, "pretrained": pretrained, "weights": weights}
-        elif pretrained or weights is not None:
-            raise ConfigError(f"model '{name}' takes no pretrained weights (it trains from scratch); "
-                              f"these do: {weights_models_text()}")
-        model = entry.builder(num_classes, in_chans, image_size, **common, **kwargs)
+        if "weights" in inspect.signature(entry.builder).parameters:  # hub weights, a frozen backbone
+            model = entry.builder(num_classes, in_chans, image_size, pretrained=pretrained, weights=weights,
+                                  **common, **kwargs)
+        else:
+            model = _file_start(entry.builder(num_classes, in_chans, image_size, **common, **kwargs), name,
+                                pretrained, weights)
     model.architecture = name
     model.l2_conv = float(l2_conv)
     if not hasattr(model, "backbone_frozen"):

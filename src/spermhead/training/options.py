@@ -10,7 +10,6 @@ from typing import Any
 from spermhead.config import OPTIMIZERS, SCHEDULES, RunConfig
 from spermhead.data.readers import NAMED_DATASETS, default_data_dir
 from spermhead.errors import ConfigError
-from spermhead.models.registry import takes_weights, weights_models_text
 from spermhead.training.augment import PRESETS
 from spermhead.training.balance import BALANCE_MODES
 from spermhead.training.devices import ACCELERATORS
@@ -250,6 +249,3 @@ def check_run_config(cfg: RunConfig) -> None:
                           "--no-refit-val")
     if cfg.model.resolved_init() == "synthetic" and (cfg.model.weights or cfg.model.pretrained):
         raise ConfigError("--init synthetic picks the starting weights itself; drop --weights/--pretrained")
-    if cfg.model.resolved_init() == "synthetic" and not takes_weights(cfg.model.name):
-        raise ConfigError(f"--init synthetic: model '{cfg.model.name}' cannot start from the source model's weights "
-                          f"(it trains from scratch: --init scratch); these can: {weights_models_text()}")
