@@ -1139,6 +1139,34 @@ def test_synthetic_init_trains_its_source_once_then_reuses_the_cache(separable, 
     assert not set(record["classifier"]) & set(load_file(str(backbone)))
 
 
+def test_the_seeds_cnn_starts_from_a_synthetic_source_of_its_own(separable, tmp_path, monkeypatch):
+    """--init synthetic trains a source for the model the run uses, here the seed's custom CNN at
+    its 32 px, and every fold starts from it: the source's first convolution, not a random one."""
+    import torch
+    from safetensors.torch import load_file
+
+    import spermhead.training.run as run_module
+
+    monkeypatch.setenv("SPERMHEAD_CACHE", str(tmp_path / "cache"))
+    firsts = []
+
+    def recording_fit(cfg, member, *args, **kwargs):
+        firsts.append(member[1].features[1].weight.detach().clone())  # before the fold trains it
+        return fit_member(cfg, member, *args, **kwargs)
+
+    fit_member = run_module.fit_member
+    monkeypatch.setattr(run_module, "fit_member", recording_fit)
+    cfg = quick_config(separable, tmp_path / "run", model="seed-cnn", image_size=32, init="synthetic",
+                       init_per_class=4, init_epochs=1, epochs=1, cv=2)
+    train_run(cfg, progress=False)
+    source = Path(json.loads((tmp_path / "run" / "start.json").read_text())["weights"])
+    assert source.name.startswith("seed-cnn-")
+    conv = next(v for k, v in load_file(str(source)).items() if k.endswith("features.1.weight"))
+    # the source's own fit (from random weights), then the 2 folds from what it learnt
+    assert len(firsts) == 3 and not torch.equal(firsts[0], conv)
+    assert all(torch.equal(f, conv) for f in firsts[1:])
+
+
 def test_synthetic_init_names_an_unwritable_cache_before_training(separable, tmp_path, monkeypatch):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
