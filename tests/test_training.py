@@ -565,6 +565,57 @@ def test_a_fit_kept_at_its_best_epoch_resumes_from_its_last_one(tmp_path):
     assert kept_a == kept_b and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_checkpoint_records_follow_a_moved_folder(tmp_path):
+    """The paths a checkpoint recorded under its old folder move with it, the best score stays, a
+    path outside the old folder is left alone, and the state keeps Lightning's own key, so
+    checkpoints written by a plain ModelCheckpoint (older runs) still load their record."""
+    import torch
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from spermhead.training.checkpoints import MovableCheckpoint
+
+    old, new = str(tmp_path / "old" / "checkpoints"), str(tmp_path / "new" / "checkpoints")
+    state = {"monitor": "val_score", "best_model_score": torch.tensor(0.9), "dirpath": old,
+             "best_model_path": f"{old}/best.ckpt", "kth_best_model_path": f"{old}/best.ckpt",
+             "kth_value": torch.tensor(0.9), "last_model_path": f"{old}/..x/last.ckpt",
+             "best_k_models": {f"{old}/best.ckpt": torch.tensor(0.9), str(tmp_path / "elsewhere.ckpt"): 0.5}}
+    moved = MovableCheckpoint(dirpath=new, filename="best", monitor="val_score", mode="max")
+    moved.load_state_dict(state)
+    assert moved.best_model_path == moved.kth_best_model_path == f"{new}/best.ckpt"
+    assert moved.last_model_path == f"{new}/..x/last.ckpt"  # a folder named "..x" is still inside
+    assert moved.best_k_models == {f"{new}/best.ckpt": torch.tensor(0.9), str(tmp_path / "elsewhere.ckpt"): 0.5}
+    assert float(moved.best_model_score) == pytest.approx(0.9)
+    plain = ModelCheckpoint(dirpath=new, filename="best", monitor="val_score", mode="max")
+    assert moved.state_key == plain.state_key
+
+
+def test_a_checkpoint_from_before_the_movable_one_resumes_with_its_best_epoch(tmp_path, monkeypatch, recwarn):
+    """A fit checkpointed by Lightning's own ModelCheckpoint (a run interrupted before spermhead
+    had MovableCheckpoint) resumes with its best-epoch record, in place."""
+    import torch
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    import spermhead.training.run as run_module
+    from spermhead.training.run import build_member, fit_member
+
+    cfg = quick_config(tmp_path, tmp_path / "run", epochs=4, schedule="none", lr=1e-12, monitor="val_acc")
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (48, 1, 24, 24), dtype=np.uint8)
+    y = np.arange(48) % 4
+    kept = {}
+    for name, stops in (("whole", [4]), ("older", [2, 4])):
+        for i, epochs in enumerate(stops):
+            cfg.train.epochs = epochs
+            torch.manual_seed(1)  # first weights whose score peaks before epoch 2 (as in the moved-folder test)
+            with monkeypatch.context() as m:
+                if name == "older" and i == 0:
+                    m.setattr(run_module, "MovableCheckpoint", ModelCheckpoint)
+                kept[name] = fit_member(cfg, build_member(cfg, 4, x), x, y, x[:8], y[:8], 4, tmp_path / name,
+                                        seed=0, progress=False, resume=i > 0)[2]
+    assert kept["whole"] <= 2 and kept["older"] == kept["whole"], kept
+    assert not [w for w in recwarn if "callbacks used to create the checkpoint" in str(w.message)]
+
+
 def test_the_latest_checkpoint_holds_its_own_epochs_best_score(tmp_path):
     """The best-epoch callback saves before the latest one, so latest.ckpt (what a resume reads)
     already counts its own epoch: saved the other way round, a resume would not know that the

@@ -17,6 +17,12 @@ class MovableCheckpoint(ModelCheckpoint):
     could keep another epoch than the uninterrupted fit. Paths under the old folder are rebased
     onto the new one instead, and the record is kept."""
 
+    @property
+    def state_key(self) -> str:
+        # Lightning files a callback's state under its class name: keep ModelCheckpoint's, so
+        # checkpoints written before this class existed still resume with their record
+        return super().state_key.replace(type(self).__qualname__, ModelCheckpoint.__qualname__, 1)
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         old = state_dict.get("dirpath")
         if old and self.dirpath and old != self.dirpath:
@@ -31,4 +37,5 @@ class MovableCheckpoint(ModelCheckpoint):
     def _rebased(self, path: str, old: str) -> str:
         """`path` under the old folder, moved to the same place under this one."""
         relative = os.path.relpath(path, old)
-        return path if relative.startswith(os.pardir) else os.path.join(self.dirpath or "", relative)
+        outside = relative == os.pardir or relative.startswith(os.pardir + os.sep)
+        return path if outside else os.path.join(self.dirpath or "", relative)
