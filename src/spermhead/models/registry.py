@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -48,6 +48,7 @@ class ModelInfo:
 class _Entry:
     builder: Builder
     description: str
+    _: KW_ONLY
     hub: bool = False  # has hub weights (--pretrained): its backbone is a timm model
     freezes: bool = False  # from pretrained weights its backbone is frozen (the seed's), unless told not to
 
@@ -166,7 +167,8 @@ def model_names() -> list[str]:
 
 
 def has_hub_weights(name: str) -> bool:
-    """Whether `--pretrained` can start the model from hub weights (spermnet takes a weights file only)."""
+    """Whether `--pretrained` can start the model from hub weights (spermnet and the seed's CNN and
+    AlexNet-like net take a weights file only)."""
     entry = _REGISTRY.get(name)
     return name.startswith(TIMM_PREFIX) or (entry is not None and entry.hub)
 
@@ -225,7 +227,7 @@ def build_model(
         if unknown:
             raise ConfigError(f"model '{name}' has no option {', '.join(unknown)}; "
                               f"its options: {', '.join(sorted(options)) or 'none'}")
-        if "weights" in inspect.signature(entry.builder).parameters:  # hub weights, a frozen backbone
+        if {"pretrained", "weights"} <= set(inspect.signature(entry.builder).parameters):  # hub, frozen backbone
             model = entry.builder(num_classes, in_chans, image_size, pretrained=pretrained, weights=weights,
                                   **common, **kwargs)
         else:

@@ -294,7 +294,7 @@ def fit_member(cfg: RunConfig, member: nn.Module, x_train: np.ndarray, y_train: 
     # copies where links fail. (save_top_k=0 would also stop last.ckpt.) Fixed names: a resumed fit
     # would otherwise write last-v1.ckpt beside the last.ckpt it resumed from.
     latest = MovableCheckpoint(dirpath=fold_dir / "checkpoints", filename="latest", save_last="link", save_top_k=1,
-                             enable_version_counter=False)
+                               enable_version_counter=False)
     ckpt = latest
     if monitor != "last":
         # The best epoch apart: Lightning's own save_last only writes on the epochs that improve,
@@ -302,7 +302,7 @@ def fit_member(cfg: RunConfig, member: nn.Module, x_train: np.ndarray, y_train: 
         # latest.ckpt holds the best score of its own epoch.
         key, mode = {"val_acc": ("val_score", "max"), "val_loss": ("val_loss", "min")}[monitor]
         ckpt = MovableCheckpoint(dirpath=fold_dir / "checkpoints", filename="best", monitor=key, mode=mode,
-                               save_top_k=1, enable_version_counter=False)
+                                 save_top_k=1, enable_version_counter=False)
         callbacks.append(ckpt)
     callbacks.append(latest)
     if tc.early_stopping_patience > 0 and has_val:

@@ -72,7 +72,7 @@ def check_starts(base: RunConfig, models: list[str], weights: dict[str, str]) ->
     if base.model.pretrained and (none := [m for m in models if m not in weights and not has_hub_weights(m)]):
         raise ConfigError(f"--pretrained: {', '.join(none)} {'has' if len(none) == 1 else 'have'} no pretrained "
                           f"weights (these do: {hub_models_text()}); leave {'it' if len(none) == 1 else 'them'} "
-                          "out, or give a weights file with --weights MODEL=FILE where the model takes one")
+                          "out, or give a weights file with --weights MODEL=FILE")
 
 
 def select_models(base: RunConfig, models: list[str], out: Path, *, variants: bool = False,
