@@ -10,6 +10,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import replace
 from pathlib import Path
 
@@ -589,13 +591,15 @@ def test_checkpoint_records_follow_a_moved_folder(tmp_path):
     assert moved.state_key == plain.state_key
 
 
-def test_a_checkpoint_from_before_the_movable_one_resumes_with_its_best_epoch(tmp_path, monkeypatch, recwarn):
-    """A fit checkpointed by Lightning's own ModelCheckpoint (a run interrupted before spermhead
-    had MovableCheckpoint) resumes with its best-epoch record, in place."""
+def kept_whole_and_resumed(tmp_path: Path, *, first_half: Callable[[], AbstractContextManager] | None = None,
+                           between: Callable[[Path], Path] | None = None) -> dict[str, int]:
+    """The epoch kept by a fit of 4 epochs monitored on validation ("whole"), and by the same fit
+    stopped after 2 epochs and resumed to 4 ("resumed"). `first_half` (a context manager) wraps the
+    first 2 epochs; `between` gets the resumed fit's folder and returns where it resumes. The
+    learning rate is too small to learn: from these first weights the score peaks in the first two
+    epochs, so the best epoch is one from before the interruption."""
     import torch
-    from lightning.pytorch.callbacks import ModelCheckpoint
 
-    import spermhead.training.run as run_module
     from spermhead.training.run import build_member, fit_member
 
     cfg = quick_config(tmp_path, tmp_path / "run", epochs=4, schedule="none", lr=1e-12, monitor="val_acc")
@@ -603,16 +607,35 @@ def test_a_checkpoint_from_before_the_movable_one_resumes_with_its_best_epoch(tm
     x = rng.integers(0, 256, (48, 1, 24, 24), dtype=np.uint8)
     y = np.arange(48) % 4
     kept = {}
-    for name, stops in (("whole", [4]), ("older", [2, 4])):
+    for name, stops in (("whole", [4]), ("resumed", [2, 4])):
+        fold = tmp_path / name
         for i, epochs in enumerate(stops):
             cfg.train.epochs = epochs
-            torch.manual_seed(1)  # first weights whose score peaks before epoch 2 (as in the moved-folder test)
-            with monkeypatch.context() as m:
-                if name == "older" and i == 0:
-                    m.setattr(run_module, "MovableCheckpoint", ModelCheckpoint)
-                kept[name] = fit_member(cfg, build_member(cfg, 4, x), x, y, x[:8], y[:8], 4, tmp_path / name,
-                                        seed=0, progress=False, resume=i > 0)[2]
-    assert kept["whole"] <= 2 and kept["older"] == kept["whole"], kept
+            torch.manual_seed(1)
+            if i and between:
+                fold = between(fold)
+            with first_half() if first_half and name == "resumed" and i == 0 else nullcontext():
+                kept[name] = fit_member(cfg, build_member(cfg, 4, x), x, y, x[:8], y[:8], 4, fold, seed=0,
+                                        progress=False, resume=i > 0)[2]
+    assert kept["whole"] <= 2, kept  # the scenario holds
+    return kept
+
+
+def test_a_checkpoint_from_before_the_movable_one_resumes_with_its_best_epoch(tmp_path, monkeypatch, recwarn):
+    """A fit checkpointed by Lightning's own ModelCheckpoint (a run interrupted before spermhead
+    had MovableCheckpoint) resumes with its best-epoch record, in place."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    import spermhead.training.run as run_module
+
+    @contextmanager
+    def older_checkpoints() -> Iterator[None]:
+        with monkeypatch.context() as m:
+            m.setattr(run_module, "MovableCheckpoint", ModelCheckpoint)
+            yield
+
+    kept = kept_whole_and_resumed(tmp_path, first_half=older_checkpoints)
+    assert kept["resumed"] == kept["whole"], kept
     assert not [w for w in recwarn if "callbacks used to create the checkpoint" in str(w.message)]
 
 
@@ -644,26 +667,12 @@ def test_a_fit_resumed_in_a_moved_folder_keeps_its_best_epoch(tmp_path, recwarn)
     best.ckpt whatever its score."""
     import torch
 
-    from spermhead.training.run import build_member, fit_member
+    def move(fold: Path) -> Path:
+        return fold.rename(tmp_path / "moved")
 
-    # a learning rate too small to learn: from these first weights the score peaks in the first
-    # two epochs, so the best epoch is one from before the move
-    cfg = quick_config(tmp_path, tmp_path / "run", epochs=4, schedule="none", lr=1e-12, monitor="val_acc")
-    rng = np.random.default_rng(0)
-    x = rng.integers(0, 256, (48, 1, 24, 24), dtype=np.uint8)
-    y = np.arange(48) % 4
-    kept = {}
-    for name, stops in (("whole", [4]), ("before", [2, 4])):
-        for i, epochs in enumerate(stops):
-            cfg.train.epochs = epochs
-            torch.manual_seed(1)
-            if i:
-                (tmp_path / "before").rename(tmp_path / "after")
-                name = "after"
-            kept[name] = fit_member(cfg, build_member(cfg, 4, x), x, y, x[:8], y[:8], 4, tmp_path / name, seed=0,
-                                    progress=False, resume=i > 0)[2]
-    best = torch.load(tmp_path / "after" / "checkpoints" / "best.ckpt", weights_only=False)["epoch"]
-    assert kept["whole"] <= 2 and kept["after"] == kept["whole"] == best + 1, (kept, best)
+    kept = kept_whole_and_resumed(tmp_path, between=move)
+    best = torch.load(tmp_path / "moved" / "checkpoints" / "best.ckpt", weights_only=False)["epoch"]
+    assert kept["resumed"] == kept["whole"] == best + 1, (kept, best)
     assert not [w for w in recwarn if "dirpath has changed" in str(w.message)]
 
 
