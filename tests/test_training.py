@@ -589,6 +589,8 @@ def test_checkpoint_records_follow_a_moved_folder(tmp_path):
     assert float(moved.best_model_score) == pytest.approx(0.9)
     plain = ModelCheckpoint(dirpath=new, filename="best", monitor="val_score", mode="max")
     assert moved.state_key == plain.state_key
+    latest = MovableCheckpoint(dirpath=new, filename="latest", save_last="link")
+    assert latest.state_key != moved.state_key  # fit_member's two callbacks keep their states apart
 
 
 def kept_whole_and_resumed(tmp_path: Path, *, first_half: Callable[[], AbstractContextManager] | None = None,

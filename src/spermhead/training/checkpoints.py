@@ -36,6 +36,9 @@ class MovableCheckpoint(ModelCheckpoint):
 
     def _rebased(self, path: str, old: str) -> str:
         """`path` under the old folder, moved to the same place under this one."""
-        relative = os.path.relpath(path, old)
+        try:
+            relative = os.path.relpath(path, old)
+        except ValueError:  # another drive (Windows): not under the old folder
+            return path
         outside = relative == os.pardir or relative.startswith(os.pardir + os.sep)
         return path if outside else os.path.join(self.dirpath or "", relative)
