@@ -567,7 +567,7 @@ def test_a_fit_kept_at_its_best_epoch_resumes_from_its_last_one(tmp_path):
     assert kept_a == kept_b and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_checkpoint_records_follow_a_moved_folder(tmp_path):
+def test_checkpoint_records_follow_a_moved_folder(tmp_path, monkeypatch):
     """The paths a checkpoint recorded under its old folder move with it, the best score stays, a
     path outside the old folder is left alone, and the state keeps Lightning's own key, so
     checkpoints written by a plain ModelCheckpoint (older runs) still load their record."""
@@ -591,6 +591,12 @@ def test_checkpoint_records_follow_a_moved_folder(tmp_path):
     assert moved.state_key == plain.state_key
     latest = MovableCheckpoint(dirpath=new, filename="latest", save_last="link")
     assert latest.state_key != moved.state_key  # fit_member's two callbacks keep their states apart
+
+    def other_drive(path: str, start: str) -> str:
+        raise ValueError("path is on mount 'D:', start on mount 'C:'")  # as Windows' relpath says
+
+    monkeypatch.setattr("os.path.relpath", other_drive)
+    assert moved._rebased("D:/run/best.ckpt", old) == "D:/run/best.ckpt"
 
 
 def kept_whole_and_resumed(tmp_path: Path, *, first_half: Callable[[], AbstractContextManager] | None = None,
