@@ -282,7 +282,8 @@ def train(
         help="Sharpness-aware minimisation radius (e.g. 0.05; two passes per step); 0 disables")] = None,
     tta: Annotated[bool | None, typer.Option("--tta/--no-tta", help="Flip test-time augmentation")] = None,
     pretrained: Annotated[bool | None, typer.Option("--pretrained", help="Hub weights (online only)")] = None,
-    weights: Annotated[str | None, typer.Option(help="A local weights file to start from (.safetensors or .pth; a bundle's model.safetensors too)")] = None,
+    weights: Annotated[str | None, typer.Option(
+        help="A local weights file to start from (.safetensors or .pth; a bundle's model.safetensors too)")] = None,
     init: Annotated[str | None, typer.Option(
         help="synthetic: start from a model first trained on rendered heads (trained once, cached); "
              "scratch: random weights; auto (default): synthetic for spermnet, scratch otherwise")] = None,
