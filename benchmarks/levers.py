@@ -113,6 +113,10 @@ LEVERS: dict[str, dict] = {
     # from random weights for the from-scratch epochs, and from its own synthetic source for the recipe's
     "seedcnn32": {"model": "seed-cnn", "image_size": 32, "init": "scratch", "epochs": 100},
     "seedcnn32_synth": {"model": "seed-cnn", "image_size": 32, "init": "synthetic"},
+    # two small modern timm CNNs (the "small modern CNNs"), each from a synthetic source
+    # of its own, at the recipe's 48 px so that the fused models read what they read now
+    "convnext_atto": {"model": "timm:convnext_atto", "init": "synthetic"},
+    "mnv4_small": {"model": "timm:mobilenetv4_conv_small", "init": "synthetic"},
 }
 
 
