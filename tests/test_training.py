@@ -890,6 +890,8 @@ def test_select_resume_refuses_a_changed_start_before_any_run(separable, weights
     (["--weights", "spermnet=<w>", "--weights", "spermnet=other.pth"], "--weights names spermnet twice"),
     (["--weights", "spermnet"], "--weights spermnet: give MODEL=FILE"),
     (["--pretrained"], "--pretrained: spermnet, seed-cnn have no pretrained weights"),
+    (["--init", "synthetic", "--pretrained"], "--init synthetic picks the starting weights itself; drop --weights/--pretrained"),
+    (["--init", "auto"], "--init 'auto': scratch or synthetic"),
 ])
 def test_select_refuses_a_start_it_cannot_give_before_training(separable, tmp_path, given, said):
     weights = tmp_path / "w.safetensors"
@@ -918,6 +920,41 @@ def test_select_pretrained_starts_every_timm_model_from_its_hub_weights(separabl
     record = json.loads((out / "timm-test_efficientnet" / "run.json").read_text())["init"]
     assert record == {"init": "pretrained", "model": TINY_TIMM}
     assert "every model from its pretrained (hub) weights and scored alone" in (out / "selection.md").read_text()
+
+
+def test_select_init_synthetic_starts_each_model_from_a_source_of_its_own(separable, weights_selection, tmp_path,
+                                                                          monkeypatch):
+    monkeypatch.setenv("SPERMHEAD_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "small.yaml").write_text("model:\n  init_per_class: 4\n  init_epochs: 1\n")
+    weights, out = weights_selection[1], tmp_path / "sel"
+    result = select_cli(str(separable), "--models", f"spermnet,{TINY_TIMM},{TINY_TAGGED}", "--init", "synthetic",
+                        "--weights", f"{TINY_TAGGED}={weights}", "--config", str(tmp_path / "small.yaml"),
+                        "--out", str(out), *SELECT_QUICK)
+    assert result.exit_code == 0, result.output
+    starts = {tag: json.loads((out / tag / "start.json").read_text())
+              for tag in ("spermnet", "timm-test_efficientnet", "timm-test_efficientnet.r160_in1k")}
+    sources = [starts[tag]["weights"] for tag in ("spermnet", "timm-test_efficientnet")]
+    assert [starts[tag]["init"] for tag in starts] == ["synthetic", "synthetic", "weights"]
+    # one source per architecture, each trained for it: a network never starts from another's
+    assert len(set(sources)) == 2 and all(Path(s).parent == tmp_path / "cache" / "synthetic-init" for s in sources)
+    assert starts["timm-test_efficientnet.r160_in1k"]["weights"] == str(weights.resolve())  # its file wins
+    assert load_config(out / "spermnet" / "config.yaml").model.init == "synthetic"
+    assert (f"spermnet and {TINY_TIMM} from a source model trained on synthetic heads, {TINY_TAGGED} from the "
+            "weights file tiny.safetensors") in (out / "selection.md").read_text()
+
+
+def test_select_says_a_seed_backbone_from_a_synthetic_source_trains_its_head_alone(tmp_path):
+    from spermhead.config import ModelConfig
+    from spermhead.models.registry import build_model
+    from spermhead.models.weights import write_safetensors
+    from spermhead.training.select import start_text
+
+    assert start_text(ModelConfig(name="seed-resnet50", init="synthetic")) == \
+        "a source model trained on synthetic heads, backbone frozen"
+    assert start_text(ModelConfig(name="spermnet", init="synthetic")) == "a source model trained on synthetic heads"
+    # as the run then builds it: the source is a file start, and the seed's backbones freeze on one
+    source = write_safetensors(build_model("seed-resnet50", 4, 1, 32).state_dict(), tmp_path / "source.safetensors")
+    assert build_model("seed-resnet50", 4, 1, 32, weights=source).backbone_frozen
 
 
 def test_select_config_applies_to_every_model_under_the_options(separable, tmp_path, monkeypatch):

@@ -436,8 +436,8 @@ def select(
     config: Annotated[Path | None, typer.Option(
         "--config", help="A run directory (its config.yaml) or a YAML file of settings for every model, over "
                          "the recipe's; the options given here change them. Its model name gives way to "
-                         "--models and its start (init, weights file, with its epochs) to select's own (random "
-                         "weights, or --pretrained/--weights); its model options (kwargs) go to every model; its "
+                         "--models and its start (init, weights file, with its epochs) to select's own (--init, "
+                         "--pretrained, --weights); its model options (kwargs) go to every model; its "
                          "fusion weights, where it sets them, replace select's 0")] = None,
     data_dir: DataDir = None,
     cv: CvOption = None,
@@ -453,6 +453,11 @@ def select(
     image_size: Annotated[int | None, typer.Option(help="Canonical image size in pixels")] = None,
     color: Annotated[str | None, typer.Option(help="gray or rgb")] = None,
     seed: Annotated[int | None, typer.Option(help="The split's (and training's) seed (default 0, or --config's)")] = None,
+    init: Annotated[str | None, typer.Option(
+        help="scratch (random weights; the default) or synthetic: every model without a --weights file starts "
+             "from a source model of its own, trained on rendered heads and cached (minutes for spermnet, "
+             "hours for the seed's large nets on a CPU), for the recipe's epochs from that start; a seed "
+             "backbone then trains its dense head alone, as from hub weights")] = None,
     pretrained: Annotated[bool | None, typer.Option(
         "--pretrained", help="Every model without a --weights file starts from its hub weights (online "
                              "only): timm:<name>, seed-resnet50, seed-efficientnet-b7; others are refused")] = None,
@@ -469,7 +474,7 @@ def select(
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
 ) -> None:
     """Train several models under one protocol and write the model-selection table. Every model
-    starts from random weights unless --pretrained or --weights say otherwise, and is scored alone
+    starts from random weights unless --init, --pretrained or --weights say otherwise, and is scored alone
     unless a --config fuses its answers; the table's header says which."""
     from rich.table import Table
 
@@ -488,11 +493,13 @@ def select(
     name = name or settings.get("dataset")
     if name is None:
         raise ConfigError("give the dataset NAME (or --config with a run directory)")
+    if init not in (None, "scratch", "synthetic"):  # "auto" would resolve for one model, not the list
+        raise ConfigError(f"--init {init!r}: scratch or synthetic")
     layered, dropped, fused = select_settings(settings)
     if dropped:
         console.print(f"note: {config} sets {', '.join(dropped)}: left out, since select starts every model "
-                      "from random weights, or as --pretrained and --weights MODEL=FILE say (--epochs sets "
-                      "the epochs)", highlight=False, soft_wrap=True)
+                      "from random weights, or as --init, --pretrained and --weights MODEL=FILE say (--epochs "
+                      "sets the epochs)", highlight=False, soft_wrap=True)
     if fused:
         console.print(f"note: {config} sets {', '.join(fused)}: every model's answers are fused with those "
                       "second opinions, not scored alone (the table's header says so)",
@@ -501,7 +508,7 @@ def select(
                             seed=seed, cv=cv, split=split, settings=layered,
                             settings_file=str(config) if config is not None else None, grouped=grouped,
                             near_duplicates=near_duplicates, epochs=epochs, image_size=image_size, color=color,
-                            pretrained=pretrained, threads=threads, accelerator=accelerator)
+                            init=init, pretrained=pretrained, threads=threads, accelerator=accelerator)
     names = [m.strip() for m in models.split(",") if m.strip()]
     rows, about = select_models(base, names, out, variants=variants, weights=parse_weights(weights or []),
                                 overwrite=overwrite, resume=resume, progress=progress)

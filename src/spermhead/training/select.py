@@ -28,9 +28,9 @@ def variant_name(color: str, l2: float) -> str:
 def select_settings(settings: dict[str, Any]) -> tuple[dict[str, Any], list[str], list[str]]:
     """A --config file's settings as select uses them, with what it left out and what it fuses.
 
-    Every model starts as select's own options say: from random weights (like for like; a synthetic
-    source per architecture would also cost hours for the seed's large nets on a CPU), or
-    --pretrained / --weights MODEL=FILE. A file's start (a run directory's init, weights file or hub
+    Every model starts as select's own options say: from random weights (like for like), from a
+    synthetic source of its own (--init synthetic, opt-in: hours for the seed's large nets on a
+    CPU), or --pretrained / --weights MODEL=FILE. A file's start (a run directory's init, weights file or hub
     flag) fits the model it was written for, not every model in the list, so it is left out, with
     its epochs (a recipe's 40 from the synthetic source would leave a network from random weights
     half-trained; the recipe's from-scratch epochs apply). Each network is scored alone (the
@@ -90,7 +90,7 @@ def select_models(base: RunConfig, models: list[str], out: Path, *, variants: bo
     for name in models:
         model = replace(base.model, name=name)
         if name in weights:  # its own file is its start, whatever the others start from
-            model = replace(model, weights=absolute_path(weights[name]), pretrained=False)
+            model = replace(model, weights=absolute_path(weights[name]), pretrained=False, init="scratch")
         for color, l2 in combos:
             tag = name.replace(":", "-") + ("" if not variants else "_" + variant_name(color, l2).replace("=", ""))
             cfg = replace(base, out=str(out / tag), preprocess=replace(base.preprocess, color=color),
@@ -156,7 +156,8 @@ def _and(names: list[str]) -> str:
 def start_text(model: ModelConfig) -> str:
     """What a model's training starts from, in words (a file wins over the hub, as in loading)."""
     # a frozen backbone trains its dense head alone: not the same protocol as a whole network
-    frozen = backbone_frozen(model.name, model.kwargs, pretrained_start=bool(model.weights or model.pretrained))
+    file_start = bool(model.weights or model.pretrained) or model.resolved_init() == "synthetic"
+    frozen = backbone_frozen(model.name, model.kwargs, pretrained_start=file_start)
     if model.weights:
         start = f"the weights file {Path(model.weights).name}"  # its run's config.yaml holds the whole path
     elif model.pretrained:
