@@ -1075,3 +1075,16 @@ def bench_accuracy(
         console.print(f"these are the fused answers: {fused} (a --config with train: shape_fusion: 0 and "
                       f"pixel_fusion: 0 scores {model} alone)", highlight=False, soft_wrap=True)
     console.print(f"details: {out / name / f'accuracy-{name}.json'}")
+
+
+def _one_line_summaries(*typer_apps: typer.Typer) -> None:
+    """The command lists show each command's first docstring paragraph on one line: typer keeps
+    the docstring's own line breaks there, which broke the lists mid-sentence."""
+    for typer_app in typer_apps:
+        for command in typer_app.registered_commands:
+            doc = command.help or (command.callback.__doc__ if command.callback else None)
+            if command.short_help is None and doc:
+                command.short_help = " ".join(inspect.cleandoc(doc).split("\n\n")[0].split())
+
+
+_one_line_summaries(app, data_app, bench_app)

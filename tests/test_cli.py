@@ -1,0 +1,23 @@
+"""The command-line interface's own behaviour (each command's is tested with its module)."""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+from typer.testing import CliRunner
+
+from spermhead.cli import app, bench_app, data_app
+
+
+@pytest.mark.parametrize("typer_app,args", [(app, []), (data_app, ["data"]), (bench_app, ["bench"])])
+def test_command_lists_show_each_summary_unbroken(typer_app, args, monkeypatch):
+    import typer.rich_utils
+
+    monkeypatch.setattr(typer.rich_utils, "MAX_WIDTH", 400)  # wide enough for any summary on one line
+    result = CliRunner().invoke(app, [*args, "--help"])
+    assert result.exit_code == 0, result.output
+    for command in typer_app.registered_commands:
+        first = inspect.cleandoc(command.callback.__doc__).split("\n\n")[0]
+        # the whole paragraph on one line of the list, not cut where the docstring's lines end
+        assert " ".join(first.split()) in result.output, command.callback.__name__
