@@ -892,6 +892,10 @@ def test_select_resume_refuses_a_changed_start_before_any_run(separable, weights
     (["--pretrained"], "--pretrained: spermnet, seed-cnn have no pretrained weights"),
     (["--init", "synthetic", "--pretrained"], "--init synthetic picks the starting weights itself; drop --weights/--pretrained"),
     (["--init", "auto"], "--init 'auto': scratch or synthetic"),
+    (["--model-option", "seed-alexnet:dense=[8]"],
+     "--model-option seed-alexnet:...: seed-alexnet is not in --models (spermnet, seed-cnn, timm:resnet18)"),
+    (["--model-option", "spermnet=3"], "--model-option spermnet=3: give MODEL:KEY=VALUE"),
+    (["--model-option", "seed-cnn:width=8"], "--models seed-cnn: "),  # an option the model does not take
 ])
 def test_select_refuses_a_start_it_cannot_give_before_training(separable, tmp_path, given, said):
     weights = tmp_path / "w.safetensors"
@@ -941,6 +945,60 @@ def test_select_init_synthetic_starts_each_model_from_a_source_of_its_own(separa
     assert load_config(out / "spermnet" / "config.yaml").model.init == "synthetic"
     assert (f"spermnet and {TINY_TIMM} from a source model trained on synthetic heads, {TINY_TAGGED} from the "
             "weights file tiny.safetensors") in (out / "selection.md").read_text()
+
+
+def test_select_gives_one_model_its_own_options(separable, tmp_path):
+    from spermhead.models.registry import build_model, count_parameters
+
+    out = tmp_path / "sel"
+    result = select_cli(str(separable), "--models", f"spermnet,{TINY_TIMM},{TINY_TAGGED}", "--model-option",
+                        "spermnet:width=8", "--model-option", f"{TINY_TAGGED}:freeze_backbone=true",
+                        "--out", str(out), *SELECT_QUICK)
+    assert result.exit_code == 0, result.output
+    kwargs = {tag: load_config(out / tag / "config.yaml").model.kwargs
+              for tag in ("spermnet", "timm-test_efficientnet", "timm-test_efficientnet.r160_in1k")}
+    assert kwargs["spermnet"]["width"] == 8 and not kwargs["timm-test_efficientnet"].get("freeze_backbone")
+    assert kwargs["timm-test_efficientnet.r160_in1k"]["freeze_backbone"] is True
+    assert f"{TINY_TIMM} from random weights, {TINY_TAGGED} from random weights, backbone frozen" in \
+        (out / "selection.md").read_text()
+    with open(out / "selection.csv", newline="") as fh:  # each row counts the network it trained
+        params = {r["model"]: int(r["parameters"]) for r in csv.DictReader(fh)}
+    narrow = count_parameters(build_model("spermnet", 4, 1, 24, width=8))
+    assert params["spermnet"] == narrow < count_parameters(build_model("spermnet", 4, 1, 24))
+
+
+def test_select_model_options_go_over_the_config_files(separable, tmp_path, monkeypatch):
+    from spermhead.training import select
+
+    class Stop(Exception):
+        pass
+
+    trained = []
+
+    def first_run(cfg, **_):  # what the first model would train with, and no training
+        trained.append(cfg)
+        raise Stop
+
+    monkeypatch.setattr(select, "train_run", first_run)
+    base = build_run_config(str(separable), str(tmp_path / "sel"), cv=2, epochs=1, image_size=24)
+    base.model.kwargs = {"width": 16, "depths": [1, 1, 1, 1]}  # a config file's, to every model
+    with pytest.raises(Stop):
+        select.select_models(base, ["spermnet"], tmp_path / "sel", model_options={"spermnet": {"width": 8}},
+                             progress=False)
+    assert trained[0].model.kwargs == {"width": 8, "depths": [1, 1, 1, 1]}
+    assert base.model.kwargs == {"width": 16, "depths": [1, 1, 1, 1]}  # the base is left as it was
+
+
+def test_select_model_options_read_as_values():
+    from spermhead.training.select import parse_model_options
+
+    assert parse_model_options(["timm:resnet18:drop_path_rate=0.1", "spermnet:depths=[1, 1, 1, 1]",
+                                "seed-resnet50:freeze_backbone=false", "spermnet:width=32"]) == {
+        "timm:resnet18": {"drop_path_rate": 0.1}, "spermnet": {"depths": [1, 1, 1, 1], "width": 32},
+        "seed-resnet50": {"freeze_backbone": False}}
+    for bad in ("width=32", "spermnet:=3", "spermnet:width", ":width=3"):
+        with pytest.raises(ConfigError, match="give MODEL:KEY=VALUE"):
+            parse_model_options([bad])
 
 
 def test_select_says_a_seed_backbone_from_a_synthetic_source_trains_its_head_alone(tmp_path):

@@ -437,7 +437,8 @@ def select(
         "--config", help="A run directory (its config.yaml) or a YAML file of settings for every model, over "
                          "the recipe's; the options given here change them. Its model name gives way to "
                          "--models and its start (init, weights file, with its epochs) to select's own (--init, "
-                         "--pretrained, --weights); its model options (kwargs) go to every model; its "
+                         "--pretrained, --weights); its model options (kwargs) go to every model (--model-option "
+                         "gives one model its own); its "
                          "fusion weights, where it sets them, replace select's 0")] = None,
     data_dir: DataDir = None,
     cv: CvOption = None,
@@ -464,6 +465,10 @@ def select(
     weights: Annotated[list[str] | None, typer.Option(
         "--weights", metavar="MODEL=FILE", help="A local weights file (.safetensors or .pth) for one model of "
         "--models, named as there, e.g. timm:resnet18=resnet18.safetensors; it starts from it. Repeatable")] = None,
+    model_option: Annotated[list[str] | None, typer.Option(
+        "--model-option", metavar="MODEL:KEY=VALUE", help="An option of one model of --models, over --config's "
+        "model options (which go to every model), e.g. seed-resnet50:freeze_backbone=false or "
+        "spermnet:width=32. Repeatable")] = None,
     threads: Annotated[int | None, typer.Option(help="Torch CPU threads (0 lets torch decide)")] = None,
     accelerator: Annotated[str | None, typer.Option(
         help="auto (a CUDA GPU when torch sees one, else the CPU), cpu or gpu")] = None,
@@ -487,7 +492,7 @@ def select(
         selection_table,
     )
     from spermhead.training.options import build_run_config
-    from spermhead.training.select import parse_weights, select_models, select_settings
+    from spermhead.training.select import parse_model_options, parse_weights, select_models, select_settings
 
     settings = config_settings(config)
     name = name or settings.get("dataset")
@@ -511,7 +516,8 @@ def select(
                             init=init, pretrained=pretrained, threads=threads, accelerator=accelerator)
     names = [m.strip() for m in models.split(",") if m.strip()]
     rows, about = select_models(base, names, out, variants=variants, weights=parse_weights(weights or []),
-                                overwrite=overwrite, resume=resume, progress=progress)
+                                model_options=parse_model_options(model_option or []), overwrite=overwrite,
+                                resume=resume, progress=progress)
     chosen = selection_table(rows)
     shown = ("accuracy", "balanced_accuracy", "val_balanced_accuracy", "accuracy_vs_best", "mcnemar_p_vs_best")
     table = Table("model", "variant", *(dict(DISPLAY)[k] for k in shown),

@@ -60,6 +60,25 @@ def parse_weights(items: list[str]) -> dict[str, str]:
     return weights
 
 
+def parse_model_options(items: list[str]) -> dict[str, dict[str, Any]]:
+    """`--model-option MODEL:KEY=VALUE` options as {model: {key: value}}, each value read as YAML
+    (false, 0.1, [1, 2]). A model name may hold a colon (timm:resnet18); a key does not."""
+    import yaml
+
+    options: dict[str, dict[str, Any]] = {}
+    for item in items:
+        target, eq, text = item.partition("=")
+        model, colon, key = target.rpartition(":")
+        if not (eq and colon and model and key.strip()):
+            raise ConfigError(f"--model-option {item}: give MODEL:KEY=VALUE, e.g. seed-resnet50:freeze_backbone=false")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--model-option {item}: {text!r} is not a value ({exc.__class__.__name__})") from None
+        options.setdefault(model, {})[key.strip()] = value
+    return options
+
+
 def check_starts(base: RunConfig, models: list[str], weights: dict[str, str]) -> None:
     """Refuse, before any training, a weights file for a model not in the list or not there, and
     pretrained weights for a model that has none."""
@@ -76,19 +95,23 @@ def check_starts(base: RunConfig, models: list[str], weights: dict[str, str]) ->
 
 
 def select_models(base: RunConfig, models: list[str], out: Path, *, variants: bool = False,
-                  weights: dict[str, str] | None = None, overwrite: bool = False, resume: bool = False,
+                  weights: dict[str, str] | None = None, model_options: dict[str, dict[str, Any]] | None = None,
+                  overwrite: bool = False, resume: bool = False,
                   progress: bool = True) -> tuple[list[dict[str, Any]], str]:
     """Train every model (and variant) with `base`'s settings into `out`/<model>, then write the
     selection table. `weights` gives a model (named as in `models`) its own starting weights file;
-    the others start as `base` says (random weights, or hub weights where it is pretrained)."""
+    the others start as `base` says (random weights, or hub weights where it is pretrained).
+    `model_options` gives a model its own options (kwargs) over `base`'s, which go to every model."""
     from spermhead.evaluation.selection import write_selection
     from spermhead.models.registry import build_model, count_parameters
 
-    weights = weights or {}
+    weights, model_options = weights or {}, model_options or {}
+    if stray := [m for m in model_options if m not in models]:
+        raise ConfigError(f"--model-option {stray[0]}:...: {stray[0]} is not in --models ({', '.join(models)})")
     combos = VARIANTS if variants else [(base.preprocess.color, base.model.l2_conv)]
     runs = []
     for name in models:
-        model = replace(base.model, name=name)
+        model = replace(base.model, name=name, kwargs={**base.model.kwargs, **model_options.get(name, {})})
         if name in weights:  # its own file is its start, whatever the others start from
             model = replace(model, weights=absolute_path(weights[name]), pretrained=False, init="scratch")
         for color, l2 in combos:
@@ -131,7 +154,8 @@ def select_models(base: RunConfig, models: list[str], out: Path, *, variants: bo
         result = train_run(cfg, overwrite=overwrite, resume=resume, progress=progress)
         in_chans = 1 if color == "gray" else 3
         params = count_parameters(build_model(name, num_classes=len(result.predictions.classes),
-                                              in_chans=in_chans, image_size=cfg.preprocess.image_size))
+                                              in_chans=in_chans, image_size=cfg.preprocess.image_size,
+                                              **cfg.model.kwargs))
         rows.append({
             "model": name, "variant": variant_name(color, l2), "start": start_text(cfg.model), "run_dir": str(cfg.out),
             "metrics": result.metrics,  # fold means +/- sd come from it
