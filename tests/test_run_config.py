@@ -190,6 +190,8 @@ def test_other_versions_are_named(tmp_path: Path):
     ("train.members_per_fold", 0, "--members 0: must be at least 1"),
     ("train.ema", 1.5, "--ema 1.5: must be at least 0 and below 1"),
     ("protocol.kind", "loo", "protocol kind 'loo'"),
+    # build_model takes it for every model: as a model option too it would come twice (a TypeError)
+    ("model.kwargs", {"drop_rate": 0.3}, "model.kwargs drop_rate: not a model option; it is set by model.drop_rate"),
 ])
 def test_settings_that_cannot_work_are_refused_before_the_run_folder_is_touched(tmp_path, setting, value, problem):
     from spermhead.config import RunConfig

@@ -879,7 +879,7 @@ def test_select_resume_refuses_a_changed_start_before_any_run(separable, weights
     said = " ".join(result.output.split())
     assert result.exit_code == 2 and "timm-test_efficientnet.r160_in1k: --resume continues the run" in said, said
     assert "model.weights: " in said and "-> None" in said
-    assert "Give select the options the table was made with (the same --config, --weights" in said  # not "--resume alone"
+    assert "Give select the options the table was made with (the same --config, --init, --weights" in said  # not "--resume alone"
     assert (out / "timm-test_efficientnet" / "run.json").read_bytes() == first
 
 
@@ -890,11 +890,13 @@ def test_select_resume_refuses_a_changed_start_before_any_run(separable, weights
     (["--weights", "spermnet=<w>", "--weights", "spermnet=other.pth"], "--weights names spermnet twice"),
     (["--weights", "spermnet"], "--weights spermnet: give MODEL=FILE"),
     (["--pretrained"], "--pretrained: spermnet, seed-cnn have no pretrained weights"),
-    (["--init", "synthetic", "--pretrained"], "--init synthetic picks the starting weights itself; drop --weights/--pretrained"),
+    (["--init", "synthetic", "--pretrained"], "--init synthetic and --pretrained each give every model its start; give one"),
+    (["--init", "scratch", "--pretrained"], "--init scratch and --pretrained each give every model its start; give one"),
     (["--init", "auto"], "--init 'auto': scratch or synthetic"),
     (["--model-option", "seed-alexnet:dense=[8]"],
      "--model-option seed-alexnet:...: seed-alexnet is not in --models (spermnet, seed-cnn, timm:resnet18)"),
     (["--model-option", "spermnet=3"], "--model-option spermnet=3: give MODEL:KEY=VALUE"),
+    (["--model-option", "timm:resnet18=3"], "(for timm:resnet18, give timm:resnet18:KEY=VALUE)"),
     (["--model-option", "seed-cnn:width=8"], "--models seed-cnn: "),  # an option the model does not take
 ])
 def test_select_refuses_a_start_it_cannot_give_before_training(separable, tmp_path, given, said):
@@ -996,9 +998,28 @@ def test_select_model_options_read_as_values():
                                 "seed-resnet50:freeze_backbone=false", "spermnet:width=32"]) == {
         "timm:resnet18": {"drop_path_rate": 0.1}, "spermnet": {"depths": [1, 1, 1, 1], "width": 32},
         "seed-resnet50": {"freeze_backbone": False}}
-    for bad in ("width=32", "spermnet:=3", "spermnet:width", ":width=3"):
+    for bad in ("width=32", "spermnet:=3", "spermnet:width", ":width=3", "spermnet:width=", "spermnet:width= "):
         with pytest.raises(ConfigError, match="give MODEL:KEY=VALUE"):
             parse_model_options([bad])
+    with pytest.raises(ConfigError, match="spermnet:drop_rate=0.3: drop_rate is not a model option; it is set by "
+                                          "model.drop_rate in a config file"):
+        parse_model_options(["spermnet:drop_rate=0.3"])
+    with pytest.raises(ConfigError, match="names spermnet:width twice"):
+        parse_model_options(["spermnet:width=8", "spermnet:width=16"])
+
+
+@pytest.mark.parametrize("init,file_init,kept", [
+    ("synthetic", "synthetic", True),  # a train --init synthetic run's file, under select's same start
+    ("synthetic", "scratch", False), ("scratch", "synthetic", False), ("scratch", "scratch", True),
+    ("synthetic", "auto", True),
+])
+def test_select_keeps_a_files_epochs_only_with_its_own_start(init, file_init, kept):
+    from spermhead.training.select import select_settings
+
+    layered, dropped, _ = select_settings({"model": {"init": file_init}, "train": {"epochs": 20}}, init)
+    assert layered["model"]["init"] == init
+    assert (layered["train"].get("epochs") == 20) is kept
+    assert dropped == ([] if kept else [f"model.init {file_init}", "train.epochs 20"])
 
 
 def test_select_says_a_seed_backbone_from_a_synthetic_source_trains_its_head_alone(tmp_path):
@@ -1010,6 +1031,11 @@ def test_select_says_a_seed_backbone_from_a_synthetic_source_trains_its_head_alo
     assert start_text(ModelConfig(name="seed-resnet50", init="synthetic")) == \
         "a source model trained on synthetic heads, backbone frozen"
     assert start_text(ModelConfig(name="spermnet", init="synthetic")) == "a source model trained on synthetic heads"
+    # null in a file leaves it to the model, which freezes on a file start
+    assert start_text(ModelConfig(name="seed-resnet50", init="synthetic", kwargs={"freeze_backbone": None})) == \
+        "a source model trained on synthetic heads, backbone frozen"
+    assert start_text(ModelConfig(name="seed-resnet50", init="synthetic", kwargs={"freeze_backbone": False})) == \
+        "a source model trained on synthetic heads"
     # as the run then builds it: the source is a file start, and the seed's backbones freeze on one
     source = write_safetensors(build_model("seed-resnet50", 4, 1, 32).state_dict(), tmp_path / "source.safetensors")
     assert build_model("seed-resnet50", 4, 1, 32, weights=source).backbone_frozen
@@ -1233,6 +1259,27 @@ def test_the_source_models_name_follows_the_training_settings_it_was_trained_wit
         assert source_path(build_run_config("hushem", "unused", **option)) != source_path(plain), option
     for option in ({"tta": False}, {"shape_fusion": 0.0}, {"refit_val": False}, {"threads": 1}):
         assert source_path(build_run_config("hushem", "unused", **option)) == source_path(plain), option
+    # freezing is the run's, when it loads the source: the source itself trains whole either way
+    unfrozen = build_run_config("hushem", "unused", model="seed-resnet50")
+    unfrozen.model.kwargs = {"freeze_backbone": False}
+    assert source_path(unfrozen) == source_path(build_run_config("hushem", "unused", model="seed-resnet50"))
+
+
+def test_a_source_trains_whole_whatever_the_run_freezes(separable, tmp_path, monkeypatch):
+    from spermhead.training import run, synthetic_init
+
+    monkeypatch.setenv("SPERMHEAD_CACHE", str(tmp_path / "cache"))
+    trained = []
+
+    def fit_member(cfg, member, *args, **kwargs):  # what the source would train, and no training
+        trained.append([p.requires_grad for p in member.parameters()])
+        return member, None, None
+
+    monkeypatch.setattr(run, "fit_member", fit_member)
+    cfg = quick_config(separable, tmp_path / "run", model=TINY_TIMM, init="synthetic", init_per_class=2, init_epochs=1)
+    cfg.model.kwargs = {"freeze_backbone": True}  # the run trains its head alone on the source's backbone
+    synthetic_init.synthetic_init_weights(cfg, ["a", "b"])
+    assert trained and all(trained[0])  # a frozen random backbone would learn nothing
 
 
 def test_synthetic_init_trains_its_source_once_then_reuses_the_cache(separable, tmp_path, monkeypatch, caplog):

@@ -457,8 +457,9 @@ def select(
     init: Annotated[str | None, typer.Option(
         help="scratch (random weights; the default) or synthetic: every model without a --weights file starts "
              "from a source model of its own, trained on rendered heads and cached (minutes for spermnet, "
-             "hours for the seed's large nets on a CPU), for the recipe's epochs from that start; a seed "
-             "backbone then trains its dense head alone, as from hub weights")] = None,
+             "hours for the seed's large nets on a CPU; one per --variants variant), for the recipe's "
+             "epochs from that start (a --weights model trains those too); a seed backbone then trains its "
+             "dense head alone, as from hub weights")] = None,
     pretrained: Annotated[bool | None, typer.Option(
         "--pretrained", help="Every model without a --weights file starts from its hub weights (online "
                              "only): timm:<name>, seed-resnet50, seed-efficientnet-b7; others are refused")] = None,
@@ -500,7 +501,10 @@ def select(
         raise ConfigError("give the dataset NAME (or --config with a run directory)")
     if init not in (None, "scratch", "synthetic"):  # "auto" would resolve for one model, not the list
         raise ConfigError(f"--init {init!r}: scratch or synthetic")
-    layered, dropped, fused = select_settings(settings)
+    if init and pretrained:
+        raise ConfigError(f"--init {init} and --pretrained each give every model its start; give one (a "
+                          "model's --weights file is its start either way)")
+    layered, dropped, fused = select_settings(settings, init or "scratch")
     if dropped:
         console.print(f"note: {config} sets {', '.join(dropped)}: left out, since select starts every model "
                       "from random weights, or as --init, --pretrained and --weights MODEL=FILE say (--epochs "

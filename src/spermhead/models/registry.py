@@ -177,12 +177,21 @@ def backbone_frozen(name: str, kwargs: dict[str, Any], *, pretrained_start: bool
     """Whether the model trains its dense head alone: a `freeze_backbone` option says so, else the
     seed's backbones freeze when they start from pretrained weights (a hub's or a file's)."""
     entry = _REGISTRY.get(name)
-    return bool(kwargs.get("freeze_backbone", entry is not None and entry.freezes and pretrained_start))
+    if kwargs.get("freeze_backbone") is None:  # absent, or null in a file: the model decides, as it builds
+        return entry is not None and entry.freezes and pretrained_start
+    return bool(kwargs["freeze_backbone"])
 
 
 def hub_models_text() -> str:
     """The models with hub weights, for an error that refuses --pretrained."""
     return ", ".join([n for n in _REGISTRY if has_hub_weights(n)] + [f"{TIMM_PREFIX}<name>"])
+
+
+# What `build_model` takes itself, for every model, and where a run sets it: never a model option
+# (kwargs), where it would be passed twice.
+BUILD_SETTINGS = {"num_classes": "the dataset's classes", "in_chans": "--color", "image_size": "--image-size",
+                  "pretrained": "--pretrained", "weights": "--weights", "l2_conv": "model.l2_conv in a config file",
+                  "drop_rate": "model.drop_rate in a config file"}
 
 
 def build_model(

@@ -10,6 +10,7 @@ from typing import Any
 from spermhead.config import OPTIMIZERS, SCHEDULES, RunConfig
 from spermhead.data.readers import NAMED_DATASETS, default_data_dir
 from spermhead.errors import ConfigError
+from spermhead.models.registry import BUILD_SETTINGS
 from spermhead.training.augment import PRESETS
 from spermhead.training.balance import BALANCE_MODES
 from spermhead.training.devices import ACCELERATORS
@@ -199,6 +200,8 @@ def check_run_config(cfg: RunConfig) -> None:
     _choice(tc.monitor, ("last", "val_acc", "val_loss"), "--monitor")
     _choice(tc.accelerator, ACCELERATORS, "--accelerator")
     _choice(cfg.model.init, ("auto", "scratch", "synthetic"), "--init")
+    if taken := [k for k in cfg.model.kwargs if k in BUILD_SETTINGS]:
+        raise ConfigError(f"model.kwargs {taken[0]}: not a model option; it is set by {BUILD_SETTINGS[taken[0]]}")
     _choice(cfg.model.init_style, ("auto", "hushem", "scian"), "init_style")
     _choice(proto.kind, ("auto", "cv", "folders", "random"), "protocol kind")
     _choice(proto.final_model, ("ensemble", "refit"), "--final")

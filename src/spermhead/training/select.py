@@ -25,26 +25,27 @@ def variant_name(color: str, l2: float) -> str:
     return f"{color}" + (f"+L2={l2:g}" if l2 else "")
 
 
-def select_settings(settings: dict[str, Any]) -> tuple[dict[str, Any], list[str], list[str]]:
+def select_settings(settings: dict[str, Any], init: str = "scratch") -> tuple[dict[str, Any], list[str], list[str]]:
     """A --config file's settings as select uses them, with what it left out and what it fuses.
 
-    Every model starts as select's own options say: from random weights (like for like), from a
-    synthetic source of its own (--init synthetic, opt-in: hours for the seed's large nets on a
-    CPU), or --pretrained / --weights MODEL=FILE. A file's start (a run directory's init, weights file or hub
-    flag) fits the model it was written for, not every model in the list, so it is left out, with
-    its epochs (a recipe's 40 from the synthetic source would leave a network from random weights
-    half-trained; the recipe's from-scratch epochs apply). Each network is scored alone (the
-    recipe's second opinions, 0.6 of HuSHeM's vote, would be the same for every architecture and
-    hide their differences), unless the file fuses them."""
+    Every model starts as select's own options say (`init`): from random weights (like for like),
+    from a synthetic source of its own (--init synthetic, opt-in: hours for the seed's large nets
+    on a CPU), or --pretrained / --weights MODEL=FILE. A file's weights file or hub flag fits the
+    model it was written for, not every model in the list, and so does an init other than select's:
+    they are left out, with the file's epochs (a recipe's 40 from the synthetic source would leave
+    a network from random weights half-trained; the epochs of select's start apply). Each network
+    is scored alone (the recipe's second opinions, 0.6 of HuSHeM's vote, would be the same for
+    every architecture and hide their differences), unless the file fuses them."""
     model = dict(settings.get("model") or {})
     train = dict(settings.get("train") or {})
-    dropped = [f"model.{k} {v}" for k in ("init", "weights", "pretrained")
-               if (v := model.pop(k, None)) not in (None, False, "auto", "scratch")]
+    dropped = [f"model.{k} {v}" for k in ("weights", "pretrained") if (v := model.pop(k, None)) not in (None, False)]
+    if (v := model.pop("init", None)) not in (None, "auto", init):
+        dropped.insert(0, f"model.init {v}")
     if dropped and "epochs" in train:
         dropped.append(f"train.epochs {train.pop('epochs')}")
     fusion = {"shape_fusion": 0.0, "pixel_fusion": 0.0, **train}
     fused = [f"train.{k} {fusion[k]}" for k in ("shape_fusion", "pixel_fusion") if fusion[k]]
-    return {**settings, "model": {**model, "init": "scratch"}, "train": fusion}, dropped, fused
+    return {**settings, "model": {**model, "init": init}, "train": fusion}, dropped, fused
 
 
 def parse_weights(items: list[str]) -> dict[str, str]:
@@ -65,17 +66,25 @@ def parse_model_options(items: list[str]) -> dict[str, dict[str, Any]]:
     (false, 0.1, [1, 2]). A model name may hold a colon (timm:resnet18); a key does not."""
     import yaml
 
+    from spermhead.models.registry import BUILD_SETTINGS
+
     options: dict[str, dict[str, Any]] = {}
     for item in items:
         target, eq, text = item.partition("=")
         model, colon, key = target.rpartition(":")
-        if not (eq and colon and model and key.strip()):
-            raise ConfigError(f"--model-option {item}: give MODEL:KEY=VALUE, e.g. seed-resnet50:freeze_backbone=false")
+        key = key.strip()
+        if not (eq and colon and model and key and text.strip()):
+            raise ConfigError(f"--model-option {item}: give MODEL:KEY=VALUE, e.g. seed-resnet50:freeze_backbone=false "
+                              "or timm:resnet18:drop_path_rate=0.1")
+        if key in BUILD_SETTINGS:  # build_model takes it for every model: it would come twice
+            raise ConfigError(f"--model-option {item}: {key} is not a model option; it is set by {BUILD_SETTINGS[key]}")
+        if key in options.get(model, {}):
+            raise ConfigError(f"--model-option names {model}:{key} twice; give each option once")
         try:
             value = yaml.safe_load(text)
         except yaml.YAMLError as exc:
             raise ConfigError(f"--model-option {item}: {text!r} is not a value ({exc.__class__.__name__})") from None
-        options.setdefault(model, {})[key.strip()] = value
+        options.setdefault(model, {})[key] = value
     return options
 
 
@@ -106,8 +115,10 @@ def select_models(base: RunConfig, models: list[str], out: Path, *, variants: bo
     from spermhead.models.registry import build_model, count_parameters
 
     weights, model_options = weights or {}, model_options or {}
-    if stray := [m for m in model_options if m not in models]:
-        raise ConfigError(f"--model-option {stray[0]}:...: {stray[0]} is not in --models ({', '.join(models)})")
+    for stray in [m for m in model_options if m not in models]:
+        whole = [f"{stray}:{key}" for key in model_options[stray] if f"{stray}:{key}" in models]
+        hint = f" (for {whole[0]}, give {whole[0]}:KEY=VALUE)" if whole else ""  # the key was left out
+        raise ConfigError(f"--model-option {stray}:...: {stray} is not in --models ({', '.join(models)}){hint}")
     combos = VARIANTS if variants else [(base.preprocess.color, base.model.l2_conv)]
     runs = []
     for name in models:
@@ -147,7 +158,8 @@ def select_models(base: RunConfig, models: list[str], out: Path, *, variants: bo
                 kind = protocol_kind(cfg.protocol, table.has_fixed_split)
                 check_resumable(Path(cfg.out), replace(cfg, protocol=replace(cfg.protocol, kind=kind)),
                                 advice="Give select the options the table was made with (the same --config, "
-                                       "--weights and --pretrained too), or --overwrite to start again")
+                                       "--init, --weights, --pretrained and --model-option too), or --overwrite "
+                                       "to start again")
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     for name, color, l2, cfg in runs:

@@ -61,12 +61,19 @@ SOURCE_TRAIN_FIELDS = ("batch_size", "optimizer", "lr", "weight_decay", "schedul
                        "label_smoothing", "mixup", "cutmix", "swa", "sam")
 
 
+def source_kwargs(cfg: RunConfig) -> dict[str, Any]:
+    """The model options the source is built with: the run's, less freeze_backbone, since a source
+    trains from random weights and a frozen random backbone would learn nothing (the run's own
+    freezing applies when it loads the source)."""
+    return {k: v for k, v in cfg.model.kwargs.items() if k != "freeze_backbone"}
+
+
 def source_settings(cfg: RunConfig) -> dict[str, Any]:
     """Everything the source model depends on; its hash names the cached file."""
     pre = {k: v for k, v in asdict(cfg.preprocess).items() if k != "max_pixels"}
     if pre["background"] == "keep":  # added later: at its default, earlier cached sources stay valid
         del pre["background"]
-    settings = {"format": SOURCE_FORMAT, "model": cfg.model.name, "kwargs": dict(cfg.model.kwargs),
+    settings = {"format": SOURCE_FORMAT, "model": cfg.model.name, "kwargs": source_kwargs(cfg),
                 "drop_rate": cfg.model.drop_rate, "preprocess": pre, "style": source_style(cfg),
                 "per_class": cfg.model.init_per_class, "epochs": cfg.model.init_epochs,
                 "augment": cfg.train.augment, "seed": cfg.model.init_seed}
@@ -187,7 +194,8 @@ def train_source(cfg: RunConfig, path: Path, *, progress: bool) -> dict[str, Any
     # The fold recipe, minus what only real data has: expert votes, validation, a prior to fix.
     train = replace(cfg.train, epochs=cfg.model.init_epochs, monitor="last", early_stopping_patience=0,
                     balance="none", soft_labels=0.0, members_per_fold=1, ema=0.0)
-    source_cfg = replace(cfg, train=train, model=replace(cfg.model, weights=None, pretrained=False),
+    source_cfg = replace(cfg, train=train, model=replace(cfg.model, weights=None, pretrained=False,
+                                                         kwargs=source_kwargs(cfg)),
                          loggers=("csv",))
     seed = cfg.model.init_seed
     L.seed_everything(seed, workers=True, verbose=False)
