@@ -205,7 +205,8 @@ def test_settings_that_cannot_work_are_refused_before_the_run_folder_is_touched(
     result = CliRunner().invoke(app, ["train", "hushem", "--config", str(tmp_path / "bad.yaml"), "--out", str(run),
                                       "--overwrite"])
     # the file's value is named by its key there; the check itself names the option
-    said = f"bad.yaml: {setting}: {problem.split(' ', 1)[1]}" if problem.startswith("--") else problem
+    said = (f"bad.yaml: {setting}: {problem.split(' ', 1)[1]}" if problem.startswith("--")
+            else f"bad.yaml: {problem}" if setting == "model.kwargs" else problem)
     assert result.exit_code == 2 and said in " ".join(result.output.split()), result.output
     # a config built in code meets the same check in train_run
     cfg = RunConfig(dataset="hushem", out=str(run))

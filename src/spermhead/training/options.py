@@ -154,6 +154,8 @@ def _named_as_in_file(exc: ConfigError, settings: dict[str, Any], options: dict[
     """A bad value that came from a config file is named by its key there, not by an option the
     user never typed (the checks name options: `--optimizer 'adamm': ...`)."""
     flag, _, rest = str(exc).partition(" ")
+    if flag == "model.kwargs" and (settings.get("model") or {}).get("kwargs"):  # only a file sets them
+        return ConfigError(f"{file}: {exc}")
     name = flag.removeprefix("--").replace("-", "_")
     if name not in _FIELDS or options.get(name) is not None or not _in_settings(settings, name):
         return exc
