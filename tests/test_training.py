@@ -691,6 +691,30 @@ def test_soft_targets_follow_expert_votes():
     np.testing.assert_allclose(half[0], [5 / 6, 1 / 6], atol=1e-6)
 
 
+def test_the_final_refit_trains_on_the_targets_the_folds_trained_on(monkeypatch, tmp_path):
+    """`--final refit` after folds trained on expert votes (SCIAN's soft labels) trains on them too."""
+    from spermhead.data.samples import Sample, SampleTable
+    from spermhead.training import run
+
+    table = SampleTable("t", [
+        Sample("a", Path("a"), "normal", "scian", experts=("normal", "normal", "tapered")),
+        Sample("b", Path("b"), "tapered", "scian", experts=("tapered", "tapered", "tapered")),
+    ], ["normal", "tapered"])
+    seen = {}
+
+    def fake_fit(cfg, member, x, y, *args, soft=None, **kwargs):
+        seen["soft"] = soft
+        return member, 1, 1
+
+    monkeypatch.setattr(run, "fit_member", fake_fit)
+    cfg = RunConfig()
+    cfg.model.name, cfg.model.init, cfg.train.soft_labels = "seed-cnn", "scratch", 1.0
+    images = np.zeros((2, 1, 32, 32), dtype=np.uint8)
+    result = run.FoldResult(0, [], np.zeros((0, 2)), np.zeros(2, dtype=np.float32), [], 0.0, 3)
+    run.refit_all(cfg, table, images, [result], tmp_path, progress=False)
+    np.testing.assert_allclose(seen["soft"], [[2 / 3, 1 / 3], [0, 1]], atol=1e-6)
+
+
 def test_select_writes_the_model_selection_table(separable, tmp_path, caplog):
     from spermhead.training.select import select_models
 

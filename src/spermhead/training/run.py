@@ -394,6 +394,12 @@ class FittedSide:
         return fuse_all(cnn, others)
 
 
+def training_targets(table: SampleTable, rows: np.ndarray, cfg: RunConfig) -> np.ndarray | None:
+    """N x K targets for `rows` where the labels are not trained on as they are: the experts'
+    vote shares (`soft_labels`); else None."""
+    return soft_targets(table, rows, cfg.train.soft_labels) if cfg.train.soft_labels > 0 else None
+
+
 def fit_side(cfg: RunConfig, table: SampleTable, images: np.ndarray, rows: np.ndarray, val_rows: np.ndarray,
              fold_dir: Path, fold_index: int, *, progress: bool, resume: bool,
              shape_features: np.ndarray | None, save_to: Path | None, label: str = "") -> FittedSide:
@@ -402,7 +408,7 @@ def fit_side(cfg: RunConfig, table: SampleTable, images: np.ndarray, rows: np.nd
     bundle and --resume read them), unless it is None."""
     y = np.asarray(table.label_indices)
     k = len(table.classes)
-    soft = soft_targets(table, rows, cfg.train.soft_labels) if cfg.train.soft_labels > 0 else None
+    soft = training_targets(table, rows, cfg)
     members, epochs, kept = [], 0, 0
     for j in range(max(1, cfg.train.members_per_fold)):  # a seed ensemble: members differ only in their seed
         seed = cfg.seed * 1000 + fold_index + 100 * j
@@ -723,11 +729,12 @@ def refit_all(cfg: RunConfig, table: SampleTable, images: np.ndarray, results: l
     y = np.asarray(table.label_indices)
     epochs = int(np.median([max(r.kept_epochs or r.epochs, 1) for r in results]))
     refit_cfg = replace(cfg, train=replace(cfg.train, epochs=epochs, early_stopping_patience=0, monitor="last"))
+    soft = training_targets(table, np.arange(len(table)), cfg)  # the targets the folds trained on
     L.seed_everything(cfg.seed * 1000 + 999, workers=True, verbose=False)
     member = build_member(refit_cfg, len(table.classes), images)
     empty = np.zeros((0, *images.shape[1:]), dtype=images.dtype)
     member, _, _ = fit_member(refit_cfg, member, images, y, empty, np.zeros(0, dtype=int), len(table.classes),
-                              out / "refit", seed=cfg.seed * 1000 + 999, progress=progress, resume=False,
+                              out / "refit", seed=cfg.seed * 1000 + 999, progress=progress, resume=False, soft=soft,
                               label="the final model, on all the images")
     return member
 
