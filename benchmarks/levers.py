@@ -117,6 +117,8 @@ LEVERS: dict[str, dict] = {
     # of its own, at the recipe's 48 px so that the fused models read what they read now
     "convnext_atto": {"model": "timm:convnext_atto", "init": "synthetic"},
     "mnv4_small": {"model": "timm:mobilenetv4_conv_small", "init": "synthetic"},
+    # cross-fitted self-distillation: half of each target from teachers that did not see the image
+    "distill5": {"distill": 0.5},
 }
 
 

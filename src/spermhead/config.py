@@ -77,6 +77,9 @@ class TrainConfig:
     augment: str = "aligned"  # none | light | aligned | seed | strong
     label_smoothing: float = 0.1
     soft_labels: float = 0.0  # weight of the experts' vote shares in the target (SCIAN); 0 = majority only
+    # weight of out-of-fold teachers' answers in the target (training/distill.py: three teachers
+    # per fit, each on two thirds of its training side); 0 = off
+    distill: float = 0.0
     mixup: float = 0.0
     cutmix: float = 0.0  # CutMix Beta(a, a): a box from another image, targets mixed by its area
     swa: float = 0.0  # fraction of the last epochs whose weights are averaged (SWA); 0 disables

@@ -29,7 +29,7 @@ _FIELDS = {
     "optimizer": ("train", "optimizer"), "schedule": ("train", "schedule"),
     "weight_decay": ("train", "weight_decay"), "balance": ("train", "balance"),
     "augment": ("train", "augment"), "label_smoothing": ("train", "label_smoothing"),
-    "mixup": ("train", "mixup"), "cutmix": ("train", "cutmix"), "swa": ("train", "swa"), "ema": ("train", "ema"), "sam": ("train", "sam"), "soft_labels": ("train", "soft_labels"), "tta": ("train", "tta"), "val_fraction": ("train", "val_fraction"),
+    "mixup": ("train", "mixup"), "cutmix": ("train", "cutmix"), "swa": ("train", "swa"), "ema": ("train", "ema"), "sam": ("train", "sam"), "soft_labels": ("train", "soft_labels"), "distill": ("train", "distill"), "tta": ("train", "tta"), "val_fraction": ("train", "val_fraction"),
     "train_fraction": ("train", "train_fraction"), "refit_val": ("train", "refit_val"),
     "prior_strength": ("train", "prior_strength"),
     "monitor": ("train", "monitor"), "patience": ("train", "early_stopping_patience"),
@@ -218,6 +218,7 @@ def check_run_config(cfg: RunConfig) -> None:
         ("weight_decay", tc.weight_decay, 0, None, True, True, ""),
         ("--label-smoothing", tc.label_smoothing, 0, 1, True, False, ""),
         ("--soft-labels", tc.soft_labels, 0, 1, True, True, "the weight of the expert votes"),
+        ("--distill", tc.distill, 0, 1, True, True, "the weight of the teachers' answers; 0 = off"),
         ("--mixup", tc.mixup, 0, None, True, True, "0 = off"),
         ("--cutmix", tc.cutmix, 0, None, True, True, "0 = off"),
         ("--ema", tc.ema, 0, 1, True, False, "a decay per step; 0 = off"),
@@ -243,6 +244,12 @@ def check_run_config(cfg: RunConfig) -> None:
             raise ConfigError(f"{option} {value}: must be {span}" + (f" ({what})" if what else ""))
     if tc.mixup > 0 and tc.cutmix > 0:
         raise ConfigError("use --mixup or --cutmix, not both")
+    if tc.balance == "offline" and (soft := [o for o, v in (("--soft-labels", tc.soft_labels),
+                                                            ("--distill", tc.distill)) if v > 0]):
+        # offline balancing copies images, and the targets are kept per image: refused before
+        # anything trains (a fold would otherwise stop after its teachers)
+        raise ConfigError(f"{soft[0]} trains on soft targets, which offline balancing cannot copy; "
+                          "use --balance sampler")
     if tc.shape_fusion + tc.pixel_fusion > 1.0:
         raise ConfigError(f"--shape-fusion {tc.shape_fusion} and --pixel-fusion {tc.pixel_fusion}: "
                           "the two weights add up to more than 1, which leaves the CNN a negative weight")

@@ -394,10 +394,20 @@ class FittedSide:
         return fuse_all(cnn, others)
 
 
-def training_targets(table: SampleTable, rows: np.ndarray, cfg: RunConfig) -> np.ndarray | None:
+def training_targets(cfg: RunConfig, table: SampleTable, images: np.ndarray, rows: np.ndarray, fold_dir: Path, *,
+                     seed: int, progress: bool, resume: bool, label: str = "") -> np.ndarray | None:
     """N x K targets for `rows` where the labels are not trained on as they are: the experts'
-    vote shares (`soft_labels`); else None."""
-    return soft_targets(table, rows, cfg.train.soft_labels) if cfg.train.soft_labels > 0 else None
+    vote shares (`soft_labels`) and/or teachers' out-of-fold answers (`distill`); else None."""
+    tc = cfg.train
+    soft = soft_targets(table, rows, tc.soft_labels) if tc.soft_labels > 0 else None
+    if tc.distill <= 0:
+        return soft
+    from spermhead.training.distill import distilled_targets
+
+    y = np.asarray(table.label_indices)[rows]
+    base = soft if soft is not None else np.eye(len(table.classes), dtype=np.float32)[y]
+    return distilled_targets(cfg, images[rows], y, base, len(table.classes), fold_dir, seed=seed,
+                             progress=progress, resume=resume, label=label)
 
 
 def fit_side(cfg: RunConfig, table: SampleTable, images: np.ndarray, rows: np.ndarray, val_rows: np.ndarray,
@@ -408,7 +418,8 @@ def fit_side(cfg: RunConfig, table: SampleTable, images: np.ndarray, rows: np.nd
     bundle and --resume read them), unless it is None."""
     y = np.asarray(table.label_indices)
     k = len(table.classes)
-    soft = training_targets(table, rows, cfg)
+    soft = training_targets(cfg, table, images, rows, fold_dir, seed=cfg.seed * 1000 + fold_index,
+                            progress=progress, resume=resume, label=label)
     members, epochs, kept = [], 0, 0
     for j in range(max(1, cfg.train.members_per_fold)):  # a seed ensemble: members differ only in their seed
         seed = cfg.seed * 1000 + fold_index + 100 * j
@@ -729,7 +740,9 @@ def refit_all(cfg: RunConfig, table: SampleTable, images: np.ndarray, results: l
     y = np.asarray(table.label_indices)
     epochs = int(np.median([max(r.kept_epochs or r.epochs, 1) for r in results]))
     refit_cfg = replace(cfg, train=replace(cfg.train, epochs=epochs, early_stopping_patience=0, monitor="last"))
-    soft = training_targets(table, np.arange(len(table)), cfg)  # the targets the folds trained on
+    # the same targets as the folds trained on: expert votes and teachers' answers, where used
+    soft = training_targets(refit_cfg, table, images, np.arange(len(table)), out / "refit", seed=cfg.seed * 1000 + 999,
+                            progress=progress, resume=False, label="the final model")
     L.seed_everything(cfg.seed * 1000 + 999, workers=True, verbose=False)
     member = build_member(refit_cfg, len(table.classes), images)
     empty = np.zeros((0, *images.shape[1:]), dtype=images.dtype)

@@ -1,0 +1,69 @@
+"""Cross-fitted self-distillation: targets that say how sure the data let a model be.
+
+HuSHeM has one label per head and no expert votes, and its consistent errors are borderline
+shapes (benchmarks/RESULTS.md, "The cases no seed fixes"). Here teachers trained on part of a
+training side answer for the images they did not see; their probabilities, blended with the
+labels, become the training targets, as SCIAN's expert votes do (training/targets.py). A teacher
+never scores an image it trained on, so the targets carry its doubt rather than its memory."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+from sklearn.model_selection import KFold, StratifiedKFold
+
+from spermhead.config import RunConfig
+from spermhead.models.inference import predict_proba
+
+TEACHER_FOLDS = 3  # each teacher trains on two thirds of the side: 3 fits for a fold's one
+TARGETS_FILE = "distill_targets.npy"
+
+
+def teacher_splits(y: np.ndarray, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(train, answer) positions within `y`: every position is answered by exactly one teacher,
+    which did not train on it. Stratified where each class has enough images for it."""
+    counts = np.bincount(y)
+    splitter = (StratifiedKFold if counts[counts > 0].min() >= TEACHER_FOLDS else KFold)(
+        n_splits=TEACHER_FOLDS, shuffle=True, random_state=seed)
+    return [(tr, te) for tr, te in splitter.split(np.zeros(len(y)), y)]
+
+
+def distilled_targets(cfg: RunConfig, images: np.ndarray, y: np.ndarray, base: np.ndarray, num_classes: int,
+                      fold_dir: Path, *, seed: int, progress: bool, resume: bool, label: str = "") -> np.ndarray:
+    """N x K training targets: `cfg.train.distill` x the teachers' out-of-fold probabilities plus
+    the rest x `base` (one-hot labels, or expert vote shares). Kept in `fold_dir` for --resume."""
+    from spermhead.training.run import build_member, fit_member, tta_flips
+
+    saved = fold_dir / TARGETS_FILE
+    if resume and saved.is_file():
+        targets = np.load(saved)
+        if targets.shape == base.shape:
+            return targets
+    # teachers keep their last epoch and watch nothing: choosing on this side's validation part
+    # would make the targets depend on it
+    teacher_cfg = replace(cfg, train=replace(cfg.train, monitor="last", early_stopping_patience=0, distill=0.0,
+                                             members_per_fold=1))
+    answers = np.zeros_like(base)
+    empty = np.zeros((0, *images.shape[1:]), dtype=images.dtype)
+    for i, (tr, te) in enumerate(teacher_splits(y, seed)):
+        teacher_seed = seed + 10 * (i + 1)
+        L.seed_everything(teacher_seed, workers=True, verbose=False)
+        teacher = build_member(teacher_cfg, num_classes, images[tr])
+        teacher_dir = fold_dir / f"teacher{i}"
+        teacher, _, _ = fit_member(teacher_cfg, teacher, images[tr], y[tr], empty, np.zeros(0, dtype=int),
+                                   num_classes, teacher_dir, seed=teacher_seed, progress=progress, resume=resume,
+                                   label=f"{label}, teacher {i + 1} of {TEACHER_FOLDS}" if label else "")
+        shutil.rmtree(teacher_dir / "checkpoints", ignore_errors=True)
+        # under class-balanced training the student trains on the same balanced prior, so the
+        # teachers' answers need no prior correction
+        answers[te] = predict_proba(teacher.eval(), images[te], [0.0], [1.0], tta=cfg.train.tta,
+                                    flips=tta_flips(cfg.train.augment))
+    w = cfg.train.distill
+    targets = (w * answers + (1 - w) * base).astype(np.float32)
+    fold_dir.mkdir(parents=True, exist_ok=True)
+    np.save(saved, targets)
+    return targets
