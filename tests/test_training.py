@@ -6,6 +6,7 @@ import csv
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -526,6 +527,7 @@ def test_resume_refuses_a_synthetic_source_trained_again_since(separable, tmp_pa
     train_run(cfg, progress=False)
     source = Path(json.loads((tmp_path / "run" / "start.json").read_text())["weights"])
     assert train_run(cfg, resume=True, progress=False).timing["folds_read_back"] == 2  # the same source: read back
+    (tmp_path / "run" / "source.safetensors").unlink()  # the run's own copy lost (or a run from before it)
     write_safetensors({k: v + 1 for k, v in load_file(str(source)).items()}, source)  # trained again, say
     config = tmp_path / "run" / "config.yaml"
     config.write_text(config.read_text() + "# as the run left it\n")
@@ -536,6 +538,35 @@ def test_resume_refuses_a_synthetic_source_trained_again_since(separable, tmp_pa
         (tmp_path / "run" / name).unlink()
     with pytest.raises(ConfigError, match="another synthetic source model.*trained again since"):
         train_run(cfg, resume=True, progress=False)
+
+
+def test_resume_needs_no_cache_while_the_run_keeps_its_source(separable, tmp_path, monkeypatch):
+    """A run keeps the synthetic source its folds started from: --resume after the cache was
+    trained again, or cleared (another machine), goes on from that copy and trains no source."""
+    from safetensors.torch import load_file
+
+    from spermhead.models.weights import file_sha256, write_safetensors
+    from spermhead.training import synthetic_init
+
+    monkeypatch.setenv("SPERMHEAD_CACHE", str(tmp_path / "cache"))
+    cfg = quick_config(separable, tmp_path / "run", init="synthetic", init_per_class=4, init_epochs=1, epochs=1, cv=2)
+    train_run(cfg, progress=False)
+    started = json.loads((tmp_path / "run" / "start.json").read_text())
+    assert file_sha256(tmp_path / "run" / "source.safetensors") == started["sha256"]
+    source = Path(started["weights"])
+    retrained = source.with_suffix(".new")  # trained again since, and replaced as a training replaces it
+    write_safetensors({k: v + 1 for k, v in load_file(str(source)).items()}, retrained)
+    os.replace(retrained, source)
+    assert train_run(cfg, resume=True, progress=False).timing["folds_read_back"] == 2
+    shutil.rmtree(tmp_path / "cache")
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the source was trained again")
+
+    monkeypatch.setattr(synthetic_init, "train_source", no_training)
+    assert train_run(cfg, resume=True, progress=False).timing["folds_read_back"] == 2
+    record = json.loads((tmp_path / "run" / "run.json").read_text())["init"]
+    assert (record["sha256"], record["weights"]) == (started["sha256"], started["weights"])
 
 
 def test_a_fit_kept_at_its_best_epoch_resumes_from_its_last_one(tmp_path):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import os
 import pickle
 import shutil
 import time
@@ -155,6 +156,33 @@ def check_same_source(out: Path, source: Path) -> None:
         raise ConfigError(f"{out}: its folds started from another synthetic source model: {changed}, trained "
                           "again since the run began, so --resume would mix two starts in one result. Put the "
                           "old file back, or start again with --overwrite")
+
+
+SOURCE_COPY = "source.safetensors"  # the synthetic source the folds started from, kept with the run
+
+
+def kept_source(out: Path) -> Path | None:
+    """The run's own copy of its synthetic source, where it is byte for byte the file its folds
+    started from (as recorded); else None."""
+    kept, started = out / SOURCE_COPY, _recorded_start(out).get("sha256")
+    return kept if started and kept.is_file() and file_sha256(kept) == started else None
+
+
+def keep_source(source: Path, out: Path) -> None:
+    """Keep the synthetic source beside the folds that start from it, so that --resume needs no
+    cache: a cleared cache or another machine would train it again (minutes to hours), and then
+    refuse it if it came out different. A hard link where it can be (the cache is replaced file by
+    file, never written into), else a copy."""
+    kept = out / SOURCE_COPY
+    if kept.is_file() and os.path.samefile(kept, source):
+        return
+    partial = kept.with_suffix(".partial")
+    partial.unlink(missing_ok=True)
+    try:
+        os.link(source, partial)
+    except OSError:
+        shutil.copyfile(source, partial)
+    os.replace(partial, kept)
 
 
 def _recorded_start(out: Path) -> dict[str, Any]:
@@ -603,13 +631,18 @@ def train_run(cfg: RunConfig, *, overwrite: bool = False, resume: bool = False,
     if init["init"] == "synthetic":
         from spermhead.training.synthetic_init import cached_record, source_path, synthetic_init_weights
 
-        cached = cached_record(source_path(cfg)) is not None
-        init_start = time.perf_counter()
-        weights = synthetic_init_weights(cfg, list(table.classes), progress=progress)
-        init.update(weights=str(weights), cached=cached, seconds=0.0 if cached else time.perf_counter() - init_start,
-                    sha256=file_sha256(weights))
-        if resume:  # the cache may have been trained again (cleared, another machine) since the run began
-            check_same_source(out, weights)
+        if (kept := kept_source(out) if resume else None) is not None:  # no cache needed, nor trained
+            started = _recorded_start(out)
+            init.update(weights=started.get("weights", str(kept)), cached=True, seconds=0.0, sha256=started["sha256"])
+            weights = kept
+        else:
+            cached = cached_record(source_path(cfg)) is not None
+            init_start = time.perf_counter()
+            weights = synthetic_init_weights(cfg, list(table.classes), progress=progress)
+            init.update(weights=str(weights), cached=cached,
+                        seconds=0.0 if cached else time.perf_counter() - init_start, sha256=file_sha256(weights))
+            if resume:  # the cache may have been trained again (cleared, another machine) since the run began
+                check_same_source(out, weights)
         cfg = replace(cfg, model=replace(cfg.model, weights=str(weights)))
     # The run folder is touched only now, so a refusal above (or a source model that fails to
     # train) leaves an earlier run there as it was.
@@ -618,6 +651,8 @@ def train_run(cfg: RunConfig, *, overwrite: bool = False, resume: bool = False,
     if not (resume and (out / START_RECORD).is_file()):  # a resume keeps the record of how its run began
         (out / START_RECORD).write_text(json.dumps({k: v for k, v in init.items() if k not in ("cached", "seconds")},
                                                    indent=2) + "\n")
+    if init["init"] == "synthetic":
+        keep_source(Path(str(cfg.model.weights)), out)
     write_sample_table(table, canon, out / "samples.csv", n_own)
     shape_features = None
     if cfg.train.shape_fusion > 0:
