@@ -25,6 +25,21 @@ def test_every_image_is_answered_by_one_teacher_that_did_not_train_on_it():
         assert np.bincount(np.repeat(np.arange(3), 6)[te]).tolist() == [2, 2, 2]
 
 
+def test_near_duplicates_stay_on_one_side_of_every_teacher():
+    y = np.arange(30) % 3
+    groups = np.arange(30)
+    groups[[4, 11, 17]] = 4  # one head three times
+    groups[[20, 29]] = 20
+    for tr, te in distill.teacher_splits(y, seed=1, groups=groups):
+        assert not set(groups[tr]) & set(groups[te])
+
+
+def test_teacher_seeds_are_apart_from_member_seeds():
+    seeds = {distill.teacher_seed(s * 1000 + f, i) for s in range(3) for f in range(12) for i in range(3)}
+    members = {s * 1000 + f + 100 * j for s in range(3) for f in range(12) for j in range(5)}
+    assert len(seeds) == 3 * 12 * 3 and not seeds & members
+
+
 @pytest.fixture
 def fake_teachers(monkeypatch):
     """Teachers that record which images (by the pixel value each holds, its index) they trained
@@ -35,8 +50,11 @@ def fake_teachers(monkeypatch):
         def eval(self):
             return self
 
-    def fake_fit(cfg, member, x, y, *args, **kwargs):
+    def fake_fit(cfg, member, x, y, *args, soft=None, **kwargs):
+        if len(seen["trained"]) == seen.get("stop_after", -1):
+            raise KeyboardInterrupt  # the run stopped while this teacher trained
         seen["trained"].append({int(v) for v in x[:, 0, 0, 0]})
+        seen.setdefault("soft", []).append(soft)
         return member, 1, 1
 
     def fake_proba(model, images, *args, **kwargs):
@@ -69,16 +87,63 @@ def test_targets_blend_labels_with_answers_from_teachers_that_never_saw_the_imag
     np.testing.assert_array_equal(again, targets)
 
 
-def test_a_run_trains_on_distilled_targets(tmp_path):
+def test_an_interrupted_fold_keeps_its_finished_teachers(fake_teachers, tmp_path):
+    cfg = RunConfig()
+    cfg.train.distill = 0.5
+    y = np.arange(12) % 2
+    images = np.arange(12, dtype=np.uint8).reshape(12, 1, 1, 1) * np.ones((1, 1, 4, 4), dtype=np.uint8)
+    base = np.eye(2, dtype=np.float32)[y]
+    fake_teachers["stop_after"] = 1
+    with pytest.raises(KeyboardInterrupt):
+        distill.distilled_targets(cfg, images, y, base, 2, tmp_path, seed=3, progress=False, resume=False)
+    fake_teachers["stop_after"] = -1
+    distill.distilled_targets(cfg, images, y, base, 2, tmp_path, seed=3, progress=False, resume=True)
+    assert len(fake_teachers["trained"]) == distill.TEACHER_FOLDS  # the first teacher was not trained again
+
+
+def test_teachers_train_on_the_experts_votes_where_the_run_does(fake_teachers, tmp_path):
+    cfg = RunConfig()
+    cfg.train.distill, cfg.train.soft_labels = 0.5, 0.5
+    y = np.arange(12) % 2
+    images = np.arange(12, dtype=np.uint8).reshape(12, 1, 1, 1) * np.ones((1, 1, 4, 4), dtype=np.uint8)
+    votes = np.tile(np.array([[0.75, 0.25]], dtype=np.float32), (12, 1))
+    distill.distilled_targets(cfg, images, y, votes, 2, tmp_path, seed=3, progress=False, resume=False)
+    for soft, seen in zip(fake_teachers["soft"], fake_teachers["trained"], strict=True):
+        assert soft is not None and soft.shape == (len(seen), 2) and np.allclose(soft, [0.75, 0.25])
+    cfg.train.soft_labels = 0.0  # one-hot labels: the teachers train on the labels as the recipe does
+    distill.distilled_targets(cfg, images, y, np.eye(2, dtype=np.float32)[y], 2, tmp_path / "hard", seed=3,
+                              progress=False, resume=False)
+    assert all(soft is None for soft in fake_teachers["soft"][distill.TEACHER_FOLDS:])
+
+
+def test_a_run_trains_its_students_on_the_kept_targets(tmp_path, monkeypatch):
+    """Each fold's student, and its refit on training + validation, trains on the targets kept for
+    it; separable data stays separable."""
     data = write_separable(tmp_path / "data")
-    result = run.train_run(quick_config(data, tmp_path / "run", distill=0.5), progress=False)
-    assert result.metrics["accuracy"] >= 0.95  # separable data stays separable
+    students = {}
+    real_fit = run.fit_member
+
+    def spy(cfg, member, x, y, *args, soft=None, **kwargs):
+        fold_dir = args[3]  # x_val, y_val, classes, then the fit's folder
+        if not fold_dir.name.startswith("teacher"):
+            students[fold_dir] = soft
+        return real_fit(cfg, member, x, y, *args, soft=soft, **kwargs)
+
+    monkeypatch.setattr(run, "fit_member", spy)
+    result = run.train_run(quick_config(data, tmp_path / "run", distill=0.5, refit_val=True), progress=False)
+    assert result.metrics["accuracy"] >= 0.95
     for k in range(4):
         fold = result.out / "folds" / f"fold{k}"
-        train = json.loads((fold / "done.json").read_text())["train"]
-        targets = np.load(fold / distill.TARGETS_FILE)
-        assert targets.shape == (train, 4) and targets.max() < 1.0  # none left as a pure label
-        assert not any(fold.glob("teacher*/checkpoints"))
+        done, first = (json.loads((fold / name).read_text()) for name in ("done.json", "first.json"))
+        train = done["train"]  # training + validation
+        # the teachers' time is the fold's, not the first fit's per-epoch figure
+        assert first["target_seconds"] > 0 and done["fold_seconds"] >= done["seconds"] + first["target_seconds"]
+        for where in (fold, fold / "refit"):
+            targets = np.load(where / distill.TARGETS_FILE)
+            np.testing.assert_array_equal(students[where], targets)
+            assert targets.max() < 1.0  # none left as a pure label
+        assert len(np.load(fold / "refit" / distill.TARGETS_FILE)) == train
+        assert not any(fold.glob("**/teacher*/checkpoints"))
 
 
 def test_soft_targets_with_offline_balancing_are_refused_before_training(tmp_path):

@@ -746,6 +746,32 @@ def test_the_final_refit_trains_on_the_targets_the_folds_trained_on(monkeypatch,
     np.testing.assert_allclose(seen["soft"], [[2 / 3, 1 / 3], [0, 1]], atol=1e-6)
 
 
+def test_the_final_refits_teachers_train_as_the_folds_teachers_did(monkeypatch, tmp_path):
+    """With --distill, the final refit's teachers train the run's epochs, not the refit's own
+    (the median kept epoch), as the folds' teachers did; the refit trains on their targets."""
+    from spermhead.data.samples import Sample, SampleTable
+    from spermhead.training import run
+
+    table = SampleTable("t", [Sample(f"s{i}", Path(f"s{i}"), ("normal", "tapered")[i % 2], "hushem")
+                              for i in range(12)], ["normal", "tapered"])
+    fits = []
+
+    def fake_fit(cfg, member, x, y, *args, soft=None, **kwargs):
+        fits.append((args[3].name, cfg.train.epochs, soft))
+        return member, 1, 1
+
+    monkeypatch.setattr(run, "fit_member", fake_fit)
+    cfg = RunConfig()
+    cfg.model.name, cfg.model.init, cfg.train.distill, cfg.train.epochs = "seed-cnn", "scratch", 0.5, 40
+    cfg.preprocess.image_size = 32
+    images = np.zeros((12, 1, 32, 32), dtype=np.uint8)
+    result = run.FoldResult(0, [], np.zeros((0, 2)), np.zeros(2, dtype=np.float32), [], 0.0, 40, kept_epochs=3)
+    run.refit_all(cfg, table, images, [result], tmp_path, progress=False)
+    assert [(name, epochs) for name, epochs, _ in fits] == [("teacher0", 40), ("teacher1", 40), ("teacher2", 40),
+                                                             ("refit", 3)]
+    np.testing.assert_array_equal(fits[-1][2], np.load(tmp_path / "refit" / "distill_targets.npy"))
+
+
 def test_select_writes_the_model_selection_table(separable, tmp_path, caplog):
     from spermhead.training.select import select_models
 

@@ -9,33 +9,44 @@ never scores an image it trained on, so the targets carry its doubt rather than 
 from __future__ import annotations
 
 import shutil
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
 import lightning as L
 import numpy as np
-from sklearn.model_selection import KFold, StratifiedKFold
+from sklearn.model_selection import StratifiedGroupKFold
 
 from spermhead.config import RunConfig
 from spermhead.models.inference import predict_proba
 
 TEACHER_FOLDS = 3  # each teacher trains on two thirds of the side: 3 fits for a fold's one
 TARGETS_FILE = "distill_targets.npy"
+_TEACHER_STREAM = 0xD157  # teachers' seeds come from a stream of their own, apart from members'
 
 
-def teacher_splits(y: np.ndarray, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+def teacher_splits(y: np.ndarray, seed: int, groups: np.ndarray | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
     """(train, answer) positions within `y`: every position is answered by exactly one teacher,
-    which did not train on it. Stratified where each class has enough images for it."""
-    counts = np.bincount(y)
-    splitter = (StratifiedKFold if counts[counts > 0].min() >= TEACHER_FOLDS else KFold)(
-        n_splits=TEACHER_FOLDS, shuffle=True, random_state=seed)
-    return [(tr, te) for tr, te in splitter.split(np.zeros(len(y)), y)]
+    which did not train on it, nor on a near-duplicate of it (same `groups` value). Stratified as
+    far as the classes allow."""
+    groups = np.arange(len(y)) if groups is None else np.asarray(groups)
+    splitter = StratifiedGroupKFold(n_splits=TEACHER_FOLDS, shuffle=True, random_state=seed)
+    with warnings.catch_warnings():  # a class with fewer images than teachers is split as it can be
+        warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
+        return list(splitter.split(np.zeros(len(y)), y, groups))
+
+
+def teacher_seed(seed: int, i: int) -> int:
+    return int(np.random.SeedSequence([seed, _TEACHER_STREAM, i]).generate_state(1)[0])
 
 
 def distilled_targets(cfg: RunConfig, images: np.ndarray, y: np.ndarray, base: np.ndarray, num_classes: int,
-                      fold_dir: Path, *, seed: int, progress: bool, resume: bool, label: str = "") -> np.ndarray:
+                      fold_dir: Path, *, seed: int, progress: bool, resume: bool, groups: np.ndarray | None = None,
+                      label: str = "") -> np.ndarray:
     """N x K training targets: `cfg.train.distill` x the teachers' out-of-fold probabilities plus
-    the rest x `base` (one-hot labels, or expert vote shares). Kept in `fold_dir` for --resume."""
+    the rest x `base` (one-hot labels, or expert vote shares). Teachers train as `cfg` says, for
+    its epochs, on `base` where it holds vote shares. Kept in `fold_dir` for --resume, and so is
+    each teacher's answers as it finishes."""
     from spermhead.training.run import build_member, fit_member, tta_flips
 
     saved = fold_dir / TARGETS_FILE
@@ -44,24 +55,32 @@ def distilled_targets(cfg: RunConfig, images: np.ndarray, y: np.ndarray, base: n
         if targets.shape == base.shape:
             return targets
     # teachers keep their last epoch and watch nothing: choosing on this side's validation part
-    # would make the targets depend on it
-    teacher_cfg = replace(cfg, train=replace(cfg.train, monitor="last", early_stopping_patience=0, distill=0.0,
-                                             members_per_fold=1))
+    # would make the targets depend on it; one CSV log each, not three more runs in an MLflow
+    teacher_cfg = replace(cfg, loggers=("csv",), train=replace(
+        cfg.train, monitor="last", early_stopping_patience=0, distill=0.0, members_per_fold=1))
+    soft = base if cfg.train.soft_labels > 0 else None
     answers = np.zeros_like(base)
     empty = np.zeros((0, *images.shape[1:]), dtype=images.dtype)
-    for i, (tr, te) in enumerate(teacher_splits(y, seed)):
-        teacher_seed = seed + 10 * (i + 1)
-        L.seed_everything(teacher_seed, workers=True, verbose=False)
-        teacher = build_member(teacher_cfg, num_classes, images[tr])
+    for i, (tr, te) in enumerate(teacher_splits(y, seed, groups)):
         teacher_dir = fold_dir / f"teacher{i}"
+        answered = teacher_dir / "answers.npy"
+        if resume and answered.is_file() and (kept := np.load(answered)).shape == (len(te), num_classes):
+            answers[te] = kept
+            continue
+        s = teacher_seed(seed, i)
+        L.seed_everything(s, workers=True, verbose=False)
+        teacher = build_member(teacher_cfg, num_classes, images[tr])
         teacher, _, _ = fit_member(teacher_cfg, teacher, images[tr], y[tr], empty, np.zeros(0, dtype=int),
-                                   num_classes, teacher_dir, seed=teacher_seed, progress=progress, resume=resume,
+                                   num_classes, teacher_dir, seed=s, progress=progress, resume=resume,
+                                   soft=None if soft is None else soft[tr],
                                    label=f"{label}, teacher {i + 1} of {TEACHER_FOLDS}" if label else "")
         shutil.rmtree(teacher_dir / "checkpoints", ignore_errors=True)
         # under class-balanced training the student trains on the same balanced prior, so the
         # teachers' answers need no prior correction
         answers[te] = predict_proba(teacher.eval(), images[te], [0.0], [1.0], tta=cfg.train.tta,
                                     flips=tta_flips(cfg.train.augment))
+        teacher_dir.mkdir(parents=True, exist_ok=True)
+        np.save(answered, answers[te])
     w = cfg.train.distill
     targets = (w * answers + (1 - w) * base).astype(np.float32)
     fold_dir.mkdir(parents=True, exist_ok=True)

@@ -298,7 +298,8 @@ def fit_member(cfg: RunConfig, member: nn.Module, x_train: np.ndarray, y_train: 
     tc = cfg.train
     sampler, loss_weights = None, None
     if soft is not None and tc.balance == "offline":
-        raise ConfigError("soft expert labels cannot be combined with offline balancing; use --balance sampler")
+        raise ConfigError("soft targets (--soft-labels, --distill) cannot be combined with offline balancing; "
+                          "use --balance sampler")
     if tc.balance == "offline":
         xt, yt = offline_balance(torch.as_tensor(x_train), y_train, tc.balance_per_class, seed)
         x_train, y_train = xt.numpy(), yt
@@ -407,6 +408,7 @@ class FittedSide:
     cnn_prior: np.ndarray | None  # the training prior given back to the CNN (balanced training)
     epochs: int
     kept_epochs: int  # up to the checkpoint kept
+    target_seconds: float = 0.0  # making the targets (a distillation's teachers), apart from the fits
 
     def probs(self, cfg: RunConfig, images: np.ndarray, idx: np.ndarray,
               shape_features: np.ndarray | None) -> np.ndarray:
@@ -423,9 +425,12 @@ class FittedSide:
 
 
 def training_targets(cfg: RunConfig, table: SampleTable, images: np.ndarray, rows: np.ndarray, fold_dir: Path, *,
-                     seed: int, progress: bool, resume: bool, label: str = "") -> np.ndarray | None:
+                     seed: int, progress: bool, resume: bool, groups: np.ndarray | None = None,
+                     label: str = "") -> np.ndarray | None:
     """N x K targets for `rows` where the labels are not trained on as they are: the experts'
-    vote shares (`soft_labels`) and/or teachers' out-of-fold answers (`distill`); else None."""
+    vote shares (`soft_labels`) and/or teachers' out-of-fold answers (`distill`; teachers train
+    as `cfg` says, so a refit passes the run's own config, and keep images of one `groups` value,
+    per row of `table`, on one side); else None."""
     tc = cfg.train
     soft = soft_targets(table, rows, tc.soft_labels) if tc.soft_labels > 0 else None
     if tc.distill <= 0:
@@ -435,19 +440,24 @@ def training_targets(cfg: RunConfig, table: SampleTable, images: np.ndarray, row
     y = np.asarray(table.label_indices)[rows]
     base = soft if soft is not None else np.eye(len(table.classes), dtype=np.float32)[y]
     return distilled_targets(cfg, images[rows], y, base, len(table.classes), fold_dir, seed=seed,
-                             progress=progress, resume=resume, label=label)
+                             progress=progress, resume=resume, groups=None if groups is None else groups[rows],
+                             label=label)
 
 
 def fit_side(cfg: RunConfig, table: SampleTable, images: np.ndarray, rows: np.ndarray, val_rows: np.ndarray,
              fold_dir: Path, fold_index: int, *, progress: bool, resume: bool,
-             shape_features: np.ndarray | None, save_to: Path | None, label: str = "") -> FittedSide:
+             shape_features: np.ndarray | None, save_to: Path | None, label: str = "",
+             groups: np.ndarray | None = None, targets_cfg: RunConfig | None = None) -> FittedSide:
     """Train the fold's members on `rows` (watching `val_rows`; logs in `fold_dir`), and fit the
     second opinions the run fuses; their weights go to `save_to` (the fold's folder, where the
-    bundle and --resume read them), unless it is None."""
+    bundle and --resume read them), unless it is None. `targets_cfg` (default `cfg`) is what any
+    teachers train as: a refit's shorter schedule is the students' alone."""
     y = np.asarray(table.label_indices)
     k = len(table.classes)
-    soft = training_targets(cfg, table, images, rows, fold_dir, seed=cfg.seed * 1000 + fold_index,
-                            progress=progress, resume=resume, label=label)
+    start = time.perf_counter()
+    soft = training_targets(targets_cfg or cfg, table, images, rows, fold_dir, seed=cfg.seed * 1000 + fold_index,
+                            progress=progress, resume=resume, groups=groups, label=label)
+    target_seconds = time.perf_counter() - start
     members, epochs, kept = [], 0, 0
     for j in range(max(1, cfg.train.members_per_fold)):  # a seed ensemble: members differ only in their seed
         seed = cfg.seed * 1000 + fold_index + 100 * j
@@ -474,11 +484,12 @@ def fit_side(cfg: RunConfig, table: SampleTable, images: np.ndarray, rows: np.nd
             write_safetensors(pixels.tensors("pixels"), save_to / "pixels.safetensors")
     # after class-balanced training, the training prior goes back first (training/operating.py)
     prior = learnt_prior_correction(y[rows], k, cfg.train.balance, cfg.train.balance_per_class)
-    return FittedSide(members, shape, pixels, prior, epochs, kept)
+    return FittedSide(members, shape, pixels, prior, epochs, kept, target_seconds)
 
 
 def run_fold(cfg: RunConfig, table: SampleTable, images: np.ndarray, fold: Fold, out: Path, *,
-             progress: bool, resume: bool, shape_features: np.ndarray | None = None, label: str = "") -> FoldResult:
+             progress: bool, resume: bool, shape_features: np.ndarray | None = None, label: str = "",
+             groups: np.ndarray | None = None) -> FoldResult:
     """Train the fold's members, then score its validation and test parts once. With
     `shape_features` (N x F head profiles) a shape model fitted on the training side is fused
     with the CNN's probabilities before either operating point, and so is a pixel model where
@@ -516,7 +527,7 @@ def run_fold(cfg: RunConfig, table: SampleTable, images: np.ndarray, fold: Fold,
                           kept_epochs=info.get("kept_epochs", 0),
                           fold_seconds=info.get("fold_seconds", info["seconds"]), read_back=True)
     fold_dir.mkdir(parents=True, exist_ok=True)
-    fit = {"progress": progress, "resume": resume, "shape_features": shape_features}
+    fit = {"progress": progress, "resume": resume, "shape_features": shape_features, "groups": groups}
     # A refit's first fit is done with once validation is scored; its record lets --resume go
     # straight to the refit (the same seed gives the same first fit, but training it again is slow).
     first = fold_dir / "first.json"
@@ -527,7 +538,8 @@ def run_fold(cfg: RunConfig, table: SampleTable, images: np.ndarray, fold: Fold,
         start = time.perf_counter()
         side = fit_side(cfg, table, images, fold.train, fold.val, fold_dir, fold.index,
                         save_to=None if refit else fold_dir, label=label, **fit)
-        seconds = time.perf_counter() - start  # the first fit: run.json's per-epoch timing (a refit adds to wall time)
+        # the first fit's members: run.json's per-epoch timing (teachers and a refit add to the fold's)
+        seconds = time.perf_counter() - start - side.target_seconds
         val_probs = side.probs(cfg, images, fold.val, shape_features)
         bias, alpha = choose_balanced_bias(val_probs, y[fold.val], y[fold.train], k, cfg.train.prior_strength)
         val_accuracy_bias = prior_shift(y[fold.own_train], y[fold.train], k) if fold.n_extra else None
@@ -535,7 +547,7 @@ def run_fold(cfg: RunConfig, table: SampleTable, images: np.ndarray, fold: Fold,
         temperature = (fit_temperature(apply_bias(val_probs, val_accuracy_bias), y[fold.val])
                        if cfg.train.calibrate else 1.0)
         scored = {"bias": bias.tolist(), "alpha": alpha, "temperature": temperature,
-                  "seconds": seconds, "epochs": side.epochs,
+                  "seconds": seconds, "target_seconds": side.target_seconds, "epochs": side.epochs,
                   "val_pred": apply_bias(val_probs, val_accuracy_bias).argmax(1).tolist() if len(fold.val) else [],
                   "val_pred_balanced": apply_bias(val_probs, bias).argmax(1).tolist() if len(fold.val) else []}
         if refit:
@@ -543,15 +555,15 @@ def run_fold(cfg: RunConfig, table: SampleTable, images: np.ndarray, fold: Fold,
     bias, alpha = np.asarray(scored["bias"], dtype=np.float32), scored["alpha"]
     temperature = scored.get("temperature", 1.0)  # a first.json from before it: none
     seconds, val_pred, val_pred_balanced = scored["seconds"], scored["val_pred"], scored["val_pred_balanced"]
-    refit_seconds = 0.0
+    other_seconds = scored.get("target_seconds", 0.0)  # teachers and a refit: the fold's, not per epoch
     if refit:  # as many epochs as the first fit ran (it kept its last: refit_val needs monitor "last")
         refit_start = time.perf_counter()
         refit_cfg = replace(cfg, train=replace(cfg.train, epochs=max(scored["epochs"], 1), early_stopping_patience=0,
                                                monitor="last"))
         side = fit_side(refit_cfg, table, images, trained, fold.val[:0], fold_dir / "refit", fold.index,
                         label=f"{label}, again on training + validation" if label else "",
-                        save_to=fold_dir, **fit)
-        refit_seconds = time.perf_counter() - refit_start
+                        save_to=fold_dir, targets_cfg=cfg, **fit)
+        other_seconds += time.perf_counter() - refit_start
         bias = prior_bias(y[trained], k, alpha)  # the strength chosen above, on the refit's own prior
     test_probs = side.probs(cfg, images, fold.test, shape_features)
     accuracy_bias = prior_shift(y[own_trained], y[trained], k) if fold.n_extra else None
@@ -560,7 +572,7 @@ def run_fold(cfg: RunConfig, table: SampleTable, images: np.ndarray, fold: Fold,
     done.write_text(json.dumps({"bias": bias.tolist(),
                                 "accuracy_bias": None if accuracy_bias is None else accuracy_bias.tolist(),
                                 "alpha": alpha, "temperature": temperature, "seconds": seconds,
-                                "fold_seconds": seconds + refit_seconds, "epochs": side.epochs,
+                                "fold_seconds": seconds + other_seconds, "epochs": side.epochs,
                                 "kept_epochs": side.kept_epochs,
                                 "members": n, "train": len(trained), "val": len(fold.val),
                                 "test": len(fold.test), "refit_val": refit, "val_labels": val_labels,
@@ -568,7 +580,7 @@ def run_fold(cfg: RunConfig, table: SampleTable, images: np.ndarray, fold: Fold,
     return FoldResult(fold.index, side.members, test_probs, bias, read_history(fold_dir), seconds / n, side.epochs,
                       val_labels=val_labels, val_pred=val_pred, val_pred_balanced=val_pred_balanced,
                       accuracy_bias=accuracy_bias, shape=side.shape, pixels=side.pixels, cnn_prior=side.cnn_prior,
-                      temperature=temperature, kept_epochs=side.kept_epochs, fold_seconds=seconds + refit_seconds)
+                      temperature=temperature, kept_epochs=side.kept_epochs, fold_seconds=seconds + other_seconds)
 
 
 def out_of_fold(table: SampleTable, folds: list[Fold], results: list[FoldResult], *,
@@ -610,8 +622,12 @@ def train_run(cfg: RunConfig, *, overwrite: bool = False, resume: bool = False,
     # From here on `table` also holds the extra training images, after the dataset's own rows;
     # the folds were made on the dataset alone, so extras only ever join training sides.
     n_own = len(table)
-    twins = [[table.samples[i].id for i in g] for g in duplicate_groups(table, cfg.protocol.near_duplicates)]
+    groups = duplicate_groups(table, cfg.protocol.near_duplicates)
+    twins = [[table.samples[i].id for i in g] for g in groups]
     table, extra = pool_extra_training(table, cfg.extra_train, cfg.data_dir, cfg.protocol.near_duplicates)
+    twin_groups = np.arange(len(table))  # one value per head: a distillation's teachers keep twins apart
+    for g in groups:
+        twin_groups[g] = g[0]
     folds = with_extra_training(folds, n_own, len(table))
     # Read every image before the run folder is touched: a bad file then stops the run with its
     # name while an earlier run in that folder (--overwrite) is still there.
@@ -661,7 +677,7 @@ def train_run(cfg: RunConfig, *, overwrite: bool = False, resume: bool = False,
         shape_features = profiles(images)
     results = [run_fold(cfg, table, images, f, out, progress=progress, resume=resume,
                         label=f"fold {f.index + 1} of {len(folds)}" if len(folds) > 1 else "training",
-                        shape_features=shape_features) for f in folds]
+                        shape_features=shape_features, groups=twin_groups) for f in folds]
 
     scored = {}
     for point in ("accuracy", "balanced"):
@@ -692,7 +708,7 @@ def train_run(cfg: RunConfig, *, overwrite: bool = False, resume: bool = False,
     shapes = [r.shape for r in results if r.shape is not None]
     pixels = [r.pixels for r in results if r.pixels is not None]
     if kind_is_refit(cfg):
-        bundle_members = [refit_all(cfg, table, images, results, out, progress=progress)]
+        bundle_members = [refit_all(cfg, table, images, results, out, progress=progress, groups=twin_groups)]
         refit_prior = learnt_prior_correction(np.asarray(table.label_indices), k, cfg.train.balance,
                                               cfg.train.balance_per_class)
         if refit_prior is not None:  # the refit model trained on every image
@@ -770,14 +786,14 @@ def trained_signatures(table: SampleTable, folds: list[Fold], *, refit: bool) ->
 
 
 def refit_all(cfg: RunConfig, table: SampleTable, images: np.ndarray, results: list[FoldResult],
-              out: Path, *, progress: bool) -> nn.Module:
+              out: Path, *, progress: bool, groups: np.ndarray | None = None) -> nn.Module:
     """One model on all the data, for as many epochs as the folds' chosen checkpoints needed."""
     y = np.asarray(table.label_indices)
     epochs = int(np.median([max(r.kept_epochs or r.epochs, 1) for r in results]))
     refit_cfg = replace(cfg, train=replace(cfg.train, epochs=epochs, early_stopping_patience=0, monitor="last"))
     # the same targets as the folds trained on: expert votes and teachers' answers, where used
-    soft = training_targets(refit_cfg, table, images, np.arange(len(table)), out / "refit", seed=cfg.seed * 1000 + 999,
-                            progress=progress, resume=False, label="the final model")
+    soft = training_targets(cfg, table, images, np.arange(len(table)), out / "refit", seed=cfg.seed * 1000 + 999,
+                            progress=progress, resume=False, groups=groups, label="the final model")
     L.seed_everything(cfg.seed * 1000 + 999, workers=True, verbose=False)
     member = build_member(refit_cfg, len(table.classes), images)
     empty = np.zeros((0, *images.shape[1:]), dtype=images.dtype)
