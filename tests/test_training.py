@@ -569,6 +569,27 @@ def test_resume_needs_no_cache_while_the_run_keeps_its_source(separable, tmp_pat
     assert (record["sha256"], record["weights"]) == (started["sha256"], started["weights"])
 
 
+def test_a_spoilt_copy_of_the_source_is_replaced_and_a_failed_link_copies(separable, tmp_path, monkeypatch):
+    """The run's copy of its source counts only while it is byte for byte the recorded start; a
+    file system without links gets a copy."""
+    from spermhead.models.weights import file_sha256
+
+    monkeypatch.setenv("SPERMHEAD_CACHE", str(tmp_path / "cache"))
+
+    def no_links(*args):
+        raise OSError("links not supported")
+
+    monkeypatch.setattr(os, "link", no_links)
+    cfg = quick_config(separable, tmp_path / "run", init="synthetic", init_per_class=4, init_epochs=1, epochs=1, cv=2)
+    train_run(cfg, progress=False)
+    kept = tmp_path / "run" / "source.safetensors"
+    started = json.loads((tmp_path / "run" / "start.json").read_text())
+    assert kept.stat().st_nlink == 1 and file_sha256(kept) == started["sha256"]  # a copy, not a link
+    kept.write_bytes(b"spoilt")
+    assert train_run(cfg, resume=True, progress=False).timing["folds_read_back"] == 2  # from the cache
+    assert file_sha256(kept) == started["sha256"]
+
+
 def test_a_fit_kept_at_its_best_epoch_resumes_from_its_last_one(tmp_path):
     """With a monitor, last.ckpt is still the latest epoch, not the last one that improved: a
     resume goes on from where the fit stopped."""

@@ -177,12 +177,17 @@ def keep_source(source: Path, out: Path) -> None:
     if kept.is_file() and os.path.samefile(kept, source):
         return
     partial = kept.with_suffix(".partial")
-    partial.unlink(missing_ok=True)
     try:
-        os.link(source, partial)
-    except OSError:
-        shutil.copyfile(source, partial)
-    os.replace(partial, kept)
+        partial.unlink(missing_ok=True)
+        try:
+            os.link(source, partial)
+        except OSError:  # another file system, or one without links
+            shutil.copyfile(source, partial)
+        os.replace(partial, kept)
+    except OSError as exc:  # a convenience for --resume: the run goes on without it
+        partial.unlink(missing_ok=True)
+        log.warning("%s: could not keep a copy of the synthetic source model (%s); --resume will need the "
+                    "cached one, %s", out, exc, source)
 
 
 def _recorded_start(out: Path) -> dict[str, Any]:
