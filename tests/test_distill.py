@@ -68,11 +68,16 @@ def fake_teachers(monkeypatch):
     return seen
 
 
-def test_targets_blend_labels_with_answers_from_teachers_that_never_saw_the_image(fake_teachers, tmp_path):
+def twelve_heads(distill_weight: float, soft_labels: float = 0.0) -> tuple[RunConfig, np.ndarray, np.ndarray]:
+    """A config and 12 tiny images in 2 classes, each image's pixels its own index."""
     cfg = RunConfig()
-    cfg.train.distill = 0.25
-    y = np.arange(12) % 2
+    cfg.train.distill, cfg.train.soft_labels = distill_weight, soft_labels
     images = np.arange(12, dtype=np.uint8).reshape(12, 1, 1, 1) * np.ones((1, 1, 4, 4), dtype=np.uint8)
+    return cfg, np.arange(12) % 2, images
+
+
+def test_targets_blend_labels_with_answers_from_teachers_that_never_saw_the_image(fake_teachers, tmp_path):
+    cfg, y, images = twelve_heads(0.25)
     base = np.eye(2, dtype=np.float32)[y]
     targets = distill.distilled_targets(cfg, images, y, base, 2, tmp_path, seed=3, progress=False, resume=False)
     trained, asked = fake_teachers["trained"], fake_teachers["asked"]
@@ -88,10 +93,7 @@ def test_targets_blend_labels_with_answers_from_teachers_that_never_saw_the_imag
 
 
 def test_an_interrupted_fold_keeps_its_finished_teachers(fake_teachers, tmp_path):
-    cfg = RunConfig()
-    cfg.train.distill = 0.5
-    y = np.arange(12) % 2
-    images = np.arange(12, dtype=np.uint8).reshape(12, 1, 1, 1) * np.ones((1, 1, 4, 4), dtype=np.uint8)
+    cfg, y, images = twelve_heads(0.5)
     base = np.eye(2, dtype=np.float32)[y]
     fake_teachers["stop_after"] = 1
     with pytest.raises(KeyboardInterrupt):
@@ -102,10 +104,7 @@ def test_an_interrupted_fold_keeps_its_finished_teachers(fake_teachers, tmp_path
 
 
 def test_teachers_train_on_the_experts_votes_where_the_run_does(fake_teachers, tmp_path):
-    cfg = RunConfig()
-    cfg.train.distill, cfg.train.soft_labels = 0.5, 0.5
-    y = np.arange(12) % 2
-    images = np.arange(12, dtype=np.uint8).reshape(12, 1, 1, 1) * np.ones((1, 1, 4, 4), dtype=np.uint8)
+    cfg, y, images = twelve_heads(0.5, soft_labels=0.5)
     votes = np.tile(np.array([[0.75, 0.25]], dtype=np.float32), (12, 1))
     distill.distilled_targets(cfg, images, y, votes, 2, tmp_path, seed=3, progress=False, resume=False)
     for soft, seen in zip(fake_teachers["soft"], fake_teachers["trained"], strict=True):
