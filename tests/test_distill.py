@@ -86,10 +86,13 @@ def test_targets_blend_labels_with_answers_from_teachers_that_never_saw_the_imag
     assert sorted(i for a in asked for i in a) == list(range(12))  # each image answered once
     answers = np.stack([np.arange(12) / 12, 1 - np.arange(12) / 12], 1)
     np.testing.assert_allclose(targets, 0.75 * base + 0.25 * answers, atol=1e-6)
-    # --resume reads the kept targets instead of training the teachers again
+    # --resume reads the kept targets instead of training the teachers again, for the same images
     again = distill.distilled_targets(cfg, images, y, base, 2, tmp_path, seed=3, progress=False, resume=True)
     assert len(trained) == distill.TEACHER_FOLDS
     np.testing.assert_array_equal(again, targets)
+    distill.distilled_targets(cfg, images, y, base, 2, tmp_path, seed=3, progress=False, resume=True,
+                              key=np.arange(12) + 100)  # as many images, other ones: trained again
+    assert len(trained) == 2 * distill.TEACHER_FOLDS
 
 
 def test_an_interrupted_fold_keeps_its_finished_teachers(fake_teachers, tmp_path):
@@ -99,8 +102,11 @@ def test_an_interrupted_fold_keeps_its_finished_teachers(fake_teachers, tmp_path
     with pytest.raises(KeyboardInterrupt):
         distill.distilled_targets(cfg, images, y, base, 2, tmp_path, seed=3, progress=False, resume=False)
     fake_teachers["stop_after"] = -1
-    distill.distilled_targets(cfg, images, y, base, 2, tmp_path, seed=3, progress=False, resume=True)
+    resumed = distill.distilled_targets(cfg, images, y, base, 2, tmp_path, seed=3, progress=False, resume=True)
     assert len(fake_teachers["trained"]) == distill.TEACHER_FOLDS  # the first teacher was not trained again
+    whole = distill.distilled_targets(cfg, images, y, base, 2, tmp_path / "whole", seed=3, progress=False,
+                                      resume=False)
+    np.testing.assert_array_equal(resumed, whole)  # its answers went back to the images it answered
 
 
 def test_teachers_train_on_the_experts_votes_where_the_run_does(fake_teachers, tmp_path):
@@ -143,6 +149,25 @@ def test_a_run_trains_its_students_on_the_kept_targets(tmp_path, monkeypatch):
             assert targets.max() < 1.0  # none left as a pure label
         assert len(np.load(fold / "refit" / distill.TARGETS_FILE)) == train
         assert not any(fold.glob("**/teacher*/checkpoints"))
+
+
+def test_a_run_hands_its_near_duplicates_to_the_teachers(tmp_path, monkeypatch):
+    import shutil
+
+    data = write_separable(tmp_path / "data")
+    shutil.copy(data / "normal" / "normal_000.png", data / "normal" / "normal_twin.png")
+    calls = []
+    real_splits = distill.teacher_splits
+
+    def spy(y, seed, groups=None):
+        calls.append(groups)
+        return real_splits(y, seed, groups)
+
+    monkeypatch.setattr(distill, "teacher_splits", spy)
+    # with the refit, some fit trains on both twins, wherever the validation part took them
+    run.train_run(quick_config(data, tmp_path / "run", cv=2, epochs=1, distill=0.5, refit_val=True), progress=False)
+    assert calls and all(g is not None for g in calls)
+    assert any(len(set(g.tolist())) < len(g) for g in calls)  # the twins share a group where both train
 
 
 def test_soft_targets_with_offline_balancing_are_refused_before_training(tmp_path):

@@ -590,6 +590,24 @@ def test_a_spoilt_copy_of_the_source_is_replaced_and_a_failed_link_copies(separa
     assert file_sha256(kept) == started["sha256"]
 
 
+def test_a_source_that_cannot_be_kept_is_a_warning_not_a_stopped_run(separable, tmp_path, monkeypatch, caplog):
+    import logging
+
+    monkeypatch.setenv("SPERMHEAD_CACHE", str(tmp_path / "cache"))
+
+    def full_disk(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "link", full_disk)
+    monkeypatch.setattr(shutil, "copyfile", full_disk)
+    cfg = quick_config(separable, tmp_path / "run", init="synthetic", init_per_class=4, init_epochs=1, epochs=1, cv=2)
+    with caplog.at_level(logging.WARNING, logger="spermhead.training.run"):
+        result = train_run(cfg, progress=False)
+    assert (result.out / "model" / "model.safetensors").is_file()
+    assert not list(result.out.glob("source.*"))  # nothing half-written left behind
+    assert "could not keep a copy of the synthetic source model" in caplog.text and "No space left" in caplog.text
+
+
 def test_a_fit_kept_at_its_best_epoch_resumes_from_its_last_one(tmp_path):
     """With a monitor, last.ckpt is still the latest epoch, not the last one that improved: a
     resume goes on from where the fit stopped."""

@@ -22,6 +22,7 @@ from spermhead.models.inference import predict_proba
 
 TEACHER_FOLDS = 3  # each teacher trains on two thirds of the side: 3 fits for a fold's one
 TARGETS_FILE = "distill_targets.npy"
+ROWS_FILE = "distill_rows.npy"  # which images the targets are for: --resume reuses them for those alone
 _TEACHER_STREAM = 0xD157  # teachers' seeds come from a stream of their own, apart from members'
 
 
@@ -40,20 +41,33 @@ def teacher_seed(seed: int, i: int) -> int:
     return int(np.random.SeedSequence([seed, _TEACHER_STREAM, i]).generate_state(1)[0])
 
 
+def _kept(values: Path, rows: Path, key: np.ndarray) -> np.ndarray | None:
+    """Values saved for exactly the images `key` names; else None."""
+    if values.is_file() and rows.is_file() and np.array_equal(np.load(rows), key):
+        return np.load(values)
+    return None
+
+
+def _keep(values: np.ndarray, path: Path, rows: Path, key: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.save(rows, key)
+    np.save(path, values)
+
+
 def distilled_targets(cfg: RunConfig, images: np.ndarray, y: np.ndarray, base: np.ndarray, num_classes: int,
                       fold_dir: Path, *, seed: int, progress: bool, resume: bool, groups: np.ndarray | None = None,
-                      label: str = "") -> np.ndarray:
+                      key: np.ndarray | None = None, label: str = "") -> np.ndarray:
     """N x K training targets: `cfg.train.distill` x the teachers' out-of-fold probabilities plus
     the rest x `base` (one-hot labels, or expert vote shares). Teachers train as `cfg` says, for
     its epochs, on `base` where it holds vote shares. Kept in `fold_dir` for --resume, and so is
-    each teacher's answers as it finishes."""
+    each teacher's answers as it finishes, with `key` (the images' rows in the table) to say which
+    images they are for."""
     from spermhead.training.run import build_member, fit_member, tta_flips
 
+    key = np.arange(len(y)) if key is None else np.asarray(key)
     saved = fold_dir / TARGETS_FILE
-    if resume and saved.is_file():
-        targets = np.load(saved)
-        if targets.shape == base.shape:
-            return targets
+    if resume and (targets := _kept(saved, fold_dir / ROWS_FILE, key)) is not None:
+        return targets
     # teachers keep their last epoch and watch nothing: choosing on this side's validation part
     # would make the targets depend on it; one CSV log each, not three more runs in an MLflow
     teacher_cfg = replace(cfg, loggers=("csv",), train=replace(
@@ -63,8 +77,8 @@ def distilled_targets(cfg: RunConfig, images: np.ndarray, y: np.ndarray, base: n
     empty = np.zeros((0, *images.shape[1:]), dtype=images.dtype)
     for i, (tr, te) in enumerate(teacher_splits(y, seed, groups)):
         teacher_dir = fold_dir / f"teacher{i}"
-        answered = teacher_dir / "answers.npy"
-        if resume and answered.is_file() and (kept := np.load(answered)).shape == (len(te), num_classes):
+        answered, answered_rows = teacher_dir / "answers.npy", teacher_dir / "rows.npy"
+        if resume and (kept := _kept(answered, answered_rows, key[te])) is not None:
             answers[te] = kept
             continue
         s = teacher_seed(seed, i)
@@ -79,10 +93,8 @@ def distilled_targets(cfg: RunConfig, images: np.ndarray, y: np.ndarray, base: n
         # teachers' answers need no prior correction
         answers[te] = predict_proba(teacher.eval(), images[te], [0.0], [1.0], tta=cfg.train.tta,
                                     flips=tta_flips(cfg.train.augment))
-        teacher_dir.mkdir(parents=True, exist_ok=True)
-        np.save(answered, answers[te])
+        _keep(answers[te], answered, answered_rows, key[te])
     w = cfg.train.distill
     targets = (w * answers + (1 - w) * base).astype(np.float32)
-    fold_dir.mkdir(parents=True, exist_ok=True)
-    np.save(saved, targets)
+    _keep(targets, saved, fold_dir / ROWS_FILE, key)
     return targets

@@ -6,6 +6,7 @@ part. Completed folds are kept on disk, so `--resume` continues where a run stop
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import logging
@@ -185,7 +186,8 @@ def keep_source(source: Path, out: Path) -> None:
             shutil.copyfile(source, partial)
         os.replace(partial, kept)
     except OSError as exc:  # a convenience for --resume: the run goes on without it
-        partial.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            partial.unlink(missing_ok=True)
         log.warning("%s: could not keep a copy of the synthetic source model (%s); --resume will need the "
                     "cached one, %s", out, exc, source)
 
@@ -446,7 +448,7 @@ def training_targets(cfg: RunConfig, table: SampleTable, images: np.ndarray, row
     base = soft if soft is not None else np.eye(len(table.classes), dtype=np.float32)[y]
     return distilled_targets(cfg, images[rows], y, base, len(table.classes), fold_dir, seed=seed,
                              progress=progress, resume=resume, groups=None if groups is None else groups[rows],
-                             label=label)
+                             key=rows, label=label)
 
 
 def fit_side(cfg: RunConfig, table: SampleTable, images: np.ndarray, rows: np.ndarray, val_rows: np.ndarray,
@@ -630,7 +632,9 @@ def train_run(cfg: RunConfig, *, overwrite: bool = False, resume: bool = False,
     groups = duplicate_groups(table, cfg.protocol.near_duplicates)
     twins = [[table.samples[i].id for i in g] for g in groups]
     table, extra = pool_extra_training(table, cfg.extra_train, cfg.data_dir, cfg.protocol.near_duplicates)
-    twin_groups = np.arange(len(table))  # one value per head: a distillation's teachers keep twins apart
+    # one value per head: a distillation's teachers keep twins apart (extra images twin with the
+    # dataset's own were dropped above; twins among the extras themselves are not grouped)
+    twin_groups = np.arange(len(table))
     for g in groups:
         twin_groups[g] = g[0]
     folds = with_extra_training(folds, n_own, len(table))
