@@ -170,6 +170,24 @@ def test_a_run_hands_its_near_duplicates_to_the_teachers(tmp_path, monkeypatch):
     assert any(len(set(g.tolist())) < len(g) for g in calls)  # the twins share a group where both train
 
 
+def test_twins_among_extra_training_images_reach_the_teachers(tmp_path, monkeypatch):
+    import shutil
+
+    data, extra = write_separable(tmp_path / "data"), write_separable(tmp_path / "extra", seed=7)
+    shutil.copy(extra / "tapered" / "tapered_000.png", extra / "tapered" / "tapered_twin.png")
+    calls = []
+    real_splits = distill.teacher_splits
+
+    def spy(y, seed, groups=None):
+        calls.append(groups)
+        return real_splits(y, seed, groups)
+
+    monkeypatch.setattr(distill, "teacher_splits", spy)
+    cfg = quick_config(data, tmp_path / "run", cv=2, epochs=1, distill=0.5, extra_train=[str(extra)])
+    run.train_run(cfg, progress=False)
+    assert calls and all(len(set(g.tolist())) == len(g) - 1 for g in calls)  # extras join every training side
+
+
 def test_soft_targets_with_offline_balancing_are_refused_before_training(tmp_path):
     data = write_separable(tmp_path / "data")
     for option in ("distill", "soft_labels"):

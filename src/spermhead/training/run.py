@@ -632,10 +632,11 @@ def train_run(cfg: RunConfig, *, overwrite: bool = False, resume: bool = False,
     groups = duplicate_groups(table, cfg.protocol.near_duplicates)
     twins = [[table.samples[i].id for i in g] for g in groups]
     table, extra = pool_extra_training(table, cfg.extra_train, cfg.data_dir, cfg.protocol.near_duplicates)
-    # one value per head: a distillation's teachers keep twins apart (extra images twin with the
-    # dataset's own were dropped above; twins among the extras themselves are not grouped)
+    # one value per head, so a distillation's teachers keep twins on one side (extras twin with the
+    # dataset's own were dropped above; twins among the extras are looked for only when it matters)
     twin_groups = np.arange(len(table))
-    for g in groups:
+    pooled = len(table) > n_own and cfg.train.distill > 0
+    for g in duplicate_groups(table, cfg.protocol.near_duplicates) if pooled else groups:
         twin_groups[g] = g[0]
     folds = with_extra_training(folds, n_own, len(table))
     # Read every image before the run folder is touched: a bad file then stops the run with its
