@@ -4,6 +4,7 @@ not train on, their answers blend into the targets, and a run trains with them e
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -151,41 +152,36 @@ def test_a_run_trains_its_students_on_the_kept_targets(tmp_path, monkeypatch):
         assert not any(fold.glob("**/teacher*/checkpoints"))
 
 
-def test_a_run_hands_its_near_duplicates_to_the_teachers(tmp_path, monkeypatch):
-    import shutil
+@pytest.fixture
+def teacher_groups(monkeypatch) -> list[np.ndarray]:
+    """The near-duplicate groups each teacher split was given, as a run calls it."""
+    calls: list[np.ndarray] = []
+    real_splits = distill.teacher_splits
 
+    def spy(y, seed, groups=None):
+        calls.append(groups)
+        return real_splits(y, seed, groups)
+
+    monkeypatch.setattr(distill, "teacher_splits", spy)
+    return calls
+
+
+def test_a_run_hands_its_near_duplicates_to_the_teachers(tmp_path, teacher_groups):
     data = write_separable(tmp_path / "data")
     shutil.copy(data / "normal" / "normal_000.png", data / "normal" / "normal_twin.png")
-    calls = []
-    real_splits = distill.teacher_splits
-
-    def spy(y, seed, groups=None):
-        calls.append(groups)
-        return real_splits(y, seed, groups)
-
-    monkeypatch.setattr(distill, "teacher_splits", spy)
     # with the refit, some fit trains on both twins, wherever the validation part took them
     run.train_run(quick_config(data, tmp_path / "run", cv=2, epochs=1, distill=0.5, refit_val=True), progress=False)
-    assert calls and all(g is not None for g in calls)
-    assert any(len(set(g.tolist())) < len(g) for g in calls)  # the twins share a group where both train
+    assert teacher_groups and all(g is not None for g in teacher_groups)
+    assert any(len(set(g.tolist())) < len(g) for g in teacher_groups)  # the twins share a group where both train
 
 
-def test_twins_among_extra_training_images_reach_the_teachers(tmp_path, monkeypatch):
-    import shutil
-
+def test_twins_among_extra_training_images_reach_the_teachers(tmp_path, teacher_groups):
     data, extra = write_separable(tmp_path / "data"), write_separable(tmp_path / "extra", seed=7)
     shutil.copy(extra / "tapered" / "tapered_000.png", extra / "tapered" / "tapered_twin.png")
-    calls = []
-    real_splits = distill.teacher_splits
-
-    def spy(y, seed, groups=None):
-        calls.append(groups)
-        return real_splits(y, seed, groups)
-
-    monkeypatch.setattr(distill, "teacher_splits", spy)
     cfg = quick_config(data, tmp_path / "run", cv=2, epochs=1, distill=0.5, extra_train=[str(extra)])
     run.train_run(cfg, progress=False)
-    assert calls and all(len(set(g.tolist())) == len(g) - 1 for g in calls)  # extras join every training side
+    # the extras join every training side, so every teacher split holds the one pair
+    assert teacher_groups and all(len(set(g.tolist())) == len(g) - 1 for g in teacher_groups)
 
 
 def test_soft_targets_with_offline_balancing_are_refused_before_training(tmp_path):
