@@ -304,9 +304,6 @@ def fit_member(cfg: RunConfig, member: nn.Module, x_train: np.ndarray, y_train: 
     names the fit above its progress bar."""
     tc = cfg.train
     sampler, loss_weights = None, None
-    if soft is not None and tc.balance == "offline":
-        raise ConfigError("soft targets (--soft-labels, --distill) cannot be combined with offline balancing; "
-                          "use --balance sampler")
     if tc.balance == "offline":
         xt, yt = offline_balance(torch.as_tensor(x_train), y_train, tc.balance_per_class, seed)
         x_train, y_train = xt.numpy(), yt
