@@ -119,6 +119,8 @@ LEVERS: dict[str, dict] = {
     "mnv4_small": {"model": "timm:mobilenetv4_conv_small", "init": "synthetic"},
     # cross-fitted self-distillation: half of each target from teachers that did not see the image
     "distill5": {"distill": 0.5},
+    # focal loss (Lin et al. 2017): the loss of images already right shrinks by (1 - p)^gamma
+    "focal2": {"focal": 2.0},
 }
 
 

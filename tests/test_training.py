@@ -2073,3 +2073,32 @@ def test_resume_refuses_other_weights_saved_under_the_same_path(separable, tmp_p
         (tmp_path / "run" / name).unlink()
     with pytest.raises(ConfigError, match="start.safetensors has other contents"):
         train_run(cfg, resume=True, progress=False)
+
+
+def test_focal_loss_is_cross_entropy_at_gamma_zero_and_shrinks_easy_images():
+    import torch
+    import torch.nn.functional as F
+
+    from spermhead.training.module import focal_cross_entropy
+
+    torch.manual_seed(0)
+    logits, hard = torch.randn(8, 4), torch.randint(0, 4, (8,))
+    soft, weight = torch.softmax(torch.randn(8, 4), -1), torch.tensor([1.0, 2.0, 0.5, 3.0])
+    for y in (hard, soft):
+        for w, s in ((None, 0.0), (weight, 0.1)):
+            assert torch.allclose(focal_cross_entropy(logits, y, 0.0, w, s),
+                                  F.cross_entropy(logits, y, weight=w, label_smoothing=s), atol=1e-6)
+    # one image at p = 0.9 on its class: its -log p is scaled by (1 - 0.9)^2
+    easy = torch.log(torch.tensor([[0.9, 0.05, 0.05]]))
+    assert torch.allclose(focal_cross_entropy(easy, torch.tensor([0]), 2.0),
+                          -(0.1 ** 2) * torch.log(torch.tensor(0.9)), atol=1e-6)
+
+
+def test_focal_loss_trains_and_is_checked(separable, tmp_path):
+    focal = train_run(quick_config(separable, tmp_path / "focal", cv=2, focal=2.0), progress=False)
+    assert focal.metrics["accuracy"] >= 0.95
+    plain = train_run(quick_config(separable, tmp_path / "plain", cv=2), progress=False)
+    # the same seed and batches: only the loss differs
+    assert np.abs(focal.predictions.probabilities - plain.predictions.probabilities).max() > 1e-4
+    with pytest.raises(ConfigError, match="--focal"):
+        quick_config(separable, tmp_path / "x", focal=-1.0)

@@ -76,6 +76,7 @@ class TrainConfig:
     balance_per_class: int = 6400  # target per class for offline balancing
     augment: str = "aligned"  # none | light | aligned | seed | strong
     label_smoothing: float = 0.1
+    focal: float = 0.0  # focal loss gamma: (1 - p)^gamma down-weights the images already right; 0 = cross-entropy
     soft_labels: float = 0.0  # weight of the experts' vote shares in the target (SCIAN); 0 = majority only
     # weight of out-of-fold teachers' answers in the target (training/distill.py: three teachers
     # per fit, each on two thirds of its training side); 0 = off

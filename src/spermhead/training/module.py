@@ -32,6 +32,24 @@ def cutmix(x: torch.Tensor, perm: torch.Tensor, alpha: float) -> tuple[torch.Ten
     return out, 1 - bh * bw / (h * w)
 
 
+def focal_cross_entropy(logits: torch.Tensor, y: torch.Tensor, gamma: float,
+                        weight: torch.Tensor | None = None, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Focal loss (Lin et al. 2017) for class indices or soft targets (N x K): each class's
+    -log p term is scaled by (1 - p)^gamma. At gamma 0 it is F.cross_entropy, weights, smoothing
+    and reduction included (hard targets divide by the summed weights of their classes)."""
+    k = logits.shape[-1]
+    target = y.float() if y.ndim == 2 else F.one_hot(y, k).float()
+    target = target * (1 - label_smoothing) + label_smoothing / k
+    logp = F.log_softmax(logits.float(), dim=-1)
+    terms = -target * (1 - logp.exp()).pow(gamma) * logp
+    if weight is not None:
+        terms = terms * weight
+    total = terms.sum()
+    if y.ndim == 1 and weight is not None:
+        return total / weight[y].sum()
+    return total / y.shape[0]
+
+
 class SAM(torch.optim.Optimizer):
     """Sharpness-aware minimisation (Foret et al. 2021) around a base optimiser.
 
@@ -119,8 +137,10 @@ class HeadClassifier(L.LightningModule):
             x = augment_batch(x, self.augment)
         return fast_input(x), y
 
-    def _loss(self, logits: torch.Tensor, y: torch.Tensor, smoothing: float) -> torch.Tensor:
+    def _loss(self, logits: torch.Tensor, y: torch.Tensor, smoothing: float, gamma: float = 0.0) -> torch.Tensor:
         weight = self.loss_weights if self.loss_weights.numel() else None
+        if gamma > 0:
+            return focal_cross_entropy(logits, y, gamma, weight, smoothing)
         return F.cross_entropy(logits, y, weight=weight, label_smoothing=smoothing)
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
@@ -129,11 +149,11 @@ class HeadClassifier(L.LightningModule):
             perm = torch.randperm(x.shape[0], device=x.device)
             mixed, lam = (mixup(x, perm, self.cfg.mixup) if self.cfg.mixup > 0 else cutmix(x, perm, self.cfg.cutmix))
             logits = self(mixed)
-            loss = lam * self._loss(logits, y, self.cfg.label_smoothing) + (1 - lam) * self._loss(
-                logits, y[perm], self.cfg.label_smoothing)
+            loss = lam * self._loss(logits, y, self.cfg.label_smoothing, self.cfg.focal) + (1 - lam) * self._loss(
+                logits, y[perm], self.cfg.label_smoothing, self.cfg.focal)
         else:
             logits = self(x)
-            loss = self._loss(logits, y, self.cfg.label_smoothing)
+            loss = self._loss(logits, y, self.cfg.label_smoothing, self.cfg.focal)
         if self.l2_conv > 0:
             from spermhead.models.registry import conv_l2_penalty
 
@@ -147,7 +167,7 @@ class HeadClassifier(L.LightningModule):
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         x, y = batch
         logits = self(x)
-        loss = self._loss(logits, y, 0.0)
+        loss = self._loss(logits, y, 0.0)  # plain cross-entropy: val_loss means the same under --focal
         acc = (logits.argmax(-1) == y).float().mean()
         # Small validation sets tie on accuracy often; the loss breaks ties.
         self.log_dict({"val_loss": loss, "val_acc": acc, "val_score": acc - 1e-3 * loss},
