@@ -278,3 +278,32 @@ def test_a_run_folder_stands_for_its_bundle(bundle: Path, folder: Path, tmp_path
     assert result.exit_code == 0 and "2 classified" in result.output, result.output
     with Predictor(tmp_path / "run") as predictor:
         assert predictor.bundle_dir == tmp_path / "run" / "model"
+
+
+def test_a_killed_worker_pool_is_replaced(folder: Path) -> None:
+    """A real pool whose worker was killed refuses new work (BrokenProcessPool from submit): the
+    next call starts a fresh pool and loses no rows."""
+    import os
+    import signal
+    import time
+
+    from spermhead.serving.prepare import ProcessPreparer
+
+    paths = expand_inputs([folder])
+    with_paths = lambda items: [getattr(it, "path", None) or it["path"] for it in items]  # noqa: E731
+    preparer = ProcessPreparer(1, PreprocessConfig(image_size=32), 10**8)
+    try:
+        assert with_paths(preparer.map(paths, chunk=2)) == [str(p) for p in paths]
+        pool = preparer._pool
+        assert pool is not None
+        for pid in list(pool._processes):
+            os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while not pool._broken and time.monotonic() < deadline:  # the pool notices the death
+            time.sleep(0.05)
+        items = list(preparer.map(paths, chunk=2))
+        assert with_paths(items) == [str(p) for p in paths]
+        assert sum(isinstance(it, dict) for it in items) == 1  # only the corrupt file
+        assert preparer._pool is not pool  # the broken pool was dropped
+    finally:
+        preparer.close()

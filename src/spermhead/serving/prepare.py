@@ -13,7 +13,7 @@ import logging
 import multiprocessing
 import os
 from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import BrokenExecutor, Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -132,21 +132,33 @@ class ProcessPreparer:
 
     def map(self, paths: Iterable[Path | str], chunk: int = CHUNK) -> Iterator[Prepared | dict[str, Any]]:
         """Prepared items (or error rows) in the order of `paths`, a few chunks ahead."""
-        pool = self._executor()
         ahead = 2 * self.processes + 1
         pending: list[tuple[list[str], Future[list[Prepared | dict[str, Any]]]]] = []
         batch: list[str] = []
         for p in paths:
             batch.append(str(p))
             if len(batch) == chunk:
-                pending.append((batch, pool.submit(prepare_chunk, batch, self.cfg, self.max_pixels)))
+                pending.append((batch, self._submit(batch)))
                 batch = []
                 if len(pending) > ahead:
                     yield from self._result(*pending.pop(0))
         if batch:
-            pending.append((batch, pool.submit(prepare_chunk, batch, self.cfg, self.max_pixels)))
+            pending.append((batch, self._submit(batch)))
         for names, future in pending:
             yield from self._result(names, future)
+
+    def _submit(self, names: list[str]) -> Future[list[Prepared | dict[str, Any]]]:
+        try:
+            return self._executor().submit(prepare_chunk, names, self.cfg, self.max_pixels)
+        except BrokenExecutor as exc:  # a worker died since the last chunk: the pool takes no more work
+            self._discard(exc)
+        try:
+            return self._executor().submit(prepare_chunk, names, self.cfg, self.max_pixels)
+        except BrokenExecutor as exc:  # the fresh pool broke too: this process does the work
+            self._discard(exc)
+            done: Future[list[Prepared | dict[str, Any]]] = Future()
+            done.set_result(prepare_chunk(names, self.cfg, self.max_pixels))
+            return done
 
     def _result(self, names: list[str], future: Future[list[Prepared | dict[str, Any]]]
                 ) -> list[Prepared | dict[str, Any]]:
@@ -155,7 +167,16 @@ class ProcessPreparer:
         except Exception as exc:  # a worker died (killed, out of memory): redo its files here
             log.warning("worker process failed (%s: %s); preparing %d files in this process",
                         type(exc).__name__, exc, len(names))
+            if isinstance(exc, BrokenExecutor):
+                self._discard(exc)
             return prepare_chunk(names, self.cfg, self.max_pixels)
+
+    def _discard(self, exc: BaseException) -> None:
+        """Drop a broken pool, so that the next chunk (and the next call) starts a fresh one."""
+        if self._pool is not None:
+            log.warning("worker pool broken (%s); starting a new one", type(exc).__name__)
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
 
     def close(self) -> None:
         if self._pool is not None:
