@@ -358,6 +358,7 @@ def test_review_folder_is_predicted(client: TestClient) -> None:
     "/api/review/image/0x1",
     "/api/review/image/%C2%B2",  # a superscript two: str.isdigit() says yes, int() says no
     "/api/review/image/%D9%A3",  # an Arabic-Indic three
+    "/api/review/image/" + "9" * 5000,  # past int()'s 4300-digit limit
     "/static/../app.py",
     "/static/%2e%2e/app.py",
     "/static/..%2Fapp.py",

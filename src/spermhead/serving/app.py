@@ -674,7 +674,8 @@ def create_app(
 def _review_item(service: Service, index: str) -> ReviewItem:
     if service.review is None:
         raise HTTPException(404, "no review set")
-    if not (index.isascii() and index.isdigit()) or int(index) >= len(service.review.items):
+    # the length test first: int() refuses more than 4300 digits (a ValueError, which was a 500)
+    if not (index.isascii() and index.isdigit()) or len(index) > 18 or int(index) >= len(service.review.items):
         raise HTTPException(404, f"no review item {index[:40]!r}")
     item = service.review.items[int(index)]
     if item.path is None:
