@@ -277,3 +277,24 @@ def test_evaluate_takes_the_run_folder_and_records_its_bundle(trained, tmp_path:
     # the bundle's fusion travels with it, for the report to say whose answers it scored (none here)
     assert record["train"] == {"shape_fusion": 0.0, "pixel_fusion": 0.0}
     assert "fused answers" not in (tmp_path / "out" / "report.html").read_text()
+
+
+def test_a_file_name_that_is_not_utf8_is_evaluated_and_read_back(trained, tmp_path: Path) -> None:
+    """A Latin-1 name from an old Windows share (its id holds lone surrogates) once stopped
+    `evaluate` inside predictions.csv, with nothing after it written."""
+    import os
+
+    _, bundle = trained
+    fresh = write_separable(tmp_path / "fresh", n_per_class=3, seed=7, heads=True)
+    latin1 = os.fsdecode(b"t\xeate.png")  # "tête" in Latin-1
+    (fresh / "normal" / "normal_000.png").rename(fresh / "normal" / latin1)
+    result = evaluate(bundle, fresh, tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "out"
+    assert json.loads((out / "metrics.json").read_text())["n"] == 12 and (out / "report.html").is_file()
+    pred = Predictions.read_csv(out / "predictions.csv")
+    assert f"normal/{latin1}" in pred.ids  # the same id back, so it still keys its image
+    # and a run trained on such a folder writes its tables and bundle
+    run = train_run(quick_config(fresh, tmp_path / "run", cv=2, epochs=2), progress=False)
+    assert f"normal/{latin1}" in Predictions.read_csv(run.out / "predictions.csv").ids
+    assert (run.out / "model" / "model.safetensors").is_file()

@@ -12,6 +12,11 @@ from spermhead.errors import DataError
 # Canonical order of the WHO head classes; datasets list theirs in this order.
 WHO_CLASSES = ("normal", "tapered", "pyriform", "small", "amorphous")
 
+# How the CSV files that hold sample ids are opened. A file name that is not UTF-8 (an old
+# Windows share's Latin-1) reaches its id as lone surrogates, which strict UTF-8 cannot write:
+# surrogateescape writes the name's own bytes and reads them back as the same id.
+CSV_FILE = {"newline": "", "encoding": "utf-8", "errors": "surrogateescape"}
+
 
 @dataclass(frozen=True)
 class Sample:
@@ -75,7 +80,7 @@ class SampleTable:
         }
 
     def write_csv(self, path: Path) -> None:
-        with open(path, "w", newline="") as fh:
+        with open(path, "w", **CSV_FILE) as fh:
             w = csv.writer(fh)
             w.writerow(["id", "path", "label", "source", "group", "experts", "split"])
             for s in self.samples:

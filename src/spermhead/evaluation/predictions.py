@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from spermhead.data.samples import SampleTable
+from spermhead.data.samples import CSV_FILE, SampleTable
 
 NO_FOLD = -1
 PROB_PREFIX = "p_"
@@ -187,7 +187,7 @@ class Predictions:
         """Columns id, source, fold, true, pred, p_<class>...; floats as shortest exact repr."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "w", newline="") as fh:
+        with open(path, "w", **CSV_FILE) as fh:
             w = csv.writer(fh)
             w.writerow(_BASE_COLUMNS + [PROB_PREFIX + c for c in self.classes])
             for i in range(len(self)):
@@ -200,7 +200,7 @@ class Predictions:
     @classmethod
     def read_csv(cls, path: Path | str) -> Predictions:
         path = Path(path)
-        with open(path, newline="") as fh:
+        with open(path, **CSV_FILE) as fh:
             rows = list(csv.reader(fh))
         if not rows:
             raise ValueError(f"{path.name}: empty predictions file")

@@ -37,7 +37,7 @@ from spermhead.config import (
 )
 from spermhead.data.extra import pool_extra_training
 from spermhead.data.readers import load_dataset
-from spermhead.data.samples import SampleTable
+from spermhead.data.samples import CSV_FILE, SampleTable
 from spermhead.errors import ConfigError
 from spermhead.evaluation.composition import check_intervals
 from spermhead.evaluation.metrics import headline
@@ -837,7 +837,7 @@ def write_sample_table(table: SampleTable, canon: list[Any], path: Path, n_own: 
     n_own = len(table) if n_own is None else n_own
     fields = ["id", "role", "label", "source", "group", "path", "aligned", "status",
               "area", "length", "width", "elongation", "perimeter", "rotation_deg"]
-    with open(path, "w", newline="") as fh:
+    with open(path, "w", **CSV_FILE) as fh:
         w = csv.DictWriter(fh, fieldnames=fields)
         w.writeheader()
         for i, (s, c) in enumerate(zip(table.samples, canon, strict=True)):
