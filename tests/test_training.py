@@ -1377,7 +1377,7 @@ def test_the_source_models_name_follows_the_training_settings_it_was_trained_wit
     for option in ({"lr": 0.01}, {"optimizer": "sgd"}, {"mixup": 0.2}, {"label_smoothing": 0.0}, {"sam": 0.05},
                    {"batch_size": 16}, {"schedule": "cosine"}, {"l2_conv": 0.01}):
         assert source_path(build_run_config("hushem", "unused", **option)) != source_path(plain), option
-    for option in ({"tta": False}, {"shape_fusion": 0.0}, {"refit_val": False}, {"threads": 1}):
+    for option in ({"tta": False}, {"shape_fusion": 0.0}, {"refit_val": False}, {"threads": 1}, {"focal": 2.0}):
         assert source_path(build_run_config("hushem", "unused", **option)) == source_path(plain), option
     # freezing is the run's, when it loads the source: the source itself trains whole either way
     unfrozen = build_run_config("hushem", "unused", model="seed-resnet50")
@@ -1400,6 +1400,22 @@ def test_a_source_trains_whole_whatever_the_run_freezes(separable, tmp_path, mon
     cfg.model.kwargs = {"freeze_backbone": True}  # the run trains its head alone on the source's backbone
     synthetic_init.synthetic_init_weights(cfg, ["a", "b"])
     assert trained and all(trained[0])  # a frozen random backbone would learn nothing
+
+
+def test_a_focal_run_starts_from_a_source_trained_on_cross_entropy(separable, tmp_path, monkeypatch):
+    from spermhead.training import run, synthetic_init
+
+    monkeypatch.setenv("SPERMHEAD_CACHE", str(tmp_path / "cache"))
+    losses = []
+
+    def fit_member(cfg, member, *args, **kwargs):  # the source's settings, and no training
+        losses.append(cfg.train.focal)
+        return member, None, None
+
+    monkeypatch.setattr(run, "fit_member", fit_member)
+    cfg = quick_config(separable, tmp_path / "run", init="synthetic", init_per_class=2, init_epochs=1, focal=2.0)
+    synthetic_init.synthetic_init_weights(cfg, ["a", "b"])
+    assert losses == [0.0] and cfg.train.focal == 2.0  # the run's own fits keep their focal loss
 
 
 def test_synthetic_init_trains_its_source_once_then_reuses_the_cache(separable, tmp_path, monkeypatch, caplog):

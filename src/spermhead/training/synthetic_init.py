@@ -192,8 +192,10 @@ def train_source(cfg: RunConfig, path: Path, *, progress: bool) -> dict[str, Any
     start = time.perf_counter()
     images, labels, classes = rendered_heads(cfg)
     # The fold recipe, minus what only real data has: expert votes, validation, a prior to fix.
+    # Focal loss stays with the fine-tune: it was measured from a cross-entropy source
+    # (RESULTS.md, session 27), so a --focal run shares the recipe's cached source.
     train = replace(cfg.train, epochs=cfg.model.init_epochs, monitor="last", early_stopping_patience=0,
-                    balance="none", soft_labels=0.0, members_per_fold=1, ema=0.0)
+                    balance="none", soft_labels=0.0, members_per_fold=1, ema=0.0, focal=0.0)
     source_cfg = replace(cfg, train=train, model=replace(cfg.model, weights=None, pretrained=False,
                                                          kwargs=source_kwargs(cfg)),
                          loggers=("csv",))
