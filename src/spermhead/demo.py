@@ -1,5 +1,5 @@
 """`make demo`: synthesise a HuSHeM-style dataset, train the default model under 5-fold CV,
-write the report, and print how to look at it and serve the model. About 3 minutes on 2 free cores."""
+write the report, and print how to look at it and serve the model. About 1.5 minutes on 2 free cores."""
 
 from __future__ import annotations
 
