@@ -348,6 +348,32 @@ def test_review_folder_is_predicted(client: TestClient) -> None:
     assert r.status_code == 200 and r.headers["content-type"] == "image/png"
 
 
+def test_the_server_ends_the_workers_and_pools_it_started(bundle: Path, labelled: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from spermhead.serving import predictor as predictor_module
+
+    started = []
+
+    class Spy(predictor_module.ProcessPreparer):
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            super().__init__(*args, **kwargs)
+            started.append(self)
+
+    # a review set large enough for worker processes, on any machine
+    monkeypatch.setattr(predictor_module, "PROCESS_MIN", 2)
+    monkeypatch.setattr(predictor_module.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(predictor_module, "ProcessPreparer", Spy)
+    app = create_app(bundle, review_source=labelled)
+    predictor = app.state.service.predictor
+    # the review set was scored in worker processes, which ended once it was
+    assert len(started) == 1 and started[0]._pool is None and predictor._preparer is None
+    with TestClient(app) as c:
+        assert c.get("/api/review").json()["count"] == 8
+        assert post(c, ("a.png", png(1)), ("b.png", png(2))).status_code == 200
+        assert predictor._pool is not None  # two uploads are prepared by its threads
+    assert predictor._pool is None  # the server's end closed the predictor it opened
+
+
 @pytest.mark.parametrize("attempt", [
     "/api/review/image/..%2F..%2F..%2Fetc%2Fpasswd",
     "/api/review/image/../../../etc/passwd",

@@ -535,6 +535,7 @@ def create_app(
 ) -> FastAPI:
     """The app for one bundle. `review_source`: a labelled class folder, a dataset name, a
     run folder or its predictions.csv (`review_data`: where that run's images are)."""
+    owned = predictor is None  # the app closes what it opened, not a caller's predictor
     predictor = predictor or Predictor(bundle_dir, backend=backend, max_pixels=max_pixels,
                                        operating_point=operating_point)
     if max_pixels is not None:
@@ -542,11 +543,15 @@ def create_app(
     service = Service(predictor, int(max_upload_mb * MB), max_files)
     if review_source is not None:
         service.review = load_review_set(review_source, predictor, review_data)
+        predictor.close_workers()  # a large review set's worker processes would idle for the server's life
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
         app.state.batcher.close()  # the worker thread ends with the server
+        if owned:
+            app.state.batcher.thread.join(timeout=60)  # its last batch still uses the predictor
+            predictor.close()
 
     app = FastAPI(
         lifespan=lifespan,

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -113,6 +114,8 @@ class Predictor:
         # threads overlap it; 0 picks a small default from the CPU count.
         self.workers = workers if workers > 0 else min(4, os.cpu_count() or 1)
         self._pool: ThreadPoolExecutor | None = None
+        # the server's batching thread and a large upload's own thread may both start the pool
+        self._pool_lock = threading.Lock()
         # worker processes for large file batches; 0 = one per CPU, 1 = none
         self.processes = processes if processes > 0 else (os.cpu_count() or 1)
         self._preparer: ProcessPreparer | None = None
@@ -185,9 +188,10 @@ class Predictor:
         return prepare_safe(source, self.config, self.max_pixels, name)
 
     def _executor(self) -> ThreadPoolExecutor:
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="spermhead-prep")
-        return self._pool
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="spermhead-prep")
+            return self._pool
 
     def _map(self, fn: Any, items: Sequence[Any]) -> list[Any]:
         if self.workers <= 1 or len(items) < 2:
@@ -293,13 +297,17 @@ class Predictor:
     def prepare_many_bytes(self, items: Sequence[tuple[str, bytes]]) -> list[Prepared | dict[str, Any]]:
         return self._map(lambda name, data: self._prepare_safe(data, name), list(items))
 
+    def close_workers(self) -> None:
+        """End the worker processes of a large batch (the next one starts them again)."""
+        if self._preparer is not None:
+            self._preparer.close()
+            self._preparer = None
+
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=False)
             self._pool = None
-        if self._preparer is not None:
-            self._preparer.close()
-            self._preparer = None
+        self.close_workers()
         if self._tmpdir is not None:
             self._tmpdir.cleanup()
             self._tmpdir = None
