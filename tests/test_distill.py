@@ -189,3 +189,30 @@ def test_soft_targets_with_offline_balancing_are_refused_before_training(tmp_pat
     for option in ("distill", "soft_labels"):
         with pytest.raises(ConfigError, match=f"--{option.replace('_', '-')} .*offline"):
             quick_config(data, tmp_path / "run", **{option: 0.5, "balance": "offline"})
+
+
+def test_the_teachers_time_counts_in_the_fold_not_per_epoch(tmp_path, monkeypatch):
+    """A distillation's teachers train before the fold's members: their time goes into the
+    fold's total, and not into the members' per-epoch figure (fake clock: teachers take 1000 s)."""
+    import time
+
+    clock = {"offset": 0.0}
+
+    class FakeTime:
+        @staticmethod
+        def perf_counter() -> float:
+            return time.perf_counter() + clock["offset"]
+
+    def slow_teachers(cfg, images, y, base, k, fold_dir, **kwargs):
+        clock["offset"] += 1000.0
+        return base
+
+    monkeypatch.setattr(run, "time", FakeTime)
+    monkeypatch.setattr(distill, "distilled_targets", slow_teachers)
+    data = write_separable(tmp_path / "data", n_per_class=6)
+    run.train_run(quick_config(data, tmp_path / "run", cv=2, epochs=1, distill=0.5), progress=False)
+    folds = sorted((tmp_path / "run" / "folds").glob("fold*"))
+    assert len(folds) == 2
+    for fold in folds:
+        done = json.loads((fold / "done.json").read_text())
+        assert done["seconds"] < 1000 <= done["fold_seconds"]
