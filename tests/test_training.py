@@ -400,6 +400,16 @@ def test_bad_options_fail_before_training(separable, tmp_path):
     with pytest.raises(ConfigError, match="--overwrite"):
         train_run(quick_config(separable, tmp_path / "z"), progress=False)
     assert (tmp_path / "z" / "keep.txt").read_text() == "precious"
+    # --overwrite deletes only a run folder, and never one that holds what the run reads
+    with pytest.raises(ConfigError, match="not a run folder"):
+        train_run(quick_config(separable, tmp_path / "z"), overwrite=True, progress=False)
+    assert (tmp_path / "z" / "keep.txt").read_text() == "precious"
+    lab = tmp_path / "lab"
+    shutil.copytree(separable, lab / "heads")
+    (lab / "config.yaml").write_text("an earlier run's settings\n")
+    with pytest.raises(ConfigError, match="heads, which this run reads"):
+        train_run(quick_config(lab / "heads", lab), overwrite=True, progress=False)
+    assert (lab / "heads").is_dir() and (lab / "config.yaml").is_file()
 
 
 @pytest.mark.parametrize("text", ["90/10/0", "100/0/0", "80/20"])

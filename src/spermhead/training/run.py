@@ -14,6 +14,7 @@ import os
 import pickle
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -102,16 +103,34 @@ class RunResult:
     timing: dict[str, Any] = field(default_factory=dict)
 
 
-def check_run_dir(out: Path, *, overwrite: bool, resume: bool) -> None:
-    """Refuse an output that cannot become the run folder, before any image is read."""
+def _inputs(cfg: RunConfig) -> list[Path]:
+    """The files and folders a run reads that a user names: its data, extra images, weights."""
+    named = [cfg.dataset, cfg.data_dir, *cfg.extra_train, cfg.model.weights]
+    return [Path(p).absolute() for p in named if p and Path(p).exists()]
+
+
+def check_run_dir(out: Path, *, overwrite: bool, resume: bool, inputs: Sequence[Path] = ()) -> None:
+    """Refuse an output that cannot become the run folder, before any image is read. --overwrite
+    deletes the folder, so it replaces only a run folder (one with its config.yaml) that holds
+    none of the run's `inputs`: `--out . --overwrite` once took the images with it."""
     if out.exists() and not out.is_dir():
         raise ConfigError(f"{out}: is a file, not a folder; give --out a folder for the run")
-    if out.is_dir() and any(out.iterdir()) and not (overwrite or resume):
+    if not (out.is_dir() and any(out.iterdir())):
+        return
+    if not (overwrite or resume):
         raise ConfigError(f"{out}: run directory exists; pass --overwrite to replace it or --resume to continue it")
+    if overwrite and not resume:
+        if not (out / "config.yaml").is_file():
+            raise ConfigError(f"{out}: not a run folder (it has no config.yaml), and --overwrite would delete "
+                              "everything in it; give --out a new or empty folder")
+        inside = [p for p in inputs if p.is_relative_to(out.absolute())]
+        if inside:
+            raise ConfigError(f"{out}: holds {inside[0]}, which this run reads, and --overwrite would delete it; "
+                              "give --out another folder")
 
 
-def prepare_run_dir(out: Path, *, overwrite: bool, resume: bool) -> None:
-    check_run_dir(out, overwrite=overwrite, resume=resume)
+def prepare_run_dir(out: Path, *, overwrite: bool, resume: bool, inputs: Sequence[Path] = ()) -> None:
+    check_run_dir(out, overwrite=overwrite, resume=resume, inputs=inputs)
     if out.exists() and any(out.iterdir()) and not resume:  # --overwrite, as the check allows only then
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -610,7 +629,7 @@ def train_run(cfg: RunConfig, *, overwrite: bool = False, resume: bool = False,
 
     check_run_config(cfg)  # a config built in code, or read back by --resume, is checked too
     out = Path(cfg.out)
-    check_run_dir(out, overwrite=overwrite, resume=resume)
+    check_run_dir(out, overwrite=overwrite, resume=resume, inputs=_inputs(cfg))
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
     table = load_dataset(cfg.dataset, cfg.data_dir)
@@ -669,7 +688,7 @@ def train_run(cfg: RunConfig, *, overwrite: bool = False, resume: bool = False,
         cfg = replace(cfg, model=replace(cfg.model, weights=str(weights)))
     # The run folder is touched only now, so a refusal above (or a source model that fails to
     # train) leaves an earlier run there as it was.
-    prepare_run_dir(out, overwrite=overwrite, resume=resume)
+    prepare_run_dir(out, overwrite=overwrite, resume=resume, inputs=_inputs(cfg))
     save_config(as_asked, out / "config.yaml")
     if not (resume and (out / START_RECORD).is_file()):  # a resume keeps the record of how its run began
         (out / START_RECORD).write_text(json.dumps({k: v for k, v in init.items() if k not in ("cached", "seconds")},
