@@ -217,6 +217,24 @@ def test_grouped_cv_keeps_each_group_in_one_part_of_every_fold():
         make_folds(one_each, ProtocolConfig(kind="cv", folds=2, grouped=True, near_duplicates=0), seed=0, val_fraction=0.15)
 
 
+def test_grouped_is_refused_for_a_split_and_a_tiny_class_is_named():
+    """--grouped draws CV folds only: with --split it would have been recorded but not done. A
+    random split of a class with one or two images is refused by name, not by scikit-learn."""
+    from spermhead.data.samples import Sample, SampleTable
+
+    samples = [Sample(f"p{i % 4}/{c}{i}", Path(f"{c}{i}.png"), c, "lab", group=f"p{i % 4}")
+               for c in CLASSES for i in range(10)]
+    table = SampleTable("lab", samples, CLASSES)
+    for kind in ("random", "folders"):
+        with pytest.raises(ConfigError, match="--grouped keeps acquisition groups apart in CV folds only"):
+            make_folds(table, ProtocolConfig(kind=kind, grouped=True, near_duplicates=0), seed=0, val_fraction=0.15)
+    (fold,) = make_folds(table, ProtocolConfig(kind="random", near_duplicates=0), seed=0, val_fraction=0.15)
+    assert len(fold.train) + len(fold.val) + len(fold.test) == len(samples)
+    tiny = SampleTable("lab", samples[:-9], CLASSES)  # one image of the last class
+    with pytest.raises(ConfigError, match=rf"at least 3 images of each class.*{CLASSES[-1]} \(1\)"):
+        make_folds(tiny, ProtocolConfig(kind="random", near_duplicates=0), seed=0, val_fraction=0.15)
+
+
 def test_a_fixed_split_without_validation_images_gives_an_empty_validation_part():
     """A table built in code with train and test images only (the folder reader refuses an empty
     val/): its validation part is empty, and still an index array."""

@@ -60,13 +60,24 @@ def _make_folds(table: SampleTable, protocol: ProtocolConfig, seed: int, val_fra
     if len(present) < 2:
         raise ConfigError(f"{table.name}: only one class has images ({', '.join(present) or 'none'}); "
                           "a classifier needs at least two")
+    if protocol.grouped and protocol.kind != "cv":
+        # only CV folds are drawn by group; a split that ignored it would claim what it did not test
+        raise ConfigError(f"--grouped keeps acquisition groups apart in CV folds only, not in a {protocol.kind} "
+                          "split; use --cv K with --grouped, or drop --grouped")
     if protocol.kind == "folders":
         fold = _folder_split(table)  # the dataset author's split, taken as it is, but its twins are named
         _warn_split_twins(table, fold, duplicate_groups(table, protocol.near_duplicates))
         return [fold]
     together = duplicate_groups(table, protocol.near_duplicates)
     if protocol.kind == "random":
-        return [_random_split(y, protocol.split, seed, together)]
+        counts = np.bincount(y, minlength=len(table.classes))
+        if few := [f"{c} ({n})" for c, n in zip(table.classes, counts, strict=True) if 0 < n < 3]:
+            raise ConfigError(f"{table.name}: a stratified train/validation/test split needs at least 3 images of "
+                              f"each class, one per part; too few: {', '.join(few)}")
+        try:
+            return [_random_split(y, protocol.split, seed, together)]
+        except ValueError as exc:  # scikit-learn's word for a split too small to stratify
+            raise ConfigError(f"{table.name}: cannot split {len(y)} images as {protocol.split}: {exc}") from None
     if protocol.kind != "cv":
         raise ConfigError(f"unknown protocol {protocol.kind!r}: use cv, folders or random")
     _check_enough(table, protocol.folds)
