@@ -925,6 +925,26 @@ def test_resume_names_a_folder_with_no_run(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
+def test_resume_alone_takes_a_relative_dataset_and_names_a_damaged_config(separable, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from spermhead.cli import app
+    from spermhead.config import save_config
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(separable, "heads")
+    cfg = quick_config(Path("heads"), tmp_path / "run", cv=2, epochs=1)  # saved with the folder made absolute
+    (tmp_path / "run").mkdir()
+    save_config(cfg, tmp_path / "run" / "config.yaml")
+    # the command that started it, plus --resume: the relative folder is the saved absolute one
+    result = CliRunner().invoke(app, ["train", "heads", "--out", "run", "--resume", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "run" / "metrics.json").is_file()
+    (tmp_path / "run" / "config.yaml").write_text("train: [")  # cut short
+    result = CliRunner().invoke(app, ["train", "--out", "run", "--resume"])
+    assert result.exit_code == 2 and "config.yaml: not readable as YAML" in result.output, result.output
+
+
 def test_select_command_prints_the_winner_chosen_on_validation(separable, tmp_path):
     from typer.testing import CliRunner
 

@@ -332,7 +332,7 @@ def train(
     """Train and assess a model under CV or a fixed split; writes a run directory with a bundle."""
     from spermhead.config import fusion_text, load_config
     from spermhead.errors import ConfigError
-    from spermhead.training.options import build_run_config
+    from spermhead.training.options import absolute_path, build_run_config
     from spermhead.training.run import train_run
 
     settings = config_settings(config)
@@ -347,7 +347,7 @@ def train(
     if resume and (out / "config.yaml").is_file() and not given_options(ctx) - _RESUME_LOCAL:
         # --resume alone: the interrupted run's own settings (where it runs may change)
         cfg = load_config(out / "config.yaml")
-        cfg.dataset = name  # a different dataset is refused by the settings check
+        cfg.dataset = absolute_path(name)  # as saved; a different dataset is refused by the settings check
         cfg.data_dir = str(data_dir.absolute()) if data_dir else cfg.data_dir  # saved again: from anywhere
         cfg.train.num_threads = threads if threads is not None else cfg.train.num_threads
         cfg.train.accelerator = accelerator or cfg.train.accelerator

@@ -212,9 +212,22 @@ def save_config(config: RunConfig, path: Path) -> None:
 
 
 def load_config(path: Path) -> RunConfig:
-    data = yaml.safe_load(Path(path).read_text()) or {}
+    """A run's own config.yaml (unchecked keys: a run saved by an older spermhead stays readable)."""
+    data = _yaml_mapping(Path(path))
     data.pop("environment", None)
     return RunConfig.from_dict(_as_it_ran(data))
+
+
+def _yaml_mapping(file: Path) -> dict[str, Any]:
+    """The YAML file's mapping; a damaged file is an error naming it, not a parser traceback."""
+    try:
+        data = yaml.safe_load(file.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{file}: not readable as YAML ({str(exc).splitlines()[0]})") from None
+    data = {} if data is None else data
+    if not isinstance(data, dict):
+        raise ConfigError(f"{file}: a mapping of settings (like a run's config.yaml), not {type(data).__name__}")
+    return data
 
 
 def _as_it_ran(data: dict[str, Any]) -> dict[str, Any]:
@@ -278,13 +291,7 @@ def read_config_file(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
         raise ConfigError(f"{path}: no such file or folder (give a run directory or a YAML file of settings)")
     if not file.is_file():
         raise ConfigError(f"{path}: no config.yaml there (give a run directory or a YAML file of settings)")
-    try:
-        data = yaml.safe_load(file.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{file}: not readable as YAML ({str(exc).splitlines()[0]})") from None
-    data = {} if data is None else data
-    if not isinstance(data, dict):
-        raise ConfigError(f"{file}: a mapping of settings (like a run's config.yaml), not {type(data).__name__}")
+    data = _yaml_mapping(file)
     env = data.pop("environment", None)
     problems: list[str] = []
     _check_settings(data, RunConfig().to_dict(), "", problems)
