@@ -69,6 +69,32 @@ def test_16_bit_tiff_is_scaled_by_its_range(tmp_path: Path):
     assert (np.diff(out.astype(int).ravel()) >= 0).all()  # order kept
 
 
+@pytest.mark.parametrize("suffix", [".png", ".tiff"])
+def test_16_bit_colour_is_scaled_by_its_range_with_its_colours(suffix: str):
+    """Pillow gives 16-bit colour as its high bytes: a 12-bit camera's image (0-4095) came out
+    0-15, nearly black, and alignment found no head in it."""
+    import cv2
+
+    rgb = np.zeros((20, 30, 3), np.uint16)
+    rgb[..., 0] = (np.arange(30) * 4095 // 29)[None, :]  # red rises left to right over 12 bits
+    rgb[5:15, 10:20] = (0, 4095, 2000)  # a green-blue patch
+    for image in (rgb, np.dstack([rgb, np.full((20, 30), 65535, np.uint16)])):  # opaque alpha too
+        ok, data = cv2.imencode(suffix, np.ascontiguousarray(image[..., [2, 1, 0, *range(3, image.shape[2])]]))
+        assert ok
+        out = read_image(data.tobytes())
+        assert out.shape == (20, 30, 3) and out[..., 0].max() >= 250  # the full range, not 0-15
+        assert (np.diff(out[0, :, 0].astype(int)) >= 0).all()  # order kept
+        assert out[10, 15, 1] > 240 and 100 < out[10, 15, 2] < 150 and out[10, 15, 0] < 10  # colours kept
+
+
+def test_png_exif_rotation_is_applied():
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    buf = io.BytesIO()
+    Image.new("RGB", (20, 10), (50, 60, 70)).save(buf, "PNG", exif=exif)
+    assert read_image(buf.getvalue()).shape == (20, 10, 3)  # shown upright: 10 wide, 20 high
+
+
 def test_16_bit_png_and_constant_image():
     deep = np.full((10, 10), 40000, np.uint16)
     deep[3:6, 3:6] = 50000

@@ -68,8 +68,8 @@ def read_image(source: Path | str | bytes, name: str | None = None, max_pixels: 
     """Decode a BMP, PNG, JPEG or TIFF (path or bytes) into an HxWx3 uint8 RGB array.
 
     Grey is replicated to three channels; transparent pixels are filled with the image's own
-    background colour; CMYK is converted; 16-bit and float data are scaled by their actual
-    value range. Raises `ImageError` (with an HTTP status) naming the file.
+    background colour; CMYK is converted; 16-bit (grey or colour) and float data are scaled by
+    their actual value range. Raises `ImageError` (with an HTTP status) naming the file.
     """
     if name is None:
         name = "<bytes>" if isinstance(source, bytes | bytearray | memoryview) else str(source)
@@ -91,14 +91,44 @@ def read_image(source: Path | str | bytes, name: str | None = None, max_pixels: 
         if width < 1 or height < 1:
             raise ImageError(name, CORRUPT, 400)
         try:
+            # Pillow hands 16-bit colour over as its high bytes: a 12-bit camera's image comes out
+            # nearly black, so such files are decoded again with OpenCV, all 16 bits kept
+            deep = im.mode in ("RGB", "RGBA") and ";16" in _rawmode(im)
             im.load()
-            if isinstance(im, JpegImagePlugin.JpegImageFile):
+            if isinstance(im, JpegImagePlugin.JpegImageFile | PngImagePlugin.PngImageFile):
                 im = ImageOps.exif_transpose(im)  # phone photos store their rotation in EXIF
+            if deep and (rgb := _deep_colour(fh)) is not None:
+                return rgb
             return _to_rgb(im)
         except _DECODE_ERRORS:
             raise ImageError(name, CORRUPT, 400) from None
     finally:
         fh.close()
+
+
+def _rawmode(im: Image.Image) -> str:
+    """The pixel layout of the file's first tile (e.g. 'RGB;16B'), as Pillow will decode it."""
+    tile = getattr(im, "tile", None)
+    if not tile:
+        return ""
+    args = tile[0].args
+    raw = args[0] if isinstance(args, tuple) and args else args
+    return raw if isinstance(raw, str) else ""
+
+
+def _deep_colour(fh: IO[bytes]) -> np.ndarray | None:
+    """A 16-bit colour PNG or TIFF as 8-bit RGB, scaled by its own range over all three channels
+    (so colour balance is kept); None where OpenCV does not read it as 16-bit colour."""
+    import cv2
+
+    fh.seek(0)
+    data = cv2.imdecode(np.frombuffer(fh.read(), np.uint8), cv2.IMREAD_UNCHANGED)
+    if data is None or data.dtype != np.uint16 or data.ndim != 3 or data.shape[2] not in (3, 4):
+        return None
+    rgb = _stretch(data[:, :, 2::-1])
+    if data.shape[2] == 3:
+        return np.ascontiguousarray(rgb)
+    return _composite(np.dstack([rgb, (data[:, :, 3] >> 8).astype(np.uint8)]))
 
 
 def _to_rgb(im: Image.Image) -> np.ndarray:
