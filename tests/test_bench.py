@@ -234,3 +234,35 @@ def test_the_record_refusal_looks_at_the_images_the_runs_will_read(tmp_path):
     write_synthetic(tmp_path / "data", "hushem", n_per_class=3, seed=0)
     said = bench.record_refusal("hushem", None, {}, settings={"data_dir": str(tmp_path / "data")})
     assert said is not None and "synthetic heads" in said
+
+
+def test_a_bench_replaces_runs_of_other_settings_only_when_told(tmp_path, monkeypatch):
+    """`bench accuracy hushem --model X` with the default --out once replaced the recipe's own runs."""
+    from types import SimpleNamespace
+
+    import pytest
+    from typer.testing import CliRunner
+
+    import spermhead.training.bench as bench
+    from spermhead.cli import app
+    from spermhead.config import save_config
+    from spermhead.errors import ConfigError
+
+    point = {"accuracy": 0.9, "balanced_accuracy": 0.9, "per_class_recall": {"normal": 0.9}, "macro_f1": 0.9}
+    fake = SimpleNamespace(timing={}, metrics={"operating_points": {"accuracy": point, "balanced": point}})
+    calls: list[tuple[str, dict]] = []
+    monkeypatch.setattr(bench, "train_run", lambda cfg, **kw: calls.append((cfg.model.name, kw)) or fake)
+    out = tmp_path / "bench"
+    recipe = bench.bench_config("hushem", out, 1, None)
+    Path(recipe.out).mkdir(parents=True)
+    save_config(recipe, Path(recipe.out) / "config.yaml")  # the recipe's run, seed 1
+    with pytest.raises(ConfigError, match="seed1: holds a bench run with other settings.*model.name"):
+        bench.run_accuracy_bench("hushem", out, seeds=[2, 1], model="seed-cnn")
+    assert not calls  # refused before seed 2 trained
+    bench.run_accuracy_bench("hushem", out, seeds=[1])  # the same settings: run again in its place
+    bench.run_accuracy_bench("hushem", out, seeds=[1], resume=True)
+    bench.run_accuracy_bench("hushem", out, seeds=[1], model="seed-cnn", overwrite=True)
+    assert [(m, kw["overwrite"], kw["resume"]) for m, kw in calls] == [
+        ("spermnet", True, False), ("spermnet", False, True), ("seed-cnn", True, False)]
+    both = CliRunner().invoke(app, ["bench", "accuracy", "hushem", "--overwrite", "--resume"])
+    assert both.exit_code == 2 and "give one" in both.output

@@ -1040,6 +1040,10 @@ def bench_accuracy(
                            "itself on the real images)")] = True,
     progress: Annotated[bool, typer.Option("--progress/--no-progress",
                         help="Training bars, and a line as each CV seed ends")] = True,
+    overwrite: Annotated[bool, typer.Option(
+        help="Replace runs of other settings in --out (runs of the same settings are replaced anyway)")] = False,
+    resume: Annotated[bool, typer.Option(
+        help="Go on with an interrupted bench: finished seeds and folds are read back, not trained again")] = False,
 ) -> None:
     """Run the published protocol for a dataset over several CV seeds and record the result."""
     from spermhead.config import fusion_text
@@ -1049,6 +1053,8 @@ def bench_accuracy(
 
     if name not in BENCHES:
         raise ConfigError(f"unknown benchmark {name!r}; choose from {', '.join(BENCHES)}")
+    if overwrite and resume:
+        raise ConfigError("--overwrite starts the runs again and --resume goes on with them: give one")
     seed_list = bench.parse_seeds(seeds)
     settings, left_out = bench.bench_settings(config_settings(config))
     if "data_dir" in left_out and data_dir is None:
@@ -1079,7 +1085,7 @@ def bench_accuracy(
         name, out / name, seeds=seed_list, data_dir=data, progress=progress,
         results_md=Path("benchmarks/RESULTS.md") if record else None,
         readme=Path("README.md") if record else None, settings=settings,
-        settings_file=str(config) if config else None, **extra)
+        settings_file=str(config) if config else None, overwrite=overwrite, resume=resume, **extra)
     for point in ("accuracy", "balanced"):
         s = summary[point]
         console.print(f"{name} ({point} point): accuracy {bench.percent_sd(s['accuracy'], s['accuracy_sd'])}, "
