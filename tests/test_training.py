@@ -1313,6 +1313,18 @@ def test_resume_refuses_folds_split_otherwise(separable, tmp_path):
         train_run(cfg, resume=True, progress=False)
 
 
+def test_resume_refuses_folds_whose_images_were_renamed(separable, tmp_path):
+    """The same counts and labels in every part, other images: the saved test answers would go
+    to other images' ids."""
+    data = tmp_path / "data"
+    shutil.copytree(separable, data)
+    result = train_run(quick_config(data, tmp_path / "r", cv=2, epochs=1), progress=False)
+    first = sorted((data / CLASSES[0]).iterdir())[0]
+    first.rename(first.with_name("zz_" + first.name))  # last of its class now: the split by position is unchanged
+    with pytest.raises(ConfigError, match="this fold was split otherwise.*or other images in them"):
+        train_run(load_config(result.out / "config.yaml"), resume=True, progress=False)
+
+
 def test_seed_recipe_reproduces_the_report_settings():
     cfg = build_run_config("hushem", "unused", recipe="seed", model="seed-alexnet")
     t = cfg.train

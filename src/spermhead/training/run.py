@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
 import json
 import logging
 import os
@@ -410,16 +411,27 @@ def resumable_checkpoint(last: Path) -> str | None:
     return str(last)
 
 
+def split_digest(table: SampleTable, fold: Fold) -> str:
+    """A fingerprint of which images (ids and labels) lie in each part of a fold."""
+    parts = [[(table.samples[i].id, table.samples[i].label) for i in rows] for rows in (fold.train, fold.val, fold.test)]
+    return hashlib.sha256(json.dumps(parts).encode("utf-8", "surrogateescape")).hexdigest()
+
+
 def check_same_split(fold_dir: Path, fold: Fold, test_size: int, val_size: int, y: np.ndarray,
-                     val_labels: list[int] | None = None) -> None:
-    """A finished fold read back by --resume must have been split as this version splits it
-    (its validation and test parts' sizes, and validation labels where recorded): a fold split
-    otherwise, by an older version, would mix two protocols in one result."""
+                     val_labels: list[int] | None = None, digest: str | None = None,
+                     recorded: str | None = None) -> None:
+    """A finished fold read back by --resume must have been split as this version splits it, on
+    these images: the same images in each part where the fold recorded them (`recorded`, against
+    this split's `digest`), else its parts' sizes and validation labels. A fold split otherwise
+    (an older version, renamed or other images) would mix two protocols in one result, and its
+    saved test answers would go to other images' ids."""
     if (test_size, val_size) != (len(fold.test), len(fold.val)) or (
-            val_labels is not None and list(val_labels) != y[fold.val].tolist()):
+            val_labels is not None and list(val_labels) != y[fold.val].tolist()) or (
+            recorded is not None and recorded != digest):
         raise ConfigError(f"{fold_dir}: this fold was split otherwise when it was trained ({val_size} validation and "
-                          f"{test_size} test images; now {len(fold.val)} and {len(fold.test)}), by an older spermhead "
-                          "or on other data; --resume would mix the two in one result: start again with --overwrite")
+                          f"{test_size} test images; now {len(fold.val)} and {len(fold.test)}, or other images in "
+                          "them), by an older spermhead or on other data; --resume would mix the two in one result: "
+                          "start again with --overwrite")
 
 
 @dataclass
@@ -529,7 +541,8 @@ def run_fold(cfg: RunConfig, table: SampleTable, images: np.ndarray, fold: Fold,
     own_trained = np.concatenate([fold.own_train, fold.val]) if refit else fold.own_train
     if resume and done.is_file():
         info = json.loads(done.read_text())
-        check_same_split(fold_dir, fold, info["test"], len(info["val_labels"]), y, info["val_labels"])
+        check_same_split(fold_dir, fold, info["test"], len(info["val_labels"]), y, info["val_labels"],
+                         split_digest(table, fold), info.get("split"))
         members = []
         for j in range(n):
             member = build_member(cfg, k, images[trained])
@@ -556,7 +569,8 @@ def run_fold(cfg: RunConfig, table: SampleTable, images: np.ndarray, fold: Fold,
     first = fold_dir / "first.json"
     if refit and resume and first.is_file():
         scored = json.loads(first.read_text())
-        check_same_split(fold_dir, fold, len(fold.test), len(scored["val_pred"]), y)
+        check_same_split(fold_dir, fold, len(fold.test), len(scored["val_pred"]), y,
+                         digest=split_digest(table, fold), recorded=scored.get("split"))
     else:
         start = time.perf_counter()
         side = fit_side(cfg, table, images, fold.train, fold.val, fold_dir, fold.index,
@@ -571,6 +585,7 @@ def run_fold(cfg: RunConfig, table: SampleTable, images: np.ndarray, fold: Fold,
                        if cfg.train.calibrate else 1.0)
         scored = {"bias": bias.tolist(), "alpha": alpha, "temperature": temperature,
                   "seconds": seconds, "target_seconds": side.target_seconds, "epochs": side.epochs,
+                  "split": split_digest(table, fold),
                   "val_pred": apply_bias(val_probs, val_accuracy_bias).argmax(1).tolist() if len(fold.val) else [],
                   "val_pred_balanced": apply_bias(val_probs, bias).argmax(1).tolist() if len(fold.val) else []}
         if refit:
@@ -599,6 +614,7 @@ def run_fold(cfg: RunConfig, table: SampleTable, images: np.ndarray, fold: Fold,
                                 "kept_epochs": side.kept_epochs,
                                 "members": n, "train": len(trained), "val": len(fold.val),
                                 "test": len(fold.test), "refit_val": refit, "val_labels": val_labels,
+                                "split": split_digest(table, fold),
                                 "val_pred": val_pred, "val_pred_balanced": val_pred_balanced}))
     return FoldResult(fold.index, side.members, test_probs, bias, read_history(fold_dir), seconds / n, side.epochs,
                       val_labels=val_labels, val_pred=val_pred, val_pred_balanced=val_pred_balanced,
