@@ -104,17 +104,36 @@ def record_refusal(name: str, data_dir: str | None, overrides: dict[str, Any],
     return None
 
 
+def check_bench_runs(configs: list[RunConfig]) -> None:
+    """Refuse, before any training, a bench whose runs would replace runs of other settings: a
+    variant (`--model X`) given the default --out once replaced the recipe's own runs."""
+    from spermhead.config import load_config
+    from spermhead.errors import ConfigError
+
+    for cfg in configs:
+        saved = Path(cfg.out) / "config.yaml"
+        if saved.is_file() and (changed := config_differences(load_config(saved), cfg)):
+            shown = "; ".join(changed[:3]) + ("; ..." if len(changed) > 3 else "")
+            raise ConfigError(f"{cfg.out}: holds a bench run with other settings ({shown}); give another --out, "
+                              "or --overwrite to replace it")
+
+
 def run_accuracy_bench(name: str, out: Path, *, seeds: list[int], data_dir: str | None = None,
                        progress: bool = False, results_md: Path | None = None, readme: Path | None = None,
                        settings: dict[str, Any] | None = None, settings_file: str | None = None,
-                       **overrides: Any) -> dict[str, Any]:
+                       overwrite: bool = False, resume: bool = False, **overrides: Any) -> dict[str, Any]:
+    """Each seed's run in out/seedN. A run of the same settings already there is replaced (or,
+    with `resume`, finished or read back); one of other settings only with `overwrite`."""
     if (results_md is not None or readme is not None) and record_refusal(name, data_dir, overrides, settings):
         results_md = readme = None  # (the CLI says why, before training)
+    configs = [bench_config(name, out, seed, data_dir, settings=settings, settings_file=settings_file, **overrides)
+               for seed in seeds]
+    if not overwrite:
+        check_bench_runs(configs)
     runs = []
-    for seed in seeds:
-        cfg = bench_config(name, out, seed, data_dir, settings=settings, settings_file=settings_file, **overrides)
+    for seed, cfg in zip(seeds, configs, strict=True):
         start = time.perf_counter()
-        result = train_run(cfg, overwrite=True, progress=progress)
+        result = train_run(cfg, overwrite=not resume, resume=resume, progress=progress)
         init_seconds = result.timing.get("init_seconds", 0.0)  # a source model, trained once and cached
         runs.append({"seed": seed, "wall_seconds": time.perf_counter() - start - init_seconds,
                      "init_seconds": init_seconds, "config": cfg.to_dict(),
