@@ -1837,6 +1837,14 @@ def test_balanced_training_on_a_skewed_set_keeps_two_sound_operating_points(tmp_
         assert client.get("/api/model").json()["cnn_prior"] == pytest.approx(bundle.meta.cnn_prior)
 
 
+def test_fusion_without_a_validation_part_trains(separable, tmp_path):
+    """val_fraction 0 leaves the second opinions nothing to answer before the test part: that
+    empty answer once stopped every fold after its training."""
+    result = train_run(quick_config(separable, tmp_path / "r", cv=2, epochs=2, val_fraction=0.0, shape_fusion=0.3,
+                                    pixel_fusion=0.3), progress=False)
+    assert len(result.predictions) == len(load_dataset(str(separable)))
+
+
 def test_fusion_is_served_exactly_as_it_was_assessed(separable, tmp_path):
     from spermhead.serving.predictor import Predictor
 

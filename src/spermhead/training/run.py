@@ -451,6 +451,8 @@ class FittedSide:
         model = Ensemble(self.members).eval()
         cnn = predict_proba(model, images[idx], [0.0], [1.0], class_bias=self.cnn_prior, tta=cfg.train.tta,
                             flips=tta_flips(cfg.train.augment))
+        if not len(idx):  # no validation part (val_fraction 0): nothing for the second opinions to answer
+            return cnn
         others = []
         if self.shape is not None and shape_features is not None:
             others.append((self.shape.predict_proba(shape_features[idx]), cfg.train.shape_fusion))
