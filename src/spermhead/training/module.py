@@ -167,7 +167,8 @@ class HeadClassifier(L.LightningModule):
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         x, y = batch
         logits = self(x)
-        loss = self._loss(logits, y, 0.0)  # plain cross-entropy: val_loss means the same under --focal
+        # cross-entropy (class-weighted under --balance loss), never focal: val_loss means the same under --focal
+        loss = self._loss(logits, y, 0.0)
         acc = (logits.argmax(-1) == y).float().mean()
         # Small validation sets tie on accuracy often; the loss breaks ties.
         self.log_dict({"val_loss": loss, "val_acc": acc, "val_score": acc - 1e-3 * loss},
