@@ -444,3 +444,26 @@ def test_training_and_serving_run_channels_last_with_the_same_answers(tmp_path: 
     usual.load_state_dict(load_file(path))
     np.testing.assert_allclose(predict_proba(usual, images, [0.0], [1.0]), predict_proba(fast, images, [0.0], [1.0]),
                                atol=1e-5)
+
+
+def test_a_seed_backbone_net_takes_its_head_from_a_file_of_its_own_kind(tmp_path: Path) -> None:
+    """A synthetic source, a fold's model or a bundle of the seed's ResNet50/B7 net brings its dense
+    head as well as its backbone (the head had been left at random under a frozen backbone)."""
+    from spermhead.models.weights import write_safetensors
+
+    torch.manual_seed(0)
+    source = build_model("seed-resnet50", 4, 1, 32, **SMALL_BACKBONE)
+    own, bundle = tmp_path / "own.safetensors", tmp_path / "bundle.safetensors"
+    write_safetensors(source.state_dict(), own)
+    write_safetensors({f"member0.1.{k}": v for k, v in source.state_dict().items()}, bundle)
+    for path in (own, bundle):
+        torch.manual_seed(1)
+        model = build_model("seed-resnet50", 4, 1, 32, weights=path, **SMALL_BACKBONE)
+        for k, v in source.state_dict().items():
+            assert torch.equal(model.state_dict()[k], v), (path.name, k)
+        assert model.head_loaded == len(model.head.state_dict())
+        assert not any(".head." in k or k.startswith("head.") for k in model.weights_report.unexpected)
+    # other classes: the hidden layers come along, the output layer starts new
+    three = build_model("seed-resnet50", 3, 1, 32, weights=own, **SMALL_BACKBONE)
+    assert torch.equal(three.head[0].weight, source.head[0].weight)
+    assert three.head[-1].weight.shape[0] == 3 and three.head_loaded == len(three.head.state_dict()) - 2

@@ -12,7 +12,23 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from spermhead.models.weights import load_pretrained
+from spermhead.models.weights import load_pretrained, read_state_dict
+
+HEAD_PREFIXES = ("head.", "1.head.", "member0.1.head.")  # the net's own, a fold's, a bundle's first member
+
+
+def load_head(head: nn.Sequential, weights: str | Path) -> int:
+    """Copy the dense head's tensors from a file of a SeedBackboneNet, those of the same shape
+    (an output layer for other classes stays new); returns how many were copied."""
+    state = read_state_dict(weights)
+    target = head.state_dict()
+    for prefix in HEAD_PREFIXES:
+        part = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        fit = {k: v.to(target[k].dtype) for k, v in part.items() if k in target and v.shape == target[k].shape}
+        if fit:
+            head.load_state_dict(fit, strict=False)
+            return len(fit)
+    return 0
 
 
 def _dense(n_in: int, n_out: int) -> list[nn.Module]:
@@ -112,6 +128,11 @@ class SeedBackboneNet(nn.Module):
             n_in = n
         layers.append(nn.Linear(n_in, num_classes))
         self.head = nn.Sequential(*layers)
+        # a file of this very net (a synthetic source, a fold, a bundle) brings its head too
+        self.head_loaded = load_head(self.head, weights) if weights is not None else 0
+        if self.head_loaded and self.weights_report is not None:  # what the head took is not "unexpected"
+            self.weights_report.unexpected = [k for k in self.weights_report.unexpected
+                                              if not k.startswith(HEAD_PREFIXES)]
         self.train()
 
     def train(self, mode: bool = True) -> SeedBackboneNet:

@@ -26,13 +26,13 @@ from spermhead.errors import ConfigError
 log = logging.getLogger(__name__)
 
 # ... and spermhead's own files: a fold's model ("1." after the Standardize layer) or a bundle's
-# first member ("member0.1.")
+# first member ("member0.1."), and either's backbone alone (the seed's ResNet50 and B7 nets)
 MIN_FITTED_SHARE = 0.5  # of the model's weights (elements) the file must fill
 # of the file's tensors that may fit nothing before it is called another model's (a pretraining's
 # projection head is a few)
 UNUSED_SHARE = 0.1
 _PREFIXES = ("", "module.", "model.", "backbone.", "module.backbone.", "model.backbone.", "_orig_mod.",
-             "1.", "member0.1.")
+             "1.", "member0.1.", "1.backbone.", "member0.1.backbone.")
 _WRAPPERS = ("state_dict", "model", "state_dict_ema", "model_ema")
 HUB_HOST = "huggingface.co"
 
