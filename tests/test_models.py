@@ -467,3 +467,12 @@ def test_a_seed_backbone_net_takes_its_head_from_a_file_of_its_own_kind(tmp_path
     three = build_model("seed-resnet50", 3, 1, 32, weights=own, **SMALL_BACKBONE)
     assert torch.equal(three.head[0].weight, source.head[0].weight)
     assert three.head[-1].weight.shape[0] == 3 and three.head_loaded == len(three.head.state_dict()) - 2
+
+
+def test_a_timm_model_built_for_one_input_size_is_built_for_the_runs() -> None:
+    """ViT-like timm models take one input size (224 by default): built for the run's, or the first
+    batch fails; CNNs take no such option and are built as before."""
+    vit = build_model("timm:vit_tiny_patch16_224", 4, 1, 64).eval()
+    assert vit(torch.zeros(2, 1, 64, 64)).shape == (2, 4)
+    cnn = build_model("timm:resnet18", 4, 1, 48).eval()
+    assert cnn(torch.zeros(1, 1, 48, 48)).shape == (1, 4)

@@ -123,9 +123,17 @@ def _build_timm(timm_name: str, num_classes: int, in_chans: int, image_size: int
 
     from spermhead.models.weights import load_pretrained
 
+    def create(**extra: Any) -> nn.Module:
+        return timm.create_model(timm_name, pretrained=False, num_classes=num_classes, in_chans=in_chans,
+                                 drop_rate=drop_rate, **timm_kwargs, **extra)
+
     try:
-        model = timm.create_model(timm_name, pretrained=False, num_classes=num_classes, in_chans=in_chans,
-                                  drop_rate=drop_rate, **timm_kwargs)
+        try:  # a model built for one input size (ViT, Swin, ...) is built for the run's
+            model = create(**({} if "img_size" in timm_kwargs else {"img_size": image_size}))
+        except TypeError as exc:
+            if "img_size" not in str(exc):
+                raise
+            model = create()  # a CNN: any input size, and no such option
     except RuntimeError as exc:  # timm's "Unknown model"
         close = timm.list_models(f"*{timm_name.split('.')[0]}*")[:8]
         hint = f"; similar: {', '.join(close)}" if close else "; see timm.list_models()"
