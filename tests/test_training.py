@@ -1903,6 +1903,8 @@ def test_swa_and_cutmix_train_and_are_checked(separable, tmp_path):
     result = train_run(quick_config(separable, tmp_path / "swa", cv=2, epochs=6, swa=0.5, cutmix=1.0),
                        progress=False)
     assert result.metrics["accuracy"] > 0.5
+    # SWA's extra BatchNorm epoch is not counted: a refit copying the count trains 6, not 7
+    assert [f.epochs for f in result.folds] == [6, 6]
     plain = train_run(quick_config(separable, tmp_path / "plain", cv=2, epochs=6, cutmix=1.0), progress=False)
     # the same seed and batches: only the averaged weights differ
     assert np.abs(result.predictions.probabilities - plain.predictions.probabilities).max() > 1e-4

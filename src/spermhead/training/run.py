@@ -385,12 +385,15 @@ def fit_member(cfg: RunConfig, member: nn.Module, x_train: np.ndarray, y_train: 
     )
     last = fold_dir / "checkpoints" / "last.ckpt"
     fit_quietly(trainer, module, train_loader, val_loader, ckpt_path=resumable_checkpoint(last) if resume else None)
-    kept = trainer.current_epoch
+    # SWA adds an epoch that only refreshes BatchNorm statistics: a refit copying the count would
+    # train one more epoch each time (and move its averaging window)
+    trained = min(trainer.current_epoch, tc.epochs)
+    kept = trained
     if monitor != "last" and ckpt.best_model_path:
         best = torch.load(ckpt.best_model_path, map_location="cpu", weights_only=True)
         module.load_state_dict(best["state_dict"])
-        kept = int(best["epoch"]) + 1  # saved at the end of that (0-based) epoch
-    return module.model.cpu().eval(), trainer.current_epoch, kept  # scoring and saving happen on the CPU
+        kept = min(int(best["epoch"]) + 1, tc.epochs)  # saved at the end of that (0-based) epoch
+    return module.model.cpu().eval(), trained, kept  # scoring and saving happen on the CPU
 
 
 def resumable_checkpoint(last: Path) -> str | None:
