@@ -198,6 +198,20 @@ def test_classify_page_shows_class_and_probability(page, server: str, images: Pa
     assert out.stat().st_size > 10_000
 
 
+def test_the_image_picker_is_reached_from_the_keyboard(page, server: str) -> None:
+    """Tab reaches the file input (a hidden one could be opened by mouse only), and its label
+    shows the focus."""
+    page.goto(server + "/")
+    page.wait_for_selector("#model-info:has-text('spermnet')")
+    for _ in range(10):
+        page.keyboard.press("Tab")
+        if page.evaluate("document.activeElement.id") == "file-input":
+            break
+    assert page.evaluate("document.activeElement.id") == "file-input"
+    outline = page.evaluate("getComputedStyle(document.querySelector('label[for=file-input]')).outlineStyle")
+    assert outline == "solid"
+
+
 def test_classify_page_marks_an_image_unlike_the_training_images(page, server: str, images: Path,
                                                                   tmp_path: Path) -> None:
     other = tmp_path / "other_lab.png"  # a SCIAN-style head: small, blurred, filling its crop
