@@ -332,6 +332,42 @@ def test_review_page_marks_an_image_the_model_trained_on(page, tmp_path: Path) -
         assert page.locator("#item-seen").is_hidden()
 
 
+def test_the_pages_say_why_an_image_or_the_server_is_missing(page, page_bundle: Path, tmp_path: Path) -> None:
+    """A review image gone since the set was scored shows the server's reason; a Grad-CAM that
+    could not be drawn says so on its card; a server that is gone is said to be."""
+    review_set = tmp_path / "set"
+    for label in CLASSES:
+        (review_set / label).mkdir(parents=True)
+        Image.fromarray(render_head(label, "hushem", np.random.default_rng(7))[0]).save(review_set / label / "a.png")
+    with serving(create_app(page_bundle, review_source=review_set)) as url:
+        upload = tmp_path / "upload.png"
+        (review_set / CLASSES[1] / "a.png").rename(upload)
+        for label in CLASSES:  # every item's file gone, the first one's too
+            (review_set / label / "a.png").unlink(missing_ok=True)
+        page.goto(url + "/review")
+        page.wait_for_selector("#image-box .noimg")
+        assert "a.png" in page.locator("#image-box .noimg").inner_text()
+
+        import httpx
+
+        # the server's answer, as if drawing had failed
+        answer = httpx.post(url + "/api/predict?gradcam=true",
+                            files={"files": ("upload.png", upload.read_bytes(), "image/png")}).json()
+        for row in answer["results"]:
+            row.pop("gradcam", None)
+            row["gradcam_error"] = "RuntimeError: no gradient"
+        page.route("**/api/predict*", lambda route: route.fulfill(json=answer))
+        page.goto(url + "/")
+        page.set_input_files("#file-input", str(upload))
+        page.wait_for_selector(".card.result")
+        assert "RuntimeError: no gradient" in page.locator(".card.result").inner_text()
+        page.unroute("**/api/predict*")
+        page.route("**/api/review", lambda route: route.abort())  # the server gone after the page came
+        page.goto(url + "/review")
+        page.wait_for_selector("#empty:has-text('could not be reached')")
+        page.unroute("**/api/review")
+
+
 def test_review_page_without_a_review_set_shows_no_viewer(page, tmp_path: Path) -> None:
     bundle = untrained_bundle(tmp_path / "bundle", "spermnet", classes=CLASSES, image_size=32, width=8)
     with serving(create_app(bundle)) as url:

@@ -63,6 +63,10 @@ function fillResult(card, file, r) {
   images.append(origFig);
   if (r.crop) images.append(figure(r.crop, "aligned crop (model input)", "aligned crop"));
   if (r.gradcam) images.append(figure(r.gradcam, `Grad-CAM · ${r.class}`, "Grad-CAM overlay"));
+  else if (r.gradcam_error) {  // asked for, but it could not be drawn: say so, not an empty slot
+    images.append(el("figure", {}, el("div", { class: "empty", text: "Grad-CAM not available" }),
+      el("figcaption", { text: r.gradcam_error })));
+  }
 
   const verdict = el("div", { class: "verdict" },
     el("span", { class: "cls", text: r.class }),

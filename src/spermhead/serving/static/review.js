@@ -49,7 +49,13 @@ function render() {
 
   const box = $("image-box");
   if (it.has_image) {
-    box.replaceChildren(el("img", { src: `api/review/image/${it.index}`, alt: it.name, id: "review-image" }));
+    const img = el("img", { src: `api/review/image/${it.index}`, alt: it.name, id: "review-image" });
+    // a file gone since the set was scored, or over the pixel limit: the server's reason, not a broken icon
+    img.addEventListener("error", async () => {
+      const r = await fetch(img.src).catch(() => null);
+      box.replaceChildren(el("div", { class: "noimg", text: r ? await errorText(r) : "image not reachable" }));
+    });
+    box.replaceChildren(img);
   } else {
     box.replaceChildren(el("div", { class: "noimg", text: "image not available" }));
   }
@@ -87,7 +93,12 @@ document.addEventListener("keydown", (e) => {
 
 async function load() {
   loadModelInfo();
-  const r = await fetch("api/review");
+  const r = await fetch("api/review").catch(() => null);
+  if (r === null) {  // the server is gone or unreachable: say so rather than sit at "–"
+    $("empty").hidden = false;
+    $("empty").textContent = "The server could not be reached; reload the page when it is back.";
+    return;
+  }
   if (!r.ok) {
     $("empty").hidden = false;
     $("empty").textContent = await errorText(r);
