@@ -205,6 +205,16 @@ def test_refuses_to_overwrite_unless_asked(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["HuSHeM"]  # no temporary folders left
     (tmp_path / "empty" / "HuSHeM").mkdir(parents=True)
     assert len(write_synthetic(tmp_path / "empty", "hushem", 1, seed=0)) == 4  # an empty folder is fine
+    # --overwrite replaces synthetic heads only: ./data is also where a lab keeps the real images
+    real = tmp_path / "lab" / "HuSHeM" / "01_Normal"
+    real.mkdir(parents=True)
+    (real / "image_001.BMP").write_bytes(b"a real head")
+    with pytest.raises(DataError, match="not synthetic"):
+        write_synthetic(tmp_path / "lab", "hushem", 1, seed=0, overwrite=True)
+    assert (real / "image_001.BMP").read_bytes() == b"a real head"
+    (tmp_path / "notes.csv").write_text("x")
+    with pytest.raises(DataError, match="notes.csv: is a file, not a folder"):
+        write_synthetic(tmp_path / "notes.csv", "hushem", 1, seed=0)
 
 
 def test_a_failed_write_leaves_no_dataset_behind(tmp_path, monkeypatch):

@@ -168,7 +168,7 @@ def data_synth(
     style: Annotated[str, typer.Option("--style", help="hushem (4 classes, RGB) or scian (5, grey)")] = "hushem",
     n_per_class: Annotated[int, typer.Option("--n-per-class", help="Images per class.")] = 40,
     seed: Annotated[int, typer.Option("--seed", help="Same seed, same bytes.")] = 0,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing dataset folder.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace synthetic heads written before (never a real dataset).")] = False,
 ) -> None:
     """Write rendered sperm heads in a real dataset's layout (demo and tests, no real images needed)."""
     from spermhead.data.synthetic import write_synthetic

@@ -383,8 +383,17 @@ def write_synthetic(out: Path | str, style: str, n_per_class: int, seed: int = 0
     target = out / name
 
     def refuse_if_taken() -> None:
-        if target.exists() and not overwrite and (not target.is_dir() or any(target.iterdir())):
+        if out.exists() and not out.is_dir():
+            raise DataError(f"{out}: is a file, not a folder; give a folder to write the dataset into")
+        if target.exists() and not target.is_dir():
+            raise DataError(f"{target}: is a file, not a dataset folder; move it, or write elsewhere")
+        if not (target.is_dir() and any(target.iterdir())):
+            return
+        if not overwrite:
             raise DataError(f"{target}: already exists and is not empty; pass --overwrite to replace it")
+        if not (target / "SYNTHETIC.txt").is_file():  # ./data is also where a lab keeps the real images
+            raise DataError(f"{target}: holds a dataset that is not synthetic (no SYNTHETIC.txt), which --overwrite "
+                            "would delete; write the synthetic heads to another folder")
 
     refuse_if_taken()
     out.mkdir(parents=True, exist_ok=True)
