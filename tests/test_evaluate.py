@@ -157,6 +157,18 @@ def test_existing_output_is_kept(trained, tmp_path: Path) -> None:
     result = evaluate(bundle, data, out)
     assert result.exit_code == 2 and "--overwrite" in result.output
     assert sorted(p.name for p in out.iterdir()) == ["mine.txt"]
+    # --overwrite replaces an earlier assessment only: not a folder of one's own, not a training run
+    result = evaluate(bundle, data, out, "--overwrite")
+    assert result.exit_code == 2 and "no assessment.json" in result.output
+    assert sorted(p.name for p in out.iterdir()) == ["mine.txt"]
+    run = bundle.parent
+    before = (run / "predictions.csv").read_bytes()
+    result = evaluate(bundle, data, run, "--overwrite")
+    assert result.exit_code == 2 and "is a training run" in result.output
+    assert (run / "predictions.csv").read_bytes() == before
+    again = tmp_path / "again"
+    assert evaluate(bundle, data, again).exit_code == 0
+    assert evaluate(bundle, data, again, "--overwrite").exit_code == 0  # an earlier assessment is replaced
 
 
 def test_bundle_without_training_record(trained, tmp_path: Path) -> None:

@@ -167,11 +167,21 @@ def assess(predictor: Predictor, table: SampleTable,
 
 
 def check_out_dir(out: Path, overwrite: bool) -> None:
-    """Before any work: an existing, non-empty folder is kept unless the user asked to replace it."""
+    """Before any work: an existing, non-empty folder is kept unless the user asked to replace it,
+    and only an earlier assessment's folder is replaced (its files are written over): a training
+    run's would lose its own predictions and report, any other folder would get ours mixed in."""
     if out.exists() and not out.is_dir():
         raise ConfigError(f"{out}: exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
+    if not (out.is_dir() and any(out.iterdir())):
+        return
+    if not overwrite:
         raise ConfigError(f"{out}: folder exists and is not empty; pass --overwrite to replace its files")
+    if (out / "config.yaml").is_file():
+        raise ConfigError(f"{out}: is a training run, whose predictions and report --overwrite would replace; "
+                          "give --out another folder")
+    if not (out / "assessment.json").is_file():
+        raise ConfigError(f"{out}: not an earlier evaluate's folder (no assessment.json); give --out a new or "
+                          "empty folder")
 
 
 def write_assessment(out: Path, assessment: Assessment, about: dict[str, Any]) -> dict[str, Any]:
