@@ -189,9 +189,28 @@ def test_predict_cli_all_good_exits_0(bundle: Path, folder: Path) -> None:
     assert result.exit_code == 0, result.output
 
 
-def test_predict_cli_bad_bundle_is_a_one_line_error(tmp_path: Path, folder: Path) -> None:
+def test_predict_cli_bad_bundle_is_a_one_line_error(tmp_path: Path, folder: Path, bundle: Path) -> None:
     result = CliRunner().invoke(app, ["predict", "--model", str(tmp_path), str(folder)])
     assert result.exit_code == 2 and "model.json" in result.output
+    # a bundle's file, or no folder at all, is said to be, not "model.json missing" under it
+    result = CliRunner().invoke(app, ["predict", "--model", str(bundle / "model.safetensors"), str(folder)])
+    assert result.exit_code == 2 and f"give its folder, {bundle}" in " ".join(result.output.split())
+    result = CliRunner().invoke(app, ["predict", "--model", str(tmp_path / "nosuch"), str(folder)])
+    assert result.exit_code == 2 and "nosuch: no such folder" in result.output
+
+
+def test_predict_cli_says_a_model_trained_on_synthetic_heads(bundle: Path, folder: Path, tmp_path: Path) -> None:
+    import shutil
+
+    synthetic = tmp_path / "synthetic"
+    shutil.copytree(bundle, synthetic)
+    meta = json.loads((synthetic / "model.json").read_text())
+    meta["run"] = {"dataset": "hushem", "synthetic": True}
+    (synthetic / "model.json").write_text(json.dumps(meta))
+    said = CliRunner().invoke(app, ["predict", "--model", str(synthetic), str(folder / "*.bmp")], terminal_width=200)
+    assert "was trained on synthetic heads" in said.output
+    plain = CliRunner().invoke(app, ["predict", "--model", str(bundle), str(folder / "*.bmp")], terminal_width=200)
+    assert "synthetic heads" not in plain.output
 
 
 @pytest.mark.parametrize("damage, words", [

@@ -203,3 +203,13 @@ def test_a_table_with_one_id_twice_is_a_data_error_naming_it():
     rows = [Sample("a/1.png", Path("1.png"), "normal", "lab"), Sample("a/1.png", Path("2.png"), "tapered", "lab")]
     with pytest.raises(DataError, match=r"dataset 'lab': duplicate sample ids \['a/1.png'\]"):
         SampleTable("lab", rows)
+
+
+def test_a_file_given_as_the_dataset_is_named_as_a_file(tmp_path):
+    from spermhead.data.readers import load_dataset
+    from spermhead.errors import DataError
+
+    image = tmp_path / "image_001.BMP"
+    image.write_bytes(b"BM")
+    with pytest.raises(DataError, match="image_001.BMP: is a file, not a folder"):
+        load_dataset(str(image))

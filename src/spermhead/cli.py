@@ -575,6 +575,7 @@ def predict(
     from spermhead.data.readers import IMAGE_SUFFIXES, skipped_files
     from spermhead.errors import ConfigError
     from spermhead.preprocess.acquisition import batch_warning
+    from spermhead.serving.bundle import check_bundle_path
     from spermhead.serving.predictor import Predictor, csv_columns, csv_row, expand_inputs
     from spermhead.serving.prepare import printable
 
@@ -586,6 +587,7 @@ def predict(
     for i, (path, option) in enumerate(outputs):  # one file for two outputs keeps only the last written
         if same := [o for p, o in outputs[i + 1:] if p.resolve() == path.resolve()]:
             raise ConfigError(f"{option} and {same[0]} name the same file, {path}; give each its own")
+    check_bundle_path(model)  # before the images are walked
     files = expand_inputs(paths)
     suffixes = "/".join(sorted(s.lstrip(".") for s in IMAGE_SUFFIXES))
     if skipped := [f for p in paths if Path(p).is_dir() for f in skipped_files(Path(p))]:
@@ -595,6 +597,10 @@ def predict(
         raise SpermheadError(f"{' '.join(paths)}: no image files found (folders are searched for {suffixes})")
     rows: list[dict[str, Any]] = []
     with Predictor(model, backend=backend, batch_size=batch_size, operating_point=operating_point) as predictor:
+        if (predictor.meta.run or {}).get("synthetic"):  # the web page says so too
+            err_console.print(f"note: {model} was trained on synthetic heads (rendered by spermhead, not "
+                              "photographed); its answers on microscope images mean little", highlight=False,
+                              soft_wrap=True)
         columns = csv_columns(predictor.classes)
         ranges, confusion, check = predictor.meta.input_ranges, predictor.meta.confusion, predictor.meta.share_check
         fh = open(csv_out, "w", newline="", encoding="utf-8") if csv_out else None  # noqa: SIM115 - closed below

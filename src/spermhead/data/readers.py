@@ -59,6 +59,8 @@ def skipped_files(folder: Path) -> list[Path]:
 
 
 def _require_dir(path: Path, what: str) -> Path:
+    if path.is_file():
+        raise DataError(f"{path}: is a file, not a folder ({what})")
     if not path.is_dir():
         raise DataError(f"{path}: missing folder ({what})")
     return path

@@ -152,9 +152,20 @@ def bundle_folder(path: Path | str) -> Path:
     return path
 
 
+def check_bundle_path(path: Path | str) -> None:
+    """A --model that names no folder is said to, before any image is read."""
+    path = Path(path)
+    if path.is_file():
+        folder = "its folder, " + str(path.parent) if path.name in ("model.json", "model.safetensors") else "the bundle folder"
+        raise SpermheadError(f"{path}: a file; give {folder} (model.json and model.safetensors), or the run folder")
+    if not path.exists():
+        raise SpermheadError(f"{path}: no such folder; give a bundle folder (a run's model/) or the run folder")
+
+
 def load_bundle(directory: Path | str) -> Bundle:
     from spermhead.models.registry import build_model  # lazy: keeps bundle import light
 
+    check_bundle_path(directory)
     directory = bundle_folder(directory)
     meta_path, weights_path = directory / "model.json", directory / "model.safetensors"
     for p in (meta_path, weights_path):
