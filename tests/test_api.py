@@ -487,11 +487,13 @@ def test_serve_reviews_a_named_dataset_from_the_data_folder_its_error_names(bund
     import uvicorn
     from typer.testing import CliRunner
 
+    import spermhead.cli as cli
     from spermhead.cli import app
     from spermhead.data.synthetic import write_synthetic
 
     served, settings = [], []
     monkeypatch.setattr(uvicorn, "run", lambda web, **kw: (served.append(web), settings.append(kw)))  # no server here
+    monkeypatch.setattr(cli, "check_port_free", lambda host, port: None)  # port 8000 may be taken on this machine
     monkeypatch.chdir(tmp_path)  # no ./data
     monkeypatch.delenv("SPERMHEAD_DATA", raising=False)
     runner = CliRunner()
@@ -572,3 +574,21 @@ def test_a_request_of_large_photographs_does_not_hold_the_small_ones_behind_it(b
     finally:
         release.set()
         web.state.batcher.close()
+
+
+def test_serve_says_first_that_its_port_is_taken(bundle: Path, monkeypatch) -> None:
+    import socket
+
+    from typer.testing import CliRunner
+
+    import spermhead.serving.app as app_module
+    from spermhead.cli import app
+
+    monkeypatch.setattr(app_module, "create_app", lambda *a, **k: pytest.fail("the model was loaded"))
+    with socket.socket() as other:  # another server, listening
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        result = CliRunner().invoke(app, ["serve", "--model", str(bundle), "--port", str(port)], terminal_width=200)
+    assert result.exit_code == 2 and f"127.0.0.1:{port}: cannot listen there" in result.output
+    assert "give another --port" in result.output and "serving" not in result.output

@@ -164,6 +164,13 @@ def test_summary_names_the_files_training_would_stop_on(tmp_path):
     assert sorted(Path(u["path"]).name for u in json.loads(listed.stdout)["unusable"]) == ["[notes].png", "empty.png"]
 
 
+def test_summary_warns_of_a_folder_with_one_class(tmp_path):
+    (tmp_path / "lab" / "normal").mkdir(parents=True)
+    Image.new("L", (16, 16), 90).save(tmp_path / "lab" / "normal" / "ok.png")
+    result = CliRunner().invoke(app, ["data", "summary", str(tmp_path / "lab")], terminal_width=300)
+    assert "only one class has images; train needs at least two" in result.output
+
+
 def test_ctrl_c_says_what_becomes_of_the_work(monkeypatch):
     import spermhead.data.readers as readers
 

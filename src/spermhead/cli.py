@@ -88,6 +88,9 @@ def data_summary(
             for label, n in summary[key].items():
                 counts.add_row(label, str(n))
             console.print(counts)
+    if len([n for n in summary["classes"].values() if n]) < 2:  # what train would refuse, said here first
+        err_console.print(f"warning: {name}: only one class has images; train needs at least two", highlight=False,
+                          soft_wrap=True)
     if failed:
         from rich.text import Text
 
@@ -270,7 +273,7 @@ def train(
     optimizer: Annotated[str | None, typer.Option(help="adamw, adam or sgd")] = None,
     schedule: Annotated[str | None, typer.Option(help="onecycle, cosine, plateau or none")] = None,
     balance: Annotated[str | None, typer.Option(help="none, sampler, loss or offline")] = None,
-    augment: Annotated[str | None, typer.Option(help="none, light, aligned, seed or strong")] = None,
+    augment: Annotated[str | None, typer.Option(help="none, light, aligned, directed, seed or strong")] = None,
     soft_labels: Annotated[float | None, typer.Option(help="Weight of expert vote shares in targets (SCIAN)")] = None,
     distill: Annotated[float | None, typer.Option(
         help="Weight of out-of-fold teachers' answers in the targets (three teachers per fit); 0 disables")] = None,
@@ -956,6 +959,7 @@ def serve(
 
     if root_path and not root_path.startswith("/"):  # said before the model loads
         raise ConfigError(f"--root-path {root_path}: give the path from the host's root, e.g. /{root_path}")
+    check_port_free(host, port)  # before the model loads and the review set is scored
     if threads > 0:
         torch.set_num_threads(threads)
 
@@ -973,6 +977,22 @@ def serve(
         console.print(f"serving {model} at http://{host}:{port}/  (review: /review, API docs: /docs{behind})",
                       highlight=False, soft_wrap=True)
     uvicorn.run(web, host=host, port=port, log_level="info", root_path=root_path.rstrip("/"))
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Another server on the port is said up front, not after 'serving ... at' and a traceback."""
+    import socket
+
+    from spermhead.errors import ConfigError
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: a closed server's port is free
+        try:
+            sock.bind((host or "0.0.0.0", port))
+        except OSError as exc:
+            raise ConfigError(f"{host}:{port}: cannot listen there ({exc.strerror or exc}); another server may hold "
+                              "the port: give another --port") from None
 
 
 @app.command("export")
