@@ -252,7 +252,7 @@ def parse_split(text: str) -> tuple[str, tuple[float, float, float] | None]:
     except ValueError:
         parts = ()
     if len(parts) != 3 or abs(sum(parts) - 100) > 1e-6:
-        raise ConfigError(f"--split {text!r}: use 'folders' or three percentages like 60/30/10")
+        raise ConfigError(f"--split {text!r}: use 'folders' or three percentages that add up to 100, like 60/30/10")
     if min(parts) <= 0:  # every part must hold images: a stratified split cannot carve an empty one
         raise ConfigError(f"--split {text!r}: each of train, validation and test needs a share above 0")
     return "random", tuple(p / 100 for p in parts)  # type: ignore[return-value]
