@@ -486,6 +486,7 @@ def test_killed_run_resumes_and_completes(separable, tmp_path):
     trained = json.loads((out / "run.json").read_text())["timing"]
     alone = CliRunner().invoke(app, ["train", "--out", str(out), "--resume", "--threads", "1", "--no-progress"])
     assert alone.exit_code == 0, alone.output
+    assert "every fold had finished: nothing trained; 4 finished fold(s) read back" in " ".join(alone.output.split())
     assert (out / "predictions.csv").read_bytes() == written["predictions.csv"]
     # reading finished folds back is not training them: their own time is kept beside this command's
     timing = json.loads((out / "run.json").read_text())["timing"]

@@ -369,6 +369,10 @@ def train(
             pixel_fusion=pixel_fusion, calibrate=calibrate,
         )
     result = train_run(cfg, overwrite=overwrite, resume=resume, progress=progress)
+    if resume and (read_back := result.timing.get("folds_read_back", 0)):
+        finished = read_back == len(result.timing.get("epochs", []))
+        console.print(f"{'every fold had finished: nothing trained; ' if finished else ''}{read_back} finished "
+                      "fold(s) read back, the result, report and bundle written again from them", highlight=False)
     print_run_summary(result.out, result.metrics)
     if fused := fusion_text(cfg.train.shape_fusion, cfg.train.pixel_fusion):
         console.print(f"these are the fused answers: {fused} (--shape-fusion 0 --pixel-fusion 0 "
