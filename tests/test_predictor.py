@@ -326,3 +326,45 @@ def test_a_killed_worker_pool_is_replaced(folder: Path) -> None:
         assert preparer._pool is not pool  # the broken pool was dropped
     finally:
         preparer.close()
+
+
+def test_a_pool_broken_mid_batch_is_replaced_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The chunks already sent to a broken pool fail one after another: each is redone here, and
+    only that pool is dropped, not the fresh one that took the chunks after them."""
+    from concurrent.futures import Future
+    from concurrent.futures.process import BrokenProcessPool
+
+    import spermhead.serving.prepare as prepare
+
+    pools: list[object] = []
+
+    class FakePool:
+        def __init__(self, broken: bool) -> None:
+            self.broken, self.down, self.sent = broken, False, []
+            pools.append(self)
+
+        def submit(self, fn: object, names: list[str], *args: object) -> Future:
+            f: Future = Future()
+            if self.broken:
+                f.set_exception(BrokenProcessPool("a worker was killed"))
+            else:
+                f.set_result([f"pool:{n}" for n in names])
+            self.sent.append(names)
+            return f
+
+        def shutdown(self, wait: bool = False, cancel_futures: bool = False) -> None:
+            self.down = True
+
+    preparer = prepare.ProcessPreparer(3, PreprocessConfig(image_size=32), 10**8)
+
+    def executor() -> FakePool:
+        if preparer._pool is None:
+            preparer._pool = FakePool(broken=not pools)  # the first pool is broken, later ones work
+        return preparer._pool
+
+    monkeypatch.setattr(preparer, "_executor", executor)
+    monkeypatch.setattr(prepare, "prepare_chunk", lambda names, *a: [f"here:{n}" for n in names])
+    items = list(preparer.map([f"f{i}" for i in range(40)], chunk=2))
+    assert [i.split(":")[1] for i in items] == [f"f{i}" for i in range(40)]  # every file, in order
+    assert len(pools) == 2 and pools[0].down and not pools[1].down
+    assert sum(i.startswith("pool:") for i in items) == 2 * len(pools[1].sent) > 0

@@ -133,49 +133,50 @@ class ProcessPreparer:
     def map(self, paths: Iterable[Path | str], chunk: int = CHUNK) -> Iterator[Prepared | dict[str, Any]]:
         """Prepared items (or error rows) in the order of `paths`, a few chunks ahead."""
         ahead = 2 * self.processes + 1
-        pending: list[tuple[list[str], Future[list[Prepared | dict[str, Any]]]]] = []
+        pending: list[tuple[list[str], Future[list[Prepared | dict[str, Any]]], ProcessPoolExecutor | None]] = []
         batch: list[str] = []
         for p in paths:
             batch.append(str(p))
             if len(batch) == chunk:
-                pending.append((batch, self._submit(batch)))
+                pending.append((batch, *self._submit(batch)))
                 batch = []
                 if len(pending) > ahead:
                     yield from self._result(*pending.pop(0))
         if batch:
-            pending.append((batch, self._submit(batch)))
-        for names, future in pending:
-            yield from self._result(names, future)
+            pending.append((batch, *self._submit(batch)))
+        for names, future, pool in pending:
+            yield from self._result(names, future, pool)
 
-    def _submit(self, names: list[str]) -> Future[list[Prepared | dict[str, Any]]]:
-        try:
-            return self._executor().submit(prepare_chunk, names, self.cfg, self.max_pixels)
-        except BrokenExecutor as exc:  # a worker died since the last chunk: the pool takes no more work
-            self._discard(exc)
-        try:
-            return self._executor().submit(prepare_chunk, names, self.cfg, self.max_pixels)
-        except BrokenExecutor as exc:  # the fresh pool broke too: this process does the work
-            self._discard(exc)
-            done: Future[list[Prepared | dict[str, Any]]] = Future()
-            done.set_result(prepare_chunk(names, self.cfg, self.max_pixels))
-            return done
+    def _submit(self, names: list[str]
+                ) -> tuple[Future[list[Prepared | dict[str, Any]]], ProcessPoolExecutor | None]:
+        """The chunk's future and the pool it went to (None: done here, in this process)."""
+        for _ in range(2):  # a worker died since the last chunk: the pool takes no more work, a fresh one may
+            pool = self._executor()
+            try:
+                return pool.submit(prepare_chunk, names, self.cfg, self.max_pixels), pool
+            except BrokenExecutor as exc:
+                self._discard(pool, exc)
+        done: Future[list[Prepared | dict[str, Any]]] = Future()  # the fresh pool broke too
+        done.set_result(prepare_chunk(names, self.cfg, self.max_pixels))
+        return done, None
 
-    def _result(self, names: list[str], future: Future[list[Prepared | dict[str, Any]]]
-                ) -> list[Prepared | dict[str, Any]]:
+    def _result(self, names: list[str], future: Future[list[Prepared | dict[str, Any]]],
+                pool: ProcessPoolExecutor | None) -> list[Prepared | dict[str, Any]]:
         try:
             return future.result()
         except Exception as exc:  # a worker died (killed, out of memory): redo its files here
             log.warning("worker process failed (%s: %s); preparing %d files in this process",
                         type(exc).__name__, exc, len(names))
-            if isinstance(exc, BrokenExecutor):
-                self._discard(exc)
+            if isinstance(exc, BrokenExecutor) and pool is not None:
+                self._discard(pool, exc)
             return prepare_chunk(names, self.cfg, self.max_pixels)
 
-    def _discard(self, exc: BaseException) -> None:
-        """Drop a broken pool, so that the next chunk (and the next call) starts a fresh one."""
-        if self._pool is not None:
+    def _discard(self, pool: ProcessPoolExecutor, exc: BaseException) -> None:
+        """Drop a broken pool, so that the next chunk (and the next call) starts a fresh one; a
+        pool started since (the chunks that failed with the old one come in after) is kept."""
+        if self._pool is pool:
             log.warning("worker pool broken (%s); starting a new one", type(exc).__name__)
-            self._pool.shutdown(wait=False, cancel_futures=True)
+            pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
 
     def close(self) -> None:
