@@ -2179,6 +2179,11 @@ def test_focal_loss_is_cross_entropy_at_gamma_zero_and_shrinks_easy_images():
     easy = torch.log(torch.tensor([[0.9, 0.05, 0.05]]))
     assert torch.allclose(focal_cross_entropy(easy, torch.tensor([0]), 2.0),
                           -(0.1 ** 2) * torch.log(torch.tensor(0.9)), atol=1e-6)
+    # a sure answer (p = 1 in float32) keeps a finite gradient for any gamma
+    for gamma in (0.5, 2.0):
+        sure = torch.tensor([[30.0, 0.0, 0.0]], requires_grad=True)
+        focal_cross_entropy(sure, torch.tensor([0]), gamma).backward()
+        assert torch.isfinite(sure.grad).all(), gamma
 
 
 def test_focal_loss_trains_and_is_checked(separable, tmp_path):

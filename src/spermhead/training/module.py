@@ -41,7 +41,9 @@ def focal_cross_entropy(logits: torch.Tensor, y: torch.Tensor, gamma: float,
     target = y.float() if y.ndim == 2 else F.one_hot(y, k).float()
     target = target * (1 - label_smoothing) + label_smoothing / k
     logp = F.log_softmax(logits.float(), dim=-1)
-    terms = -target * (1 - logp.exp()).pow(gamma) * logp
+    # 1 - p as -expm1(log p), kept above 0: at p = 1 in float32, (1 - p)^gamma has an infinite
+    # gradient for gamma < 1 (NaN weights after one confident batch)
+    terms = -target * (-torch.expm1(logp)).clamp_min(1e-6).pow(gamma) * logp
     if weight is not None:
         terms = terms * weight
     total = terms.sum()
