@@ -428,6 +428,9 @@ def test_bad_options_fail_before_training(separable, tmp_path):
     with pytest.raises(ConfigError, match="heads, which this run reads"):
         train_run(quick_config(lab / "heads", lab), overwrite=True, progress=False)
     assert (lab / "heads").is_dir() and (lab / "config.yaml").is_file()
+    with pytest.raises(ConfigError, match="which this run reads"):  # the same folder by another way there
+        train_run(quick_config(lab / "heads", lab / "heads" / ".." / ".." / lab.name), overwrite=True, progress=False)
+    assert (lab / "heads").is_dir()
 
 
 @pytest.mark.parametrize("text", ["90/10/0", "100/0/0", "80/20"])
@@ -1322,7 +1325,7 @@ def test_resume_refuses_folds_whose_images_were_renamed(separable, tmp_path):
     result = train_run(quick_config(data, tmp_path / "r", cv=2, epochs=1), progress=False)
     first = sorted((data / CLASSES[0]).iterdir())[0]
     first.rename(first.with_name("zz_" + first.name))  # last of its class now: the split by position is unchanged
-    with pytest.raises(ConfigError, match="this fold was split otherwise.*or other images in them"):
+    with pytest.raises(ConfigError, match="this fold was split otherwise.*but other ones: renamed"):
         train_run(load_config(result.out / "config.yaml"), resume=True, progress=False)
 
 

@@ -77,7 +77,8 @@ def _make_folds(table: SampleTable, protocol: ProtocolConfig, seed: int, val_fra
         try:
             return [_random_split(y, protocol.split, seed, together)]
         except ValueError as exc:  # scikit-learn's word for a split too small to stratify
-            raise ConfigError(f"{table.name}: cannot split {len(y)} images as {protocol.split}: {exc}") from None
+            shown = "/".join(f"{100 * f:g}" for f in protocol.split)  # as --split takes it: 60/30/10
+            raise ConfigError(f"{table.name}: cannot split {len(y)} images {shown}: {exc}") from None
     if protocol.kind != "cv":
         raise ConfigError(f"unknown protocol {protocol.kind!r}: use cv, folders or random")
     _check_enough(table, protocol.folds)

@@ -124,7 +124,8 @@ def check_run_dir(out: Path, *, overwrite: bool, resume: bool, inputs: Sequence[
         if not (out / "config.yaml").is_file():
             raise ConfigError(f"{out}: not a run folder (it has no config.yaml), and --overwrite would delete "
                               "everything in it; give --out a new or empty folder")
-        inside = [p for p in inputs if p.is_relative_to(out.absolute())]
+        # resolved: "../run" from inside the run, or a link to it, is the same folder
+        inside = [p for p in inputs if p.resolve().is_relative_to(out.resolve())]
         if inside:
             raise ConfigError(f"{out}: holds {inside[0]}, which this run reads, and --overwrite would delete it; "
                               "give --out another folder")
@@ -428,13 +429,14 @@ def check_same_split(fold_dir: Path, fold: Fold, test_size: int, val_size: int, 
     this split's `digest`), else its parts' sizes and validation labels. A fold split otherwise
     (an older version, renamed or other images) would mix two protocols in one result, and its
     saved test answers would go to other images' ids."""
-    if (test_size, val_size) != (len(fold.test), len(fold.val)) or (
-            val_labels is not None and list(val_labels) != y[fold.val].tolist()) or (
-            recorded is not None and recorded != digest):
-        raise ConfigError(f"{fold_dir}: this fold was split otherwise when it was trained ({val_size} validation and "
-                          f"{test_size} test images; now {len(fold.val)} and {len(fold.test)}, or other images in "
-                          "them), by an older spermhead or on other data; --resume would mix the two in one result: "
-                          "start again with --overwrite")
+    sizes = (test_size, val_size) != (len(fold.test), len(fold.val)) or (
+        val_labels is not None and list(val_labels) != y[fold.val].tolist())
+    if sizes or (recorded is not None and recorded != digest):
+        how = (f"{val_size} validation and {test_size} test images; now {len(fold.val)} and {len(fold.test)}" if sizes
+               else "as many images in each part, but other ones: renamed, replaced or relabelled since")
+        raise ConfigError(f"{fold_dir}: this fold was split otherwise when it was trained ({how}), by an older "
+                          "spermhead or on other data; --resume would mix the two in one result: start again with "
+                          "--overwrite")
 
 
 @dataclass
