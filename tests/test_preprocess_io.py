@@ -87,6 +87,28 @@ def test_16_bit_colour_is_scaled_by_its_range_with_its_colours(suffix: str):
         assert out[10, 15, 1] > 240 and 100 < out[10, 15, 2] < 150 and out[10, 15, 0] < 10  # colours kept
 
 
+def _with_exif_orientation(png: bytes, orientation: int) -> bytes:
+    """A PNG with an eXIf chunk holding only an orientation (OpenCV cannot write one)."""
+    tiff = b"MM\x00\x2a\x00\x00\x00\x08" + struct.pack(">H", 1) + struct.pack(">HHIHH", 0x0112, 3, 1, orientation, 0) \
+        + b"\x00\x00\x00\x00"
+    chunk = struct.pack(">I", len(tiff)) + b"eXIf" + tiff + struct.pack(">I", zlib.crc32(b"eXIf" + tiff) & 0xFFFFFFFF)
+    at = png.index(b"IDAT") - 4
+    return png[:at] + chunk + png[at:]
+
+
+def test_16_bit_colour_is_turned_by_its_exif_orientation_as_8_bit_is():
+    import cv2
+
+    rgb = np.zeros((20, 40, 3), np.uint8)
+    rgb[:5, :10] = (250, 0, 0)  # a red corner shows how each orientation turns the image
+    rgb[-5:, :10] = (0, 250, 0)
+    for orientation in range(1, 9):
+        shown = [read_image(_with_exif_orientation(cv2.imencode(".png", a[..., ::-1])[1].tobytes(), orientation))
+                 for a in (rgb, rgb.astype(np.uint16) * 16)]
+        assert shown[0].shape == shown[1].shape, orientation
+        assert ((shown[0] > 128) == (shown[1] > 128)).all(), orientation
+
+
 def test_png_exif_rotation_is_applied():
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90 degrees clockwise to display

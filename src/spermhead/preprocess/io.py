@@ -95,15 +95,25 @@ def read_image(source: Path | str | bytes, name: str | None = None, max_pixels: 
             # nearly black, so such files are decoded again with OpenCV, all 16 bits kept
             deep = im.mode in ("RGB", "RGBA") and ";16" in _rawmode(im)
             im.load()
+            if deep and (rgb := _deep_colour(fh)) is not None:
+                return _oriented(rgb, im.getexif().get(EXIF_ORIENTATION, 1))  # OpenCV's read leaves EXIF out
             if isinstance(im, JpegImagePlugin.JpegImageFile | PngImagePlugin.PngImageFile):
                 im = ImageOps.exif_transpose(im)  # phone photos store their rotation in EXIF
-            if deep and (rgb := _deep_colour(fh)) is not None:
-                return rgb
             return _to_rgb(im)
         except _DECODE_ERRORS:
             raise ImageError(name, CORRUPT, 400) from None
     finally:
         fh.close()
+
+
+EXIF_ORIENTATION = 0x0112
+
+
+def _oriented(rgb: np.ndarray, orientation: int) -> np.ndarray:
+    """`rgb` as shown upright under its EXIF orientation (2-8), as ImageOps.exif_transpose turns an image."""
+    turned = {2: rgb[:, ::-1], 3: rgb[::-1, ::-1], 4: rgb[::-1], 5: rgb.swapaxes(0, 1),
+              6: np.rot90(rgb, -1), 7: np.rot90(rgb, 2).swapaxes(0, 1), 8: np.rot90(rgb, 1)}.get(orientation, rgb)
+    return np.ascontiguousarray(turned)
 
 
 def _rawmode(im: Image.Image) -> str:
