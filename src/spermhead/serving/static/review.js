@@ -53,7 +53,8 @@ function render() {
     // a file gone since the set was scored, or over the pixel limit: the server's reason, not a broken icon
     img.addEventListener("error", async () => {
       const r = await fetch(img.src).catch(() => null);
-      box.replaceChildren(el("div", { class: "noimg", text: r ? await errorText(r) : "image not reachable" }));
+      const why = r ? await errorText(r) : "image not reachable";
+      if (img.isConnected) box.replaceChildren(el("div", { class: "noimg", text: why }));  // still the item shown
     });
     box.replaceChildren(img);
   } else {
