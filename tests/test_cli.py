@@ -21,3 +21,10 @@ def test_command_lists_show_each_summary_unbroken(typer_app, args, monkeypatch):
         first = inspect.cleandoc(command.callback.__doc__).split("\n\n")[0]
         # the whole paragraph on one line of the list, not cut where the docstring's lines end
         assert " ".join(first.split()) in result.output, command.callback.__name__
+
+
+def test_version_names_spermhead_and_what_it_runs_on():
+    from spermhead import __version__
+
+    result = CliRunner().invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.output.startswith(f"spermhead {__version__} (torch ")

@@ -25,6 +25,25 @@ app.add_typer(bench_app, name="bench")
 console = Console()
 err_console = Console(stderr=True)
 
+
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib import metadata
+
+        from spermhead import __version__
+
+        versions = {name: metadata.version(name) for name in ("torch", "torchvision", "timm", "lightning")}
+        console.print(f"spermhead {__version__} (" + ", ".join(f"{k} {v}" for k, v in versions.items()) + ")",
+                      highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                                help="Print the version (and torch's, timm's, ...) and exit")] = False
+          ) -> None:
+    """Classify human sperm heads into WHO morphology classes."""
+
 DatasetArg = Annotated[str, typer.Argument(
     help="hushem, scian-pa, scian-ta, scian-pa4, combined, or a folder of class folders")]
 # train's and select's: the dataset may come from a --config run directory instead
