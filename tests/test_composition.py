@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -226,7 +227,15 @@ def test_predict_writes_each_samples_composition(tmp_path: Path):
     lines = [line for line in result.output.splitlines() if line.strip().startswith(("│ normal", "│ amorphous"))]
     assert len(lines) == 4 and all(line.count("★") == 1 for line in lines)
     assert all(line.index("★") > line.index(")", line.index(")") + 1) for line in lines if "normal" in line)
-    assert "holds the header only" not in text and "no head found" not in text
+    assert "holds the header only" not in text and "no head found" not in text and "have no class shares" not in text
+    # a third folder too small to be a sample is named, not silently missing from the list
+    (tmp_path / "images" / "patient3").mkdir()
+    for i in range(3):
+        shutil.copy(tmp_path / "images" / "patient1" / f"h{i}.png", tmp_path / "images" / "patient3")
+    third = CliRunner().invoke(app, ["predict", "--model", str(bundle), str(tmp_path / "images")], terminal_width=300)
+    assert f"1 folder(s) with fewer than {MIN_HEADS} classified heads have no class shares here, e.g. " \
+        f"{tmp_path / 'images' / 'patient3'} (3 heads)" in " ".join(third.output.split())
+    shutil.rmtree(tmp_path / "images" / "patient3")
     # a blank frame in a sample is classified, but is no head to count in its shares
     Image.new("RGB", (120, 120), (200, 200, 200)).save(tmp_path / "images" / "patient1" / "blank.png")
     blank = CliRunner().invoke(app, ["predict", "--model", str(bundle), str(tmp_path / "images"), "--summary", str(out),

@@ -941,9 +941,13 @@ def test_resume_alone_takes_a_relative_dataset_and_names_a_damaged_config(separa
     (tmp_path / "run").mkdir()
     save_config(cfg, tmp_path / "run" / "config.yaml")
     # the command that started it, plus --resume: the relative folder is the saved absolute one
-    result = CliRunner().invoke(app, ["train", "heads", "--out", "run", "--resume", "--no-progress"])
+    result = CliRunner().invoke(app, ["train", "heads", "--out", "run", "--resume", "--no-progress"],
+                                terminal_width=200)
     assert result.exit_code == 0, result.output
     assert (tmp_path / "run" / "metrics.json").is_file()
+    # the summary gives both operating points, and says which one the bundle answers at
+    assert "accuracy point (the bundle answers here): accuracy" in result.output
+    assert "; balanced point: accuracy" in result.output
     (tmp_path / "run" / "config.yaml").write_text("train: [")  # cut short
     result = CliRunner().invoke(app, ["train", "--out", "run", "--resume"])
     assert result.exit_code == 2 and "config.yaml: not readable as YAML" in result.output, result.output

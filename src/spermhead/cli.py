@@ -453,6 +453,11 @@ def metrics_table(title: str, metrics: dict[str, Any]) -> Any:
 
 def print_run_summary(out: Path, metrics: dict[str, Any]) -> None:
     console.print(metrics_table(f"{out}", metrics))
+    if len(points := metrics.get("operating_points") or {}) > 1:  # both, always (SCIAN's papers report recall)
+        shown = "; ".join(f"{name} point{' (the bundle answers here)' if name == metrics.get('operating_point') else ''}:"
+                          f" accuracy {p['accuracy']:.4f}, average recall {p['balanced_accuracy']:.4f}"
+                          for name, p in points.items())
+        console.print(shown, highlight=False, soft_wrap=True)
     console.print(f"report: {out / 'report.html'}\nbundle: {out / 'model'}\n"
                   f"serve it: spermhead serve --model {out / 'model'}")
 
@@ -691,6 +696,7 @@ def show_compositions(rows: list[dict[str, Any]], classes: list[str], confusion:
         SUMMARY_COLUMNS,
         largest_sample,
         sample_compositions,
+        samples_left_out,
         summary_rows,
     )
 
@@ -709,6 +715,9 @@ def show_compositions(rows: list[dict[str, Any]], classes: list[str], confusion:
         if not samples:  # say why the file holds its header alone
             console.print(f"note: no folder has {MIN_HEADS} classified heads, the fewest a sample's shares are "
                           f"given for; {summary} holds the header only", highlight=False, soft_wrap=True)
+    if samples and (few := samples_left_out(rows)):  # not silently: a lab may take the list for complete
+        console.print(f"note: {len(few)} folder(s) with fewer than {MIN_HEADS} classified heads have no class "
+                      f"shares here, e.g. {few[0][0]} ({few[0][1]} heads)", highlight=False, soft_wrap=True)
 
     for name, heads, comp in samples[:shown]:
         columns = ["class", "heads", "counted (95% CI)", *(["adjusted for the model's errors"] if confusion else [])]

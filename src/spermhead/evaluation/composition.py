@@ -234,13 +234,24 @@ def sample_compositions(rows: Sequence[dict[str, Any]], classes: Sequence[str],
     """(sample, heads, composition) per folder of classified images (a folder = one sample),
     in folder order; images where no head was found are no heads to count, and folders with
     fewer than MIN_HEADS heads are left out."""
+    return [(folder, len(predicted), composition(predicted, classes, confusion, extra_sd=extra_sd))
+            for folder, predicted in sorted(_by_folder(rows).items()) if len(predicted) >= MIN_HEADS]
+
+
+def samples_left_out(rows: Sequence[dict[str, Any]]) -> list[tuple[str, int]]:
+    """(folder, heads) of the folders `sample_compositions` leaves out for having too few heads."""
+    return [(folder, len(predicted)) for folder, predicted in sorted(_by_folder(rows).items())
+            if len(predicted) < MIN_HEADS]
+
+
+def _by_folder(rows: Sequence[dict[str, Any]]) -> dict[str, list[str]]:
+    """Each folder's predicted classes (a folder = one sample), images with a head found only."""
     groups: dict[str, list[str]] = {}
     for row in rows:
         if row.get("ok") and row.get("head_found", True):
             folder = str(Path(row["path"]).parent) if row.get("path") else "uploads"
             groups.setdefault(folder, []).append(row["class"])
-    return [(folder, len(predicted), composition(predicted, classes, confusion, extra_sd=extra_sd))
-            for folder, predicted in sorted(groups.items()) if len(predicted) >= MIN_HEADS]
+    return groups
 
 
 def summary_rows(samples: Sequence[tuple[str, int, list[dict[str, Any]]]],

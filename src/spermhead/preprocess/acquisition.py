@@ -106,7 +106,8 @@ def batch_warning(rows: Sequence[Mapping[str, Any]], ranges: Mapping[str, Sequen
         if n:
             parts.append(f"{_NAMES.get(name, name)}: {n} outside, median {_fmt(float(np.median(values)))} "
                          f"(training {_fmt(low)}-{_fmt(high)})")
-    return (f"{len(flagged)} of {len(scored)} images are unlike the images this model was trained on. "
+    return (f"{len(flagged)} of {len(scored)} images are unlike the images this model was trained on "
+            f"(more than {round(100 * (MARGIN - 1))}% beyond the training range). "
             + "; ".join(parts) + ". Its accuracy was measured on images like its own; on others it can "
-            "be far lower (a HuSHeM model scored 44% on SCIAN's heads). Check it on labelled images "
-            "of yours (spermhead evaluate), or train on them.")
+            "be far lower (a HuSHeM model scored 44% accuracy on SCIAN's heads), and so can its class "
+            "shares. Check it on labelled images of yours (spermhead evaluate), or train on them.")
