@@ -311,3 +311,19 @@ def test_a_file_name_that_is_not_utf8_is_evaluated_and_read_back(trained, tmp_pa
     run = train_run(quick_config(fresh, tmp_path / "run", cv=2, epochs=2), progress=False)
     assert f"normal/{latin1}" in Predictions.read_csv(run.out / "predictions.csv").ids
     assert (run.out / "model" / "model.safetensors").is_file()
+
+
+def test_a_class_mix_far_from_the_runs_is_said(trained, tmp_path: Path) -> None:
+    _, bundle = trained
+    even = write_separable(tmp_path / "even", n_per_class=6, seed=7, heads=True)
+    assert "class mix" not in " ".join(evaluate(bundle, even, tmp_path / "e1").output.split())
+    skewed = write_separable(tmp_path / "skewed", n_per_class=12, seed=7, heads=True)
+    for name in CLASSES[1:]:  # the first class 12 of 21 images: 57%, against a quarter in the run
+        for path in sorted((skewed / name).iterdir())[3:]:
+            path.unlink()
+    result = evaluate(bundle, skewed, tmp_path / "e2")
+    said = " ".join(result.output.split())
+    assert result.exit_code == 0 and f"these images' class mix ({CLASSES[0]} 57%" in said
+    assert "compare the two by average recall" in said
+    notes = json.loads((tmp_path / "e2" / "metrics.json").read_text())["notes"]
+    assert any("class mix" in n for n in notes)

@@ -105,7 +105,30 @@ class Assessment:
             notes.append(f"{sum(self.unlike)} of {len(self.unlike)} images are unlike the images the model "
                          "was trained on (size, framing, grey levels or focus; `unlike_training`): figures on "
                          "them say how it does on another microscope's images, not on its own")
+        if (mix := self._class_mix_note()) is not None:
+            notes.append(mix)
         return out
+
+    def _class_mix_note(self) -> str | None:
+        """Accuracy depends on the class mix: said where these images' mix is far from the one the
+        run scored the model on (its held-out confusion's rows), where average recall is the fairer
+        comparison."""
+        if self.confusion is None:
+            return None
+        classes = list(self.predictions.classes)
+        trained = np.asarray(self.confusion, float).sum(axis=1)
+        here = np.array([np.sum(np.asarray(self.predictions.true) == c) for c in classes], float)
+        if trained.sum() == 0 or here.sum() == 0 or len(trained) != len(here):
+            return None
+        trained, here = trained / trained.sum(), here / here.sum()
+        if np.abs(here - trained).max() < MIX_SHIFT:
+            return None
+
+        def mix(shares: np.ndarray) -> str:
+            return ", ".join(f"{c} {100 * v:.0f}%" for c, v in zip(classes, shares, strict=True))
+
+        return (f"these images' class mix ({mix(here)}) is far from the one the model was scored on in its run "
+                f"({mix(trained)}): accuracy moves with the mix, so compare the two by average recall")
 
     def _composition(self) -> list[dict[str, Any]]:
         """The scored images' class shares as a sample's would be estimated (counted, and adjusted
@@ -164,6 +187,9 @@ def assess(predictor: Predictor, table: SampleTable,
     return Assessment(predictions, seen, unusable, dict(unknown), points, predictor.meta.operating_point,
                       predictor.meta.temperature, unlike if predictor.meta.input_ranges else None,
                       predictor.meta.confusion, predictor.meta.share_check, found)
+
+
+MIX_SHIFT = 0.15  # a class's share this much apart from the run's is a different mix
 
 
 def check_out_dir(out: Path, overwrite: bool) -> None:
