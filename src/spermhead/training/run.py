@@ -778,6 +778,7 @@ def train_run(cfg: RunConfig, *, overwrite: bool = False, resume: bool = False,
         # the folds' own training (every member, refits too), where it ran: earlier, for folds read back
         "fold_training_seconds": float(sum(r.fold_seconds for r in results)),
         "init_seconds": float(init.get("seconds", 0.0)),  # a source model trained by this run
+        # each fold's first fit (its training part; validation passes in the time), not its refit
         "seconds_per_epoch": float(np.mean([r.seconds / max(r.epochs, 1) for r in results])),
         "epochs": [r.epochs for r in results],
         "train_images_per_second": float(np.mean([len(f.train) * r.epochs / max(r.seconds, 1e-9)
