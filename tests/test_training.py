@@ -233,6 +233,9 @@ def test_grouped_is_refused_for_a_split_and_a_tiny_class_is_named():
     tiny = SampleTable("lab", samples[:-9], CLASSES)  # one image of the last class
     with pytest.raises(ConfigError, match=rf"at least 3 images of each class.*{CLASSES[-1]} \(1\)"):
         make_folds(tiny, ProtocolConfig(kind="random", near_duplicates=0), seed=0, val_fraction=0.15)
+    three_each = SampleTable("lab", [s for s in samples if s.id[-1] in "012"], CLASSES)  # a 10% test part of 1
+    with pytest.raises(ConfigError, match="lab: cannot split 12 images 60/30/10: "):
+        make_folds(three_each, ProtocolConfig(kind="random", near_duplicates=0), seed=0, val_fraction=0.15)
 
 
 def test_a_fixed_split_without_validation_images_gives_an_empty_validation_part():

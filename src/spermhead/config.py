@@ -74,7 +74,7 @@ class TrainConfig:
     monitor: str = "last"  # last | val_acc | val_loss: which checkpoint a fold keeps
     balance: str = "sampler"  # none | sampler | loss | offline
     balance_per_class: int = 6400  # target per class for offline balancing
-    augment: str = "aligned"  # none | light | aligned | seed | strong
+    augment: str = "aligned"  # none | light | aligned | directed | seed | strong
     label_smoothing: float = 0.1
     focal: float = 0.0  # focal loss gamma: (1 - p)^gamma down-weights the images already right; 0 = cross-entropy
     soft_labels: float = 0.0  # weight of the experts' vote shares in the target (SCIAN); 0 = majority only

@@ -31,6 +31,8 @@ from spermhead.models.inference import apply_class_bias
 from spermhead.serving.bundle import seen_by_bundle
 from spermhead.serving.predictor import Predictor
 
+MIX_SHIFT = 0.15  # a class's share this far from the run's makes another class mix (evaluate says so)
+
 
 @dataclass(frozen=True)
 class Assessment:
@@ -187,9 +189,6 @@ def assess(predictor: Predictor, table: SampleTable,
     return Assessment(predictions, seen, unusable, dict(unknown), points, predictor.meta.operating_point,
                       predictor.meta.temperature, unlike if predictor.meta.input_ranges else None,
                       predictor.meta.confusion, predictor.meta.share_check, found)
-
-
-MIX_SHIFT = 0.15  # a class's share this much apart from the run's is a different mix
 
 
 def check_out_dir(out: Path, overwrite: bool) -> None:

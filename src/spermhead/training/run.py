@@ -546,10 +546,11 @@ def run_fold(cfg: RunConfig, table: SampleTable, images: np.ndarray, fold: Fold,
     refit = cfg.train.refit_val and len(fold.val) > 0
     trained = np.concatenate([fold.train, fold.val]) if refit else fold.train
     own_trained = np.concatenate([fold.own_train, fold.val]) if refit else fold.own_train
+    digest = split_digest(table, fold)  # recorded with the fold, checked when --resume reads it back
     if resume and done.is_file():
         info = json.loads(done.read_text())
         check_same_split(fold_dir, fold, info["test"], len(info["val_labels"]), y, info["val_labels"],
-                         split_digest(table, fold), info.get("split"))
+                         digest, info.get("split"))
         members = []
         for j in range(n):
             member = build_member(cfg, k, images[trained])
@@ -577,7 +578,7 @@ def run_fold(cfg: RunConfig, table: SampleTable, images: np.ndarray, fold: Fold,
     if refit and resume and first.is_file():
         scored = json.loads(first.read_text())
         check_same_split(fold_dir, fold, len(fold.test), len(scored["val_pred"]), y,
-                         digest=split_digest(table, fold), recorded=scored.get("split"))
+                         digest=digest, recorded=scored.get("split"))
     else:
         start = time.perf_counter()
         side = fit_side(cfg, table, images, fold.train, fold.val, fold_dir, fold.index,
@@ -592,7 +593,7 @@ def run_fold(cfg: RunConfig, table: SampleTable, images: np.ndarray, fold: Fold,
                        if cfg.train.calibrate else 1.0)
         scored = {"bias": bias.tolist(), "alpha": alpha, "temperature": temperature,
                   "seconds": seconds, "target_seconds": side.target_seconds, "epochs": side.epochs,
-                  "split": split_digest(table, fold),
+                  "split": digest,
                   "val_pred": apply_bias(val_probs, val_accuracy_bias).argmax(1).tolist() if len(fold.val) else [],
                   "val_pred_balanced": apply_bias(val_probs, bias).argmax(1).tolist() if len(fold.val) else []}
         if refit:
@@ -621,7 +622,7 @@ def run_fold(cfg: RunConfig, table: SampleTable, images: np.ndarray, fold: Fold,
                                 "kept_epochs": side.kept_epochs,
                                 "members": n, "train": len(trained), "val": len(fold.val),
                                 "test": len(fold.test), "refit_val": refit, "val_labels": val_labels,
-                                "split": split_digest(table, fold),
+                                "split": digest,
                                 "val_pred": val_pred, "val_pred_balanced": val_pred_balanced}))
     return FoldResult(fold.index, side.members, test_probs, bias, read_history(fold_dir), seconds / n, side.epochs,
                       val_labels=val_labels, val_pred=val_pred, val_pred_balanced=val_pred_balanced,
