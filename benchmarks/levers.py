@@ -121,6 +121,8 @@ LEVERS: dict[str, dict] = {
     "distill5": {"distill": 0.5},
     # focal loss (Lin et al. 2017): the loss of images already right shrinks by (1 - p)^gamma
     "focal2": {"focal": 2.0},
+    # discriminative fine-tuning: every layer but the classifier at 0.3 x the learning rate
+    "blr03": {"backbone_lr": 0.3},
 }
 
 

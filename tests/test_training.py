@@ -1448,7 +1448,8 @@ def test_the_source_models_name_follows_the_training_settings_it_was_trained_wit
     for option in ({"lr": 0.01}, {"optimizer": "sgd"}, {"mixup": 0.2}, {"label_smoothing": 0.0}, {"sam": 0.05},
                    {"batch_size": 16}, {"schedule": "cosine"}, {"l2_conv": 0.01}):
         assert source_path(build_run_config("hushem", "unused", **option)) != source_path(plain), option
-    for option in ({"tta": False}, {"shape_fusion": 0.0}, {"refit_val": False}, {"threads": 1}, {"focal": 2.0}):
+    for option in ({"tta": False}, {"shape_fusion": 0.0}, {"refit_val": False}, {"threads": 1}, {"focal": 2.0},
+                   {"backbone_lr": 0.3}):
         assert source_path(build_run_config("hushem", "unused", **option)) == source_path(plain), option
     # freezing is the run's, when it loads the source: the source itself trains whole either way
     unfrozen = build_run_config("hushem", "unused", model="seed-resnet50")
@@ -1473,20 +1474,22 @@ def test_a_source_trains_whole_whatever_the_run_freezes(separable, tmp_path, mon
     assert trained and all(trained[0])  # a frozen random backbone would learn nothing
 
 
-def test_a_focal_run_starts_from_a_source_trained_on_cross_entropy(separable, tmp_path, monkeypatch):
+def test_a_focal_run_starts_from_a_source_trained_on_cross_entropy_at_one_rate(separable, tmp_path, monkeypatch):
     from spermhead.training import run, synthetic_init
 
     monkeypatch.setenv("SPERMHEAD_CACHE", str(tmp_path / "cache"))
     losses = []
 
     def fit_member(cfg, member, *args, **kwargs):  # the source's settings, and no training
-        losses.append(cfg.train.focal)
+        losses.append((cfg.train.focal, cfg.train.backbone_lr))
         return member, None, None
 
     monkeypatch.setattr(run, "fit_member", fit_member)
-    cfg = quick_config(separable, tmp_path / "run", init="synthetic", init_per_class=2, init_epochs=1, focal=2.0)
+    cfg = quick_config(separable, tmp_path / "run", init="synthetic", init_per_class=2, init_epochs=1, focal=2.0,
+                       backbone_lr=0.3)
     synthetic_init.synthetic_init_weights(cfg, ["a", "b"])
-    assert losses == [0.0] and cfg.train.focal == 2.0  # the run's own fits keep their focal loss
+    # the source trains from random weights on one rate and cross-entropy; the run's own fits keep theirs
+    assert losses == [(0.0, 1.0)] and (cfg.train.focal, cfg.train.backbone_lr) == (2.0, 0.3)
 
 
 def test_synthetic_init_trains_its_source_once_then_reuses_the_cache(separable, tmp_path, monkeypatch, caplog):
@@ -2204,3 +2207,39 @@ def test_focal_loss_trains_and_is_checked(separable, tmp_path):
     assert np.abs(focal.predictions.probabilities - plain.predictions.probabilities).max() > 1e-4
     with pytest.raises(ConfigError, match="--focal"):
         quick_config(separable, tmp_path / "x", focal=-1.0)
+
+
+def test_backbone_lr_gives_every_layer_but_the_classifier_its_share_of_the_rate():
+    from spermhead.models.inference import standardized
+    from spermhead.models.registry import build_model
+    from spermhead.training.module import parameter_groups
+
+    for name in ("spermnet", "seed-cnn", TINY_TIMM):
+        model = standardized(build_model(name, num_classes=3, in_chans=1, image_size=32), 1)
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        (one,) = parameter_groups(model, 0.01)
+        assert one["lr"] == 0.01 and one["params"] == trainable, name
+        backbone, head = parameter_groups(model, 0.01, 0.3)
+        assert backbone["lr"] == pytest.approx(0.003) and head["lr"] == 0.01, name
+        # the classifier is the layer that outputs the classes, and nothing is left out or counted twice
+        assert head["params"][-1].shape[0] == 3 and backbone["params"], name
+        assert {id(p) for p in backbone["params"] + head["params"]} == {id(p) for p in trainable}, name
+        assert len(backbone["params"]) + len(head["params"]) == len(trainable), name
+
+
+def test_backbone_lr_trains_the_backbone_slower_and_is_checked(separable, tmp_path):
+    from spermhead.training.module import HeadClassifier
+    from spermhead.training.run import build_network
+
+    cfg = quick_config(separable, tmp_path / "x", backbone_lr=0.25, epochs=4)
+    module = HeadClassifier(build_network(cfg, 2), cfg.train, steps_per_epoch=5)
+    sched = module.configure_optimizers()["lr_scheduler"]["scheduler"]
+    peaks = [g["max_lr"] for g in sched.optimizer.param_groups]
+    assert peaks == pytest.approx([cfg.train.lr * 0.25, cfg.train.lr])  # one-cycle peaks at each group's rate
+    slow = train_run(quick_config(separable, tmp_path / "slow", cv=2, backbone_lr=0.25), progress=False)
+    assert slow.metrics["accuracy"] >= 0.95
+    plain = train_run(quick_config(separable, tmp_path / "plain", cv=2), progress=False)
+    assert np.abs(slow.predictions.probabilities - plain.predictions.probabilities).max() > 1e-4
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ConfigError, match="--backbone-lr"):
+            quick_config(separable, tmp_path / "x", backbone_lr=bad)

@@ -299,6 +299,8 @@ def train(
     label_smoothing: Annotated[float | None, typer.Option()] = None,
     focal: Annotated[float | None, typer.Option(
         help="Focal loss gamma (e.g. 2): less weight on images already classified right; 0 = cross-entropy")] = None,
+    backbone_lr: Annotated[float | None, typer.Option(
+        help="Learning rate of every layer but the classifier, as a share of --lr (e.g. 0.3); 1 = one rate")] = None,
     mixup: Annotated[float | None, typer.Option(help="Mixup Beta(a, a); 0 disables")] = None,
     cutmix: Annotated[float | None, typer.Option(help="CutMix Beta(a, a); 0 disables")] = None,
     swa: Annotated[float | None, typer.Option(
@@ -381,7 +383,7 @@ def train(
             loggers=("csv", *logger) if logger else None,
             model=model, width=width, grouped=grouped, near_duplicates=near_duplicates, epochs=epochs, image_size=image_size, color=color,
             scale=scale, background=background, batch_size=batch_size, lr=lr, optimizer=optimizer, schedule=schedule, balance=balance,
-            augment=augment, soft_labels=soft_labels, distill=distill, label_smoothing=label_smoothing, focal=focal, mixup=mixup, cutmix=cutmix, swa=swa, ema=ema, sam=sam, tta=tta, pretrained=pretrained,
+            augment=augment, soft_labels=soft_labels, distill=distill, label_smoothing=label_smoothing, focal=focal, backbone_lr=backbone_lr, mixup=mixup, cutmix=cutmix, swa=swa, ema=ema, sam=sam, tta=tta, pretrained=pretrained,
             weights=weights, init=init, prior_strength=prior_strength, l2_conv=l2_conv, final_model=final, threads=threads, members=members,
             train_fraction=train_fraction, refit_val=refit_val, monitor=monitor, patience=patience,
             accelerator=accelerator, extra_train=extra_train or None, shape_fusion=shape_fusion,

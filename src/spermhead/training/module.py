@@ -100,6 +100,30 @@ class SAM(torch.optim.Optimizer):
         return loss
 
 
+def classifier_layer(model: nn.Module) -> nn.Module:
+    """The layers that map features to classes: timm's `get_classifier()`, spermnet's `fc`, the
+    seed nets' dense `classifier` (behind a Standardize layer or not)."""
+    net = model[-1] if isinstance(model, nn.Sequential) and len(model) == 2 else model
+    if hasattr(net, "get_classifier"):
+        return net.get_classifier()
+    for name in ("fc", "classifier", "head"):
+        layer = getattr(net, name, None)
+        if isinstance(layer, nn.Module):
+            return layer
+    raise ConfigError(f"--backbone-lr: {type(net).__name__} has no classifier layer to tell apart")
+
+
+def parameter_groups(model: nn.Module, lr: float, backbone_share: float = 1.0) -> list[dict[str, Any]]:
+    """The trainable parameters, with every one but the classifier's at `backbone_share` x `lr`."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if backbone_share == 1.0:
+        return [{"params": trainable, "lr": lr}]
+    head = {id(p) for p in classifier_layer(model).parameters()}
+    groups = [{"params": [p for p in trainable if id(p) not in head], "lr": lr * backbone_share},
+              {"params": [p for p in trainable if id(p) in head], "lr": lr}]
+    return [g for g in groups if g["params"]]
+
+
 class HeadClassifier(L.LightningModule):
     """`model` takes [0, 1] images (it standardises internally) and returns logits."""
 
@@ -178,7 +202,7 @@ class HeadClassifier(L.LightningModule):
 
     def configure_optimizers(self) -> Any:
         cfg = self.cfg
-        params = [p for p in self.parameters() if p.requires_grad]
+        params = parameter_groups(self.model, cfg.lr, cfg.backbone_lr)
         if cfg.optimizer == "adamw":
             opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         elif cfg.optimizer == "adam":
@@ -192,7 +216,8 @@ class HeadClassifier(L.LightningModule):
         total = cfg.epochs * self.steps_per_epoch
         if cfg.schedule == "onecycle":
             pct = min(0.3, max(cfg.warmup_epochs, 1) / max(cfg.epochs, 1))
-            sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total, pct_start=pct)
+            peaks = [g["lr"] for g in params]
+            sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=peaks, total_steps=total, pct_start=pct)
             return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
         if cfg.schedule == "cosine":
             sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)

@@ -192,10 +192,11 @@ def train_source(cfg: RunConfig, path: Path, *, progress: bool) -> dict[str, Any
     start = time.perf_counter()
     images, labels, classes = rendered_heads(cfg)
     # The fold recipe, minus what only real data has: expert votes, validation, a prior to fix.
-    # Focal loss stays with the fine-tune: it was measured from a cross-entropy source
-    # (RESULTS.md, session 27), so a --focal run shares the recipe's cached source.
+    # Focal loss and a backbone learning-rate share stay with the fine-tune: they were measured
+    # from the recipe's source (RESULTS.md, sessions 27-28), so such a run shares its cache.
     train = replace(cfg.train, epochs=cfg.model.init_epochs, monitor="last", early_stopping_patience=0,
-                    balance="none", soft_labels=0.0, members_per_fold=1, ema=0.0, focal=0.0)
+                    balance="none", soft_labels=0.0, members_per_fold=1, ema=0.0, focal=0.0,
+                    backbone_lr=1.0)
     source_cfg = replace(cfg, train=train, model=replace(cfg.model, weights=None, pretrained=False,
                                                          kwargs=source_kwargs(cfg)),
                          loggers=("csv",))
