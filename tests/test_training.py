@@ -1517,6 +1517,11 @@ def test_synthetic_init_trains_its_source_once_then_reuses_the_cache(separable, 
     weights = load_file(str(source))
     assert set(record["classifier"]) <= set(weights)
     assert "init: synthetic" in (first.out / "config.yaml").read_text().replace("'", "")
+    # the report's configuration is config.yaml's (no weights file asked for); the source is named apart
+    report = (first.out / "report.html").read_text()
+    configuration = report.split("<h2>Configuration</h2>")[1].split("<h2>")[0]
+    assert "weights: null" in configuration and "init: synthetic" in configuration
+    assert str(source) in report.split("Starting weights")[1].split("<h2>")[0]
 
     import spermhead.training.run as run_module
 

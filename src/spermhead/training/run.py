@@ -791,7 +791,9 @@ def train_run(cfg: RunConfig, *, overwrite: bool = False, resume: bool = False,
                                               "near_duplicates": twins,
                                               "environment": environment()}, indent=2))
     history = [{"fold": r.index, **row} for r in results for row in r.history]
-    write_outputs(cfg, out, predictions, metrics, history, timing)
+    # the report shows the configuration as asked (config.yaml's) and what the folds started from apart
+    start_record = {k: v for k, v in init.items() if k not in ("cached", "seconds")}
+    write_outputs(as_asked, out, predictions, metrics, history, timing, start_record)
     return RunResult(out, metrics, predictions, results, timing)
 
 
@@ -930,10 +932,10 @@ def write_bundle(cfg: RunConfig, table: SampleTable, members: list[nn.Module], b
 
 
 def write_outputs(cfg: RunConfig, out: Path, predictions: Predictions, metrics: dict[str, Any],
-                  history: list[dict[str, Any]], timing: dict[str, Any]) -> Path:
+                  history: list[dict[str, Any]], timing: dict[str, Any], start: dict[str, Any]) -> Path:
     from spermhead.evaluation.plots import write_plots
     from spermhead.evaluation.report import write_report
 
     plots = write_plots(predictions, history, out / "plots")
     return write_report(out, {**cfg.to_dict(), "environment": environment()}, metrics, plots,
-                        {"Timing": timing})
+                        {"Starting weights": start, "Timing": timing})
