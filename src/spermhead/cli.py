@@ -13,6 +13,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from spermhead.errors import SpermheadError
 
@@ -22,8 +23,10 @@ data_app = typer.Typer(help="Read, summarise, preview and synthesise datasets.",
 bench_app = typer.Typer(help="Published-protocol benchmarks.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(bench_app, name="bench")
-console = Console()
-err_console = Console(stderr=True)
+# no markup: paths and names print as they are ("runs/[lr=0.1]" would lose its brackets); styles
+# come from Text and style=
+console = Console(markup=False)
+err_console = Console(stderr=True, markup=False)
 
 
 def _print_version(value: bool) -> None:
@@ -64,12 +67,13 @@ def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(*args, **kwargs)
         except SpermheadError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)  # paths stay whole
+            err_console.print(Text.assemble(("error:", "bold red"), f" {exc}"), highlight=False,
+                              soft_wrap=True)  # paths stay whole
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             hint = (": the same command with --resume goes on from the last finished epoch" if resumable
                     else "; files it had finished are kept")
-            err_console.print(f"[yellow]interrupted[/]{hint}", highlight=False, soft_wrap=True)
+            err_console.print(Text.assemble(("interrupted", "yellow"), hint), highlight=False, soft_wrap=True)
             raise typer.Exit(130) from None
 
     return wrapper
@@ -172,7 +176,7 @@ def data_duplicates(
         for k, group in enumerate(rows, 1):
             mixed = len({r["label"] for r in group}) > 1
             for r in group:
-                out.add_row(str(k), r["id"], f"[red]{r['label']}[/red]" if mixed else r["label"], f"{r['correlation']:.3f}")
+                out.add_row(str(k), r["id"], Text(r["label"], style="red" if mixed else ""), f"{r['correlation']:.3f}")
         console.print(out if groups else f"{name}: no near-duplicates in {len(table)} images (r >= {threshold})")
         mixed = sum(len({r["label"] for r in g}) > 1 for g in rows)
         if mixed:
@@ -243,9 +247,9 @@ def config_settings(config: Path | None) -> dict[str, Any]:
         return {}
     settings, written_with = read_config_file(config)
     if changed := environment_differences(written_with):
-        console.print(f"[yellow]note:[/] {config} was written with other versions ({'; '.join(changed)}); "
-                      "the same settings may not give the same figures to the last digit",
-                      highlight=False, soft_wrap=True)
+        console.print(Text.assemble(("note:", "yellow"), f" {config} was written with other versions "
+                                    f"({'; '.join(changed)}); the same settings may not give the same figures "
+                                    "to the last digit"), highlight=False, soft_wrap=True)
     return settings
 
 
@@ -673,7 +677,7 @@ def predict(
                                                                  "; write them all with --csv)"))
     show_compositions(rows, predictor.classes, confusion, summary, check)
     if warning := batch_warning(rows, ranges):
-        err_console.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
+        err_console.print(Text.assemble(("warning:", "yellow"), f" {warning}"), highlight=False, soft_wrap=True)
     if failed:
         raise typer.Exit(1)
 
