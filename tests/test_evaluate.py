@@ -58,6 +58,13 @@ def test_new_images_score_near_perfect_and_unseen(trained, tmp_path: Path) -> No
     assert "<th>these images</th>" in report and "out-of-fold" not in report and "sd across folds" not in report
     assert "These images as one sample" in report and "<td>25.0%</td>" in report  # 10 of 40 per class
     assert "From the model's training run" in report
+    assert "widened by the bundle's check below" in report
+    # a bundle without the check (one split, or an older bundle): its intervals are not said to be widened
+    from spermhead.evaluation.report import write_report
+
+    metrics["share_check"] = None
+    bare = write_report(tmp_path / "bare", {"dataset": "x"}, metrics, {}).read_text()
+    assert "These images as one sample" in bare and "widened" not in bare
 
 
 def test_training_images_are_reported_apart(trained, tmp_path: Path) -> None:

@@ -386,3 +386,28 @@ def test_selection_names_its_setting_the_validation_n_and_a_tie_with_the_winner(
     # no tie, no such note
     assert "level with" not in write_selection(rows[::2], tmp_path / "b")["md"].read_text()
 
+
+
+def test_a_class_neither_labelled_nor_answered_has_no_precision_or_f1(tmp_path: Path) -> None:
+    table = SampleTable("t", [Sample(id=f"s{i}", path=Path("p"), label="ab"[i % 2], source="a") for i in range(20)],
+                        ["a", "b", "c"])
+    probs = np.zeros((20, 3))
+    probs[np.arange(20), [i % 2 for i in range(20)]] = 1.0  # every answer right, no "c" anywhere
+    m = compute_metrics(Predictions.from_model_output([s.id for s in table.samples], probs, table))
+    assert m["macro_f1"] == 1.0 and m["per_class"]["a"]["f1"] == 1.0
+    assert m["per_class"]["c"]["precision"] is None and m["per_class"]["c"]["f1"] is None
+    text = write_report(tmp_path, {"dataset": "t"}, m, {}).read_text()
+    row = text[text.index("<td>c</td>"):].split("</tr>")[0]
+    assert "0.000" not in row and "n/a" in row  # not a zero beside a macro F1 of 1
+
+
+def test_a_report_naming_a_file_that_is_not_utf8_is_written_whole(tmp_path: Path) -> None:
+    import os
+
+    table = SampleTable("t", [Sample(id=f"s{i}", path=Path("p"), label="ab"[i % 2], source="a") for i in range(20)],
+                        ["a", "b"])
+    probs = np.random.default_rng(1).dirichlet(np.ones(2), size=20)
+    m = compute_metrics(Predictions.from_model_output([s.id for s in table.samples], probs, table))
+    latin1 = os.fsdecode(b"/data/caf\xe9")  # how Python names a Latin-1 folder on a UTF-8 system
+    text = write_report(tmp_path, {"dataset": latin1}, m, {}, {"note": latin1}).read_text(encoding="utf-8")
+    assert "/data/caf\ufffd" in text and text.rstrip().endswith("</html>")

@@ -128,9 +128,10 @@ def compute_metrics(pred: Predictions) -> dict[str, Any]:
 
     per_class = {
         classes[c]: {
-            "precision": float(prec[c]),
+            # a class neither in the labels nor answered has no precision or F1 (macro F1 leaves it out)
+            "precision": float(prec[c]) if seen[c] else None,
             "recall": float(rec[c]) if present[c] else None,
-            "f1": float(f1[c]),
+            "f1": float(f1[c]) if seen[c] else None,
             "support": int(support[c]),
             "roc_auc": roc[c],
             "average_precision": ap[c],

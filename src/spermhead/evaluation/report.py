@@ -54,6 +54,16 @@ def esc(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
+def readable(text: str) -> str:
+    """`text` writable as UTF-8: a file name's undecodable bytes, which ids and paths keep as
+    surrogates (`CSV_FILE`), become U+FFFD instead of stopping the write."""
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate that is no escaped byte
+        raw = text.encode("utf-8", "surrogatepass")
+    return raw.decode("utf-8", "replace")
+
+
 def fmt(value: Any, digits: int = 3) -> str:
     """Numbers to fixed decimals, None as 'n/a'; already escaped."""
     if value is None:
@@ -214,10 +224,11 @@ def _composition(m: Mapping[str, Any]) -> str:
         return f"{100 * r[key]:.1f}% ({100 * r[key + '_low']:.1f}-{100 * r[key + '_high']:.1f})"
 
     body = [[r["class"], f"{100 * r['true_share']:.1f}%", share(r, "share"), share(r, "adjusted")] for r in rows]
+    # a bundle from one split, or from before the check, has none to widen them by
+    widened = ", widened by the bundle's check below" if m.get("share_check") else ""
     return ("<h2>These images as one sample</h2>"
             "<p>Each class's true share beside the two estimates <code>predict</code> gives a sample: counted "
-            "from the predicted classes, and adjusted for the model's measured errors (95% intervals, widened "
-            "by the bundle's check below).</p>"
+            f"from the predicted classes, and adjusted for the model's measured errors (95% intervals{widened}).</p>"
             + table(["class", "true share", "counted (95% CI)", "adjusted (95% CI)"], body))
 
 
@@ -364,5 +375,5 @@ def write_report(
         + "</body></html>\n"
     )
     path = run_dir / "report.html"
-    path.write_text(doc, encoding="utf-8")
+    path.write_text(readable(doc), encoding="utf-8")
     return path
