@@ -411,3 +411,20 @@ def test_a_report_naming_a_file_that_is_not_utf8_is_written_whole(tmp_path: Path
     latin1 = os.fsdecode(b"/data/caf\xe9")  # how Python names a Latin-1 folder on a UTF-8 system
     text = write_report(tmp_path, {"dataset": latin1}, m, {}, {"note": latin1}).read_text(encoding="utf-8")
     assert "/data/caf\ufffd" in text and text.rstrip().endswith("</html>")
+
+
+def test_a_single_splits_report_shows_no_fold_spread(tmp_path: Path) -> None:
+    """A random or folders split scores one test part (fold 0): no sd across one fold, no
+    per-fold table, and no word of out-of-fold predictions."""
+    table = SampleTable("t", [Sample(id=f"s{i}", path=Path("p"), label="ab"[i % 2], source="a") for i in range(40)],
+                        ["a", "b"])
+    probs = np.random.default_rng(2).dirichlet(np.ones(2), size=40)
+    pred = Predictions.from_model_output([s.id for s in table.samples], probs, table, folds=[0] * 40)
+    config = {"dataset": "t", "protocol": {"kind": "random"}}
+    text = write_report(tmp_path, config, cv_metrics(pred, n_boot=100), {}).read_text()
+    assert "<th>the test part</th>" in text
+    for absent in ("out-of-fold", "sd across", "Per fold"):
+        assert absent not in text, absent
+    folded = Predictions.from_model_output([s.id for s in table.samples], probs, table, folds=[i % 2 for i in range(40)])
+    text = write_report(tmp_path / "cv", config, cv_metrics(folded, n_boot=100), {}).read_text()
+    assert all(word in text for word in ("pooled out-of-fold", "sd across 2 folds", "Per fold"))

@@ -135,8 +135,14 @@ def _fusion(config: Mapping[str, Any]) -> str:
             "opinions fused with the network; train with --shape-fusion 0 --pixel-fusion 0 for the network alone)</p>")
 
 
+def _folds(m: Mapping[str, Any]) -> int:
+    """How many folds the figures pool: 0 for images assessed as one set, 1 for a single split's
+    test part (no spread across folds to show), more under cross-validation."""
+    return len(m.get("folds") or [])
+
+
 def _headline(m: Mapping[str, Any]) -> str:
-    k = len(m.get("folds") or [])
+    k = _folds(m)
     has_ci = bool(m.get("accuracy_ci95"))
     rows = [
         ("accuracy", "Accuracy", m.get("accuracy_ci95")),
@@ -152,14 +158,14 @@ def _headline(m: Mapping[str, Any]) -> str:
     out = []
     for key, label, ci in rows:
         cells = [esc(label), fmt(m.get(key))]
-        if k:  # the fold columns only exist for cross-validated runs
+        if k > 1:  # the fold columns only exist for cross-validated runs
             mean, sd = m.get(f"{key}_mean"), m.get(f"{key}_std")
             cells.append("n/a" if mean is None else fmt(mean) + ("" if sd is None else f" &plusmn; {fmt(sd)}"))
         if has_ci:
             cells.append("" if not ci else f"[{fmt(ci[0])}, {fmt(ci[1])}]")
         out.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-    head = ["metric", "pooled out-of-fold" if k else "these images"]
-    if k:
+    head = ["metric", "pooled out-of-fold" if k > 1 else "the test part" if k else "these images"]
+    if k > 1:
         head.append(f"mean &plusmn; sd across {k} folds")
     if has_ci:
         head.append("95% bootstrap CI")
@@ -282,7 +288,7 @@ def _how_to_read(m: Mapping[str, Any]) -> str:
         "the Brier score (0 best, 2 worst) sums both calibration and sharpness. "
         "The confidence interval resamples these predictions"
         + ("; the sd across folds shows how much retraining on other data moves the result. Metrics are "
-           "computed on out-of-fold predictions" if m.get("folds") else ". Metrics are computed on the "
+           "computed on out-of-fold predictions" if _folds(m) > 1 else ". Metrics are computed on the "
            "predictions")
         + " keyed by sample id, so every prediction is compared with its own image's label.</p></div>"
     )
@@ -355,7 +361,7 @@ def write_report(
              _composition(metrics), _share_check(metrics)]
     if metrics.get("per_source"):
         body += ["<h2>Per source</h2>", _summary_table("source", list(metrics["per_source"].items()))]
-    if metrics.get("folds"):
+    if _folds(metrics) > 1:
         body += ["<h2>Per fold</h2>", _summary_table("fold", [(f.get("fold"), f) for f in metrics["folds"]])]
     if plots:
         body += ["<h2>Plots</h2>", '<div class="figs">', *[_figure(k, p) for k, p in plots.items()], "</div>"]
