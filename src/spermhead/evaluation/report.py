@@ -168,7 +168,7 @@ def _headline(m: Mapping[str, Any]) -> str:
     if k > 1:
         head.append(f"mean &plusmn; sd across {k} folds")
     if has_ci:
-        head.append("95% bootstrap CI")
+        head.append("95% CI")
     head_html = "<tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>"
     return f"<table><thead>{head_html}</thead><tbody>{''.join(out)}</tbody></table>"
 
@@ -286,7 +286,8 @@ def _how_to_read(m: Mapping[str, Any]) -> str:
         "The calibration error is the gap between the probability given to each answer and how often such "
         "answers are right (0: a 0.8 answer is right 8 times in 10; the reliability plot shows it per bin); "
         "the Brier score (0 best, 2 worst) sums both calibration and sharpness. "
-        "The confidence interval resamples these predictions"
+        "The accuracy interval is Wilson's for a proportion; the balanced accuracy one resamples these "
+        "predictions"
         + ("; the sd across folds shows how much retraining on other data moves the result. Metrics are "
            "computed on out-of-fold predictions" if _folds(m) > 1 else ". Metrics are computed on the "
            "predictions")
