@@ -9,7 +9,7 @@ import json
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TextIO
 
 import typer
 from rich.console import Console
@@ -225,6 +225,17 @@ def check_output_file(path: Path | None, option: str, *, overwrite: bool = True)
             raise PermissionError("not writable")
     except OSError as exc:
         raise ConfigError(f"{option} {path}: cannot write there ({exc})") from None
+
+
+def open_output(path: Path, option: str) -> TextIO:
+    """`path` opened for writing text (a CSV's newline rule), or an error naming `option` and why
+    (`check_output_file` cannot foresee every refusal: a root user passes os.access anywhere)."""
+    from spermhead.errors import ConfigError
+
+    try:
+        return open(path, "w", newline="", encoding="utf-8")  # noqa: SIM115 - the caller closes it
+    except OSError as exc:
+        raise ConfigError(f"{option} {path}: cannot write there ({exc.strerror or exc})") from None
 
 
 # Options that do not change what `train` computes: with only these, --resume keeps the saved settings.
@@ -602,6 +613,11 @@ def predict(
 
     import torch
 
+    from spermhead.errors import ConfigError
+
+    if batch_size < 1 or threads < 0:
+        raise ConfigError(f"--batch-size {batch_size}, --threads {threads}: the batch size is at least 1, and "
+                          "threads 0 (torch decides) or more")
     if threads > 0:
         torch.set_num_threads(threads)
 
@@ -610,10 +626,9 @@ def predict(
     from rich.text import Text
 
     from spermhead.data.readers import IMAGE_SUFFIXES, skipped_files
-    from spermhead.errors import ConfigError
     from spermhead.preprocess.acquisition import batch_warning
     from spermhead.serving.bundle import check_bundle_path
-    from spermhead.serving.predictor import Predictor, csv_columns, csv_row, expand_inputs
+    from spermhead.serving.predictor import Predictor, csv_columns, csv_row, expand_inputs, unique_files
     from spermhead.serving.prepare import printable
 
     outputs = [(path, option) for path, option in ((csv_out, "--csv"), (json_out, "--json"), (summary, "--summary"))
@@ -625,7 +640,15 @@ def predict(
         if same := [o for p, o in outputs[i + 1:] if p.resolve() == path.resolve()]:
             raise ConfigError(f"{option} and {same[0]} name the same file, {path}; give each its own")
     check_bundle_path(model)  # before the images are walked
-    files = expand_inputs(paths)
+    named = expand_inputs(paths)
+    files = unique_files(named)
+    if len(files) < len(named):
+        err_console.print(f"note: {len(named) - len(files)} file(s) named more than once (a folder and its own "
+                          "files, say) are classified and counted once", highlight=False, soft_wrap=True)
+    inputs = {f.resolve() for f in files if f.exists()}
+    for path, option in outputs:  # written before they would be read: an image replaced by a CSV
+        if path.resolve() in inputs:
+            raise ConfigError(f"{option} {path}: is also one of the files to classify; write it elsewhere")
     suffixes = "/".join(sorted(s.lstrip(".") for s in IMAGE_SUFFIXES))
     if skipped := [f for p in paths if Path(p).is_dir() for f in skipped_files(Path(p))]:
         err_console.print(f"note: {len(skipped)} file(s) in the folders skipped for their suffix (not {suffixes}), "
@@ -640,7 +663,7 @@ def predict(
                               soft_wrap=True)
         columns = csv_columns(predictor.classes)
         ranges, confusion, check = predictor.meta.input_ranges, predictor.meta.confusion, predictor.meta.share_check
-        fh = open(csv_out, "w", newline="", encoding="utf-8") if csv_out else None  # noqa: SIM115 - closed below
+        fh = open_output(csv_out, "--csv") if csv_out else None
         try:
             writer = csv.DictWriter(fh, fieldnames=columns) if fh else None
             if writer:
@@ -658,7 +681,8 @@ def predict(
             if fh:
                 fh.close()
     if json_out:
-        json_out.write_text(json.dumps(rows, indent=1))
+        with open_output(json_out, "--json") as out:
+            out.write(json.dumps(rows, indent=1))
 
     failed = [r for r in rows if not r["ok"]]
     # a narrow terminal folds the file names rather than cutting them to "imgs/image…" alike
@@ -714,7 +738,7 @@ def show_compositions(rows: list[dict[str, Any]], classes: list[str], confusion:
                       "shares",
                       highlight=False, soft_wrap=True)
     if summary is not None:  # checked writable before predict began
-        with open(summary, "w", newline="", encoding="utf-8") as fh:
+        with open_output(summary, "--summary") as fh:
             writer = csv.DictWriter(fh, fieldnames=SUMMARY_COLUMNS)
             writer.writeheader()
             writer.writerows(summary_rows(samples, closer))
