@@ -229,6 +229,9 @@ def test_the_request_limit_holds_a_full_page_batch_at_the_file_limit(bundle: Pat
 
     with pytest.raises(ConfigError, match="--max-request-mb 10 is below --max-upload-mb 50"):
         create_app(bundle, max_upload_mb=50, max_request_mb=10)
+    for nothing in (0, -5):  # a server that would refuse every file does not start
+        with pytest.raises(ConfigError, match=f"--max-upload-mb {nothing}: must be above 0"):
+            create_app(bundle, max_upload_mb=nothing)
 
 
 def test_unexpected_error_is_json_500_and_server_survives(bundle: Path) -> None:

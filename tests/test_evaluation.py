@@ -447,3 +447,16 @@ def test_intervals_keep_their_width_where_every_image_is_right() -> None:
     m = cv_metrics(Predictions.from_model_output([s.id for s in table.samples], probs, table), n_boot=200)
     assert m["accuracy_ci95"] == pytest.approx([0.764, 0.991], abs=1e-3)
     assert m["intervals"] == {"accuracy": "Wilson score", "balanced_accuracy": "percentile bootstrap"}
+
+
+def test_plots_of_one_class_draw_without_warnings(tmp_path: Path) -> None:
+    import warnings
+
+    table = SampleTable("t", [Sample(id=f"s{i}", path=Path("p"), label="a", source="x") for i in range(10)],
+                        ["a", "b"])
+    probs = np.random.default_rng(3).dirichlet(np.ones(2), size=10)
+    pred = Predictions.from_model_output([s.id for s in table.samples], probs, table)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # matplotlib's "No artists with labels found" among them
+        plots = write_plots(pred, [], tmp_path / "plots")
+    assert plots["pr"].is_file() and plots["roc"].is_file()

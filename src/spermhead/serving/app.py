@@ -535,6 +535,8 @@ def create_app(
 ) -> FastAPI:
     """The app for one bundle. `review_source`: a labelled class folder, a dataset name, a
     run folder or its predictions.csv (`review_data`: where that run's images are)."""
+    if not max_upload_mb > 0:  # before the model loads: 0 or less would refuse every file
+        raise ConfigError(f"--max-upload-mb {max_upload_mb:g}: must be above 0 (megabytes per file)")
     owned = predictor is None  # the app closes what it opened, not a caller's predictor
     predictor = predictor or Predictor(bundle_dir, backend=backend, max_pixels=max_pixels,
                                        operating_point=operating_point)
