@@ -254,6 +254,13 @@ def test_compare_warns_when_the_same_ids_stand_for_other_images_or_points(tmp_pa
     out = said(real, other)
     assert "are not the two networks' alone" in out and "between spermnet and seed-cnn" in out
     assert "--shape-fusion 0 --pixel-fusion 0" in out
+    # an assessment of images its model trained on is no test: said, whichever side it is
+    seen = run("seen", "real", "accuracy", record="assessment")
+    (seen / "metrics.json").write_text(json.dumps({"operating_point": "accuracy",
+                                                   "training_overlap": {"seen": 12, "unseen": 0, "threshold": 0.98}}))
+    for pair in ((real, seen), (seen, real)):
+        out = said(*pair)
+        assert "warning: seen was scored on 12 of 12 images its model trained on" in out and "flatter it" in out
     for side, source in (("ra", "real"), ("rb", "synth")):  # folders of repeats are checked too
         shutil.copytree(tmp_path / "runs" / source, tmp_path / side / "seed1")
     assert "warning: rb scored synthetic heads" in said(tmp_path / "ra", tmp_path / "rb")
