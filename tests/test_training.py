@@ -951,6 +951,12 @@ def test_resume_alone_takes_a_relative_dataset_and_names_a_damaged_config(separa
     # the summary gives both operating points, and says which one the bundle answers at
     assert "accuracy point (the bundle answers here): accuracy" in result.output
     assert "; balanced point: accuracy" in result.output
+    # an option given with --resume alone is what it asks to change, set against the run's own
+    # settings (not the recipe's defaults, nor ./data for the images)
+    for option, changed in ((["--epochs", "3"], "train.epochs: 1 -> 3"), (["--seed", "5"], "seed: 0 -> 5")):
+        result = CliRunner().invoke(app, ["train", "--out", "run", "--resume", *option], terminal_width=400)
+        said = " ".join(result.output.split())
+        assert result.exit_code == 2 and f"these differ (saved -> asked): {changed}. Give" in said, said
     (tmp_path / "run" / "config.yaml").write_text("train: [")  # cut short
     result = CliRunner().invoke(app, ["train", "--out", "run", "--resume"])
     assert result.exit_code == 2 and "config.yaml: not readable as YAML" in result.output, result.output

@@ -374,7 +374,11 @@ def train(
     from spermhead.training.options import absolute_path, build_run_config
     from spermhead.training.run import train_run
 
-    settings = config_settings(config)
+    # a resume without --config starts from the run's own settings: options given with it are
+    # then what it is asked to change (refused unless they only say where it runs), not the recipe's
+    # defaults against everything the run was started with
+    settings = config_settings(config if config is not None or not (resume and (out / "config.yaml").is_file())
+                               else out)
     name = name or settings.get("dataset")
     if name is None and resume and (out / "config.yaml").is_file():
         name = load_config(out / "config.yaml").dataset  # `train --out RUN --resume` alone
