@@ -769,6 +769,11 @@ def show_compositions(rows: list[dict[str, Any]], classes: list[str], confusion:
     elif samples:
         console.print("this bundle records no held-out confusion, so the shares are as predicted, not adjusted "
                       "for the model's errors", highlight=False)
+    if samples and not check:  # a single split's bundle, or one from before the check
+        console.print("note: this model's run has no check of its share intervals (a single split holds too few "
+                      "held-out heads; older bundles lack it), so they are not widened for its errors' lean and can "
+                      "miss the true share far more often than 5% of the time (see README); a cross-validated run "
+                      "of the same recipe gives checked ones", highlight=False, soft_wrap=True)
     if samples and check:
         error = {how: 100 * sum(v) / len(v) for how, v in check["error"].items()}
         console.print(f"★ the closer of the two in this model's check: on {check['samples']} samples of up to "
