@@ -348,6 +348,22 @@ def test_a_few_images_all_one_way_are_not_called_a_difference_that_mcnemar_does_
     assert c["mcnemar_p"] < 0.01 and "B is worse: the interval leaves out zero" in verdict(c)
 
 
+def test_average_recall_is_judged_by_its_interval_not_by_mcnemar():
+    """As many images right (McNemar's p = 1), but B gets the small class right and A none of it:
+    a real gain in average recall, which the accuracy test cannot see."""
+    from spermhead.evaluation.paired import verdict
+
+    skewed = make_table({"normal": 20, "amorphous": 180})
+    y = np.asarray(skewed.label_indices)
+    right_a = y == skewed.classes.index("amorphous")
+    right_b = ~right_a.copy()
+    right_b[np.flatnonzero(right_a)[:160]] = True  # B: every normal and 160 of 180 amorphous
+    c = compare_predictions(answers(skewed, right_a), answers(skewed, right_b))
+    assert c["mcnemar_p"] == 1.0 and c["balanced_accuracy"]["ci"][0] > 0.3
+    assert "no difference" in verdict(c, "accuracy")
+    assert "B is better: the interval leaves out zero" in verdict(c, "balanced_accuracy")
+
+
 def test_runs_with_no_images_are_refused(table):
     a = answers(table, np.ones(len(table), dtype=bool))
     empty = a.subset(np.arange(0))

@@ -377,8 +377,10 @@ def train(
     # a resume without --config starts from the run's own settings: options given with it are
     # then what it is asked to change (refused unless they only say where it runs), not the recipe's
     # defaults against everything the run was started with
-    settings = config_settings(config if config is not None or not (resume and (out / "config.yaml").is_file())
-                               else out)
+    from_run = (config is None and resume and (out / "config.yaml").is_file()
+                and bool(given_options(ctx) - _RESUME_LOCAL))
+    settings_file = out / "config.yaml" if from_run else config
+    settings = config_settings(settings_file)
     name = name or settings.get("dataset")
     if name is None and resume and (out / "config.yaml").is_file():
         name = load_config(out / "config.yaml").dataset  # `train --out RUN --resume` alone
@@ -398,7 +400,7 @@ def train(
         cfg = build_run_config(
             name, str(out), recipe=recipe, data_dir=str(data_dir) if data_dir else None, seed=seed, cv=cv,
             split=split, operating_point=operating_point, settings=settings,
-            settings_file=str(config) if config is not None else None,
+            settings_file=str(settings_file) if settings_file is not None else None,
             loggers=("csv", *logger) if logger else None,
             model=model, width=width, grouped=grouped, near_duplicates=near_duplicates, epochs=epochs, image_size=image_size, color=color,
             scale=scale, background=background, batch_size=batch_size, lr=lr, optimizer=optimizer, schedule=schedule, balance=balance,

@@ -136,7 +136,10 @@ def verdict(c: dict[str, Any], key: str = "accuracy") -> str:
     b = c["names"][1]
     d, (lo, hi) = c[key]["difference"], c[key]["ci"]
     p, differ = c["mcnemar_p"], c["images"]["only_a"] + c["images"]["only_b"]
-    if (lo > 0 or hi < 0) and p < 1 - c["level"]:
+    # McNemar's test counts the images each gets right: it speaks to accuracy, not to average
+    # recall, which two models can split far apart with as many images right
+    backed = key != "accuracy" or p < 1 - c["level"]
+    if (lo > 0 or hi < 0) and backed:
         said = f"{b} is {'better' if lo > 0 else 'worse'}: the interval leaves out zero"
     elif lo > 0 or hi < 0:
         # a bootstrap over a few discordant images, all one way, rarely crosses zero: the exact

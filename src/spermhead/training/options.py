@@ -90,7 +90,8 @@ def build_run_config(dataset: str, out: str, *, recipe: str | None = None, data_
     settings = settings or {}
     saved_recipe = (settings.get("train") or {}).get("recipe")
     if recipe is not None and saved_recipe is not None and recipe.lower() != saved_recipe:
-        raise ConfigError(f"--recipe {recipe} with a config of recipe {saved_recipe}: give one or the other")
+        raise ConfigError(f"--recipe {recipe} with {settings_file or 'a config'}, of recipe {saved_recipe}: give one "
+                          "or the other")
     recipe = (recipe or saved_recipe or "default").lower()
     cfg = apply_recipe(RunConfig(dataset=absolute_path(dataset), out=out), recipe)
     # "default" trains a named dataset with its own recipe; `--recipe hushem` (say) gives any set
