@@ -2233,7 +2233,10 @@ def test_backbone_lr_gives_every_layer_but_the_classifier_its_share_of_the_rate(
     from spermhead.models.registry import build_model
     from spermhead.training.module import parameter_groups
 
-    for name in ("spermnet", "seed-cnn", TINY_TIMM):
+    # (model, parameters of its final classifier layer): one Linear's weight and bias, two for a
+    # distilled model's two heads; a seed net's hidden dense layers are backbone
+    for name, n_head in (("spermnet", 2), ("seed-cnn", 2), ("seed-alexnet", 2), (TINY_TIMM, 2),
+                         ("timm:deit_tiny_distilled_patch16_224", 4)):
         model = standardized(build_model(name, num_classes=3, in_chans=1, image_size=32), 1)
         trainable = [p for p in model.parameters() if p.requires_grad]
         (one,) = parameter_groups(model, 0.01)
@@ -2241,7 +2244,7 @@ def test_backbone_lr_gives_every_layer_but_the_classifier_its_share_of_the_rate(
         backbone, head = parameter_groups(model, 0.01, 0.3)
         assert backbone["lr"] == pytest.approx(0.003) and head["lr"] == 0.01, name
         # the classifier is the layer that outputs the classes, and nothing is left out or counted twice
-        assert head["params"][-1].shape[0] == 3 and backbone["params"], name
+        assert len(head["params"]) == n_head and all(p.shape[0] == 3 for p in head["params"]), name
         assert {id(p) for p in backbone["params"] + head["params"]} == {id(p) for p in trainable}, name
         assert len(backbone["params"]) + len(head["params"]) == len(trainable), name
 
@@ -2259,6 +2262,22 @@ def test_backbone_lr_trains_the_backbone_slower_and_is_checked(separable, tmp_pa
     assert slow.metrics["accuracy"] >= 0.95
     plain = train_run(quick_config(separable, tmp_path / "plain", cv=2), progress=False)
     assert np.abs(slow.predictions.probabilities - plain.predictions.probabilities).max() > 1e-4
-    for bad in (-0.1, 1.5):
+    for bad in (-0.1, 0.0, 1.5):  # 0 would freeze it: --freeze-backbone's job, and SWA refuses a rate of 0
         with pytest.raises(ConfigError, match="--backbone-lr"):
             quick_config(separable, tmp_path / "x", backbone_lr=bad)
+
+
+def test_swa_keeps_a_slower_backbone_slower(separable, tmp_path, monkeypatch):
+    import lightning.pytorch.callbacks as callbacks
+
+    asked = []
+
+    class Recording(callbacks.StochasticWeightAveraging):
+        def __init__(self, swa_lrs, **kwargs):
+            asked.append(swa_lrs)
+            super().__init__(swa_lrs=swa_lrs, **kwargs)
+
+    monkeypatch.setattr(callbacks, "StochasticWeightAveraging", Recording)
+    cfg = quick_config(separable, tmp_path / "swa", cv=2, epochs=4, swa=0.5, backbone_lr=0.25)
+    train_run(cfg, progress=False)
+    assert asked and all(lrs == pytest.approx([cfg.train.lr * 0.025, cfg.train.lr * 0.1]) for lrs in asked)

@@ -315,7 +315,8 @@ def train(
     focal: Annotated[float | None, typer.Option(
         help="Focal loss gamma (e.g. 2): less weight on images already classified right; 0 = cross-entropy")] = None,
     backbone_lr: Annotated[float | None, typer.Option(
-        help="Learning rate of every layer but the classifier, as a share of --lr (e.g. 0.3); 1 = one rate")] = None,
+        help="Learning rate of every layer but the final classifier layer, as a share of --lr (e.g. 0.3); "
+             "1 = one rate")] = None,
     mixup: Annotated[float | None, typer.Option(help="Mixup Beta(a, a); 0 disables")] = None,
     cutmix: Annotated[float | None, typer.Option(help="CutMix Beta(a, a); 0 disables")] = None,
     swa: Annotated[float | None, typer.Option(

@@ -220,7 +220,7 @@ def check_run_config(cfg: RunConfig) -> None:
         ("weight_decay", tc.weight_decay, 0, None, True, True, ""),
         ("--label-smoothing", tc.label_smoothing, 0, 1, True, False, ""),
         ("--focal", tc.focal, 0, None, True, True, "a gamma; 0 = cross-entropy"),
-        ("--backbone-lr", tc.backbone_lr, 0, 1, True, True, "a share of --lr; 1 = one rate"),
+        ("--backbone-lr", tc.backbone_lr, 0, 1, False, True, "a share of --lr; 1 = one rate"),
         ("--soft-labels", tc.soft_labels, 0, 1, True, True, "the weight of the expert votes"),
         ("--distill", tc.distill, 0, 1, True, True, "the weight of the teachers' answers; 0 = off"),
         ("--mixup", tc.mixup, 0, None, True, True, "0 = off"),

@@ -254,7 +254,11 @@ def _in_chans(cfg: RunConfig) -> int:
 def check_model(cfg: RunConfig, num_classes: int) -> None:
     """Build the network once before anything is written or trained, so that an unknown model, a
     bad model option or weights that cannot be read stop the run with nothing left behind."""
-    build_network(cfg, num_classes)
+    net = build_network(cfg, num_classes)
+    if cfg.train.backbone_lr != 1.0:  # a network with no classifier layer to tell apart, said now
+        from spermhead.training.module import parameter_groups
+
+        parameter_groups(net, cfg.train.lr, cfg.train.backbone_lr)
 
 
 def build_member(cfg: RunConfig, num_classes: int, train_images: np.ndarray) -> nn.Module:
@@ -366,7 +370,11 @@ def fit_member(cfg: RunConfig, member: nn.Module, x_train: np.ndarray, y_train: 
 
         # the last `swa` of training at a tenth of the peak rate; BatchNorm statistics are
         # recomputed for the averaged weights at the end
-        callbacks.append(StochasticWeightAveraging(swa_lrs=tc.lr * 0.1, swa_epoch_start=1 - tc.swa,
+        from spermhead.training.module import parameter_groups
+
+        # a rate per parameter group, so a slower backbone (--backbone-lr) stays slower
+        swa_lrs = [g["lr"] * 0.1 for g in parameter_groups(member, tc.lr, tc.backbone_lr)]
+        callbacks.append(StochasticWeightAveraging(swa_lrs=swa_lrs, swa_epoch_start=1 - tc.swa,
                                                    annealing_epochs=max(1, tc.epochs // 20)))
     if tc.ema > 0:
         from lightning.pytorch.callbacks import EMAWeightAveraging
