@@ -430,7 +430,7 @@ def test_a_single_splits_report_shows_no_fold_spread(tmp_path: Path) -> None:
     assert all(word in text for word in ("pooled out-of-fold", "sd across 2 folds", "Per fold"))
 
 
-def test_intervals_keep_their_width_where_every_image_is_right() -> None:
+def test_intervals_keep_their_width_where_every_image_is_right(tmp_path: Path) -> None:
     """A bootstrap of 20 right answers gives 1-1; Wilson's interval for 20 of 20 is 0.84-1, and
     balanced accuracy falls back on its classes' Wilson bounds."""
     table = SampleTable("t", [Sample(id=f"s{i}", path=Path("p"), label="ab"[i % 2], source="a") for i in range(20)],
@@ -442,6 +442,8 @@ def test_intervals_keep_their_width_where_every_image_is_right() -> None:
     lo, hi = m["balanced_accuracy_ci95"]
     assert hi == pytest.approx(1.0) and lo == pytest.approx(0.722, abs=1e-3)  # 10 of 10 per class
     assert m["intervals"]["balanced_accuracy"].startswith("mean of the classes' Wilson bounds")
+    text = write_report(tmp_path, {"dataset": "t"}, m, {}).read_text()
+    assert "no resample of these predictions moved it" in text and "one resamples" not in text
     # 19 of 20: Wilson's upper bound is below 1, where a bootstrap's would not be
     probs[0] = probs[0][::-1]
     m = cv_metrics(Predictions.from_model_output([s.id for s in table.samples], probs, table), n_boot=200)
