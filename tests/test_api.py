@@ -4,6 +4,7 @@ keeps serving; the review page serves images by index only."""
 from __future__ import annotations
 
 import io
+import shutil
 import struct
 import time
 import zlib
@@ -229,6 +230,9 @@ def test_the_request_limit_holds_a_full_page_batch_at_the_file_limit(bundle: Pat
 
     with pytest.raises(ConfigError, match="--max-request-mb 10 is below --max-upload-mb 50"):
         create_app(bundle, max_upload_mb=50, max_request_mb=10)
+    for nothing in (0, -5):  # a server that would refuse every file does not start
+        with pytest.raises(ConfigError, match=f"--max-upload-mb {nothing}: must be above 0"):
+            create_app(bundle, max_upload_mb=nothing)
 
 
 def test_unexpected_error_is_json_500_and_server_survives(bundle: Path) -> None:
@@ -469,11 +473,15 @@ def test_review_run_folder_finds_images_through_its_config(bundle: Path, labelle
     Predictions.from_model_output([s.id for s in table.samples], probs, table,
                                   classes=list(CLASSES)).write_csv(tmp_path / "predictions.csv")
     save_config(RunConfig(dataset=str(labelled), out=str(tmp_path)), tmp_path / "config.yaml")
-    with TestClient(create_app(bundle, review_source=tmp_path)) as c:  # the run folder itself
+    shutil.copytree(bundle, tmp_path / "model")  # the run's own bundle
+    with TestClient(create_app(tmp_path, review_source=tmp_path)) as c:  # the run folder itself
         data = c.get("/api/review").json()
         assert data["count"] == len(table) and not data["note"]
         assert all(it["has_image"] for it in data["items"])
         assert c.get(f"/api/review/image/{len(table) - 1}").status_code == 200
+    with TestClient(create_app(bundle, review_source=tmp_path)) as c:  # another model served beside them
+        note = c.get("/api/review").json()["note"]
+        assert f"recorded in {tmp_path / 'predictions.csv'}, by the model at {(tmp_path / 'model').resolve()}" in note
     (tmp_path / "config.yaml").unlink()
     with TestClient(create_app(bundle, review_source=tmp_path / "predictions.csv")) as c:
         data = c.get("/api/review").json()  # labels and predictions still reviewable, without images

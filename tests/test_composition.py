@@ -228,6 +228,15 @@ def test_predict_writes_each_samples_composition(tmp_path: Path):
     assert len(lines) == 4 and all(line.count("★") == 1 for line in lines)
     assert all(line.index("★") > line.index(")", line.index(")") + 1) for line in lines if "normal" in line)
     assert "holds the header only" not in text and "no head found" not in text and "have no class shares" not in text
+    assert "no check of its share intervals" not in text
+    # a bundle with no check (a single split's): its intervals are not widened, and predict says so
+    del meta["share_checks"]
+    (bundle / "model.json").write_text(json.dumps(meta))
+    bare = CliRunner().invoke(app, ["predict", "--model", str(bundle), str(tmp_path / "images")], terminal_width=300)
+    said = " ".join(bare.output.split())
+    assert "no check of its share intervals" in said and "★" not in said
+    meta["share_checks"] = {"accuracy": check}
+    (bundle / "model.json").write_text(json.dumps(meta))
     # a third folder too small to be a sample is named, not silently missing from the list
     (tmp_path / "images" / "patient3").mkdir()
     for i in range(3):

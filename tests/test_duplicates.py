@@ -135,6 +135,18 @@ def test_data_duplicates_command_lists_groups_and_draws_them(with_twins, tmp_pat
     assert Image.open(sheet).size[1] > 6 * 96
 
 
+def test_a_duplicate_sheet_with_no_groups_shows_its_whole_title(tmp_path):
+    from PIL import ImageDraw
+
+    from spermhead.preprocess.preview import _font, duplicate_sheet
+
+    table = load_dataset(str(_heads(tmp_path / "a_dataset_with_a_long_folder_name", n_per_class=2, seed=1)))
+    sheet = Image.open(duplicate_sheet(table, [], np.zeros((len(table), 4)), tmp_path / "none.png")).convert("L")
+    title = f"{table.name}: 0 near-duplicate groups"
+    assert ImageDraw.Draw(sheet).textlength(title, font=_font(13)) + 8 < sheet.width
+    assert np.asarray(sheet)[:, -6:].min() == 255  # no text runs into the right edge
+
+
 def test_configs_written_before_the_search_keep_their_folds(tmp_path):
     import yaml
 

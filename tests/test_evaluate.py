@@ -58,6 +58,13 @@ def test_new_images_score_near_perfect_and_unseen(trained, tmp_path: Path) -> No
     assert "<th>these images</th>" in report and "out-of-fold" not in report and "sd across folds" not in report
     assert "These images as one sample" in report and "<td>25.0%</td>" in report  # 10 of 40 per class
     assert "From the model's training run" in report
+    assert "widened by the bundle's check below" in report
+    # a bundle without the check (one split, or an older bundle): its intervals are not said to be widened
+    from spermhead.evaluation.report import write_report
+
+    metrics["share_check"] = None
+    bare = write_report(tmp_path / "bare", {"dataset": "x"}, metrics, {}).read_text()
+    assert "These images as one sample" in bare and "widened" not in bare
 
 
 def test_training_images_are_reported_apart(trained, tmp_path: Path) -> None:
@@ -254,9 +261,15 @@ def test_review_marks_the_images_the_model_trained_on(trained, tmp_path: Path) -
             review = client.get("/api/review").json()
         assert {it["id"] for it in review["items"] if it["seen"]} == trained_ids, source
         assert all(it["seen"] is False for it in review["items"] if it["id"] not in trained_ids)
-        assert review["seen"] == 4 and review["unseen"] == 8 and "4 of 12 images are ones this model trained on" in review["note"]
+        assert review["seen"] == 4 and review["unseen"] == 8 and "4 of 12 images are ones the model that gave these answers trained on" in review["note"]
+        assert "not by the model this server loaded" not in review["note"]  # the same bundle either way
         unseen = [it["correct"] for it in review["items"] if not it["seen"]]
         assert review["accuracy_unseen"] == pytest.approx(sum(unseen) / len(unseen))
+    # another model served beside the assessment: the answers shown are said to be the assessed model's
+    other = shutil.copytree(bundle, tmp_path / "other")
+    with TestClient(create_app(other, review_source=tmp_path / "out")) as client:
+        note = client.get("/api/review").json()["note"]
+    assert f"by the model at {Path(bundle).resolve()}, not by the model this server loaded" in note
 
 
 def test_review_scores_the_images_evaluate_scores(trained, tmp_path: Path) -> None:

@@ -386,3 +386,79 @@ def test_selection_names_its_setting_the_validation_n_and_a_tie_with_the_winner(
     # no tie, no such note
     assert "level with" not in write_selection(rows[::2], tmp_path / "b")["md"].read_text()
 
+
+
+def test_a_class_neither_labelled_nor_answered_has_no_precision_or_f1(tmp_path: Path) -> None:
+    table = SampleTable("t", [Sample(id=f"s{i}", path=Path("p"), label="ab"[i % 2], source="a") for i in range(20)],
+                        ["a", "b", "c"])
+    probs = np.zeros((20, 3))
+    probs[np.arange(20), [i % 2 for i in range(20)]] = 1.0  # every answer right, no "c" anywhere
+    m = compute_metrics(Predictions.from_model_output([s.id for s in table.samples], probs, table))
+    assert m["macro_f1"] == 1.0 and m["per_class"]["a"]["f1"] == 1.0
+    assert m["per_class"]["c"]["precision"] is None and m["per_class"]["c"]["f1"] is None
+    text = write_report(tmp_path, {"dataset": "t"}, m, {}).read_text()
+    row = text[text.index("<td>c</td>"):].split("</tr>")[0]
+    assert "0.000" not in row and "n/a" in row  # not a zero beside a macro F1 of 1
+
+
+def test_a_report_naming_a_file_that_is_not_utf8_is_written_whole(tmp_path: Path) -> None:
+    import os
+
+    table = SampleTable("t", [Sample(id=f"s{i}", path=Path("p"), label="ab"[i % 2], source="a") for i in range(20)],
+                        ["a", "b"])
+    probs = np.random.default_rng(1).dirichlet(np.ones(2), size=20)
+    m = compute_metrics(Predictions.from_model_output([s.id for s in table.samples], probs, table))
+    latin1 = os.fsdecode(b"/data/caf\xe9")  # how Python names a Latin-1 folder on a UTF-8 system
+    text = write_report(tmp_path, {"dataset": latin1}, m, {}, {"note": latin1}).read_text(encoding="utf-8")
+    assert "/data/caf\ufffd" in text and text.rstrip().endswith("</html>")
+
+
+def test_a_single_splits_report_shows_no_fold_spread(tmp_path: Path) -> None:
+    """A random or folders split scores one test part (fold 0): no sd across one fold, no
+    per-fold table, and no word of out-of-fold predictions."""
+    table = SampleTable("t", [Sample(id=f"s{i}", path=Path("p"), label="ab"[i % 2], source="a") for i in range(40)],
+                        ["a", "b"])
+    probs = np.random.default_rng(2).dirichlet(np.ones(2), size=40)
+    pred = Predictions.from_model_output([s.id for s in table.samples], probs, table, folds=[0] * 40)
+    config = {"dataset": "t", "protocol": {"kind": "random"}}
+    text = write_report(tmp_path, config, cv_metrics(pred, n_boot=100), {}).read_text()
+    assert "<th>the test part</th>" in text
+    for absent in ("out-of-fold", "sd across", "Per fold"):
+        assert absent not in text, absent
+    folded = Predictions.from_model_output([s.id for s in table.samples], probs, table, folds=[i % 2 for i in range(40)])
+    text = write_report(tmp_path / "cv", config, cv_metrics(folded, n_boot=100), {}).read_text()
+    assert all(word in text for word in ("pooled out-of-fold", "sd across 2 folds", "Per fold"))
+
+
+def test_intervals_keep_their_width_where_every_image_is_right(tmp_path: Path) -> None:
+    """A bootstrap of 20 right answers gives 1-1; Wilson's interval for 20 of 20 is 0.84-1, and
+    balanced accuracy falls back on its classes' Wilson bounds."""
+    table = SampleTable("t", [Sample(id=f"s{i}", path=Path("p"), label="ab"[i % 2], source="a") for i in range(20)],
+                        ["a", "b"])
+    probs = np.zeros((20, 2))
+    probs[np.arange(20), [i % 2 for i in range(20)]] = 1.0
+    m = cv_metrics(Predictions.from_model_output([s.id for s in table.samples], probs, table), n_boot=200)
+    assert m["accuracy"] == 1.0 and m["accuracy_ci95"] == pytest.approx([0.839, 1.0], abs=1e-3)
+    lo, hi = m["balanced_accuracy_ci95"]
+    assert hi == pytest.approx(1.0) and lo == pytest.approx(0.722, abs=1e-3)  # 10 of 10 per class
+    assert m["intervals"]["balanced_accuracy"].startswith("mean of the classes' Wilson bounds")
+    text = write_report(tmp_path, {"dataset": "t"}, m, {}).read_text()
+    assert "no resample of these predictions moved it" in text and "one resamples" not in text
+    # 19 of 20: Wilson's upper bound is below 1, where a bootstrap's would not be
+    probs[0] = probs[0][::-1]
+    m = cv_metrics(Predictions.from_model_output([s.id for s in table.samples], probs, table), n_boot=200)
+    assert m["accuracy_ci95"] == pytest.approx([0.764, 0.991], abs=1e-3)
+    assert m["intervals"] == {"accuracy": "Wilson score", "balanced_accuracy": "percentile bootstrap"}
+
+
+def test_plots_of_one_class_draw_without_warnings(tmp_path: Path) -> None:
+    import warnings
+
+    table = SampleTable("t", [Sample(id=f"s{i}", path=Path("p"), label="a", source="x") for i in range(10)],
+                        ["a", "b"])
+    probs = np.random.default_rng(3).dirichlet(np.ones(2), size=10)
+    pred = Predictions.from_model_output([s.id for s in table.samples], probs, table)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # matplotlib's "No artists with labels found" among them
+        plots = write_plots(pred, [], tmp_path / "plots")
+    assert plots["pr"].is_file() and plots["roc"].is_file()

@@ -254,6 +254,13 @@ def test_compare_warns_when_the_same_ids_stand_for_other_images_or_points(tmp_pa
     out = said(real, other)
     assert "are not the two networks' alone" in out and "between spermnet and seed-cnn" in out
     assert "--shape-fusion 0 --pixel-fusion 0" in out
+    # an assessment of images its model trained on is no test: said, whichever side it is
+    seen = run("seen", "real", "accuracy", record="assessment")
+    (seen / "metrics.json").write_text(json.dumps({"operating_point": "accuracy",
+                                                   "training_overlap": {"seen": 12, "unseen": 0, "threshold": 0.98}}))
+    for pair in ((real, seen), (seen, real)):
+        out = said(*pair)
+        assert "warning: seen was scored on 12 of 12 images its model trained on" in out and "flatter it" in out
     for side, source in (("ra", "real"), ("rb", "synth")):  # folders of repeats are checked too
         shutil.copytree(tmp_path / "runs" / source, tmp_path / side / "seed1")
     assert "warning: rb scored synthetic heads" in said(tmp_path / "ra", tmp_path / "rb")
@@ -323,3 +330,57 @@ def test_a_named_dataset_and_its_folder_are_paired_by_image_file(tmp_path):
     (tmp_path / "b" / "assessment.json").write_text(json.dumps({"dataset": str(tmp_path / "copy"), "data_dir": None}))
     apart = CliRunner().invoke(app, ["compare", str(tmp_path / "a"), str(tmp_path / "b")], terminal_width=200)
     assert apart.exit_code == 2 and "scored different images" in apart.output
+
+
+def test_a_few_images_all_one_way_are_not_called_a_difference_that_mcnemar_does_not_back():
+    from spermhead.evaluation.paired import verdict
+
+    small = make_table({"normal": 50, "amorphous": 50})
+    right_a = np.ones(100, dtype=bool)
+    right_b = right_a.copy()
+    right_b[:4] = False  # only A gets 4 images right: the bootstrap interval leaves out zero, p = 0.125
+    c = compare_predictions(answers(small, right_a), answers(small, right_b))
+    assert c["accuracy"]["ci"][1] < 0 and c["mcnemar_p"] == pytest.approx(0.125)
+    said = verdict(c)
+    assert "B is worse" not in said and "not shown" in said and "only 4 images" in said and "0.12" in said
+    right_b[:10] = False  # 10 all one way: p = 0.002, and both agree
+    c = compare_predictions(answers(small, right_a), answers(small, right_b))
+    assert c["mcnemar_p"] < 0.01 and "B is worse: the interval leaves out zero" in verdict(c)
+
+
+def test_average_recall_is_judged_by_its_interval_not_by_mcnemar():
+    """As many images right (McNemar's p = 1), but B gets the small class right and A none of it:
+    a real gain in average recall, which the accuracy test cannot see."""
+    from spermhead.evaluation.paired import verdict
+
+    skewed = make_table({"normal": 20, "amorphous": 180})
+    y = np.asarray(skewed.label_indices)
+    right_a = y == skewed.classes.index("amorphous")
+    right_b = ~right_a.copy()
+    right_b[np.flatnonzero(right_a)[:160]] = True  # B: every normal and 160 of 180 amorphous
+    c = compare_predictions(answers(skewed, right_a), answers(skewed, right_b))
+    assert c["mcnemar_p"] == 1.0 and c["balanced_accuracy"]["ci"][0] > 0.3
+    assert "no difference" in verdict(c, "accuracy")
+    assert "B is better: the interval leaves out zero" in verdict(c, "balanced_accuracy")
+
+
+def test_runs_with_no_images_are_refused(table):
+    a = answers(table, np.ones(len(table), dtype=bool))
+    empty = a.subset(np.arange(0))
+    with pytest.raises(DataError, match="hold no images to compare"):
+        compare_predictions(empty, empty)
+
+
+def test_compare_prints_run_names_with_brackets_whole(table, tmp_path):
+    rng = np.random.default_rng(2)
+    right = rng.random(len(table)) < 0.6
+    for name in ("[lr=0.1]", "[lr=0.2]"):
+        answers(table, right).write_csv(tmp_path / name / "predictions.csv")
+    result = CliRunner().invoke(app, ["compare", str(tmp_path / "[lr=0.1]"), str(tmp_path / "[lr=0.2]")],
+                                terminal_width=250)
+    assert result.exit_code == 0, result.output
+    assert "[lr=0.1]" in result.output and "[lr=0.2]" in result.output
+    (tmp_path / "[empty]").mkdir()
+    missing = CliRunner().invoke(app, ["compare", str(tmp_path / "[lr=0.1]"), str(tmp_path / "[empty]")],
+                                 terminal_width=250)
+    assert missing.exit_code == 2 and "[empty]: no predictions.csv" in missing.output  # errors name it whole too

@@ -368,3 +368,54 @@ def test_a_pool_broken_mid_batch_is_replaced_once(monkeypatch: pytest.MonkeyPatc
     assert [i.split(":")[1] for i in items] == [f"f{i}" for i in range(40)]  # every file, in order
     assert len(pools) == 2 and pools[0].down and not pools[1].down
     assert sum(i.startswith("pool:") for i in items) == 2 * len(pools[1].sent) > 0
+
+
+def test_predict_classifies_a_file_named_twice_once(bundle: Path, folder: Path, tmp_path: Path) -> None:
+    import shutil
+
+    images = shutil.copytree(folder, tmp_path / "imgs", ignore=shutil.ignore_patterns("broken.png", "notes.txt"))
+    n = len(expand_inputs([images]))
+    out_csv = tmp_path / "out.csv"
+    # the folder, one of its files again, and the same file by another spelling
+    result = CliRunner().invoke(app, ["predict", "--model", str(bundle), str(images), str(images / "head0.png"),
+                                      f"{images}/./head0.png", "--csv", str(out_csv)])
+    assert result.exit_code == 0, result.output
+    with open(out_csv, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == n and len({Path(r["path"]).resolve() for r in rows}) == n
+    assert "2 file(s) named more than once" in " ".join(result.output.split())
+
+
+def test_predict_refuses_to_write_over_an_image_it_reads(bundle: Path, folder: Path, tmp_path: Path) -> None:
+    import shutil
+
+    image = shutil.copy(folder / "head0.png", tmp_path / "head0.png")
+    before = Path(image).read_bytes()
+    for option in ("--csv", "--json", "--summary"):
+        result = CliRunner().invoke(app, ["predict", "--model", str(bundle), str(tmp_path / "*.png"), option,
+                                          str(image), "--overwrite"])
+        said = " ".join(result.output.split())
+        assert result.exit_code == 2 and f"{option} {image}: is also one of the files to classify" in said, said
+        assert Path(image).read_bytes() == before
+
+
+def test_predict_names_an_output_it_cannot_open_and_refuses_bad_batch_settings(
+        bundle: Path, folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import builtins
+
+    real_open = builtins.open
+
+    def refusing_open(file, mode="r", *args, **kwargs):  # what root meets where os.access says yes
+        if str(file).endswith("out.csv") and "w" in mode:
+            raise PermissionError(13, "Permission denied")
+        return real_open(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", refusing_open)
+    result = CliRunner().invoke(app, ["predict", "--model", str(bundle), str(folder / "head0.png"),
+                                      "--csv", str(tmp_path / "out.csv")])
+    said = " ".join(result.output.split())
+    assert result.exit_code == 2 and f"--csv {tmp_path / 'out.csv'}: cannot write there (Permission denied)" in said
+    monkeypatch.undo()
+    for option, value in (("--batch-size", "0"), ("--threads", "-1")):
+        bad = CliRunner().invoke(app, ["predict", "--model", str(bundle), str(folder / "head0.png"), option, value])
+        assert bad.exit_code == 2 and "the batch size is at least 1" in " ".join(bad.output.split()), option

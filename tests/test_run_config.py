@@ -169,7 +169,7 @@ def test_cli_refuses_a_bad_config_before_making_the_run_directory(tmp_path):
 def test_a_recipe_that_contradicts_the_file_is_refused(tmp_path):
     save_config(build_run_config("hushem", "first", recipe="seed"), tmp_path / "config.yaml")
     settings, _ = read_config_file(tmp_path)
-    with pytest.raises(ConfigError, match="--recipe default with a config of recipe seed"):
+    with pytest.raises(ConfigError, match="--recipe default with a config, of recipe seed"):
         build_run_config("hushem", "again", recipe="default", settings=settings)
     assert build_run_config("hushem", "again", recipe="seed", settings=settings).train.recipe == "seed"
 

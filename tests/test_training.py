@@ -951,6 +951,20 @@ def test_resume_alone_takes_a_relative_dataset_and_names_a_damaged_config(separa
     # the summary gives both operating points, and says which one the bundle answers at
     assert "accuracy point (the bundle answers here): accuracy" in result.output
     assert "; balanced point: accuracy" in result.output
+    # an option given with --resume alone is what it asks to change, set against the run's own
+    # settings (not the recipe's defaults, nor ./data for the images)
+    for option, changed in ((["--epochs", "3"], "train.epochs: 1 -> 3"), (["--seed", "5"], "seed: 0 -> 5")):
+        result = CliRunner().invoke(app, ["train", "--out", "run", "--resume", *option], terminal_width=400)
+        said = " ".join(result.output.split())
+        assert result.exit_code == 2 and f"these differ (saved -> asked): {changed}. Give" in said, said
+    recipe = CliRunner().invoke(app, ["train", "--out", "run", "--resume", "--recipe", "seed"], terminal_width=400)
+    assert "--recipe seed with run/config.yaml, of recipe default" in " ".join(recipe.output.split())
+    # --resume alone reads the run's own file leniently: a key this version does not know (a run
+    # saved by another spermhead) stops nothing
+    saved = (tmp_path / "run" / "config.yaml").read_text()
+    (tmp_path / "run" / "config.yaml").write_text(saved.replace("train:\n", "train:\n  old_setting: 1\n", 1))
+    result = CliRunner().invoke(app, ["train", "--out", "run", "--resume", "--no-progress"], terminal_width=200)
+    assert result.exit_code == 0, result.output
     (tmp_path / "run" / "config.yaml").write_text("train: [")  # cut short
     result = CliRunner().invoke(app, ["train", "--out", "run", "--resume"])
     assert result.exit_code == 2 and "config.yaml: not readable as YAML" in result.output, result.output
@@ -1517,6 +1531,11 @@ def test_synthetic_init_trains_its_source_once_then_reuses_the_cache(separable, 
     weights = load_file(str(source))
     assert set(record["classifier"]) <= set(weights)
     assert "init: synthetic" in (first.out / "config.yaml").read_text().replace("'", "")
+    # the report's configuration is config.yaml's (no weights file asked for); the source is named apart
+    report = (first.out / "report.html").read_text()
+    configuration = report.split("<h2>Configuration</h2>")[1].split("<h2>")[0]
+    assert "weights: null" in configuration and "init: synthetic" in configuration
+    assert str(source) in report.split("Starting weights")[1].split("<h2>")[0]
 
     import spermhead.training.run as run_module
 
@@ -2214,7 +2233,10 @@ def test_backbone_lr_gives_every_layer_but_the_classifier_its_share_of_the_rate(
     from spermhead.models.registry import build_model
     from spermhead.training.module import parameter_groups
 
-    for name in ("spermnet", "seed-cnn", TINY_TIMM):
+    # (model, parameters of its final classifier layer): one Linear's weight and bias, two for a
+    # distilled model's two heads; a seed net's hidden dense layers are backbone
+    for name, n_head in (("spermnet", 2), ("seed-cnn", 2), ("seed-alexnet", 2), (TINY_TIMM, 2),
+                         ("timm:deit_tiny_distilled_patch16_224", 4)):
         model = standardized(build_model(name, num_classes=3, in_chans=1, image_size=32), 1)
         trainable = [p for p in model.parameters() if p.requires_grad]
         (one,) = parameter_groups(model, 0.01)
@@ -2222,7 +2244,7 @@ def test_backbone_lr_gives_every_layer_but_the_classifier_its_share_of_the_rate(
         backbone, head = parameter_groups(model, 0.01, 0.3)
         assert backbone["lr"] == pytest.approx(0.003) and head["lr"] == 0.01, name
         # the classifier is the layer that outputs the classes, and nothing is left out or counted twice
-        assert head["params"][-1].shape[0] == 3 and backbone["params"], name
+        assert len(head["params"]) == n_head and all(p.shape[0] == 3 for p in head["params"]), name
         assert {id(p) for p in backbone["params"] + head["params"]} == {id(p) for p in trainable}, name
         assert len(backbone["params"]) + len(head["params"]) == len(trainable), name
 
@@ -2240,6 +2262,22 @@ def test_backbone_lr_trains_the_backbone_slower_and_is_checked(separable, tmp_pa
     assert slow.metrics["accuracy"] >= 0.95
     plain = train_run(quick_config(separable, tmp_path / "plain", cv=2), progress=False)
     assert np.abs(slow.predictions.probabilities - plain.predictions.probabilities).max() > 1e-4
-    for bad in (-0.1, 1.5):
+    for bad in (-0.1, 0.0, 1.5):  # 0 would freeze it: --freeze-backbone's job, and SWA refuses a rate of 0
         with pytest.raises(ConfigError, match="--backbone-lr"):
             quick_config(separable, tmp_path / "x", backbone_lr=bad)
+
+
+def test_swa_keeps_a_slower_backbone_slower(separable, tmp_path, monkeypatch):
+    import lightning.pytorch.callbacks as callbacks
+
+    asked = []
+
+    class Recording(callbacks.StochasticWeightAveraging):
+        def __init__(self, swa_lrs, **kwargs):
+            asked.append(swa_lrs)
+            super().__init__(swa_lrs=swa_lrs, **kwargs)
+
+    monkeypatch.setattr(callbacks, "StochasticWeightAveraging", Recording)
+    cfg = quick_config(separable, tmp_path / "swa", cv=2, epochs=4, swa=0.5, backbone_lr=0.25)
+    train_run(cfg, progress=False)
+    assert asked and all(lrs == pytest.approx([cfg.train.lr * 0.025, cfg.train.lr * 0.1]) for lrs in asked)

@@ -9,10 +9,11 @@ import json
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TextIO
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from spermhead.errors import SpermheadError
 
@@ -22,8 +23,10 @@ data_app = typer.Typer(help="Read, summarise, preview and synthesise datasets.",
 bench_app = typer.Typer(help="Published-protocol benchmarks.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(bench_app, name="bench")
-console = Console()
-err_console = Console(stderr=True)
+# no markup: paths and names print as they are ("runs/[lr=0.1]" would lose its brackets); styles
+# come from Text and style=
+console = Console(markup=False)
+err_console = Console(stderr=True, markup=False)
 
 
 def _print_version(value: bool) -> None:
@@ -64,12 +67,13 @@ def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(*args, **kwargs)
         except SpermheadError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)  # paths stay whole
+            err_console.print(Text.assemble(("error:", "bold red"), f" {exc}"), highlight=False,
+                              soft_wrap=True)  # paths stay whole
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             hint = (": the same command with --resume goes on from the last finished epoch" if resumable
                     else "; files it had finished are kept")
-            err_console.print(f"[yellow]interrupted[/]{hint}", highlight=False, soft_wrap=True)
+            err_console.print(Text.assemble(("interrupted", "yellow"), hint), highlight=False, soft_wrap=True)
             raise typer.Exit(130) from None
 
     return wrapper
@@ -172,7 +176,7 @@ def data_duplicates(
         for k, group in enumerate(rows, 1):
             mixed = len({r["label"] for r in group}) > 1
             for r in group:
-                out.add_row(str(k), r["id"], f"[red]{r['label']}[/red]" if mixed else r["label"], f"{r['correlation']:.3f}")
+                out.add_row(str(k), r["id"], Text(r["label"], style="red" if mixed else ""), f"{r['correlation']:.3f}")
         console.print(out if groups else f"{name}: no near-duplicates in {len(table)} images (r >= {threshold})")
         mixed = sum(len({r["label"] for r in g}) > 1 for g in rows)
         if mixed:
@@ -223,6 +227,17 @@ def check_output_file(path: Path | None, option: str, *, overwrite: bool = True)
         raise ConfigError(f"{option} {path}: cannot write there ({exc})") from None
 
 
+def open_output(path: Path, option: str) -> TextIO:
+    """`path` opened for writing text (a CSV's newline rule), or an error naming `option` and why
+    (`check_output_file` cannot foresee every refusal: a root user passes os.access anywhere)."""
+    from spermhead.errors import ConfigError
+
+    try:
+        return open(path, "w", newline="", encoding="utf-8")  # noqa: SIM115 - the caller closes it
+    except OSError as exc:
+        raise ConfigError(f"{option} {path}: cannot write there ({exc.strerror or exc})") from None
+
+
 # Options that do not change what `train` computes: with only these, --resume keeps the saved settings.
 _RESUME_LOCAL = {"name", "out", "data_dir", "threads", "accelerator", "overwrite", "resume", "progress"}
 
@@ -243,9 +258,9 @@ def config_settings(config: Path | None) -> dict[str, Any]:
         return {}
     settings, written_with = read_config_file(config)
     if changed := environment_differences(written_with):
-        console.print(f"[yellow]note:[/] {config} was written with other versions ({'; '.join(changed)}); "
-                      "the same settings may not give the same figures to the last digit",
-                      highlight=False, soft_wrap=True)
+        console.print(Text.assemble(("note:", "yellow"), f" {config} was written with other versions "
+                                    f"({'; '.join(changed)}); the same settings may not give the same figures "
+                                    "to the last digit"), highlight=False, soft_wrap=True)
     return settings
 
 
@@ -300,7 +315,8 @@ def train(
     focal: Annotated[float | None, typer.Option(
         help="Focal loss gamma (e.g. 2): less weight on images already classified right; 0 = cross-entropy")] = None,
     backbone_lr: Annotated[float | None, typer.Option(
-        help="Learning rate of every layer but the classifier, as a share of --lr (e.g. 0.3); 1 = one rate")] = None,
+        help="Learning rate of every layer but the final classifier layer, as a share of --lr (e.g. 0.3); "
+             "1 = one rate")] = None,
     mixup: Annotated[float | None, typer.Option(help="Mixup Beta(a, a); 0 disables")] = None,
     cutmix: Annotated[float | None, typer.Option(help="CutMix Beta(a, a); 0 disables")] = None,
     swa: Annotated[float | None, typer.Option(
@@ -359,7 +375,13 @@ def train(
     from spermhead.training.options import absolute_path, build_run_config
     from spermhead.training.run import train_run
 
-    settings = config_settings(config)
+    # a resume without --config starts from the run's own settings: options given with it are
+    # then what it is asked to change (refused unless they only say where it runs), not the recipe's
+    # defaults against everything the run was started with
+    from_run = (config is None and resume and (out / "config.yaml").is_file()
+                and bool(given_options(ctx) - _RESUME_LOCAL))
+    settings_file = out / "config.yaml" if from_run else config
+    settings = config_settings(settings_file)
     name = name or settings.get("dataset")
     if name is None and resume and (out / "config.yaml").is_file():
         name = load_config(out / "config.yaml").dataset  # `train --out RUN --resume` alone
@@ -379,7 +401,7 @@ def train(
         cfg = build_run_config(
             name, str(out), recipe=recipe, data_dir=str(data_dir) if data_dir else None, seed=seed, cv=cv,
             split=split, operating_point=operating_point, settings=settings,
-            settings_file=str(config) if config is not None else None,
+            settings_file=str(settings_file) if settings_file is not None else None,
             loggers=("csv", *logger) if logger else None,
             model=model, width=width, grouped=grouped, near_duplicates=near_duplicates, epochs=epochs, image_size=image_size, color=color,
             scale=scale, background=background, batch_size=batch_size, lr=lr, optimizer=optimizer, schedule=schedule, balance=balance,
@@ -598,6 +620,11 @@ def predict(
 
     import torch
 
+    from spermhead.errors import ConfigError
+
+    if batch_size < 1 or threads < 0:
+        raise ConfigError(f"--batch-size {batch_size}, --threads {threads}: the batch size is at least 1, and "
+                          "threads 0 (torch decides) or more")
     if threads > 0:
         torch.set_num_threads(threads)
 
@@ -606,10 +633,9 @@ def predict(
     from rich.text import Text
 
     from spermhead.data.readers import IMAGE_SUFFIXES, skipped_files
-    from spermhead.errors import ConfigError
     from spermhead.preprocess.acquisition import batch_warning
     from spermhead.serving.bundle import check_bundle_path
-    from spermhead.serving.predictor import Predictor, csv_columns, csv_row, expand_inputs
+    from spermhead.serving.predictor import Predictor, csv_columns, csv_row, expand_inputs, unique_files
     from spermhead.serving.prepare import printable
 
     outputs = [(path, option) for path, option in ((csv_out, "--csv"), (json_out, "--json"), (summary, "--summary"))
@@ -621,7 +647,15 @@ def predict(
         if same := [o for p, o in outputs[i + 1:] if p.resolve() == path.resolve()]:
             raise ConfigError(f"{option} and {same[0]} name the same file, {path}; give each its own")
     check_bundle_path(model)  # before the images are walked
-    files = expand_inputs(paths)
+    named = expand_inputs(paths)
+    files = unique_files(named)
+    if len(files) < len(named):
+        err_console.print(f"note: {len(named) - len(files)} file(s) named more than once (a folder and its own "
+                          "files, say) are classified and counted once", highlight=False, soft_wrap=True)
+    inputs = {f.resolve() for f in files if f.exists()}
+    for path, option in outputs:  # written before they would be read: an image replaced by a CSV
+        if path.resolve() in inputs:
+            raise ConfigError(f"{option} {path}: is also one of the files to classify; write it elsewhere")
     suffixes = "/".join(sorted(s.lstrip(".") for s in IMAGE_SUFFIXES))
     if skipped := [f for p in paths if Path(p).is_dir() for f in skipped_files(Path(p))]:
         err_console.print(f"note: {len(skipped)} file(s) in the folders skipped for their suffix (not {suffixes}), "
@@ -636,7 +670,7 @@ def predict(
                               soft_wrap=True)
         columns = csv_columns(predictor.classes)
         ranges, confusion, check = predictor.meta.input_ranges, predictor.meta.confusion, predictor.meta.share_check
-        fh = open(csv_out, "w", newline="", encoding="utf-8") if csv_out else None  # noqa: SIM115 - closed below
+        fh = open_output(csv_out, "--csv") if csv_out else None
         try:
             writer = csv.DictWriter(fh, fieldnames=columns) if fh else None
             if writer:
@@ -654,7 +688,8 @@ def predict(
             if fh:
                 fh.close()
     if json_out:
-        json_out.write_text(json.dumps(rows, indent=1))
+        with open_output(json_out, "--json") as out:
+            out.write(json.dumps(rows, indent=1))
 
     failed = [r for r in rows if not r["ok"]]
     # a narrow terminal folds the file names rather than cutting them to "imgs/image…" alike
@@ -673,7 +708,7 @@ def predict(
                                                                  "; write them all with --csv)"))
     show_compositions(rows, predictor.classes, confusion, summary, check)
     if warning := batch_warning(rows, ranges):
-        err_console.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
+        err_console.print(Text.assemble(("warning:", "yellow"), f" {warning}"), highlight=False, soft_wrap=True)
     if failed:
         raise typer.Exit(1)
 
@@ -710,7 +745,7 @@ def show_compositions(rows: list[dict[str, Any]], classes: list[str], confusion:
                       "shares",
                       highlight=False, soft_wrap=True)
     if summary is not None:  # checked writable before predict began
-        with open(summary, "w", newline="", encoding="utf-8") as fh:
+        with open_output(summary, "--summary") as fh:
             writer = csv.DictWriter(fh, fieldnames=SUMMARY_COLUMNS)
             writer.writeheader()
             writer.writerows(summary_rows(samples, closer))
@@ -737,6 +772,11 @@ def show_compositions(rows: list[dict[str, Any]], classes: list[str], confusion:
     elif samples:
         console.print("this bundle records no held-out confusion, so the shares are as predicted, not adjusted "
                       "for the model's errors", highlight=False)
+    if samples and not check:  # a single split's bundle, or one from before the check
+        console.print("note: this model's run has no check of its share intervals (a single split holds too few "
+                      "held-out heads; older bundles lack it), so they are not widened for its errors' lean and can "
+                      "miss the true share far more often than 5% of the time (see README); a cross-validated run "
+                      "of the same recipe gives checked ones", highlight=False, soft_wrap=True)
     if samples and check:
         error = {how: 100 * sum(v) / len(v) for how, v in check["error"].items()}
         console.print(f"★ the closer of the two in this model's check: on {check['samples']} samples of up to "

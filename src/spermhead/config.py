@@ -76,7 +76,7 @@ class TrainConfig:
     balance_per_class: int = 6400  # target per class for offline balancing
     augment: str = "aligned"  # none | light | aligned | directed | seed | strong
     label_smoothing: float = 0.1
-    # the learning rate of every layer but the classifier, as a share of lr (discriminative
+    # the learning rate of every layer but the final classifier layer, as a share of lr (discriminative
     # fine-tuning: a synthetic start's features move less than the new classifier); 1 = one rate
     backbone_lr: float = 1.0
     focal: float = 0.0  # focal loss gamma: (1 - p)^gamma down-weights the images already right; 0 = cross-entropy

@@ -38,6 +38,8 @@ def paired(a: Predictions, b: Predictions, *, names: tuple[str, str] = ("A", "B"
 
         raise DataError(f"{names[0]} and {names[1]} scored different images: {some(only_a, names[0])}, "
                         f"{some(only_b, names[1])}")
+    if not len(a):
+        raise DataError(f"{names[0]} and {names[1]} hold no images to compare")
     a, b = a.sorted_by_id(), b.sorted_by_id()
     relabelled = [i for i, ta, tb in zip(a.ids, a.true, b.true, strict=True) if ta != tb]
     if relabelled:
@@ -133,8 +135,17 @@ def verdict(c: dict[str, Any], key: str = "accuracy") -> str:
     """One line: the difference, its interval, and what the interval says."""
     b = c["names"][1]
     d, (lo, hi) = c[key]["difference"], c[key]["ci"]
-    if lo > 0 or hi < 0:
+    p, differ = c["mcnemar_p"], c["images"]["only_a"] + c["images"]["only_b"]
+    # McNemar's test counts the images each gets right: it speaks to accuracy, not to average
+    # recall, which two models can split far apart with as many images right
+    backed = key != "accuracy" or p < 1 - c["level"]
+    if (lo > 0 or hi < 0) and backed:
         said = f"{b} is {'better' if lo > 0 else 'worse'}: the interval leaves out zero"
+    elif lo > 0 or hi < 0:
+        # a bootstrap over a few discordant images, all one way, rarely crosses zero: the exact
+        # test on those images has the last word
+        said = (f"not shown: the interval leaves out zero, but only {differ} images are answered "
+                f"differently and McNemar's exact p is {p:.2g}")
     else:
         said = f"no difference these {c['n']} images can show"
     return (f"{key.replace('_', ' ')}, B - A: {100 * d:+.1f} points "

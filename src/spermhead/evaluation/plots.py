@@ -137,7 +137,10 @@ def plot_pr_curves(pred: Predictions) -> Figure:
     ax.set(xlabel="recall", ylabel="precision", title="precision-recall, one-vs-rest",
            xlim=(0, 1), ylim=(0, 1.01))
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower left")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8, loc="lower left")
+    else:  # images of one class: no curve is defined
+        ax.text(0.5, 0.5, "one class only: no curve", ha="center", va="center", color="grey")
     return fig
 
 

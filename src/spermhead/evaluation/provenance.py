@@ -29,6 +29,7 @@ class Provenance:
     files: dict[str, str] | None = None  # sample id -> the image file it named (resolved); None = unknown
     model: str | None = None  # the architecture (a run's config.yaml); None = unknown
     fusion: str = ""  # its answers fused with second opinions (config.fusion_text); "" = the network alone
+    seen: tuple[int, int] | None = None  # an assessment's images its model trained on, of how many; None = unknown
 
 
 def _json(path: Path) -> dict[str, Any]:
@@ -75,7 +76,11 @@ def provenance(source: Path | str) -> Provenance:
 
     source = Path(source)
     folder = source if source.is_dir() else source.parent
-    point = _json(folder / "metrics.json").get("operating_point")
+    metrics = _json(folder / "metrics.json")
+    point = metrics.get("operating_point")
+    overlap = metrics.get("training_overlap")  # evaluate's: a training run's test folds are held out
+    seen = (int(overlap["seen"]), int(overlap["seen"]) + int(overlap["unseen"])) \
+        if isinstance(overlap, dict) and isinstance(overlap.get("seen"), int) and overlap["seen"] else None
     images, synthetic, files = None, None, None
     if (named := _dataset(folder)) is not None:
         try:
@@ -87,7 +92,7 @@ def provenance(source: Path | str) -> Provenance:
             images = Path(os.path.commonpath(list(files.values())))
             synthetic = table.synthetic
     model, fusion = _model(folder)
-    return Provenance(images, synthetic, point if isinstance(point, str) else None, files, model, fusion)
+    return Provenance(images, synthetic, point if isinstance(point, str) else None, files, model, fusion, seen)
 
 
 def _model(folder: Path) -> tuple[str | None, str]:
@@ -134,6 +139,10 @@ def provenance_warnings(a: Provenance, b: Provenance, names: tuple[str, str]) ->
         out.append(f"the answers compared are not the two networks' alone ({'; '.join(fused)}), so the fused "
                    f"models dilute the difference between {a.model} and {b.model}; train both with "
                    "--shape-fusion 0 --pixel-fusion 0 to compare the networks")
+    for name, p in zip(names, (a, b), strict=True):
+        if p.seen is not None:
+            out.append(f"{name} was scored on {p.seen[0]} of {p.seen[1]} images its model trained on (or "
+                       "near-duplicates of them): there its answers are no test, and they flatter it")
     if a.operating_point and b.operating_point and a.operating_point != b.operating_point:
         out.append(f"{names[0]} is scored at the {a.operating_point} point and {names[1]} at the "
                    f"{b.operating_point} point: part of any difference is the operating point, not the model")

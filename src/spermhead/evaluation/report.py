@@ -54,6 +54,16 @@ def esc(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
+def readable(text: str) -> str:
+    """`text` writable as UTF-8: a file name's undecodable bytes, which ids and paths keep as
+    surrogates (`CSV_FILE`), become U+FFFD instead of stopping the write."""
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate that is no escaped byte
+        raw = text.encode("utf-8", "surrogatepass")
+    return raw.decode("utf-8", "replace")
+
+
 def fmt(value: Any, digits: int = 3) -> str:
     """Numbers to fixed decimals, None as 'n/a'; already escaped."""
     if value is None:
@@ -125,8 +135,14 @@ def _fusion(config: Mapping[str, Any]) -> str:
             "opinions fused with the network; train with --shape-fusion 0 --pixel-fusion 0 for the network alone)</p>")
 
 
+def _folds(m: Mapping[str, Any]) -> int:
+    """How many folds the figures pool: 0 for images assessed as one set, 1 for a single split's
+    test part (no spread across folds to show), more under cross-validation."""
+    return len(m.get("folds") or [])
+
+
 def _headline(m: Mapping[str, Any]) -> str:
-    k = len(m.get("folds") or [])
+    k = _folds(m)
     has_ci = bool(m.get("accuracy_ci95"))
     rows = [
         ("accuracy", "Accuracy", m.get("accuracy_ci95")),
@@ -142,17 +158,17 @@ def _headline(m: Mapping[str, Any]) -> str:
     out = []
     for key, label, ci in rows:
         cells = [esc(label), fmt(m.get(key))]
-        if k:  # the fold columns only exist for cross-validated runs
+        if k > 1:  # the fold columns only exist for cross-validated runs
             mean, sd = m.get(f"{key}_mean"), m.get(f"{key}_std")
             cells.append("n/a" if mean is None else fmt(mean) + ("" if sd is None else f" &plusmn; {fmt(sd)}"))
         if has_ci:
             cells.append("" if not ci else f"[{fmt(ci[0])}, {fmt(ci[1])}]")
         out.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-    head = ["metric", "pooled out-of-fold" if k else "these images"]
-    if k:
+    head = ["metric", "pooled out-of-fold" if k > 1 else "the test part" if k else "these images"]
+    if k > 1:
         head.append(f"mean &plusmn; sd across {k} folds")
     if has_ci:
-        head.append("95% bootstrap CI")
+        head.append("95% CI")
     head_html = "<tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>"
     return f"<table><thead>{head_html}</thead><tbody>{''.join(out)}</tbody></table>"
 
@@ -214,10 +230,11 @@ def _composition(m: Mapping[str, Any]) -> str:
         return f"{100 * r[key]:.1f}% ({100 * r[key + '_low']:.1f}-{100 * r[key + '_high']:.1f})"
 
     body = [[r["class"], f"{100 * r['true_share']:.1f}%", share(r, "share"), share(r, "adjusted")] for r in rows]
+    # a bundle from one split, or from before the check, has none to widen them by
+    widened = ", widened by the bundle's check below" if m.get("share_check") else ""
     return ("<h2>These images as one sample</h2>"
             "<p>Each class's true share beside the two estimates <code>predict</code> gives a sample: counted "
-            "from the predicted classes, and adjusted for the model's measured errors (95% intervals, widened "
-            "by the bundle's check below).</p>"
+            f"from the predicted classes, and adjusted for the model's measured errors (95% intervals{widened}).</p>"
             + table(["class", "true share", "counted (95% CI)", "adjusted (95% CI)"], body))
 
 
@@ -269,9 +286,12 @@ def _how_to_read(m: Mapping[str, Any]) -> str:
         "The calibration error is the gap between the probability given to each answer and how often such "
         "answers are right (0: a 0.8 answer is right 8 times in 10; the reliability plot shows it per bin); "
         "the Brier score (0 best, 2 worst) sums both calibration and sharpness. "
-        "The confidence interval resamples these predictions"
+        "The accuracy interval is Wilson's for a proportion; the balanced accuracy one "
+        + ("is the mean of its classes' Wilson bounds, since no resample of these predictions moved it"
+           if (m.get("intervals") or {}).get("balanced_accuracy", "").startswith("mean") else
+           "resamples these predictions")
         + ("; the sd across folds shows how much retraining on other data moves the result. Metrics are "
-           "computed on out-of-fold predictions" if m.get("folds") else ". Metrics are computed on the "
+           "computed on out-of-fold predictions" if _folds(m) > 1 else ". Metrics are computed on the "
            "predictions")
         + " keyed by sample id, so every prediction is compared with its own image's label.</p></div>"
     )
@@ -344,7 +364,7 @@ def write_report(
              _composition(metrics), _share_check(metrics)]
     if metrics.get("per_source"):
         body += ["<h2>Per source</h2>", _summary_table("source", list(metrics["per_source"].items()))]
-    if metrics.get("folds"):
+    if _folds(metrics) > 1:
         body += ["<h2>Per fold</h2>", _summary_table("fold", [(f.get("fold"), f) for f in metrics["folds"]])]
     if plots:
         body += ["<h2>Plots</h2>", '<div class="figs">', *[_figure(k, p) for k, p in plots.items()], "</div>"]
@@ -364,5 +384,5 @@ def write_report(
         + "</body></html>\n"
     )
     path = run_dir / "report.html"
-    path.write_text(doc, encoding="utf-8")
+    path.write_text(readable(doc), encoding="utf-8")
     return path

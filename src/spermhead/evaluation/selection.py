@@ -11,7 +11,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from spermhead.evaluation.report import CSS, esc
+from spermhead.data.samples import CSV_FILE
+from spermhead.evaluation.report import CSS, esc, readable
 
 COLUMNS = [
     "model",
@@ -205,7 +206,9 @@ def write_selection(rows: Sequence[Mapping[str, Any]], out_dir: Path | str, abou
     if any(r["accuracy_vs_best"] is not None for r in table):
         note += ("Accuracy vs ★ is each row's pooled test accuracy minus the ★ row's on the same images, with "
                  "a paired bootstrap 95% CI and McNemar's exact p on the images only one of the two gets "
-                 "right (`spermhead compare`); they cover which images were scored, not retraining. ")
+                 "right (`spermhead compare`); they cover which images were scored, not retraining. A row "
+                 "differs from ★ only where both say so: with few images answered differently the "
+                 "interval can leave out zero while p is above 0.05. ")
     if chosen_on_validation(table):
         note += (BEST_MARK + " marks the best validation balanced accuracy (then accuracy), pooled over "
                  "the validation parts (never test images); the test folds took no part "
@@ -220,7 +223,7 @@ def write_selection(rows: Sequence[Mapping[str, Any]], out_dir: Path | str, abou
     note = note.rstrip()
 
     csv_path = out_dir / "selection.csv"
-    with open(csv_path, "w", newline="") as fh:
+    with open(csv_path, "w", **CSV_FILE) as fh:
         w = csv.writer(fh)
         w.writerow(COLUMNS)
         for r in table:
@@ -236,7 +239,7 @@ def write_selection(rows: Sequence[Mapping[str, Any]], out_dir: Path | str, abou
         md.append("| " + " | ".join(cells) + " |")
     md_path = out_dir / "selection.md"
     lead = f"{about}\n\n" if about else ""
-    md_path.write_text("# Model selection\n\n" + lead + "\n".join(md) + f"\n\n{note}\n", encoding="utf-8")
+    md_path.write_text(readable("# Model selection\n\n" + lead + "\n".join(md) + f"\n\n{note}\n"), encoding="utf-8")
 
     head = "".join(f"<th>{esc(h)}</th>" for _, h in DISPLAY)
     body = []
@@ -247,12 +250,12 @@ def write_selection(rows: Sequence[Mapping[str, Any]], out_dir: Path | str, abou
         cls = ' class="best"' if r["best"] else ""
         body.append(f"<tr{cls}>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     html_path = out_dir / "selection.html"
-    html_path.write_text(
+    html_path.write_text(readable(
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>Model selection</title>'
         f"<style>{CSS}</style></head><body><h1>Model selection</h1>"
         + (f"<p>{html.escape(about)}</p>" if about else "") +
         f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
-        f'<p class="muted">{html.escape(note)}</p></body></html>\n',
+        f'<p class="muted">{html.escape(note)}</p></body></html>\n'),
         encoding="utf-8",
     )
     return {"csv": csv_path, "md": md_path, "html": html_path}

@@ -117,12 +117,14 @@ def duplicate_sheet(table: SampleTable, groups: list[list[int]], sigs: np.ndarra
     with its id's last part, its label and its correlation with the group's first image."""
     cols = max((len(g) for g in groups), default=1)
     caption, col_w = 30, 2 * TILE  # captions are wider than the image
-    width = 8 + cols * col_w
+    title, title_font = f"{table.name}: {len(groups)} near-duplicate groups", _font(13)
+    # the title sets the width when there are few groups (none: one empty column)
+    width = max(8 + cols * col_w, 16 + round(ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(title, font=title_font)))
     height = HEADER_H + max(1, len(groups)) * (TILE + caption + ROW_GAP)
     sheet = Image.new("RGB", (width, height), BACKGROUND)
     draw = ImageDraw.Draw(sheet)
     small = _font(10)
-    draw.text((8, 4), f"{table.name}: {len(groups)} near-duplicate groups", fill=(0, 0, 0), font=_font(13))
+    draw.text((8, 4), title, fill=(0, 0, 0), font=title_font)
     for r, group in enumerate(groups):
         y = HEADER_H + r * (TILE + caption + ROW_GAP)
         labels = {table.samples[i].label for i in group}

@@ -218,8 +218,9 @@ def _mark_seen(review: ReviewSet, seen: dict[str, bool] | None) -> ReviewSet:
     for it in review.items:
         it.seen = seen.get(it.id)
     if n := sum(seen.values()):
-        warning = (f"{n} of {len(seen)} images are ones this model trained on (or near-duplicates of "
-                   "them), marked 'seen in training': its answers on them say nothing about new images")
+        warning = (f"{n} of {len(seen)} images are ones the model that gave these answers trained on (or "
+                   "near-duplicates of them), marked 'seen in training': its answers on them say nothing "
+                   "about new images")
         review.note = f"{warning}. {review.note}" if review.note else warning
     return review
 
@@ -247,7 +248,12 @@ def load_review_set(source: Path | str, predictor: Predictor, review_data: Path 
     src = Path(source)
     csv_path = src / "predictions.csv" if src.is_dir() else src
     if csv_path.is_file() and csv_path.suffix.lower() == ".csv":
-        return _review_from_predictions(csv_path, review_data)
+        review = _review_from_predictions(csv_path, review_data)
+        if (made_by := _recorded_bundle(csv_path.parent)) is not None and made_by != predictor.bundle_dir.resolve():
+            other = (f"these answers are the ones recorded in {csv_path}, by the model at {made_by}, not by the "
+                     "model this server loaded")
+            review.note = f"{other}. {review.note}" if review.note else other
+        return review
     if src.is_file():
         raise SpermheadError(f"{src}: expected a predictions.csv or a folder of class subfolders")
     return _review_from_folder(str(source), predictor, review_data)
@@ -301,6 +307,18 @@ def _review_from_predictions(csv_path: Path, review_data: Path | str | None) -> 
     # `evaluate` records which images its bundle trained on; a run's own predictions are all
     # from fold models that did not see them
     return _mark_seen(review, _recorded_seen(csv_path.parent / "assessment.json", preds.ids))
+
+
+def _recorded_bundle(folder: Path) -> Path | None:
+    """The bundle whose answers a run folder (its own `model/`) or an `evaluate` folder (the
+    bundle its assessment.json names) holds; None where neither says."""
+    if (folder / "config.yaml").is_file():
+        return (folder / "model").resolve()
+    try:
+        bundle = json.loads((folder / "assessment.json").read_text()).get("bundle")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return Path(bundle).resolve() if isinstance(bundle, str) else None
 
 
 def _recorded_seen(record_path: Path, ids: list[str]) -> dict[str, bool] | None:
@@ -535,6 +553,8 @@ def create_app(
 ) -> FastAPI:
     """The app for one bundle. `review_source`: a labelled class folder, a dataset name, a
     run folder or its predictions.csv (`review_data`: where that run's images are)."""
+    if not max_upload_mb > 0:  # before the model loads: 0 or less would refuse every file
+        raise ConfigError(f"--max-upload-mb {max_upload_mb:g}: must be above 0 (megabytes per file)")
     owned = predictor is None  # the app closes what it opened, not a caller's predictor
     predictor = predictor or Predictor(bundle_dir, backend=backend, max_pixels=max_pixels,
                                        operating_point=operating_point)

@@ -345,6 +345,20 @@ def expand_inputs(specs: Iterable[Path | str]) -> list[Path]:
     return out
 
 
+def unique_files(files: Iterable[Path]) -> list[Path]:
+    """`files` with each file once (the first time it is named), compared by resolved path: a
+    folder given with some of its own files, or `x.png` and `./x.png`, would otherwise count
+    those heads twice in a sample's class shares."""
+    seen: set[Path] = set()
+    out: list[Path] = []
+    for f in files:
+        key = f.resolve() if f.exists() else f
+        if key not in seen:
+            seen.add(key)
+            out.append(f)
+    return out
+
+
 def csv_columns(classes: Sequence[str]) -> list[str]:
     return (["path", "class", "confidence", "uncertain"] + [f"p_{c}" for c in classes]
             + ["aligned", "alignment", "area", "length", "width", "elongation", "perimeter",

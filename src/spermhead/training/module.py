@@ -100,25 +100,28 @@ class SAM(torch.optim.Optimizer):
         return loss
 
 
-def classifier_layer(model: nn.Module) -> nn.Module:
-    """The layers that map features to classes: timm's `get_classifier()`, spermnet's `fc`, the
-    seed nets' dense `classifier` (behind a Standardize layer or not)."""
+def classifier_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The final layer's parameters, the one that outputs the classes (behind a Standardize layer
+    or not): timm's `get_classifier()` (both heads of a distilled model), else the network's last
+    Linear layer (spermnet's `fc`, the last of the seed nets' dense layers)."""
     net = model[-1] if isinstance(model, nn.Sequential) and len(model) == 2 else model
     if hasattr(net, "get_classifier"):
-        return net.get_classifier()
-    for name in ("fc", "classifier", "head"):
-        layer = getattr(net, name, None)
-        if isinstance(layer, nn.Module):
-            return layer
-    raise ConfigError(f"--backbone-lr: {type(net).__name__} has no classifier layer to tell apart")
+        layers = net.get_classifier()
+        layers = list(layers) if isinstance(layers, tuple | list) else [layers]
+        return [p for layer in layers if isinstance(layer, nn.Module) for p in layer.parameters()]
+    linears = [m for m in net.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ConfigError(f"--backbone-lr: {type(net).__name__} has no final Linear layer to tell from the rest")
+    return list(linears[-1].parameters())
 
 
 def parameter_groups(model: nn.Module, lr: float, backbone_share: float = 1.0) -> list[dict[str, Any]]:
-    """The trainable parameters, with every one but the classifier's at `backbone_share` x `lr`."""
+    """The trainable parameters, with every one but the final classifier layer's at
+    `backbone_share` x `lr` (an empty group left out: a frozen backbone leaves the classifier's)."""
     trainable = [p for p in model.parameters() if p.requires_grad]
     if backbone_share == 1.0:
         return [{"params": trainable, "lr": lr}]
-    head = {id(p) for p in classifier_layer(model).parameters()}
+    head = {id(p) for p in classifier_parameters(model)}
     groups = [{"params": [p for p in trainable if id(p) not in head], "lr": lr * backbone_share},
               {"params": [p for p in trainable if id(p) in head], "lr": lr}]
     return [g for g in groups if g["params"]]

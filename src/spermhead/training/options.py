@@ -90,7 +90,8 @@ def build_run_config(dataset: str, out: str, *, recipe: str | None = None, data_
     settings = settings or {}
     saved_recipe = (settings.get("train") or {}).get("recipe")
     if recipe is not None and saved_recipe is not None and recipe.lower() != saved_recipe:
-        raise ConfigError(f"--recipe {recipe} with a config of recipe {saved_recipe}: give one or the other")
+        raise ConfigError(f"--recipe {recipe} with {settings_file or 'a config'}, of recipe {saved_recipe}: give one "
+                          "or the other")
     recipe = (recipe or saved_recipe or "default").lower()
     cfg = apply_recipe(RunConfig(dataset=absolute_path(dataset), out=out), recipe)
     # "default" trains a named dataset with its own recipe; `--recipe hushem` (say) gives any set
@@ -219,7 +220,7 @@ def check_run_config(cfg: RunConfig) -> None:
         ("weight_decay", tc.weight_decay, 0, None, True, True, ""),
         ("--label-smoothing", tc.label_smoothing, 0, 1, True, False, ""),
         ("--focal", tc.focal, 0, None, True, True, "a gamma; 0 = cross-entropy"),
-        ("--backbone-lr", tc.backbone_lr, 0, 1, True, True, "a share of --lr; 1 = one rate"),
+        ("--backbone-lr", tc.backbone_lr, 0, 1, False, True, "a share of --lr; 1 = one rate"),
         ("--soft-labels", tc.soft_labels, 0, 1, True, True, "the weight of the expert votes"),
         ("--distill", tc.distill, 0, 1, True, True, "the weight of the teachers' answers; 0 = off"),
         ("--mixup", tc.mixup, 0, None, True, True, "0 = off"),

@@ -254,7 +254,11 @@ def _in_chans(cfg: RunConfig) -> int:
 def check_model(cfg: RunConfig, num_classes: int) -> None:
     """Build the network once before anything is written or trained, so that an unknown model, a
     bad model option or weights that cannot be read stop the run with nothing left behind."""
-    build_network(cfg, num_classes)
+    net = build_network(cfg, num_classes)
+    if cfg.train.backbone_lr != 1.0:  # a network with no classifier layer to tell apart, said now
+        from spermhead.training.module import parameter_groups
+
+        parameter_groups(net, cfg.train.lr, cfg.train.backbone_lr)
 
 
 def build_member(cfg: RunConfig, num_classes: int, train_images: np.ndarray) -> nn.Module:
@@ -366,7 +370,11 @@ def fit_member(cfg: RunConfig, member: nn.Module, x_train: np.ndarray, y_train: 
 
         # the last `swa` of training at a tenth of the peak rate; BatchNorm statistics are
         # recomputed for the averaged weights at the end
-        callbacks.append(StochasticWeightAveraging(swa_lrs=tc.lr * 0.1, swa_epoch_start=1 - tc.swa,
+        from spermhead.training.module import parameter_groups
+
+        # a rate per parameter group, so a slower backbone (--backbone-lr) stays slower
+        swa_lrs = [g["lr"] * 0.1 for g in parameter_groups(member, tc.lr, tc.backbone_lr)]
+        callbacks.append(StochasticWeightAveraging(swa_lrs=swa_lrs, swa_epoch_start=1 - tc.swa,
                                                    annealing_epochs=max(1, tc.epochs // 20)))
     if tc.ema > 0:
         from lightning.pytorch.callbacks import EMAWeightAveraging
@@ -791,7 +799,9 @@ def train_run(cfg: RunConfig, *, overwrite: bool = False, resume: bool = False,
                                               "near_duplicates": twins,
                                               "environment": environment()}, indent=2))
     history = [{"fold": r.index, **row} for r in results for row in r.history]
-    write_outputs(cfg, out, predictions, metrics, history, timing)
+    # the report shows the configuration as asked (config.yaml's) and what the folds started from apart
+    start_record = {k: v for k, v in init.items() if k not in ("cached", "seconds")}
+    write_outputs(as_asked, out, predictions, metrics, history, timing, start_record)
     return RunResult(out, metrics, predictions, results, timing)
 
 
@@ -930,10 +940,10 @@ def write_bundle(cfg: RunConfig, table: SampleTable, members: list[nn.Module], b
 
 
 def write_outputs(cfg: RunConfig, out: Path, predictions: Predictions, metrics: dict[str, Any],
-                  history: list[dict[str, Any]], timing: dict[str, Any]) -> Path:
+                  history: list[dict[str, Any]], timing: dict[str, Any], start: dict[str, Any]) -> Path:
     from spermhead.evaluation.plots import write_plots
     from spermhead.evaluation.report import write_report
 
     plots = write_plots(predictions, history, out / "plots")
     return write_report(out, {**cfg.to_dict(), "environment": environment()}, metrics, plots,
-                        {"Timing": timing})
+                        {"Starting weights": start, "Timing": timing})
