@@ -123,6 +123,9 @@ LEVERS: dict[str, dict] = {
     "focal2": {"focal": 2.0},
     # discriminative fine-tuning: every layer but the classifier at 0.3 x the learning rate
     "blr03": {"backbone_lr": 0.3},
+    # another synthetic source model (other rendered heads, another training seed): a second
+    # network per fold that differs in where it started (benchmarks/blend_sources.py)
+    "src1": {"init_seed": 1},
 }
 
 

@@ -24,7 +24,7 @@ _FIELDS = {
     "model": ("model", "name"), "pretrained": ("model", "pretrained"), "weights": ("model", "weights"),
     "l2_conv": ("model", "l2_conv"), "drop_rate": ("model", "drop_rate"), "init": ("model", "init"),
     "init_per_class": ("model", "init_per_class"), "init_epochs": ("model", "init_epochs"),
-    "init_style": ("model", "init_style"),
+    "init_style": ("model", "init_style"), "init_seed": ("model", "init_seed"),
     "epochs": ("train", "epochs"), "batch_size": ("train", "batch_size"), "lr": ("train", "lr"),
     "optimizer": ("train", "optimizer"), "schedule": ("train", "schedule"),
     "weight_decay": ("train", "weight_decay"), "balance": ("train", "balance"),
