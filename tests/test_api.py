@@ -104,6 +104,16 @@ def test_gradcam_overlay(client: TestClient) -> None:
     assert r.status_code == 200, r.text
     row = r.json()["results"][0]
     assert row["gradcam"].startswith("data:image/png;base64,")
+    assert "gradcam_note" not in row  # a map with evidence, from the network alone
+
+
+def test_a_gradcam_with_no_evidence_says_so(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    import spermhead.serving.app as app_module
+
+    monkeypatch.setattr(app_module, "gradcam_map", lambda model, image, *a: np.zeros(image.shape[1:], np.float32))
+    row = post(client, ("head.png", png(3)), query="?gradcam=true").json()["results"][0]
+    assert row["gradcam"].startswith("data:image/png;base64,")
+    assert row["gradcam_note"] == "no positive evidence for this class in the network's last layer"
 
 
 def test_batch_mixes_good_and_bad(client: TestClient) -> None:

@@ -235,7 +235,9 @@ def test_classify_page_shows_a_bad_file_as_an_error_card(page, server: str, tmp_
     page.goto(server + "/")
     page.set_input_files("#file-input", str(bad))
     page.wait_for_selector(".card.error")
-    assert "notes.png: not a supported image" in page.locator(".card.error .err").inner_text()
+    # the card's title names the file; its message says what is wrong, without the name again
+    assert page.locator(".card.error h3").inner_text() == "notes.png"
+    assert page.locator(".card.error .err").inner_text().startswith("not a supported image")
 
 
 def test_review_page_steps_with_buttons_and_keys(page, server: str, tmp_path: Path) -> None:
@@ -250,6 +252,12 @@ def test_review_page_steps_with_buttons_and_keys(page, server: str, tmp_path: Pa
     assert first[2].lower() in CLASSES and first[3].lower() in CLASSES
     verdict = page.locator("#pred-label").get_attribute("class")
     assert ("right" in verdict) == (first[2] == first[3]) and ("wrong" in verdict) == (first[2] != first[3])
+    # said in words as well as by colour, and the position is announced to screen readers
+    assert page.locator("#verdict-mark").inner_text() == ("✓ right" if first[2] == first[3] else "✗ wrong")
+    assert page.locator("#pos").get_attribute("aria-live") == "polite"
+    page.keyboard.press("Alt+ArrowRight")  # the browser's own keys are left to the browser
+    page.keyboard.press("Control+e")
+    assert state() == first and not page.locator("#errors-only").is_checked()
     page.wait_for_function("document.getElementById('review-image').naturalWidth > 0")
 
     page.click("#next")
@@ -454,10 +462,17 @@ def test_new_sample_pressed_during_an_upload_drops_the_answers_still_out(page, s
         page.wait_for_timeout(20)
     page.click("#new-sample")
     held[0].continue_()
-    page.wait_for_selector("#status:has-text('classified')")
-    # only the batch sent after New sample joins the new sample, as the page shows it
-    assert page.locator(".card.result").count() == 8
-    assert page.locator("#status").inner_text().startswith("8 classified") and page.locator("#sample").is_hidden()
+    page.wait_for_timeout(1500)  # time enough for the held batch to come back and the next to go
+    # none of the drop joins the new sample: not the batch that was out, nor the ones after it
+    assert page.locator(".card").count() == 0 and page.locator("#sample").is_hidden()
+    assert page.locator("#status").inner_text() == "" and page.locator("#new-sample").is_hidden()
+    assert page.evaluate("document.activeElement.id") == "file-input"  # not the top of the page
+    # below the heads a sample needs, the page can still be cleared
+    page.set_input_files("#file-input", files[:3])
+    page.wait_for_selector("#status:has-text('3 classified')")
+    assert page.locator("#sample").is_hidden() and page.locator("#new-sample").is_visible()
+    page.click("#new-sample")
+    assert page.locator(".card").count() == 0
     page.unroute("**/api/predict**")
 
 
@@ -471,6 +486,20 @@ def test_cards_keep_the_order_of_the_files_each_drop_on_top(page, server: str, t
     page.wait_for_function("document.querySelectorAll('.card.result').length === 12")
     shown = page.locator(".card h3").all_inner_texts()
     assert shown == [Path(f).name for f in files[10:] + files[:10]], shown
+
+
+def test_the_classify_page_fits_a_phone_screen(page, server: str, images: Path) -> None:
+    page.set_viewport_size({"width": 320, "height": 700})
+    try:
+        page.goto(server + "/")
+        page.wait_for_selector("#model-info:has-text('spermnet')")
+        page.set_input_files("#file-input", [str(images / "normal" / "normal_0.png")])
+        page.wait_for_selector(".card.result img[alt='Grad-CAM overlay']")
+        assert page.evaluate("document.documentElement.scrollWidth") <= 320  # no sideways scrolling
+        right = page.evaluate("document.querySelector('.card.result').getBoundingClientRect().right")
+        assert right <= 320
+    finally:
+        page.set_viewport_size({"width": 1280, "height": 900})
 
 
 def test_the_report_fits_a_phone_screen(page, tmp_path: Path) -> None:

@@ -15,7 +15,9 @@ REST contract
                     with {"detail": "<file name>: <problem>"}
         several:    200 {"results": [row, ...]} in upload order; a bad file's row is
                     {"name", "ok": false, "status": 4xx, "error": "<file name>: <problem>"}
-        rows:       see `serving.predictor`; plus "crop" and "gradcam" PNG data URIs
+        rows:       see `serving.predictor`; plus "crop" and "gradcam" PNG data URIs, and
+                    "gradcam_note" where the map says little (no positive evidence; a fused
+                    answer's network part only)
     POST /api/composition    JSON {"predicted": [class, ...]}: those heads as one sample; their
                              class shares, counted and adjusted (evaluation/composition.py),
                              widened and starred as the bundle's share check says; 422 names
@@ -56,7 +58,7 @@ from spermhead.data.readers import normalise_class_name
 from spermhead.errors import ConfigError, SpermheadError
 from spermhead.evaluation.composition import MIN_HEADS, composition, largest_sample
 from spermhead.serving.bundle import seen_by_bundle
-from spermhead.serving.gradcam import crop_rgb, gradcam_png, png_bytes
+from spermhead.serving.gradcam import crop_rgb, gradcam_map, overlay, png_bytes
 from spermhead.serving.predictor import Predictor, Prepared
 from spermhead.serving.prepare import printable
 
@@ -482,7 +484,15 @@ class Service:
                 row["crop"] = data_uri(png_bytes(crop_rgb(prep.image)))
             if gradcam:
                 target = p.classes.index(row["class"])
-                row["gradcam"] = data_uri(gradcam_png(p.bundle.model, prep.image, p.meta.mean, p.meta.std, target))
+                cam = gradcam_map(p.bundle.model, prep.image, p.meta.mean, p.meta.std, target)
+                row["gradcam"] = data_uri(png_bytes(overlay(prep.image, cam)))
+                # what the map can and cannot say, beside it: a map with no positive evidence is no
+                # map, and the network is only part of a fused answer
+                notes = [note for note in (
+                    "no positive evidence for this class in the network's last layer" if cam.max() <= 0 else "",
+                    "the network's part of the answer only" if p.bundle.fused else "") if note]
+                if notes:
+                    row["gradcam_note"] = "; ".join(notes)
         except Exception as exc:  # a picture that cannot be drawn must not lose the result
             log.exception("drawing crop/Grad-CAM failed for %s", prep.name)
             row["gradcam_error"] = f"{type(exc).__name__}: {exc}"

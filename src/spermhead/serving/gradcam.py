@@ -89,8 +89,3 @@ def png_bytes(rgb_or_gray: np.ndarray, scale: int = 1) -> bytes:
         raise ValueError("PNG encoding failed")
     return buf.tobytes()
 
-
-def gradcam_png(model: nn.Module, image: np.ndarray, mean: Sequence[float], std: Sequence[float],
-                target: int, scale: int = 1) -> bytes:
-    """The overlay for class `target` as PNG bytes."""
-    return png_bytes(overlay(image, gradcam_map(model, image, mean, std, target)), scale)

@@ -32,9 +32,11 @@ function pendingCard(file, group) {
 
 function fillError(card, file, message) {
   card.className = "card error";
+  // the server's messages name the file, which the card's title already does
+  const text = message.startsWith(file.name + ": ") ? message.slice(file.name.length + 2) : message;
   card.replaceChildren(
     el("h3", { text: file.name, title: file.name }),
-    el("div", { class: "err", text: message }));
+    el("div", { class: "err", text }));
 }
 
 function morphTable(m) {
@@ -62,7 +64,11 @@ function fillResult(card, file, r) {
   });
   images.append(origFig);
   if (r.crop) images.append(figure(r.crop, "aligned crop (model input)", "aligned crop"));
-  if (r.gradcam) images.append(figure(r.gradcam, `Grad-CAM · ${r.class}`, "Grad-CAM overlay"));
+  if (r.gradcam) {
+    const cam = figure(r.gradcam, `Grad-CAM · ${r.class}`, "Grad-CAM overlay");
+    if (r.gradcam_note) cam.append(el("div", { class: "hint", text: r.gradcam_note }));
+    images.append(cam);
+  }
   else if (r.gradcam_error) {  // asked for, but it could not be drawn: say so, not an empty slot
     images.append(el("figure", {}, el("div", { class: "empty", text: "Grad-CAM not available" }),
       el("figcaption", { text: r.gradcam_error })));
@@ -136,17 +142,19 @@ async function sendBatch(files, group) {
 async function handleFiles(fileList) {
   const files = Array.from(fileList);
   if (!files.length) return;
+  const sample = sampleNumber;
   statusLine.textContent = `classifying ${files.length} image${files.length > 1 ? "s" : ""}…`;
-  let group = null;
+  newSampleButton.hidden = false;
+  const group = el("div", { class: "card-group" });
+  cards.prepend(group);
   for (let i = 0; i < files.length; i += BATCH) {
-    if (!group || !group.isConnected) { // New sample cleared the page: the rest start it afresh
-      group = el("div", { class: "card-group" });
-      cards.prepend(group);
-    }
+    // New sample drops the rest of a drop that was under way: one slide's heads never join the next's
+    if (sample !== sampleNumber) return;
     const [ok, bad] = await sendBatch(files.slice(i, i + BATCH), group);
     classifiedOnPage += ok;
     failedOnPage += bad;
   }
+  if (sample !== sampleNumber) return; // the page was cleared while the last batch was out
   await showSample(); // before the status line, which thus says when the page is settled
   statusLine.textContent = `${classifiedOnPage} classified on this page`
     + (failedOnPage ? `, ${failedOnPage} could not be used` : "")
@@ -194,15 +202,17 @@ async function showSample() {
       + `and ${mean(body.check.error.adjusted)} adjusted, on average; each interval is widened to hold the truth `
       + `in ${Math.round(100 * body.check.level)}% of them.`);
   }
-  const restart = el("button", { type: "button", class: "button secondary", id: "new-sample", text: "New sample" });
-  restart.addEventListener("click", newSample);
   samplePanel.replaceChildren(
-    el("div", { class: "sample-head" }, el("h2", { text: `This sample: all ${body.heads} heads on this page` }), restart),
+    el("div", { class: "sample-head" }, el("h2", { text: `This sample: all ${body.heads} heads on this page` })),
     table, ...notes.map((n) => el("div", { class: "hint", text: n })));
   samplePanel.hidden = false;
 }
 
-// The next sample starts from an empty page.
+// The next sample starts from an empty page. The button shows once anything is on it (below
+// the heads a sample's shares need too, and when those could not be had).
+const newSampleButton = document.getElementById("new-sample");
+newSampleButton.addEventListener("click", newSample);
+
 function newSample() {
   sampleNumber += 1;
   predicted.length = 0;
@@ -213,6 +223,8 @@ function newSample() {
   samplePanel.replaceChildren();
   samplePanel.hidden = true;
   statusLine.textContent = "";
+  newSampleButton.hidden = true;
+  input.focus(); // the button is gone: keyboard focus goes to the picker, not to the top of the page
 }
 
 input.addEventListener("change", () => { handleFiles(input.files); input.value = ""; });

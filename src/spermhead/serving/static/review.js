@@ -69,6 +69,8 @@ function render() {
   p.className = "chip " + (it.correct === null ? "neutral" : it.correct ? "right" : "wrong");
   t.className = "chip " + (it.correct === null ? "neutral" : it.correct ? "right" : "wrong");
   $("pred-conf").textContent = it.confidence != null ? pct(it.confidence) : "";
+  // said in words too, not by colour alone
+  $("verdict-mark").textContent = it.correct === null ? "" : it.correct ? "✓ right" : "✗ wrong";
   $("bars").replaceChildren(it.pred ? probabilityBars(it.probabilities, classes, it.pred) : "");
   $("item-error").textContent = it.error || "";
   $("item-seen").hidden = it.seen !== true;
@@ -87,6 +89,7 @@ $("next").addEventListener("click", () => step(1));
 $("errors-only").addEventListener("change", () => applyFilter(view[pos] ? view[pos].index : 0));
 document.addEventListener("keydown", (e) => {
   if (e.target instanceof HTMLInputElement && e.target.type !== "checkbox") return;
+  if (e.altKey || e.ctrlKey || e.metaKey) return; // the browser's own (Alt+Left: back; Ctrl+E)
   if (e.key === "ArrowRight") { e.preventDefault(); step(1); }
   else if (e.key === "ArrowLeft") { e.preventDefault(); step(-1); }
   else if (e.key === "e") { $("errors-only").checked = !$("errors-only").checked; applyFilter(view[pos] ? view[pos].index : 0); }
