@@ -264,6 +264,9 @@ def test_a_fixed_split_names_heads_on_both_sides_of_it(tmp_path, caplog):
     assert len(fold.test) == 13  # the split is the lab's, kept as it is...
     assert "1 head is in train/ and also" in caplog.text  # ...but the twin is named
     assert "test/normal/again.png" in caplog.text and "train/normal/normal_000.png" in caplog.text
+    # and the run says so beside its figures (metrics.json, the report, a selection table)
+    result = train_run(quick_config(root, tmp_path / "run", cv=None, split="folders", epochs=1), progress=False)
+    assert any("1 head is in train/ and also" in n and "flatter the model" in n for n in result.metrics["notes"])
 
 
 def test_a_learning_curve_point_shrinks_only_the_training_sides(separable):
@@ -1270,6 +1273,26 @@ def test_selection_header_says_each_start_and_the_fusion():
                             starts={"a": "random weights", "b": "the weights file w.safetensors", "c": "random weights"})
     assert "; a and c from random weights, b from the weights file w.safetensors; every model scored as fused " \
            "answers (the network 0.7 + head-profile model 0.3); validation" in about
+    assert " px gray" in about and "validation: a part carved from each fold's training side" in about
+    # --variants trains other colours than the base's, and with no validation part the test figures choose
+    about = selection_about(build_run_config("hushem", "unused", cv=2, image_size=64), synthetic=False,
+                            fixed_split=False, variants=True)
+    assert "64 px each variant's colour and L2 (its row)" in about and " gray" not in about
+    unvalidated = build_run_config("hushem", "unused", cv=2)
+    unvalidated.train.val_fraction = 0.0
+    assert "validation: none (val_fraction 0): ★ is chosen on the test figures." in selection_about(
+        unvalidated, synthetic=False, fixed_split=False)
+
+
+def test_select_refuses_an_empty_list_of_models(separable, tmp_path):
+    from typer.testing import CliRunner
+
+    from spermhead.cli import app
+
+    for models in ("", ","):
+        result = CliRunner().invoke(app, ["select", str(separable), "--models", models, "--out", str(tmp_path / "s")])
+        assert result.exit_code == 2 and "--models names no model" in result.output, result.output
+    assert not (tmp_path / "s").exists()  # nothing written that would block the next try
 
 
 def test_a_start_says_when_only_the_dense_head_trains():

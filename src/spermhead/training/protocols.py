@@ -230,18 +230,23 @@ def _folder_split(table: SampleTable) -> Fold:
     return Fold(0, by["train"], by["val"], by["test"])
 
 
-def _warn_split_twins(table: SampleTable, fold: Fold, together: list[list[int]]) -> None:
+def split_twins_note(table: SampleTable, fold: Fold, together: list[list[int]]) -> str | None:
     """A fixed split is kept as the lab made it; a head in both its training and its validation or
-    test part is pointed out, since its figures then flatter the model."""
+    test part is pointed out (None where there is none), since its figures then flatter the model."""
     part = np.zeros(len(table), int)
     part[fold.val], part[fold.test] = 1, 2
     across = [g for g in together if len({bool(part[i]) for i in g}) > 1]
-    if across:
-        shown = "; ".join(" = ".join(table.samples[i].id for i in g) for g in across[:3])
-        log.warning("%s: %d %s in train/ and also, as a near-duplicate, in val/ or test/ (%s%s); "
-                    "the split is kept as it is, but its validation and test figures flatter the model",
-                    table.name, len(across), "head is" if len(across) == 1 else "heads are", shown,
-                    "; ..." if len(across) > 3 else "")
+    if not across:
+        return None
+    shown = "; ".join(" = ".join(table.samples[i].id for i in g) for g in across[:3])
+    return (f"{table.name}: {len(across)} {'head is' if len(across) == 1 else 'heads are'} in train/ and also, as "
+            f"a near-duplicate, in val/ or test/ ({shown}{'; ...' if len(across) > 3 else ''}); the split is kept "
+            "as it is, but its validation and test figures flatter the model")
+
+
+def _warn_split_twins(table: SampleTable, fold: Fold, together: list[list[int]]) -> None:
+    if note := split_twins_note(table, fold, together):
+        log.warning("%s", note)
 
 
 def parse_split(text: str) -> tuple[str, tuple[float, float, float] | None]:

@@ -63,7 +63,13 @@ from spermhead.training.operating import (
     prior_shift,
 )
 from spermhead.training.progress import QuietProgressBar, announce
-from spermhead.training.protocols import Fold, duplicate_groups, make_folds, with_extra_training
+from spermhead.training.protocols import (
+    Fold,
+    duplicate_groups,
+    make_folds,
+    split_twins_note,
+    with_extra_training,
+)
 from spermhead.training.quiet import fit_quietly
 from spermhead.training.targets import soft_targets
 from spermhead.training.temperature import fit_temperature, pooled_temperature
@@ -751,6 +757,8 @@ def train_run(cfg: RunConfig, *, overwrite: bool = False, resume: bool = False,
         metrics["notes"] = [*metrics.get("notes", []), SYNTHETIC_NOTE]
     if weights_saw:
         metrics["notes"] = [*metrics.get("notes", []), weights_saw_note(cfg, weights_saw, n_own)]
+    if cfg.protocol.kind == "folders" and (crossing := split_twins_note(table, folds[0], groups)):
+        metrics["notes"] = [*metrics.get("notes", []), crossing]  # kept where the figures are read
     share_checks = {point: check for point, (pred, _) in scored.items()
                     if (check := check_intervals(pred.true_indices, pred.pred_indices, pred.folds, pred.classes))}
     metrics["share_check"] = share_checks.get(cfg.operating_point)
