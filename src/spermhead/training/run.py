@@ -260,7 +260,10 @@ def _in_chans(cfg: RunConfig) -> int:
 def check_model(cfg: RunConfig, num_classes: int) -> None:
     """Build the network once before anything is written or trained, so that an unknown model, a
     bad model option or weights that cannot be read stop the run with nothing left behind."""
-    net = build_network(cfg, num_classes)
+    try:
+        net = build_network(cfg, num_classes)
+    except (TypeError, ValueError) as exc:  # a model option of the wrong kind, deep in a builder
+        raise ConfigError(f"{cfg.model.name} with options {cfg.model.kwargs}: {exc}") from None
     if cfg.train.backbone_lr != 1.0:  # a network with no classifier layer to tell apart, said now
         from spermhead.training.module import parameter_groups
 
