@@ -177,7 +177,8 @@ def data_duplicates(
             mixed = len({r["label"] for r in group}) > 1
             for r in group:
                 out.add_row(str(k), r["id"], Text(r["label"], style="red" if mixed else ""), f"{r['correlation']:.3f}")
-        console.print(out if groups else f"{name}: no near-duplicates in {len(table)} images (r >= {threshold})")
+        console.print(out if groups else f"{name}: no near-duplicates in {len(table)} images (r >= {threshold})"
+                      if threshold > 0 else f"{name}: --threshold 0 turns the search off; nothing was looked for")
         mixed = sum(len({r["label"] for r in g}) > 1 for g in rows)
         if mixed:
             console.print(f"{mixed} group(s) give one head different labels (red)", highlight=False)
