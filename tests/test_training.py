@@ -2304,3 +2304,46 @@ def test_swa_keeps_a_slower_backbone_slower(separable, tmp_path, monkeypatch):
     cfg = quick_config(separable, tmp_path / "swa", cv=2, epochs=4, swa=0.5, backbone_lr=0.25)
     train_run(cfg, progress=False)
     assert asked and all(lrs == pytest.approx([cfg.train.lr * 0.025, cfg.train.lr * 0.1]) for lrs in asked)
+
+
+def test_a_grouped_validation_part_is_the_candidate_with_the_most_classes(monkeypatch, caplog):
+    """Whole groups make the validation part; of the ways to take them that leave every class in
+    training, the one that shows the most classes wins (one plate can hold one class alone)."""
+    from spermhead.training import protocols
+
+    y = np.array([0] * 6 + [0, 0, 1, 1, 2, 2] + [0, 1, 2] * 4)
+    groups = np.array([0] * 6 + [1] * 6 + [2] * 12)  # plate 0: class 0 alone; plate 1: all three
+
+    class Candidates:  # the splitter's parts, in this order: plate 0 first, then plate 1
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def split(self, rows, labels, mine):
+            for plate in (0, 1):
+                yield np.flatnonzero(mine != plate), np.flatnonzero(mine == plate)
+
+    monkeypatch.setattr(protocols, "StratifiedGroupKFold", Candidates)
+    train, val = protocols._carve_val_by_group(np.arange(len(y)), y, groups, 0.25, seed=0)
+    assert set(groups[val].tolist()) == {1} and set(y[val].tolist()) == {0, 1, 2}
+    assert "holds" not in caplog.text
+    # where every way takes a one-class plate, the part is still taken, and that is said
+    y = np.array([0] * 4 + [1] * 4 + [0, 1, 2] * 2)
+    groups = np.array([0] * 4 + [1] * 4 + [2] * 6)
+    with caplog.at_level("WARNING", logger="spermhead"):
+        train, val = protocols._carve_val_by_group(np.arange(len(y)), y, groups, 0.25, seed=0)
+    assert set(groups[val].tolist()) == {0}  # the first of the two alike
+    assert "a validation part of whole groups holds 1 of the 3 classes" in caplog.text
+
+
+def test_a_validation_part_short_of_a_class_is_summed_up_without_warnings():
+    import warnings
+
+    from spermhead.training.run import validation_summary
+
+    class Fold:  # class 2 answered, never labelled: balanced accuracy over the classes present
+        val_labels, val_pred, val_pred_balanced = [0, 0, 1], [0, 2, 1], [0, 2, 1]
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # scikit-learn's "y_pred contains classes not in y_true" among them
+        summary = validation_summary([Fold()])
+    assert summary["balanced_accuracy"] == pytest.approx(0.75) and summary["n"] == 3

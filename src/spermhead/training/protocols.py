@@ -194,12 +194,21 @@ def _carve_val_by_group(train_side: np.ndarray, y: np.ndarray, groups: np.ndarra
     with warnings.catch_warnings():  # a class in few groups: said below if it matters, not as sklearn's
         warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
         candidates = list(splitter.split(train_side, labels, mine))
-    for _, val_pos in candidates:
+    usable = []  # (classes in validation, -position, mask): every class still in training
+    for i, (_, val_pos) in enumerate(candidates):
         in_val = np.isin(np.arange(len(train_side)), val_pos)
         if together:
             in_val = keep_together(in_val, _restricted(together, train_side))
         if set(labels[~in_val].tolist()) == set(labels.tolist()):
-            return train_side[~in_val], train_side[in_val]
+            usable.append((len(set(labels[in_val].tolist())), -i, in_val))
+    if usable:
+        # the part that holds the most classes: checkpoint choice and the temperature rest on it,
+        # and a part of one plate can hold one class alone (ties: the first, as before)
+        shown, _, in_val = max(usable, key=lambda u: u[:2])
+        if shown < len(set(labels.tolist())):
+            log.warning("--grouped: a validation part of whole groups holds %d of the %d classes; its checkpoint "
+                        "choice, temperature and balanced point rest on those", shown, len(set(labels.tolist())))
+        return train_side[~in_val], train_side[in_val]
     lost = sorted(set(labels.tolist()) - set(labels[~in_val].tolist()))
     named = ", ".join(classes[c] if classes else str(c) for c in lost)
     raise ConfigError(f"--grouped: every way of taking whole groups out of a training side for its validation "

@@ -15,6 +15,7 @@ import os
 import pickle
 import shutil
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -887,12 +888,14 @@ def validation_summary(results: list[FoldResult]) -> dict[str, Any]:
     p = [v for r in results for v in r.val_pred]
     if not y:
         return {"n": 0}
-    out: dict[str, Any] = {"n": len(y), "accuracy": float(accuracy_score(y, p)),
-                           "balanced_accuracy": float(balanced_accuracy_score(y, p))}
-    pb = [v for r in results for v in r.val_pred_balanced]
-    if len(pb) == len(y):  # folds resumed from before this was recorded lack it
-        out["balanced_point"] = {"accuracy": float(accuracy_score(y, pb)),
-                                 "balanced_accuracy": float(balanced_accuracy_score(y, pb))}
+    with warnings.catch_warnings():  # a validation part short of a class (grouped CV): averaged over those present
+        warnings.filterwarnings("ignore", message="y_pred contains classes not in y_true", category=UserWarning)
+        out: dict[str, Any] = {"n": len(y), "accuracy": float(accuracy_score(y, p)),
+                               "balanced_accuracy": float(balanced_accuracy_score(y, p))}
+        pb = [v for r in results for v in r.val_pred_balanced]
+        if len(pb) == len(y):  # folds resumed from before this was recorded lack it
+            out["balanced_point"] = {"accuracy": float(accuracy_score(y, pb)),
+                                     "balanced_accuracy": float(balanced_accuracy_score(y, pb))}
     return out
 
 
