@@ -711,6 +711,8 @@ def train_run(cfg: RunConfig, *, overwrite: bool = False, resume: bool = False,
     weights_saw = images_the_weights_saw(cfg, table, n_own) if init["init"] == "weights" else 0
     if weights_saw:
         init["saw"] = weights_saw
+    if init["init"] == "weights" and (unlike := pretrained_input_mismatch(cfg)):
+        log.warning("%s", unlike)
     as_asked = cfg  # config.yaml records "init: synthetic", not the cached file the folds start from
     if init["init"] == "synthetic":
         from spermhead.training.synthetic_init import cached_record, source_path, synthetic_init_weights
@@ -815,6 +817,22 @@ def train_run(cfg: RunConfig, *, overwrite: bool = False, resume: bool = False,
     start_record = {k: v for k, v in init.items() if k not in ("cached", "seconds")}
     write_outputs(as_asked, out, predictions, metrics, history, timing, start_record)
     return RunResult(out, metrics, predictions, results, timing)
+
+
+def pretrained_input_mismatch(cfg: RunConfig) -> str | None:
+    """Where a --weights file from `pretrain` (its .json record beside it) learnt on other input
+    than this run's (size, colour, scale), what differs; else None."""
+    record_path = Path(str(cfg.model.weights)).with_suffix(".json")
+    try:
+        pre = json.loads(record_path.read_text())["config"]["preprocess"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # no pretrain record (a bundle's weights, a hub file): nothing to compare
+    differ = [f"{key} {pre[key]} there, {getattr(cfg.preprocess, key)} here" for key in ("image_size", "color", "scale")
+              if key in pre and pre[key] != getattr(cfg.preprocess, key)]
+    if not differ:
+        return None
+    return (f"--weights {cfg.model.weights} was pretrained on other input than this run's ({'; '.join(differ)}): "
+            "its features may not carry over; pretrain with the run's settings (e.g. --image-size) to match")
 
 
 def images_the_weights_saw(cfg: RunConfig, table: SampleTable, n_own: int) -> int:
