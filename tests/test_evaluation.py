@@ -369,6 +369,28 @@ def test_selection_chooses_on_validation_not_on_the_test_folds(tmp_path: Path) -
     assert "flatters the chosen row" in md
 
 
+def test_selection_at_the_balanced_point_chooses_on_its_balanced_validation_scores(tmp_path: Path) -> None:
+    """Runs scored at the balanced point report their test figures there; their validation
+    column and the ★ must be at the same point, and a run's own warning stays with the table."""
+    def row(model: str, at_accuracy: float, at_balanced: float, notes: list[str]) -> dict:
+        return {"model": model, "accuracy": 0.5, "balanced_accuracy": 0.5,
+                "metrics": {"operating_point": "balanced", "notes": notes,
+                            "validation": {"n": 40, "accuracy": 0.8, "balanced_accuracy": at_accuracy,
+                                           "balanced_point": {"accuracy": 0.6, "balanced_accuracy": at_balanced}}}}
+
+    rows = [row("better at the accuracy point", 0.60, 0.20, []),
+            row("better at the balanced point", 0.30, 0.80,
+                ["the --weights file (w.safetensors) saw 40 of these 40 images (or near-duplicates of them), so "
+                 "its test folds are not unseen: these figures flatter the model"])]
+    table = selection_table(rows)
+    assert [r["best"] for r in table] == [False, True]
+    assert [r["val_balanced_accuracy"] for r in table] == [0.20, 0.80] and table[0]["val_n"] == 40
+    note = " ".join(write_selection(rows, tmp_path)["md"].read_text().split())
+    assert "Every figure, validation and test, is at the balanced operating point." in note
+    assert "a fair estimate, but for what the runs say below." in note
+    assert "From the runs: better at the balanced point: the --weights file (w.safetensors) saw 40" in note
+
+
 def test_selection_names_its_setting_the_validation_n_and_a_tie_with_the_winner(tmp_path: Path) -> None:
     level = {"accuracy": 0.9, "balanced_accuracy": 0.9}
     rows = [{"model": name, **level, "metrics": {"validation": {"n": 12, "accuracy": 0.5, "balanced_accuracy": 0.5}}}

@@ -476,3 +476,25 @@ def test_a_timm_model_built_for_one_input_size_is_built_for_the_runs() -> None:
     assert vit(torch.zeros(2, 1, 64, 64)).shape == (2, 4)
     cnn = build_model("timm:resnet18", 4, 1, 48).eval()
     assert cnn(torch.zeros(1, 1, 48, 48)).shape == (1, 4)
+
+
+def test_spermnet_options_of_the_wrong_kind_are_named_not_a_traceback() -> None:
+    with pytest.raises(ConfigError, match="whole numbers"):
+        build_model("spermnet", num_classes=4, in_chans=1, image_size=32, width="abc")
+    with pytest.raises(ConfigError, match=r"at least 1; got width -3"):
+        build_model("spermnet", num_classes=4, in_chans=1, image_size=32, width=-3)
+    with pytest.raises(ConfigError, match=r"at least 1; got width 8, widths \[8, 16\], depths \[1, 0\]"):
+        build_model("spermnet", num_classes=4, in_chans=1, image_size=32, width=8, depths=[1, 0])
+
+
+def test_a_builder_that_fails_on_an_option_stops_the_run_with_its_name(tmp_path, monkeypatch) -> None:
+    from spermhead.training import run
+    from spermhead.training.options import build_run_config
+
+    def failing(cfg, num_classes):
+        raise ValueError("invalid literal for int() with base 10: 'abc'")
+
+    monkeypatch.setattr(run, "build_network", failing)
+    cfg = build_run_config("hushem", str(tmp_path / "run"), model="spermnet")
+    with pytest.raises(ConfigError, match=r"spermnet with options \{\}: invalid literal"):
+        run.check_model(cfg, 4)

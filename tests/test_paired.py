@@ -264,6 +264,17 @@ def test_compare_warns_when_the_same_ids_stand_for_other_images_or_points(tmp_pa
     for side, source in (("ra", "real"), ("rb", "synth")):  # folders of repeats are checked too
         shutil.copytree(tmp_path / "runs" / source, tmp_path / side / "seed1")
     assert "warning: rb scored synthetic heads" in said(tmp_path / "ra", tmp_path / "rb")
+    # every repeat is checked, not only the first: a second repeat of synthetic heads is said too
+    for side, source in (("ra", "real"), ("rb", "real")):
+        shutil.copytree(tmp_path / "runs" / source, tmp_path / f"{side}2" / "seed1")
+    shutil.copytree(tmp_path / "runs" / "real", tmp_path / "ra2" / "seed2")
+    shutil.copytree(tmp_path / "runs" / "synth", tmp_path / "rb2" / "seed2")
+    assert "warning: rb2 scored synthetic heads" in said(tmp_path / "ra2", tmp_path / "rb2")
+    # and each side's repeats against each other: another architecture in one seed folder
+    shutil.copytree(tmp_path / "runs" / "real", tmp_path / "rc" / "seed1")
+    shutil.copytree(tmp_path / "runs" / "other", tmp_path / "rc" / "seed2")
+    out = said(tmp_path / "ra2", tmp_path / "rc")
+    assert "warning: rc's repeats are not one setting: seed2 differs from seed1 in its model" in out
 
 
 def test_repeats_that_differ_on_the_same_few_images_show_no_difference(table):

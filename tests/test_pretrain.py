@@ -108,5 +108,21 @@ def test_a_backbone_pretrained_on_the_test_images_is_said_to_have_seen_them(tmp_
     assert said in caplog.text and any(said in n for n in leaky.metrics["notes"])
     assert json.loads((leaky.out / "run.json").read_text())["init"]["saw"] == 24
     fresh = write_separable(tmp_path / "other", n_per_class=6, seed=9)  # other images: nothing to say
-    clean = train_run(quick_config(fresh, tmp_path / "clean", weights=str(out), epochs=1, cv=2), progress=False)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="spermhead"):
+        clean = train_run(quick_config(fresh, tmp_path / "clean", weights=str(out), epochs=1, cv=2), progress=False)
     assert not any("--weights file" in n for n in clean.metrics["notes"])
+    assert "pretrained on other input" not in caplog.text  # 24 px gray there and here
+    with caplog.at_level("WARNING", logger="spermhead"):  # a run at another size than the backbone learnt
+        train_run(quick_config(fresh, tmp_path / "bigger", weights=str(out), epochs=1, cv=2, image_size=32),
+                  progress=False)
+    assert "pretrained on other input than this run's (image_size 24 there, 32 here)" in caplog.text
+
+
+def test_a_model_pretrain_cannot_take_is_named_with_the_ones_it_can() -> None:
+    from spermhead.errors import ConfigError
+    from spermhead.training.pretrain import headless
+
+    with pytest.raises(ConfigError, match="SeedCNN has no classifier layer to set aside.*spermnet and timm: models"):
+        headless(build_model("seed-cnn", num_classes=10, in_chans=1, image_size=32))
+    assert headless(build_model("spermnet", num_classes=10, in_chans=1, image_size=32))(torch.zeros(2, 1, 32, 32)).ndim == 2

@@ -264,6 +264,9 @@ def test_a_fixed_split_names_heads_on_both_sides_of_it(tmp_path, caplog):
     assert len(fold.test) == 13  # the split is the lab's, kept as it is...
     assert "1 head is in train/ and also" in caplog.text  # ...but the twin is named
     assert "test/normal/again.png" in caplog.text and "train/normal/normal_000.png" in caplog.text
+    # and the run says so beside its figures (metrics.json, the report, a selection table)
+    result = train_run(quick_config(root, tmp_path / "run", cv=None, split="folders", epochs=1), progress=False)
+    assert any("1 head is in train/ and also" in n and "flatter the model" in n for n in result.metrics["notes"])
 
 
 def test_a_learning_curve_point_shrinks_only_the_training_sides(separable):
@@ -1270,6 +1273,26 @@ def test_selection_header_says_each_start_and_the_fusion():
                             starts={"a": "random weights", "b": "the weights file w.safetensors", "c": "random weights"})
     assert "; a and c from random weights, b from the weights file w.safetensors; every model scored as fused " \
            "answers (the network 0.7 + head-profile model 0.3); validation" in about
+    assert " px gray" in about and "validation: a part carved from each fold's training side" in about
+    # --variants trains other colours than the base's, and with no validation part the test figures choose
+    about = selection_about(build_run_config("hushem", "unused", cv=2, image_size=64), synthetic=False,
+                            fixed_split=False, variants=True)
+    assert "64 px each variant's colour and L2 (its row)" in about and " gray" not in about
+    unvalidated = build_run_config("hushem", "unused", cv=2)
+    unvalidated.train.val_fraction = 0.0
+    assert "validation: none (val_fraction 0): ★ is chosen on the test figures." in selection_about(
+        unvalidated, synthetic=False, fixed_split=False)
+
+
+def test_select_refuses_an_empty_list_of_models(separable, tmp_path):
+    from typer.testing import CliRunner
+
+    from spermhead.cli import app
+
+    for models in ("", ","):
+        result = CliRunner().invoke(app, ["select", str(separable), "--models", models, "--out", str(tmp_path / "s")])
+        assert result.exit_code == 2 and "--models names no model" in result.output, result.output
+    assert not (tmp_path / "s").exists()  # nothing written that would block the next try
 
 
 def test_a_start_says_when_only_the_dense_head_trains():
@@ -1517,7 +1540,7 @@ def test_synthetic_init_trains_its_source_once_then_reuses_the_cache(separable, 
     first = train_run(quick_config(separable, tmp_path / "a", **opts), progress=False)
     # a first run says why it will take minutes longer than the next
     told = [r.getMessage() for r in caplog.records if "synthetic source model" in r.getMessage()]
-    assert told == [f"training the synthetic source model for these input settings first (4 rendered heads per "
+    assert told == [f"training the synthetic source model for spermnet at these input settings first (4 rendered heads per "
                     f"class, 1 epoch: at the defaults 2.5-20 minutes on 2 cores; once, then cached in "
                     f"{tmp_path / 'cache' / 'synthetic-init'})"]
     caplog.clear()
@@ -2281,3 +2304,46 @@ def test_swa_keeps_a_slower_backbone_slower(separable, tmp_path, monkeypatch):
     cfg = quick_config(separable, tmp_path / "swa", cv=2, epochs=4, swa=0.5, backbone_lr=0.25)
     train_run(cfg, progress=False)
     assert asked and all(lrs == pytest.approx([cfg.train.lr * 0.025, cfg.train.lr * 0.1]) for lrs in asked)
+
+
+def test_a_grouped_validation_part_is_the_candidate_with_the_most_classes(monkeypatch, caplog):
+    """Whole groups make the validation part; of the ways to take them that leave every class in
+    training, the one that shows the most classes wins (one plate can hold one class alone)."""
+    from spermhead.training import protocols
+
+    y = np.array([0] * 6 + [0, 0, 1, 1, 2, 2] + [0, 1, 2] * 4)
+    groups = np.array([0] * 6 + [1] * 6 + [2] * 12)  # plate 0: class 0 alone; plate 1: all three
+
+    class Candidates:  # the splitter's parts, in this order: plate 0 first, then plate 1
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def split(self, rows, labels, mine):
+            for plate in (0, 1):
+                yield np.flatnonzero(mine != plate), np.flatnonzero(mine == plate)
+
+    monkeypatch.setattr(protocols, "StratifiedGroupKFold", Candidates)
+    train, val = protocols._carve_val_by_group(np.arange(len(y)), y, groups, 0.25, seed=0)
+    assert set(groups[val].tolist()) == {1} and set(y[val].tolist()) == {0, 1, 2}
+    assert "holds" not in caplog.text
+    # where every way takes a one-class plate, the part is still taken, and that is said
+    y = np.array([0] * 4 + [1] * 4 + [0, 1, 2] * 2)
+    groups = np.array([0] * 4 + [1] * 4 + [2] * 6)
+    with caplog.at_level("WARNING", logger="spermhead"):
+        train, val = protocols._carve_val_by_group(np.arange(len(y)), y, groups, 0.25, seed=0)
+    assert set(groups[val].tolist()) == {0}  # the first of the two alike
+    assert "a validation part of whole groups holds 1 of the 3 classes" in caplog.text
+
+
+def test_a_validation_part_short_of_a_class_is_summed_up_without_warnings():
+    import warnings
+
+    from spermhead.training.run import validation_summary
+
+    class Fold:  # class 2 answered, never labelled: balanced accuracy over the classes present
+        val_labels, val_pred, val_pred_balanced = [0, 0, 1], [0, 2, 1], [0, 2, 1]
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # scikit-learn's "y_pred contains classes not in y_true" among them
+        summary = validation_summary([Fold()])
+    assert summary["balanced_accuracy"] == pytest.approx(0.75) and summary["n"] == 3

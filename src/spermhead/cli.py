@@ -177,7 +177,8 @@ def data_duplicates(
             mixed = len({r["label"] for r in group}) > 1
             for r in group:
                 out.add_row(str(k), r["id"], Text(r["label"], style="red" if mixed else ""), f"{r['correlation']:.3f}")
-        console.print(out if groups else f"{name}: no near-duplicates in {len(table)} images (r >= {threshold})")
+        console.print(out if groups else f"{name}: no near-duplicates in {len(table)} images (r >= {threshold})"
+                      if threshold > 0 else f"{name}: --threshold 0 turns the search off; nothing was looked for")
         mixed = sum(len({r["label"] for r in g}) > 1 for g in rows)
         if mixed:
             console.print(f"{mixed} group(s) give one head different labels (red)", highlight=False)
@@ -904,7 +905,12 @@ def compare(
     from spermhead.errors import DataError
     from spermhead.evaluation.paired import compare_predictions, compare_repeats, repeat_folders, verdict
     from spermhead.evaluation.predictions import read_predictions
-    from spermhead.evaluation.provenance import by_image_file, provenance, provenance_warnings
+    from spermhead.evaluation.provenance import (
+        by_image_file,
+        provenance,
+        provenance_warnings,
+        repeat_mismatches,
+    )
 
     check_output_file(json_out, "--json", overwrite=overwrite)
     names = distinct_names(run_a, run_b)
@@ -929,9 +935,14 @@ def compare(
         if not common:
             raise DataError(f"{run_a} and {run_b} have no repeat in common: {', '.join(folders[0])} against "
                             f"{', '.join(folders[1])}")
-        first = common[0]  # the repeats of one side share their images and operating point
-        pa, pb = provenance(folders[0][first]), provenance(folders[1][first])
-        warn_provenance(provenance_warnings(pa, pb, names))
+        first = common[0]
+        sides = [{r: provenance(folders[k][r]) for r in common} for k in (0, 1)]
+        pa, pb = sides[0][first], sides[1][first]
+        # every pair of repeats is checked, and each side's repeats against each other: a folder
+        # of repeats is one setting run with other seeds, or the comparison means nothing
+        said = [w for r in common for w in provenance_warnings(sides[0][r], sides[1][r], names)]
+        said += [w for side, name in zip(sides, names, strict=True) for w in repeat_mismatches(side, name)]
+        warn_provenance(list(dict.fromkeys(said)))
         pairs = {r: (read_predictions(folders[0][r]), read_predictions(folders[1][r])) for r in common}
         moved = {r: by_image_file(a, b, pa, pb) for r, (a, b) in pairs.items()}
         if all(m is not None for m in moved.values()):

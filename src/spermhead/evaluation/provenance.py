@@ -147,3 +147,21 @@ def provenance_warnings(a: Provenance, b: Provenance, names: tuple[str, str]) ->
         out.append(f"{names[0]} is scored at the {a.operating_point} point and {names[1]} at the "
                    f"{b.operating_point} point: part of any difference is the operating point, not the model")
     return out
+
+
+def repeat_mismatches(repeats: dict[str, Provenance], name: str) -> list[str]:
+    """Where one side's repeats (seedN/ folders) are not one setting run with other seeds: another
+    architecture, fusion, operating point or set of images than its first repeat's."""
+    if not repeats:
+        return []
+    first_name, first = next(iter(repeats.items()))
+    out = []
+    for r, p in list(repeats.items())[1:]:
+        differ = [what for what, a, b in (("model", first.model, p.model), ("fused answers", first.fusion, p.fusion),
+                                          ("operating point", first.operating_point, p.operating_point),
+                                          ("images", first.images, p.images))
+                  if a is not None and b is not None and a != b]
+        if differ:
+            out.append(f"{name}'s repeats are not one setting: {r} differs from {first_name} in its "
+                       f"{', '.join(differ)}; their mean mixes them")
+    return out

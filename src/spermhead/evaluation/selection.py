@@ -80,10 +80,15 @@ def _metric(row: Mapping[str, Any], key: str) -> tuple[float | None, float | Non
 
 
 def _validation(row: Mapping[str, Any], key: str) -> float | None:
-    """A run's pooled validation score (`metrics["validation"]`), or a flat `val_<key>`."""
+    """A run's pooled validation score (`metrics["validation"]`) at the operating point its test
+    figures are at, or a flat `val_<key>`."""
     if row.get(f"val_{key}") is not None:
         return _num(row[f"val_{key}"])
-    return _num(((row.get("metrics") or {}).get("validation") or {}).get(key))
+    metrics = row.get("metrics") or {}
+    val = metrics.get("validation") or {}
+    if metrics.get("operating_point") == "balanced" and key != "n" and val.get("balanced_point"):
+        val = val["balanced_point"]  # the ★ is chosen at the point the table reports
+    return _num(val.get(key))
 
 
 def chosen_on_validation(table: Sequence[Mapping[str, Any]]) -> bool:
@@ -189,6 +194,12 @@ def cell_text(row: Mapping[str, Any], key: str) -> str:
     return str(v)
 
 
+# Words of the run notes that bear on how far a row's figures can be trusted (training/run.py):
+# a --weights file that saw these images, twins across a fixed split (synthetic heads are said in
+# the table's header)
+RUN_WARNINGS = ("flatter",)
+
+
 def _md_escape(s: str) -> str:
     return s.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
 
@@ -209,17 +220,27 @@ def write_selection(rows: Sequence[Mapping[str, Any]], out_dir: Path | str, abou
                  "right (`spermhead compare`); they cover which images were scored, not retraining. A row "
                  "differs from ★ only where both say so: with few images answered differently the "
                  "interval can leave out zero while p is above 0.05. ")
+    points = {(r.get("metrics") or {}).get("operating_point") for r in rows} - {None}
+    if len(points) == 1:
+        note += f"Every figure, validation and test, is at the {points.pop()} operating point. "
+    # what a run said of its own figures (a --weights file that saw these images, twins across a
+    # fixed split) stays beside them
+    warnings = [f"{r.get('model', '')}: {n}" for r in rows for n in (r.get("metrics") or {}).get("notes") or []
+                if any(word in n for word in RUN_WARNINGS)]
     if chosen_on_validation(table):
         note += (BEST_MARK + " marks the best validation balanced accuracy (then accuracy), pooled over "
                  "the validation parts (never test images); the test folds took no part "
-                 "in the choice, so the chosen row's figures are a fair estimate. ")
+                 "in the choice, so the chosen row's figures are a fair estimate"
+                 + (", but for what the runs say below. " if warnings else ". "))
     else:
         note += (BEST_MARK + " marks the best balanced accuracy (then accuracy) on the test folds: "
                  "some rows have no validation scores (val_fraction 0), so nothing else can choose, and this "
                  "choice flatters the chosen row. ")
     if tied:
         note += (f"{BEST_MARK} is level with {', '.join(tied)} on both criteria and was chosen by its place in the "
-                 "list of models alone: these scores do not tell them apart.")
+                 "list of models alone: these scores do not tell them apart. ")
+    if warnings:
+        note += "From the runs: " + " ".join(w.rstrip(".") + "." for w in dict.fromkeys(warnings))
     note = note.rstrip()
 
     csv_path = out_dir / "selection.csv"

@@ -58,11 +58,17 @@ def _build_spermnet(num_classes: int, in_chans: int, image_size: int, *, drop_ra
                     depths: list[int] | None = None, stem_stride: int | None = None) -> nn.Module:
     from spermhead.models.spermnet import DEFAULT_DEPTHS, DEFAULT_WIDTH, SpermNet, default_stem_stride
 
-    depths = list(DEFAULT_DEPTHS if depths is None else depths)
-    width = DEFAULT_WIDTH if width is None else int(width)
-    widths = [width * 2**i for i in range(len(depths))] if widths is None else list(widths)
-    stem_stride = default_stem_stride(image_size) if stem_stride is None else int(stem_stride)
-    if not depths or len(widths) != len(depths) or min(widths) < 1 or stem_stride not in (1, 2, 4):
+    try:  # values from a --model-option or a config file: text where numbers belong is said so
+        depths = [int(d) for d in (DEFAULT_DEPTHS if depths is None else depths)]
+        width = DEFAULT_WIDTH if width is None else int(width)
+        widths = [width * 2**i for i in range(len(depths))] if widths is None else [int(w) for w in widths]
+        stem_stride = default_stem_stride(image_size) if stem_stride is None else int(stem_stride)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"spermnet: width, widths, depths and stem_stride are whole numbers ({exc})") from None
+    if width < 1 or min(widths, default=1) < 1 or min(depths, default=1) < 1:
+        raise ConfigError(f"spermnet: widths and depths are at least 1; got width {width}, widths {widths}, "
+                          f"depths {depths}")
+    if not depths or len(widths) != len(depths) or stem_stride not in (1, 2, 4):
         raise ConfigError(f"spermnet: need as many widths as depths and stem_stride 1, 2 or 4; "
                           f"got widths {widths}, depths {depths}, stem_stride {stem_stride}")
     model = SpermNet(num_classes, in_chans, image_size, width=widths[0], widths=widths, depths=depths,

@@ -79,7 +79,8 @@ def headless(model: nn.Module) -> nn.Module:
     elif isinstance(getattr(model, "fc", None), nn.Linear):
         model.fc = nn.Identity()
     else:
-        raise ConfigError(f"{type(model).__name__}: cannot find its classifier to pretrain the backbone")
+        raise ConfigError(f"pretrain: {type(model).__name__} has no classifier layer to set aside, which "
+                          "pretraining needs; it takes spermnet and timm: models (the seed's nets are not supported)")
     return model
 
 

@@ -194,12 +194,21 @@ def _carve_val_by_group(train_side: np.ndarray, y: np.ndarray, groups: np.ndarra
     with warnings.catch_warnings():  # a class in few groups: said below if it matters, not as sklearn's
         warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
         candidates = list(splitter.split(train_side, labels, mine))
-    for _, val_pos in candidates:
+    usable = []  # (classes in validation, -position, mask): every class still in training
+    for i, (_, val_pos) in enumerate(candidates):
         in_val = np.isin(np.arange(len(train_side)), val_pos)
         if together:
             in_val = keep_together(in_val, _restricted(together, train_side))
         if set(labels[~in_val].tolist()) == set(labels.tolist()):
-            return train_side[~in_val], train_side[in_val]
+            usable.append((len(set(labels[in_val].tolist())), -i, in_val))
+    if usable:
+        # the part that holds the most classes: checkpoint choice and the temperature rest on it,
+        # and a part of one plate can hold one class alone (ties: the first, as before)
+        shown, _, in_val = max(usable, key=lambda u: u[:2])
+        if shown < len(set(labels.tolist())):
+            log.warning("--grouped: a validation part of whole groups holds %d of the %d classes; its checkpoint "
+                        "choice, temperature and balanced point rest on those", shown, len(set(labels.tolist())))
+        return train_side[~in_val], train_side[in_val]
     lost = sorted(set(labels.tolist()) - set(labels[~in_val].tolist()))
     named = ", ".join(classes[c] if classes else str(c) for c in lost)
     raise ConfigError(f"--grouped: every way of taking whole groups out of a training side for its validation "
@@ -230,18 +239,23 @@ def _folder_split(table: SampleTable) -> Fold:
     return Fold(0, by["train"], by["val"], by["test"])
 
 
-def _warn_split_twins(table: SampleTable, fold: Fold, together: list[list[int]]) -> None:
+def split_twins_note(table: SampleTable, fold: Fold, together: list[list[int]]) -> str | None:
     """A fixed split is kept as the lab made it; a head in both its training and its validation or
-    test part is pointed out, since its figures then flatter the model."""
+    test part is pointed out (None where there is none), since its figures then flatter the model."""
     part = np.zeros(len(table), int)
     part[fold.val], part[fold.test] = 1, 2
     across = [g for g in together if len({bool(part[i]) for i in g}) > 1]
-    if across:
-        shown = "; ".join(" = ".join(table.samples[i].id for i in g) for g in across[:3])
-        log.warning("%s: %d %s in train/ and also, as a near-duplicate, in val/ or test/ (%s%s); "
-                    "the split is kept as it is, but its validation and test figures flatter the model",
-                    table.name, len(across), "head is" if len(across) == 1 else "heads are", shown,
-                    "; ..." if len(across) > 3 else "")
+    if not across:
+        return None
+    shown = "; ".join(" = ".join(table.samples[i].id for i in g) for g in across[:3])
+    return (f"{table.name}: {len(across)} {'head is' if len(across) == 1 else 'heads are'} in train/ and also, as "
+            f"a near-duplicate, in val/ or test/ ({shown}{'; ...' if len(across) > 3 else ''}); the split is kept "
+            "as it is, but its validation and test figures flatter the model")
+
+
+def _warn_split_twins(table: SampleTable, fold: Fold, together: list[list[int]]) -> None:
+    if note := split_twins_note(table, fold, together):
+        log.warning("%s", note)
 
 
 def parse_split(text: str) -> tuple[str, tuple[float, float, float] | None]:

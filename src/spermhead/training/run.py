@@ -15,6 +15,7 @@ import os
 import pickle
 import shutil
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -63,7 +64,13 @@ from spermhead.training.operating import (
     prior_shift,
 )
 from spermhead.training.progress import QuietProgressBar, announce
-from spermhead.training.protocols import Fold, duplicate_groups, make_folds, with_extra_training
+from spermhead.training.protocols import (
+    Fold,
+    duplicate_groups,
+    make_folds,
+    split_twins_note,
+    with_extra_training,
+)
 from spermhead.training.quiet import fit_quietly
 from spermhead.training.targets import soft_targets
 from spermhead.training.temperature import fit_temperature, pooled_temperature
@@ -254,7 +261,10 @@ def _in_chans(cfg: RunConfig) -> int:
 def check_model(cfg: RunConfig, num_classes: int) -> None:
     """Build the network once before anything is written or trained, so that an unknown model, a
     bad model option or weights that cannot be read stop the run with nothing left behind."""
-    net = build_network(cfg, num_classes)
+    try:
+        net = build_network(cfg, num_classes)
+    except (TypeError, ValueError) as exc:  # a model option of the wrong kind, deep in a builder
+        raise ConfigError(f"{cfg.model.name} with options {cfg.model.kwargs}: {exc}") from None
     if cfg.train.backbone_lr != 1.0:  # a network with no classifier layer to tell apart, said now
         from spermhead.training.module import parameter_groups
 
@@ -701,6 +711,8 @@ def train_run(cfg: RunConfig, *, overwrite: bool = False, resume: bool = False,
     weights_saw = images_the_weights_saw(cfg, table, n_own) if init["init"] == "weights" else 0
     if weights_saw:
         init["saw"] = weights_saw
+    if init["init"] == "weights" and (unlike := pretrained_input_mismatch(cfg)):
+        log.warning("%s", unlike)
     as_asked = cfg  # config.yaml records "init: synthetic", not the cached file the folds start from
     if init["init"] == "synthetic":
         from spermhead.training.synthetic_init import cached_record, source_path, synthetic_init_weights
@@ -751,6 +763,8 @@ def train_run(cfg: RunConfig, *, overwrite: bool = False, resume: bool = False,
         metrics["notes"] = [*metrics.get("notes", []), SYNTHETIC_NOTE]
     if weights_saw:
         metrics["notes"] = [*metrics.get("notes", []), weights_saw_note(cfg, weights_saw, n_own)]
+    if cfg.protocol.kind == "folders" and (crossing := split_twins_note(table, folds[0], groups)):
+        metrics["notes"] = [*metrics.get("notes", []), crossing]  # kept where the figures are read
     share_checks = {point: check for point, (pred, _) in scored.items()
                     if (check := check_intervals(pred.true_indices, pred.pred_indices, pred.folds, pred.classes))}
     metrics["share_check"] = share_checks.get(cfg.operating_point)
@@ -803,6 +817,22 @@ def train_run(cfg: RunConfig, *, overwrite: bool = False, resume: bool = False,
     start_record = {k: v for k, v in init.items() if k not in ("cached", "seconds")}
     write_outputs(as_asked, out, predictions, metrics, history, timing, start_record)
     return RunResult(out, metrics, predictions, results, timing)
+
+
+def pretrained_input_mismatch(cfg: RunConfig) -> str | None:
+    """Where a --weights file from `pretrain` (its .json record beside it) learnt on other input
+    than this run's (size, colour, scale), what differs; else None."""
+    record_path = Path(str(cfg.model.weights)).with_suffix(".json")
+    try:
+        pre = json.loads(record_path.read_text())["config"]["preprocess"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # no pretrain record (a bundle's weights, a hub file): nothing to compare
+    differ = [f"{key} {pre[key]} there, {getattr(cfg.preprocess, key)} here" for key in ("image_size", "color", "scale")
+              if key in pre and pre[key] != getattr(cfg.preprocess, key)]
+    if not differ:
+        return None
+    return (f"--weights {cfg.model.weights} was pretrained on other input than this run's ({'; '.join(differ)}): "
+            "its features may not carry over; pretrain with the run's settings (e.g. --image-size) to match")
 
 
 def images_the_weights_saw(cfg: RunConfig, table: SampleTable, n_own: int) -> int:
@@ -876,12 +906,14 @@ def validation_summary(results: list[FoldResult]) -> dict[str, Any]:
     p = [v for r in results for v in r.val_pred]
     if not y:
         return {"n": 0}
-    out: dict[str, Any] = {"n": len(y), "accuracy": float(accuracy_score(y, p)),
-                           "balanced_accuracy": float(balanced_accuracy_score(y, p))}
-    pb = [v for r in results for v in r.val_pred_balanced]
-    if len(pb) == len(y):  # folds resumed from before this was recorded lack it
-        out["balanced_point"] = {"accuracy": float(accuracy_score(y, pb)),
-                                 "balanced_accuracy": float(balanced_accuracy_score(y, pb))}
+    with warnings.catch_warnings():  # a validation part short of a class (grouped CV): averaged over those present
+        warnings.filterwarnings("ignore", message="y_pred contains classes not in y_true", category=UserWarning)
+        out: dict[str, Any] = {"n": len(y), "accuracy": float(accuracy_score(y, p)),
+                               "balanced_accuracy": float(balanced_accuracy_score(y, p))}
+        pb = [v for r in results for v in r.val_pred_balanced]
+        if len(pb) == len(y):  # folds resumed from before this was recorded lack it
+            out["balanced_point"] = {"accuracy": float(accuracy_score(y, pb)),
+                                     "balanced_accuracy": float(balanced_accuracy_score(y, pb))}
     return out
 
 

@@ -114,6 +114,8 @@ def select_models(base: RunConfig, models: list[str], out: Path, *, variants: bo
     from spermhead.evaluation.selection import write_selection
     from spermhead.models.registry import build_model, count_parameters
 
+    if not models:  # an empty table would claim a choice, and block the folder for the next try
+        raise ConfigError("--models names no model; give one or more, e.g. --models spermnet,seed-cnn")
     weights, model_options = weights or {}, model_options or {}
     for stray in [m for m in model_options if m not in models]:
         whole = [f"{stray}:{key}" for key in model_options[stray] if f"{stray}:{key}" in models]
@@ -175,7 +177,8 @@ def select_models(base: RunConfig, models: list[str], out: Path, *, variants: bo
             "parameters": params, "predictions": result.predictions,
         })
     starts = {name: start_text(cfg.model) for name, *_, cfg in runs}
-    about = selection_about(base, synthetic=table.synthetic, fixed_split=table.has_fixed_split, starts=starts)
+    about = selection_about(base, synthetic=table.synthetic, fixed_split=table.has_fixed_split, starts=starts,
+                            variants=variants)
     write_selection(rows, out, about=about)
     return rows, about
 
@@ -204,7 +207,7 @@ def start_text(model: ModelConfig) -> str:
 
 
 def selection_about(base: RunConfig, *, synthetic: bool, fixed_split: bool,
-                    starts: dict[str, str] | None = None) -> str:
+                    starts: dict[str, str] | None = None, variants: bool = False) -> str:
     """What every row of the table was trained and scored on, in one sentence (its header).
     `starts` gives each model's start (`start_text`); without it, every model starts as `base`."""
     p = base.protocol
@@ -220,6 +223,10 @@ def selection_about(base: RunConfig, *, synthetic: bool, fixed_split: bool,
              else ", ".join(f"{_and(names)} from {text}" for text, names in by_start.items()) + "; every model")
     fused = fusion_text(base.train.shape_fusion, base.train.pixel_fusion)
     scored = f"scored as fused answers ({fused})" if fused else "scored alone (no fused second opinions)"
+    # --variants trains each model in every colour and L2 setting: the rows name theirs
+    colour = "each variant's colour and L2 (its row)" if variants else base.preprocess.color
+    validation = (VALIDATION[kind] if base.train.val_fraction > 0 else
+                  "none (val_fraction 0): ★ is chosen on the test figures")
     return (f"{base.dataset}{images}, {protocol}, seed {base.seed}; {base.train.epochs} epoch{'s' * (base.train.epochs != 1)}, "
-            f"{base.preprocess.image_size} px {base.preprocess.color}, recipe {base.train.recipe}; {start} "
-            f"{scored}; validation: {VALIDATION[kind]}.")
+            f"{base.preprocess.image_size} px {colour}, recipe {base.train.recipe}; {start} "
+            f"{scored}; validation: {validation}.")

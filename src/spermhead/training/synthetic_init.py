@@ -186,9 +186,9 @@ def train_source(cfg: RunConfig, path: Path, *, progress: bool) -> dict[str, Any
     # a warning, the level that reaches a user who set up no logging: without it a first run sits
     # silent for many minutes, or shows a progress bar with the source's epochs, not the run's
     epochs = cfg.model.init_epochs
-    log.warning("training the synthetic source model for these input settings first (%d rendered heads "
+    log.warning("training the synthetic source model for %s at these input settings first (%d rendered heads "
                 "per class, %d epoch%s: at the defaults 2.5-20 minutes on 2 cores; once, then cached in %s)",
-                cfg.model.init_per_class, epochs, "s" * (epochs != 1), path.parent)
+                cfg.model.name, cfg.model.init_per_class, epochs, "s" * (epochs != 1), path.parent)
     start = time.perf_counter()
     images, labels, classes = rendered_heads(cfg)
     # The fold recipe, minus what only real data has: expert votes, validation, a prior to fix.
