@@ -454,7 +454,7 @@ def test_new_sample_pressed_during_an_upload_drops_the_answers_still_out(page, s
     page.goto(server + "/")
     page.wait_for_selector("#model-info:has-text('spermnet')")
     page.set_input_files("#file-input", files[:10])
-    page.wait_for_selector("#new-sample")
+    page.wait_for_selector("#sample:has-text('all 10 heads')")  # a settled page of one sample
     held = []  # the next upload's first batch is held until New sample has been pressed
     page.route("**/api/predict**", lambda route: route.continue_() if len(held) else held.append(route))
     page.set_input_files("#file-input", files[10:])  # 16 files: two batches of 8, one after the other
@@ -473,6 +473,16 @@ def test_new_sample_pressed_during_an_upload_drops_the_answers_still_out(page, s
     assert page.locator("#sample").is_hidden() and page.locator("#new-sample").is_visible()
     page.click("#new-sample")
     assert page.locator(".card").count() == 0
+    # New sample while the class shares are on their way: they are not the cleared page's
+    shares = []
+    page.route("**/api/composition", lambda route: shares.append(route))
+    page.set_input_files("#file-input", files[:10])
+    while not shares:
+        page.wait_for_timeout(20)
+    page.click("#new-sample")
+    shares[0].continue_()
+    page.wait_for_timeout(500)
+    assert page.locator("#sample").is_hidden() and page.locator("#status").inner_text() == ""
     page.unroute("**/api/predict**")
 
 

@@ -389,6 +389,11 @@ def test_selection_at_the_balanced_point_chooses_on_its_balanced_validation_scor
     assert "Every figure, validation and test, is at the balanced operating point." in note
     assert "a fair estimate, but for what the runs say below." in note
     assert "From the runs: better at the balanced point: the --weights file (w.safetensors) saw 40" in note
+    # a run whose folds lack the balanced point's validation scores has none to be chosen on there
+    old = row("old folds", 0.9, 0.9, [])
+    del old["metrics"]["validation"]["balanced_point"]
+    table = selection_table([old, rows[1]])
+    assert table[0]["val_balanced_accuracy"] is None and table[0]["val_n"] == 40
 
 
 def test_selection_names_its_setting_the_validation_n_and_a_tie_with_the_winner(tmp_path: Path) -> None:

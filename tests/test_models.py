@@ -483,6 +483,10 @@ def test_spermnet_options_of_the_wrong_kind_are_named_not_a_traceback() -> None:
         build_model("spermnet", num_classes=4, in_chans=1, image_size=32, width="abc")
     with pytest.raises(ConfigError, match=r"at least 1; got width -3"):
         build_model("spermnet", num_classes=4, in_chans=1, image_size=32, width=-3)
+    for name, value in (("width", 2.7), ("stem_stride", 2.9), ("depths", "22"), ("width", True)):
+        with pytest.raises(ConfigError, match=f"spermnet: {name} "):  # not cut down to a whole number
+            build_model("spermnet", num_classes=4, in_chans=1, image_size=32, **{name: value})
+    assert build_model("spermnet", num_classes=4, in_chans=1, image_size=32, width=8.0).model_kwargs["widths"][0] == 8
     with pytest.raises(ConfigError, match=r"at least 1; got width 8, widths \[8, 16\], depths \[1, 0\]"):
         build_model("spermnet", num_classes=4, in_chans=1, image_size=32, width=8, depths=[1, 0])
 

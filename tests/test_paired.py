@@ -275,6 +275,12 @@ def test_compare_warns_when_the_same_ids_stand_for_other_images_or_points(tmp_pa
     shutil.copytree(tmp_path / "runs" / "other", tmp_path / "rc" / "seed2")
     out = said(tmp_path / "ra2", tmp_path / "rc")
     assert "warning: rc's repeats are not one setting: seed2 differs from seed1 in its model" in out
+    # a repeat with no config.yaml (copied predictions) is not a fused run's opposite: nothing to say
+    from spermhead.evaluation.provenance import Provenance, repeat_mismatches
+
+    fused = Provenance(None, None, "accuracy", None, "spermnet", "the network 0.7 + head-profile model 0.3")
+    unknown = Provenance(None, None, "accuracy", None, None, "")
+    assert repeat_mismatches({"seed1": fused, "seed2": unknown}, "rb") == []
 
 
 def test_repeats_that_differ_on_the_same_few_images_show_no_difference(table):

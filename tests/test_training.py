@@ -1282,6 +1282,10 @@ def test_selection_header_says_each_start_and_the_fusion():
     unvalidated.train.val_fraction = 0.0
     assert "validation: none (val_fraction 0): ★ is chosen on the test figures." in selection_about(
         unvalidated, synthetic=False, fixed_split=False)
+    # a random or folders split brings its own validation part, whatever val_fraction says
+    split = build_run_config("hushem", "unused", split="60/30/10")
+    split.train.val_fraction = 0.0
+    assert "validation: the split's validation part." in selection_about(split, synthetic=False, fixed_split=False)
 
 
 def test_select_refuses_an_empty_list_of_models(separable, tmp_path):
@@ -1358,6 +1362,19 @@ def test_resume_refuses_folds_split_otherwise(separable, tmp_path):
     info["val_labels"] = info["val_labels"][1:]  # as an older carving would have left it
     done.write_text(json.dumps(info))
     with pytest.raises(ConfigError, match="fold0: this fold was split otherwise when it was trained"):
+        train_run(cfg, resume=True, progress=False)
+
+
+def test_resume_refuses_a_fold_interrupted_on_another_split(separable, tmp_path):
+    """A fold stopped mid-fit has no done.json yet: the split it began on is checked all the same,
+    before its checkpoint is trained on further."""
+    result = train_run(quick_config(separable, tmp_path / "r", cv=2, epochs=1), progress=False)
+    cfg = load_config(result.out / "config.yaml")
+    fold = result.out / "folds" / "fold1"
+    (fold / "done.json").unlink()  # as if stopped mid-fit
+    assert json.loads((fold / "split.json").read_text())["split"]
+    (fold / "split.json").write_text(json.dumps({"split": "another"}))
+    with pytest.raises(ConfigError, match="fold1: this fold began training on another split"):
         train_run(cfg, resume=True, progress=False)
 
 

@@ -944,7 +944,7 @@ def compare(
         said += [w for side, name in zip(sides, names, strict=True) for w in repeat_mismatches(side, name)]
         warn_provenance(list(dict.fromkeys(said)))
         pairs = {r: (read_predictions(folders[0][r]), read_predictions(folders[1][r])) for r in common}
-        moved = {r: by_image_file(a, b, pa, pb) for r, (a, b) in pairs.items()}
+        moved = {r: by_image_file(a, b, sides[0][r], sides[1][r]) for r, (a, b) in pairs.items()}
         if all(m is not None for m in moved.values()):
             pairs = {r: m for r, m in moved.items() if m is not None}
             note_paired_by_file(len(pairs[first][0]))

@@ -157,7 +157,9 @@ def repeat_mismatches(repeats: dict[str, Provenance], name: str) -> list[str]:
     first_name, first = next(iter(repeats.items()))
     out = []
     for r, p in list(repeats.items())[1:]:
-        differ = [what for what, a, b in (("model", first.model, p.model), ("fused answers", first.fusion, p.fusion),
+        known = first.model is not None and p.model is not None  # fusion "" is also "no config.yaml"
+        differ = [what for what, a, b in (("model", first.model, p.model),
+                                          ("fused answers", first.fusion if known else None, p.fusion),
                                           ("operating point", first.operating_point, p.operating_point),
                                           ("images", first.images, p.images))
                   if a is not None and b is not None and a != b]

@@ -86,8 +86,9 @@ def _validation(row: Mapping[str, Any], key: str) -> float | None:
         return _num(row[f"val_{key}"])
     metrics = row.get("metrics") or {}
     val = metrics.get("validation") or {}
-    if metrics.get("operating_point") == "balanced" and key != "n" and val.get("balanced_point"):
-        val = val["balanced_point"]  # the ★ is chosen at the point the table reports
+    if metrics.get("operating_point") == "balanced" and key != "n":
+        # the ★ is chosen at the point the table reports; folds from before it was recorded have none
+        val = val.get("balanced_point") or {}
     return _num(val.get(key))
 
 

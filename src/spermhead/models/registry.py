@@ -58,13 +58,20 @@ def _build_spermnet(num_classes: int, in_chans: int, image_size: int, *, drop_ra
                     depths: list[int] | None = None, stem_stride: int | None = None) -> nn.Module:
     from spermhead.models.spermnet import DEFAULT_DEPTHS, DEFAULT_WIDTH, SpermNet, default_stem_stride
 
-    try:  # values from a --model-option or a config file: text where numbers belong is said so
-        depths = [int(d) for d in (DEFAULT_DEPTHS if depths is None else depths)]
-        width = DEFAULT_WIDTH if width is None else int(width)
-        widths = [width * 2**i for i in range(len(depths))] if widths is None else [int(w) for w in widths]
-        stem_stride = default_stem_stride(image_size) if stem_stride is None else int(stem_stride)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"spermnet: width, widths, depths and stem_stride are whole numbers ({exc})") from None
+    def whole(value: Any, name: str) -> int:  # from a --model-option or a config file: not cut to fit
+        if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
+            raise ConfigError(f"spermnet: {name} takes whole numbers; got {value!r}")
+        return int(value)
+
+    def wholes(values: Any, name: str) -> list[int]:
+        if not isinstance(values, list | tuple):
+            raise ConfigError(f"spermnet: {name} is a list of whole numbers; got {values!r}")
+        return [whole(v, name) for v in values]
+
+    depths = wholes(DEFAULT_DEPTHS if depths is None else depths, "depths")
+    width = DEFAULT_WIDTH if width is None else whole(width, "width")
+    widths = [width * 2**i for i in range(len(depths))] if widths is None else wholes(widths, "widths")
+    stem_stride = default_stem_stride(image_size) if stem_stride is None else whole(stem_stride, "stem_stride")
     if width < 1 or min(widths, default=1) < 1 or min(depths, default=1) < 1:
         raise ConfigError(f"spermnet: widths and depths are at least 1; got width {width}, widths {widths}, "
                           f"depths {depths}")

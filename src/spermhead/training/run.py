@@ -589,6 +589,14 @@ def run_fold(cfg: RunConfig, table: SampleTable, images: np.ndarray, fold: Fold,
                           kept_epochs=info.get("kept_epochs", 0),
                           fold_seconds=info.get("fold_seconds", info["seconds"]), read_back=True)
     fold_dir.mkdir(parents=True, exist_ok=True)
+    # the split a fold's fits began on: a fit interrupted mid-way goes on from its checkpoint only
+    # on the same one (a finished fold's done.json and a refit's first.json carry it too)
+    began = fold_dir / "split.json"
+    if resume and began.is_file() and json.loads(began.read_text()).get("split") != digest:
+        raise ConfigError(f"{fold_dir}: this fold began training on another split (renamed, replaced or "
+                          "relabelled images, or an older spermhead's carving); --resume would go on from a "
+                          "checkpoint of the other one: start again with --overwrite")
+    began.write_text(json.dumps({"split": digest}))
     fit = {"progress": progress, "resume": resume, "shape_features": shape_features, "groups": groups}
     # A refit's first fit is done with once validation is scored; its record lets --resume go
     # straight to the refit (the same seed gives the same first fit, but training it again is slow).

@@ -225,7 +225,8 @@ def selection_about(base: RunConfig, *, synthetic: bool, fixed_split: bool,
     scored = f"scored as fused answers ({fused})" if fused else "scored alone (no fused second opinions)"
     # --variants trains each model in every colour and L2 setting: the rows name theirs
     colour = "each variant's colour and L2 (its row)" if variants else base.preprocess.color
-    validation = (VALIDATION[kind] if base.train.val_fraction > 0 else
+    # val_fraction carves CV's validation parts; a folder or random split brings its own
+    validation = (VALIDATION[kind] if kind != "cv" or base.train.val_fraction > 0 else
                   "none (val_fraction 0): ★ is chosen on the test figures")
     return (f"{base.dataset}{images}, {protocol}, seed {base.seed}; {base.train.epochs} epoch{'s' * (base.train.epochs != 1)}, "
             f"{base.preprocess.image_size} px {colour}, recipe {base.train.recipe}; {start} "

@@ -156,6 +156,7 @@ async function handleFiles(fileList) {
   }
   if (sample !== sampleNumber) return; // the page was cleared while the last batch was out
   await showSample(); // before the status line, which thus says when the page is settled
+  if (sample !== sampleNumber) return; // ... or while the shares were on their way
   statusLine.textContent = `${classifiedOnPage} classified on this page`
     + (failedOnPage ? `, ${failedOnPage} could not be used` : "")
     + (headless ? ` · no head found in ${headless} (not in the class shares)` : "");
@@ -169,6 +170,7 @@ function shareText(row, key, star) {
 // The class shares of every head on the page, as predict gives a folder's (POST /api/composition).
 async function showSample() {
   if (predicted.length < minHeads) return;
+  const sample = sampleNumber;
   let body;
   try {
     const response = await fetch("api/composition", {
@@ -178,10 +180,12 @@ async function showSample() {
     if (!response.ok) throw new Error(await errorText(response));
     body = await response.json();
   } catch (e) {
+    if (sample !== sampleNumber) return; // New sample was pressed meanwhile: not this page's
     samplePanel.replaceChildren(el("div", { class: "err", text: `class shares unavailable: ${e.message}` }));
     samplePanel.hidden = false;
     return;
   }
+  if (sample !== sampleNumber) return; // the shares of a sample the page no longer shows
   const head = el("tr", {}, el("th", { text: "class" }), el("th", { text: "heads" }),
     el("th", { text: "counted (95% CI)" }));
   if (body.adjusted) head.append(el("th", { text: "adjusted for the model's errors" }));
