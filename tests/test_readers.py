@@ -42,6 +42,8 @@ def test_class_names_normalise():
     assert normalise_class_name("01_Normal") == "normal"
     assert normalise_class_name("04_Amorphous") == "amorphous"
     assert normalise_class_name("Weird") == "Weird"
+    # macOS writes "é" decomposed: the same class as the composed one, not a second that prints alike
+    assert normalise_class_name("Amorfe\u0301") == normalise_class_name("Amorf\u00e9") == "Amorf\u00e9"
 
 
 def _scian(tmp_path, lines, files, classes="0 Normal\n1 Tapered\n2 Pyriform\n3 Small\n5 Amorphous\n"):
@@ -72,6 +74,18 @@ def test_scian_folder_given_as_a_path_names_the_dataset_to_use(tmp_path):
     # read as class folders it would be one class, "Partial-Agreement-Images"
     with pytest.raises(DataError, match=f"name it scian-pa .* with --data-dir {tmp_path}$"):
         load_dataset(str(root))
+
+
+def test_scian_two_files_for_one_head_and_a_majority_the_votes_do_not_give_are_refused(tmp_path):
+    files = ["ch00_p1-pl2-sample1-sperm1.tif", "ch00_p1-pl2-sample01-sperm01.TIFF"]
+    root = _scian(tmp_path, ["p1-pl2-sample01/Sperm_01\t0\t0\t0\t0\n"], files)
+    with pytest.raises(DataError, match=r"name the same head \(p1-pl2, sample 1, sperm 1\)"):
+        read_scian(root)
+    for votes in ("0\t1\t2\t5", "0\t0\t0\t5"):  # a three-way tie; a majority column that is not the votes'
+        (tmp_path / "SCIAN-MorphoSpermGS").rename(tmp_path / f"old{votes[:5].replace(chr(9), '')}")
+        root = _scian(tmp_path, [f"p1-pl2-sample01/Sperm_01\t{votes}\n"], files[:1])
+        with pytest.raises(DataError, match=r"PA-expert-annotations.txt:1: majority code 5 is not the code at least two"):
+            read_scian(root)
 
 
 def test_scian_unknown_majority_code(tmp_path):
@@ -126,6 +140,30 @@ def test_fixed_split_folders(tmp_path):
     assert {s.split for s in table.samples} == {"train", "val", "test"}
 
 
+def test_split_folders_in_other_spellings_and_classes_missing_from_a_split(tmp_path, caplog):
+    def make(root, layout):
+        for split, classes in layout.items():
+            for cls in classes:
+                (root / split / cls).mkdir(parents=True)
+                Image.new("L", (8, 8)).save(root / split / cls / "a.png")
+        (root / "__MACOSX").mkdir()  # a macOS zip's leftover: no class, and no part
+        return root
+
+    # "Train/", "valid/" (as other tools write them): the lab's split, not three classes
+    both = ("ClassA", "ClassB")
+    table = load_dataset(str(make(tmp_path / "caps", {"Train": both, "valid": both, "TEST": both})))
+    assert table.has_fixed_split and table.classes == ["ClassA", "ClassB"]
+    assert sorted({s.split for s in table.samples}) == ["test", "train", "val"]
+    # a class the training part lacks cannot be learnt; one that test/ lacks is said
+    with pytest.raises(DataError, match="train/ has no images of ClassB"):
+        load_dataset(str(make(tmp_path / "untaught", {"train": ["ClassA"], "val": both, "test": both})))
+    with caplog.at_level("WARNING", logger="spermhead"):
+        load_dataset(str(make(tmp_path / "untested", {"train": both, "val": both, "test": ["ClassA"]})))
+    assert "test/ has no images of ClassB: its recall is not measured there" in caplog.text
+    plain = make(tmp_path / "plain", {".": both})  # class folders at the top, __MACOSX beside them
+    assert load_dataset(str(plain)).classes == ["ClassA", "ClassB"]
+
+
 @pytest.mark.real_data
 def test_partial_agreement_heads_as_extras_leave_every_total_agreement_head_out(real_data):
     from spermhead.data.extra import pool_extra_training
@@ -162,6 +200,18 @@ def test_summary_names_the_files_training_would_stop_on(tmp_path):
     assert "empty.png" in said and "[notes].png" in said
     listed = CliRunner().invoke(app, ["data", "summary", str(tmp_path / "lab"), "--json"])
     assert sorted(Path(u["path"]).name for u in json.loads(listed.stdout)["unusable"]) == ["[notes].png", "empty.png"]
+
+
+def test_summary_names_files_passed_over_for_their_suffix(tmp_path):
+    for cls in ("normal", "tapered"):
+        (tmp_path / "ds" / cls).mkdir(parents=True)
+        Image.new("L", (8, 8)).save(tmp_path / "ds" / cls / "a.png")
+    Image.new("L", (8, 8)).save(tmp_path / "ds" / "normal" / "b.gif")
+    result = CliRunner().invoke(app, ["data", "summary", str(tmp_path / "ds")], terminal_width=300)
+    assert result.exit_code == 0 and "1 file(s) passed over for their suffix, e.g." in result.output
+    assert "b.gif" in result.output
+    as_json = CliRunner().invoke(app, ["data", "summary", str(tmp_path / "ds"), "--json"])
+    assert json.loads(as_json.stdout.splitlines()[0])["skipped"][0].endswith("b.gif")
 
 
 def test_summary_warns_of_a_folder_with_one_class(tmp_path):

@@ -103,6 +103,14 @@ def data_summary(
         except ImageError as exc:
             failed.append((str(sample.path), exc))
     summary["unusable"] = [{"path": path, "error": str(exc)} for path, exc in failed]
+    # a folder's files passed over for their suffix (a GIF, a WebP): said, not silently missing
+    from spermhead.data.readers import skipped_files
+
+    skipped = skipped_files(Path(name)) if Path(name).is_dir() else []
+    summary["skipped"] = [str(p) for p in skipped]
+    if skipped and not as_json:
+        err_console.print(f"note: {len(skipped)} file(s) passed over for their suffix, e.g. {skipped[0]}",
+                          highlight=False, soft_wrap=True)
     if as_json:
         print(json.dumps(summary))
     else:

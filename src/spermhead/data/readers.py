@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import unicodedata
 from collections.abc import Callable
 from pathlib import Path
 
@@ -28,7 +29,9 @@ def default_data_dir() -> Path:
 
 
 def normalise_class_name(folder: str) -> str:
-    """`01_Normal` -> `normal`; names that are not WHO classes are kept as they are."""
+    """`01_Normal` -> `normal`; names that are not WHO classes are kept as they are, in Unicode's
+    composed form (macOS writes "é" as e + accent: one class, not two that print alike)."""
+    folder = unicodedata.normalize("NFC", folder)
     stripped = _bare_name(folder)
     return stripped if stripped in WHO_CLASSES else folder
 
@@ -108,7 +111,11 @@ def read_scian(root: Path, *, agreement: str = "partial", drop: tuple[str, ...] 
         m = _SCIAN_FILE.match(p.name)
         if not m:
             raise DataError(f"{p}: file name does not follow ch00_<group>-sampleN-spermN.tif")
-        files[(m["group"], int(m["sample"]), int(m["sperm"]))] = p
+        key = (m["group"], int(m["sample"]), int(m["sperm"]))
+        if key in files:  # e.g. sample1 and sample01: one would silently stand for the other
+            raise DataError(f"{p} and {files[key]} name the same head ({key[0]}, sample {key[1]}, sperm {key[2]}); "
+                            "keep one")
+        files[key] = p
 
     samples, used = [], set()
     for n, line in enumerate(annotations.read_text().splitlines(), 1):
@@ -130,6 +137,10 @@ def read_scian(root: Path, *, agreement: str = "partial", drop: tuple[str, ...] 
         experts = tuple(codes.get(v, f"code{v}") for v in votes[:3])
         if votes[3] not in codes:
             raise DataError(f"{where}: majority label code {votes[3]} is not in classes.txt")
+        # the file's majority column is checked against the three votes it sums up
+        if max(votes[:3].count(v) for v in votes[:3]) < 2 or votes[:3].count(votes[3]) < 2:
+            raise DataError(f"{where}: majority code {votes[3]} is not the code at least two of the votes "
+                            f"{' '.join(votes[:3])} agree on")
         label = codes[votes[3]]
         if agreement == "total" and len(set(votes[:3])) != 1:
             continue
@@ -154,21 +165,54 @@ def read_class_folders(root: Path) -> SampleTable:
     if (root / "PA-expert-annotations.txt").is_file():  # its labels are in that file, not in folders
         raise DataError(f"{root}: is SCIAN-MorphoSpermGS, whose labels are in PA-expert-annotations.txt; name it "
                         f"scian-pa (or scian-ta, scian-pa4) with --data-dir {root.parent}")
-    splits = [d for d in ("train", "val", "test") if (root / d).is_dir()]
-    if splits:
-        if len(splits) != 3:
-            missing = sorted({"train", "val", "test"} - set(splits))
-            raise DataError(f"{root}: has {'/'.join(splits)} but lacks {'/'.join(missing)}")
+    found = split_folders(root)
+    if found:
+        if len(found) != 3:
+            missing = sorted({"train", "val", "test"} - set(found))
+            raise DataError(f"{root}: has {'/'.join(d.name for d in found.values())} but lacks {'/'.join(missing)}")
         samples = []
-        for split in splits:
-            samples += _class_folder_samples(root / split, root.name, split)
+        for split in ("train", "val", "test"):
+            samples += _class_folder_samples(found[split], root.name, split)
+        check_split_classes(root, samples)
     else:
         samples = _class_folder_samples(root, root.name, "")
     return SampleTable(root.name, samples, synthetic=_rendered(root))
 
 
+SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
+
+
+def split_folders(root: Path) -> dict[str, Path]:
+    """The dataset's train/val/test folders, named in any case ("Train/") and "valid/" or
+    "validation/" for val, as other tools write them."""
+    found: dict[str, Path] = {}
+    for d in sorted(root.iterdir()):
+        if d.is_dir() and (split := SPLIT_NAMES.get(d.name.lower())) is not None:
+            if split in found:
+                raise DataError(f"{root}: {found[split].name}/ and {d.name}/ are both its {split} part; keep one")
+            found[split] = d
+    return found
+
+
+def check_split_classes(root: Path, samples: list[Sample]) -> None:
+    """A class the training part lacks cannot be learnt: refused. One that val/ or test/ lacks
+    is said, since its recall there is then unmeasured."""
+    by_split = {split: {s.label for s in samples if s.split == split} for split in ("train", "val", "test")}
+    every = set().union(*by_split.values())
+    if lacking := sorted(every - by_split["train"]):
+        raise DataError(f"{root}: train/ has no images of {', '.join(lacking)}, which val/ or test/ hold; a model "
+                        "cannot learn a class it never sees")
+    for split in ("val", "test"):
+        if lacking := sorted(every - by_split[split]):
+            log.warning("%s: %s/ has no images of %s: %s", root, split, ", ".join(lacking),
+                        "its recall is not measured there" if split == "test" else
+                        "checkpoint choice and the balanced point rest on the other classes")
+
+
 def _class_folder_samples(folder: Path, source: str, split: str) -> list[Sample]:
-    class_dirs = sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+    # macOS's zip leaves __MACOSX/ beside the folders it packed: no class
+    class_dirs = sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".")
+                        and d.name != "__MACOSX")
     if not class_dirs:
         raise DataError(f"{folder}: no class subfolders")
     samples = []
@@ -190,7 +234,7 @@ def _class_folder_samples(folder: Path, source: str, split: str) -> list[Sample]
 
 
 def _class_like(name: str) -> bool:
-    return normalise_class_name(name) in WHO_CLASSES or name.lower() in ("train", "val", "test")
+    return normalise_class_name(name) in WHO_CLASSES or name.lower() in SPLIT_NAMES
 
 
 def _warn_if_misspelt(folder: Path, label: str) -> None:
