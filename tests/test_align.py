@@ -153,6 +153,17 @@ def test_black_padding_corners_are_not_the_head():
     assert canon.image.min() > 30  # the corners were painted with the background
 
 
+def test_black_padding_is_painted_in_an_image_reduced_for_segmentation():
+    """Over 256 px the geometry comes from a reduced copy, and the full-size original is warped:
+    its black corners are painted over too, with a wide margin that reaches them."""
+    img = render(0, size=35, length=22, width=13, bg=(170, 170, 170), head=(70, 70, 70))
+    corners = [np.array(p, np.int32) for p in ([[0, 0], [14, 0], [0, 14]], [[34, 34], [16, 34], [34, 16]])]
+    cv2.fillPoly(img, corners, (0, 0, 0))
+    big = cv2.resize(img, (350, 350), interpolation=cv2.INTER_NEAREST)  # over the working size
+    canon = canonicalize(big, PreprocessConfig(image_size=64, color="gray", margin=0.6))
+    assert canon.aligned and canon.image.min() > 30  # no black corner in the crop
+
+
 def test_neighbour_at_the_edge_is_not_chosen():
     img = render(80)
     cv2.ellipse(img, (125, 10), (25, 14), 30, 0, 360, PURPLE, -1)  # a bigger head cut by the edge

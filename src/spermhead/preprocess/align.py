@@ -136,6 +136,17 @@ def _padding_mask(rgb: np.ndarray, r: np.ndarray, g: np.ndarray, b: np.ndarray) 
     return cv2.dilate(mask, _disk(1))
 
 
+def _paint_padding(rgb: np.ndarray, background: np.ndarray) -> np.ndarray:
+    """`rgb` with its black padding (`_padding_mask`) in the background colour; itself where it has none."""
+    r, g, b = cv2.split(rgb)
+    padding = _padding_mask(rgb, r, g, b)
+    if padding is None:
+        return rgb
+    painted = rgb.copy()
+    painted[padding > 0] = np.round(background).astype(np.uint8)
+    return painted
+
+
 def _touches_edge(rect: Sequence[int], w: int, h: int) -> bool:
     x, y, bw, bh = rect
     return x == 0 or y == 0 or x + bw == w or y + bh == h
@@ -542,8 +553,9 @@ def canonicalize(rgb: np.ndarray, cfg: PreprocessConfig) -> CanonicalImage:
     # counter-clockwise as displayed (y points down), in (-180, 180]
     rotation = -((180.0 - math.degrees(head.theta)) % 360.0 - 180.0)
     k = scene.scale
-    # a reduced copy found the geometry: warp the full-resolution original
-    source = scene.rgb if k == 1.0 else rgb
+    # a reduced copy found the geometry: warp the full-resolution original, its black rotation
+    # padding painted over as the working copy's was
+    source = scene.rgb if k == 1.0 else _paint_padding(rgb, scene.background)
     centre = (head.centre[0] / k, head.centre[1] / k) if k != 1.0 else head.centre
     if cfg.scale == "image":
         side = float(min(rgb.shape[:2]))  # fixed magnification: absolute head size survives
