@@ -374,7 +374,7 @@ def test_selection_at_the_balanced_point_chooses_on_its_balanced_validation_scor
     column and the ★ must be at the same point, and a run's own warning stays with the table."""
     def row(model: str, at_accuracy: float, at_balanced: float, notes: list[str]) -> dict:
         return {"model": model, "accuracy": 0.5, "balanced_accuracy": 0.5,
-                "metrics": {"operating_point": "balanced", "notes": notes,
+                "metrics": {"operating_point": "balanced", "notes": notes, "caveats": notes,
                             "validation": {"n": 40, "accuracy": 0.8, "balanced_accuracy": at_accuracy,
                                            "balanced_point": {"accuracy": 0.6, "balanced_accuracy": at_balanced}}}}
 
@@ -437,7 +437,7 @@ def test_a_report_naming_a_file_that_is_not_utf8_is_written_whole(tmp_path: Path
     m = compute_metrics(Predictions.from_model_output([s.id for s in table.samples], probs, table))
     latin1 = os.fsdecode(b"/data/caf\xe9")  # how Python names a Latin-1 folder on a UTF-8 system
     text = write_report(tmp_path, {"dataset": latin1}, m, {}, {"note": latin1}).read_text(encoding="utf-8")
-    assert "/data/caf\ufffd" in text and text.rstrip().endswith("</html>")
+    assert "/data/caf\\xe9" in text and text.rstrip().endswith("</html>")  # as predict's CSV rows write it
 
 
 def test_a_single_splits_report_shows_no_fold_spread(tmp_path: Path) -> None:

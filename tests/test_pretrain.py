@@ -106,6 +106,7 @@ def test_a_backbone_pretrained_on_the_test_images_is_said_to_have_seen_them(tmp_
         leaky = train_run(quick_config(data, tmp_path / "leaky", weights=str(out), epochs=1, cv=2), progress=False)
     said = "was pretrained (without labels) on 24 of these 24 images"
     assert said in caplog.text and any(said in n for n in leaky.metrics["notes"])
+    assert any(said in n for n in leaky.metrics["caveats"])  # what a selection table carries beside the row
     assert json.loads((leaky.out / "run.json").read_text())["init"]["saw"] == 24
     fresh = write_separable(tmp_path / "other", n_per_class=6, seed=9)  # other images: nothing to say
     caplog.clear()

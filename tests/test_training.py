@@ -267,6 +267,7 @@ def test_a_fixed_split_names_heads_on_both_sides_of_it(tmp_path, caplog):
     # and the run says so beside its figures (metrics.json, the report, a selection table)
     result = train_run(quick_config(root, tmp_path / "run", cv=None, split="folders", epochs=1), progress=False)
     assert any("1 head is in train/ and also" in n and "flatter the model" in n for n in result.metrics["notes"])
+    assert result.metrics["caveats"] == [n for n in result.metrics["notes"] if "in train/ and also" in n]
 
 
 def test_a_learning_curve_point_shrinks_only_the_training_sides(separable):

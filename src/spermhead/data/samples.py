@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,13 @@ WHO_CLASSES = ("normal", "tapered", "pyriform", "small", "amorphous")
 # Windows share's Latin-1) reaches its id as lone surrogates, which strict UTF-8 cannot write:
 # surrogateescape writes the name's own bytes and reads them back as the same id.
 CSV_FILE = {"newline": "", "encoding": "utf-8", "errors": "surrogateescape"}
+
+
+def printable(text: str) -> str:
+    """A file name (or text holding one) as rows and reports record it: bytes that are not UTF-8
+    (a name from an old Windows share, held by Python as surrogates) written as escapes, so every
+    table, CSV, JSON and HTML page can hold it."""
+    return os.fsencode(text).decode("utf-8", "backslashreplace")
 
 
 @dataclass(frozen=True)

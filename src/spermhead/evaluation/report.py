@@ -15,6 +15,7 @@ import yaml
 
 from spermhead.config import environment as current_environment
 from spermhead.config import fusion_text
+from spermhead.data.samples import printable
 from spermhead.evaluation.composition import largest_sample
 
 PLOT_TITLES = {
@@ -52,16 +53,6 @@ pre{background:#f6f8fa;padding:.7rem;overflow:auto;font-size:.85rem;border:1px s
 
 def esc(value: Any) -> str:
     return html.escape(str(value), quote=True)
-
-
-def readable(text: str) -> str:
-    """`text` writable as UTF-8: a file name's undecodable bytes, which ids and paths keep as
-    surrogates (`CSV_FILE`), become U+FFFD instead of stopping the write."""
-    try:
-        raw = text.encode("utf-8", "surrogateescape")
-    except UnicodeEncodeError:  # a surrogate that is no escaped byte
-        raw = text.encode("utf-8", "surrogatepass")
-    return raw.decode("utf-8", "replace")
 
 
 def fmt(value: Any, digits: int = 3) -> str:
@@ -384,5 +375,5 @@ def write_report(
         + "</body></html>\n"
     )
     path = run_dir / "report.html"
-    path.write_text(readable(doc), encoding="utf-8")
+    path.write_text(printable(doc), encoding="utf-8")  # a non-UTF-8 file name stops nothing
     return path

@@ -11,8 +11,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from spermhead.data.samples import CSV_FILE
-from spermhead.evaluation.report import CSS, esc, readable
+from spermhead.data.samples import CSV_FILE, printable
+from spermhead.evaluation.report import CSS, esc
 
 COLUMNS = [
     "model",
@@ -195,12 +195,6 @@ def cell_text(row: Mapping[str, Any], key: str) -> str:
     return str(v)
 
 
-# Words of the run notes that bear on how far a row's figures can be trusted (training/run.py):
-# a --weights file that saw these images, twins across a fixed split (synthetic heads are said in
-# the table's header)
-RUN_WARNINGS = ("flatter",)
-
-
 def _md_escape(s: str) -> str:
     return s.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
 
@@ -224,10 +218,9 @@ def write_selection(rows: Sequence[Mapping[str, Any]], out_dir: Path | str, abou
     points = {(r.get("metrics") or {}).get("operating_point") for r in rows} - {None}
     if len(points) == 1:
         note += f"Every figure, validation and test, is at the {points.pop()} operating point. "
-    # what a run said of its own figures (a --weights file that saw these images, twins across a
-    # fixed split) stays beside them
-    warnings = [f"{r.get('model', '')}: {n}" for r in rows for n in (r.get("metrics") or {}).get("notes") or []
-                if any(word in n for word in RUN_WARNINGS)]
+    # what a run said flatters its own figures (a --weights file that saw these images, twins across
+    # a fixed split: its metrics' caveats) stays beside them
+    warnings = [f"{r.get('model', '')}: {n}" for r in rows for n in (r.get("metrics") or {}).get("caveats") or []]
     if chosen_on_validation(table):
         note += (BEST_MARK + " marks the best validation balanced accuracy (then accuracy), pooled over "
                  "the validation parts (never test images); the test folds took no part "
@@ -261,7 +254,7 @@ def write_selection(rows: Sequence[Mapping[str, Any]], out_dir: Path | str, abou
         md.append("| " + " | ".join(cells) + " |")
     md_path = out_dir / "selection.md"
     lead = f"{about}\n\n" if about else ""
-    md_path.write_text(readable("# Model selection\n\n" + lead + "\n".join(md) + f"\n\n{note}\n"), encoding="utf-8")
+    md_path.write_text(printable("# Model selection\n\n" + lead + "\n".join(md) + f"\n\n{note}\n"), encoding="utf-8")
 
     head = "".join(f"<th>{esc(h)}</th>" for _, h in DISPLAY)
     body = []
@@ -272,7 +265,7 @@ def write_selection(rows: Sequence[Mapping[str, Any]], out_dir: Path | str, abou
         cls = ' class="best"' if r["best"] else ""
         body.append(f"<tr{cls}>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     html_path = out_dir / "selection.html"
-    html_path.write_text(readable(
+    html_path.write_text(printable(
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>Model selection</title>'
         f"<style>{CSS}</style></head><body><h1>Model selection</h1>"
         + (f"<p>{html.escape(about)}</p>" if about else "") +

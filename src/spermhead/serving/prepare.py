@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
-import os
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import BrokenExecutor, Future, ProcessPoolExecutor
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from spermhead.config import PreprocessConfig
+from spermhead.data.samples import printable
 from spermhead.errors import ImageError, SpermheadError
 
 log = logging.getLogger(__name__)
@@ -58,12 +58,6 @@ def error_row(name: str, path: str | None, exc: BaseException) -> dict[str, Any]
         log.exception("unexpected error while processing %s", name)
         status, message = 500, f"{name}: internal error while processing the image ({type(exc).__name__}: {exc})"
     return {"name": name, "path": path, "ok": False, "status": status, "error": message}
-
-
-def printable(path: str) -> str:
-    """A file name as rows record it: bytes that are not UTF-8 (a name from an old Windows share,
-    held by Python as surrogates) written as escapes, so every table, CSV and JSON can hold it."""
-    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 def prepare_array(rgb: np.ndarray, cfg: PreprocessConfig, name: str, path: str | None = None) -> Prepared:

@@ -769,10 +769,14 @@ def train_run(cfg: RunConfig, *, overwrite: bool = False, resume: bool = False,
     metrics["alignment"] = {"aligned": int(sum(c.aligned for c in canon)), "total": len(canon)}
     if table.synthetic:  # said where the figures are read, so no one takes them for a real dataset's
         metrics["notes"] = [*metrics.get("notes", []), SYNTHETIC_NOTE]
-    if weights_saw:
-        metrics["notes"] = [*metrics.get("notes", []), weights_saw_note(cfg, weights_saw, n_own)]
-    if cfg.protocol.kind == "folders" and (crossing := split_twins_note(table, folds[0], groups)):
-        metrics["notes"] = [*metrics.get("notes", []), crossing]  # kept where the figures are read
+    # what makes these figures flatter the model, kept where they are read; `caveats` lets a
+    # selection table carry them beside its rows
+    caveats = [note for note in (weights_saw_note(cfg, weights_saw, n_own) if weights_saw else None,
+                                 split_twins_note(table, folds[0], groups) if cfg.protocol.kind == "folders" else None)
+               if note]
+    if caveats:
+        metrics["notes"] = [*metrics.get("notes", []), *caveats]
+        metrics["caveats"] = caveats
     share_checks = {point: check for point, (pred, _) in scored.items()
                     if (check := check_intervals(pred.true_indices, pred.pred_indices, pred.folds, pred.classes))}
     metrics["share_check"] = share_checks.get(cfg.operating_point)
