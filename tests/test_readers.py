@@ -128,6 +128,18 @@ def test_a_labs_class_folders_kept_by_session_are_read_whole_and_hidden_files_le
     assert len(said) == 1 and table.classes == ["normal", "amorphous", "Abnormal", "Normall", "other"]
 
 
+def test_a_session_linked_into_a_class_folder_is_read_and_a_link_back_up_does_not_loop(tmp_path):
+    (tmp_path / "elsewhere" / "day 2").mkdir(parents=True)
+    (tmp_path / "elsewhere" / "day 2" / "b.png").write_bytes(b"x")
+    for cls in ("Normal", "Tapered"):
+        (tmp_path / "lab" / cls).mkdir(parents=True)
+        (tmp_path / "lab" / cls / "a.png").write_bytes(b"x")
+    (tmp_path / "lab" / "Normal" / "day 2").symlink_to(tmp_path / "elsewhere" / "day 2")
+    (tmp_path / "lab" / "Tapered" / "up").symlink_to(tmp_path / "lab" / "Tapered")
+    table = load_dataset(str(tmp_path / "lab"))
+    assert sorted(s.id for s in table.samples) == ["Normal/a.png", "Normal/day 2/b.png", "Tapered/a.png"]
+
+
 def test_fixed_split_folders(tmp_path):
     for split in ("train", "val", "test"):
         for cls in ("01_Normal", "Tapered"):

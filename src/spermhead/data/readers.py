@@ -44,9 +44,25 @@ def _bare_name(folder: str) -> str:
 def _visible_files(folder: Path, nested: bool) -> list[Path]:
     """Files, sorted; hidden ones (".DS_Store", macOS's "._x.png" copies, anything in a hidden
     folder) are left out."""
-    found = folder.rglob("*") if nested else folder.iterdir()
+    found = _walk(folder) if nested else folder.iterdir()
     return sorted(p for p in found if p.is_file()
                   and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+
+
+def _walk(folder: Path) -> list[Path]:
+    """Every path under `folder`, following linked subfolders (a lab links in a session kept
+    elsewhere; rglob passes those over silently) but entering each real folder once, so a link
+    back up does not loop."""
+    seen: set[str] = set()
+    found: list[Path] = []
+    for top, dirs, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(top)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        found += [Path(top, name) for name in dirs + files]
+    return found
 
 
 def list_images(folder: Path, *, nested: bool = False) -> list[Path]:
