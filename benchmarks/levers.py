@@ -126,6 +126,8 @@ LEVERS: dict[str, dict] = {
     # another synthetic source model (other rendered heads, another training seed): a second
     # network per fold that differs in where it started (benchmarks/blend_sources.py)
     "src1": {"init_seed": 1},
+    "ls02": {"label_smoothing": 0.2},
+    "bs64": {"batch_size": 64},
 }
 
 
