@@ -549,9 +549,12 @@ def test_serve_reviews_a_named_dataset_from_the_data_folder_its_error_names(bund
         assert review["count"] == 8 and all(it["has_image"] for it in review["items"]), review["note"]
 
 
-def test_a_request_of_large_photographs_does_not_hold_the_small_ones_behind_it(bundle: Path, monkeypatch) -> None:
-    """A large upload is read and aligned in its own thread: while it is, a crop sent after it is
-    answered (before, the one batching worker read both, the large one first)."""
+@pytest.mark.parametrize("large_by", ["bytes", "pixels"])
+def test_a_request_of_large_photographs_does_not_hold_the_small_ones_behind_it(bundle: Path, monkeypatch,
+                                                                               large_by: str) -> None:
+    """A large upload is read and aligned in its own thread, off the worker's reading threads:
+    while it is, a crop sent after it is answered (before, the one batching worker read both, the
+    large one first). Large by its header's pixels too: a PNG of tens of megapixels can be a few kB."""
     import asyncio
     import threading
 
@@ -565,23 +568,30 @@ def test_a_request_of_large_photographs_does_not_hold_the_small_ones_behind_it(b
     Image.open(io.BytesIO(png(1))).resize((655, 655)).save(photo, format="PNG")
     big, small = photo.getvalue(), png(2)
     assert len(small) < len(big)
-    monkeypatch.setattr(app_module, "PREPARE_APART_BYTES", len(big))
+    if large_by == "bytes":
+        monkeypatch.setattr(app_module, "PREPARE_APART_BYTES", len(big))
+    else:
+        monkeypatch.setattr(app_module, "PREPARE_APART_PIXELS", 655 * 655)
     reading, release = threading.Event(), threading.Event()
     read = predictor.prepare_many_bytes
 
-    def slow(items):  # the large upload takes its time; the crop does not
+    def slow(items, pooled=True):  # the large upload takes its time; the crop does not
         if any(len(data) >= len(big) for _, data in items):
+            assert not pooled  # the reading threads stay the small requests'
             reading.set()
             release.wait(20)
-        return read(items)
+        return read(items, pooled)
 
     monkeypatch.setattr(predictor, "prepare_many_bytes", slow)
 
     async def both() -> None:
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=web), base_url="http://spermhead") as c:
             first = asyncio.create_task(c.post("/api/predict", files=[("files", ("big.png", big))]))
-            while not reading.is_set():
+            for _ in range(2000):
+                if reading.is_set() or first.done():
+                    break
                 await asyncio.sleep(0.01)
+            assert reading.is_set(), "the large upload was not read apart"
             answer = await asyncio.wait_for(c.post("/api/predict", files=[("files", ("crop.png", small))]), 10)
             assert answer.status_code == 200 and not first.done()
             release.set()

@@ -294,7 +294,11 @@ class Predictor:
         prepared = self.prepare_many_bytes(items)
         return self.classify(prepared)
 
-    def prepare_many_bytes(self, items: Sequence[tuple[str, bytes]]) -> list[Prepared | dict[str, Any]]:
+    def prepare_many_bytes(self, items: Sequence[tuple[str, bytes]], pooled: bool = True
+                           ) -> list[Prepared | dict[str, Any]]:
+        """Uploads read and aligned; `pooled`: by the shared reading threads, else one by one here."""
+        if not pooled:
+            return [self._prepare_safe(data, name) for name, data in items]
         return self._map(lambda name, data: self._prepare_safe(data, name), list(items))
 
     def close_workers(self) -> None:
