@@ -1105,7 +1105,7 @@ def export(
     model = bundle_folder(model)
     # the bundle's own model.onnx is derived from its weights and simply made again; another file is kept
     own = onnx is None or onnx.resolve() == (model / ONNX_NAME).resolve()
-    check_output_file(onnx, "--onnx", overwrite=overwrite or own)
+    check_output_file(onnx or model / ONNX_NAME, "--onnx", overwrite=overwrite or own)
     report = export_onnx(model, onnx or model / ONNX_NAME)
     console.print(report.summary(), highlight=False)
     meta = json.loads((model / "model.json").read_text())

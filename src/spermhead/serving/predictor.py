@@ -342,8 +342,9 @@ def expand_inputs(specs: Iterable[Path | str]) -> list[Path]:
             out += list_images(path, nested=True)
         elif not path.exists() and _GLOB_CHARS & set(str(spec)):
             matches = sorted(Path(m) for m in glob(str(spec), recursive=True))
-            files = [m for m in matches if m.is_file()]
-            out += files or [path]
+            # a folder matched is read as a folder named is (Windows shells leave globs to us)
+            found = [f for m in matches for f in (list_images(m, nested=True) if m.is_dir() else [m])]
+            out += found or [path]
         else:
             out.append(path)
     return out
