@@ -240,6 +240,8 @@ def test_the_request_limit_holds_a_full_page_batch_at_the_file_limit(bundle: Pat
 
     with pytest.raises(ConfigError, match="--max-request-mb 10 is below --max-upload-mb 50"):
         create_app(bundle, max_upload_mb=50, max_request_mb=10)
+    with pytest.raises(ConfigError, match="--max-request-mb 10 is below"):  # before the model loads (minutes with --review)
+        create_app(bundle / "no such bundle", max_upload_mb=50, max_request_mb=10)
     for nothing in (0, -5):  # a server that would refuse every file does not start
         with pytest.raises(ConfigError, match=f"--max-upload-mb {nothing}: must be above 0"):
             create_app(bundle, max_upload_mb=nothing)
@@ -620,3 +622,15 @@ def test_serve_says_first_that_its_port_is_taken(bundle: Path, monkeypatch) -> N
         result = CliRunner().invoke(app, ["serve", "--model", str(bundle), "--port", str(port)], terminal_width=200)
     assert result.exit_code == 2 and f"127.0.0.1:{port}: cannot listen there" in result.output
     assert "give another --port" in result.output and "serving" not in result.output
+
+
+def test_an_app_served_a_second_time_still_answers(bundle: Path) -> None:
+    """The batching worker ends with the server; an app served again (a program embedding it, a
+    test) starts another, where /api/predict hung while /health answered."""
+    web = create_app(bundle)
+    for _ in range(2):
+        with TestClient(web) as c:
+            # asked first: a request to a worker that is gone would wait for ever
+            assert web.state.batcher.thread.is_alive(), "no batching worker"
+            answer = c.post("/api/predict", files=[("files", ("a.png", png(1)))])
+            assert answer.status_code == 200 and answer.json()["results"][0]["ok"]

@@ -88,6 +88,9 @@ def test_export_cli_then_onnx_backend_matches_torch(bundle: Path, tmp_path: Path
         Image.fromarray(rgb).save(paths[-1])
     with Predictor(bundle) as pt, Predictor(bundle, backend="onnx") as po:
         assert po.onnx_path == bundle / ONNX_NAME  # found beside the bundle, not re-exported
+        import torch  # --threads sets torch's count; onnxruntime took every core
+
+        assert po.model.session.get_session_options().intra_op_num_threads == torch.get_num_threads()
         a = np.array([[r["probabilities"][c] for c in CLASSES] for r in pt.predict_files(paths)])
         b = np.array([[r["probabilities"][c] for c in CLASSES] for r in po.predict_files(paths)])
     assert np.abs(a - b).max() <= PARITY_TOLERANCE

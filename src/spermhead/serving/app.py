@@ -588,6 +588,12 @@ def create_app(
     run folder or its predictions.csv (`review_data`: where that run's images are)."""
     if not max_upload_mb > 0:  # before the model loads: 0 or less would refuse every file
         raise ConfigError(f"--max-upload-mb {max_upload_mb:g}: must be above 0 (megabytes per file)")
+    # A whole request may hold several files; cap it so a client cannot fill the disk.
+    # By default it holds a full batch of the classify page's largest files, with room for the form.
+    request_cap = max_request_mb if max_request_mb is not None else max(200.0, PAGE_BATCH * max_upload_mb + 10)
+    if request_cap < max_upload_mb:  # before the model loads and the review set is scored, too
+        raise ConfigError(f"--max-request-mb {request_cap:g} is below --max-upload-mb {max_upload_mb:g}: no file "
+                          "that large could be sent")
     owned = predictor is None  # the app closes what it opened, not a caller's predictor
     predictor = predictor or Predictor(bundle_dir, backend=backend, max_pixels=max_pixels,
                                        operating_point=operating_point)
@@ -600,6 +606,8 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if not app.state.batcher.thread.is_alive():  # an app served again (tests, an embedding program)
+            app.state.batcher = Batcher(service, max_images=max_batch_images)
         yield
         app.state.batcher.close()  # the worker thread ends with the server
         if owned:
@@ -616,12 +624,6 @@ def create_app(
     )
     app.state.service = service
     app.state.batcher = Batcher(service, max_images=max_batch_images)
-    # A whole request may hold several files; cap it so a client cannot fill the disk.
-    # By default it holds a full batch of the classify page's largest files, with room for the form.
-    request_cap = max_request_mb if max_request_mb is not None else max(200.0, PAGE_BATCH * max_upload_mb + 10)
-    if request_cap < max_upload_mb:
-        raise ConfigError(f"--max-request-mb {request_cap:g} is below --max-upload-mb {max_upload_mb:g}: no file "
-                          "that large could be sent")
     service.max_request = int(request_cap * MB)
     app.add_middleware(BodyLimit, limit=int(request_cap * MB))
 

@@ -9,7 +9,7 @@ Result rows (plain dicts, JSON-ready):
     ok       {"name", "path", "ok": True, "status": 200, "class", "confidence",
               "probabilities": {class: p}, "uncertain", "aligned", "alignment", "head_found", "morphometrics",
               "acquisition": {descriptor: value}, "unlike_training": [reason, ...]}
-    failure  {"name", "path", "ok": False, "status": 400|404|413|415|500, "error": "<name>: <problem>"}
+    failure  {"name", "path", "ok": False, "status": 400|413|415|500, "error": "<name>: <problem>"}
 `status` is the HTTP code the API answers with for that file. `unlike_training` names each way
 the image lies outside the bundle's training images (preprocess/acquisition.py); empty when it
 does not, or when the bundle predates the check.
@@ -109,7 +109,8 @@ class Predictor:
         self._tmpdir: tempfile.TemporaryDirectory[str] | None = None
         if backend == "onnx":
             self.onnx_path = self._find_or_export_onnx(onnx_path)
-            self.model = OrtModule(self.onnx_path)
+            # as many threads as torch has: --threads limits both backends (onnxruntime took every core)
+            self.model = OrtModule(self.onnx_path, threads=torch.get_num_threads())
         # Decoding and alignment are OpenCV/PIL work that mostly releases the GIL, so a few
         # threads overlap it; 0 picks a small default from the CPU count.
         self.workers = workers if workers > 0 else min(4, os.cpu_count() or 1)
