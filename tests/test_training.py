@@ -950,6 +950,21 @@ def test_resume_names_a_folder_with_no_run(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
+def test_overwrite_with_resume_is_refused_not_taken_as_resume(separable, tmp_path):
+    """Both went on with the run, the --overwrite unsaid (bench refused them together already)."""
+    from typer.testing import CliRunner
+
+    from spermhead.cli import app
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("an earlier run's")
+    result = CliRunner().invoke(app, ["train", str(separable), "--out", str(run), "--overwrite", "--resume"])
+    assert result.exit_code == 2 and "--overwrite starts the run again and --resume goes on with it: give one" in " ".join(
+        result.output.split()), result.output
+    assert (run / "config.yaml").read_text() == "an earlier run's"
+
+
 def test_resume_alone_takes_a_relative_dataset_and_names_a_damaged_config(separable, tmp_path, monkeypatch):
     from typer.testing import CliRunner
 

@@ -382,8 +382,10 @@ def train(
     from spermhead.config import fusion_text, load_config
     from spermhead.errors import ConfigError
     from spermhead.training.options import absolute_path, build_run_config
-    from spermhead.training.run import train_run
+    from spermhead.training.run import check_run_dir, train_run
 
+    if overwrite and resume:  # before the run's config.yaml is read
+        check_run_dir(out, overwrite=overwrite, resume=resume)
     # a resume without --config starts from the run's own settings: options given with it are
     # then what it is asked to change (refused unless they only say where it runs), not the recipe's
     # defaults against everything the run was started with

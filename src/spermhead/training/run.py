@@ -121,6 +121,8 @@ def check_run_dir(out: Path, *, overwrite: bool, resume: bool, inputs: Sequence[
     """Refuse an output that cannot become the run folder, before any image is read. --overwrite
     deletes the folder, so it replaces only a run folder (one with its config.yaml) that holds
     none of the run's `inputs`: `--out . --overwrite` once took the images with it."""
+    if overwrite and resume:  # it went on with the run, the --overwrite unsaid
+        raise ConfigError("--overwrite starts the run again and --resume goes on with it: give one")
     if out.exists() and not out.is_dir():
         raise ConfigError(f"{out}: is a file, not a folder; give --out a folder for the run")
     if not (out.is_dir() and any(out.iterdir())):
