@@ -240,6 +240,8 @@ def test_the_request_limit_holds_a_full_page_batch_at_the_file_limit(bundle: Pat
 
     with pytest.raises(ConfigError, match="--max-request-mb 10 is below --max-upload-mb 50"):
         create_app(bundle, max_upload_mb=50, max_request_mb=10)
+    with pytest.raises(ConfigError, match="--max-request-mb 10 is below"):  # before the model loads (minutes with --review)
+        create_app(bundle / "no such bundle", max_upload_mb=50, max_request_mb=10)
     for nothing in (0, -5):  # a server that would refuse every file does not start
         with pytest.raises(ConfigError, match=f"--max-upload-mb {nothing}: must be above 0"):
             create_app(bundle, max_upload_mb=nothing)
@@ -549,9 +551,12 @@ def test_serve_reviews_a_named_dataset_from_the_data_folder_its_error_names(bund
         assert review["count"] == 8 and all(it["has_image"] for it in review["items"]), review["note"]
 
 
-def test_a_request_of_large_photographs_does_not_hold_the_small_ones_behind_it(bundle: Path, monkeypatch) -> None:
-    """A large upload is read and aligned in its own thread: while it is, a crop sent after it is
-    answered (before, the one batching worker read both, the large one first)."""
+@pytest.mark.parametrize("large_by", ["bytes", "pixels"])
+def test_a_request_of_large_photographs_does_not_hold_the_small_ones_behind_it(bundle: Path, monkeypatch,
+                                                                               large_by: str) -> None:
+    """A large upload is read and aligned in its own thread, off the worker's reading threads:
+    while it is, a crop sent after it is answered (before, the one batching worker read both, the
+    large one first). Large by its header's pixels too: a PNG of tens of megapixels can be a few kB."""
     import asyncio
     import threading
 
@@ -565,23 +570,30 @@ def test_a_request_of_large_photographs_does_not_hold_the_small_ones_behind_it(b
     Image.open(io.BytesIO(png(1))).resize((655, 655)).save(photo, format="PNG")
     big, small = photo.getvalue(), png(2)
     assert len(small) < len(big)
-    monkeypatch.setattr(app_module, "PREPARE_APART_BYTES", len(big))
+    if large_by == "bytes":
+        monkeypatch.setattr(app_module, "PREPARE_APART_BYTES", len(big))
+    else:
+        monkeypatch.setattr(app_module, "PREPARE_APART_PIXELS", 655 * 655)
     reading, release = threading.Event(), threading.Event()
     read = predictor.prepare_many_bytes
 
-    def slow(items):  # the large upload takes its time; the crop does not
+    def slow(items, pooled=True):  # the large upload takes its time; the crop does not
         if any(len(data) >= len(big) for _, data in items):
+            assert not pooled  # the reading threads stay the small requests'
             reading.set()
             release.wait(20)
-        return read(items)
+        return read(items, pooled)
 
     monkeypatch.setattr(predictor, "prepare_many_bytes", slow)
 
     async def both() -> None:
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=web), base_url="http://spermhead") as c:
             first = asyncio.create_task(c.post("/api/predict", files=[("files", ("big.png", big))]))
-            while not reading.is_set():
+            for _ in range(2000):
+                if reading.is_set() or first.done():
+                    break
                 await asyncio.sleep(0.01)
+            assert reading.is_set(), "the large upload was not read apart"
             answer = await asyncio.wait_for(c.post("/api/predict", files=[("files", ("crop.png", small))]), 10)
             assert answer.status_code == 200 and not first.done()
             release.set()
@@ -610,3 +622,15 @@ def test_serve_says_first_that_its_port_is_taken(bundle: Path, monkeypatch) -> N
         result = CliRunner().invoke(app, ["serve", "--model", str(bundle), "--port", str(port)], terminal_width=200)
     assert result.exit_code == 2 and f"127.0.0.1:{port}: cannot listen there" in result.output
     assert "give another --port" in result.output and "serving" not in result.output
+
+
+def test_an_app_served_a_second_time_still_answers(bundle: Path) -> None:
+    """The batching worker ends with the server; an app served again (a program embedding it, a
+    test) starts another, where /api/predict hung while /health answered."""
+    web = create_app(bundle)
+    for _ in range(2):
+        with TestClient(web) as c:
+            # asked first: a request to a worker that is gone would wait for ever
+            assert web.state.batcher.thread.is_alive(), "no batching worker"
+            answer = c.post("/api/predict", files=[("files", ("a.png", png(1)))])
+            assert answer.status_code == 200 and answer.json()["results"][0]["ok"]

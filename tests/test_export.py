@@ -52,6 +52,28 @@ def test_parity_failure_is_loud(bundle: Path, tmp_path: Path, monkeypatch: pytes
     with pytest.raises(SpermheadError, match="differ from torch"):
         export_onnx(bundle, tmp_path / "m.onnx")
     assert not (tmp_path / "m.onnx").exists()
+    # a failed export again keeps the file it would have replaced, and leaves nothing beside it
+    (tmp_path / "m.onnx").write_bytes(b"the good export of last week")
+    with pytest.raises(SpermheadError, match="differ from torch"):
+        export_onnx(bundle, tmp_path / "m.onnx")
+    assert (tmp_path / "m.onnx").read_bytes() == b"the good export of last week"
+    assert [p.name for p in tmp_path.iterdir()] == ["m.onnx"]
+
+
+def test_export_where_it_cannot_write_is_an_error_naming_the_file(bundle: Path, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bundle on a read-only shared drive, a full disk: one line naming the file, no traceback
+    (os.access cannot foresee either: a root user passes it, a full disk is writable)."""
+    import onnx
+
+    def full(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(onnx, "save", full)
+    result = CliRunner().invoke(app, ["export", "--model", str(bundle)])
+    assert result.exit_code == 2, result.output
+    assert f"{bundle / ONNX_NAME}: cannot write the ONNX file there (No space left on device)" in " ".join(
+        result.output.split()) and "Traceback" not in result.output
 
 
 def test_export_cli_then_onnx_backend_matches_torch(bundle: Path, tmp_path: Path) -> None:
@@ -66,6 +88,9 @@ def test_export_cli_then_onnx_backend_matches_torch(bundle: Path, tmp_path: Path
         Image.fromarray(rgb).save(paths[-1])
     with Predictor(bundle) as pt, Predictor(bundle, backend="onnx") as po:
         assert po.onnx_path == bundle / ONNX_NAME  # found beside the bundle, not re-exported
+        import torch  # --threads sets torch's count; onnxruntime took every core
+
+        assert po.model.session.get_session_options().intra_op_num_threads == torch.get_num_threads()
         a = np.array([[r["probabilities"][c] for c in CLASSES] for r in pt.predict_files(paths)])
         b = np.array([[r["probabilities"][c] for c in CLASSES] for r in po.predict_files(paths)])
     assert np.abs(a - b).max() <= PARITY_TOLERANCE

@@ -121,6 +121,10 @@ def test_expand_inputs_globs_and_missing(folder: Path) -> None:
     assert [p.name for p in expand_inputs([str(folder / "*.bmp")])] == ["head1.bmp", "head3.bmp"]
     assert len(expand_inputs([str(folder / "**" / "*.png")])) == 4  # glob ** reaches sub/
     assert expand_inputs([str(folder / "none*.png")]) == [folder / "none*.png"]  # kept: becomes an error row
+    # a folder a glob matches is read as a folder named is (Windows shells leave globs to the program)
+    assert expand_inputs([str(folder / "s*")]) == [folder / "sub" / "head5.bmp"]
+    # a file matched is taken as named, as a shell would (notes.txt becomes an error row)
+    assert set(expand_inputs([str(folder / "*")])) == {*expand_inputs([folder]), folder / "notes.txt"}
 
 
 def test_predict_cli_folder_with_corrupt_file(bundle: Path, folder: Path, tmp_path: Path) -> None:

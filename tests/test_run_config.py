@@ -188,6 +188,8 @@ def test_other_versions_are_named(tmp_path: Path):
     ("train.lr", -0.1, "--lr -0.1: must be above 0"),
     ("train.label_smoothing", 1.0, "--label-smoothing 1.0: must be at least 0 and below 1"),
     ("train.members_per_fold", 0, "--members 0: must be at least 1"),
+    # one image a batch stopped a seed net mid-fold (BatchNorm1d), after the run folder was made
+    ("train.batch_size", 1, "--batch-size 1: must be at least 2 (images; batch normalisation needs two)"),
     ("train.ema", 1.5, "--ema 1.5: must be at least 0 and below 1"),
     ("protocol.kind", "loo", "protocol kind 'loo'"),
     # build_model takes it for every model: as a model option too it would come twice (a TypeError)

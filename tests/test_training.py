@@ -22,7 +22,7 @@ from PIL import Image
 
 from spermhead.config import ProtocolConfig, RunConfig, config_differences, load_config
 from spermhead.data.readers import load_dataset
-from spermhead.errors import ConfigError
+from spermhead.errors import ConfigError, SpermheadError
 from spermhead.evaluation.predictions import Predictions
 from spermhead.models.inference import apply_class_bias, predict_proba
 from spermhead.serving.bundle import load_bundle
@@ -215,6 +215,20 @@ def test_grouped_cv_keeps_each_group_in_one_part_of_every_fold():
     one_each = SampleTable("lab", samples[:60], CLASSES)  # two groups: a training side holds one
     with pytest.raises(ConfigError, match="one acquisition group"):
         make_folds(one_each, ProtocolConfig(kind="cv", folds=2, grouped=True, near_duplicates=0), seed=0, val_fraction=0.15)
+
+
+def test_grouped_cv_names_a_class_held_by_too_few_groups_not_near_duplicates():
+    """A class in one group leaves the fold that tests that group without it: said as such (it
+    was blamed on near-duplicates, with --near-duplicates 0 already given)."""
+    from spermhead.data.samples import Sample, SampleTable
+
+    samples = [Sample(f"g{g}/{c}{i}", Path(f"g{g}/{c}{i}.png"), c, "lab", group=f"g{g}")
+               for g in range(4) for c in CLASSES[:3] for i in range(5)]
+    samples += [Sample(f"g0/{CLASSES[3]}{i}", Path(f"g0/x{i}.png"), CLASSES[3], "lab", group="g0") for i in range(5)]
+    with pytest.raises(ConfigError, match=rf"--grouped: fold \d would train on no '{CLASSES[3]}' image: every one is "
+                                          r"in group g0, tested whole in that fold; use fewer folds than 3"):
+        make_folds(SampleTable("lab", samples, CLASSES), ProtocolConfig(kind="cv", folds=3, grouped=True,
+                                                                        near_duplicates=0), seed=0, val_fraction=0.15)
 
 
 def test_grouped_is_refused_for_a_split_and_a_tiny_class_is_named():
@@ -936,6 +950,21 @@ def test_resume_names_a_folder_with_no_run(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
+def test_overwrite_with_resume_is_refused_not_taken_as_resume(separable, tmp_path):
+    """Both went on with the run, the --overwrite unsaid (bench refused them together already)."""
+    from typer.testing import CliRunner
+
+    from spermhead.cli import app
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("an earlier run's")
+    result = CliRunner().invoke(app, ["train", str(separable), "--out", str(run), "--overwrite", "--resume"])
+    assert result.exit_code == 2 and "--overwrite starts the run again and --resume goes on with it: give one" in " ".join(
+        result.output.split()), result.output
+    assert (run / "config.yaml").read_text() == "an earlier run's"
+
+
 def test_resume_alone_takes_a_relative_dataset_and_names_a_damaged_config(separable, tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
@@ -1389,6 +1418,47 @@ def test_resume_refuses_folds_whose_images_were_renamed(separable, tmp_path):
     first.rename(first.with_name("zz_" + first.name))  # last of its class now: the split by position is unchanged
     with pytest.raises(ConfigError, match="this fold was split otherwise.*but other ones: renamed"):
         train_run(load_config(result.out / "config.yaml"), resume=True, progress=False)
+
+
+def test_resume_refuses_folds_whose_images_were_replaced_under_their_names(separable, tmp_path):
+    """The same names and labels, other pixels: the saved test answers are the old images'."""
+    data = tmp_path / "data"
+    shutil.copytree(separable, data)
+    result = train_run(quick_config(data, tmp_path / "r", cv=2, epochs=1), progress=False)
+    first = sorted((data / CLASSES[0]).iterdir())[0]
+    other = sorted((data / CLASSES[1]).iterdir())[0]
+    first.write_bytes(other.read_bytes())  # same suffix: the fixture writes one format
+    with pytest.raises(ConfigError, match="this fold was split otherwise.*but other ones: renamed, replaced"):
+        train_run(load_config(result.out / "config.yaml"), resume=True, progress=False)
+
+
+def test_final_refit_outside_cv_is_refused_not_ignored(separable, tmp_path):
+    """It was ignored under a fixed split while config.yaml said refit."""
+    with pytest.raises(ConfigError, match="--final refit .* is for CV; this run's protocol is a random split"):
+        train_run(quick_config(separable, tmp_path / "r", cv=None, split="60/20/20", final_model="refit"),
+                  progress=False)
+    assert not (tmp_path / "r").exists()
+
+
+def test_choosing_on_validation_with_no_validation_part_is_refused_not_ignored(separable, tmp_path):
+    """val_fraction 0 with --monitor val_acc kept each fit's last epoch while config.yaml said val_acc."""
+    for options, said in (({"monitor": "val_acc"}, "--monitor val_acc choose"),
+                          ({"patience": 5}, "--patience choose")):
+        with pytest.raises(ConfigError, match=f"{said} on each fold's validation part, and val_fraction 0 carves none"):
+            train_run(quick_config(separable, tmp_path / "r", cv=2, val_fraction=0.0, **options), progress=False)
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_diverged_fold_stops_the_run_naming_it_before_it_is_marked_done(separable, tmp_path, monkeypatch):
+    """A fit whose answers are NaN was scored as class 0 on validation, marked done, and stopped the
+    run at its end with a traceback that --resume met again."""
+    from spermhead.training import run as run_module
+
+    monkeypatch.setattr(run_module.FittedSide, "probs", lambda self, cfg, images, idx, shape: np.full((len(idx), 2),
+                                                                                                      np.nan))
+    with pytest.raises(SpermheadError, match="fold 0: training diverged .* lower --lr"):
+        train_run(quick_config(separable, tmp_path / "r", cv=2, epochs=1), progress=False)
+    assert not (tmp_path / "r" / "folds" / "fold0" / "done.json").exists()
 
 
 def test_seed_recipe_reproduces_the_report_settings():

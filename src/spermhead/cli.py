@@ -382,8 +382,10 @@ def train(
     from spermhead.config import fusion_text, load_config
     from spermhead.errors import ConfigError
     from spermhead.training.options import absolute_path, build_run_config
-    from spermhead.training.run import train_run
+    from spermhead.training.run import check_run_dir, train_run
 
+    if overwrite and resume:  # before the run's config.yaml is read
+        check_run_dir(out, overwrite=overwrite, resume=resume)
     # a resume without --config starts from the run's own settings: options given with it are
     # then what it is asked to change (refused unless they only say where it runs), not the recipe's
     # defaults against everything the run was started with
@@ -1105,7 +1107,7 @@ def export(
     model = bundle_folder(model)
     # the bundle's own model.onnx is derived from its weights and simply made again; another file is kept
     own = onnx is None or onnx.resolve() == (model / ONNX_NAME).resolve()
-    check_output_file(onnx, "--onnx", overwrite=overwrite or own)
+    check_output_file(onnx or model / ONNX_NAME, "--onnx", overwrite=overwrite or own)
     report = export_onnx(model, onnx or model / ONNX_NAME)
     console.print(report.summary(), highlight=False)
     meta = json.loads((model / "model.json").read_text())

@@ -35,6 +35,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import io
 import json
 import logging
 import queue
@@ -49,6 +51,7 @@ from fastapi import Body, FastAPI, File, HTTPException, Query, Request, UploadFi
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from PIL import Image
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from swagger_ui.utils import SWAGGER_UI_PY_ROOT
@@ -366,11 +369,27 @@ class _Job:
     loop: asyncio.AbstractEventLoop
 
 
-# A request whose files add up to this much is read and aligned in its own thread before it joins
-# the batching worker: one of tens of megapixels takes seconds, which held every request behind it.
+# A request whose files add up to this many bytes, or whose images to this many pixels by their
+# headers (a PNG of tens of megapixels can be a few kB), is read and aligned in its own thread
+# before it joins the batching worker: one of tens of megapixels takes seconds, which held every
+# request behind it. Such requests are read one at a time, off the worker's reading threads, so
+# they neither queue small ones behind them nor hold several large images in memory at once.
 # Smaller ones (a crop is tens of kB) are read by the worker, which serves many at once faster
 # (50 clients of one crop each: about 280 requests/s against 220 with each read apart; RESULTS.md).
 PREPARE_APART_BYTES = 2 * 1024 * 1024
+PREPARE_APART_PIXELS = 4_000_000
+
+
+def header_pixels(data: bytes) -> int:
+    """Width x height by the file's header, nothing decoded; 0 where Pillow cannot tell (reading
+    it says why), and more than any limit for a decompression bomb."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return im.size[0] * im.size[1]
+    except Image.DecompressionBombError:
+        return 1 << 62
+    except Exception:  # noqa: BLE001 - any unreadable file is read (and refused) by the worker
+        return 0
 
 
 class Batcher:
@@ -445,6 +464,7 @@ class Service:
         self.max_files = max_files
         self.max_request = 0  # bytes in one request, all files together (create_app sets it)
         self.review: ReviewSet | None = None
+        self._apart = threading.Lock()  # large requests are read one at a time
 
     def process_many(self, jobs: list[tuple[list[tuple[str, bytes] | dict[str, Any]], bool, bool]]
                      ) -> list[list[dict[str, Any]]]:
@@ -464,12 +484,15 @@ class Service:
             start = end
         return out
 
-    def prepare(self, items: list[Any]) -> list[Prepared | dict[str, Any]]:
+    def prepare(self, items: list[Any], apart: bool = False) -> list[Prepared | dict[str, Any]]:
         """Uploads, (name, bytes), read and aligned; error rows and items already read pass through.
-        The batching worker calls it, and a large request before it joins (`PREPARE_APART_BYTES`)."""
+        The batching worker calls it, and a large request before it joins (`apart`, see
+        `PREPARE_APART_BYTES`): one such request at a time, its files one by one."""
         uploads = [i for i, it in enumerate(items) if isinstance(it, tuple)]
         out = list(items)
-        for i, prep in zip(uploads, self.predictor.prepare_many_bytes([items[i] for i in uploads]), strict=True):
+        with self._apart if apart else contextlib.nullcontext():
+            read = self.predictor.prepare_many_bytes([items[i] for i in uploads], pooled=not apart)
+        for i, prep in zip(uploads, read, strict=True):
             out[i] = prep
         return out
 
@@ -565,6 +588,12 @@ def create_app(
     run folder or its predictions.csv (`review_data`: where that run's images are)."""
     if not max_upload_mb > 0:  # before the model loads: 0 or less would refuse every file
         raise ConfigError(f"--max-upload-mb {max_upload_mb:g}: must be above 0 (megabytes per file)")
+    # A whole request may hold several files; cap it so a client cannot fill the disk.
+    # By default it holds a full batch of the classify page's largest files, with room for the form.
+    request_cap = max_request_mb if max_request_mb is not None else max(200.0, PAGE_BATCH * max_upload_mb + 10)
+    if request_cap < max_upload_mb:  # before the model loads and the review set is scored, too
+        raise ConfigError(f"--max-request-mb {request_cap:g} is below --max-upload-mb {max_upload_mb:g}: no file "
+                          "that large could be sent")
     owned = predictor is None  # the app closes what it opened, not a caller's predictor
     predictor = predictor or Predictor(bundle_dir, backend=backend, max_pixels=max_pixels,
                                        operating_point=operating_point)
@@ -577,6 +606,8 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if not app.state.batcher.thread.is_alive():  # an app served again (tests, an embedding program)
+            app.state.batcher = Batcher(service, max_images=max_batch_images)
         yield
         app.state.batcher.close()  # the worker thread ends with the server
         if owned:
@@ -593,12 +624,6 @@ def create_app(
     )
     app.state.service = service
     app.state.batcher = Batcher(service, max_images=max_batch_images)
-    # A whole request may hold several files; cap it so a client cannot fill the disk.
-    # By default it holds a full batch of the classify page's largest files, with room for the form.
-    request_cap = max_request_mb if max_request_mb is not None else max(200.0, PAGE_BATCH * max_upload_mb + 10)
-    if request_cap < max_upload_mb:
-        raise ConfigError(f"--max-request-mb {request_cap:g} is below --max-upload-mb {max_upload_mb:g}: no file "
-                          "that large could be sent")
     service.max_request = int(request_cap * MB)
     app.add_middleware(BodyLimit, limit=int(request_cap * MB))
 
@@ -662,9 +687,11 @@ def create_app(
             else:
                 items.append((name, data))
             await upload.close()
-        if sum(len(it[1]) for it in items if isinstance(it, tuple)) >= PREPARE_APART_BYTES:
+        uploads = [it[1] for it in items if isinstance(it, tuple)]
+        if (sum(map(len, uploads)) >= PREPARE_APART_BYTES
+                or sum(map(header_pixels, uploads)) >= PREPARE_APART_PIXELS):
             # large photographs are read and aligned here, not by the worker every request waits on
-            items = await run_in_threadpool(service.prepare, items)
+            items = await run_in_threadpool(service.prepare, items, True)
         rows = await app.state.batcher.submit(items, gradcam, crop)
         for r in rows:
             r.pop("path", None)  # uploads have no server path

@@ -10,9 +10,12 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import os
+import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -102,7 +105,10 @@ def export_onnx(bundle: Bundle | Path | str, out: Path | str, *, check: bool = T
         raise SpermheadError("export needs a bundle loaded from a folder")
     meta, model = bundle.meta, bundle.model.eval()
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SpermheadError(f"{out}: cannot make its folder ({exc.strerror or exc}); give another path with --onnx") from None
     dummy = torch.zeros(2, meta.in_chans, meta.image_size, meta.image_size)
 
     errors = []
@@ -113,11 +119,10 @@ def export_onnx(bundle: Bundle | Path | str, out: Path | str, *, check: bool = T
         errors.append(f"torchscript exporter: {type(exc).__name__}: {exc}")
         log.info("torchscript ONNX export failed (%s); trying the dynamo exporter", exc)
         try:
-            data, exporter = _export_dynamo(model, dummy, out.with_suffix(".dynamo.onnx")), "dynamo"
+            with tempfile.TemporaryDirectory() as tmp:
+                data, exporter = _export_dynamo(model, dummy, Path(tmp) / "model.onnx"), "dynamo"
         except Exception as exc2:
             errors.append(f"dynamo exporter: {type(exc2).__name__}: {exc2}")
-        finally:
-            out.with_suffix(".dynamo.onnx").unlink(missing_ok=True)
     if data is None:
         raise SpermheadError(f"{meta.architecture}: ONNX export failed; " + "; ".join(errors))
 
@@ -129,22 +134,40 @@ def export_onnx(bundle: Bundle | Path | str, out: Path | str, *, check: bool = T
     for k, v in props.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = k, v
-    onnx.save(proto, str(out))
-
-    report = ExportReport(out, exporter, float("nan"), (), fingerprint)
-    if check:
-        report.max_abs_diff, report.batch_sizes = parity(bundle, out, seed=seed)
-        if not report.max_abs_diff <= PARITY_TOLERANCE:
-            out.unlink(missing_ok=True)  # an untrustworthy file must not be picked up later
-            raise SpermheadError(
-                f"{out}: ONNX probabilities differ from torch by {report.max_abs_diff:.2e} "
-                f"(> {PARITY_TOLERANCE:.0e}); the export is not trustworthy"
-            )
-        # The parity figure travels with the file (metadata only; the graph is unchanged).
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = "spermhead.parity_max_abs_diff", f"{report.max_abs_diff:.3e}"
-        onnx.save(proto, str(out))
+    # written beside `out` and moved over it once checked: a failed export keeps the file it replaces
+    part = out.with_name(out.name + ".part")
+    try:
+        _save(proto, part, out)
+        report = ExportReport(out, exporter, float("nan"), (), fingerprint)
+        if check:
+            report.max_abs_diff, report.batch_sizes = parity(bundle, part, seed=seed)
+            if not report.max_abs_diff <= PARITY_TOLERANCE:
+                raise SpermheadError(
+                    f"{out}: ONNX probabilities differ from torch by {report.max_abs_diff:.2e} "
+                    f"(> {PARITY_TOLERANCE:.0e}); the export is not trustworthy"
+                )
+            # The parity figure travels with the file (metadata only; the graph is unchanged).
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = "spermhead.parity_max_abs_diff", f"{report.max_abs_diff:.3e}"
+            _save(proto, part, out)
+        try:
+            os.replace(part, out)
+        except OSError as exc:
+            raise SpermheadError(f"{out}: cannot write the ONNX file there ({exc.strerror or exc}); "
+                                 "give another path with --onnx") from None
+    finally:
+        part.unlink(missing_ok=True)
     return report
+
+
+def _save(proto: Any, path: Path, out: Path) -> None:
+    import onnx
+
+    try:
+        onnx.save(proto, str(path))
+    except OSError as exc:  # a read-only bundle on a shared drive, a full disk
+        raise SpermheadError(f"{out}: cannot write the ONNX file there ({exc.strerror or exc}); "
+                             "give another path with --onnx") from None
 
 
 def parity(bundle: Bundle, onnx_path: Path | str, *, seed: int = 0,

@@ -9,7 +9,7 @@ Result rows (plain dicts, JSON-ready):
     ok       {"name", "path", "ok": True, "status": 200, "class", "confidence",
               "probabilities": {class: p}, "uncertain", "aligned", "alignment", "head_found", "morphometrics",
               "acquisition": {descriptor: value}, "unlike_training": [reason, ...]}
-    failure  {"name", "path", "ok": False, "status": 400|404|413|415|500, "error": "<name>: <problem>"}
+    failure  {"name", "path", "ok": False, "status": 400|413|415|500, "error": "<name>: <problem>"}
 `status` is the HTTP code the API answers with for that file. `unlike_training` names each way
 the image lies outside the bundle's training images (preprocess/acquisition.py); empty when it
 does not, or when the bundle predates the check.
@@ -109,7 +109,8 @@ class Predictor:
         self._tmpdir: tempfile.TemporaryDirectory[str] | None = None
         if backend == "onnx":
             self.onnx_path = self._find_or_export_onnx(onnx_path)
-            self.model = OrtModule(self.onnx_path)
+            # as many threads as torch has: --threads limits both backends (onnxruntime took every core)
+            self.model = OrtModule(self.onnx_path, threads=torch.get_num_threads())
         # Decoding and alignment are OpenCV/PIL work that mostly releases the GIL, so a few
         # threads overlap it; 0 picks a small default from the CPU count.
         self.workers = workers if workers > 0 else min(4, os.cpu_count() or 1)
@@ -294,7 +295,11 @@ class Predictor:
         prepared = self.prepare_many_bytes(items)
         return self.classify(prepared)
 
-    def prepare_many_bytes(self, items: Sequence[tuple[str, bytes]]) -> list[Prepared | dict[str, Any]]:
+    def prepare_many_bytes(self, items: Sequence[tuple[str, bytes]], pooled: bool = True
+                           ) -> list[Prepared | dict[str, Any]]:
+        """Uploads read and aligned; `pooled`: by the shared reading threads, else one by one here."""
+        if not pooled:
+            return [self._prepare_safe(data, name) for name, data in items]
         return self._map(lambda name, data: self._prepare_safe(data, name), list(items))
 
     def close_workers(self) -> None:
@@ -338,8 +343,9 @@ def expand_inputs(specs: Iterable[Path | str]) -> list[Path]:
             out += list_images(path, nested=True)
         elif not path.exists() and _GLOB_CHARS & set(str(spec)):
             matches = sorted(Path(m) for m in glob(str(spec), recursive=True))
-            files = [m for m in matches if m.is_file()]
-            out += files or [path]
+            # a folder matched is read as a folder named is (Windows shells leave globs to us)
+            found = [f for m in matches for f in (list_images(m, nested=True) if m.is_dir() else [m])]
+            out += found or [path]
         else:
             out.append(path)
     return out

@@ -97,6 +97,8 @@ def _make_folds(table: SampleTable, protocol: ProtocolConfig, seed: int, val_fra
         test_fold[test] = k
     # Duplicates are moved after the stratified split rather than made groups of it, so every
     # other image keeps the fold the usual protocol gives it: figures stay comparable.
+    if protocol.grouped:
+        _check_group_spread(table, test_fold, protocol.folds, groups)
     test_fold = keep_together(test_fold, together)
     _check_spread(y, test_fold, protocol.folds, together)
     folds = []
@@ -128,6 +130,20 @@ def _check_spread(y: np.ndarray, test_fold: np.ndarray, k: int, together: list[l
             raise ConfigError(f"{n} images are near-duplicates of others ({len(together)} groups), too many to "
                               f"keep each on one side of {k}-fold CV; check them with `spermhead data "
                               "duplicates`, or pass --near-duplicates 0 (or a value nearer 1)")
+
+
+def _check_group_spread(table: SampleTable, test_fold: np.ndarray, k: int, groups: np.ndarray) -> None:
+    """Under --grouped, a class held by too few groups leaves some fold's training side without it
+    (each group is tested whole): say which class and groups, not near-duplicates."""
+    y = np.asarray(table.label_indices)
+    for fold in range(k):
+        if missing := sorted(set(y.tolist()) - set(y[test_fold != fold].tolist())):
+            cls = table.classes[missing[0]]
+            holders = sorted({str(g) for g in groups[y == missing[0]]})
+            raise ConfigError(f"--grouped: fold {fold} would train on no '{cls}' image: every one is in "
+                              f"{'group' if len(holders) == 1 else 'groups'} {', '.join(holders)}, tested whole "
+                              f"in that fold; use fewer folds than {k}, images of '{cls}' from more groups, "
+                              "or drop --grouped")
 
 
 def _restricted(groups: list[list[int]], rows: np.ndarray) -> list[list[int]]:

@@ -41,7 +41,7 @@ from spermhead.config import (
 from spermhead.data.extra import pool_extra_training
 from spermhead.data.readers import load_dataset
 from spermhead.data.samples import CSV_FILE, SampleTable
-from spermhead.errors import ConfigError
+from spermhead.errors import ConfigError, SpermheadError
 from spermhead.evaluation.composition import check_intervals
 from spermhead.evaluation.metrics import headline
 from spermhead.evaluation.predictions import Predictions, concat
@@ -121,6 +121,8 @@ def check_run_dir(out: Path, *, overwrite: bool, resume: bool, inputs: Sequence[
     """Refuse an output that cannot become the run folder, before any image is read. --overwrite
     deletes the folder, so it replaces only a run folder (one with its config.yaml) that holds
     none of the run's `inputs`: `--out . --overwrite` once took the images with it."""
+    if overwrite and resume:  # it went on with the run, the --overwrite unsaid
+        raise ConfigError("--overwrite starts the run again and --resume goes on with it: give one")
     if out.exists() and not out.is_dir():
         raise ConfigError(f"{out}: is a file, not a folder; give --out a folder for the run")
     if not (out.is_dir() and any(out.iterdir())):
@@ -433,10 +435,14 @@ def resumable_checkpoint(last: Path) -> str | None:
     return str(last)
 
 
-def split_digest(table: SampleTable, fold: Fold) -> str:
-    """A fingerprint of which images (ids and labels) lie in each part of a fold."""
+def split_digest(table: SampleTable, fold: Fold, images: np.ndarray | None = None) -> str:
+    """A fingerprint of which images (ids and labels, and with `images` the canonical pixels: an
+    image replaced under its own name) lie in each part of a fold."""
     parts = [[(table.samples[i].id, table.samples[i].label) for i in rows] for rows in (fold.train, fold.val, fold.test)]
-    return hashlib.sha256(json.dumps(parts).encode("utf-8", "surrogateescape")).hexdigest()
+    digest = hashlib.sha256(json.dumps(parts).encode("utf-8", "surrogateescape"))
+    for rows in (fold.train, fold.val, fold.test) if images is not None else ():
+        digest.update(np.ascontiguousarray(images[rows]).tobytes())
+    return digest.hexdigest()
 
 
 def check_same_split(fold_dir: Path, fold: Fold, test_size: int, val_size: int, y: np.ndarray,
@@ -547,6 +553,15 @@ def fit_side(cfg: RunConfig, table: SampleTable, images: np.ndarray, rows: np.nd
     return FittedSide(members, shape, pixels, prior, epochs, kept, target_seconds)
 
 
+def _finite(probs: np.ndarray, fold: int) -> np.ndarray:
+    """`probs`, or an error before the fold is marked done: a diverged fit answers NaN, which
+    would be scored as class 0 on validation and stop the run at its end with a traceback."""
+    if not np.isfinite(probs).all():
+        raise SpermheadError(f"fold {fold}: training diverged (the network's answers are not finite numbers); "
+                             "lower --lr or keep a warm-up, then start again with --overwrite")
+    return probs
+
+
 def run_fold(cfg: RunConfig, table: SampleTable, images: np.ndarray, fold: Fold, out: Path, *,
              progress: bool, resume: bool, shape_features: np.ndarray | None = None, label: str = "",
              groups: np.ndarray | None = None) -> FoldResult:
@@ -564,7 +579,7 @@ def run_fold(cfg: RunConfig, table: SampleTable, images: np.ndarray, fold: Fold,
     refit = cfg.train.refit_val and len(fold.val) > 0
     trained = np.concatenate([fold.train, fold.val]) if refit else fold.train
     own_trained = np.concatenate([fold.own_train, fold.val]) if refit else fold.own_train
-    digest = split_digest(table, fold)  # recorded with the fold, checked when --resume reads it back
+    digest = split_digest(table, fold, images)  # recorded with the fold, checked when --resume reads it back
     if resume and done.is_file():
         info = json.loads(done.read_text())
         check_same_split(fold_dir, fold, info["test"], len(info["val_labels"]), y, info["val_labels"],
@@ -611,7 +626,7 @@ def run_fold(cfg: RunConfig, table: SampleTable, images: np.ndarray, fold: Fold,
                         save_to=None if refit else fold_dir, label=label, **fit)
         # the first fit's members: run.json's per-epoch timing (teachers and a refit add to the fold's)
         seconds = time.perf_counter() - start - side.target_seconds
-        val_probs = side.probs(cfg, images, fold.val, shape_features)
+        val_probs = _finite(side.probs(cfg, images, fold.val, shape_features), fold.index)
         bias, alpha = choose_balanced_bias(val_probs, y[fold.val], y[fold.train], k, cfg.train.prior_strength)
         val_accuracy_bias = prior_shift(y[fold.own_train], y[fold.train], k) if fold.n_extra else None
         # at the accuracy point: the probabilities a lab reads; the balanced point keeps the same T
@@ -637,7 +652,7 @@ def run_fold(cfg: RunConfig, table: SampleTable, images: np.ndarray, fold: Fold,
                         save_to=fold_dir, targets_cfg=cfg, **fit)
         other_seconds += time.perf_counter() - refit_start
         bias = prior_bias(y[trained], k, alpha)  # the strength chosen above, on the refit's own prior
-    test_probs = side.probs(cfg, images, fold.test, shape_features)
+    test_probs = _finite(side.probs(cfg, images, fold.test, shape_features), fold.index)
     accuracy_bias = prior_shift(y[own_trained], y[trained], k) if fold.n_extra else None
     np.save(fold_dir / "test_probs.npy", test_probs)
     val_labels = y[fold.val].tolist()
@@ -687,6 +702,15 @@ def train_run(cfg: RunConfig, *, overwrite: bool = False, resume: bool = False,
     if cfg.protocol.kind == "auto":
         # a copy: the caller's config (select shares its protocol between runs) is left as given
         cfg = replace(cfg, protocol=replace(cfg.protocol, kind=protocol_kind(cfg.protocol, table.has_fixed_split)))
+    if cfg.protocol.kind == "cv" and cfg.train.val_fraction == 0 and (
+            chosen := [o for o, on in (("--monitor " + cfg.train.monitor, cfg.train.monitor != "last"),
+                                       ("--patience", cfg.train.early_stopping_patience > 0)) if on]):
+        # the fits would keep their last epoch and never stop early, config.yaml saying otherwise
+        raise ConfigError(f"{' and '.join(chosen)} choose on each fold's validation part, and val_fraction 0 "
+                          "carves none; use --monitor last and no --patience, or a val_fraction above 0")
+    if cfg.protocol.final_model == "refit" and cfg.protocol.kind != "cv":  # it was ignored, config.yaml saying refit
+        raise ConfigError(f"--final refit trains the final model again on every fold's images, so it is for CV; "
+                          f"this run's protocol is a {cfg.protocol.kind} split (its model is the one trained on it)")
     if resume and (out / "config.yaml").is_file():
         check_resumable(out, cfg)
     folds = make_folds(table, cfg.protocol, cfg.seed, cfg.train.val_fraction,
