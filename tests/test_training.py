@@ -984,6 +984,14 @@ def test_resume_alone_takes_a_relative_dataset_and_names_a_damaged_config(separa
     # the summary gives both operating points, and says which one the bundle answers at
     assert "accuracy point (the bundle answers here): accuracy" in result.output
     assert "; balanced point: accuracy" in result.output
+    # a run copied (or moved) resumes where --out says, not in the folder its config.yaml was started in
+    shutil.copytree(tmp_path / "run", tmp_path / "copy")
+    (tmp_path / "copy" / "metrics.json").unlink()
+    original = (tmp_path / "run" / "metrics.json").stat().st_mtime_ns
+    result = CliRunner().invoke(app, ["train", "--out", "copy", "--resume", "--no-progress"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "copy" / "metrics.json").is_file()
+    assert (tmp_path / "run" / "metrics.json").stat().st_mtime_ns == original
     # an option given with --resume alone is what it asks to change, set against the run's own
     # settings (not the recipe's defaults, nor ./data for the images)
     for option, changed in ((["--epochs", "3"], "train.epochs: 1 -> 3"), (["--seed", "5"], "seed: 0 -> 5")):

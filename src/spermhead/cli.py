@@ -404,6 +404,7 @@ def train(
     if resume and (out / "config.yaml").is_file() and not given_options(ctx) - _RESUME_LOCAL:
         # --resume alone: the interrupted run's own settings (where it runs may change)
         cfg = load_config(out / "config.yaml")
+        cfg.out = str(out)  # the folder resumed, wherever it was started: a copied run went on in the original
         cfg.dataset = absolute_path(name)  # as saved; a different dataset is refused by the settings check
         cfg.data_dir = str(data_dir.absolute()) if data_dir else cfg.data_dir  # saved again: from anywhere
         cfg.train.num_threads = threads if threads is not None else cfg.train.num_threads
