@@ -1637,7 +1637,7 @@ def test_synthetic_init_trains_its_source_once_then_reuses_the_cache(separable, 
     # a first run says why it will take minutes longer than the next
     told = [r.getMessage() for r in caplog.records if "synthetic source model" in r.getMessage()]
     assert told == [f"training the synthetic source model for spermnet at these input settings first (4 rendered heads per "
-                    f"class, 1 epoch: at the defaults 2.5-20 minutes on 2 cores; once, then cached in "
+                    f"class, 1 epoch: at the defaults 2.4-20 minutes on 2 cores; once, then cached in "
                     f"{tmp_path / 'cache' / 'synthetic-init'})"]
     caplog.clear()
     init = json.loads((first.out / "run.json").read_text())["init"]

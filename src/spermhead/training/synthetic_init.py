@@ -187,7 +187,7 @@ def train_source(cfg: RunConfig, path: Path, *, progress: bool) -> dict[str, Any
     # silent for many minutes, or shows a progress bar with the source's epochs, not the run's
     epochs = cfg.model.init_epochs
     log.warning("training the synthetic source model for %s at these input settings first (%d rendered heads "
-                "per class, %d epoch%s: at the defaults 2.5-20 minutes on 2 cores; once, then cached in %s)",
+                "per class, %d epoch%s: at the defaults 2.4-20 minutes on 2 cores; once, then cached in %s)",
                 cfg.model.name, cfg.model.init_per_class, epochs, "s" * (epochs != 1), path.parent)
     start = time.perf_counter()
     images, labels, classes = rendered_heads(cfg)
