@@ -282,3 +282,24 @@ def test_a_file_given_as_the_dataset_is_named_as_a_file(tmp_path):
     image.write_bytes(b"BM")
     with pytest.raises(DataError, match="image_001.BMP: is a file, not a folder"):
         load_dataset(str(image))
+
+
+def test_extra_sources_that_share_images_add_each_once(tmp_path):
+    """Two extra sources holding the same bytes under other paths (or one holding a copy twice)
+    weighted that image twice in training; each is now added once and counted as a repeat."""
+    from spermhead.data.extra import pool_extra_training
+
+    def write(root, files):
+        for rel, data in files.items():
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            (root / rel).write_bytes(data)
+
+    write(tmp_path / "own", {"normal/a.png": b"a", "tapered/b.png": b"b"})
+    write(tmp_path / "one", {"normal/c.png": b"c", "tapered/d.png": b"d", "tapered/d copy.png": b"d"})
+    write(tmp_path / "two", {"normal/c.png": b"c", "normal/e.png": b"e", "tapered/a.png": b"a"})
+    table = load_dataset(str(tmp_path / "own"))
+    pooled, report = pool_extra_training(table, [str(tmp_path / "one"), str(tmp_path / "two")], None, 0.0)
+    assert sorted(s.path.read_bytes() for s in pooled.samples[2:]) == [b"c", b"d", b"e"]
+    one, two = report[str(tmp_path / "one")], report[str(tmp_path / "two")]
+    assert (one["kept"], one["extra_repeats"], one["dataset_duplicates"]) == (2, 1, 0)
+    assert (two["kept"], two["extra_repeats"], two["dataset_duplicates"]) == (1, 1, 1)

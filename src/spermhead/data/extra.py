@@ -38,28 +38,33 @@ def pool_extra_training(table: SampleTable, names: tuple[str, ...] | list[str], 
 
     own_paths = {s.path.resolve() for s in table.samples}
     own_bytes = {_fingerprint(s.path) for s in table.samples}
+    extra_paths: set[Path] = set()
+    extra_bytes: set[str] = set()
     own_sigs = signatures([s.path for s in table.samples]) if near_duplicates > 0 else None
     classes = set(table.classes)
     extra: list[Sample] = []
     report: dict[str, Any] = {}
     for name in names:
         other = load_dataset(name, data_dir)
-        kept, duplicates, other_class = [], 0, 0
+        kept, duplicates, repeated, other_class = [], 0, 0, 0
         for s in other.samples:
             if s.label not in classes:
                 other_class += 1
-            elif s.path.resolve() in own_paths or _fingerprint(s.path) in own_bytes:
+            elif s.path.resolve() in own_paths or (fingerprint := _fingerprint(s.path)) in own_bytes:
                 duplicates += 1
+            elif s.path.resolve() in extra_paths or fingerprint in extra_bytes:
+                repeated += 1  # an extra already taken (two sources that share files, or copies): once
             else:
                 kept.append(replace(s, id=f"extra/{name}/{s.id}", split=""))
-                own_paths.add(s.path.resolve())  # two extra sources that share files add them once
+                extra_paths.add(s.path.resolve())
+                extra_bytes.add(fingerprint)
         alike = 0
         if own_sigs is not None and kept:
             close = nearest(signatures([s.path for s in kept]), own_sigs) >= near_duplicates
             alike = int(close.sum())
             kept = [s for s, c in zip(kept, close, strict=True) if not c]
         report[name] = {"images": len(other), "kept": len(kept), "dataset_duplicates": duplicates,
-                        "near_duplicates": alike, "other_classes": other_class,
+                        "extra_repeats": repeated, "near_duplicates": alike, "other_classes": other_class,
                         "per_class": dict(Counter(s.label for s in kept))}
         extra += kept
     if not extra:
