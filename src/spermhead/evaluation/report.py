@@ -278,9 +278,9 @@ def _how_to_read(m: Mapping[str, Any]) -> str:
         "answers are right (0: a 0.8 answer is right 8 times in 10; the reliability plot shows it per bin); "
         "the Brier score (0 best, 2 worst) sums both calibration and sharpness. "
         "The accuracy interval is Wilson's for a proportion; the balanced accuracy one "
-        + ("is the mean of its classes' Wilson bounds, since no resample of these predictions moved it"
-           if (m.get("intervals") or {}).get("balanced_accuracy", "").startswith("mean") else
-           "resamples these predictions")
+        + ("resamples these predictions" if (m.get("intervals") or {}).get("balanced_accuracy") == "percentile bootstrap"
+           else "is that of the mean of its classes' recalls, each from its own class's images (Jeffreys "
+           "posteriors)")
         + ("; the sd across folds shows how much retraining on other data moves the result. Metrics are "
            "computed on out-of-fold predictions" if _folds(m) > 1 else ". Metrics are computed on the "
            "predictions")
