@@ -912,7 +912,7 @@ def compare(
 ) -> None:
     """Compare two models scored on the same images, image by image: B minus A with a paired
     bootstrap interval, and McNemar's exact test; over repeats (CV seeds) also an interval that
-    draws the repeats and the images together."""
+    holds the repeats' spread and the images' luck together."""
     from spermhead.errors import DataError
     from spermhead.evaluation.paired import compare_predictions, compare_repeats, repeat_folders, verdict
     from spermhead.evaluation.predictions import read_predictions
