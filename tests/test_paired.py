@@ -410,7 +410,7 @@ def test_compare_prints_run_names_with_brackets_whole(table, tmp_path):
 def test_the_interval_over_repeats_covers_a_difference_that_retraining_moves():
     """Two equally good models, each repeat's difference moved by retraining (sd 8 points) on 216
     images: drawing two repeats with replacement took their spread at half its size, and its 95%
-    interval covered zero about three times in four (a statistics review); the repeats' spread
+    interval covered zero 50 times in 60 here (0.75 in a statistics review's); the repeats' spread
     added to the images' covers it."""
     from spermhead.evaluation.paired import compare_repeats
 
