@@ -313,3 +313,19 @@ def test_predict_refuses_an_output_it_cannot_write_before_classifying(tmp_path: 
         replaced = CliRunner().invoke(app, ["predict", "--model", str(bundle), str(image), option, str(kept),
                                             "--overwrite"])
         assert replaced.exit_code == 0 and kept.read_text() != "precious\n", replaced.output
+
+
+def test_what_the_held_out_images_leave_unknown_stays_in_the_interval_however_many_heads():
+    """Eight held-out images barely fix the misreading rates, so a sample's true share is barely
+    fixed either, however many heads it has. Drawing a new confusion at every Gibbs step let the
+    shares follow none of them: 2000 heads gave 0.48-0.83, where the rates the eight images allow
+    put it anywhere from about 0.1 to 1."""
+    from spermhead.evaluation.composition import adjusted_draws
+
+    post = adjusted_draws(np.array([1200, 800]), np.array([[3, 1], [1, 3]]), seed=0)
+    low, high = np.quantile(post[:, 0], [0.025, 0.975])
+    assert high - low > 0.7 and low < 0.3
+    # a well-measured confusion gives a narrow interval around the share it implies
+    post = adjusted_draws(np.array([1200, 800]), np.array([[900, 100], [100, 900]]), seed=0)
+    low, high = np.quantile(post[:, 0], [0.025, 0.975])
+    assert low < 0.625 < high and high - low < 0.1

@@ -32,7 +32,9 @@ from sklearn.metrics import confusion_matrix
 
 LEVEL = 0.95
 DRAWS = 2000  # kept after BURN_IN
-BURN_IN = 200
+BURN_IN = 200  # the first confusion draw's; each later one's chain starts from the last shares
+BLOCK = 10  # shares kept per confusion draw
+BLOCK_BURN_IN = 10  # steps under a new confusion draw before its shares are kept
 ROW_PRIOR = 0.5  # Jeffreys, on each row of the confusion
 
 
@@ -41,7 +43,13 @@ def adjusted_draws(predicted_counts: np.ndarray, confusion: np.ndarray, *, draws
     """Posterior draws (draws x classes) of the true class shares, given the predicted counts
     and held-out confusion counts (rows true, columns predicted). Several samples at once:
     counts (samples x classes), a confusion per sample or one for all; draws x samples x classes
-    back, each sample's chain on its own."""
+    back, each sample's chain on its own.
+
+    A cut posterior, done properly (Plummer 2015): the confusion is drawn from the held-out
+    counts alone, then the shares' chain runs `BLOCK_BURN_IN` steps under that one draw before
+    `BLOCK` are kept. Drawing a new confusion at every step, as before, let the shares follow no
+    single one: the confusion's uncertainty was mostly lost, and the 95% interval held a
+    sample's true share in 87-93% of samples of 200-500 heads (a statistics review's simulation)."""
     rng = np.random.default_rng(seed)
     counts = np.asarray(predicted_counts).astype(int)
     single = counts.ndim == 1
@@ -49,19 +57,24 @@ def adjusted_draws(predicted_counts: np.ndarray, confusion: np.ndarray, *, draws
     n, k = counts.shape
     confusion = np.broadcast_to(np.asarray(confusion, float), (n, k, k))
     p = np.full((n, k), 1.0 / k)
-    out = np.empty((draws, n, k))
-    # every step's P(predicted | true), each row from its Dirichlet posterior, drawn at once
-    gammas = rng.gamma(confusion + ROW_PRIOR, size=(BURN_IN + draws, n, k, k))
-    confusions = gammas / gammas.sum(axis=3, keepdims=True)
-    for step, c in enumerate(confusions):
-        true_counts = np.zeros((n, k))
-        for j in np.flatnonzero(counts.any(axis=0)):  # the heads predicted as j: which true class each came from
-            w = p * c[:, :, j]
-            true_counts += rng.multinomial(counts[:, j], w / w.sum(axis=1, keepdims=True))
-        g = rng.gamma(true_counts + 1.0 / k)  # a Dirichlet draw per sample
-        p = g / g.sum(axis=1, keepdims=True)
-        if step >= BURN_IN:
-            out[step - BURN_IN] = p
+    blocks = -(-draws // BLOCK)
+    out = np.empty((blocks * BLOCK, n, k))
+    predicted = np.flatnonzero(counts.any(axis=0))
+    kept = 0
+    for block in range(blocks):
+        gammas = rng.gamma(confusion + ROW_PRIOR, size=(n, k, k))  # P(predicted | true), a row each
+        c = gammas / gammas.sum(axis=2, keepdims=True)
+        for step in range((BURN_IN if block == 0 else BLOCK_BURN_IN) + BLOCK):
+            true_counts = np.zeros((n, k))
+            for j in predicted:  # the heads predicted as j: which true class each came from
+                w = p * c[:, :, j]
+                true_counts += rng.multinomial(counts[:, j], w / w.sum(axis=1, keepdims=True))
+            g = rng.gamma(true_counts + 1.0 / k)  # a Dirichlet draw per sample
+            p = g / g.sum(axis=1, keepdims=True)
+            if step >= (BURN_IN if block == 0 else BLOCK_BURN_IN):
+                out[kept] = p
+                kept += 1
+    out = out[:draws]
     return out[:, 0] if single else out
 
 
