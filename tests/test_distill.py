@@ -8,6 +8,7 @@ import shutil
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from spermhead.config import RunConfig
 from spermhead.errors import ConfigError
@@ -177,7 +178,10 @@ def test_a_run_hands_its_near_duplicates_to_the_teachers(tmp_path, teacher_group
 
 def test_twins_among_extra_training_images_reach_the_teachers(tmp_path, teacher_groups):
     data, extra = write_separable(tmp_path / "data"), write_separable(tmp_path / "extra", seed=7)
-    shutil.copy(extra / "tapered" / "tapered_000.png", extra / "tapered" / "tapered_twin.png")
+    # a re-saved copy (one grey level off): a twin, not the same bytes, which pooling adds once
+    twin = np.array(Image.open(extra / "tapered" / "tapered_000.png"))
+    twin[0, 0] = twin[0, 0] + 1 if twin[0, 0].max() < 255 else twin[0, 0] - 1
+    Image.fromarray(twin).save(extra / "tapered" / "tapered_twin.png")
     cfg = quick_config(data, tmp_path / "run", cv=2, epochs=1, distill=0.5, extra_train=[str(extra)])
     run.train_run(cfg, progress=False)
     # the extras join every training side, so every teacher split holds the one pair
