@@ -1451,7 +1451,8 @@ def test_final_refit_outside_cv_is_refused_not_ignored(separable, tmp_path):
 def test_choosing_on_validation_with_no_validation_part_is_refused_not_ignored(separable, tmp_path):
     """val_fraction 0 with --monitor val_acc kept each fit's last epoch while config.yaml said val_acc."""
     for options, said in (({"monitor": "val_acc"}, "--monitor val_acc choose"),
-                          ({"patience": 5}, "--patience choose")):
+                          ({"patience": 5}, "--patience choose"),
+                          ({"prior_strength": "val"}, "--prior-strength val choose")):
         with pytest.raises(ConfigError, match=f"{said} on each fold's validation part, and val_fraction 0 carves none"):
             train_run(quick_config(separable, tmp_path / "r", cv=2, val_fraction=0.0, **options), progress=False)
     assert not (tmp_path / "r").exists()

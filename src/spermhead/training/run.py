@@ -704,10 +704,13 @@ def train_run(cfg: RunConfig, *, overwrite: bool = False, resume: bool = False,
         cfg = replace(cfg, protocol=replace(cfg.protocol, kind=protocol_kind(cfg.protocol, table.has_fixed_split)))
     if cfg.protocol.kind == "cv" and cfg.train.val_fraction == 0 and (
             chosen := [o for o, on in (("--monitor " + cfg.train.monitor, cfg.train.monitor != "last"),
-                                       ("--patience", cfg.train.early_stopping_patience > 0)) if on]):
-        # the fits would keep their last epoch and never stop early, config.yaml saying otherwise
+                                       ("--patience", cfg.train.early_stopping_patience > 0),
+                                       ("--prior-strength val", cfg.train.prior_strength == "val")) if on]):
+        # the fits would keep their last epoch, never stop early and leave the balanced point uncorrected,
+        # config.yaml saying otherwise
         raise ConfigError(f"{' and '.join(chosen)} choose on each fold's validation part, and val_fraction 0 "
-                          "carves none; use --monitor last and no --patience, or a val_fraction above 0")
+                          "carves none; drop them (--monitor last, no --patience, a fixed --prior-strength), or "
+                          "give a val_fraction above 0")
     if cfg.protocol.final_model == "refit" and cfg.protocol.kind != "cv":  # it was ignored, config.yaml saying refit
         raise ConfigError(f"--final refit trains the final model again on every fold's images, so it is for CV; "
                           f"this run's protocol is a {cfg.protocol.kind} split (its model is the one trained on it)")
