@@ -46,8 +46,8 @@ def adjusted_draws(predicted_counts: np.ndarray, confusion: np.ndarray, *, draws
     back, each sample's chain on its own.
 
     A cut posterior, done properly (Plummer 2015): the confusion is drawn from the held-out
-    counts alone, then the shares' chain runs `BLOCK_BURN_IN` steps under that one draw before
-    `BLOCK` are kept. Drawing a new confusion at every step, as before, let the shares follow no
+    counts alone, then the shares' chain runs `BLOCK_BURN_IN` steps under that one draw, from the
+    shares it maps onto the predicted ones (`_start`), before `BLOCK` are kept. Drawing a new confusion at every step, as before, let the shares follow no
     single one: the confusion's uncertainty was mostly lost, and the 95% interval held a
     sample's true share in 87-93% of samples of 200-500 heads (a statistics review's simulation)."""
     rng = np.random.default_rng(seed)
@@ -64,6 +64,8 @@ def adjusted_draws(predicted_counts: np.ndarray, confusion: np.ndarray, *, draws
     for block in range(blocks):
         gammas = rng.gamma(confusion + ROW_PRIOR, size=(n, k, k))  # P(predicted | true), a row each
         c = gammas / gammas.sum(axis=2, keepdims=True)
+        if block:
+            p = _start(counts, c, p)
         for step in range((BURN_IN if block == 0 else BLOCK_BURN_IN) + BLOCK):
             true_counts = np.zeros((n, k))
             for j in predicted:  # the heads predicted as j: which true class each came from
@@ -76,6 +78,20 @@ def adjusted_draws(predicted_counts: np.ndarray, confusion: np.ndarray, *, draws
                 kept += 1
     out = out[:draws]
     return out[:, 0] if single else out
+
+
+def _start(counts: np.ndarray, c: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """Where each sample's chain starts under a new confusion draw: the shares that draw maps onto
+    the predicted shares (C^T p = q, solved; kept inside the simplex), near where its posterior
+    lies. From the last draw's shares instead, a large sample's chain had far to go and moves in
+    small steps: with 2000 heads and a weak model, 10 steps covered a quarter of the way."""
+    q = (counts + 0.5) / (counts + 0.5).sum(axis=1, keepdims=True)
+    try:
+        solved = np.linalg.solve(np.swapaxes(c, 1, 2), q[:, :, None])[:, :, 0]
+    except np.linalg.LinAlgError:  # a singular draw (almost never): go on from where the chain is
+        return p
+    solved = np.clip(np.nan_to_num(solved, nan=0.0), 1e-3, None)
+    return solved / solved.sum(axis=1, keepdims=True)
 
 
 ESTIMATES = {"counted": ("share", "share_low", "share_high"),
