@@ -459,7 +459,7 @@ def test_a_single_splits_report_shows_no_fold_spread(tmp_path: Path) -> None:
 
 def test_intervals_keep_their_width_where_every_image_is_right(tmp_path: Path) -> None:
     """A bootstrap of 20 right answers gives 1-1; Wilson's interval for 20 of 20 is 0.84-1, and
-    balanced accuracy's, from its classes' Jeffreys posteriors, keeps a width too."""
+    balanced accuracy's, from its classes' exact beta bounds, keeps a width too."""
     table = SampleTable("t", [Sample(id=f"s{i}", path=Path("p"), label="ab"[i % 2], source="a") for i in range(20)],
                         ["a", "b"])
     probs = np.zeros((20, 2))
@@ -467,10 +467,10 @@ def test_intervals_keep_their_width_where_every_image_is_right(tmp_path: Path) -
     m = cv_metrics(Predictions.from_model_output([s.id for s in table.samples], probs, table), n_boot=2000)
     assert m["accuracy"] == 1.0 and m["accuracy_ci95"] == pytest.approx([0.839, 1.0], abs=1e-3)
     lo, hi = m["balanced_accuracy_ci95"]
-    assert hi == 1.0 and 0.80 < lo < 0.88  # 10 of 10 per class; closed at the estimate, 1
-    assert m["intervals"]["balanced_accuracy"] == "mean of the classes' Jeffreys posteriors"
+    assert hi == 1.0 and 0.70 < lo < 0.85  # 10 of 10 per class: Clopper-Pearson's own bound is 0.69
+    assert m["intervals"]["balanced_accuracy"] == "mean of the classes' exact beta bounds"
     text = write_report(tmp_path, {"dataset": "t"}, m, {}).read_text()
-    assert "Jeffreys" in text and "resamples these predictions" not in text
+    assert "exact beta bounds" in text and "resamples these predictions" not in text
     # 19 of 20: Wilson's upper bound is below 1, where a bootstrap's would not be
     probs[0] = probs[0][::-1]
     m = cv_metrics(Predictions.from_model_output([s.id for s in table.samples], probs, table), n_boot=2000)
@@ -487,29 +487,32 @@ def test_average_recall_interval_keeps_a_small_class_it_could_lose(tmp_path: Pat
     probs[:, 0] = 1.0
     m = cv_metrics(Predictions.from_model_output([s.id for s in table.samples], probs, table))
     lo, hi = m["balanced_accuracy_ci95"]
-    assert m["balanced_accuracy"] == 0.5 and lo <= 0.5 and 0.6 < hi < 0.85
+    assert m["balanced_accuracy"] == 0.5 and lo <= 0.5 and 0.6 < hi < 0.9  # the bootstrap gave 1
 
 
-def test_average_recall_interval_covers_the_truth_for_small_classes() -> None:
-    """Classes of 30, 6 and 4 images: the bootstrap's 95% interval covered the true average recall
-    78% of the time (a statistics review's simulation); the posterior one about 93%."""
+@pytest.mark.parametrize("sizes, recalls", [([30, 6, 4], [0.9, 0.8, 0.95]), ([20, 3, 2, 2], [0.95, 0.99, 0.99, 0.99])])
+def test_average_recall_interval_covers_the_truth_for_small_classes(sizes, recalls) -> None:
+    """Classes of a few images: the bootstrap's 95% interval covered the true average recall 78%
+    of the time in the first setting; Jeffreys' posteriors, tried next, 66% in the second (small,
+    mostly right classes pulled below the truth). The exact beta bounds cover both."""
     from spermhead.evaluation.metrics import score_intervals
 
     rng = np.random.default_rng(0)
-    sizes, recalls = np.array([30, 6, 4]), np.array([0.9, 0.8, 0.95])
-    classes = ["a", "b", "c"]
+    sizes, recalls = np.array(sizes), np.array(recalls)
+    k = len(sizes)
+    classes = [f"c{c}" for c in range(k)]
+    labels = np.repeat(np.arange(k), sizes)
     table = SampleTable("t", [Sample(id=f"s{i}", path=Path("p"), label=classes[c], source="a")
-                              for i, c in enumerate(np.repeat([0, 1, 2], sizes))], classes)
+                              for i, c in enumerate(labels)], classes)
     truth, covered = recalls.mean(), 0
-    for _ in range(300):
+    for _ in range(200):
         right = rng.random(sizes.sum()) < np.repeat(recalls, sizes)
-        labels = np.repeat([0, 1, 2], sizes)
-        probs = np.full((sizes.sum(), 3), 0.0)
-        probs[np.arange(sizes.sum()), np.where(right, labels, (labels + 1) % 3)] = 1.0
+        probs = np.full((sizes.sum(), k), 0.0)
+        probs[np.arange(sizes.sum()), np.where(right, labels, (labels + 1) % k)] = 1.0
         _, (lo, hi), _ = score_intervals(Predictions.from_model_output([s.id for s in table.samples], probs, table),
                                          n_draws=1000)
         covered += lo <= truth <= hi
-    assert covered / 300 >= 0.9
+    assert covered / 200 >= 0.93
 
 
 def test_plots_of_one_class_draw_without_warnings(tmp_path: Path) -> None:

@@ -279,8 +279,8 @@ def _how_to_read(m: Mapping[str, Any]) -> str:
         "the Brier score (0 best, 2 worst) sums both calibration and sharpness. "
         "The accuracy interval is Wilson's for a proportion; the balanced accuracy one "
         + ("resamples these predictions" if (m.get("intervals") or {}).get("balanced_accuracy") == "percentile bootstrap"
-           else "is that of the mean of its classes' recalls, each from its own class's images (Jeffreys "
-           "posteriors)")
+           else "is that of the mean of its classes' recalls, each from its own class's images (their exact "
+           "beta bounds)")
         + ("; the sd across folds shows how much retraining on other data moves the result. Metrics are "
            "computed on out-of-fold predictions" if _folds(m) > 1 else ". Metrics are computed on the "
            "predictions")
