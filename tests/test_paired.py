@@ -426,3 +426,13 @@ def test_the_interval_over_repeats_covers_a_difference_that_retraining_moves():
         lo, hi = compare_repeats(pairs, n_boot=200)["accuracy"]["ci"]
         covered += lo <= 0 <= hi
     assert covered / 60 >= 0.9
+
+
+def test_the_interval_over_two_repeats_stays_within_what_a_difference_can_be(table):
+    """Two repeats that disagree wholly: t on one degree of freedom reached -1270 to +1270 points."""
+    from spermhead.evaluation.paired import compare_repeats
+
+    every, none = np.ones(len(table), bool), np.zeros(len(table), bool)
+    c = compare_repeats({"seed1": (answers(table, none), answers(table, every)),
+                         "seed2": (answers(table, every), answers(table, none))}, n_boot=100)
+    assert c["accuracy"]["ci"] == [-1.0, 1.0]

@@ -19,7 +19,7 @@ from spermhead.models.inference import predict_proba
 from spermhead.preprocess.align import canonicalize
 from spermhead.preprocess.io import read_image
 from spermhead.serving.bundle import load_bundle
-from spermhead.serving.predictor import Predictor, expand_inputs, untrained_bundle
+from spermhead.serving.predictor import Predictor, expand_inputs, searched_folders, untrained_bundle
 
 CLASSES = ("normal", "tapered", "pyriform", "amorphous")
 
@@ -123,6 +123,8 @@ def test_expand_inputs_globs_and_missing(folder: Path) -> None:
     assert expand_inputs([str(folder / "none*.png")]) == [folder / "none*.png"]  # kept: becomes an error row
     # a folder a glob matches is read as a folder named is (Windows shells leave globs to the program)
     assert expand_inputs([str(folder / "s*")]) == [folder / "sub" / "head5.bmp"]
+    # and its files skipped for their suffix are said, as a named folder's are (predict's note)
+    assert searched_folders([str(folder / "s*"), folder, str(folder / "*.bmp")]) == [folder / "sub", folder]
     # a file matched is taken as named, as a shell would (notes.txt becomes an error row)
     assert set(expand_inputs([str(folder / "*")])) == {*expand_inputs([folder]), folder / "notes.txt"}
 

@@ -136,6 +136,8 @@ def test_a_session_linked_into_a_class_folder_is_read_and_a_link_back_up_does_no
         (tmp_path / "lab" / cls / "a.png").write_bytes(b"x")
     (tmp_path / "lab" / "Normal" / "day 2").symlink_to(tmp_path / "elsewhere" / "day 2")
     (tmp_path / "lab" / "Tapered" / "up").symlink_to(tmp_path / "lab" / "Tapered")
+    # a hidden link to a visible folder does not take that folder's files with it
+    (tmp_path / "lab" / "Normal" / ".prev").symlink_to(tmp_path / "lab" / "Normal" / "day 2")
     table = load_dataset(str(tmp_path / "lab"))
     assert sorted(s.id for s in table.samples) == ["Normal/a.png", "Normal/day 2/b.png", "Tapered/a.png"]
 

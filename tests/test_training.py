@@ -226,7 +226,8 @@ def test_grouped_cv_names_a_class_held_by_too_few_groups_not_near_duplicates():
                for g in range(4) for c in CLASSES[:3] for i in range(5)]
     samples += [Sample(f"g0/{CLASSES[3]}{i}", Path(f"g0/x{i}.png"), CLASSES[3], "lab", group="g0") for i in range(5)]
     with pytest.raises(ConfigError, match=rf"--grouped: fold \d would train on no '{CLASSES[3]}' image: every one is "
-                                          r"in group g0, tested whole in that fold; use fewer folds than 3"):
+                                          rf"in group g0, tested whole in that fold; use images of '{CLASSES[3]}' "
+                                          r"from more groups, or drop --grouped"):
         make_folds(SampleTable("lab", samples, CLASSES), ProtocolConfig(kind="cv", folds=3, grouped=True,
                                                                         near_duplicates=0), seed=0, val_fraction=0.15)
 

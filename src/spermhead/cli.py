@@ -647,7 +647,14 @@ def predict(
     from spermhead.data.readers import IMAGE_SUFFIXES, skipped_files
     from spermhead.preprocess.acquisition import batch_warning
     from spermhead.serving.bundle import check_bundle_path
-    from spermhead.serving.predictor import Predictor, csv_columns, csv_row, expand_inputs, unique_files
+    from spermhead.serving.predictor import (
+        Predictor,
+        csv_columns,
+        csv_row,
+        expand_inputs,
+        searched_folders,
+        unique_files,
+    )
     from spermhead.serving.prepare import printable
 
     outputs = [(path, option) for path, option in ((csv_out, "--csv"), (json_out, "--json"), (summary, "--summary"))
@@ -669,7 +676,7 @@ def predict(
         if path.resolve() in inputs:
             raise ConfigError(f"{option} {path}: is also one of the files to classify; write it elsewhere")
     suffixes = "/".join(sorted(s.lstrip(".") for s in IMAGE_SUFFIXES))
-    if skipped := [f for p in paths if Path(p).is_dir() for f in skipped_files(Path(p))]:
+    if skipped := [f for folder in searched_folders(paths) for f in skipped_files(folder)]:
         err_console.print(f"note: {len(skipped)} file(s) in the folders skipped for their suffix (not {suffixes}), "
                           f"e.g. {printable(str(skipped[0]))}; name a file itself to try it", highlight=False, soft_wrap=True)
     if not files:

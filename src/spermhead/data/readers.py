@@ -61,6 +61,10 @@ def _walk(folder: Path) -> list[Path]:
             dirs[:] = []
             continue
         seen.add(real)
+        # hidden folders are left out here, or a hidden link walked first would take its target's
+        # files with it; real folders go before links to them, in sorted order, so a file's id
+        # does not hang on the order the file system lists them
+        dirs[:] = sorted((d for d in dirs if not d.startswith(".")), key=lambda d: (os.path.islink(Path(top, d)), d))
         found += [Path(top, name) for name in dirs + files]
     return found
 

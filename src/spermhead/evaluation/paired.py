@@ -108,7 +108,8 @@ def compare_repeats(pairs: Mapping[str, tuple[Predictions, Predictions]], *, nam
             sd = float(d.std(ddof=1))
             q = 1 - (1 - level) / 2
             half = float(np.sqrt((t.ppf(q, n - 1) * sd) ** 2 / n + norm.ppf(q) ** 2 * np.var(boot[key], ddof=1)))
-            summary.update(sd=sd, ci=[float(d.mean()) - half, float(d.mean()) + half])
+            # a difference of accuracies lies in [-1, 1]; two repeats that disagree widely reach past it
+            summary.update(sd=sd, ci=[max(-1.0, float(d.mean()) - half), min(1.0, float(d.mean()) + half)])
         out[key] = summary
     return out
 

@@ -402,6 +402,7 @@ class Batcher:
         self.service = service
         self.max_images = max_images
         self.jobs: queue.Queue[_Job | None] = queue.Queue()
+        self.closed = False
         self.thread = threading.Thread(target=self._run, name="spermhead-batcher", daemon=True)
         self.thread.start()
 
@@ -413,6 +414,7 @@ class Batcher:
         return await job.future
 
     def close(self) -> None:
+        self.closed = True  # the thread may still finish a batch, but it stops after it
         self.jobs.put(None)
 
     def _run(self) -> None:
@@ -606,7 +608,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        if not app.state.batcher.thread.is_alive():  # an app served again (tests, an embedding program)
+        if app.state.batcher.closed:  # an app served again (tests, an embedding program)
             app.state.batcher = Batcher(service, max_images=max_batch_images)
         yield
         app.state.batcher.close()  # the worker thread ends with the server

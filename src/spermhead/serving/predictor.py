@@ -351,6 +351,20 @@ def expand_inputs(specs: Iterable[Path | str]) -> list[Path]:
     return out
 
 
+def searched_folders(specs: Iterable[Path | str]) -> list[Path]:
+    """The folders `expand_inputs` reads from these specs: named, or matched by a glob."""
+    from glob import glob
+
+    out: list[Path] = []
+    for spec in specs:
+        path = Path(spec)
+        if path.is_dir():
+            out.append(path)
+        elif not path.exists() and _GLOB_CHARS & set(str(spec)):
+            out += sorted(m for m in map(Path, glob(str(spec), recursive=True)) if m.is_dir())
+    return out
+
+
 def unique_files(files: Iterable[Path]) -> list[Path]:
     """`files` with each file once (the first time it is named), compared by resolved path: a
     folder given with some of its own files, or `x.png` and `./x.png`, would otherwise count

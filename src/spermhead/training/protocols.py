@@ -140,10 +140,10 @@ def _check_group_spread(table: SampleTable, test_fold: np.ndarray, k: int, group
         if missing := sorted(set(y.tolist()) - set(y[test_fold != fold].tolist())):
             cls = table.classes[missing[0]]
             holders = sorted({str(g) for g in groups[y == missing[0]]})
+            fewer = f"at most {len(holders)} folds, " if 2 <= len(holders) < k else ""  # one group: no K will do
             raise ConfigError(f"--grouped: fold {fold} would train on no '{cls}' image: every one is in "
                               f"{'group' if len(holders) == 1 else 'groups'} {', '.join(holders)}, tested whole "
-                              f"in that fold; use fewer folds than {k}, images of '{cls}' from more groups, "
-                              "or drop --grouped")
+                              f"in that fold; use {fewer}images of '{cls}' from more groups, or drop --grouped")
 
 
 def _restricted(groups: list[list[int]], rows: np.ndarray) -> list[list[int]]:
