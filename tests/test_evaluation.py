@@ -471,6 +471,9 @@ def test_intervals_keep_their_width_where_every_image_is_right(tmp_path: Path) -
     assert m["intervals"]["balanced_accuracy"] == "mean of the classes' exact beta bounds"
     text = write_report(tmp_path, {"dataset": "t"}, m, {}).read_text()
     assert "exact beta bounds" in text and "resamples these predictions" not in text
+    # a run from before `intervals` was recorded bootstrapped its predictions, and its report says so
+    old = {k: v for k, v in m.items() if k != "intervals"}
+    assert "resamples these predictions" in write_report(tmp_path / "old", {"dataset": "t"}, old, {}).read_text()
     # 19 of 20: Wilson's upper bound is below 1, where a bootstrap's would not be
     probs[0] = probs[0][::-1]
     m = cv_metrics(Predictions.from_model_output([s.id for s in table.samples], probs, table), n_boot=2000)

@@ -32,7 +32,7 @@ from sklearn.metrics import confusion_matrix
 
 LEVEL = 0.95
 DRAWS = 2000  # kept after BURN_IN
-BURN_IN = 200  # the first confusion draw's; each later one's chain starts from the last shares
+BURN_IN = 200  # under the first confusion draw; each later one's chain starts near its own (`_start`)
 BLOCK = 10  # shares kept per confusion draw
 BLOCK_BURN_IN = 10  # steps under a new confusion draw before its shares are kept
 ROW_PRIOR = 0.5  # Jeffreys, on each row of the confusion
@@ -47,9 +47,10 @@ def adjusted_draws(predicted_counts: np.ndarray, confusion: np.ndarray, *, draws
 
     A cut posterior, done properly (Plummer 2015): the confusion is drawn from the held-out
     counts alone, then the shares' chain runs `BLOCK_BURN_IN` steps under that one draw, from the
-    shares it maps onto the predicted ones (`_start`), before `BLOCK` are kept. Drawing a new confusion at every step, as before, let the shares follow no
-    single one: the confusion's uncertainty was mostly lost, and the 95% interval held a
-    sample's true share in 87-93% of samples of 200-500 heads (a statistics review's simulation)."""
+    shares it maps onto the predicted ones (`_start`), before `BLOCK` are kept. Drawing a new
+    confusion at every step, as before, let the shares follow no single one: the confusion's
+    uncertainty was mostly lost, and the 95% interval held a sample's true share in 87-93% of
+    samples of 200-500 heads (a statistics review's simulation)."""
     rng = np.random.default_rng(seed)
     counts = np.asarray(predicted_counts).astype(int)
     single = counts.ndim == 1

@@ -126,6 +126,16 @@ def _fusion(config: Mapping[str, Any]) -> str:
             "opinions fused with the network; train with --shape-fusion 0 --pixel-fusion 0 for the network alone)</p>")
 
 
+def _balanced_interval_text(how: str | None) -> str:
+    """How the balanced accuracy interval was found, as metrics.json's `intervals` says; a run
+    from before it was recorded bootstrapped the predictions."""
+    if how and "beta" in how:
+        return "is that of the mean of its classes' recalls, each from its own class's images (their exact beta bounds)"
+    if how and "Wilson" in how:
+        return "is the mean of its classes' Wilson bounds, since no resample of these predictions moved it"
+    return "resamples these predictions"
+
+
 def _folds(m: Mapping[str, Any]) -> int:
     """How many folds the figures pool: 0 for images assessed as one set, 1 for a single split's
     test part (no spread across folds to show), more under cross-validation."""
@@ -278,9 +288,7 @@ def _how_to_read(m: Mapping[str, Any]) -> str:
         "answers are right (0: a 0.8 answer is right 8 times in 10; the reliability plot shows it per bin); "
         "the Brier score (0 best, 2 worst) sums both calibration and sharpness. "
         "The accuracy interval is Wilson's for a proportion; the balanced accuracy one "
-        + ("resamples these predictions" if (m.get("intervals") or {}).get("balanced_accuracy") == "percentile bootstrap"
-           else "is that of the mean of its classes' recalls, each from its own class's images (their exact "
-           "beta bounds)")
+        + _balanced_interval_text((m.get("intervals") or {}).get("balanced_accuracy"))
         + ("; the sd across folds shows how much retraining on other data moves the result. Metrics are "
            "computed on out-of-fold predictions" if _folds(m) > 1 else ". Metrics are computed on the "
            "predictions")

@@ -329,40 +329,33 @@ class Predictor:
 _GLOB_CHARS = set("*?[")
 
 
-def expand_inputs(specs: Iterable[Path | str]) -> list[Path]:
-    """Files as given, folders as their image files (recursive, sorted) and glob patterns.
-    A name that matches nothing is kept, so it becomes an error row rather than vanishing."""
+def _named(spec: Path | str) -> list[Path]:
+    """What one input names: the path itself, or where it does not exist and holds *, ? or [,
+    the paths its glob matches (sorted; none: an empty list). Folders stay folders."""
     from glob import glob
 
+    path = Path(spec)
+    if not path.exists() and _GLOB_CHARS & set(str(spec)):
+        return sorted(Path(m) for m in glob(str(spec), recursive=True))
+    return [path]
+
+
+def expand_inputs(specs: Iterable[Path | str]) -> list[Path]:
+    """Files as given, folders as their image files (recursive, sorted) and glob patterns; a
+    folder a glob matches is read as a folder named is (Windows shells leave globs to us).
+    A name that matches nothing is kept, so it becomes an error row rather than vanishing."""
     from spermhead.data.readers import list_images
 
     out: list[Path] = []
     for spec in specs:
-        path = Path(spec)
-        if path.is_dir():
-            out += list_images(path, nested=True)
-        elif not path.exists() and _GLOB_CHARS & set(str(spec)):
-            matches = sorted(Path(m) for m in glob(str(spec), recursive=True))
-            # a folder matched is read as a folder named is (Windows shells leave globs to us)
-            found = [f for m in matches for f in (list_images(m, nested=True) if m.is_dir() else [m])]
-            out += found or [path]
-        else:
-            out.append(path)
+        found = [f for m in _named(spec) for f in (list_images(m, nested=True) if m.is_dir() else [m])]
+        out += found if found or Path(spec).is_dir() else [Path(spec)]
     return out
 
 
 def searched_folders(specs: Iterable[Path | str]) -> list[Path]:
     """The folders `expand_inputs` reads from these specs: named, or matched by a glob."""
-    from glob import glob
-
-    out: list[Path] = []
-    for spec in specs:
-        path = Path(spec)
-        if path.is_dir():
-            out.append(path)
-        elif not path.exists() and _GLOB_CHARS & set(str(spec)):
-            out += sorted(m for m in map(Path, glob(str(spec), recursive=True)) if m.is_dir())
-    return out
+    return [m for spec in specs for m in _named(spec) if m.is_dir()]
 
 
 def unique_files(files: Iterable[Path]) -> list[Path]:
