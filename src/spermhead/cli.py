@@ -104,9 +104,10 @@ def data_summary(
             failed.append((str(sample.path), exc))
     summary["unusable"] = [{"path": path, "error": str(exc)} for path, exc in failed]
     # a folder's files passed over for their suffix (a GIF, a WebP): said, not silently missing
-    from spermhead.data.readers import skipped_files
+    from spermhead.data.readers import NAMED_DATASETS, skipped_files
 
-    skipped = skipped_files(Path(name)) if Path(name).is_dir() else []
+    # a named dataset is read under the data dir, not from a folder of that name here
+    skipped = skipped_files(Path(name)) if name.lower() not in NAMED_DATASETS and Path(name).is_dir() else []
     summary["skipped"] = [str(p) for p in skipped]
     if skipped and not as_json:
         err_console.print(f"note: {len(skipped)} file(s) passed over for their suffix, e.g. {skipped[0]}",
