@@ -1517,6 +1517,22 @@ def test_tiny_training_side_still_gets_a_stratified_validation_part():
     assert not set(train) & set(val) and len(train) + len(val) == 20
 
 
+def test_a_validation_part_never_takes_a_class_s_every_training_image(caplog):
+    from spermhead.training.protocols import _carve_val
+
+    # 20 normal heads and a pair of twin tapered ones: pulled into validation with its twin, or
+    # the lone third image drawn there, the class would never be trained on in that fold
+    for n_small, twins, fraction in [(2, [[20, 21]], 0.5), (3, [[20, 21, 22]], 0.2), (1, [], 0.2)]:
+        y = np.array([0] * 20 + [1] * n_small)
+        for seed in range(40):
+            train, val = _carve_val(np.arange(len(y)), y, fraction, seed, twins, ["normal", "tapered"])
+            assert 1 in y[train], (n_small, twins, seed)
+            assert sorted(np.concatenate([train, val]).tolist()) == list(range(len(y)))
+            for g in twins:  # twins still on one side
+                assert set(g) <= set(train.tolist()) or set(g) <= set(val.tolist())
+    assert "every training image of class(es) tapered" in caplog.text
+
+
 def test_refit_bundle_is_one_model_trained_on_all_data(separable, tmp_path):
     result = train_run(quick_config(separable, tmp_path / "refit", cv=2, epochs=12, final_model="refit",
                                     monitor="val_acc", patience=2), progress=False)
