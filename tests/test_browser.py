@@ -639,3 +639,16 @@ def test_errors_only_with_no_errors_leaves_the_way_back(page, server: str) -> No
         page.wait_for_selector("#pos:has-text('1 / 8')")
     finally:
         page.unroute("**/api/review")
+
+
+def test_new_sample_frees_the_previews_of_the_uploaded_images(page, server: str, tmp_path: Path) -> None:
+    files = head_files(tmp_path, 3, seed=990)
+    page.goto(server + "/")
+    page.wait_for_selector("#model-info:has-text('spermnet')")
+    page.evaluate("""() => { window.freed = []; const free = URL.revokeObjectURL;
+                             URL.revokeObjectURL = (u) => { window.freed.push(u); free(u); }; }""")
+    page.set_input_files("#file-input", files)
+    page.wait_for_selector("#status:has-text('3 classified')")
+    shown = page.eval_on_selector_all(".card.result img[alt='uploaded image']", "imgs => imgs.map(i => i.src)")
+    page.click("#new-sample")
+    assert len(shown) == 3 and sorted(page.evaluate("window.freed")) == sorted(shown)

@@ -19,6 +19,7 @@ let dropsOut = 0;     // drops still being classified: the status line settles w
 let sharesAsked = 0;  // the latest class-shares request; an earlier answer arriving later is dropped
 const onPage = new Set(); // files already on this page: one head dropped twice is counted once
 let repeats = 0;          // ... and how many repeats were left out
+const previews = [];      // object URLs of the uploaded images shown, freed with the page's cards
 
 function figure(src, caption, alt) {
   const img = el("img", { src, alt });
@@ -60,6 +61,7 @@ function morphTable(m) {
 function fillResult(card, file, r) {
   card.className = "card result";
   const original = URL.createObjectURL(file);
+  previews.push(original);
   const images = el("div", { class: "images" });
   const origFig = figure(original, "uploaded", "uploaded image");
   // Browsers cannot show TIFF: keep the slot but say so instead of a broken image.
@@ -286,6 +288,7 @@ function newSample() {
   onPage.clear();
   repeats = 0;
   cards.replaceChildren();
+  previews.splice(0).forEach((url) => URL.revokeObjectURL(url)); // or each sample's originals stay in memory
   samplePanel.replaceChildren();
   samplePanel.hidden = true;
   statusLine.textContent = "";
