@@ -1404,6 +1404,21 @@ def test_resume_refuses_folds_split_otherwise(separable, tmp_path):
         train_run(cfg, resume=True, progress=False)
 
 
+def test_resume_names_a_damaged_fold_record_and_leaves_no_partial_one(separable, tmp_path):
+    """A fold's records are written whole or not at all; one damaged since (a full disk, a copy
+    cut short) is named with the way out, not met with a JSON traceback."""
+    result = train_run(quick_config(separable, tmp_path / "r", cv=2, epochs=1), progress=False)
+    cfg = load_config(result.out / "config.yaml")
+    fold = result.out / "folds" / "fold0"
+    assert not list(fold.glob("*.partial"))
+    for name in ("done.json", "split.json"):
+        (fold / name).write_text('{"bias": [0.1, ')  # cut short
+        with pytest.raises(ConfigError, match=rf"fold0[/\\]{name}: --resume cannot read this fold's record .*"
+                                              r"delete .*fold0 to train that fold again"):
+            train_run(cfg, resume=True, progress=False)
+        (fold / "done.json").unlink(missing_ok=True)  # then the fold's split record is the one read
+
+
 def test_resume_refuses_a_fold_interrupted_on_another_split(separable, tmp_path):
     """A fold stopped mid-fit has no done.json yet: the split it began on is checked all the same,
     before its checkpoint is trained on further."""
