@@ -1614,13 +1614,42 @@ def test_the_source_models_name_follows_the_training_settings_it_was_trained_wit
     for option in ({"lr": 0.01}, {"optimizer": "sgd"}, {"mixup": 0.2}, {"label_smoothing": 0.0}, {"sam": 0.05},
                    {"batch_size": 16}, {"schedule": "cosine"}, {"l2_conv": 0.01}):
         assert source_path(build_run_config("hushem", "unused", **option)) != source_path(plain), option
-    for option in ({"tta": False}, {"shape_fusion": 0.0}, {"refit_val": False}, {"threads": 1}, {"focal": 2.0},
+    for option in ({"tta": False}, {"shape_fusion": 0.0}, {"refit_val": False}, {"focal": 2.0},
                    {"backbone_lr": 0.3}):
         assert source_path(build_run_config("hushem", "unused", **option)) == source_path(plain), option
+    # the thread count changes the source's rounding: a run repeated at its thread count starts
+    # from the source it started from, whichever run trained the cache first
+    one, two = (build_run_config("hushem", "unused", threads=n) for n in (1, 2))
+    assert source_settings(one)["threads"] == 1 and source_path(one) != source_path(two)
     # freezing is the run's, when it loads the source: the source itself trains whole either way
     unfrozen = build_run_config("hushem", "unused", model="seed-resnet50")
     unfrozen.model.kwargs = {"freeze_backbone": False}
     assert source_path(unfrozen) == source_path(build_run_config("hushem", "unused", model="seed-resnet50"))
+
+
+def test_a_source_trained_again_under_its_name_gives_a_fresh_backbone_copy(tmp_path, monkeypatch):
+    """Runs whose classes differ from the source's start from a copy without its classifier; that
+    copy follows the source's contents, not just its name."""
+    import torch
+    from safetensors.torch import load_file
+
+    from spermhead.models.weights import write_safetensors
+    from spermhead.training.synthetic_init import source_path, synthetic_init_weights
+
+    monkeypatch.setenv("SPERMHEAD_CACHE", str(tmp_path / "cache"))
+    cfg = build_run_config("hushem", "unused")
+    path = source_path(cfg)
+    path.parent.mkdir(parents=True)
+    path.with_suffix(".json").write_text(json.dumps({"classes": ["x", "y"], "classifier": ["fc.weight"]}))
+    copies = []
+    for value in (1.0, 2.0):  # the source, then the same name trained again
+        write_safetensors({"conv.weight": torch.full((2, 2), value), "fc.weight": torch.zeros(2, 2)}, path)
+        copies.append(synthetic_init_weights(cfg, ["a", "b"]))
+        assert set(load_file(str(copies[-1]))) == {"conv.weight"}
+        assert float(load_file(str(copies[-1]))["conv.weight"][0, 0]) == value
+    assert copies[0] != copies[1] and not copies[0].exists()  # the stale copy is gone
+    with pytest.raises(ValueError, match="one metadata entry at most"):  # its bytes would vary by process
+        write_safetensors({"w": torch.zeros(1)}, tmp_path / "w.safetensors", metadata={"a": "1", "b": "2"})
 
 
 def test_a_source_trains_whole_whatever_the_run_freezes(separable, tmp_path, monkeypatch):
