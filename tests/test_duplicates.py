@@ -208,6 +208,18 @@ def test_a_sheet_that_cannot_be_written_is_named(with_twins, tmp_path):
     for args in (["data", "duplicates", str(with_twins), "--sheet", str(blocker / "dups.png")],
                  ["data", "preview", str(with_twins), "--out", str(blocker / "grid.png")]):
         res = CliRunner().invoke(app, args)
-        assert res.exit_code == 2 and "cannot write the sheet" in res.output
+        assert res.exit_code == 2 and "cannot write there" in res.output  # said before any image is read
         assert str(blocker) in res.output.replace("\n", "")
     assert blocker.read_text() == "a file, not a folder"
+
+
+def test_sheets_already_written_are_kept_unless_overwrite_is_given(with_twins, tmp_path):
+    for args in (["data", "duplicates", str(with_twins), "--sheet"], ["data", "preview", str(with_twins), "--out"]):
+        kept = tmp_path / f"{args[1]}.png"
+        kept.write_bytes(b"an earlier sheet")
+        res = CliRunner().invoke(app, [*args, str(kept)])
+        assert res.exit_code == 2 and "exists; pass --overwrite to replace it" in " ".join(res.output.split())
+        assert kept.read_bytes() == b"an earlier sheet"
+        res = CliRunner().invoke(app, [*args, str(kept), "--overwrite"])
+        assert res.exit_code == 0, res.output
+        assert kept.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -245,6 +245,9 @@ def test_grouped_is_refused_for_a_split_and_a_tiny_class_is_named():
             make_folds(table, ProtocolConfig(kind=kind, grouped=True, near_duplicates=0), seed=0, val_fraction=0.15)
     (fold,) = make_folds(table, ProtocolConfig(kind="random", near_duplicates=0), seed=0, val_fraction=0.15)
     assert len(fold.train) + len(fold.val) + len(fold.test) == len(samples)
+    ungrouped = SampleTable("lab", [Sample(s.id, s.path, s.label, "lab") for s in samples], CLASSES)
+    with pytest.raises(ConfigError, match="found 1: only SCIAN's file names record them"):  # not HuSHeM's
+        make_folds(ungrouped, ProtocolConfig(kind="cv", grouped=True, near_duplicates=0), seed=0, val_fraction=0.15)
     tiny = SampleTable("lab", samples[:-9], CLASSES)  # one image of the last class
     with pytest.raises(ConfigError, match=rf"at least 3 images of each class.*{CLASSES[-1]} \(1\)"):
         make_folds(tiny, ProtocolConfig(kind="random", near_duplicates=0), seed=0, val_fraction=0.15)

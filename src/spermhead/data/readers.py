@@ -88,8 +88,10 @@ def list_images(folder: Path, *, nested: bool = False) -> list[Path]:
 
 def skipped_files(folder: Path) -> list[Path]:
     """The visible files under `folder` (recursively) that `list_images` passes over for their
-    suffix: a GIF, a WebP, a file with no suffix. Said, not silently dropped."""
-    return [p for p in _visible_files(folder, True) if p.suffix.lower() not in IMAGE_SUFFIXES]
+    suffix: a GIF, a WebP, a file with no suffix. Said, not silently dropped. `data synth`'s own
+    SYNTHETIC.txt is no image a user missed."""
+    return [p for p in _visible_files(folder, True) if p.suffix.lower() not in IMAGE_SUFFIXES
+            and p.name != "SYNTHETIC.txt"]
 
 
 def _require_dir(path: Path, what: str) -> Path:
@@ -334,8 +336,8 @@ def load_dataset(name: str, data_dir: Path | str | None = None) -> SampleTable:
         base = Path(data_dir) if data_dir is not None else default_data_dir()
         if not base.is_dir():
             raise DataError(
-                f"{base}: missing data folder; pass --data-dir or set SPERMHEAD_DATA to the folder "
-                f"holding {HUSHEM_DIR}/ and {SCIAN_DIR}/"
+                f"{base}: no such folder (the data folder, from --data-dir, SPERMHEAD_DATA or ./data); it is the "
+                f"folder holding {HUSHEM_DIR}/ and {SCIAN_DIR}/"
             )
         return NAMED_READERS[key](base)
     path = Path(name)

@@ -86,8 +86,9 @@ def _make_folds(table: SampleTable, protocol: ProtocolConfig, seed: int, val_fra
     if protocol.grouped:
         groups = np.asarray([s.group or s.source for s in table.samples])
         if len(set(groups)) < protocol.folds:
-            raise ConfigError(f"--grouped needs at least {protocol.folds} acquisition groups, "
-                              f"found {len(set(groups))}")
+            raise ConfigError(f"--grouped needs at least {protocol.folds} acquisition groups, found "
+                              f"{len(set(groups))}: only SCIAN's file names record them (patient and plate); "
+                              "HuSHeM and class folders hold one group per source")
         splitter = StratifiedGroupKFold(protocol.folds, shuffle=True, random_state=seed)
         splits = splitter.split(idx, y, groups)
     else:
