@@ -153,6 +153,20 @@ def test_black_padding_corners_are_not_the_head():
     assert canon.image.min() > 30  # the corners were painted with the background
 
 
+@pytest.mark.parametrize("thickness", [1, 2])
+def test_a_black_frame_round_the_crop_is_padding_not_the_whole_image(thickness):
+    """Crops exported with a drawn border (ImageJ, screenshots) have black on every edge pixel:
+    the head still aligns as it does without the frame, and the frame is painted over."""
+    img = render(30)
+    framed = img.copy()
+    cv2.rectangle(framed, (0, 0), (img.shape[1] - 1, img.shape[0] - 1), (0, 0, 0), thickness)
+    cfg = PreprocessConfig(image_size=64, color="gray", margin=0.6)
+    plain, boxed = canonicalize(img, cfg), canonicalize(framed, cfg)
+    assert plain.aligned and boxed.aligned, boxed.status
+    assert _wrap(boxed.morphometrics.rotation_deg - plain.morphometrics.rotation_deg) <= 3
+    assert boxed.image.min() > 30  # no black frame in the crop
+
+
 def test_black_padding_is_painted_in_an_image_reduced_for_segmentation():
     """Over 256 px the geometry comes from a reduced copy, and the full-size original is warped:
     its black corners are painted over too, with a wide margin that reaches them."""

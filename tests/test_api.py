@@ -364,6 +364,28 @@ def test_review_folder_is_predicted(client: TestClient) -> None:
     assert r.status_code == 200 and r.headers["content-type"] == "image/png"
 
 
+def test_a_review_sets_version_changes_with_its_images(tmp_path: Path) -> None:
+    """The page puts it in each image's address, which the browser caches for an hour: item 0 of
+    another set, or an image replaced under its name, must not come from the cache."""
+    import os
+
+    from spermhead.serving.app import ReviewItem, ReviewSet
+
+    for name in ("a.png", "b.png"):
+        Image.new("L", (8, 8), 50).save(tmp_path / name)
+
+    def review(*names: str) -> ReviewSet:
+        items = [ReviewItem(i, n, tmp_path / n, "normal", "normal") for i, n in enumerate(names)]
+        return ReviewSet("folder", str(tmp_path), ["normal"], items)
+
+    first = review("a.png").to_dict()["version"]
+    assert review("a.png").version == first and review("b.png").version != first
+    st = (tmp_path / "a.png").stat()
+    Image.new("L", (9, 8), 60).save(tmp_path / "a.png")  # replaced under its own name
+    os.utime(tmp_path / "a.png", ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    assert review("a.png").version != first
+
+
 def test_the_server_ends_the_workers_and_pools_it_started(bundle: Path, labelled: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     from spermhead.serving import predictor as predictor_module

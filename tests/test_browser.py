@@ -484,6 +484,7 @@ def test_new_sample_pressed_during_an_upload_drops_the_answers_still_out(page, s
     page.wait_for_timeout(500)
     assert page.locator("#sample").is_hidden() and page.locator("#status").inner_text() == ""
     page.unroute("**/api/predict**")
+    page.unroute("**/api/composition")  # or the later tests' shares would be held for ever
 
 
 def test_cards_keep_the_order_of_the_files_each_drop_on_top(page, server: str, tmp_path: Path) -> None:
@@ -536,3 +537,118 @@ def test_the_report_fits_a_phone_screen(page, tmp_path: Path) -> None:
         assert page.evaluate("document.documentElement.scrollWidth") <= 375  # ...but scroll on their own
     finally:
         page.set_viewport_size({"width": 1280, "height": 900})
+
+
+def test_the_same_file_given_twice_is_one_head_and_a_failed_one_may_be_given_again(page, server: str,
+                                                                                   tmp_path: Path) -> None:
+    files = head_files(tmp_path, 10, seed=900)
+    page.goto(server + "/")
+    page.wait_for_selector("#model-info:has-text('spermnet')")
+    page.set_input_files("#file-input", files)
+    page.wait_for_selector("#sample:has-text('all 10 heads')")
+    page.set_input_files("#file-input", files[:4])  # picked again: the same heads, not four more
+    page.wait_for_selector("#status:has-text('4 files already on this page left out')")
+    assert page.locator(".card").count() == 10 and "all 10 heads" in page.locator("#sample h2").inner_text()
+    assert page.locator("#status").inner_text().startswith("10 classified on this page")
+    # a file that failed (here the server's answer was no JSON, as a proxy's error page) is no repeat
+    page.click("#new-sample")
+    page.route("**/api/predict**", lambda route: route.fulfill(status=200, content_type="text/html",
+                                                                body="<html>gateway timeout</html>"))
+    try:
+        page.set_input_files("#file-input", files[:3])
+        page.wait_for_selector("#status:has-text('0 classified on this page, 3 could not be used')")
+        assert page.locator(".card.error").count() == 3
+        assert "unreadable answer from the server" in page.locator(".card.error .err").first.inner_text()
+    finally:
+        page.unroute("**/api/predict**")
+    page.set_input_files("#file-input", files[:3])
+    page.wait_for_selector("#status:has-text('3 classified on this page, 3 could not be used')")
+    assert "left out" not in page.locator("#status").inner_text()
+
+
+def test_batches_stay_within_the_servers_request_limit(page, server: str, tmp_path: Path) -> None:
+    files = head_files(tmp_path, 7, seed=950)
+    sizes = [Path(f).stat().st_size for f in files]
+    room = max(sizes) * 2.5  # two or three heads to a request, not eight
+    limit_mb = (room + 64 * 1024) / (1 << 20)  # the page keeps 64 kB for the form itself
+    expected, size = 1, 0  # requests the sizes call for, batch by batch
+    for n in sizes:
+        if size and size + n > room:
+            expected, size = expected + 1, 0
+        size += n
+
+    def model(route: object) -> None:
+        body = route.fetch().json()
+        body["limits"]["max_request_mb"] = limit_mb
+        route.fulfill(json=body)
+
+    sent: list[str] = []
+    page.route("**/api/model", model)
+
+    def record(request: object) -> None:
+        if "/api/predict" in request.url:
+            sent.append(request.url)
+
+    page.on("request", record)
+    try:
+        page.goto(server + "/")
+        page.wait_for_selector("#model-info:has-text('spermnet')")
+        page.set_input_files("#file-input", files)
+        page.wait_for_selector("#status:has-text('7 classified')")
+    finally:
+        page.unroute("**/api/model")
+        page.remove_listener("request", record)
+    assert expected >= 3 and len(sent) == expected, (sizes, sent)  # not the 7 in one request of before
+
+
+def test_an_older_class_shares_answer_does_not_replace_a_newer_one(page, server: str, tmp_path: Path) -> None:
+    files = head_files(tmp_path, 15, seed=980)
+    held: list[object] = []
+    page.route("**/api/composition", lambda route: route.continue_() if held else held.append(route))
+    try:
+        page.goto(server + "/")
+        page.wait_for_selector("#model-info:has-text('spermnet')")
+        page.set_input_files("#file-input", files[:10])
+        while not held:  # the first ten heads' shares are answered late
+            page.wait_for_timeout(20)
+        page.set_input_files("#file-input", files[10:])
+        page.wait_for_selector("#sample:has-text('all 15 heads')")
+        held[0].continue_()
+        page.wait_for_timeout(1000)
+    finally:
+        page.unroute("**/api/composition")
+    assert "all 15 heads" in page.locator("#sample h2").inner_text()
+    assert page.locator("#status").inner_text().startswith("15 classified on this page")
+
+
+def test_errors_only_with_no_errors_leaves_the_way_back(page, server: str) -> None:
+    def all_right(route: object) -> None:
+        body = route.fetch().json()
+        for it in body["items"]:
+            it["pred"], it["correct"] = it["true"], True
+        route.fulfill(json=body)
+
+    page.route("**/api/review", all_right)
+    try:
+        page.goto(server + "/review")
+        page.wait_for_selector("#pos:has-text('1 / 8')")
+        assert "?v=" in page.locator("#review-image").get_attribute("src")  # the set's version in the address
+        page.check("#errors-only")
+        page.wait_for_selector("#empty:has-text('No errors')")
+        page.uncheck("#errors-only", timeout=2000)  # still in reach, by mouse and keyboard
+        page.wait_for_selector("#pos:has-text('1 / 8')")
+    finally:
+        page.unroute("**/api/review")
+
+
+def test_new_sample_frees_the_previews_of_the_uploaded_images(page, server: str, tmp_path: Path) -> None:
+    files = head_files(tmp_path, 3, seed=990)
+    page.goto(server + "/")
+    page.wait_for_selector("#model-info:has-text('spermnet')")
+    page.evaluate("""() => { window.freed = []; const free = URL.revokeObjectURL;
+                             URL.revokeObjectURL = (u) => { window.freed.push(u); free(u); }; }""")
+    page.set_input_files("#file-input", files)
+    page.wait_for_selector("#status:has-text('3 classified')")
+    shown = page.eval_on_selector_all(".card.result img[alt='uploaded image']", "imgs => imgs.map(i => i.src)")
+    page.click("#new-sample")
+    assert len(shown) == 3 and sorted(page.evaluate("window.freed")) == sorted(shown)

@@ -57,6 +57,18 @@ def test_copies_of_a_head_are_found_and_distinct_heads_are_not(tmp_path):
     assert not flat.any() and near_duplicate_groups(flat) == []  # no head, nothing to match
 
 
+def test_a_large_photo_is_shrunk_before_its_signature_and_still_matches_its_crop():
+    rgb = render_head("normal", "hushem", np.random.default_rng(3))[0]
+    big = np.asarray(Image.fromarray(rgb).resize((rgb.shape[1] * 40, rgb.shape[0] * 40), Image.BICUBIC))
+    exact = big.astype(np.float32).mean(axis=2)  # what the thumbnail would be without the shrink
+    import cv2
+
+    thumb = cv2.resize(exact, (32, 32), interpolation=cv2.INTER_AREA).ravel()
+    thumb = (thumb - thumb.mean()) / np.linalg.norm(thumb - thumb.mean())
+    assert float(signature(big) @ thumb) > 0.999
+    assert float(signature(big) @ signature(rgb)) > 0.98  # the copy at its own size: a near-duplicate
+
+
 def test_keep_together_moves_only_the_groups():
     part = np.array([0, 1, 2, 3, 4, 0, 1])
     assert keep_together(part, [[1, 4], [2, 5, 6]]).tolist() == [0, 1, 2, 3, 1, 2, 2]
@@ -196,6 +208,18 @@ def test_a_sheet_that_cannot_be_written_is_named(with_twins, tmp_path):
     for args in (["data", "duplicates", str(with_twins), "--sheet", str(blocker / "dups.png")],
                  ["data", "preview", str(with_twins), "--out", str(blocker / "grid.png")]):
         res = CliRunner().invoke(app, args)
-        assert res.exit_code == 2 and "cannot write the sheet" in res.output
+        assert res.exit_code == 2 and "cannot write there" in res.output  # said before any image is read
         assert str(blocker) in res.output.replace("\n", "")
     assert blocker.read_text() == "a file, not a folder"
+
+
+def test_sheets_already_written_are_kept_unless_overwrite_is_given(with_twins, tmp_path):
+    for args in (["data", "duplicates", str(with_twins), "--sheet"], ["data", "preview", str(with_twins), "--out"]):
+        kept = tmp_path / f"{args[1]}.png"
+        kept.write_bytes(b"an earlier sheet")
+        res = CliRunner().invoke(app, [*args, str(kept)])
+        assert res.exit_code == 2 and "exists; pass --overwrite to replace it" in " ".join(res.output.split())
+        assert kept.read_bytes() == b"an earlier sheet"
+        res = CliRunner().invoke(app, [*args, str(kept), "--overwrite"])
+        assert res.exit_code == 0, res.output
+        assert kept.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -190,6 +190,20 @@ def test_bundle_without_training_record(trained, tmp_path: Path) -> None:
     assert any("does not record its training images" in n for n in metrics["notes"])
 
 
+def test_a_bundle_trained_on_synthetic_heads_is_said_to_be(trained, tmp_path: Path) -> None:
+    data, bundle = trained
+    rendered = tmp_path / "rendered_bundle"
+    shutil.copytree(bundle, rendered)
+    meta = json.loads((rendered / "model.json").read_text())
+    meta["run"] = {**(meta.get("run") or {}), "synthetic": True}  # as a bundle trained after data synth
+    (rendered / "model.json").write_text(json.dumps(meta))
+    result = evaluate(rendered, data, tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    assert "was trained on synthetic heads" in " ".join(result.output.split())
+    plain = evaluate(bundle, data, tmp_path / "out2")
+    assert "synthetic heads" not in " ".join(plain.output.split())
+
+
 def test_review_page_opens_an_assessment(trained, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from fastapi.testclient import TestClient
 

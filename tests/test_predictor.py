@@ -389,7 +389,7 @@ def test_predict_classifies_a_file_named_twice_once(bundle: Path, folder: Path, 
     with open(out_csv, newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == n and len({Path(r["path"]).resolve() for r in rows}) == n
-    assert "2 file(s) named more than once" in " ".join(result.output.split())
+    assert "2 file(s) are the same file as one named before" in " ".join(result.output.split())
 
 
 def test_predict_refuses_to_write_over_an_image_it_reads(bundle: Path, folder: Path, tmp_path: Path) -> None:

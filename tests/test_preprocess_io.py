@@ -268,3 +268,15 @@ def test_16_bit_data_is_stretched_through_a_histogram_as_through_float_percentil
     out = _stretch(values)
     assert out.dtype == np.uint8 and out.shape == values.shape
     assert np.abs(out.astype(int) - expected).max() <= 1 and (out == expected).mean() > 0.99
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+def test_a_malformed_exif_block_leaves_the_pixels_readable(fmt):
+    rgb = np.zeros((20, 40, 3), np.uint8)
+    rgb[:5, :10] = 255
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format=fmt, exif=b"Exif\x00\x00garbagegarbage")
+    out = read_image(buf.getvalue())
+    assert out.shape == (20, 40, 3)  # as stored, not refused as corrupt
+    assert out[:5, :10].mean() > 200 and out[10:].mean() < 30
+

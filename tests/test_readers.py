@@ -88,6 +88,27 @@ def test_scian_two_files_for_one_head_and_a_majority_the_votes_do_not_give_are_r
             read_scian(root)
 
 
+def test_scian_one_head_annotated_twice_and_a_class_code_given_twice_are_refused(tmp_path):
+    files = ["ch00_p1-pl2-sample1-sperm1.tif"]
+    # sample01/Sperm_01 and sample1/Sperm_1 name one file: two rows, two labels, one head
+    root = _scian(tmp_path, ["p1-pl2-sample01/Sperm_01\t0\t0\t0\t0\n", "p1-pl2-sample1/Sperm_1\t5\t5\t5\t5\n"], files)
+    with pytest.raises(DataError, match=r"annotations.txt:2: id p1-pl2-sample1/Sperm_1 names the same head as an "
+                                        r"earlier line \(ch00_p1-pl2-sample1-sperm1.tif\)"):
+        read_scian(root)
+    (tmp_path / "SCIAN-MorphoSpermGS").rename(tmp_path / "old")
+    # a second "1" would silently read every tapered head as normal
+    root = _scian(tmp_path, ["p1-pl2-sample01/Sperm_01\t1\t1\t1\t1\n"], files, classes="0 Normal\n1 Tapered\n1 Normal\n")
+    with pytest.raises(DataError, match=r"classes.txt:3: code 1 is given twice \(tapered and Normal\)"):
+        read_scian(root)
+
+
+def test_scian_files_saved_with_a_byte_order_mark_are_read(tmp_path):
+    root = _scian(tmp_path, ["\ufeffp1-pl2-sample01/Sperm_01\t1\t1\t1\t1\n"], ["ch00_p1-pl2-sample1-sperm1.tif"],
+                  classes="\ufeff0 Normal\n1 Tapered\n")
+    table = read_scian(root)
+    assert [(s.id, s.label) for s in table.samples] == [("scian/p1-pl2-sample01/Sperm_01", "tapered")]
+
+
 def test_scian_unknown_majority_code(tmp_path):
     root = _scian(tmp_path, ["p1-pl2-sample01/Sperm_01\t9\t9\t9\t9\n"], ["ch00_p1-pl2-sample1-sperm1.tif"])
     with pytest.raises(DataError, match=r"PA-expert-annotations.txt:1: majority label code 9"):
@@ -95,7 +116,7 @@ def test_scian_unknown_majority_code(tmp_path):
 
 
 def test_missing_and_empty_folders(tmp_path):
-    with pytest.raises(DataError, match="missing data folder"):
+    with pytest.raises(DataError, match=r"nowhere: no such folder \(the data folder"):
         load_dataset("hushem", tmp_path / "nowhere")
     (tmp_path / "ds" / "normal").mkdir(parents=True)
     with pytest.raises(DataError, match="normal: empty class folder"):
@@ -140,6 +161,64 @@ def test_a_session_linked_into_a_class_folder_is_read_and_a_link_back_up_does_no
     (tmp_path / "lab" / "Normal" / ".prev").symlink_to(tmp_path / "lab" / "Normal" / "day 2")
     table = load_dataset(str(tmp_path / "lab"))
     assert sorted(s.id for s in table.samples) == ["Normal/a.png", "Normal/day 2/b.png", "Tapered/a.png"]
+
+
+def test_a_link_added_elsewhere_does_not_rename_a_file_already_read(tmp_path):
+    for name in ("Normal/a_session/a.png", "Normal/b_session/x.png", "Tapered/t.png"):
+        (tmp_path / "lab" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "lab" / name).write_bytes(b"x")
+    before = sorted(s.id for s in load_dataset(str(tmp_path / "lab")).samples)
+    # walked depth-first, the link inside an earlier folder would reach b_session before itself
+    (tmp_path / "lab" / "Normal" / "a_session" / "see_also").symlink_to(tmp_path / "lab" / "Normal" / "b_session")
+    assert sorted(s.id for s in load_dataset(str(tmp_path / "lab")).samples) == before
+    assert "Normal/b_session/x.png" in before
+
+
+def test_a_broken_link_is_named_when_read_not_dropped(tmp_path):
+    from spermhead.errors import ImageError
+    from spermhead.preprocess.io import read_image
+
+    for cls in ("Normal", "Tapered"):
+        (tmp_path / "lab" / cls).mkdir(parents=True)
+        Image.new("L", (8, 8)).save(tmp_path / "lab" / cls / "a.png")
+    (tmp_path / "lab" / "Normal" / "z.png").symlink_to(tmp_path / "nowhere.png")
+    table = load_dataset(str(tmp_path / "lab"))
+    broken = [s for s in table.samples if s.path.name == "z.png"]
+    assert len(broken) == 1
+    with pytest.raises(ImageError, match="z.png"):
+        read_image(broken[0].path)
+    result = CliRunner().invoke(app, ["data", "summary", str(tmp_path / "lab")], terminal_width=300)
+    assert result.exit_code == 1 and "z.png" in result.output
+
+
+def test_two_hushem_files_with_one_name_are_refused_naming_both(tmp_path):
+    for folder in ("01_Normal", "02_Tapered", "03_Pyriform", "04_Amorphous"):
+        (tmp_path / "HuSHeM" / folder).mkdir(parents=True)
+        Image.new("L", (8, 8)).save(tmp_path / "HuSHeM" / folder / "image_001.bmp")
+    Image.new("L", (8, 8)).save(tmp_path / "HuSHeM" / "02_Tapered" / "image_001.png")
+    with pytest.raises(DataError, match=r"image_001.png and .*image_001.bmp: same name with another suffix"):
+        load_dataset("hushem", tmp_path)
+
+
+def test_training_and_testing_folders_are_a_split_not_two_classes(tmp_path):
+    for split in ("Training", "Validation", "Testing"):
+        for cls in ("good", "bad"):
+            (tmp_path / "ds" / split / cls).mkdir(parents=True)
+            (tmp_path / "ds" / split / cls / "1.png").write_bytes(b"x")
+    table = load_dataset(str(tmp_path / "ds"))
+    assert sorted(table.classes) == ["bad", "good"]
+    assert {s.split for s in table.samples} == {"train", "val", "test"}
+
+
+def test_a_dataset_name_summarises_the_named_dataset_not_a_folder_of_that_name_here(tmp_path, monkeypatch):
+    for folder in ("01_Normal", "02_Tapered", "03_Pyriform", "04_Amorphous"):
+        (tmp_path / "data" / "HuSHeM" / folder).mkdir(parents=True)
+        Image.new("L", (8, 8)).save(tmp_path / "data" / "HuSHeM" / folder / "a.bmp")
+    (tmp_path / "hushem" / "normal").mkdir(parents=True)  # a folder of that name beside it
+    (tmp_path / "hushem" / "normal" / "notes.txt").write_text("x")
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["data", "summary", "hushem", "--data-dir", "data", "--json"])
+    assert result.exit_code == 0 and json.loads(result.stdout.splitlines()[0])["skipped"] == []
 
 
 def test_fixed_split_folders(tmp_path):
@@ -221,6 +300,7 @@ def test_summary_names_files_passed_over_for_their_suffix(tmp_path):
         (tmp_path / "ds" / cls).mkdir(parents=True)
         Image.new("L", (8, 8)).save(tmp_path / "ds" / cls / "a.png")
     Image.new("L", (8, 8)).save(tmp_path / "ds" / "normal" / "b.gif")
+    (tmp_path / "ds" / "SYNTHETIC.txt").write_text("rendered")  # data synth's own marker is no missed image
     result = CliRunner().invoke(app, ["data", "summary", str(tmp_path / "ds")], terminal_width=300)
     assert result.exit_code == 0 and "1 file(s) passed over for their suffix, e.g." in result.output
     assert "b.gif" in result.output

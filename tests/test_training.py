@@ -245,6 +245,9 @@ def test_grouped_is_refused_for_a_split_and_a_tiny_class_is_named():
             make_folds(table, ProtocolConfig(kind=kind, grouped=True, near_duplicates=0), seed=0, val_fraction=0.15)
     (fold,) = make_folds(table, ProtocolConfig(kind="random", near_duplicates=0), seed=0, val_fraction=0.15)
     assert len(fold.train) + len(fold.val) + len(fold.test) == len(samples)
+    ungrouped = SampleTable("lab", [Sample(s.id, s.path, s.label, "lab") for s in samples], CLASSES)
+    with pytest.raises(ConfigError, match="found 1: only SCIAN's file names record them"):  # not HuSHeM's
+        make_folds(ungrouped, ProtocolConfig(kind="cv", grouped=True, near_duplicates=0), seed=0, val_fraction=0.15)
     tiny = SampleTable("lab", samples[:-9], CLASSES)  # one image of the last class
     with pytest.raises(ConfigError, match=rf"at least 3 images of each class.*{CLASSES[-1]} \(1\)"):
         make_folds(tiny, ProtocolConfig(kind="random", near_duplicates=0), seed=0, val_fraction=0.15)
@@ -1404,6 +1407,21 @@ def test_resume_refuses_folds_split_otherwise(separable, tmp_path):
         train_run(cfg, resume=True, progress=False)
 
 
+def test_resume_names_a_damaged_fold_record_and_leaves_no_partial_one(separable, tmp_path):
+    """A fold's records are written whole or not at all; one damaged since (a full disk, a copy
+    cut short) is named with the way out, not met with a JSON traceback."""
+    result = train_run(quick_config(separable, tmp_path / "r", cv=2, epochs=1), progress=False)
+    cfg = load_config(result.out / "config.yaml")
+    fold = result.out / "folds" / "fold0"
+    assert not list(fold.glob("*.partial"))
+    for name in ("done.json", "split.json"):
+        (fold / name).write_text('{"bias": [0.1, ')  # cut short
+        with pytest.raises(ConfigError, match=rf"fold0[/\\]{name}: --resume cannot read this fold's record .*"
+                                              r"delete .*fold0 to train that fold again"):
+            train_run(cfg, resume=True, progress=False)
+        (fold / "done.json").unlink(missing_ok=True)  # then the fold's split record is the one read
+
+
 def test_resume_refuses_a_fold_interrupted_on_another_split(separable, tmp_path):
     """A fold stopped mid-fit has no done.json yet: the split it began on is checked all the same,
     before its checkpoint is trained on further."""
@@ -1517,6 +1535,22 @@ def test_tiny_training_side_still_gets_a_stratified_validation_part():
     assert not set(train) & set(val) and len(train) + len(val) == 20
 
 
+def test_a_validation_part_never_takes_a_class_s_every_training_image(caplog):
+    from spermhead.training.protocols import _carve_val
+
+    # 20 normal heads and a pair of twin tapered ones: pulled into validation with its twin, or
+    # the lone third image drawn there, the class would never be trained on in that fold
+    for n_small, twins, fraction in [(2, [[20, 21]], 0.5), (3, [[20, 21, 22]], 0.2), (1, [], 0.2)]:
+        y = np.array([0] * 20 + [1] * n_small)
+        for seed in range(40):
+            train, val = _carve_val(np.arange(len(y)), y, fraction, seed, twins, ["normal", "tapered"])
+            assert 1 in y[train], (n_small, twins, seed)
+            assert sorted(np.concatenate([train, val]).tolist()) == list(range(len(y)))
+            for g in twins:  # twins still on one side
+                assert set(g) <= set(train.tolist()) or set(g) <= set(val.tolist())
+    assert "every training image of class(es) tapered" in caplog.text
+
+
 def test_refit_bundle_is_one_model_trained_on_all_data(separable, tmp_path):
     result = train_run(quick_config(separable, tmp_path / "refit", cv=2, epochs=12, final_model="refit",
                                     monitor="val_acc", patience=2), progress=False)
@@ -1583,13 +1617,42 @@ def test_the_source_models_name_follows_the_training_settings_it_was_trained_wit
     for option in ({"lr": 0.01}, {"optimizer": "sgd"}, {"mixup": 0.2}, {"label_smoothing": 0.0}, {"sam": 0.05},
                    {"batch_size": 16}, {"schedule": "cosine"}, {"l2_conv": 0.01}):
         assert source_path(build_run_config("hushem", "unused", **option)) != source_path(plain), option
-    for option in ({"tta": False}, {"shape_fusion": 0.0}, {"refit_val": False}, {"threads": 1}, {"focal": 2.0},
+    for option in ({"tta": False}, {"shape_fusion": 0.0}, {"refit_val": False}, {"focal": 2.0},
                    {"backbone_lr": 0.3}):
         assert source_path(build_run_config("hushem", "unused", **option)) == source_path(plain), option
+    # the thread count changes the source's rounding: a run repeated at its thread count starts
+    # from the source it started from, whichever run trained the cache first
+    one, two = (build_run_config("hushem", "unused", threads=n) for n in (1, 2))
+    assert source_settings(one)["threads"] == 1 and source_path(one) != source_path(two)
     # freezing is the run's, when it loads the source: the source itself trains whole either way
     unfrozen = build_run_config("hushem", "unused", model="seed-resnet50")
     unfrozen.model.kwargs = {"freeze_backbone": False}
     assert source_path(unfrozen) == source_path(build_run_config("hushem", "unused", model="seed-resnet50"))
+
+
+def test_a_source_trained_again_under_its_name_gives_a_fresh_backbone_copy(tmp_path, monkeypatch):
+    """Runs whose classes differ from the source's start from a copy without its classifier; that
+    copy follows the source's contents, not just its name."""
+    import torch
+    from safetensors.torch import load_file
+
+    from spermhead.models.weights import write_safetensors
+    from spermhead.training.synthetic_init import source_path, synthetic_init_weights
+
+    monkeypatch.setenv("SPERMHEAD_CACHE", str(tmp_path / "cache"))
+    cfg = build_run_config("hushem", "unused")
+    path = source_path(cfg)
+    path.parent.mkdir(parents=True)
+    path.with_suffix(".json").write_text(json.dumps({"classes": ["x", "y"], "classifier": ["fc.weight"]}))
+    copies = []
+    for value in (1.0, 2.0):  # the source, then the same name trained again
+        write_safetensors({"conv.weight": torch.full((2, 2), value), "fc.weight": torch.zeros(2, 2)}, path)
+        copies.append(synthetic_init_weights(cfg, ["a", "b"]))
+        assert set(load_file(str(copies[-1]))) == {"conv.weight"}
+        assert float(load_file(str(copies[-1]))["conv.weight"][0, 0]) == value
+    assert copies[0] != copies[1] and not copies[0].exists()  # the stale copy is gone
+    with pytest.raises(ValueError, match="one metadata entry at most"):  # its bytes would vary by process
+        write_safetensors({"w": torch.zeros(1)}, tmp_path / "w.safetensors", metadata={"a": "1", "b": "2"})
 
 
 def test_a_source_trains_whole_whatever_the_run_freezes(separable, tmp_path, monkeypatch):

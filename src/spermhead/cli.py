@@ -104,9 +104,10 @@ def data_summary(
             failed.append((str(sample.path), exc))
     summary["unusable"] = [{"path": path, "error": str(exc)} for path, exc in failed]
     # a folder's files passed over for their suffix (a GIF, a WebP): said, not silently missing
-    from spermhead.data.readers import skipped_files
+    from spermhead.data.readers import NAMED_DATASETS, skipped_files
 
-    skipped = skipped_files(Path(name)) if Path(name).is_dir() else []
+    # a named dataset is read under the data dir, not from a folder of that name here
+    skipped = skipped_files(Path(name)) if name.lower() not in NAMED_DATASETS and Path(name).is_dir() else []
     summary["skipped"] = [str(p) for p in skipped]
     if skipped and not as_json:
         err_console.print(f"note: {len(skipped)} file(s) passed over for their suffix, e.g. {skipped[0]}",
@@ -143,6 +144,7 @@ def data_preview(
         "--image-size", min=8, help="Canonical image size (default: the dataset's training recipe's)")] = None,
     color: Annotated[str | None, typer.Option("--color", help="gray or rgb (default: the recipe's)")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Which samples are drawn.")] = 0,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing --out file")] = False,
 ) -> None:
     """Write a contact sheet: per class, raw crops beside the canonical images `train` would give
     the model (its recipe's size, colour and scale, unless told otherwise)."""
@@ -150,6 +152,7 @@ def data_preview(
     from spermhead.preprocess.preview import contact_sheet
     from spermhead.training.options import build_run_config
 
+    check_output_file(out, "--out", overwrite=overwrite)  # as every other output: not replaced unasked
     cfg = build_run_config(name, "unused", image_size=image_size, color=color).preprocess  # checks them too
     path = contact_sheet(load_dataset(name, data_dir), cfg, out, per_class=per_class, seed=seed)
     console.print(f"wrote {path}", highlight=False, soft_wrap=True)
@@ -164,9 +167,12 @@ def data_duplicates(
         "--threshold", min=0.0, max=1.0, help="Thumbnail correlation at which two images count as one head")] = 0.98,
     sheet: Annotated[Path | None, typer.Option("--sheet", help="Also write the groups side by side to this PNG")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing --sheet file")] = False,
 ) -> None:
     """List images that show the same head twice: they stay on one side of every split."""
     from rich.table import Table
+
+    check_output_file(sheet, "--sheet", overwrite=overwrite)
 
     from spermhead.data.duplicates import near_duplicate_groups, signatures
     from spermhead.data.readers import load_dataset
@@ -669,8 +675,9 @@ def predict(
     named = expand_inputs(paths)
     files = unique_files(named)
     if len(files) < len(named):
-        err_console.print(f"note: {len(named) - len(files)} file(s) named more than once (a folder and its own "
-                          "files, say) are classified and counted once", highlight=False, soft_wrap=True)
+        err_console.print(f"note: {len(named) - len(files)} file(s) are the same file as one named before (named "
+                          "twice, a folder and its own files, or a link to it) and are classified and counted once",
+                          highlight=False, soft_wrap=True)
     inputs = {f.resolve() for f in files if f.exists()}
     for path, option in outputs:  # written before they would be read: an image replaced by a CSV
         if path.resolve() in inputs:
@@ -851,6 +858,10 @@ def evaluate(
     check_out_dir(out, overwrite)
     table = load_dataset(name, data_dir)
     with Predictor(model, backend=backend, operating_point=operating_point) as predictor:
+        if (predictor.meta.run or {}).get("synthetic"):  # as predict and the web page say it
+            err_console.print(f"note: {model} was trained on synthetic heads (rendered by spermhead, not "
+                              "photographed); its scores on microscope images mean little", highlight=False,
+                              soft_wrap=True)
         progress = Progress(TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                             console=err_console, transient=True)
         with progress:

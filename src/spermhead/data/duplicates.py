@@ -33,6 +33,12 @@ _cache: dict[tuple[str, int, int], np.ndarray] = {}  # (path, mtime, size) -> si
 
 def signature(rgb: np.ndarray, size: int = THUMBNAIL) -> np.ndarray:
     """A unit-length, zero-mean grey thumbnail: a dot product of two is their correlation."""
+    h, w = rgb.shape[:2]
+    if max(h, w) > 8 * size:
+        # a large photo is shrunk as it is stored first: as float32, a 30-megapixel one would be a
+        # 460 MB copy (the datasets' crops, 35-131 px, never reach this)
+        f = 8 * size / max(h, w)
+        rgb = cv2.resize(rgb, (max(size, round(w * f)), max(size, round(h * f))), interpolation=cv2.INTER_AREA)
     grey = rgb.astype(np.float32).mean(axis=2) if rgb.ndim == 3 else rgb.astype(np.float32)
     thumb = cv2.resize(grey, (size, size), interpolation=cv2.INTER_AREA).ravel()
     thumb -= thumb.mean()

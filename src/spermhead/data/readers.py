@@ -45,27 +45,38 @@ def _visible_files(folder: Path, nested: bool) -> list[Path]:
     """Files, sorted; hidden ones (".DS_Store", macOS's "._x.png" copies, anything in a hidden
     folder) are left out."""
     found = _walk(folder) if nested else folder.iterdir()
-    return sorted(p for p in found if p.is_file()
-                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    # a broken link is kept, so reading it names it ("no such file") rather than it vanishing;
+    # sorted by parts, as POSIX compares paths, so Windows' case-blind order gives the same folds
+    return sorted((p for p in found if (p.is_file() or (p.is_symlink() and not p.exists()))
+                   and not any(part.startswith(".") for part in p.relative_to(folder).parts)),
+                  key=lambda p: p.parts)
 
 
 def _walk(folder: Path) -> list[Path]:
     """Every path under `folder`, following linked subfolders (a lab links in a session kept
     elsewhere; rglob passes those over silently) but entering each real folder once, so a link
-    back up does not loop."""
+    back up does not loop.
+
+    The real tree is walked first and the links after it, in sorted order, so a file's id is its
+    real path wherever a link to its folder sits, and adding a link never renames a file already
+    read. Hidden folders are left out before walking, or a hidden link would take its target's
+    files with it."""
     seen: set[str] = set()
     found: list[Path] = []
-    for top, dirs, files in os.walk(folder, followlinks=True):
-        real = os.path.realpath(top)
-        if real in seen:
-            dirs[:] = []
-            continue
-        seen.add(real)
-        # hidden folders are left out here, or a hidden link walked first would take its target's
-        # files with it; real folders go before links to them, in sorted order, so a file's id
-        # does not hang on the order the file system lists them
-        dirs[:] = sorted((d for d in dirs if not d.startswith(".")), key=lambda d: (os.path.islink(Path(top, d)), d))
-        found += [Path(top, name) for name in dirs + files]
+    links: list[Path] = []
+    pending = [folder]
+    while pending:
+        for top, dirs, files in os.walk(pending.pop(0)):  # does not enter links: they queue below
+            real = os.path.realpath(top)
+            if real in seen:
+                dirs[:] = []
+                continue
+            seen.add(real)
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            links += [Path(top, d) for d in dirs if os.path.islink(Path(top, d))]
+            found += [Path(top, name) for name in dirs + files]
+        if not pending:
+            pending, links = sorted(links, key=lambda p: p.parts), []
     return found
 
 
@@ -77,8 +88,10 @@ def list_images(folder: Path, *, nested: bool = False) -> list[Path]:
 
 def skipped_files(folder: Path) -> list[Path]:
     """The visible files under `folder` (recursively) that `list_images` passes over for their
-    suffix: a GIF, a WebP, a file with no suffix. Said, not silently dropped."""
-    return [p for p in _visible_files(folder, True) if p.suffix.lower() not in IMAGE_SUFFIXES]
+    suffix: a GIF, a WebP, a file with no suffix. Said, not silently dropped. `data synth`'s own
+    SYNTHETIC.txt is no image a user missed."""
+    return [p for p in _visible_files(folder, True) if p.suffix.lower() not in IMAGE_SUFFIXES
+            and p.name != "SYNTHETIC.txt"]
 
 
 def _require_dir(path: Path, what: str) -> Path:
@@ -98,7 +111,12 @@ def read_hushem(root: Path) -> SampleTable:
         if not images:
             raise DataError(f"{class_dir}: empty class folder, no images")
         label = normalise_class_name(folder)
+        stems: dict[str, Path] = {}
         for p in images:
+            if p.stem in stems:  # image_001.png beside image_001.bmp: one id for two heads
+                raise DataError(f"{p} and {stems[p.stem]}: same name with another suffix, so one sample id; "
+                                "keep one")
+            stems[p.stem] = p
             samples.append(Sample(f"hushem/{folder}/{p.stem}", p, label, "hushem"))
     return SampleTable("hushem", samples, synthetic=_rendered(root))
 
@@ -107,12 +125,15 @@ def read_scian_codes(path: Path) -> dict[str, str]:
     if not path.is_file():
         raise DataError(f"{path}: missing file (SCIAN class codes)")
     codes = {}
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    for n, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1):  # a BOM is not a code
         if not line.strip():
             continue
         parts = line.split(maxsplit=1)
         if len(parts) != 2 or not parts[0].isdigit():
             raise DataError(f"{path}:{n}: expected '<code> <class name>', got {line!r}")
+        if parts[0] in codes:  # the later line would silently relabel the earlier class
+            raise DataError(f"{path}:{n}: code {parts[0]} is given twice ({codes[parts[0]]} and "
+                            f"{parts[1].strip()}); keep one")
         codes[parts[0]] = normalise_class_name(parts[1].strip().lower())
     return codes
 
@@ -138,7 +159,7 @@ def read_scian(root: Path, *, agreement: str = "partial", drop: tuple[str, ...] 
         files[key] = p
 
     samples, used = [], set()
-    for n, line in enumerate(annotations.read_text().splitlines(), 1):
+    for n, line in enumerate(annotations.read_text(encoding="utf-8-sig").splitlines(), 1):
         if not line.strip():
             continue
         fields = line.split()
@@ -152,6 +173,9 @@ def read_scian(root: Path, *, agreement: str = "partial", drop: tuple[str, ...] 
         key = (m["group"], int(m["sample"]), int(m["sperm"]))
         if key not in files:
             raise DataError(f"{where}: id {ident} has no image file in {image_dir}")
+        if key in used:  # e.g. sample01 and sample1: one head, two rows that may disagree
+            raise DataError(f"{where}: id {ident} names the same head as an earlier line ({files[key].name}); "
+                            "keep one")
         used.add(key)
         # Single experts use codes 4 and 6 that classes.txt lacks; only the majority must be known.
         experts = tuple(codes.get(v, f"code{v}") for v in votes[:3])
@@ -199,12 +223,14 @@ def read_class_folders(root: Path) -> SampleTable:
     return SampleTable(root.name, samples, synthetic=_rendered(root))
 
 
-SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
+SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
+               "test": "test", "testing": "test"}
 
 
 def split_folders(root: Path) -> dict[str, Path]:
-    """The dataset's train/val/test folders, named in any case ("Train/") and "valid/" or
-    "validation/" for val, as other tools write them."""
+    """The dataset's train/val/test folders, named in any case ("Train/"), with "training/",
+    "valid/", "validation/" and "testing/" as other tools write them (read as class folders,
+    "Training/" and "Testing/" would silently become two classes)."""
     found: dict[str, Path] = {}
     for d in sorted(root.iterdir()):
         if d.is_dir() and (split := SPLIT_NAMES.get(d.name.lower())) is not None:
@@ -310,8 +336,8 @@ def load_dataset(name: str, data_dir: Path | str | None = None) -> SampleTable:
         base = Path(data_dir) if data_dir is not None else default_data_dir()
         if not base.is_dir():
             raise DataError(
-                f"{base}: missing data folder; pass --data-dir or set SPERMHEAD_DATA to the folder "
-                f"holding {HUSHEM_DIR}/ and {SCIAN_DIR}/"
+                f"{base}: no such folder (the data folder, from --data-dir, SPERMHEAD_DATA or ./data); it is the "
+                f"folder holding {HUSHEM_DIR}/ and {SCIAN_DIR}/"
             )
         return NAMED_READERS[key](base)
     path = Path(name)

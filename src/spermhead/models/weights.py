@@ -41,8 +41,15 @@ def write_safetensors(tensors: dict[str, torch.Tensor], path: Path | str,
                       metadata: dict[str, str] | None = None) -> Path:
     """safetensors' `save_file`, but readable by others as the umask allows: the library writes
     0600, which keeps a bundle or cache from another user (say, the one running the server).
-    Tensors of a model trained channels-last (`fast_layout`) are written in the usual order."""
+    Tensors of a model trained channels-last (`fast_layout`) are written in the usual order.
+
+    `metadata` holds one entry at most: safetensors writes several in an order that changes from
+    process to process, so the same weights would get another sha256 (which runs record and
+    `--resume` compares)."""
     from safetensors.torch import save_file
+
+    if metadata is not None and len(metadata) > 1:
+        raise ValueError("write_safetensors: one metadata entry at most, or the file's bytes vary between processes")
 
     save_file({name: t.contiguous() for name, t in tensors.items()}, str(path), metadata=metadata)
     mask = os.umask(0)

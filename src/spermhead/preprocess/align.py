@@ -111,7 +111,12 @@ def _prepare(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, float
     border = _border(rgb)
     if padding is not None:
         keep = _border(padding) == 0
-        border = border[keep] if keep.any() else border
+        if keep.any():
+            border = border[keep]
+        else:
+            # a black frame covers the whole edge: the background lies just inside it
+            ring = (cv2.dilate(padding, _disk(2)) > 0) & (padding == 0)
+            border = rgb[ring] if ring.any() else border
     background = np.array([_median_u8(border[:, i]) for i in range(3)])
     if padding is not None:
         rgb = rgb.copy()
@@ -121,17 +126,18 @@ def _prepare(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, float
 
 
 def _padding_mask(rgb: np.ndarray, r: np.ndarray, g: np.ndarray, b: np.ndarray) -> np.ndarray | None:
-    """Pure-black regions touching the border (left by an earlier rotation), grown by their rim."""
+    """Pure-black pixels connected to the border (left by an earlier rotation, or a drawn frame),
+    grown by their rim. Only the black pixels themselves: a frame's filled outline would be the
+    whole image."""
     black = (cv2.max(cv2.max(r, g), b) == 0).view(np.uint8)
     if cv2.countNonZero(black) == 0:
         return None
-    h, w = black.shape
-    contours, _ = cv2.findContours(black, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    touching = [c for c in contours if _touches_edge(cv2.boundingRect(c), w, h)]
-    if not touching:
+    _, labels = cv2.connectedComponents(black, connectivity=8)
+    touching = np.unique(_border(labels))
+    touching = touching[touching > 0]
+    if touching.size == 0:
         return None
-    mask = np.zeros_like(black)
-    cv2.drawContours(mask, touching, -1, 1, thickness=cv2.FILLED)
+    mask = np.isin(labels, touching).view(np.uint8)
     # the rotation's interpolation leaves a one-pixel dark rim: treat it as padding too
     return cv2.dilate(mask, _disk(1))
 

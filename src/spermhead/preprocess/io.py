@@ -95,10 +95,10 @@ def read_image(source: Path | str | bytes, name: str | None = None, max_pixels: 
             # nearly black, so such files are decoded again with OpenCV, all 16 bits kept
             deep = im.mode in ("RGB", "RGBA") and ";16" in _rawmode(im)
             if deep and (rgb := _deep_colour(fh)) is not None:  # Pillow's own decode would go unused
-                return _oriented(rgb, im.getexif().get(EXIF_ORIENTATION, 1))  # OpenCV's read leaves EXIF out
+                return _oriented(rgb, _orientation(im))  # OpenCV's read leaves EXIF out
             im.load()
             if isinstance(im, JpegImagePlugin.JpegImageFile | PngImagePlugin.PngImageFile):
-                im = ImageOps.exif_transpose(im)  # phone photos store their rotation in EXIF
+                im = _upright(im)  # phone photos store their rotation in EXIF
             return _to_rgb(im)
         except _DECODE_ERRORS:
             raise ImageError(name, CORRUPT, 400) from None
@@ -107,6 +107,23 @@ def read_image(source: Path | str | bytes, name: str | None = None, max_pixels: 
 
 
 EXIF_ORIENTATION = 0x0112
+
+
+def _orientation(im: Image.Image) -> int:
+    """The EXIF orientation, 1 (as stored) where the EXIF block cannot be parsed."""
+    try:
+        return int(im.getexif().get(EXIF_ORIENTATION, 1))
+    except _DECODE_ERRORS:
+        return 1
+
+
+def _upright(im: Image.Image) -> Image.Image:
+    """`im` turned as its EXIF says; as stored where a malformed EXIF block says nothing usable
+    (the pixels decode fine: refusing the image as corrupt would be wrong)."""
+    try:
+        return ImageOps.exif_transpose(im)
+    except _DECODE_ERRORS:
+        return im
 
 
 def _oriented(rgb: np.ndarray, orientation: int) -> np.ndarray:

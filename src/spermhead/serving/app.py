@@ -36,6 +36,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
+import hashlib
 import io
 import json
 import logging
@@ -212,8 +214,23 @@ class ReviewSet:
             "seen": sum(it.seen is True for it in self.items),
             "unseen": len(unseen),  # scored images not seen in training: what accuracy_unseen is over
             "accuracy_unseen": sum(it.pred == it.true for it in unseen) / len(unseen) if unseen else None,
+            "version": self.version,
             "items": [it.to_dict() for it in self.items],
         }
+
+    @functools.cached_property
+    def version(self) -> str:
+        """A fingerprint of the items' images, which the page puts in their addresses: images are
+        cached by address, and index 0 of another set (the server restarted on other images) is
+        another image."""
+        digest = hashlib.sha256()
+        for it in self.items:
+            try:
+                st = it.path.stat() if it.path is not None else None
+            except OSError:
+                st = None
+            digest.update(f"{it.id}\0{it.path}\0{st and st.st_mtime_ns}\0{st and st.st_size}\n".encode(errors="replace"))
+        return digest.hexdigest()[:16]
 
 
 def _mark_seen(review: ReviewSet, seen: dict[str, bool] | None) -> ReviewSet:

@@ -185,7 +185,7 @@ def pretrain(cfg: PretrainConfig, progress: bool = True, overwrite: bool = False
                         default_root_dir=str(out.parent))
     fit_quietly(trainer, module, loader)
     state = {k: v.detach().cpu().contiguous() for k, v in backbone.state_dict().items()}
-    write_safetensors(state, out, metadata={"spermhead": "ssl-backbone", "model": cfg.model})
+    write_safetensors(state, out, metadata={"spermhead": f"ssl-backbone {cfg.model}"})
     # without labels, but it has seen these images: `train --weights` says so when they are its test folds
     seen = pretrained_images_file(out)
     if files:

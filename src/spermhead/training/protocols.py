@@ -86,8 +86,9 @@ def _make_folds(table: SampleTable, protocol: ProtocolConfig, seed: int, val_fra
     if protocol.grouped:
         groups = np.asarray([s.group or s.source for s in table.samples])
         if len(set(groups)) < protocol.folds:
-            raise ConfigError(f"--grouped needs at least {protocol.folds} acquisition groups, "
-                              f"found {len(set(groups))}")
+            raise ConfigError(f"--grouped needs at least {protocol.folds} acquisition groups, found "
+                              f"{len(set(groups))}: only SCIAN's file names record them (patient and plate); "
+                              "HuSHeM and class folders hold one group per source")
         splitter = StratifiedGroupKFold(protocol.folds, shuffle=True, random_state=seed)
         splits = splitter.split(idx, y, groups)
     else:
@@ -108,7 +109,7 @@ def _make_folds(table: SampleTable, protocol: ProtocolConfig, seed: int, val_fra
             train, val = _carve_val_by_group(train_side, y, groups, val_fraction, seed + k, together,
                                              list(table.classes))
         else:
-            train, val = _carve_val(train_side, y, val_fraction, seed + k, together)
+            train, val = _carve_val(train_side, y, val_fraction, seed + k, together, list(table.classes))
         folds.append(Fold(k, train, val, np.flatnonzero(test_fold == k)))
     return folds
 
@@ -170,7 +171,8 @@ def _check_enough(table: SampleTable, k: int) -> None:
 
 
 def _carve_val(train_side: np.ndarray, y: np.ndarray, fraction: float, seed: int,
-               together: list[list[int]] | None = None) -> tuple[np.ndarray, np.ndarray]:
+               together: list[list[int]] | None = None,
+               classes: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
     if fraction <= 0:
         return np.sort(train_side), np.array([], dtype=int)
     labels = y[train_side]
@@ -181,11 +183,21 @@ def _carve_val(train_side: np.ndarray, y: np.ndarray, fraction: float, seed: int
     if stratify is None:
         n_val = max(1, math.ceil(fraction * len(train_side)))
     train, val = train_test_split(train_side, test_size=n_val, stratify=stratify, random_state=seed)
-    if together:
-        train_side = np.sort(train_side)
-        in_val = keep_together(np.isin(train_side, val), _restricted(together, train_side))
-        train, val = train_side[~in_val], train_side[in_val]
-    return np.sort(train), np.sort(val)
+    train_side = np.sort(train_side)
+    twins = _restricted(together, train_side) if together else []
+    in_val = keep_together(np.isin(train_side, val), twins)
+    if lost := sorted(set(y[train_side].tolist()) - set(y[train_side[~in_val]].tolist())):
+        # a small class's every training image went to validation (its twin pulled it there, or the
+        # unstratified carve took its one image): they go back with their twins, or the fold would
+        # never see the class; validation then lacks it
+        back = in_val & np.isin(y[train_side], lost)
+        for g in twins:
+            if back[g].any():
+                back[g] = True
+        in_val &= ~back
+        log.warning("a validation part would have taken every training image of class(es) %s; they stay in "
+                    "training, so validation lacks them", ", ".join(classes[c] if classes else str(c) for c in lost))
+    return train_side[~in_val], train_side[in_val]
 
 
 def _carve_val_by_group(train_side: np.ndarray, y: np.ndarray, groups: np.ndarray, fraction: float, seed: int,

@@ -222,6 +222,24 @@ def keep_source(source: Path, out: Path) -> None:
                     "cached one, %s", out, exc, source)
 
 
+def _write_fold_record(path: Path, record: dict[str, Any]) -> None:
+    """A fold's resume record, whole or absent: a run killed while writing it leaves the last one."""
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(record))
+    os.replace(partial, path)
+
+
+def _read_fold_record(path: Path) -> dict[str, Any]:
+    try:
+        record = json.loads(path.read_text())
+        if not isinstance(record, dict):
+            raise ValueError("not a JSON object")
+        return record
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path}: --resume cannot read this fold's record ({exc}); delete {path.parent} to "
+                          "train that fold again, or start again with --overwrite") from None
+
+
 def _recorded_start(out: Path) -> dict[str, Any]:
     """What the run's folds started from: run.json's record once the run finished, else the one
     written before its first fold trained ({} for a run interrupted before spermhead wrote it:
@@ -581,7 +599,7 @@ def run_fold(cfg: RunConfig, table: SampleTable, images: np.ndarray, fold: Fold,
     own_trained = np.concatenate([fold.own_train, fold.val]) if refit else fold.own_train
     digest = split_digest(table, fold, images)  # recorded with the fold, checked when --resume reads it back
     if resume and done.is_file():
-        info = json.loads(done.read_text())
+        info = _read_fold_record(done)
         check_same_split(fold_dir, fold, info["test"], len(info["val_labels"]), y, info["val_labels"],
                          digest, info.get("split"))
         members = []
@@ -607,17 +625,17 @@ def run_fold(cfg: RunConfig, table: SampleTable, images: np.ndarray, fold: Fold,
     # the split a fold's fits began on: a fit interrupted mid-way goes on from its checkpoint only
     # on the same one (a finished fold's done.json and a refit's first.json carry it too)
     began = fold_dir / "split.json"
-    if resume and began.is_file() and json.loads(began.read_text()).get("split") != digest:
+    if resume and began.is_file() and _read_fold_record(began).get("split") != digest:
         raise ConfigError(f"{fold_dir}: this fold began training on another split (renamed, replaced or "
                           "relabelled images, or an older spermhead's carving); --resume would go on from a "
                           "checkpoint of the other one: start again with --overwrite")
-    began.write_text(json.dumps({"split": digest}))
+    _write_fold_record(began, {"split": digest})
     fit = {"progress": progress, "resume": resume, "shape_features": shape_features, "groups": groups}
     # A refit's first fit is done with once validation is scored; its record lets --resume go
     # straight to the refit (the same seed gives the same first fit, but training it again is slow).
     first = fold_dir / "first.json"
     if refit and resume and first.is_file():
-        scored = json.loads(first.read_text())
+        scored = _read_fold_record(first)
         check_same_split(fold_dir, fold, len(fold.test), len(scored["val_pred"]), y,
                          digest=digest, recorded=scored.get("split"))
     else:
@@ -638,7 +656,7 @@ def run_fold(cfg: RunConfig, table: SampleTable, images: np.ndarray, fold: Fold,
                   "val_pred": apply_bias(val_probs, val_accuracy_bias).argmax(1).tolist() if len(fold.val) else [],
                   "val_pred_balanced": apply_bias(val_probs, bias).argmax(1).tolist() if len(fold.val) else []}
         if refit:
-            first.write_text(json.dumps(scored))
+            _write_fold_record(first, scored)
     bias, alpha = np.asarray(scored["bias"], dtype=np.float32), scored["alpha"]
     temperature = scored.get("temperature", 1.0)  # a first.json from before it: none
     seconds, val_pred, val_pred_balanced = scored["seconds"], scored["val_pred"], scored["val_pred_balanced"]
@@ -656,7 +674,7 @@ def run_fold(cfg: RunConfig, table: SampleTable, images: np.ndarray, fold: Fold,
     accuracy_bias = prior_shift(y[own_trained], y[trained], k) if fold.n_extra else None
     np.save(fold_dir / "test_probs.npy", test_probs)
     val_labels = y[fold.val].tolist()
-    done.write_text(json.dumps({"bias": bias.tolist(),
+    _write_fold_record(done, {"bias": bias.tolist(),
                                 "accuracy_bias": None if accuracy_bias is None else accuracy_bias.tolist(),
                                 "alpha": alpha, "temperature": temperature, "seconds": seconds,
                                 "fold_seconds": seconds + other_seconds, "epochs": side.epochs,
@@ -664,7 +682,7 @@ def run_fold(cfg: RunConfig, table: SampleTable, images: np.ndarray, fold: Fold,
                                 "members": n, "train": len(trained), "val": len(fold.val),
                                 "test": len(fold.test), "refit_val": refit, "val_labels": val_labels,
                                 "split": digest,
-                                "val_pred": val_pred, "val_pred_balanced": val_pred_balanced}))
+                                "val_pred": val_pred, "val_pred_balanced": val_pred_balanced})
     return FoldResult(fold.index, side.members, test_probs, bias, read_history(fold_dir), seconds / n, side.epochs,
                       val_labels=val_labels, val_pred=val_pred, val_pred_balanced=val_pred_balanced,
                       accuracy_bias=accuracy_bias, shape=side.shape, pixels=side.pixels, cnn_prior=side.cnn_prior,

@@ -30,7 +30,8 @@ from torch import nn
 from spermhead import __version__
 from spermhead.config import ModelConfig, RunConfig, TrainConfig, environment
 from spermhead.errors import ConfigError
-from spermhead.models.weights import write_safetensors
+from spermhead.models.weights import file_sha256, write_safetensors
+from spermhead.training.devices import resolve_accelerator
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +84,13 @@ def source_settings(cfg: RunConfig) -> dict[str, Any]:
         train["l2_conv"] = cfg.model.l2_conv
     if train:
         settings["train"] = train
+    # The same settings train other weights at another thread count (CPU reductions add up in
+    # another order) or on a GPU: keyed on them, a run repeated at its thread count starts from
+    # the source it started from, not from whichever run trained the cache first.
+    if resolve_accelerator(cfg.train.accelerator) == "gpu":
+        settings["device"] = "gpu"
+    else:
+        settings["threads"] = cfg.train.num_threads or torch.get_num_threads()
     return settings
 
 
@@ -130,10 +138,15 @@ def synthetic_init_weights(cfg: RunConfig, classes: list[str], *, progress: bool
             record = cached_record(path) or train_source(cfg, path, progress=progress)
     if list(classes) == record["classes"]:
         return path
-    backbone = path.with_name(path.stem + "-backbone.safetensors")
+    # named after the source's contents: a source trained again under its name (a damaged record,
+    # another torch) gets a fresh copy, never the old one's backbone
+    backbone = path.with_name(f"{path.stem}-backbone-{file_sha256(path)[:12]}.safetensors")
     if not backbone.is_file():
         state = load_file(str(path))
         _save_atomic({k: v for k, v in state.items() if k not in record["classifier"]}, backbone, cfg.model.name)
+        for stale in path.parent.glob(f"{path.stem}-backbone*.safetensors"):
+            if stale != backbone:
+                stale.unlink(missing_ok=True)  # a run started from it keeps its own copy (source.safetensors)
     return backbone
 
 
@@ -166,7 +179,7 @@ def cached_record(path: Path) -> dict[str, Any] | None:
 
 def _save_atomic(tensors: dict[str, torch.Tensor], path: Path, model: str) -> None:
     staged = path.with_name(f".{path.name}.{os.getpid()}.partial")  # same folder: the rename is atomic
-    write_safetensors(tensors, staged, metadata={"spermhead": "synthetic-init", "model": model})
+    write_safetensors(tensors, staged, metadata={"spermhead": f"synthetic-init {model}"})
     os.replace(staged, path)  # whole or absent: a killed run leaves no half-written cache
 
 

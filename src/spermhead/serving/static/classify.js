@@ -2,6 +2,7 @@
 "use strict";
 
 const BATCH = 8; // files per request: one slow batch never holds back the whole drop
+const FORM_MARGIN = 64 * 1024; // room for the form's own bytes beside the files, within the request limit
 const cards = document.getElementById("cards");
 const statusLine = document.getElementById("status");
 const dropzone = document.getElementById("dropzone");
@@ -14,6 +15,11 @@ const predicted = []; // every head classified on this page: together, one sampl
 let headless = 0;     // images on this page where no head was found
 let classifiedOnPage = 0, failedOnPage = 0; // the status line counts the page, as the shares do
 let sampleNumber = 0; // New sample starts the next; answers to requests sent before it are dropped
+let dropsOut = 0;     // drops still being classified: the status line settles when none is
+let sharesAsked = 0;  // the latest class-shares request; an earlier answer arriving later is dropped
+const onPage = new Set(); // files already on this page: one head dropped twice is counted once
+let repeats = 0;          // ... and how many repeats were left out
+const previews = [];      // object URLs of the uploaded images shown, freed with the page's cards
 
 function figure(src, caption, alt) {
   const img = el("img", { src, alt });
@@ -55,6 +61,7 @@ function morphTable(m) {
 function fillResult(card, file, r) {
   card.className = "card result";
   const original = URL.createObjectURL(file);
+  previews.push(original);
   const images = el("div", { class: "images" });
   const origFig = figure(original, "uploaded", "uploaded image");
   // Browsers cannot show TIFF: keep the slot but say so instead of a broken image.
@@ -111,6 +118,11 @@ function fillResult(card, file, r) {
 async function sendBatch(files, group) {
   const sample = sampleNumber;
   const pending = files.map((f) => pendingCard(f, group));
+  // a file that could not be classified may be given again (a retry is no repeat)
+  const fail = (i, message) => {
+    fillError(pending[i], files[i], message);
+    if (sample === sampleNumber) onPage.delete(fileKey(files[i]));
+  };
   const form = new FormData();
   for (const f of files) form.append("files", f, f.name);
   const q = gradcamBox.checked ? "?gradcam=true" : "";
@@ -118,48 +130,95 @@ async function sendBatch(files, group) {
   try {
     response = await fetch("api/predict" + q, { method: "POST", body: form });
   } catch (e) {
-    files.forEach((f, i) => fillError(pending[i], f, `network error: ${e.message}`));
+    files.forEach((f, i) => fail(i, `network error: ${e.message}`));
     return [0, sample === sampleNumber ? files.length : 0];
   }
   if (!response.ok) {
     const message = await errorText(response);
-    files.forEach((f, i) => fillError(pending[i], f, message));
+    files.forEach((f, i) => fail(i, message));
     return [0, sample === sampleNumber ? files.length : 0];
   }
-  const body = await response.json();
+  let results;
+  try {
+    // a proxy's error page or a body cut short comes back as "200" too
+    results = (await response.json()).results;
+    if (!Array.isArray(results) || results.length !== files.length) throw new Error("no answer for every file");
+  } catch (e) {
+    files.forEach((f, i) => fail(i, `unreadable answer from the server: ${e.message}`));
+    return [0, sample === sampleNumber ? files.length : 0];
+  }
   if (sample !== sampleNumber) return [0, 0]; // New sample was pressed while this batch was out
   let failed = 0;
-  body.results.forEach((r, i) => {
+  results.forEach((r, i) => {
     if (r.ok) {
       fillResult(pending[i], files[i], r);
       if (r.head_found === false) headless += 1; // a blank frame or debris is no head to count
       else predicted.push(r.class);
-    } else { failed += 1; fillError(pending[i], files[i], r.error); }
+    } else { failed += 1; fail(i, r.error); }
   });
   return [files.length - failed, failed];
 }
 
+// Batches of at most BATCH files that fit the server's limits on files and bytes per request
+// (GET /api/model): files each within the upload limit are never refused for travelling together.
+function batches(files) {
+  const limits = (window.MODEL && window.MODEL.limits) || {};
+  const most = Math.max(1, Math.min(BATCH, limits.max_files || BATCH));
+  const bytes = limits.max_request_mb ? limits.max_request_mb * 1024 * 1024 - FORM_MARGIN : Infinity;
+  const out = [];
+  let batch = [], size = 0;
+  for (const f of files) {
+    if (batch.length && (batch.length >= most || size + f.size > bytes)) { out.push(batch); batch = []; size = 0; }
+    batch.push(f);
+    size += f.size;
+  }
+  if (batch.length) out.push(batch);
+  return out;
+}
+
+function fileKey(f) {
+  return `${f.name}|${f.size}|${f.lastModified}`;
+}
+
 async function handleFiles(fileList) {
-  const files = Array.from(fileList);
-  if (!files.length) return;
+  const given = Array.from(fileList);
+  // the same file dropped again is the same head: classifying it twice would count it twice in
+  // the shares (predict's unique_files does the same for the command line)
+  const files = given.filter((f) => !onPage.has(fileKey(f)));
+  files.forEach((f) => onPage.add(fileKey(f)));
+  repeats += given.length - files.length;
+  if (!files.length) {
+    if (given.length && !dropsOut) settledStatus();
+    return;
+  }
   const sample = sampleNumber;
+  dropsOut += 1;
   statusLine.textContent = `classifying ${files.length} image${files.length > 1 ? "s" : ""}…`;
   newSampleButton.hidden = false;
   const group = el("div", { class: "card-group" });
   cards.prepend(group);
-  for (let i = 0; i < files.length; i += BATCH) {
-    // New sample drops the rest of a drop that was under way: one slide's heads never join the next's
-    if (sample !== sampleNumber) return;
-    const [ok, bad] = await sendBatch(files.slice(i, i + BATCH), group);
-    classifiedOnPage += ok;
-    failedOnPage += bad;
+  try {
+    for (const batch of batches(files)) {
+      // New sample drops the rest of a drop that was under way: one slide's heads never join the next's
+      if (sample !== sampleNumber) return;
+      const [ok, bad] = await sendBatch(batch, group);
+      classifiedOnPage += ok;
+      failedOnPage += bad;
+    }
+  } finally {
+    if (sample === sampleNumber) dropsOut -= 1;
   }
   if (sample !== sampleNumber) return; // the page was cleared while the last batch was out
   await showSample(); // before the status line, which thus says when the page is settled
   if (sample !== sampleNumber) return; // ... or while the shares were on their way
+  if (!dropsOut) settledStatus(); // another drop still out says "classifying…" until it ends
+}
+
+function settledStatus() {
   statusLine.textContent = `${classifiedOnPage} classified on this page`
     + (failedOnPage ? `, ${failedOnPage} could not be used` : "")
-    + (headless ? ` · no head found in ${headless} (not in the class shares)` : "");
+    + (headless ? ` · no head found in ${headless} (not in the class shares)` : "")
+    + (repeats ? ` · ${repeats} file${repeats > 1 ? "s" : ""} already on this page left out` : "");
 }
 
 function shareText(row, key, star) {
@@ -171,6 +230,7 @@ function shareText(row, key, star) {
 async function showSample() {
   if (predicted.length < minHeads) return;
   const sample = sampleNumber;
+  const asked = ++sharesAsked;
   let body;
   try {
     const response = await fetch("api/composition", {
@@ -180,12 +240,13 @@ async function showSample() {
     if (!response.ok) throw new Error(await errorText(response));
     body = await response.json();
   } catch (e) {
-    if (sample !== sampleNumber) return; // New sample was pressed meanwhile: not this page's
+    if (sample !== sampleNumber || asked !== sharesAsked) return; // not this page's, or not its latest
     samplePanel.replaceChildren(el("div", { class: "err", text: `class shares unavailable: ${e.message}` }));
     samplePanel.hidden = false;
     return;
   }
-  if (sample !== sampleNumber) return; // the shares of a sample the page no longer shows
+  // the shares of a sample the page no longer shows, or an older answer overtaken by a newer one
+  if (sample !== sampleNumber || asked !== sharesAsked) return;
   const head = el("tr", {}, el("th", { text: "class" }), el("th", { text: "heads" }),
     el("th", { text: "counted (95% CI)" }));
   if (body.adjusted) head.append(el("th", { text: "adjusted for the model's errors" }));
@@ -223,7 +284,11 @@ function newSample() {
   headless = 0;
   classifiedOnPage = 0;
   failedOnPage = 0;
+  dropsOut = 0;
+  onPage.clear();
+  repeats = 0;
   cards.replaceChildren();
+  previews.splice(0).forEach((url) => URL.revokeObjectURL(url)); // or each sample's originals stay in memory
   samplePanel.replaceChildren();
   samplePanel.hidden = true;
   statusLine.textContent = "";

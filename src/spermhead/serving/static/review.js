@@ -6,6 +6,7 @@ let all = [];      // every item
 let view = [];     // the items shown (all, or errors only)
 let pos = 0;       // position in view
 let classes = [];
+let version = "";  // the review set's fingerprint (GET /api/review)
 
 const $ = (id) => document.getElementById(id);
 
@@ -49,7 +50,8 @@ function render() {
 
   const box = $("image-box");
   if (it.has_image) {
-    const img = el("img", { src: `api/review/image/${it.index}`, alt: it.name, id: "review-image" });
+    // the set's version in the address: a cached image of another set's item at this index is never shown
+    const img = el("img", { src: `api/review/image/${it.index}?v=${version}`, alt: it.name, id: "review-image" });
     // a file gone since the set was scored, or over the pixel limit: the server's reason, not a broken icon
     img.addEventListener("error", async () => {
       const r = await fetch(img.src).catch(() => null);
