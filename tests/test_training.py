@@ -6,6 +6,7 @@ import csv
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -1750,7 +1751,7 @@ def test_synthetic_init_trains_its_source_once_then_reuses_the_cache(separable, 
             Image.fromarray(np.full((24, 24), 60 + 120 * i, np.uint8)).save(other / name / f"{j}.png")
     third = train_run(quick_config(other, tmp_path / "c", **opts), progress=False)
     backbone = Path(json.loads((third.out / "run.json").read_text())["init"]["weights"])
-    assert backbone.name.endswith("-backbone.safetensors")
+    assert re.fullmatch(r"spermnet-[0-9a-f]{16}-backbone-[0-9a-f]{12}\.safetensors", backbone.name)  # the source's contents
     assert not set(record["classifier"]) & set(load_file(str(backbone)))
 
 

@@ -336,8 +336,8 @@ def load_dataset(name: str, data_dir: Path | str | None = None) -> SampleTable:
         base = Path(data_dir) if data_dir is not None else default_data_dir()
         if not base.is_dir():
             raise DataError(
-                f"{base}: no such folder (the data folder, from --data-dir, SPERMHEAD_DATA or ./data); it is the "
-                f"folder holding {HUSHEM_DIR}/ and {SCIAN_DIR}/"
+                f"{base}: no such folder (the data folder: pass --data-dir or set SPERMHEAD_DATA to the folder "
+                f"holding {HUSHEM_DIR}/ and {SCIAN_DIR}/; ./data by default)"
             )
         return NAMED_READERS[key](base)
     path = Path(name)
