@@ -128,6 +128,7 @@ LEVERS: dict[str, dict] = {
     "src1": {"init_seed": 1},
     "ls02": {"label_smoothing": 0.2},
     "bs64": {"batch_size": 64},
+    "cos16": {"model_kwargs": {"cosine_scale": 16.0}},  # a cosine classifier (source and fine-tune)
 }
 
 

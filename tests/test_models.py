@@ -70,6 +70,41 @@ def test_spermnet_trains_a_step() -> None:
     assert torch.isfinite(loss)
 
 
+def test_spermnet_cosine_classifier_compares_directions_at_its_scale() -> None:
+    from spermhead.training.synthetic_init import classifier_keys
+
+    model = build_model("spermnet", 4, 1, 32, cosine_scale=16.0).eval()
+    x = torch.randn(3, 1, 32, 32)
+    features = model.pool(model.forward_features(x)).flatten(1)
+    cosines = nn.functional.normalize(features, dim=1) @ nn.functional.normalize(model.fc.weight, dim=1).T
+    assert torch.allclose(model(x), 16.0 * cosines, atol=1e-5) and model(x).abs().max() <= 16.0 + 1e-4
+    assert classifier_keys(model) == ["fc.weight"]  # no bias: a class is its direction alone
+    plain = build_model("spermnet", 4, 1, 32).eval()
+    assert classifier_keys(plain) == ["fc.weight", "fc.bias"]
+    # what a trained bundle records, so it rebuilds the head it was trained with
+    from spermhead.models.registry import model_spec
+
+    rebuilt = build_model("spermnet", 4, 1, 32, **model_spec(model))
+    assert rebuilt.cosine_scale == 16.0 and "cosine_scale" not in model_spec(plain)
+    rebuilt.load_state_dict(model.state_dict())  # strict: no bias to miss
+
+
+def test_a_bundle_rebuilds_its_cosine_classifier(tmp_path: Path) -> None:
+    from spermhead.serving.bundle import load_bundle
+    from spermhead.serving.predictor import untrained_bundle
+
+    bundle = load_bundle(untrained_bundle(tmp_path / "b", image_size=32, width=8, cosine_scale=16.0))
+    net = bundle.model.eval()
+    logits = net(torch.rand(2, 1, 32, 32))
+    assert logits.shape == (2, 4) and logits.abs().max() <= 16.0 + 1e-4
+    assert not any(name.endswith("fc.bias") for name, _ in net.named_parameters())
+    from spermhead.models.spermnet import SpermNet
+
+    assert [m.cosine_scale for m in net.modules() if isinstance(m, SpermNet)] == [16.0]
+    with pytest.raises(ConfigError, match="cosine_scale is 0 .* got -1"):
+        build_model("spermnet", 4, 1, 32, cosine_scale=-1.0)
+
+
 def test_unknown_names_and_options() -> None:
     with pytest.raises(ConfigError) as err:
         build_model("resnet9000", 4)

@@ -55,7 +55,8 @@ class _Entry:
 
 def _build_spermnet(num_classes: int, in_chans: int, image_size: int, *, drop_rate: float,
                     width: int | None = None, widths: list[int] | None = None,
-                    depths: list[int] | None = None, stem_stride: int | None = None) -> nn.Module:
+                    depths: list[int] | None = None, stem_stride: int | None = None,
+                    cosine_scale: float = 0.0) -> nn.Module:
     from spermhead.models.spermnet import DEFAULT_DEPTHS, DEFAULT_WIDTH, SpermNet, default_stem_stride
 
     def whole(value: Any, name: str) -> int:  # from a --model-option or a config file: not cut to fit
@@ -78,8 +79,10 @@ def _build_spermnet(num_classes: int, in_chans: int, image_size: int, *, drop_ra
     if not depths or len(widths) != len(depths) or stem_stride not in (1, 2, 4):
         raise ConfigError(f"spermnet: need as many widths as depths and stem_stride 1, 2 or 4; "
                           f"got widths {widths}, depths {depths}, stem_stride {stem_stride}")
+    if isinstance(cosine_scale, bool) or not isinstance(cosine_scale, int | float) or cosine_scale < 0:
+        raise ConfigError(f"spermnet: cosine_scale is 0 (a linear classifier) or a positive number; got {cosine_scale!r}")
     model = SpermNet(num_classes, in_chans, image_size, width=widths[0], widths=widths, depths=depths,
-                     stem_stride=stem_stride, drop_rate=drop_rate)
+                     stem_stride=stem_stride, drop_rate=drop_rate, cosine_scale=float(cosine_scale))
     model.model_kwargs = {"widths": widths, "depths": depths, "stem_stride": stem_stride}
     return model
 
@@ -229,7 +232,7 @@ def build_model(
 ) -> nn.Module:
     """A model returning logits. Every model gets the attributes `architecture`, `l2_conv`,
     `backbone_frozen` and `model_kwargs` (see `model_spec`). Extra `kwargs` are the model's own
-    options (spermnet: width, widths, depths, stem_stride; seed-alexnet: dense; seed backbone
+    options (spermnet: width, widths, depths, stem_stride, cosine_scale; seed-alexnet: dense; seed backbone
     models: backbone, head, freeze_backbone; timm:<name>: freeze_backbone and timm's options)."""
     if num_classes < 1:
         raise ConfigError(f"num_classes must be >= 1, got {num_classes}")

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 DEFAULT_WIDTH = 24  # first-stage channels; later stages double it
 DEFAULT_DEPTHS = (1, 1, 2, 1)  # blocks per stage
@@ -60,12 +61,15 @@ def default_stem_stride(image_size: int) -> int:
 
 class SpermNet(nn.Module):
     """`width`: channels of the first stage (stages use width x 1, 2, 4, 8).
-    `depths`: residual blocks per stage. `stem_stride`: None picks it from `image_size`."""
+    `depths`: residual blocks per stage. `stem_stride`: None picks it from `image_size`.
+    `cosine_scale`: 0 for a plain linear classifier; above 0, a cosine classifier (the features'
+    and each class weight's directions compared, times this scale), which keeps a few real
+    images from moving the classes' scales apart while the head is fitted (few-shot practice)."""
 
     def __init__(self, num_classes: int, in_chans: int = 1, image_size: int = 64, *,
                  width: int = DEFAULT_WIDTH, widths: Sequence[int] | None = None,
                  depths: Sequence[int] = DEFAULT_DEPTHS, stem_stride: int | None = None,
-                 drop_rate: float = 0.1) -> None:
+                 drop_rate: float = 0.1, cosine_scale: float = 0.0) -> None:
         super().__init__()
         widths = [width * 2**i for i in range(len(depths))] if widths is None else list(widths)
         if len(widths) != len(depths) or not widths:
@@ -82,7 +86,10 @@ class SpermNet(nn.Module):
         self.stages = nn.Sequential(*stages)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(drop_rate)
-        self.fc = nn.Linear(c_in, num_classes)
+        if cosine_scale < 0:
+            raise ValueError(f"cosine_scale {cosine_scale}: 0 (a linear classifier) or above")
+        self.cosine_scale = float(cosine_scale)
+        self.fc = nn.Linear(c_in, num_classes, bias=not self.cosine_scale)
         self.num_features = c_in
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
@@ -96,4 +103,7 @@ class SpermNet(nn.Module):
         return self.stages(self.stem(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.dropout(self.pool(self.forward_features(x)).flatten(1)))
+        features = self.dropout(self.pool(self.forward_features(x)).flatten(1))
+        if self.cosine_scale:
+            return self.cosine_scale * F.linear(F.normalize(features, dim=1), F.normalize(self.fc.weight, dim=1))
+        return self.fc(features)
