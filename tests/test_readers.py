@@ -1,4 +1,5 @@
 import json
+from contextlib import chdir
 from pathlib import Path
 
 import pytest
@@ -118,6 +119,9 @@ def test_scian_unknown_majority_code(tmp_path):
 def test_missing_and_empty_folders(tmp_path):
     with pytest.raises(DataError, match=r"nowhere: no such folder \(the data folder"):
         load_dataset("hushem", tmp_path / "nowhere")
+    (tmp_path / "HuSHeM").mkdir()  # a folder named like a dataset, in the working folder
+    with chdir(tmp_path), pytest.raises(DataError, match=r"; ./HuSHeM here is read as class folders when given as ./HuSHeM$"):
+        load_dataset("HuSHeM", tmp_path / "nowhere")
     (tmp_path / "ds" / "normal").mkdir(parents=True)
     with pytest.raises(DataError, match="normal: empty class folder"):
         load_dataset(str(tmp_path / "ds"))

@@ -335,9 +335,11 @@ def load_dataset(name: str, data_dir: Path | str | None = None) -> SampleTable:
     if key in NAMED_DATASETS:
         base = Path(data_dir) if data_dir is not None else default_data_dir()
         if not base.is_dir():
+            # `train HuSHeM` beside a folder of that name reads the named dataset: say how to get the folder
+            here = f"; ./{name} here is read as class folders when given as ./{name}" if Path(name).is_dir() else ""
             raise DataError(
                 f"{base}: no such folder (the data folder: pass --data-dir or set SPERMHEAD_DATA to the folder "
-                f"holding {HUSHEM_DIR}/ and {SCIAN_DIR}/; ./data by default)"
+                f"holding {HUSHEM_DIR}/ and {SCIAN_DIR}/; ./data by default){here}"
             )
         return NAMED_READERS[key](base)
     path = Path(name)
