@@ -550,6 +550,20 @@ def test_the_same_file_given_twice_is_one_head_and_a_failed_one_may_be_given_aga
     page.wait_for_selector("#status:has-text('4 files already on this page left out')")
     assert page.locator(".card").count() == 10 and "all 10 heads" in page.locator("#sample h2").inner_text()
     assert page.locator("#status").inner_text().startswith("10 classified on this page")
+    # two heads with one name, size and time (image_001.BMP of two class folders) are two heads
+    twins = []
+    for k, folder in enumerate(("01_Normal", "02_Tapered")):
+        (tmp_path / folder).mkdir()
+        path = tmp_path / folder / "image_001.bmp"
+        Image.fromarray(render_head(CLASSES[k], "hushem", np.random.default_rng(990 + k))[0]).save(path)
+        os.utime(path, ns=(1_700_000_000_000_000_000, 1_700_000_000_000_000_000))
+        twins.append(str(path))
+    assert os.path.getsize(twins[0]) == os.path.getsize(twins[1])
+    page.set_input_files("#file-input", twins[:1])
+    page.wait_for_selector("#status:has-text('11 classified on this page')")
+    page.set_input_files("#file-input", twins[1:])
+    page.wait_for_selector("#status:has-text('12 classified on this page')")
+    assert "4 files already on this page left out" in page.locator("#status").inner_text()
     # a file that failed (here the server's answer was no JSON, as a proxy's error page) is no repeat
     page.click("#new-sample")
     page.route("**/api/predict**", lambda route: route.fulfill(status=200, content_type="text/html",
@@ -632,7 +646,8 @@ def test_errors_only_with_no_errors_leaves_the_way_back(page, server: str) -> No
     try:
         page.goto(server + "/review")
         page.wait_for_selector("#pos:has-text('1 / 8')")
-        assert "?v=" in page.locator("#review-image").get_attribute("src")  # the set's version in the address
+        version = page.evaluate("fetch('api/review').then((r) => r.json()).then((d) => d.version)")
+        assert version and page.locator("#review-image").get_attribute("src").endswith(f"?v={version}")
         page.check("#errors-only")
         page.wait_for_selector("#empty:has-text('No errors')")
         page.uncheck("#errors-only", timeout=2000)  # still in reach, by mouse and keyboard

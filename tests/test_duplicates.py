@@ -57,7 +57,9 @@ def test_copies_of_a_head_are_found_and_distinct_heads_are_not(tmp_path):
     assert not flat.any() and near_duplicate_groups(flat) == []  # no head, nothing to match
 
 
-def test_a_large_photo_is_shrunk_before_its_signature_and_still_matches_its_crop():
+def test_a_large_photo_is_shrunk_before_its_signature_and_still_matches_its_crop(monkeypatch):
+    import spermhead.data.duplicates as dup
+
     rgb = render_head("normal", "hushem", np.random.default_rng(3))[0]
     big = np.asarray(Image.fromarray(rgb).resize((rgb.shape[1] * 40, rgb.shape[0] * 40), Image.BICUBIC))
     exact = big.astype(np.float32).mean(axis=2)  # what the thumbnail would be without the shrink
@@ -67,6 +69,12 @@ def test_a_large_photo_is_shrunk_before_its_signature_and_still_matches_its_crop
     thumb = (thumb - thumb.mean()) / np.linalg.norm(thumb - thumb.mean())
     assert float(signature(big) @ thumb) > 0.999
     assert float(signature(big) @ signature(rgb)) > 0.98  # the copy at its own size: a near-duplicate
+    # and the first resize takes the photo as stored (uint8), not as a float copy of every pixel
+    resized = []
+    real_resize = dup.cv2.resize
+    monkeypatch.setattr(dup.cv2, "resize", lambda img, *a, **k: resized.append((img.dtype, img.shape)) or real_resize(img, *a, **k))
+    signature(big)
+    assert resized[0] == (np.uint8, big.shape) and resized[1][0] == np.float32 and max(resized[1][1]) <= 256
 
 
 def test_keep_together_moves_only_the_groups():

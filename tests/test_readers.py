@@ -193,6 +193,10 @@ def test_a_broken_link_is_named_when_read_not_dropped(tmp_path):
         read_image(broken[0].path)
     result = CliRunner().invoke(app, ["data", "summary", str(tmp_path / "lab")], terminal_width=300)
     assert result.exit_code == 1 and "z.png" in result.output
+    # the near-duplicate search, which train runs first, names it too: no FileNotFoundError traceback
+    result = CliRunner().invoke(app, ["data", "duplicates", str(tmp_path / "lab")], terminal_width=300)
+    assert isinstance(result.exception, SystemExit) and result.exit_code != 0
+    assert "z.png" in result.output and "no such file" in result.output
 
 
 def test_two_hushem_files_with_one_name_are_refused_naming_both(tmp_path):

@@ -1550,6 +1550,12 @@ def test_a_validation_part_never_takes_a_class_s_every_training_image(caplog):
             for g in twins:  # twins still on one side
                 assert set(g) <= set(train.tolist()) or set(g) <= set(val.tolist())
     assert "every training image of class(es) tapered" in caplog.text
+    # the moved image was validation's only one: another class's image stands in, so the fold
+    # still has a validation part
+    y = np.array([0, 0, 0, 1])
+    for seed in range(20):
+        train, val = _carve_val(np.arange(4), y, 0.2, seed, [], ["normal", "tapered"])
+        assert 1 in y[train] and len(val) == 1 and len(train) == 3, seed
 
 
 def test_refit_bundle_is_one_model_trained_on_all_data(separable, tmp_path):
@@ -1625,6 +1631,13 @@ def test_the_source_models_name_follows_the_training_settings_it_was_trained_wit
     # from the source it started from, whichever run trained the cache first
     one, two = (build_run_config("hushem", "unused", threads=n) for n in (1, 2))
     assert source_settings(one)["threads"] == 1 and source_path(one) != source_path(two)
+    # a model option written two ways is one source: 16 and 16.0; 0 and not given
+    cosine = []
+    for scale in (16, 16.0, 0, 0.0):
+        cosine.append(build_run_config("hushem", "unused"))
+        cosine[-1].model.kwargs = {"cosine_scale": scale}
+    assert source_path(cosine[0]) == source_path(cosine[1]) != source_path(plain)
+    assert source_path(cosine[2]) == source_path(cosine[3]) == source_path(plain)
     # freezing is the run's, when it loads the source: the source itself trains whole either way
     unfrozen = build_run_config("hushem", "unused", model="seed-resnet50")
     unfrozen.model.kwargs = {"freeze_backbone": False}

@@ -55,14 +55,18 @@ def signatures(paths: Sequence[Path]) -> np.ndarray:
     out = np.empty((len(paths), THUMBNAIL * THUMBNAIL), dtype=np.float32)
     failed: list[ImageError] = []
     for i, path in enumerate(paths):
-        st = os.stat(path)
-        key = (str(Path(path).resolve()), st.st_mtime_ns, st.st_size)
-        if key not in _cache:
+        try:
             try:
+                st = os.stat(path)
+            except OSError:  # gone, or a broken link: read_image names the file and says so
+                read_image(path)
+                raise
+            key = (str(Path(path).resolve()), st.st_mtime_ns, st.st_size)
+            if key not in _cache:
                 _cache[key] = signature(read_image(path))
-            except ImageError as exc:
-                failed.append(exc)
-                continue
+        except ImageError as exc:
+            failed.append(exc)
+            continue
         out[i] = _cache[key]
     raise_for_unusable(failed, len(paths))
     return out

@@ -57,9 +57,10 @@ def _walk(folder: Path) -> list[Path]:
     elsewhere; rglob passes those over silently) but entering each real folder once, so a link
     back up does not loop.
 
-    The real tree is walked first and the links after it, in sorted order, so a file's id is its
-    real path wherever a link to its folder sits, and adding a link never renames a file already
-    read. Hidden folders are left out before walking, or a hidden link would take its target's
+    The real tree is walked first and the links after it, in sorted order, so a file in the real
+    tree keeps its real path as its id wherever links to its folder sit: adding a link never
+    renames it. (A file reached only through links takes the first link's path, which a new link
+    sorting before it can change.) Hidden folders are left out before walking, or a hidden link would take its target's
     files with it."""
     seen: set[str] = set()
     found: list[Path] = []

@@ -147,16 +147,16 @@ class HeadClassifier(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["rng_states"] = {"torch": torch.get_rng_state(),
                                     "generators": [g.get_state() for g in self.generators]}
-        if torch.cuda.is_available():  # dropout and mixup draw on the GPU's own generators there
-            checkpoint["rng_states"]["cuda"] = torch.cuda.get_rng_state_all()
+        if self.device.type == "cuda":  # dropout and mixup draw on the GPU's own generator there
+            checkpoint["rng_states"]["cuda"] = torch.cuda.get_rng_state(self.device)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         states = checkpoint.get("rng_states")
         if states is None:  # a checkpoint from before they were saved
             return
         torch.set_rng_state(states["torch"])
-        if "cuda" in states and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(states["cuda"])
+        if "cuda" in states and torch.cuda.is_available():  # the fit's device, the current one on resume
+            torch.cuda.set_rng_state(states["cuda"])
         for gen, state in zip(self.generators, states["generators"], strict=True):
             gen.set_state(state)
 

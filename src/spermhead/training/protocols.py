@@ -195,6 +195,10 @@ def _carve_val(train_side: np.ndarray, y: np.ndarray, fraction: float, seed: int
             if back[g].any():
                 back[g] = True
         in_val &= ~back
+        if not in_val.any():  # that class was all validation held: one image of the largest class stands in
+            largest = np.bincount(y[train_side]).argmax()
+            in_val[np.random.default_rng(seed).choice(np.flatnonzero(y[train_side] == largest))] = True
+            in_val = keep_together(in_val, twins)
         log.warning("a validation part would have taken every training image of class(es) %s; they stay in "
                     "training, so validation lacks them", ", ".join(classes[c] if classes else str(c) for c in lost))
     return train_side[~in_val], train_side[in_val]

@@ -66,7 +66,14 @@ def source_kwargs(cfg: RunConfig) -> dict[str, Any]:
     """The model options the source is built with: the run's, less freeze_backbone, since a source
     trains from random weights and a frozen random backbone would learn nothing (the run's own
     freezing applies when it loads the source)."""
-    return {k: v for k, v in cfg.model.kwargs.items() if k != "freeze_backbone"}
+    kwargs = {k: v for k, v in cfg.model.kwargs.items() if k != "freeze_backbone"}
+    # a cosine classifier of 16 or 16.0 is one source; 0 is the plain one, as when it is not given
+    if "cosine_scale" in kwargs and isinstance(kwargs["cosine_scale"], int | float):
+        if kwargs["cosine_scale"]:
+            kwargs["cosine_scale"] = float(kwargs["cosine_scale"])
+        else:
+            del kwargs["cosine_scale"]
+    return kwargs
 
 
 def source_settings(cfg: RunConfig) -> dict[str, Any]:

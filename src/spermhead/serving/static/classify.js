@@ -17,7 +17,7 @@ let classifiedOnPage = 0, failedOnPage = 0; // the status line counts the page, 
 let sampleNumber = 0; // New sample starts the next; answers to requests sent before it are dropped
 let dropsOut = 0;     // drops still being classified: the status line settles when none is
 let sharesAsked = 0;  // the latest class-shares request; an earlier answer arriving later is dropped
-const onPage = new Set(); // files already on this page: one head dropped twice is counted once
+const onPage = new Map(); // name|size|time -> the files on this page with it: one head given twice counts once
 let repeats = 0;          // ... and how many repeats were left out
 const previews = [];      // object URLs of the uploaded images shown, freed with the page's cards
 
@@ -121,7 +121,7 @@ async function sendBatch(files, group) {
   // a file that could not be classified may be given again (a retry is no repeat)
   const fail = (i, message) => {
     fillError(pending[i], files[i], message);
-    if (sample === sampleNumber) onPage.delete(fileKey(files[i]));
+    if (sample === sampleNumber) forget(files[i]);
   };
   const form = new FormData();
   for (const f of files) form.append("files", f, f.name);
@@ -180,18 +180,48 @@ function fileKey(f) {
   return `${f.name}|${f.size}|${f.lastModified}`;
 }
 
+// A repeat is the same bytes: crops of one size share name, size and even time across folders
+// (HuSHeM's image_001.BMP is in all four), so the key only says which files to compare.
+async function alreadyOnPage(f) {
+  for (const g of onPage.get(fileKey(f)) || []) {
+    if (g === f || await sameBytes(f, g)) return true;
+  }
+  return false;
+}
+
+async function sameBytes(a, b) {
+  const [x, y] = await Promise.all([a.arrayBuffer(), b.arrayBuffer()]);
+  if (x.byteLength !== y.byteLength) return false;
+  const u = new Uint8Array(x), v = new Uint8Array(y);
+  for (let i = 0; i < u.length; i++) if (u[i] !== v[i]) return false;
+  return true;
+}
+
+function remember(f) {
+  onPage.set(fileKey(f), [...(onPage.get(fileKey(f)) || []), f]);
+}
+
+function forget(f) {
+  const left = (onPage.get(fileKey(f)) || []).filter((g) => g !== f);
+  if (left.length) onPage.set(fileKey(f), left);
+  else onPage.delete(fileKey(f));
+}
+
 async function handleFiles(fileList) {
   const given = Array.from(fileList);
-  // the same file dropped again is the same head: classifying it twice would count it twice in
+  const sample = sampleNumber;
+  // the same file given again is the same head: classifying it twice would count it twice in
   // the shares (predict's unique_files does the same for the command line)
-  const files = given.filter((f) => !onPage.has(fileKey(f)));
-  files.forEach((f) => onPage.add(fileKey(f)));
-  repeats += given.length - files.length;
+  const files = [];
+  for (const f of given) {
+    if (await alreadyOnPage(f)) repeats += 1;
+    else { remember(f); files.push(f); }
+  }
+  if (sample !== sampleNumber) return; // New sample was pressed while they were compared
   if (!files.length) {
     if (given.length && !dropsOut) settledStatus();
     return;
   }
-  const sample = sampleNumber;
   dropsOut += 1;
   statusLine.textContent = `classifying ${files.length} image${files.length > 1 ? "s" : ""}…`;
   newSampleButton.hidden = false;

@@ -113,6 +113,7 @@ async function load() {
   const data = await r.json();
   all = data.items;
   classes = data.classes;
+  version = data.version || "";
   const what = data.kind === "predictions" ? "predictions from" : "labelled folder, predicted by this model:";
   $("source").textContent = `${data.count} images · ${what} ${data.source}`;
   if (data.note) { $("note").hidden = false; $("note").textContent = data.note; }
