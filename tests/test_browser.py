@@ -667,3 +667,32 @@ def test_new_sample_frees_the_previews_of_the_uploaded_images(page, server: str,
     shown = page.eval_on_selector_all(".card.result img[alt='uploaded image']", "imgs => imgs.map(i => i.src)")
     page.click("#new-sample")
     assert len(shown) == 3 and sorted(page.evaluate("window.freed")) == sorted(shown)
+
+
+def test_dropped_files_and_folders_are_read_as_predict_reads_a_folder(page, server: str, tmp_path: Path) -> None:
+    files = head_files(tmp_path, 2, seed=1100)
+    page.goto(server + "/")
+    page.wait_for_selector("#model-info:has-text('spermnet')")
+    # a drop of plain files (what a test can make: its entries are no folder) is classified as given
+    page.evaluate("""async (bodies) => {
+        const dt = new DataTransfer();
+        bodies.forEach((b, i) => dt.items.add(new File([new Uint8Array(b)], `dropped_${i}.png`, { type: "image/png" })));
+        document.getElementById("dropzone").dispatchEvent(new DragEvent("drop", { dataTransfer: dt, bubbles: true }));
+    }""", [list(Path(f).read_bytes()) for f in files])
+    page.wait_for_selector("#status:has-text('2 classified on this page')")
+    assert page.locator(".card h3").all_inner_texts() == ["dropped_0.png", "dropped_1.png"]
+    # a folder, through the entries a browser hands over for one: read whole, in name order, its
+    # subfolders too; hidden files left out, other suffixes counted, not sent
+    names = page.evaluate("""async () => {
+        const file = (name) => ({ name, isFile: true, file: (ok) => ok(new File(["x"], name)) });
+        const folder = (name, children) => {
+            let given = false;
+            return { name, isFile: false, createReader: () => ({
+                readEntries: (ok) => { ok(given ? [] : children); given = true; } }) };
+        };
+        const slide = folder("slide 3", [file("b.BMP"), file(".DS_Store"), file("notes.txt"),
+                                         folder("day 2", [file("c.tif")]), file("a.png")]);
+        const out = await droppedFiles([slide, file("loose.gif")]);
+        return [out.map((f) => f.name), skippedInFolders];
+    }""")
+    assert names == [["a.png", "b.BMP", "c.tif", "loose.gif"], 1]

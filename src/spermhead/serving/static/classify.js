@@ -176,6 +176,37 @@ function batches(files) {
   return out;
 }
 
+// A dropped folder is read whole, its subfolders too, as `spermhead predict FOLDER` reads one:
+// images by suffix, in name order, hidden files left out; anything else is counted and said.
+const IMAGE_SUFFIXES = [".bmp", ".png", ".jpg", ".jpeg", ".tif", ".tiff"]; // data/readers.py's
+let skippedInFolders = 0;
+
+async function droppedFiles(entries) {
+  const out = [];
+  for (const entry of entries) await collect(entry, out, true);
+  return out;
+}
+
+async function collect(entry, out, given = false) {
+  if (entry.name.startsWith(".")) return;
+  if (entry.isFile) {
+    const image = IMAGE_SUFFIXES.some((s) => entry.name.toLowerCase().endsWith(s));
+    // a file dropped by itself is tried whatever its name; in a folder, only images
+    if (!given && !image) { skippedInFolders += 1; return; }
+    out.push(await new Promise((ok, fail) => entry.file(ok, fail)));
+    return;
+  }
+  const reader = entry.createReader();
+  const children = [];
+  for (;;) { // readEntries gives a folder's entries a batch at a time, then an empty one
+    const batch = await new Promise((ok, fail) => reader.readEntries(ok, fail));
+    if (!batch.length) break;
+    children.push(...batch);
+  }
+  children.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+  for (const child of children) await collect(child, out);
+}
+
 function fileKey(f) {
   return `${f.name}|${f.size}|${f.lastModified}`;
 }
@@ -248,7 +279,9 @@ function settledStatus() {
   statusLine.textContent = `${classifiedOnPage} classified on this page`
     + (failedOnPage ? `, ${failedOnPage} could not be used` : "")
     + (headless ? ` · no head found in ${headless} (not in the class shares)` : "")
-    + (repeats ? ` · ${repeats} file${repeats > 1 ? "s" : ""} already on this page left out` : "");
+    + (repeats ? ` · ${repeats} file${repeats > 1 ? "s" : ""} already on this page left out` : "")
+    + (skippedInFolders ? ` · ${skippedInFolders} file${skippedInFolders > 1 ? "s" : ""} in dropped folders `
+      + "skipped for their suffix" : "");
 }
 
 function shareText(row, key, star) {
@@ -317,6 +350,7 @@ function newSample() {
   dropsOut = 0;
   onPage.clear();
   repeats = 0;
+  skippedInFolders = 0;
   cards.replaceChildren();
   previews.splice(0).forEach((url) => URL.revokeObjectURL(url)); // or each sample's originals stay in memory
   samplePanel.replaceChildren();
@@ -333,7 +367,12 @@ for (const ev of ["dragenter", "dragover"]) {
 for (const ev of ["dragleave", "drop"]) {
   dropzone.addEventListener(ev, (e) => { e.preventDefault(); dropzone.classList.remove("over"); });
 }
-dropzone.addEventListener("drop", (e) => handleFiles(e.dataTransfer.files));
+dropzone.addEventListener("drop", (e) => {
+  // the entries must be taken while the event lasts; a folder among them is read afterwards
+  const entries = Array.from(e.dataTransfer.items || [], (it) => it.webkitGetAsEntry && it.webkitGetAsEntry());
+  if (!entries.length || entries.some((en) => !en)) { handleFiles(e.dataTransfer.files); return; }
+  droppedFiles(entries).then(handleFiles, (err) => { statusLine.textContent = `a dropped folder could not be read: ${err.message}`; });
+});
 // A file dropped beside the zone must not navigate away from the page.
 window.addEventListener("dragover", (e) => e.preventDefault());
 window.addEventListener("drop", (e) => e.preventDefault());
