@@ -1,3 +1,4 @@
+import json
 from pathlib import Path
 
 from spermhead.training.bench import has_table, readme_row, results_row, summarise, upsert_row
@@ -218,6 +219,8 @@ def test_the_bench_itself_records_no_row_for_synthetic_heads(tmp_path, monkeypat
     bench.run_accuracy_bench("hushem", tmp_path / "out", seeds=[1], data_dir=str(tmp_path / "data"),
                              results_md=table, readme=table)
     assert table.read_text() == before
+    # and its JSON says so, not only the row it did not write
+    assert json.loads((tmp_path / "out" / "accuracy-hushem.json").read_text())["summary"]["synthetic"] is True
     (tmp_path / "data" / "HuSHeM" / "SYNTHETIC.txt").unlink()  # the same heads taken for real ones
     bench.run_accuracy_bench("hushem", tmp_path / "out", seeds=[1], data_dir=str(tmp_path / "data"),
                              results_md=table, readme=None, threads=1, epochs=RECIPE_EPOCHS)
@@ -266,3 +269,27 @@ def test_a_bench_replaces_runs_of_other_settings_only_when_told(tmp_path, monkey
         ("spermnet", True, False), ("spermnet", False, True), ("seed-cnn", True, False)]
     both = CliRunner().invoke(app, ["bench", "accuracy", "hushem", "--overwrite", "--resume"])
     assert both.exit_code == 2 and "give one" in both.output
+
+
+def test_a_resumed_bench_keeps_the_time_its_repeats_took_not_their_read_back(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    import spermhead.training.bench as bench
+
+    point = {"accuracy": 0.9, "balanced_accuracy": 0.9, "per_class_recall": {"normal": 0.9}, "macro_f1": 0.9}
+    metrics = {"operating_points": {"accuracy": point, "balanced": point}}
+    timing: dict = {}
+    monkeypatch.setattr(bench, "train_run", lambda cfg, **kw: SimpleNamespace(timing=dict(timing), metrics=metrics))
+    clock = iter(range(0, 10_000, 100))  # each repeat "takes" 100 s
+    monkeypatch.setattr(bench, "time", SimpleNamespace(perf_counter=lambda: float(next(clock))))
+    out = tmp_path / "bench"
+    first = bench.run_accuracy_bench("hushem", out, seeds=[1, 2])
+    assert first["wall_seconds_per_repeat"] == 100.0
+    timing["folds_read_back"] = 5  # every fold read back: seconds, not the repeat's minutes
+    again = bench.run_accuracy_bench("hushem", out, seeds=[1, 2], resume=True)
+    assert again["wall_seconds_per_repeat"] == 100.0
+    (out / "accuracy-hushem.json").unlink()  # nothing recorded the repeats' own time: none is given
+    unknown = bench.run_accuracy_bench("hushem", out, seeds=[1, 2], resume=True)
+    assert unknown["wall_seconds_per_repeat"] is None
+    assert "time not measured (read back by --resume)" in bench.results_row(unknown)
+

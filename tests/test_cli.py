@@ -28,3 +28,14 @@ def test_version_names_spermhead_and_what_it_runs_on():
 
     result = CliRunner().invoke(app, ["--version"])
     assert result.exit_code == 0 and result.output.startswith(f"spermhead {__version__} (torch ")
+
+
+def test_a_negative_thread_count_is_refused_by_name(tmp_path):
+    from spermhead.errors import ConfigError
+    from spermhead.training.options import build_run_config
+
+    result = CliRunner().invoke(app, ["train", "hushem", "--out", str(tmp_path / "r"), "--threads", "-1"])
+    assert result.exit_code == 2 and "--threads" in result.output and not (tmp_path / "r").exists()
+    with pytest.raises(ConfigError, match="--threads"):  # from a config file too
+        build_run_config("hushem", str(tmp_path / "r"), threads=-1)
+

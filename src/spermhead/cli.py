@@ -377,7 +377,7 @@ def train(
         "--calibrate/--no-calibrate",
         help="Temperature-scale the probabilities on each fold's validation part (default on); "
              "answers do not change")] = None,
-    threads: Annotated[int | None, typer.Option(help="Torch CPU threads")] = None,
+    threads: Annotated[int | None, typer.Option(min=0, help="Torch CPU threads")] = None,
     accelerator: Annotated[str | None, typer.Option(
         help="auto (a CUDA GPU when torch sees one, else the CPU), cpu or gpu")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run directory")] = False,
@@ -454,7 +454,7 @@ def pretrain_cmd(
     color: Annotated[str, typer.Option(help="gray or rgb; match the training run's")] = "gray",
     batch_size: Annotated[int, typer.Option()] = 256,
     seed: Annotated[int, typer.Option()] = 0,
-    threads: Annotated[int, typer.Option(help="Torch CPU threads; 0 lets torch decide")] = 0,
+    threads: Annotated[int, typer.Option(min=0, help="Torch CPU threads; 0 lets torch decide")] = 0,
     accelerator: Annotated[str, typer.Option(help="auto, cpu or gpu")] = "auto",
     overwrite: Annotated[bool, typer.Option(help="Replace an existing weights file")] = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
@@ -547,7 +547,7 @@ def select(
         "--model-option", metavar="MODEL:KEY=VALUE", help="An option of one model of --models, over --config's "
         "model options (which go to every model), e.g. seed-resnet50:freeze_backbone=false or "
         "spermnet:width=32. Repeatable")] = None,
-    threads: Annotated[int | None, typer.Option(help="Torch CPU threads (0 lets torch decide)")] = None,
+    threads: Annotated[int | None, typer.Option(min=0, help="Torch CPU threads (0 lets torch decide)")] = None,
     accelerator: Annotated[str | None, typer.Option(
         help="auto (a CUDA GPU when torch sees one, else the CPU), cpu or gpu")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace the runs and the table already in --out")] = False,
@@ -630,7 +630,7 @@ def predict(
              "default: the bundle's")] = None,
     batch_size: Annotated[int, typer.Option(help="Images per model call")] = 256,
     show: Annotated[int, typer.Option(help="Rows shown in the table; --csv/--json get them all")] = 50,
-    threads: Annotated[int, typer.Option(help="Torch CPU threads; 0 lets torch decide")] = 0,
+    threads: Annotated[int, typer.Option(min=0, help="Torch CPU threads; 0 lets torch decide")] = 0,
     overwrite: Annotated[bool, typer.Option(help="Replace existing --csv/--json/--summary files")] = False,
 ) -> None:
     """Classify images. A file that cannot be used becomes an error row; exit code 1 if any did."""
@@ -840,7 +840,7 @@ def evaluate(
     operating_point: Annotated[str | None, typer.Option(
         help="accuracy or balanced; default: the bundle's")] = None,
     backend: Annotated[str, typer.Option(help="torch or onnx")] = "torch",
-    threads: Annotated[int, typer.Option(help="Torch CPU threads; 0 lets torch decide")] = 0,
+    threads: Annotated[int, typer.Option(min=0, help="Torch CPU threads; 0 lets torch decide")] = 0,
     overwrite: Annotated[bool, typer.Option(help="Replace the files of an existing output folder")] = False,
 ) -> None:
     """Assess a trained bundle on labelled images it did not train on (another dataset or lab).
@@ -1059,7 +1059,7 @@ def serve(
     operating_point: Annotated[str | None, typer.Option(
         help="accuracy (the model's posteriors) or balanced (prior correction for average recall); "
              "default: the bundle's")] = None,
-    threads: Annotated[int, typer.Option(help="Torch CPU threads; 0 lets torch decide (1 is best on a "
+    threads: Annotated[int, typer.Option(min=0, help="Torch CPU threads; 0 lets torch decide (1 is best on a "
                                          "machine busy with other work)")] = 0,
     root_path: Annotated[str, typer.Option(
         help="The path a reverse proxy serves this under, e.g. /spermhead, where the proxy strips it: "
@@ -1172,7 +1172,7 @@ def bench_accuracy(
     config: Annotated[Path | None, typer.Option(
         "--config", help="A run directory (its config.yaml) or a YAML file of settings over the recipe; "
                          "the options given here change them")] = None,
-    threads: Annotated[int | None, typer.Option(help="Torch CPU threads")] = None,
+    threads: Annotated[int | None, typer.Option(min=0, help="Torch CPU threads")] = None,
     accelerator: Annotated[str | None, typer.Option(
         help="auto (a CUDA GPU when torch sees one, else the CPU), cpu or gpu")] = None,
     record: Annotated[bool, typer.Option("--record/--no-record",

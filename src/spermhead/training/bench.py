@@ -130,12 +130,18 @@ def run_accuracy_bench(name: str, out: Path, *, seeds: list[int], data_dir: str 
                for seed in seeds]
     if not overwrite:
         check_bench_runs(configs)
+    earlier = _earlier_seconds(out / f"accuracy-{name}.json") if resume else {}
     runs = []
     for seed, cfg in zip(seeds, configs, strict=True):
         start = time.perf_counter()
         result = train_run(cfg, overwrite=not resume, resume=resume, progress=progress)
         init_seconds = result.timing.get("init_seconds", 0.0)  # a source model, trained once and cached
-        runs.append({"seed": seed, "wall_seconds": time.perf_counter() - start - init_seconds,
+        seconds: float | None = time.perf_counter() - start - init_seconds
+        if result.timing.get("folds_read_back"):
+            # folds read back take seconds, not their training's minutes: the time the repeat took
+            # when it ran whole, where an earlier bench recorded it; else none
+            seconds = earlier.get(seed)
+        runs.append({"seed": seed, "wall_seconds": seconds,
                      "init_seconds": init_seconds, "config": cfg.to_dict(),
                      "device": resolve_accelerator(cfg.train.accelerator),
                      "metrics": {p: result.metrics["operating_points"][p] for p in ("accuracy", "balanced")},
@@ -144,11 +150,12 @@ def run_accuracy_bench(name: str, out: Path, *, seeds: list[int], data_dir: str 
             point = runs[-1]["metrics"]["accuracy"]
             get_console().print(f"{name}, CV seed {seed} ({len(runs)} of {len(seeds)}): accuracy "
                                 f"{100 * point['accuracy']:.1f}, average recall {100 * point['balanced_accuracy']:.1f} "
-                                f"(accuracy point), {runs[-1]['wall_seconds'] / 60:.1f} min", highlight=False)
+                                f"(accuracy point), {_minutes(runs[-1]['wall_seconds'])}", highlight=False)
     # a recorded row ran the recipe itself, and its command says so with nothing else (an option
     # that changed nothing, a local settings file, threads)
     recorded = results_md is not None or readme is not None
     summary = summarise(name, runs, seeds, "" if recorded else command_options(overrides, settings_file))
+    summary["synthetic"] = _synthetic(configs[0])  # the JSON says so too, not only the refused row
     out.mkdir(parents=True, exist_ok=True)
     (out / f"accuracy-{name}.json").write_text(json.dumps({"summary": summary, "runs": runs}, indent=2))
     if results_md is not None:
@@ -156,6 +163,29 @@ def run_accuracy_bench(name: str, out: Path, *, seeds: list[int], data_dir: str 
     if readme is not None:
         upsert_row(readme, "accuracy", name, readme_row(summary))
     return summary
+
+
+def _synthetic(cfg: RunConfig) -> bool:
+    from spermhead.data.readers import load_dataset
+    from spermhead.errors import SpermheadError
+
+    try:
+        return load_dataset(cfg.dataset, cfg.data_dir).synthetic
+    except SpermheadError:
+        return False
+
+
+def _earlier_seconds(path: Path) -> dict[int, float]:
+    """Each seed's time per repeat in an earlier bench's JSON (none where it is missing or damaged)."""
+    try:
+        runs = json.loads(path.read_text())["runs"]
+        return {int(r["seed"]): float(r["wall_seconds"]) for r in runs if r.get("wall_seconds") is not None}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
+def _minutes(seconds: float | None) -> str:
+    return "time not measured (read back by --resume)" if seconds is None else f"{seconds / 60:.1f} min"
 
 
 def command_options(overrides: dict[str, Any], settings_file: str | None = None) -> str:
@@ -173,7 +203,9 @@ def summarise(name: str, runs: list[dict[str, Any]], seeds: list[int], options: 
     classes = list(runs[0]["metrics"]["accuracy"]["per_class_recall"])
     out = {"dataset": name, "protocol": BENCHES[name].protocol, "seeds": seeds,
            "published": BENCHES[name].published,
-           "wall_seconds_per_repeat": float(np.mean([r["wall_seconds"] for r in runs])),
+           # none when a repeat read back by --resume has no time of its own to give
+           "wall_seconds_per_repeat": (None if any(r["wall_seconds"] is None for r in runs)
+                                       else float(np.mean([r["wall_seconds"] for r in runs]))),
            "init_seconds": float(sum(r.get("init_seconds", 0.0) for r in runs)),
            "macro_f1": float(np.mean([r["macro_f1"] for r in runs])),
            "device": runs[0].get("device", "cpu"),
@@ -217,7 +249,7 @@ def results_row(s: dict[str, Any]) -> str:
         recipe += f", pixel fusion {cfg['train']['pixel_fusion']}"
     if cfg["train"].get("refit_val"):
         recipe += ", refit on train + val"
-    time_text = f"{s['wall_seconds_per_repeat'] / 60:.1f} min"
+    time_text = _minutes(s["wall_seconds_per_repeat"])
     if s.get("init_seconds"):
         time_text += f" (+ {s['init_seconds'] / 60:.1f} min once: source model)"
     if s.get("device", "cpu") != "cpu":  # the budgets are for the 2-core CPU

@@ -212,6 +212,7 @@ def check_run_config(cfg: RunConfig) -> None:
     # (option, value, low, high, low included, high included, what it is)
     limits: list[tuple[str, Any, float, float | None, bool, bool, str]] = [
         ("--epochs", tc.epochs, 1, None, True, True, ""),
+        ("--threads", tc.num_threads, 0, None, True, True, "threads; 0 lets torch decide"),
         ("--batch-size", tc.batch_size, 2, None, True, True, "images; batch normalisation needs two"),
         ("--members", tc.members_per_fold, 1, None, True, True, "models per fold"),
         ("--image-size", pre.image_size, 16, None, True, True, "pixels"),
