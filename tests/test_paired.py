@@ -287,6 +287,47 @@ def test_compare_warns_when_the_same_ids_stand_for_other_images_or_points(tmp_pa
     assert repeat_mismatches({"seed1": fused, "seed2": unknown}, "rb") == []
 
 
+def test_repeats_of_one_seed_and_pairs_of_other_seeds_are_said():
+    """A folder of repeats is one setting run with other seeds, each paired with the other side's
+    repeat of the same seed: copies of one seed, or seedN folders of other seeds, are named."""
+    from spermhead.evaluation.provenance import Provenance, paired_seed_mismatches, repeat_mismatches
+
+    def run(seed: int | None) -> Provenance:
+        return Provenance(None, None, "accuracy", None, "spermnet", "", None, seed)
+
+    copies = {"seed1": run(1), "seed2": run(1), "seed3": run(1)}
+    said = repeat_mismatches(copies, "A")
+    assert said == ["A's repeats seed1 and seed2 were both run with seed 1: one repeat counted twice, so the "
+                    "spread between seeds looks smaller than it is",
+                    "A's repeats seed1 and seed3 were both run with seed 1: one repeat counted twice, so the "
+                    "spread between seeds looks smaller than it is"]
+    assert repeat_mismatches({"seed1": run(1), "seed2": run(2), "seed3": run(None)}, "A") == []
+    sides = ({"seed1": run(1), "seed2": run(2)}, {"seed1": run(1), "seed2": run(7)})
+    assert paired_seed_mismatches(sides, ("A", "B")) == [
+        "A's seed2 was run with seed 2 and B's with seed 7: repeats are paired by folder name, and these split "
+        "the images otherwise"]
+
+
+def test_an_assessment_says_which_model_and_fusion_it_scored_with(tmp_path):
+    """`compare` of two evaluate folders warns of fused answers as it does for two runs."""
+    import json
+
+    from spermhead.evaluation.provenance import provenance, provenance_warnings
+
+    for name, model, shape in (("a", "seed-cnn", 0.0), ("b", "spermnet", 0.4)):
+        (tmp_path / f"bundle_{name}").mkdir()
+        (tmp_path / f"bundle_{name}" / "model.json").write_text(json.dumps({"run": {"seed": 3}}))
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "assessment.json").write_text(json.dumps({
+            "dataset": str(tmp_path / "nowhere"), "bundle": str(tmp_path / f"bundle_{name}"),
+            "model": {"name": model}, "train": {"shape_fusion": shape, "pixel_fusion": 0.0}}))
+    pa, pb = provenance(tmp_path / "a"), provenance(tmp_path / "b")
+    assert (pa.model, pa.fusion, pa.seed) == ("seed-cnn", "", 3)
+    assert (pb.model, pb.fusion) == ("spermnet", "the network 0.6 + head-profile model 0.4")
+    said = provenance_warnings(pa, pb, ("a", "b"))
+    assert any("the answers compared are not the two networks' alone" in w for w in said)
+
+
 def test_repeats_that_differ_on_the_same_few_images_show_no_difference(table):
     """Every CV seed scores the same images: B fixing the same 4 of A's misses (and missing one A
     got) in every repeat is one small difference seen five times, not five pieces of evidence. A

@@ -936,6 +936,7 @@ def compare(
     from spermhead.evaluation.predictions import read_predictions
     from spermhead.evaluation.provenance import (
         by_image_file,
+        paired_seed_mismatches,
         provenance,
         provenance_warnings,
         repeat_mismatches,
@@ -971,6 +972,7 @@ def compare(
         # of repeats is one setting run with other seeds, or the comparison means nothing
         said = [w for r in common for w in provenance_warnings(sides[0][r], sides[1][r], names)]
         said += [w for side, name in zip(sides, names, strict=True) for w in repeat_mismatches(side, name)]
+        said += paired_seed_mismatches((sides[0], sides[1]), names)
         warn_provenance(list(dict.fromkeys(said)))
         pairs = {r: (read_predictions(folders[0][r]), read_predictions(folders[1][r])) for r in common}
         moved = {r: by_image_file(a, b, sides[0][r], sides[1][r]) for r, (a, b) in pairs.items()}

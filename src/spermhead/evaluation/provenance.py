@@ -30,6 +30,7 @@ class Provenance:
     model: str | None = None  # the architecture (a run's config.yaml); None = unknown
     fusion: str = ""  # its answers fused with second opinions (config.fusion_text); "" = the network alone
     seen: tuple[int, int] | None = None  # an assessment's images its model trained on, of how many; None = unknown
+    seed: int | None = None  # the run's seed (an assessment's: its bundle's run's); None = unknown
 
 
 def _json(path: Path) -> dict[str, Any]:
@@ -91,15 +92,24 @@ def provenance(source: Path | str) -> Provenance:
             files = {s.id: str(Path(s.path).resolve()) for s in table.samples}
             images = Path(os.path.commonpath(list(files.values())))
             synthetic = table.synthetic
-    model, fusion = _model(folder)
-    return Provenance(images, synthetic, point if isinstance(point, str) else None, files, model, fusion, seen)
+    model, fusion, seed = _model(folder)
+    return Provenance(images, synthetic, point if isinstance(point, str) else None, files, model, fusion, seen, seed)
 
 
-def _model(folder: Path) -> tuple[str | None, str]:
-    """The architecture a run trained and the fusion its answers came from (config.yaml)."""
-    if (cfg := _run_config(folder)) is None:
-        return None, ""
-    return cfg.model.name, fusion_text(cfg.train.shape_fusion, cfg.train.pixel_fusion)
+def _model(folder: Path) -> tuple[str | None, str, int | None]:
+    """The architecture a run trained, the fusion its answers came from and its seed: a run's
+    config.yaml, or an assessment's record of the bundle it scored with."""
+    if (cfg := _run_config(folder)) is not None:
+        return cfg.model.name, fusion_text(cfg.train.shape_fusion, cfg.train.pixel_fusion), cfg.seed
+    record = _json(folder / "assessment.json")
+    model, train = record.get("model"), record.get("train")
+    if not isinstance(model, dict) or not isinstance(model.get("name"), str):
+        return None, "", None
+    weights = [train.get(k) if isinstance(train, dict) else 0 for k in ("shape_fusion", "pixel_fusion")]
+    fusion = fusion_text(*(float(w) if isinstance(w, int | float) else 0.0 for w in weights))
+    run = _json(Path(record["bundle"]) / "model.json").get("run") if isinstance(record.get("bundle"), str) else None
+    seed = run.get("seed") if isinstance(run, dict) else None
+    return model["name"], fusion, seed if isinstance(seed, int) and not isinstance(seed, bool) else None
 
 
 def by_image_file(a: Predictions, b: Predictions, pa: Provenance, pb: Provenance) -> tuple[Predictions, Predictions] | None:
@@ -166,4 +176,22 @@ def repeat_mismatches(repeats: dict[str, Provenance], name: str) -> list[str]:
         if differ:
             out.append(f"{name}'s repeats are not one setting: {r} differs from {first_name} in its "
                        f"{', '.join(differ)}; their mean mixes them")
+    by_seed: dict[int, str] = {}
+    for r, p in repeats.items():
+        if p.seed is not None and (twin := by_seed.setdefault(p.seed, r)) != r:
+            out.append(f"{name}'s repeats {twin} and {r} were both run with seed {p.seed}: one repeat counted "
+                       "twice, so the spread between seeds looks smaller than it is")
+    return out
+
+
+def paired_seed_mismatches(sides: tuple[dict[str, Provenance], dict[str, Provenance]],
+                           names: tuple[str, str]) -> list[str]:
+    """Repeats paired by folder name (seedN against seedN) that were run with other seeds: their
+    CV folds differ, so the pairing is not the same images split the same way."""
+    out = []
+    for r in sides[0]:
+        a, b = sides[0][r].seed, sides[1][r].seed if r in sides[1] else None
+        if a is not None and b is not None and a != b:
+            out.append(f"{names[0]}'s {r} was run with seed {a} and {names[1]}'s with seed {b}: repeats are paired "
+                       "by folder name, and these split the images otherwise")
     return out
