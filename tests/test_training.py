@@ -1136,7 +1136,8 @@ def test_select_resume_refuses_a_changed_start_before_any_run(separable, weights
      "--model-option seed-alexnet:...: seed-alexnet is not in --models (spermnet, seed-cnn, timm:resnet18)"),
     (["--model-option", "spermnet=3"], "--model-option spermnet=3: give MODEL:KEY=VALUE"),
     (["--model-option", "timm:resnet18=3"], "(for timm:resnet18, give timm:resnet18:KEY=VALUE)"),
-    (["--model-option", "seed-cnn:width=8"], "--models seed-cnn: "),  # an option the model does not take
+    # an option the model does not take, named where it came from
+    (["--model-option", "seed-cnn:width=8"], "(options from --model-option seed-cnn:width)"),
 ])
 def test_select_refuses_a_start_it_cannot_give_before_training(separable, tmp_path, given, said):
     weights = tmp_path / "w.safetensors"
@@ -1146,6 +1147,17 @@ def test_select_refuses_a_start_it_cannot_give_before_training(separable, tmp_pa
                         *SELECT_QUICK)
     assert result.exit_code == 2 and said.replace("<w>", str(weights)) in result.output, result.output
     assert len(result.output.strip().splitlines()) == 1  # one line
+    assert not (tmp_path / "sel").exists()
+
+
+def test_select_names_a_config_option_another_model_does_not_take(separable, tmp_path):
+    from spermhead.training.select import select_models
+
+    base = quick_config(separable, tmp_path / "unused")
+    base.model.kwargs = {"width": 8}  # from a spermnet run's config: every model gets it
+    with pytest.raises(ConfigError, match=r"--models seed-cnn: .*width.*\(options from model.kwargs width of the "
+                                          r"--config settings, which go to every model\)"):
+        select_models(base, ["spermnet", "seed-cnn"], tmp_path / "sel", progress=False)
     assert not (tmp_path / "sel").exists()
 
 

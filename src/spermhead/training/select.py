@@ -152,8 +152,13 @@ def select_models(base: RunConfig, models: list[str], out: Path, *, variants: bo
         check_run_config(cfg)
         try:
             check_model(cfg, num_classes)
-        except SpermheadError as exc:  # said of the model in the list it concerns
-            raise ConfigError(f"--models {name}: {exc}") from exc
+        except SpermheadError as exc:  # said of the model in the list it concerns, and of where its options came from
+            own = model_options.get(name, {})
+            origin = [f"--model-option {name}:{key}" for key in own]
+            if shared := [key for key in base.model.kwargs if key not in own]:
+                origin.append(f"model.kwargs {', '.join(shared)} of the --config settings, which go to every model")
+            where = f" (options from {'; '.join(origin)})" if origin else ""
+            raise ConfigError(f"--models {name}: {exc}{where}") from exc
     if resume:  # a run whose settings (its start too) changed is refused before any other trains
         for *_, cfg in runs:
             if (Path(cfg.out) / "config.yaml").is_file():
