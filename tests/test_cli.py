@@ -39,3 +39,15 @@ def test_a_negative_thread_count_is_refused_by_name(tmp_path):
     with pytest.raises(ConfigError, match="--threads"):  # from a config file too
         build_run_config("hushem", str(tmp_path / "r"), threads=-1)
 
+
+def test_compare_names_its_sides_by_the_shortest_path_endings_that_differ(tmp_path):
+    from spermhead.cli import distinct_names
+
+    runs = tmp_path / "runs"
+    assert distinct_names(runs / "x" / "seed1", runs / "y" / "seed1") == ("x/seed1", "y/seed1")
+    # a run's predictions.csv stands for its run; a CSV of another name for itself
+    assert distinct_names(runs / "x" / "predictions.csv", runs / "y") == ("x", "y")
+    assert distinct_names(runs / "a.csv", runs / "b.csv") == ("a.csv", "b.csv")
+    assert distinct_names(runs / "x", runs / "x" / "drop.csv") == ("x", "drop.csv")
+    assert distinct_names(runs / "x", runs / "x") == ("A", "B")
+

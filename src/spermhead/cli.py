@@ -910,8 +910,9 @@ def evaluate(
 
 def distinct_names(a: Path, b: Path) -> tuple[str, str]:
     """The shortest path endings that tell two runs apart (runs/x/seed1 and runs/y/seed1 give
-    x/seed1 and y/seed1); a predictions.csv stands for its folder."""
-    pa, pb = ([*p.resolve().parent.parts] if p.suffix == ".csv" else [*p.resolve().parts] for p in (a, b))
+    x/seed1 and y/seed1); a predictions.csv stands for its folder, a CSV of another name for itself
+    (two CSVs side by side are told apart by their names, not called A and B)."""
+    pa, pb = ([*p.resolve().parent.parts] if p.name == "predictions.csv" else [*p.resolve().parts] for p in (a, b))
     for depth in range(1, max(len(pa), len(pb)) + 1):
         na, nb = "/".join(pa[-depth:]), "/".join(pb[-depth:])
         if na != nb:
