@@ -280,14 +280,22 @@ def test_a_resumed_bench_keeps_the_time_its_repeats_took_not_their_read_back(tmp
     metrics = {"operating_points": {"accuracy": point, "balanced": point}}
     timing: dict = {}
     monkeypatch.setattr(bench, "train_run", lambda cfg, **kw: SimpleNamespace(timing=dict(timing), metrics=metrics))
-    clock = iter(range(0, 10_000, 100))  # each repeat "takes" 100 s
-    monkeypatch.setattr(bench, "time", SimpleNamespace(perf_counter=lambda: float(next(clock))))
+    now = [0.0]
+
+    def clock() -> float:  # a repeat trained "takes" 100 s, one read back 1 s
+        now[0] += 1.0 if timing else 100.0
+        return now[0]
+
+    monkeypatch.setattr(bench, "time", SimpleNamespace(perf_counter=clock))
     out = tmp_path / "bench"
     first = bench.run_accuracy_bench("hushem", out, seeds=[1, 2])
     assert first["wall_seconds_per_repeat"] == 100.0
     timing["folds_read_back"] = 5  # every fold read back: seconds, not the repeat's minutes
     again = bench.run_accuracy_bench("hushem", out, seeds=[1, 2], resume=True)
     assert again["wall_seconds_per_repeat"] == 100.0
+    # an earlier bench of other settings has no time to lend
+    other = bench.run_accuracy_bench("hushem", out, seeds=[1, 2], resume=True, overwrite=True, epochs=3)
+    assert other["wall_seconds_per_repeat"] is None
     (out / "accuracy-hushem.json").unlink()  # nothing recorded the repeats' own time: none is given
     unknown = bench.run_accuracy_bench("hushem", out, seeds=[1, 2], resume=True)
     assert unknown["wall_seconds_per_repeat"] is None

@@ -670,29 +670,51 @@ def test_new_sample_frees_the_previews_of_the_uploaded_images(page, server: str,
 
 
 def test_dropped_files_and_folders_are_read_as_predict_reads_a_folder(page, server: str, tmp_path: Path) -> None:
-    files = head_files(tmp_path, 2, seed=1100)
+    files = head_files(tmp_path, 3, seed=1100)
     page.goto(server + "/")
     page.wait_for_selector("#model-info:has-text('spermnet')")
-    # a drop of plain files (what a test can make: its entries are no folder) is classified as given
-    page.evaluate("""async (bodies) => {
-        const dt = new DataTransfer();
-        bodies.forEach((b, i) => dt.items.add(new File([new Uint8Array(b)], `dropped_${i}.png`, { type: "image/png" })));
-        document.getElementById("dropzone").dispatchEvent(new DragEvent("drop", { dataTransfer: dt, bubbles: true }));
-    }""", [list(Path(f).read_bytes()) for f in files])
-    page.wait_for_selector("#status:has-text('2 classified on this page')")
-    assert page.locator(".card h3").all_inner_texts() == ["dropped_0.png", "dropped_1.png"]
-    # a folder, through the entries a browser hands over for one: read whole, in name order, its
-    # subfolders too; hidden files left out, other suffixes counted, not sent
-    names = page.evaluate("""async () => {
-        const file = (name) => ({ name, isFile: true, file: (ok) => ok(new File(["x"], name)) });
+    # A drop as the browser hands it over: its items' entries, here a folder (with a subfolder, a
+    # hidden file, a note and a broken link; read a batch at a time) beside a loose hidden file.
+    # A script cannot make real entries, so they are built with the same interface.
+    drop = """async ([bodies, delay]) => {
+        const png = (i) => (name) => new File([new Uint8Array(bodies[i])], name, { type: "image/png" });
+        const file = (name, made) => ({ name, isFile: true,
+            file: (ok, fail) => setTimeout(() => (made ? ok(made(name)) : fail(new Error("gone"))), delay) });
         const folder = (name, children) => {
-            let given = false;
+            let at = 0;  // two entries a batch, then an empty one, as readEntries gives them
             return { name, isFile: false, createReader: () => ({
-                readEntries: (ok) => { ok(given ? [] : children); given = true; } }) };
+                readEntries: (ok) => { ok(children.slice(at, at + 2)); at += 2; } }) };
         };
-        const slide = folder("slide 3", [file("b.BMP"), file(".DS_Store"), file("notes.txt"),
-                                         folder("day 2", [file("c.tif")]), file("a.png")]);
-        const out = await droppedFiles([slide, file("loose.gif")]);
-        return [out.map((f) => f.name), skippedInFolders];
+        const slide = folder("slide 3", [file("b.png", png(1)), file(".DS_Store", png(0)),
+                                         file("notes.txt", png(0)), file("SYNTHETIC.txt", png(0)),
+                                         folder("day 2", [file("c.png", png(2))]), file("a.png", png(0)),
+                                         file("z.png", null)]);
+        const entries = [slide, file(".scan.png", png(0))];
+        const ev = new Event("drop", { bubbles: true, cancelable: true });
+        Object.defineProperty(ev, "dataTransfer", { value: {
+            items: entries.map((en) => ({ webkitGetAsEntry: () => en })), files: [] } });
+        document.getElementById("dropzone").dispatchEvent(ev);
+    }"""
+    bodies = [list(Path(f).read_bytes()) for f in files]
+    page.evaluate(drop, [bodies, 0])
+    page.wait_for_selector("#status:has-text('4 classified on this page')")
+    # in name order, the subfolder in its place; a hidden file dropped by itself is tried, as
+    # predict tries a file it is given; in the folder, the hidden one and SYNTHETIC.txt pass silently
+    assert page.locator(".card h3").all_inner_texts() == ["a.png", "b.png", "c.png", ".scan.png"]
+    status = page.locator("#status").inner_text()
+    assert "1 could not be used" in status and "1 file in dropped folders skipped for their suffix" in status
+    # New sample while a slow folder is still being read: none of it joins the new sample
+    page.click("#new-sample")
+    page.evaluate(drop, [bodies, 200])
+    page.wait_for_selector("#status:has-text('reading the dropped folder')")
+    page.evaluate("newSample()")
+    page.wait_for_timeout(2500)
+    assert page.locator(".card").count() == 0 and page.locator("#status").inner_text() == ""
+    # a folder with no image says so
+    page.evaluate("""() => {
+        const empty = { name: "empty", isFile: false, createReader: () => ({ readEntries: (ok) => ok([]) }) };
+        const ev = new Event("drop", { bubbles: true, cancelable: true });
+        Object.defineProperty(ev, "dataTransfer", { value: { items: [{ webkitGetAsEntry: () => empty }], files: [] } });
+        document.getElementById("dropzone").dispatchEvent(ev);
     }""")
-    assert names == [["a.png", "b.BMP", "c.tif", "loose.gif"], 1]
+    page.wait_for_selector("#status:has-text('no images in the dropped folder')")

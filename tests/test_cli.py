@@ -36,8 +36,10 @@ def test_a_negative_thread_count_is_refused_by_name(tmp_path):
 
     result = CliRunner().invoke(app, ["train", "hushem", "--out", str(tmp_path / "r"), "--threads", "-1"])
     assert result.exit_code == 2 and "--threads" in result.output and not (tmp_path / "r").exists()
-    with pytest.raises(ConfigError, match="--threads"):  # from a config file too
+    with pytest.raises(ConfigError, match="--threads -1"):
         build_run_config("hushem", str(tmp_path / "r"), threads=-1)
+    with pytest.raises(ConfigError, match="train.num_threads: -1: must be at least 0"):  # from a config file
+        build_run_config("hushem", str(tmp_path / "r"), settings={"train": {"num_threads": -1}})
 
 
 def test_compare_names_its_sides_by_the_shortest_path_endings_that_differ(tmp_path):

@@ -326,6 +326,13 @@ def test_an_assessment_says_which_model_and_fusion_it_scored_with(tmp_path):
     assert (pb.model, pb.fusion) == ("spermnet", "the network 0.6 + head-profile model 0.4")
     said = provenance_warnings(pa, pb, ("a", "b"))
     assert any("the answers compared are not the two networks' alone" in w for w in said)
+    # an evaluate scores every image whatever its model's seed: repeats of bundles of other seeds
+    # are paired on the same images
+    from dataclasses import replace
+
+    from spermhead.evaluation.provenance import paired_seed_mismatches
+
+    assert pa.assessed and paired_seed_mismatches(({"seed1": pa}, {"seed1": replace(pb, seed=11)}), ("a", "b")) == []
 
 
 def test_repeats_that_differ_on_the_same_few_images_show_no_difference(table):

@@ -630,7 +630,7 @@ def predict(
              "default: the bundle's")] = None,
     batch_size: Annotated[int, typer.Option(help="Images per model call")] = 256,
     show: Annotated[int, typer.Option(help="Rows shown in the table; --csv/--json get them all")] = 50,
-    threads: Annotated[int, typer.Option(min=0, help="Torch CPU threads; 0 lets torch decide")] = 0,
+    threads: Annotated[int, typer.Option(help="Torch CPU threads; 0 lets torch decide")] = 0,
     overwrite: Annotated[bool, typer.Option(help="Replace existing --csv/--json/--summary files")] = False,
 ) -> None:
     """Classify images. A file that cannot be used becomes an error row; exit code 1 if any did."""

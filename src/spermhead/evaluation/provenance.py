@@ -31,6 +31,7 @@ class Provenance:
     fusion: str = ""  # its answers fused with second opinions (config.fusion_text); "" = the network alone
     seen: tuple[int, int] | None = None  # an assessment's images its model trained on, of how many; None = unknown
     seed: int | None = None  # the run's seed (an assessment's: its bundle's run's); None = unknown
+    assessed: bool = False  # an `evaluate` folder: every image scored, no split of its own
 
 
 def _json(path: Path) -> dict[str, Any]:
@@ -93,7 +94,8 @@ def provenance(source: Path | str) -> Provenance:
             images = Path(os.path.commonpath(list(files.values())))
             synthetic = table.synthetic
     model, fusion, seed = _model(folder)
-    return Provenance(images, synthetic, point if isinstance(point, str) else None, files, model, fusion, seen, seed)
+    return Provenance(images, synthetic, point if isinstance(point, str) else None, files, model, fusion, seen, seed,
+                      assessed=(folder / "assessment.json").is_file())
 
 
 def _model(folder: Path) -> tuple[str | None, str, int | None]:
@@ -187,10 +189,13 @@ def repeat_mismatches(repeats: dict[str, Provenance], name: str) -> list[str]:
 def paired_seed_mismatches(sides: tuple[dict[str, Provenance], dict[str, Provenance]],
                            names: tuple[str, str]) -> list[str]:
     """Repeats paired by folder name (seedN against seedN) that were run with other seeds: their
-    CV folds differ, so the pairing is not the same images split the same way."""
+    CV folds differ, so the pairing is not the same images split the same way. (An `evaluate`
+    scores every image whatever its model's seed: nothing to say there.)"""
     out = []
     for r in sides[0]:
-        a, b = sides[0][r].seed, sides[1][r].seed if r in sides[1] else None
+        if r not in sides[1] or sides[0][r].assessed or sides[1][r].assessed:
+            continue
+        a, b = sides[0][r].seed, sides[1][r].seed
         if a is not None and b is not None and a != b:
             out.append(f"{names[0]}'s {r} was run with seed {a} and {names[1]}'s with seed {b}: repeats are paired "
                        "by folder name, and these split the images otherwise")

@@ -130,7 +130,7 @@ def run_accuracy_bench(name: str, out: Path, *, seeds: list[int], data_dir: str 
                for seed in seeds]
     if not overwrite:
         check_bench_runs(configs)
-    earlier = _earlier_seconds(out / f"accuracy-{name}.json") if resume else {}
+    earlier = _earlier_runs(out / f"accuracy-{name}.json") if resume else {}
     runs = []
     for seed, cfg in zip(seeds, configs, strict=True):
         start = time.perf_counter()
@@ -139,8 +139,11 @@ def run_accuracy_bench(name: str, out: Path, *, seeds: list[int], data_dir: str 
         seconds: float | None = time.perf_counter() - start - init_seconds
         if result.timing.get("folds_read_back"):
             # folds read back take seconds, not their training's minutes: the time the repeat took
-            # when it ran whole, where an earlier bench recorded it; else none
-            seconds = earlier.get(seed)
+            # when it ran whole, where an earlier bench of these very settings recorded it; else none
+            before = earlier.get(seed)
+            same = before is not None and before.get("config") == json.loads(json.dumps(cfg.to_dict())) and \
+                before.get("device", "cpu") == resolve_accelerator(cfg.train.accelerator)
+            seconds = float(before["wall_seconds"]) if same else None
         runs.append({"seed": seed, "wall_seconds": seconds,
                      "init_seconds": init_seconds, "config": cfg.to_dict(),
                      "device": resolve_accelerator(cfg.train.accelerator),
@@ -165,22 +168,24 @@ def run_accuracy_bench(name: str, out: Path, *, seeds: list[int], data_dir: str 
     return summary
 
 
-def _synthetic(cfg: RunConfig) -> bool:
+def _synthetic(cfg: RunConfig) -> bool | None:
+    """Whether the bench's images were rendered by data synth; None where they cannot be read now."""
     from spermhead.data.readers import load_dataset
     from spermhead.errors import SpermheadError
 
     try:
         return load_dataset(cfg.dataset, cfg.data_dir).synthetic
     except SpermheadError:
-        return False
+        return None
 
 
-def _earlier_seconds(path: Path) -> dict[int, float]:
-    """Each seed's time per repeat in an earlier bench's JSON (none where it is missing or damaged)."""
+def _earlier_runs(path: Path) -> dict[int, dict[str, Any]]:
+    """Each seed's run record (config, device, time) in an earlier bench's JSON, where it gave a
+    time; none where the file is missing or damaged."""
     try:
         runs = json.loads(path.read_text())["runs"]
-        return {int(r["seed"]): float(r["wall_seconds"]) for r in runs if r.get("wall_seconds") is not None}
-    except (OSError, ValueError, KeyError, TypeError):
+        return {int(r["seed"]): r for r in runs if isinstance(r.get("wall_seconds"), int | float)}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return {}
 
 

@@ -154,8 +154,9 @@ def select_models(base: RunConfig, models: list[str], out: Path, *, variants: bo
             check_model(cfg, num_classes)
         except SpermheadError as exc:  # said of the model in the list it concerns, and of where its options came from
             own = model_options.get(name, {})
-            origin = [f"--model-option {name}:{key}" for key in own]
-            if shared := [key for key in base.model.kwargs if key not in own]:
+            # only the options the error is about: an unknown model or weights file is no option's fault
+            origin = [f"--model-option {name}:{key}" for key in own if key in str(exc)]
+            if shared := [key for key in base.model.kwargs if key not in own and key in str(exc)]:
                 origin.append(f"model.kwargs {', '.join(shared)} of the --config settings, which go to every model")
             where = f" (options from {'; '.join(origin)})" if origin else ""
             raise ConfigError(f"--models {name}: {exc}{where}") from exc

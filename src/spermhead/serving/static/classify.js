@@ -181,19 +181,26 @@ function batches(files) {
 const IMAGE_SUFFIXES = [".bmp", ".png", ".jpg", ".jpeg", ".tif", ".tiff"]; // data/readers.py's
 let skippedInFolders = 0;
 
+// {files, skipped, unreadable}: what the dropped entries hold, counted apart so that a sample
+// cleared while a large folder was read takes none of it
 async function droppedFiles(entries) {
-  const out = [];
-  for (const entry of entries) await collect(entry, out, true);
-  return out;
+  const found = { files: [], skipped: 0, unreadable: 0 };
+  for (const entry of entries) await collect(entry, found, true);
+  return found;
 }
 
-async function collect(entry, out, given = false) {
-  if (entry.name.startsWith(".")) return;
+async function collect(entry, found, given = false) {
+  if (!given && entry.name.startsWith(".")) return; // a hidden file dropped by itself is still tried
   if (entry.isFile) {
     const image = IMAGE_SUFFIXES.some((s) => entry.name.toLowerCase().endsWith(s));
-    // a file dropped by itself is tried whatever its name; in a folder, only images
-    if (!given && !image) { skippedInFolders += 1; return; }
-    out.push(await new Promise((ok, fail) => entry.file(ok, fail)));
+    // a file dropped by itself is tried whatever its name; in a folder, only images (and not
+    // data synth's own SYNTHETIC.txt, which predict passes over in silence too)
+    if (!given && !image) { found.skipped += entry.name === "SYNTHETIC.txt" ? 0 : 1; return; }
+    try {
+      found.files.push(await new Promise((ok, fail) => entry.file(ok, fail)));
+    } catch (e) {
+      found.unreadable += 1; // a broken link or a file without permission: one file, not the drop
+    }
     return;
   }
   const reader = entry.createReader();
@@ -204,7 +211,27 @@ async function collect(entry, out, given = false) {
     children.push(...batch);
   }
   children.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
-  for (const child of children) await collect(child, out);
+  for (const child of children) await collect(child, found);
+}
+
+async function handleDrop(entries) {
+  const sample = sampleNumber;
+  statusLine.textContent = "reading the dropped folder…";
+  let found;
+  try {
+    found = await droppedFiles(entries);
+  } catch (err) {
+    if (sample === sampleNumber) statusLine.textContent = `a dropped folder could not be read: ${err.message}`;
+    return;
+  }
+  if (sample !== sampleNumber) return; // New sample was pressed while the folder was read: not its heads
+  skippedInFolders += found.skipped;
+  failedOnPage += found.unreadable;
+  if (found.files.length) await handleFiles(found.files);
+  else if (!dropsOut) { // nothing to classify, but what was passed over is said
+    settledStatus();
+    statusLine.textContent = `no images in the dropped folder · ${statusLine.textContent}`;
+  }
 }
 
 function fileKey(f) {
@@ -371,7 +398,7 @@ dropzone.addEventListener("drop", (e) => {
   // the entries must be taken while the event lasts; a folder among them is read afterwards
   const entries = Array.from(e.dataTransfer.items || [], (it) => it.webkitGetAsEntry && it.webkitGetAsEntry());
   if (!entries.length || entries.some((en) => !en)) { handleFiles(e.dataTransfer.files); return; }
-  droppedFiles(entries).then(handleFiles, (err) => { statusLine.textContent = `a dropped folder could not be read: ${err.message}`; });
+  handleDrop(entries);
 });
 // A file dropped beside the zone must not navigate away from the page.
 window.addEventListener("dragover", (e) => e.preventDefault());
