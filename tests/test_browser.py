@@ -688,7 +688,8 @@ def test_dropped_files_and_folders_are_read_as_predict_reads_a_folder(page, serv
         const slide = folder("slide 3", [file("b.png", png(1)), file(".DS_Store", png(0)),
                                          file("notes.txt", png(0)), file("SYNTHETIC.txt", png(0)),
                                          folder("day 2", [file("c.png", png(2))]), file("a.png", png(0)),
-                                         file("z.png", null)]);
+                                         file("z.png", null), { name: "locked", isFile: false, createReader: () => ({
+                                             readEntries: (ok, fail) => fail(new Error("denied")) }) }]);
         const entries = [slide, file(".scan.png", png(0))];
         const ev = new Event("drop", { bubbles: true, cancelable: true });
         Object.defineProperty(ev, "dataTransfer", { value: {
@@ -702,14 +703,32 @@ def test_dropped_files_and_folders_are_read_as_predict_reads_a_folder(page, serv
     # predict tries a file it is given; in the folder, the hidden one and SYNTHETIC.txt pass silently
     assert page.locator(".card h3").all_inner_texts() == ["a.png", "b.png", "c.png", ".scan.png"]
     status = page.locator("#status").inner_text()
-    assert "1 could not be used" in status and "1 file in dropped folders skipped for their suffix" in status
+    # the broken link and the folder that cannot be listed are counted, not the whole drop lost
+    assert "2 could not be used" in status and "1 file in dropped folders skipped for their suffix" in status
     # New sample while a slow folder is still being read: none of it joins the new sample
     page.click("#new-sample")
     page.evaluate(drop, [bodies, 200])
-    page.wait_for_selector("#status:has-text('reading the dropped folder')")
+    page.wait_for_selector("#status:has-text('reading the dropped files')")
     page.evaluate("newSample()")
     page.wait_for_timeout(2500)
     assert page.locator(".card").count() == 0 and page.locator("#status").inner_text() == ""
+    # a file picked while a slow folder is read: the page does not look settled until both are
+    page.evaluate(drop, [bodies, 700])
+    page.wait_for_selector("#status:has-text('reading the dropped files')")
+    page.set_input_files("#file-input", files[2:])  # head_2.png
+    page.wait_for_selector(".card.result h3:has-text('head_2.png')")
+    assert "classified on this page" not in page.locator("#status").inner_text()
+    page.wait_for_selector("#status:has-text('5 classified on this page')")
+    # a plain drop of files (no entries, as a script's DataTransfer gives) is classified as given
+    page.click("#new-sample")
+    page.evaluate("""async (bodies) => {
+        const dt = new DataTransfer();
+        bodies.forEach((b, i) => dt.items.add(new File([new Uint8Array(b)], `dropped_${i}.png`, { type: "image/png" })));
+        document.getElementById("dropzone").dispatchEvent(new DragEvent("drop", { dataTransfer: dt, bubbles: true }));
+    }""", bodies[:2])
+    page.wait_for_selector("#status:has-text('2 classified on this page')")
+    assert page.locator(".card h3").all_inner_texts() == ["dropped_0.png", "dropped_1.png"]
+    page.click("#new-sample")
     # a folder with no image says so
     page.evaluate("""() => {
         const empty = { name: "empty", isFile: false, createReader: () => ({ readEntries: (ok) => ok([]) }) };
@@ -717,4 +736,4 @@ def test_dropped_files_and_folders_are_read_as_predict_reads_a_folder(page, serv
         Object.defineProperty(ev, "dataTransfer", { value: { items: [{ webkitGetAsEntry: () => empty }], files: [] } });
         document.getElementById("dropzone").dispatchEvent(ev);
     }""")
-    page.wait_for_selector("#status:has-text('no images in the dropped folder')")
+    page.wait_for_selector("#status:has-text('1 drop held no image to classify')")

@@ -1159,6 +1159,9 @@ def test_select_names_a_config_option_another_model_does_not_take(separable, tmp
                                           r"--config settings, which go to every model\)"):
         select_models(base, ["spermnet", "seed-cnn"], tmp_path / "sel", progress=False)
     assert not (tmp_path / "sel").exists()
+    # an option the model does take is not blamed beside the one it does not
+    with pytest.raises(ConfigError, match=r"has no option bogus; .*\(options from --model-option spermnet:bogus\)$"):
+        select_models(base, ["spermnet"], tmp_path / "sel", model_options={"spermnet": {"bogus": 1}}, progress=False)
 
 
 def test_select_pretrained_starts_every_timm_model_from_its_hub_weights(separable, tmp_path, monkeypatch):

@@ -4,6 +4,7 @@ with cross-validation, out-of-fold scoring, and time and size beside accuracy)."
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -154,9 +155,12 @@ def select_models(base: RunConfig, models: list[str], out: Path, *, variants: bo
             check_model(cfg, num_classes)
         except SpermheadError as exc:  # said of the model in the list it concerns, and of where its options came from
             own = model_options.get(name, {})
-            # only the options the error is about: an unknown model or weights file is no option's fault
-            origin = [f"--model-option {name}:{key}" for key in own if key in str(exc)]
-            if shared := [key for key in base.model.kwargs if key not in own and key in str(exc)]:
+            # only the option the error is about ("has no option KEY"): an unknown model, a weights
+            # file or a value of the right key is no other option's fault
+            said = re.search(r"has no option (.+?);", str(exc))
+            unknown = said.group(1).split(", ") if said else []
+            origin = [f"--model-option {name}:{key}" for key in own if key in unknown]
+            if shared := [key for key in base.model.kwargs if key not in own and key in unknown]:
                 origin.append(f"model.kwargs {', '.join(shared)} of the --config settings, which go to every model")
             where = f" (options from {'; '.join(origin)})" if origin else ""
             raise ConfigError(f"--models {name}: {exc}{where}") from exc

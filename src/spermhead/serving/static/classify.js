@@ -180,6 +180,8 @@ function batches(files) {
 // images by suffix, in name order, hidden files left out; anything else is counted and said.
 const IMAGE_SUFFIXES = [".bmp", ".png", ".jpg", ".jpeg", ".tif", ".tiff"]; // data/readers.py's
 let skippedInFolders = 0;
+let emptyDrops = 0; // drops that held no image to classify
+let readsOut = 0;   // dropped folders still being read: like dropsOut, the status line waits for them
 
 // {files, skipped, unreadable}: what the dropped entries hold, counted apart so that a sample
 // cleared while a large folder was read takes none of it
@@ -205,10 +207,15 @@ async function collect(entry, found, given = false) {
   }
   const reader = entry.createReader();
   const children = [];
-  for (;;) { // readEntries gives a folder's entries a batch at a time, then an empty one
-    const batch = await new Promise((ok, fail) => reader.readEntries(ok, fail));
-    if (!batch.length) break;
-    children.push(...batch);
+  try {
+    for (;;) { // readEntries gives a folder's entries a batch at a time, then an empty one
+      const batch = await new Promise((ok, fail) => reader.readEntries(ok, fail));
+      if (!batch.length) break;
+      children.push(...batch);
+    }
+  } catch (e) {
+    found.unreadable += 1; // a subfolder that cannot be listed: counted, as a file that cannot be read
+    return;
   }
   children.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
   for (const child of children) await collect(child, found);
@@ -216,22 +223,26 @@ async function collect(entry, found, given = false) {
 
 async function handleDrop(entries) {
   const sample = sampleNumber;
-  statusLine.textContent = "reading the dropped folder…";
+  readsOut += 1;
+  statusLine.textContent = "reading the dropped files…";
   let found;
   try {
     found = await droppedFiles(entries);
   } catch (err) {
-    if (sample === sampleNumber) statusLine.textContent = `a dropped folder could not be read: ${err.message}`;
-    return;
+    found = { files: [], skipped: 0, unreadable: 1 };
   }
   if (sample !== sampleNumber) return; // New sample was pressed while the folder was read: not its heads
   skippedInFolders += found.skipped;
   failedOnPage += found.unreadable;
-  if (found.files.length) await handleFiles(found.files);
-  else if (!dropsOut) { // nothing to classify, but what was passed over is said
-    settledStatus();
-    statusLine.textContent = `no images in the dropped folder · ${statusLine.textContent}`;
+  if (found.files.length) {
+    await handleFiles(found.files); // it leaves the status to this drop, still counted in readsOut
+  } else {
+    emptyDrops += 1; // nothing to classify, but what was passed over is said
+    if (found.skipped || found.unreadable) newSampleButton.hidden = false;
   }
+  if (sample !== sampleNumber) return;
+  readsOut -= 1;
+  if (!dropsOut && !readsOut) settledStatus();
 }
 
 function fileKey(f) {
@@ -277,7 +288,7 @@ async function handleFiles(fileList) {
   }
   if (sample !== sampleNumber) return; // New sample was pressed while they were compared
   if (!files.length) {
-    if (given.length && !dropsOut) settledStatus();
+    if (given.length && !dropsOut && !readsOut) settledStatus();
     return;
   }
   dropsOut += 1;
@@ -299,7 +310,7 @@ async function handleFiles(fileList) {
   if (sample !== sampleNumber) return; // the page was cleared while the last batch was out
   await showSample(); // before the status line, which thus says when the page is settled
   if (sample !== sampleNumber) return; // ... or while the shares were on their way
-  if (!dropsOut) settledStatus(); // another drop still out says "classifying…" until it ends
+  if (!dropsOut && !readsOut) settledStatus(); // another drop still out says so until it ends
 }
 
 function settledStatus() {
@@ -308,7 +319,8 @@ function settledStatus() {
     + (headless ? ` · no head found in ${headless} (not in the class shares)` : "")
     + (repeats ? ` · ${repeats} file${repeats > 1 ? "s" : ""} already on this page left out` : "")
     + (skippedInFolders ? ` · ${skippedInFolders} file${skippedInFolders > 1 ? "s" : ""} in dropped folders `
-      + "skipped for their suffix" : "");
+      + "skipped for their suffix" : "")
+    + (emptyDrops ? ` · ${emptyDrops} drop${emptyDrops > 1 ? "s" : ""} held no image to classify` : "");
 }
 
 function shareText(row, key, star) {
@@ -378,6 +390,8 @@ function newSample() {
   onPage.clear();
   repeats = 0;
   skippedInFolders = 0;
+  emptyDrops = 0;
+  readsOut = 0;
   cards.replaceChildren();
   previews.splice(0).forEach((url) => URL.revokeObjectURL(url)); // or each sample's originals stay in memory
   samplePanel.replaceChildren();
