@@ -656,3 +656,16 @@ def test_an_app_served_a_second_time_still_answers(bundle: Path) -> None:
             assert web.state.batcher.thread.is_alive(), "no batching worker"
             answer = c.post("/api/predict", files=[("files", ("a.png", png(1)))])
             assert answer.status_code == 200 and answer.json()["results"][0]["ok"]
+
+
+def test_the_pages_take_the_image_suffixes_the_readers_take() -> None:
+    """classify.js (for dropped folders) and the file picker list them again: they must not drift."""
+    import re
+
+    from spermhead.data.readers import IMAGE_SUFFIXES
+
+    static = Path(__file__).parents[1] / "src" / "spermhead" / "serving" / "static"
+    listed = re.search(r"const IMAGE_SUFFIXES = \[(.*?)\]", (static / "classify.js").read_text()).group(1)
+    assert set(re.findall(r'"(\.[a-z]+)"', listed)) == IMAGE_SUFFIXES
+    accept = re.search(r'accept="([^"]+)"', (static / "index.html").read_text()).group(1)
+    assert set(accept.split(",")) == IMAGE_SUFFIXES

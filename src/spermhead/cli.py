@@ -172,11 +172,10 @@ def data_duplicates(
     """List images that show the same head twice: they stay on one side of every split."""
     from rich.table import Table
 
-    check_output_file(sheet, "--sheet", overwrite=overwrite)
-
     from spermhead.data.duplicates import near_duplicate_groups, signatures
     from spermhead.data.readers import load_dataset
 
+    check_output_file(sheet, "--sheet", overwrite=overwrite)  # before the images are read
     table = load_dataset(name, data_dir)
     sigs = signatures([s.path for s in table.samples])
     groups = near_duplicate_groups(sigs, threshold)
@@ -221,6 +220,15 @@ def data_synth(
                   highlight=False, soft_wrap=True)
     console.print(f"use them as the dataset '{name}': spermhead data summary {name} --data-dir {out}",
                   highlight=False, soft_wrap=True)
+
+
+def say_if_synthetic(model: Path, predictor: Any) -> None:
+    """A note that the bundle learnt from `data synth`'s heads, for predict and evaluate (the web
+    page says it too)."""
+    if (predictor.meta.run or {}).get("synthetic"):
+        err_console.print(f"note: {model} was trained on synthetic heads (rendered by spermhead, not "
+                          "photographed); its answers on microscope images mean little", highlight=False,
+                          soft_wrap=True)
 
 
 def check_output_file(path: Path | None, option: str, *, overwrite: bool = True) -> None:
@@ -690,10 +698,7 @@ def predict(
         raise SpermheadError(f"{' '.join(paths)}: no image files found (folders are searched for {suffixes})")
     rows: list[dict[str, Any]] = []
     with Predictor(model, backend=backend, batch_size=batch_size, operating_point=operating_point) as predictor:
-        if (predictor.meta.run or {}).get("synthetic"):  # the web page says so too
-            err_console.print(f"note: {model} was trained on synthetic heads (rendered by spermhead, not "
-                              "photographed); its answers on microscope images mean little", highlight=False,
-                              soft_wrap=True)
+        say_if_synthetic(model, predictor)
         columns = csv_columns(predictor.classes)
         ranges, confusion, check = predictor.meta.input_ranges, predictor.meta.confusion, predictor.meta.share_check
         fh = open_output(csv_out, "--csv") if csv_out else None
@@ -858,10 +863,7 @@ def evaluate(
     check_out_dir(out, overwrite)
     table = load_dataset(name, data_dir)
     with Predictor(model, backend=backend, operating_point=operating_point) as predictor:
-        if (predictor.meta.run or {}).get("synthetic"):  # as predict and the web page say it
-            err_console.print(f"note: {model} was trained on synthetic heads (rendered by spermhead, not "
-                              "photographed); its scores on microscope images mean little", highlight=False,
-                              soft_wrap=True)
+        say_if_synthetic(model, predictor)
         progress = Progress(TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                             console=err_console, transient=True)
         with progress:

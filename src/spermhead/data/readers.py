@@ -60,8 +60,8 @@ def _walk(folder: Path) -> list[Path]:
     The real tree is walked first and the links after it, in sorted order, so a file in the real
     tree keeps its real path as its id wherever links to its folder sit: adding a link never
     renames it. (A file reached only through links takes the first link's path, which a new link
-    sorting before it can change.) Hidden folders are left out before walking, or a hidden link would take its target's
-    files with it."""
+    sorting before it can change.) Hidden folders are left out before walking, or a hidden link
+    would take its target's files with it."""
     seen: set[str] = set()
     found: list[Path] = []
     links: list[Path] = []

@@ -675,14 +675,14 @@ def run_fold(cfg: RunConfig, table: SampleTable, images: np.ndarray, fold: Fold,
     np.save(fold_dir / "test_probs.npy", test_probs)
     val_labels = y[fold.val].tolist()
     _write_fold_record(done, {"bias": bias.tolist(),
-                                "accuracy_bias": None if accuracy_bias is None else accuracy_bias.tolist(),
-                                "alpha": alpha, "temperature": temperature, "seconds": seconds,
-                                "fold_seconds": seconds + other_seconds, "epochs": side.epochs,
-                                "kept_epochs": side.kept_epochs,
-                                "members": n, "train": len(trained), "val": len(fold.val),
-                                "test": len(fold.test), "refit_val": refit, "val_labels": val_labels,
-                                "split": digest,
-                                "val_pred": val_pred, "val_pred_balanced": val_pred_balanced})
+                              "accuracy_bias": None if accuracy_bias is None else accuracy_bias.tolist(),
+                              "alpha": alpha, "temperature": temperature, "seconds": seconds,
+                              "fold_seconds": seconds + other_seconds, "epochs": side.epochs,
+                              "kept_epochs": side.kept_epochs,
+                              "members": n, "train": len(trained), "val": len(fold.val),
+                              "test": len(fold.test), "refit_val": refit, "val_labels": val_labels,
+                              "split": digest,
+                              "val_pred": val_pred, "val_pred_balanced": val_pred_balanced})
     return FoldResult(fold.index, side.members, test_probs, bias, read_history(fold_dir), seconds / n, side.epochs,
                       val_labels=val_labels, val_pred=val_pred, val_pred_balanced=val_pred_balanced,
                       accuracy_bias=accuracy_bias, shape=side.shape, pixels=side.pixels, cnn_prior=side.cnn_prior,
