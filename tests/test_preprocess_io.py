@@ -280,3 +280,22 @@ def test_a_malformed_exif_block_leaves_the_pixels_readable(fmt):
     assert out.shape == (20, 40, 3)  # as stored, not refused as corrupt
     assert out[:5, :10].mean() > 200 and out[10:].mean() < 30
 
+
+
+@pytest.mark.parametrize("fmt", ["TIFF", "PNG"])
+def test_a_stack_of_frames_is_refused_by_name(tmp_path: Path, fmt: str):
+    # a z-stack or time series: which frame is the head is not known, so none is guessed
+    frames = [Image.fromarray(np.full((20, 30), 40 * i, np.uint8)) for i in range(3)]
+    path = tmp_path / f"stack.{fmt.lower()}"
+    frames[0].save(path, fmt, save_all=True, append_images=frames[1:])
+    with pytest.raises(ImageError, match=r"stack\.(tiff|png).*3 frames"):
+        read_image(path)
+
+
+def test_a_tiff_with_a_thumbnail_page_is_read_as_its_first_page(tmp_path: Path):
+    big = Image.fromarray(np.full((40, 60), 200, np.uint8))
+    path = tmp_path / "with-thumb.tif"
+    big.save(path, "TIFF", save_all=True, append_images=[big.resize((15, 10))])
+    assert Image.open(path).n_frames == 2
+    out = read_image(path)
+    assert out.shape == (40, 60, 3) and (out == 200).all()

@@ -90,6 +90,9 @@ def read_image(source: Path | str | bytes, name: str | None = None, max_pixels: 
             )
         if width < 1 or height < 1:
             raise ImageError(name, CORRUPT, 400)
+        if (frames := _stack_frames(im, name)) > 1:
+            raise ImageError(name, f"holds {frames} frames of one size (a stack or a series), which one is the head "
+                                   "is not known: save each frame as its own file", 400)
         try:
             # Pillow hands 16-bit colour over as its high bytes: a 12-bit camera's image comes out
             # nearly black, so such files are decoded again with OpenCV, all 16 bits kept
@@ -104,6 +107,24 @@ def read_image(source: Path | str | bytes, name: str | None = None, max_pixels: 
             raise ImageError(name, CORRUPT, 400) from None
     finally:
         fh.close()
+
+
+def _stack_frames(im: ImageFile.ImageFile, name: str) -> int:
+    """How many frames of the first one's size a file holds (a z-stack, a time series, an
+    animated PNG). A TIFF's smaller pages (a thumbnail, a pyramid's levels) do not count: its
+    first page is the image."""
+    try:
+        count = int(getattr(im, "n_frames", 1))
+        if count < 2:
+            return 1
+        size, same = im.size, 0
+        for index in range(count):
+            im.seek(index)
+            same += im.size == size
+        im.seek(0)
+        return same
+    except _DECODE_ERRORS:
+        raise ImageError(name, CORRUPT, 400) from None
 
 
 EXIF_ORIENTATION = 0x0112
