@@ -920,6 +920,16 @@ def test_run_json_names_the_weights_the_folds_started_from(separable, separable_
     said = "comes from a bundle that trained on 80 of these 80 images"
     assert said in caplog.text and any(said in n for n in leaky.metrics["notes"])
     assert json.loads((leaky.out / "run.json").read_text())["init"]["saw"] == 80
+    # the same weights copied out of their bundle cannot be checked: said, not passed as clean
+    copied = tmp_path / "copied" / "model.safetensors"
+    copied.parent.mkdir()
+    shutil.copy(weights, copied)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="spermhead"):
+        blind = train_run(quick_config(separable, tmp_path / "b", weights=str(copied), epochs=1, cv=2),
+                          progress=False)
+    assert "has no record of the images it was trained on" in caplog.text and str(copied) in caplog.text
+    assert json.loads((blind.out / "run.json").read_text())["init"]["saw"] is None
 
 
 def test_a_run_on_synthetic_heads_says_so_wherever_its_figures_are_read(separable_run, tmp_path):

@@ -762,8 +762,8 @@ def train_run(cfg: RunConfig, *, overwrite: bool = False, resume: bool = False,
         init = {"init": "pretrained", "model": cfg.model.name}
     # so is the --weights file's bundle's record of its training images
     weights_saw = images_the_weights_saw(cfg, table, n_own) if init["init"] == "weights" else 0
-    if weights_saw:
-        init["saw"] = weights_saw
+    if weights_saw or weights_saw is None:
+        init["saw"] = weights_saw  # None: cannot be checked
     if init["init"] == "weights" and (unlike := pretrained_input_mismatch(cfg)):
         log.warning("%s", unlike)
     as_asked = cfg  # config.yaml records "init: synthetic", not the cached file the folds start from
@@ -892,17 +892,22 @@ def pretrained_input_mismatch(cfg: RunConfig) -> str | None:
             "its features may not carry over; pretrain with the run's settings (e.g. --image-size) to match")
 
 
-def images_the_weights_saw(cfg: RunConfig, table: SampleTable, n_own: int) -> int:
+def images_the_weights_saw(cfg: RunConfig, table: SampleTable, n_own: int) -> int | None:
     """How many of the dataset's images the --weights file saw (or near-duplicates of them): a
     pretrained backbone's from the signatures `pretrain` keeps beside it, a bundle's from those it
-    keeps beside its model.safetensors; 0 where there are none. Warned before training: such a
-    start has seen test-fold images."""
-    from spermhead.serving.bundle import pretrained_images_file, seen_by_bundle
+    keeps beside its model.safetensors; None where neither is there (said: it cannot be checked).
+    Warned before training: such a start has seen test-fold images."""
+    from spermhead.serving.bundle import TRAINING_IMAGES, pretrained_images_file, seen_by_bundle
 
     weights = Path(str(cfg.model.weights))
     beside = pretrained_images_file(weights)
     seen = seen_by_bundle(beside if beside.is_file() else weights.parent, [s.path for s in table.samples[:n_own]])
-    n = int(sum(seen or []))
+    if seen is None:  # a bundle's weights copied out of it, say: said, since no check is not a clean check
+        log.warning("the --weights file (%s) has no record of the images it was trained on beside it (a bundle's %s, "
+                    "or pretrain's %s), so whether it saw these images cannot be checked: if it did, its test "
+                    "folds are not unseen", cfg.model.weights, TRAINING_IMAGES, pretrained_images_file(weights).name)
+        return None
+    n = int(sum(seen))
     if n:
         log.warning("%s", weights_saw_note(cfg, n, n_own))
     return n
