@@ -582,6 +582,7 @@ def test_a_request_of_large_photographs_does_not_hold_the_small_ones_behind_it(b
     import asyncio
     import threading
 
+    import anyio.to_thread
     import httpx
 
     import spermhead.serving.app as app_module
@@ -618,8 +619,15 @@ def test_a_request_of_large_photographs_does_not_hold_the_small_ones_behind_it(b
             assert reading.is_set(), "the large upload was not read apart"
             answer = await asyncio.wait_for(c.post("/api/predict", files=[("files", ("crop.png", small))]), 10)
             assert answer.status_code == 200 and not first.done()
+            # more large requests wait their turn in the event loop, not in the threadpool's slots,
+            # which every other endpoint needs (40 waiting large requests held them all)
+            more = [asyncio.create_task(c.post("/api/predict", files=[("files", (f"big{i}.png", big))]))
+                    for i in range(3)]
+            await asyncio.sleep(0.5)
+            assert anyio.to_thread.current_default_thread_limiter().borrowed_tokens == 0
             release.set()
             assert (await first).status_code == 200
+            assert [(await m).status_code for m in more] == [200] * 3
 
     try:
         asyncio.run(both())

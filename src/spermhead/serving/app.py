@@ -49,12 +49,13 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+import anyio
+import anyio.to_thread
 from fastapi import Body, FastAPI, File, HTTPException, Query, Request, UploadFile
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
-from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from swagger_ui.utils import SWAGGER_UI_PY_ROOT
 
@@ -627,6 +628,7 @@ def create_app(
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         if app.state.batcher.closed:  # an app served again (tests, an embedding program)
             app.state.batcher = Batcher(service, max_images=max_batch_images)
+        app.state.apart = None  # bound to the loop that made it: a new one serving makes its own
         yield
         app.state.batcher.close()  # the worker thread ends with the server
         if owned:
@@ -643,6 +645,7 @@ def create_app(
     )
     app.state.service = service
     app.state.batcher = Batcher(service, max_images=max_batch_images)
+    app.state.apart = None  # the limiter of large requests, made in the event loop on first use
     service.max_request = int(request_cap * MB)
     app.add_middleware(BodyLimit, limit=int(request_cap * MB))
 
@@ -709,8 +712,12 @@ def create_app(
         uploads = [it[1] for it in items if isinstance(it, tuple)]
         if (sum(map(len, uploads)) >= PREPARE_APART_BYTES
                 or sum(map(header_pixels, uploads)) >= PREPARE_APART_PIXELS):
-            # large photographs are read and aligned here, not by the worker every request waits on
-            items = await run_in_threadpool(service.prepare, items, True)
+            # large photographs are read and aligned here, not by the worker every request waits on;
+            # one such request at a time, the others waiting in the event loop (made here, where
+            # it runs): waiting in the threadpool would hold the slots every other endpoint needs
+            if app.state.apart is None:
+                app.state.apart = anyio.CapacityLimiter(1)
+            items = await anyio.to_thread.run_sync(service.prepare, items, True, limiter=app.state.apart)
         rows = await app.state.batcher.submit(items, gradcam, crop)
         for r in rows:
             r.pop("path", None)  # uploads have no server path
