@@ -223,8 +223,14 @@ def test_predict_cli_says_a_model_trained_on_synthetic_heads(bundle: Path, folde
     (lambda m: m.update(confusions={"accuracy": [[1, 2], [3, 4]]}), "confusions.accuracy: not a 4 x 4"),
     (lambda m: m["share_checks"]["accuracy"].pop("closer"), "share_checks.accuracy.closer"),
     (lambda m: m["share_checks"]["accuracy"]["extra_sd"].update(adjusted=[0.1]), "share_checks.accuracy.extra_sd"),
+    # the numbers every answer goes through: NaN there made every probability NaN
+    (lambda m: m.update(temperature=float("nan")), "temperature nan: needs a finite number above 0"),
+    (lambda m: m.update(temperature=0), "temperature 0: needs a finite number above 0"),
+    (lambda m: m.update(class_bias=[0.0, float("inf"), 0.0, 0.0]), "class_bias: needs one finite number per class (4)"),
+    (lambda m: m.update(operating_points={"balanced": [0.0]}), "operating_points.balanced: needs one finite number"),
+    (lambda m: m.update(uncertainty_threshold="high"), "uncertainty_threshold 'high': needs a number from 0 to 1"),
 ])
-def test_a_damaged_share_record_is_a_one_line_error_naming_the_file(bundle: Path, folder: Path, tmp_path: Path,
+def test_a_damaged_record_is_a_one_line_error_naming_the_file(bundle: Path, folder: Path, tmp_path: Path,
                                                                      damage, words: str) -> None:
     import shutil
 

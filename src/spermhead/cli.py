@@ -985,7 +985,7 @@ def compare(
         c = compare_repeats(pairs, names=names)
         show_repeats(c, [r for f in folders for r in f if r not in common])
     console.print("Each bootstrap interval covers which images were scored, not retraining on other data"
-                  + (": the interval over the repeats, which draws repeats and images together, covers both."
+                  + (": the interval over the repeats, which adds their spread (t) to the images' bootstrap, covers both."
                      if "repeats" in c
                      else ": for that, compare folders of repeats (CV seeds)."), style="dim")
     if json_out is not None:

@@ -177,7 +177,7 @@ def load_bundle(directory: Path | str) -> Bundle:
         raise SpermheadError(f"{meta_path}: not a spermhead bundle description ({exc})") from exc
     if meta.format > BUNDLE_FORMAT:
         raise SpermheadError(f"{meta_path}: bundle format {meta.format} is newer than this spermhead")
-    if problem := _share_records_problem(meta):
+    if problem := _numbers_problem(meta) or _share_records_problem(meta):
         raise SpermheadError(f"{meta_path}: {problem}")
     try:
         state = load_file(str(weights_path))
@@ -203,6 +203,28 @@ def load_bundle(directory: Path | str) -> Bundle:
     shapes = _second_opinions(state, weights_path, ShapeModel, "shape", meta.shape_fusion)
     pixels = _second_opinions(state, weights_path, PixelModel, "pixels", meta.pixel_fusion)
     return Bundle(meta, ensemble, directory, shapes, pixels)
+
+
+def _numbers_problem(meta: BundleMeta) -> str | None:
+    """What is wrong with the numbers every answer goes through (a damaged or hand-edited
+    model.json: NaN there made every probability NaN, and evaluate fail with a traceback), or None."""
+    import math
+
+    def number(value: Any) -> bool:
+        return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+    k = len(meta.classes)
+    if not (number(meta.temperature) and meta.temperature > 0):
+        return f"temperature {meta.temperature!r}: needs a finite number above 0"
+    for key in ("shape_fusion", "pixel_fusion", "uncertainty_threshold"):
+        if not (number(value := getattr(meta, key)) and 0 <= value <= 1):
+            return f"{key} {value!r}: needs a number from 0 to 1"
+    biases = {"class_bias": meta.class_bias, "cnn_prior": meta.cnn_prior,
+              **{f"operating_points.{name}": bias for name, bias in meta.operating_points.items()}}
+    for key, bias in biases.items():
+        if bias is not None and not (isinstance(bias, list) and len(bias) == k and all(map(number, bias))):
+            return f"{key}: needs one finite number per class ({k})"
+    return None
 
 
 def _share_records_problem(meta: BundleMeta) -> str | None:
