@@ -1124,11 +1124,11 @@ def export(
 ) -> None:
     """Export the bundle's model to ONNX (dynamic batch) and check it against torch."""
     from spermhead.config import fusion_text
-    from spermhead.serving.bundle import bundle_folder
+    from spermhead.serving.bundle import checked_bundle_folder
     from spermhead.serving.onnx_export import export_onnx
     from spermhead.serving.predictor import ONNX_NAME
 
-    model = bundle_folder(model)
+    model = checked_bundle_folder(model)  # a mistyped --model makes no folder for the --onnx file
     # the bundle's own model.onnx is derived from its weights and simply made again; another file is kept
     own = onnx is None or onnx.resolve() == (model / ONNX_NAME).resolve()
     check_output_file(onnx or model / ONNX_NAME, "--onnx", overwrite=overwrite or own)

@@ -162,15 +162,22 @@ def check_bundle_path(path: Path | str) -> None:
         raise SpermheadError(f"{path}: no such folder; give a bundle folder (a run's model/) or the run folder")
 
 
+def checked_bundle_folder(path: Path | str) -> Path:
+    """The bundle folder a --model names (`bundle_folder`), its two files there; else an error
+    naming what is missing, before anything is read or written."""
+    check_bundle_path(path)
+    directory = bundle_folder(path)
+    for p in (directory / "model.json", directory / "model.safetensors"):
+        if not p.is_file():
+            raise SpermheadError(f"{p}: missing; a bundle folder holds model.json and model.safetensors")
+    return directory
+
+
 def load_bundle(directory: Path | str) -> Bundle:
     from spermhead.models.registry import build_model  # lazy: keeps bundle import light
 
-    check_bundle_path(directory)
-    directory = bundle_folder(directory)
+    directory = checked_bundle_folder(directory)
     meta_path, weights_path = directory / "model.json", directory / "model.safetensors"
-    for p in (meta_path, weights_path):
-        if not p.is_file():
-            raise SpermheadError(f"{p}: missing; a bundle folder holds model.json and model.safetensors")
     try:
         meta = BundleMeta(**json.loads(meta_path.read_text()))
     except (TypeError, ValueError) as exc:
