@@ -229,6 +229,13 @@ def test_predict_cli_says_a_model_trained_on_synthetic_heads(bundle: Path, folde
     (lambda m: m.update(class_bias=[0.0, float("inf"), 0.0, 0.0]), "class_bias: needs one finite number per class (4)"),
     (lambda m: m.update(operating_points={"balanced": [0.0]}), "operating_points.balanced: needs one finite number"),
     (lambda m: m.update(uncertainty_threshold="high"), "uncertainty_threshold 'high': needs a number from 0 to 1"),
+    # ... and what the network and the images are built from
+    (lambda m: m.update(members=0), "members 0: needs a whole number from 1"),
+    (lambda m: m.update(format="1"), "format '1': needs a whole number"),
+    (lambda m: m["preprocess"].update(colour="gray"), "preprocess: not the preprocessing settings"),
+    (lambda m: m["preprocess"].update(color="purple"), "preprocess.color 'purple': needs one of gray, rgb"),
+    (lambda m: m["preprocess"].update(image_size=m["image_size"] + 16), "do not match preprocess"),
+    (lambda m: m.update(input_ranges={"head_length_px": [1]}), "input_ranges.head_length_px: needs [lowest, highest]"),
 ])
 def test_a_damaged_record_is_a_one_line_error_naming_the_file(bundle: Path, folder: Path, tmp_path: Path,
                                                                      damage, words: str) -> None:

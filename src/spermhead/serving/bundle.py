@@ -182,9 +182,11 @@ def load_bundle(directory: Path | str) -> Bundle:
         meta = BundleMeta(**json.loads(meta_path.read_text()))
     except (TypeError, ValueError) as exc:
         raise SpermheadError(f"{meta_path}: not a spermhead bundle description ({exc})") from exc
+    if not isinstance(meta.format, int):
+        raise SpermheadError(f"{meta_path}: format {meta.format!r}: needs a whole number")
     if meta.format > BUNDLE_FORMAT:
         raise SpermheadError(f"{meta_path}: bundle format {meta.format} is newer than this spermhead")
-    if problem := _numbers_problem(meta) or _share_records_problem(meta):
+    if problem := _meta_problem(meta) or _share_records_problem(meta):
         raise SpermheadError(f"{meta_path}: {problem}")
     try:
         state = load_file(str(weights_path))
@@ -212,15 +214,36 @@ def load_bundle(directory: Path | str) -> Bundle:
     return Bundle(meta, ensemble, directory, shapes, pixels)
 
 
-def _numbers_problem(meta: BundleMeta) -> str | None:
-    """What is wrong with the numbers every answer goes through (a damaged or hand-edited
-    model.json: NaN there made every probability NaN, and evaluate fail with a traceback), or None."""
+def _meta_problem(meta: BundleMeta) -> str | None:
+    """What is wrong with what every answer goes through (a damaged or hand-edited model.json:
+    NaN there made every probability NaN, a wrong length a traceback at the first image), or None."""
     import math
 
     def number(value: Any) -> bool:
         return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
-    k = len(meta.classes)
+    def count(value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+    k = len(meta.classes) if isinstance(meta.classes, list) else 0
+    if k < 2 or not all(isinstance(c, str) and c for c in meta.classes):
+        return f"classes {meta.classes!r}: needs two class names or more"
+    for key in ("members", "in_chans", "image_size"):
+        if not count(value := getattr(meta, key)):
+            return f"{key} {value!r}: needs a whole number from 1"
+    if not isinstance(meta.preprocess, dict):
+        return "preprocess: not a record of the preprocessing settings"
+    try:
+        pre = PreprocessConfig(**meta.preprocess)
+    except TypeError as exc:
+        return f"preprocess: not the preprocessing settings ({exc})"
+    choices = {"color": ("gray", "rgb"), "scale": ("head", "image"), "background": ("keep", "mask")}
+    for key, allowed in choices.items():
+        if getattr(pre, key) not in allowed:
+            return f"preprocess.{key} {getattr(pre, key)!r}: needs one of {', '.join(allowed)}"
+    if pre.image_size != meta.image_size or meta.in_chans != (1 if pre.color == "gray" else 3):
+        return (f"image_size {meta.image_size} and in_chans {meta.in_chans} do not match preprocess "
+                f"(image_size {pre.image_size}, color {pre.color})")
     if not (number(meta.temperature) and meta.temperature > 0):
         return f"temperature {meta.temperature!r}: needs a finite number above 0"
     for key in ("shape_fusion", "pixel_fusion", "uncertainty_threshold"):
@@ -231,6 +254,9 @@ def _numbers_problem(meta: BundleMeta) -> str | None:
     for key, bias in biases.items():
         if bias is not None and not (isinstance(bias, list) and len(bias) == k and all(map(number, bias))):
             return f"{key}: needs one finite number per class ({k})"
+    for key, pair in meta.input_ranges.items():
+        if not (isinstance(pair, list) and len(pair) == 2 and all(map(number, pair))):
+            return f"input_ranges.{key}: needs [lowest, highest]"
     return None
 
 
@@ -266,7 +292,11 @@ def _second_opinions(state: dict[str, torch.Tensor], path: Path, kind: Any, pref
     count = len({k.split(".")[0] for k in state if re.fullmatch(rf"{prefix}\d+\..+", k)})
     if not count:
         raise SpermheadError(f"{path}: the bundle fuses a {kind.__name__} but the file holds none")
-    return [kind.from_tensors(state, f"{prefix}{i}") for i in range(count)]
+    try:
+        return [kind.from_tensors(state, f"{prefix}{i}") for i in range(count)]
+    except (KeyError, ValueError, RuntimeError) as exc:  # a tensor missing, or of another shape
+        raise SpermheadError(f"{path}: the bundle's {kind.__name__}s are damaged ({type(exc).__name__}: {exc}); "
+                             "copy it again, or train it again") from exc
 
 
 def save_training_signatures(directory: Path | str, signatures: np.ndarray) -> Path:
