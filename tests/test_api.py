@@ -190,6 +190,11 @@ def test_too_many_files(bundle: Path) -> None:
     with TestClient(create_app(bundle, max_files=2)) as c:
         r = post(c, ("a.png", png()), ("b.png", png()), ("c.png", png()))
         assert r.status_code == 413 and "limit is 2" in r.json()["detail"]
+        # over 1000, the form parser refuses them before the endpoint counts: the same answer
+        many = c.post("/api/predict", files=[("files", (f"{i}.png", b"x")) for i in range(1001)])
+        assert many.status_code == 413 and "limit is 2" in many.json()["detail"], many.text
+        # other refusals of the parser keep their own status
+        assert c.post("/api/predict", content=b"junk", headers={"content-type": "multipart/form-data"}).status_code == 400
 
 
 def test_request_body_cap(bundle: Path) -> None:
@@ -243,8 +248,12 @@ def test_the_request_limit_holds_a_full_page_batch_at_the_file_limit(bundle: Pat
     with pytest.raises(ConfigError, match="--max-request-mb 10 is below"):  # before the model loads (minutes with --review)
         create_app(bundle / "no such bundle", max_upload_mb=50, max_request_mb=10)
     for nothing in (0, -5):  # a server that would refuse every file does not start
-        with pytest.raises(ConfigError, match=f"--max-upload-mb {nothing}: must be above 0"):
+        with pytest.raises(ConfigError, match=f"--max-upload-mb {nothing}: must be a number above 0"):
             create_app(bundle, max_upload_mb=nothing)
+    for option, given in (("upload", {"max_upload_mb": float("inf")}), ("request", {"max_request_mb": float("inf")}),
+                          ("request", {"max_request_mb": float("nan")})):  # no limit is no number of bytes
+        with pytest.raises(ConfigError, match=f"--max-{option}-mb (inf|nan): must be a number above 0"):
+            create_app(bundle, **given)
 
 
 def test_unexpected_error_is_json_500_and_server_survives(bundle: Path) -> None:
