@@ -299,3 +299,22 @@ def test_a_tiff_with_a_thumbnail_page_is_read_as_its_first_page(tmp_path: Path):
     assert Image.open(path).n_frames == 2
     out = read_image(path)
     assert out.shape == (40, 60, 3) and (out == 200).all()
+
+
+@pytest.mark.parametrize("dtype, channels", [(np.float64, 1), (np.float32, 3)])
+def test_floating_point_tiffs_pillow_cannot_open_are_scaled_by_their_range(tmp_path: Path, dtype, channels: int):
+    import cv2
+
+    ramp = np.linspace(-3.0, 5.0, 20 * 30).reshape(20, 30)
+    data = (ramp if channels == 1 else np.dstack([ramp * 0.25, ramp * 0.5, ramp])).astype(dtype)  # BGR, as OpenCV writes
+    path = tmp_path / "float.tif"
+    assert cv2.imwrite(str(path), data)
+    with pytest.raises(Exception):  # noqa: B017 - the layout Pillow has no mode for
+        Image.open(path).load()
+    out = read_image(path)
+    assert out.shape == (20, 30, 3) and out.dtype == np.uint8
+    assert out[0, 0, 0] < 10 and out[-1, -1, 0] > 245  # its own range, low to high
+    if channels == 3:  # colours kept: scaled together, and in RGB order (OpenCV's is BGR)
+        assert out[-1, -1, 0] > out[-1, -1, 1] > out[-1, -1, 2]
+    with pytest.raises(ImageError, match="over the limit"):
+        read_image(path, max_pixels=100)
