@@ -150,7 +150,8 @@ class Predictor:
         if found == UNREADABLE:
             log.warning("%s cannot be read as an ONNX model (damaged?); exporting afresh", beside)
         elif beside.is_file():
-            log.warning("%s was exported from other weights; exporting afresh", beside)
+            log.warning("%s was exported from another state of this bundle (its weights or model.json have changed "
+                        "since); exporting afresh (`spermhead export --model %s` keeps it)", beside, self.bundle_dir)
         else:  # a few seconds each time: say how to keep one
             log.warning("no %s in %s: exporting a temporary one (`spermhead export --model %s` keeps it there)",
                         ONNX_NAME, self.bundle_dir, self.bundle_dir)
