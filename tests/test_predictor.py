@@ -195,6 +195,19 @@ def test_predict_cli_all_good_exits_0(bundle: Path, folder: Path) -> None:
     assert result.exit_code == 0, result.output
 
 
+def test_predict_says_which_inputs_gave_no_file(bundle: Path, folder: Path, tmp_path: Path) -> None:
+    empty = tmp_path / "empty slide"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("no image here")
+    result = CliRunner().invoke(app, ["predict", "--model", str(bundle), str(folder / "*.bmp"), str(empty),
+                                      str(folder / "*.tiff")], terminal_width=400)
+    flat = " ".join(result.output.split())
+    assert f"{empty} holds no image file" in flat and f"{folder / '*.tiff'} matches no file" in flat, result.output
+    assert f"{folder} holds" not in flat
+    plain = CliRunner().invoke(app, ["predict", "--model", str(bundle), str(folder / "*.bmp")])
+    assert "note:" not in plain.output
+
+
 def test_predict_cli_bad_bundle_is_a_one_line_error(tmp_path: Path, folder: Path, bundle: Path) -> None:
     result = CliRunner().invoke(app, ["predict", "--model", str(tmp_path), str(folder)])
     assert result.exit_code == 2 and "model.json" in result.output

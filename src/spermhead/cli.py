@@ -665,6 +665,7 @@ def predict(
         Predictor,
         csv_columns,
         csv_row,
+        empty_inputs,
         expand_inputs,
         searched_folders,
         unique_files,
@@ -696,6 +697,8 @@ def predict(
                           f"e.g. {printable(str(skipped[0]))}; name a file itself to try it", highlight=False, soft_wrap=True)
     if not files:
         raise SpermheadError(f"{' '.join(paths)}: no image files found (folders are searched for {suffixes})")
+    if empty := empty_inputs(paths, named):
+        err_console.print(f"note: {'; '.join(map(printable, empty))}", highlight=False, soft_wrap=True)
     rows: list[dict[str, Any]] = []
     with Predictor(model, backend=backend, batch_size=batch_size, operating_point=operating_point) as predictor:
         say_if_synthetic(model, predictor)

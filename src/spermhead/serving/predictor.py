@@ -354,6 +354,20 @@ def expand_inputs(specs: Iterable[Path | str]) -> list[Path]:
     return out
 
 
+def empty_inputs(specs: Iterable[Path | str], files: Sequence[Path]) -> list[str]:
+    """What the inputs name that gives no file: a glob that matches nothing (kept by
+    `expand_inputs` as an error row), and a folder with no image file, which would otherwise
+    pass unsaid beside the others."""
+    said = []
+    for spec in specs:
+        named = _named(spec)
+        if not named:
+            said.append(f"{spec} matches no file")
+        said += [f"{m} holds no image file" for m in named
+                 if m.is_dir() and not any(f.is_relative_to(m) for f in files)]
+    return said
+
+
 def searched_folders(specs: Iterable[Path | str]) -> list[Path]:
     """The folders `expand_inputs` reads from these specs: named, or matched by a glob."""
     return [m for spec in specs for m in _named(spec) if m.is_dir()]
