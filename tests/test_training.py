@@ -2394,6 +2394,33 @@ def test_a_bad_weights_record_stops_the_run_before_an_old_one_is_cleared(separab
     assert (old / "metrics.json").read_text() == (separable_run.out / "metrics.json").read_text()
 
 
+@pytest.mark.parametrize("stop", [RuntimeError("a fold failed"), KeyboardInterrupt()])
+def test_an_overwrite_run_that_does_not_finish_puts_the_old_run_back(separable, separable_run, tmp_path,
+                                                                     monkeypatch, stop):
+    import shutil
+
+    import spermhead.training.run as run_module
+
+    old = tmp_path / "old"
+    shutil.copytree(separable_run.out, old)  # a finished run, to be replaced with --overwrite
+    before = sorted(p.relative_to(old) for p in old.rglob("*"))
+
+    def fails(cfg, *args, **kwargs):  # the folder is the new run's by now: its config written
+        assert (old / "config.yaml").read_text() != (separable_run.out / "config.yaml").read_text()
+        raise stop
+
+    monkeypatch.setattr(run_module, "run_fold", fails)
+    with pytest.raises(type(stop)):
+        train_run(quick_config(separable, old, epochs=1, cv=2), overwrite=True, progress=False)
+    assert sorted(p.relative_to(old) for p in old.rglob("*")) == before
+    assert (old / "metrics.json").read_text() == (separable_run.out / "metrics.json").read_text()
+    assert [p.name for p in tmp_path.iterdir()] == ["old"]  # nothing left beside it
+    monkeypatch.undo()  # and a new run that finishes replaces it, leaving nothing beside it either
+    train_run(quick_config(separable, old, epochs=1, cv=2), overwrite=True, progress=False)
+    assert (old / "metrics.json").read_text() != (separable_run.out / "metrics.json").read_text()
+    assert [p.name for p in tmp_path.iterdir()] == ["old"]
+
+
 def test_resume_refuses_other_weights_saved_under_the_same_path(separable, tmp_path):
     """A finished run read back by --resume (as `select --resume` does) started from the file's
     contents, not its name: other weights under that path are refused."""
