@@ -955,6 +955,21 @@ def test_select_checks_every_model_name_before_training_any(separable, tmp_path)
     assert not (tmp_path / "sel").exists()  # spermnet, first in the list, was not trained
 
 
+def test_select_writes_only_into_a_folder_of_its_own(separable, separable_run, tmp_path):
+    from spermhead.training.select import select_models
+
+    base = quick_config(separable, tmp_path, epochs=1, cv=2)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "keep.txt").write_text("a user's file")
+    with pytest.raises(ConfigError, match="mine: holds keep.txt, which is not a selection's"):
+        select_models(base, ["spermnet"], mine, progress=False)
+    with pytest.raises(ConfigError, match="is a training run's folder, not a selection's"):
+        select_models(base, ["spermnet"], separable_run.out, progress=False, overwrite=True)
+    assert sorted(p.name for p in mine.iterdir()) == ["keep.txt"]
+    assert not (separable_run.out / "spermnet").exists()
+
+
 def test_resume_names_a_folder_with_no_run(tmp_path):
     from typer.testing import CliRunner
 
