@@ -208,6 +208,16 @@ def test_predict_says_which_inputs_gave_no_file(bundle: Path, folder: Path, tmp_
     assert "note:" not in plain.output
 
 
+def test_outputs_in_new_folders_are_made_only_when_written(bundle: Path, folder: Path, tmp_path: Path) -> None:
+    # a command refused after its outputs were checked leaves no empty folder behind
+    refused = CliRunner().invoke(app, ["predict", "--model", str(tmp_path / "no model"), str(folder),
+                                       "--csv", str(tmp_path / "new" / "x.csv")])
+    assert refused.exit_code == 2 and not (tmp_path / "new").exists(), refused.output
+    done = CliRunner().invoke(app, ["predict", "--model", str(bundle), str(folder / "*.bmp"),
+                                    "--csv", str(tmp_path / "new" / "deeper" / "x.csv")])
+    assert done.exit_code == 0 and (tmp_path / "new" / "deeper" / "x.csv").is_file(), done.output
+
+
 def test_predict_cli_bad_bundle_is_a_one_line_error(tmp_path: Path, folder: Path, bundle: Path) -> None:
     result = CliRunner().invoke(app, ["predict", "--model", str(tmp_path), str(folder)])
     assert result.exit_code == 2 and "model.json" in result.output
@@ -288,7 +298,7 @@ def test_operating_point_switches_the_prior_correction(bundle: Path, folder: Pat
         p0 = next(iter(plain.predict_files([image])))["probabilities"]["normal"]
         p1 = next(iter(balanced.predict_files([image])))["probabilities"]["normal"]
     assert p1 > p0  # the balanced point's +2 log-prior on "normal" raises its probability
-    with pytest.raises(Exception, match="operating point 'nope'"):
+    with pytest.raises(Exception, match="--operating-point 'nope'"):
         Predictor(copy, operating_point="nope")
 
 
@@ -448,6 +458,7 @@ def test_predict_names_an_output_it_cannot_open_and_refuses_bad_batch_settings(
     said = " ".join(result.output.split())
     assert result.exit_code == 2 and f"--csv {tmp_path / 'out.csv'}: cannot write there (Permission denied)" in said
     monkeypatch.undo()
-    for option, value in (("--batch-size", "0"), ("--threads", "-1")):
+    for option, value in (("--batch-size", "0"), ("--threads", "-1"), ("--show", "-1")):
         bad = CliRunner().invoke(app, ["predict", "--model", str(bundle), str(folder / "head0.png"), option, value])
-        assert bad.exit_code == 2 and "the batch size is at least 1" in " ".join(bad.output.split()), option
+        said = " ".join(bad.output.split())
+        assert bad.exit_code == 2 and f"Invalid value for '{option}'" in said, said

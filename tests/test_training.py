@@ -941,6 +941,14 @@ def test_a_run_on_synthetic_heads_says_so_wherever_its_figures_are_read(separabl
     assert any(n.startswith("these images are synthetic") for n in notes)
     assert "these images are synthetic" in (run.out / "report.html").read_text()
     assert json.loads((run.out / "model" / "model.json").read_text())["run"]["synthetic"] is True
+    from spermhead.cli import console, print_run_summary  # and train's own summary
+
+    with console.capture() as said:
+        print_run_summary(run.out, run.metrics)
+    assert "note: these images are synthetic" in " ".join(said.get().split())
+    with console.capture() as plain:
+        print_run_summary(separable_run.out, separable_run.metrics)
+    assert "synthetic" not in plain.get()
     # photographed heads (no SYNTHETIC.txt) carry no such note
     assert not any("synthetic" in n for n in separable_run.metrics.get("notes", []))
     assert "synthetic" not in json.loads((separable_run.out / "model" / "model.json").read_text())["run"]
@@ -1063,6 +1071,25 @@ def test_select_command_prints_the_winner_chosen_on_validation(separable, tmp_pa
     assert [r["best"] for r in rows].count("True") == 1 and best["best"] == "True"
 
 
+def test_select_says_in_the_console_when_the_winner_is_level_with_another(separable, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    import spermhead.training.select as select_module
+    from spermhead.cli import app
+
+    level = {"val_accuracy": 0.9, "val_balanced_accuracy": 0.9, "accuracy": 0.8, "balanced_accuracy": 0.8}
+    rows = [{"model": "spermnet", **level}, {"model": "seed-cnn", **level}]
+    monkeypatch.setattr(select_module, "select_models", lambda *a, **k: (rows, "about these runs"))
+    result = CliRunner().invoke(app, ["select", str(separable), "--models", "spermnet,seed-cnn", "--out",
+                                      str(tmp_path / "sel")], terminal_width=300)
+    assert result.exit_code == 0, result.output
+    assert "★ is level with seed-cnn on both criteria and went to the first in --models" in result.output
+    rows[1] = {**rows[1], "val_balanced_accuracy": 0.8}  # no tie, nothing said
+    again = CliRunner().invoke(app, ["select", str(separable), "--models", "spermnet,seed-cnn", "--out",
+                                     str(tmp_path / "sel2")], terminal_width=300)
+    assert again.exit_code == 0 and "level with" not in again.output, again.output
+
+
 # a small timm model; the same name with timm's weight tag is another row of the same network
 TINY_TIMM = "timm:test_efficientnet"
 TINY_TAGGED = "timm:test_efficientnet.r160_in1k"
@@ -1106,7 +1133,8 @@ def test_select_records_what_each_model_started_from(weights_selection):
     assert json.loads((out / "timm-test_efficientnet" / "run.json").read_text())["init"] == {"init": "scratch"}
     record = json.loads((out / "timm-test_efficientnet.r160_in1k" / "run.json").read_text())["init"]
     assert record == {"init": "weights", "weights": str(weights.resolve()),
-                      "sha256": hashlib.sha256(weights.read_bytes()).hexdigest()}
+                      "sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
+                      "saw": None}  # no record of its images beside it: whether it saw these cannot be told
     # the table's header, so that no row is read as another's start
     md = (out / "selection.md").read_text()
     assert (f"{TINY_TIMM} from random weights, {TINY_TAGGED} from the weights file tiny.safetensors; every "

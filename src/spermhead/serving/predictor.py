@@ -93,7 +93,7 @@ class Predictor:
         operating_point: str | None = None,
     ) -> None:
         if backend not in BACKENDS:
-            raise ConfigError(f"backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+            raise ConfigError(f"--backend {backend!r}: choose one of {', '.join(BACKENDS)}")
         self.bundle: Bundle = load_bundle(bundle_dir)
         self.bundle_dir = bundle_folder(bundle_dir)
         self.meta = self.bundle.meta
@@ -125,7 +125,7 @@ class Predictor:
         """Switch between the bundle's operating points (accuracy-first or balanced recall)."""
         points = self.meta.operating_points or {"accuracy": [0.0] * len(self.meta.classes)}
         if name not in points:
-            raise ConfigError(f"operating point {name!r}: this bundle has {', '.join(points)}")
+            raise ConfigError(f"--operating-point {name!r}: this bundle has {', '.join(points)}")
         self.meta.operating_point, self.meta.class_bias = name, list(points[name])
 
     # ------------------------------------------------------------------ model
