@@ -190,6 +190,11 @@ def test_too_many_files(bundle: Path) -> None:
     with TestClient(create_app(bundle, max_files=2)) as c:
         r = post(c, ("a.png", png()), ("b.png", png()), ("c.png", png()))
         assert r.status_code == 413 and "limit is 2" in r.json()["detail"]
+        # over 1000, the form parser refuses them before the endpoint counts: the same answer
+        many = c.post("/api/predict", files=[("files", (f"{i}.png", b"x")) for i in range(1001)])
+        assert many.status_code == 413 and "limit is 2" in many.json()["detail"], many.text
+        # other refusals of the parser keep their own status
+        assert c.post("/api/predict", content=b"junk", headers={"content-type": "multipart/form-data"}).status_code == 400
 
 
 def test_request_body_cap(bundle: Path) -> None:
@@ -243,8 +248,12 @@ def test_the_request_limit_holds_a_full_page_batch_at_the_file_limit(bundle: Pat
     with pytest.raises(ConfigError, match="--max-request-mb 10 is below"):  # before the model loads (minutes with --review)
         create_app(bundle / "no such bundle", max_upload_mb=50, max_request_mb=10)
     for nothing in (0, -5):  # a server that would refuse every file does not start
-        with pytest.raises(ConfigError, match=f"--max-upload-mb {nothing}: must be above 0"):
+        with pytest.raises(ConfigError, match=f"--max-upload-mb {nothing}: must be a number above 0"):
             create_app(bundle, max_upload_mb=nothing)
+    for option, given in (("upload", {"max_upload_mb": float("inf")}), ("request", {"max_request_mb": float("inf")}),
+                          ("request", {"max_request_mb": float("nan")})):  # no limit is no number of bytes
+        with pytest.raises(ConfigError, match=f"--max-{option}-mb (inf|nan): must be a number above 0"):
+            create_app(bundle, **given)
 
 
 def test_unexpected_error_is_json_500_and_server_survives(bundle: Path) -> None:
@@ -582,6 +591,7 @@ def test_a_request_of_large_photographs_does_not_hold_the_small_ones_behind_it(b
     import asyncio
     import threading
 
+    import anyio.to_thread
     import httpx
 
     import spermhead.serving.app as app_module
@@ -618,8 +628,15 @@ def test_a_request_of_large_photographs_does_not_hold_the_small_ones_behind_it(b
             assert reading.is_set(), "the large upload was not read apart"
             answer = await asyncio.wait_for(c.post("/api/predict", files=[("files", ("crop.png", small))]), 10)
             assert answer.status_code == 200 and not first.done()
+            # more large requests wait their turn in the event loop, not in the threadpool's slots,
+            # which every other endpoint needs (40 waiting large requests held them all)
+            more = [asyncio.create_task(c.post("/api/predict", files=[("files", (f"big{i}.png", big))]))
+                    for i in range(3)]
+            await asyncio.sleep(0.5)
+            assert anyio.to_thread.current_default_thread_limiter().borrowed_tokens == 0
             release.set()
             assert (await first).status_code == 200
+            assert [(await m).status_code for m in more] == [200] * 3
 
     try:
         asyncio.run(both())

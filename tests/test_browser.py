@@ -682,8 +682,12 @@ def test_dropped_files_and_folders_are_read_as_predict_reads_a_folder(page, serv
             file: (ok, fail) => setTimeout(() => (made ? ok(made(name)) : fail(new Error("gone"))), delay) });
         const folder = (name, children) => {
             let at = 0;  // two entries a batch, then an empty one, as readEntries gives them
-            return { name, isFile: false, createReader: () => ({
+            return { name, isFile: false, children, createReader: () => ({
                 readEntries: (ok) => { ok(children.slice(at, at + 2)); at += 2; } }) };
+        };
+        const place = (en, above) => {  // each entry's path from the drop, as the browser gives it
+            en.fullPath = `${above}/${en.name}`;
+            (en.children || []).forEach((child) => place(child, en.fullPath));
         };
         const slide = folder("slide 3", [file("b.png", png(1)), file(".DS_Store", png(0)),
                                          file("notes.txt", png(0)), file("SYNTHETIC.txt", png(0)),
@@ -691,6 +695,7 @@ def test_dropped_files_and_folders_are_read_as_predict_reads_a_folder(page, serv
                                          file("z.png", null), { name: "locked", isFile: false, createReader: () => ({
                                              readEntries: (ok, fail) => fail(new Error("denied")) }) }]);
         const entries = [slide, file(".scan.png", png(0))];
+        entries.forEach((en) => place(en, ""));
         const ev = new Event("drop", { bubbles: true, cancelable: true });
         Object.defineProperty(ev, "dataTransfer", { value: {
             items: entries.map((en) => ({ webkitGetAsEntry: () => en })), files: [] } });
@@ -699,9 +704,11 @@ def test_dropped_files_and_folders_are_read_as_predict_reads_a_folder(page, serv
     bodies = [list(Path(f).read_bytes()) for f in files]
     page.evaluate(drop, [bodies, 0])
     page.wait_for_selector("#status:has-text('4 classified on this page')")
-    # in name order, the subfolder in its place; a hidden file dropped by itself is tried, as
+    # in name order, the subfolder in its place, each card named by its path from the drop (a
+    # folder's subfolders may hold files of one name); a hidden file dropped by itself is tried, as
     # predict tries a file it is given; in the folder, the hidden one and SYNTHETIC.txt pass silently
-    assert page.locator(".card h3").all_inner_texts() == ["a.png", "b.png", "c.png", ".scan.png"]
+    in_folder = ["slide 3/a.png", "slide 3/b.png", "slide 3/day 2/c.png"]
+    assert page.locator(".card h3").all_inner_texts() == [*in_folder, ".scan.png"]
     status = page.locator("#status").inner_text()
     # the broken link and the folder that cannot be listed are counted, not the whole drop lost
     assert "2 could not be used" in status and "1 file in dropped folders skipped for their suffix" in status
@@ -719,6 +726,8 @@ def test_dropped_files_and_folders_are_read_as_predict_reads_a_folder(page, serv
     page.wait_for_selector(".card.result h3:has-text('head_2.png')")
     assert "classified on this page" not in page.locator("#status").inner_text()
     page.wait_for_selector("#status:has-text('5 classified on this page')")
+    # ... and the cards keep the order of the drops, the quicker later one on top
+    assert page.locator(".card h3").all_inner_texts() == ["head_2.png", *in_folder, ".scan.png"]
     # a plain drop of files (no entries, as a script's DataTransfer gives) is classified as given
     page.click("#new-sample")
     page.evaluate("""async (bodies) => {

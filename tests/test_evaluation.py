@@ -529,3 +529,22 @@ def test_plots_of_one_class_draw_without_warnings(tmp_path: Path) -> None:
         warnings.simplefilter("error")  # matplotlib's "No artists with labels found" among them
         plots = write_plots(pred, [], tmp_path / "plots")
     assert plots["pr"].is_file() and plots["roc"].is_file()
+
+
+def test_score_intervals_are_at_the_level_asked_for() -> None:
+    from scipy.stats import binomtest
+
+    from spermhead.evaluation.metrics import score_intervals
+
+    table = SampleTable("t", [Sample(id=f"s{i}", path=Path("p"), label=("a", "b")[i % 2], source="x")
+                              for i in range(50)], ["a", "b"])
+    right = np.arange(50) < 40  # 40 of 50 right
+    labels = np.arange(50) % 2
+    probs = np.eye(2)[np.where(right, labels, 1 - labels)]
+    pred = Predictions.from_model_output([s.id for s in table.samples], probs, table)
+    for level in (0.5, 0.95):
+        (lo, hi), (blo, bhi), _ = score_intervals(pred, level=level)
+        wilson = binomtest(40, 50).proportion_ci(level, method="wilson")
+        assert (lo, hi) == pytest.approx((wilson.low, wilson.high))
+    (lo50, hi50), (blo50, bhi50), _ = score_intervals(pred, level=0.5)
+    assert hi50 - lo50 < hi - lo and bhi50 - blo50 < bhi - blo

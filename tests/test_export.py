@@ -110,12 +110,29 @@ def test_export_to_a_folder_is_refused_by_name(bundle: Path, tmp_path: Path) -> 
     assert replaced.exit_code == 0 and onnx_fingerprint(kept) == bundle_fingerprint(bundle), replaced.output
 
 
+def test_export_of_a_mistyped_model_makes_nothing(bundle: Path, tmp_path: Path) -> None:
+    # a missing folder, and a bundle's model.json named instead of its folder: said as predict
+    # says them, and no folder is made for the --onnx file on the way
+    for given, words in [(tmp_path / "typo", "no such folder"), (tmp_path / "typo2" / "model.json", "no such folder"),
+                         (bundle / "model.json", f"a file; give its folder, {bundle}")]:
+        result = CliRunner().invoke(app, ["export", "--model", str(given)])
+        assert result.exit_code == 2 and words in " ".join(result.output.split()), result.output
+    assert not list(tmp_path.iterdir()) and not (bundle / "model.json" / ONNX_NAME).exists()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = CliRunner().invoke(app, ["export", "--model", str(empty)])
+    assert result.exit_code == 2 and "model.json: missing" in result.output and not list(empty.iterdir())
+
+
 def test_stale_onnx_is_not_used(bundle: Path, tmp_path: Path, caplog) -> None:
     other = untrained_bundle(tmp_path / "other", "spermnet", classes=CLASSES, image_size=32, width=8, seed=1)
     export_onnx(bundle, other / ONNX_NAME, check=False)  # exported from different weights
-    with Predictor(other, backend="onnx") as po:
+    with caplog.at_level("WARNING", logger="spermhead"), Predictor(other, backend="onnx") as po:
         assert po.onnx_path != other / ONNX_NAME  # exported afresh to a temporary file
         assert onnx_fingerprint(po.onnx_path) == bundle_fingerprint(other)
+    # said as what it may be: an edit of model.json alone also makes the file stale
+    assert "exported from another state of this bundle (its weights or model.json" in caplog.text
+    caplog.clear()
     # with none beside the bundle, the temporary export is said, with how to keep one
     (other / ONNX_NAME).unlink()
     with caplog.at_level("WARNING", logger="spermhead"), Predictor(other, backend="onnx") as po:

@@ -67,3 +67,25 @@ def test_rare_classes_leave_the_pixel_model_to_the_cnn(recwarn) -> None:
     y2[0] = 1
     with pytest.raises(ConfigError, match="two classes with at least two"):
         PixelModel.fit(images, y2, 2)
+
+
+def test_a_bundle_whose_pixel_models_lost_a_tensor_is_refused_by_name(tmp_path) -> None:
+    import json
+
+    from safetensors.torch import load_file
+
+    from spermhead.errors import SpermheadError
+    from spermhead.models.weights import write_safetensors
+    from spermhead.serving.bundle import load_bundle
+    from spermhead.serving.predictor import untrained_bundle
+
+    path = untrained_bundle(tmp_path / "b", "spermnet", classes=("a", "b"), image_size=32, width=8)
+    images, y = noisy_classes(2, 60)
+    stored = PixelModel.fit(images, y, 2).tensors("pixels0")
+    state = {**load_file(str(path / "model.safetensors")), **stored}
+    del state[sorted(stored)[0]]  # one of the pixel model's tensors gone
+    write_safetensors(state, path / "model.safetensors")
+    meta = json.loads((path / "model.json").read_text())
+    (path / "model.json").write_text(json.dumps({**meta, "pixel_fusion": 0.3}))
+    with pytest.raises(SpermheadError, match=r"model\.safetensors: the bundle's PixelModels are damaged"):
+        load_bundle(path)

@@ -195,6 +195,29 @@ def test_predict_cli_all_good_exits_0(bundle: Path, folder: Path) -> None:
     assert result.exit_code == 0, result.output
 
 
+def test_predict_says_which_inputs_gave_no_file(bundle: Path, folder: Path, tmp_path: Path) -> None:
+    empty = tmp_path / "empty slide"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("no image here")
+    result = CliRunner().invoke(app, ["predict", "--model", str(bundle), str(folder / "*.bmp"), str(empty),
+                                      str(folder / "*.tiff")], terminal_width=400)
+    flat = " ".join(result.output.split())
+    assert f"{empty} holds no image file" in flat and f"{folder / '*.tiff'} matches no file" in flat, result.output
+    assert f"{folder} holds" not in flat
+    plain = CliRunner().invoke(app, ["predict", "--model", str(bundle), str(folder / "*.bmp")])
+    assert "note:" not in plain.output
+
+
+def test_outputs_in_new_folders_are_made_only_when_written(bundle: Path, folder: Path, tmp_path: Path) -> None:
+    # a command refused after its outputs were checked leaves no empty folder behind
+    refused = CliRunner().invoke(app, ["predict", "--model", str(tmp_path / "no model"), str(folder),
+                                       "--csv", str(tmp_path / "new" / "x.csv")])
+    assert refused.exit_code == 2 and not (tmp_path / "new").exists(), refused.output
+    done = CliRunner().invoke(app, ["predict", "--model", str(bundle), str(folder / "*.bmp"),
+                                    "--csv", str(tmp_path / "new" / "deeper" / "x.csv")])
+    assert done.exit_code == 0 and (tmp_path / "new" / "deeper" / "x.csv").is_file(), done.output
+
+
 def test_predict_cli_bad_bundle_is_a_one_line_error(tmp_path: Path, folder: Path, bundle: Path) -> None:
     result = CliRunner().invoke(app, ["predict", "--model", str(tmp_path), str(folder)])
     assert result.exit_code == 2 and "model.json" in result.output
@@ -223,8 +246,21 @@ def test_predict_cli_says_a_model_trained_on_synthetic_heads(bundle: Path, folde
     (lambda m: m.update(confusions={"accuracy": [[1, 2], [3, 4]]}), "confusions.accuracy: not a 4 x 4"),
     (lambda m: m["share_checks"]["accuracy"].pop("closer"), "share_checks.accuracy.closer"),
     (lambda m: m["share_checks"]["accuracy"]["extra_sd"].update(adjusted=[0.1]), "share_checks.accuracy.extra_sd"),
+    # the numbers every answer goes through: NaN there made every probability NaN
+    (lambda m: m.update(temperature=float("nan")), "temperature nan: needs a finite number above 0"),
+    (lambda m: m.update(temperature=0), "temperature 0: needs a finite number above 0"),
+    (lambda m: m.update(class_bias=[0.0, float("inf"), 0.0, 0.0]), "class_bias: needs one finite number per class (4)"),
+    (lambda m: m.update(operating_points={"balanced": [0.0]}), "operating_points.balanced: needs one finite number"),
+    (lambda m: m.update(uncertainty_threshold="high"), "uncertainty_threshold 'high': needs a number from 0 to 1"),
+    # ... and what the network and the images are built from
+    (lambda m: m.update(members=0), "members 0: needs a whole number from 1"),
+    (lambda m: m.update(format="1"), "format '1': needs a whole number"),
+    (lambda m: m["preprocess"].update(colour="gray"), "preprocess: not the preprocessing settings"),
+    (lambda m: m["preprocess"].update(color="purple"), "preprocess.color 'purple': needs one of gray, rgb"),
+    (lambda m: m["preprocess"].update(image_size=m["image_size"] + 16), "do not match preprocess"),
+    (lambda m: m.update(input_ranges={"head_length_px": [1]}), "input_ranges.head_length_px: needs [lowest, highest]"),
 ])
-def test_a_damaged_share_record_is_a_one_line_error_naming_the_file(bundle: Path, folder: Path, tmp_path: Path,
+def test_a_damaged_record_is_a_one_line_error_naming_the_file(bundle: Path, folder: Path, tmp_path: Path,
                                                                      damage, words: str) -> None:
     import shutil
 
@@ -262,7 +298,7 @@ def test_operating_point_switches_the_prior_correction(bundle: Path, folder: Pat
         p0 = next(iter(plain.predict_files([image])))["probabilities"]["normal"]
         p1 = next(iter(balanced.predict_files([image])))["probabilities"]["normal"]
     assert p1 > p0  # the balanced point's +2 log-prior on "normal" raises its probability
-    with pytest.raises(Exception, match="operating point 'nope'"):
+    with pytest.raises(Exception, match="--operating-point 'nope'"):
         Predictor(copy, operating_point="nope")
 
 
@@ -422,6 +458,7 @@ def test_predict_names_an_output_it_cannot_open_and_refuses_bad_batch_settings(
     said = " ".join(result.output.split())
     assert result.exit_code == 2 and f"--csv {tmp_path / 'out.csv'}: cannot write there (Permission denied)" in said
     monkeypatch.undo()
-    for option, value in (("--batch-size", "0"), ("--threads", "-1")):
+    for option, value in (("--batch-size", "0"), ("--threads", "-1"), ("--show", "-1")):
         bad = CliRunner().invoke(app, ["predict", "--model", str(bundle), str(folder / "head0.png"), option, value])
-        assert bad.exit_code == 2 and "the batch size is at least 1" in " ".join(bad.output.split()), option
+        said = " ".join(bad.output.split())
+        assert bad.exit_code == 2 and f"Invalid value for '{option}'" in said, said

@@ -280,3 +280,41 @@ def test_a_malformed_exif_block_leaves_the_pixels_readable(fmt):
     assert out.shape == (20, 40, 3)  # as stored, not refused as corrupt
     assert out[:5, :10].mean() > 200 and out[10:].mean() < 30
 
+
+
+@pytest.mark.parametrize("fmt", ["TIFF", "PNG"])
+def test_a_stack_of_frames_is_refused_by_name(tmp_path: Path, fmt: str):
+    # a z-stack or time series: which frame is the head is not known, so none is guessed
+    frames = [Image.fromarray(np.full((20, 30), 40 * i, np.uint8)) for i in range(3)]
+    path = tmp_path / f"stack.{fmt.lower()}"
+    frames[0].save(path, fmt, save_all=True, append_images=frames[1:])
+    with pytest.raises(ImageError, match=r"stack\.(tiff|png).*3 frames"):
+        read_image(path)
+
+
+def test_a_tiff_with_a_thumbnail_page_is_read_as_its_first_page(tmp_path: Path):
+    big = Image.fromarray(np.full((40, 60), 200, np.uint8))
+    path = tmp_path / "with-thumb.tif"
+    big.save(path, "TIFF", save_all=True, append_images=[big.resize((15, 10))])
+    assert Image.open(path).n_frames == 2
+    out = read_image(path)
+    assert out.shape == (40, 60, 3) and (out == 200).all()
+
+
+@pytest.mark.parametrize("dtype, channels", [(np.float64, 1), (np.float32, 3)])
+def test_floating_point_tiffs_pillow_cannot_open_are_scaled_by_their_range(tmp_path: Path, dtype, channels: int):
+    import cv2
+
+    ramp = np.linspace(-3.0, 5.0, 20 * 30).reshape(20, 30)
+    data = (ramp if channels == 1 else np.dstack([ramp * 0.25, ramp * 0.5, ramp])).astype(dtype)  # BGR, as OpenCV writes
+    path = tmp_path / "float.tif"
+    assert cv2.imwrite(str(path), data)
+    with pytest.raises(Exception):  # noqa: B017 - the layout Pillow has no mode for
+        Image.open(path).load()
+    out = read_image(path)
+    assert out.shape == (20, 30, 3) and out.dtype == np.uint8
+    assert out[0, 0, 0] < 10 and out[-1, -1, 0] > 245  # its own range, low to high
+    if channels == 3:  # colours kept: scaled together, and in RGB order (OpenCV's is BGR)
+        assert out[-1, -1, 0] > out[-1, -1, 1] > out[-1, -1, 2]
+    with pytest.raises(ImageError, match="over the limit"):
+        read_image(path, max_pixels=100)

@@ -60,7 +60,10 @@ def test_pretrain_refuses_bad_settings_before_reading_images(tmp_path) -> None:
         "safetensors": ["--out", str(tmp_path / "w.pt"), "--sources", "synthetic"],
         "at least one source": ["--out", ok, "--sources", ","],
         "gray or rgb": ["--out", ok, "--sources", "synthetic", "--color", "blue"],
-        "accelerator 'tpu'": ["--out", ok, "--sources", "synthetic", "--accelerator", "tpu"],
+        "--accelerator 'tpu'": ["--out", ok, "--sources", "synthetic", "--accelerator", "tpu"],
+        "--epochs 0: must be at least 1": ["--out", ok, "--sources", "synthetic", "--epochs", "0"],
+        "--batch-size 1: must be at least 2": ["--out", ok, "--sources", "synthetic", "--batch-size", "1"],
+        "--synthetic 1: the synthetic source needs": ["--out", ok, "--sources", "synthetic", "--synthetic", "1"],
     }
     for message, args in cases.items():
         result = CliRunner().invoke(app, ["pretrain", *args])

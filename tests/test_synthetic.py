@@ -1,4 +1,5 @@
 import json
+import re
 from pathlib import Path
 
 import cv2
@@ -215,6 +216,18 @@ def test_refuses_to_overwrite_unless_asked(tmp_path):
     (tmp_path / "notes.csv").write_text("x")
     with pytest.raises(DataError, match="notes.csv: is a file, not a folder"):
         write_synthetic(tmp_path / "notes.csv", "hushem", 1, seed=0)
+
+
+@pytest.mark.parametrize("style, mine", [("hushem", "01_Normal/notes.txt"), ("scian", "labels-by-me.xlsx")])
+def test_overwrite_keeps_files_data_synth_did_not_write(tmp_path, style: str, mine: str):
+    target = tmp_path / ("HuSHeM" if style == "hushem" else "SCIAN-MorphoSpermGS")
+    write_synthetic(tmp_path, style, 2, seed=0)
+    (target / ".DS_Store").write_bytes(b"a file browser's")  # goes with the folder
+    write_synthetic(tmp_path, style, 3, seed=1, overwrite=True)  # its own files alone: replaced
+    (target / mine).write_text("a user's own notes")
+    with pytest.raises(DataError, match=f"holds {re.escape(str(Path(mine)))}, which data synth did not write"):
+        write_synthetic(tmp_path, style, 2, seed=2, overwrite=True)
+    assert (target / mine).read_text() == "a user's own notes"
 
 
 def test_a_failed_write_leaves_no_dataset_behind(tmp_path, monkeypatch):

@@ -920,6 +920,16 @@ def test_run_json_names_the_weights_the_folds_started_from(separable, separable_
     said = "comes from a bundle that trained on 80 of these 80 images"
     assert said in caplog.text and any(said in n for n in leaky.metrics["notes"])
     assert json.loads((leaky.out / "run.json").read_text())["init"]["saw"] == 80
+    # the same weights copied out of their bundle cannot be checked: said, not passed as clean
+    copied = tmp_path / "copied" / "model.safetensors"
+    copied.parent.mkdir()
+    shutil.copy(weights, copied)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="spermhead"):
+        blind = train_run(quick_config(separable, tmp_path / "b", weights=str(copied), epochs=1, cv=2),
+                          progress=False)
+    assert "has no record of the images it was trained on" in caplog.text and str(copied) in caplog.text
+    assert json.loads((blind.out / "run.json").read_text())["init"]["saw"] is None
 
 
 def test_a_run_on_synthetic_heads_says_so_wherever_its_figures_are_read(separable_run, tmp_path):
@@ -931,6 +941,14 @@ def test_a_run_on_synthetic_heads_says_so_wherever_its_figures_are_read(separabl
     assert any(n.startswith("these images are synthetic") for n in notes)
     assert "these images are synthetic" in (run.out / "report.html").read_text()
     assert json.loads((run.out / "model" / "model.json").read_text())["run"]["synthetic"] is True
+    from spermhead.cli import console, print_run_summary  # and train's own summary
+
+    with console.capture() as said:
+        print_run_summary(run.out, run.metrics)
+    assert "note: these images are synthetic" in " ".join(said.get().split())
+    with console.capture() as plain:
+        print_run_summary(separable_run.out, separable_run.metrics)
+    assert "synthetic" not in plain.get()
     # photographed heads (no SYNTHETIC.txt) carry no such note
     assert not any("synthetic" in n for n in separable_run.metrics.get("notes", []))
     assert "synthetic" not in json.loads((separable_run.out / "model" / "model.json").read_text())["run"]
@@ -943,6 +961,21 @@ def test_select_checks_every_model_name_before_training_any(separable, tmp_path)
     with pytest.raises(ConfigError, match="unknown model 'seed-cnnn'"):
         select_models(base, ["spermnet", "seed-cnnn"], tmp_path / "sel", progress=False)
     assert not (tmp_path / "sel").exists()  # spermnet, first in the list, was not trained
+
+
+def test_select_writes_only_into_a_folder_of_its_own(separable, separable_run, tmp_path):
+    from spermhead.training.select import select_models
+
+    base = quick_config(separable, tmp_path, epochs=1, cv=2)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "keep.txt").write_text("a user's file")
+    with pytest.raises(ConfigError, match="mine: holds keep.txt, which is not a selection's"):
+        select_models(base, ["spermnet"], mine, progress=False)
+    with pytest.raises(ConfigError, match="is a training run's folder, not a selection's"):
+        select_models(base, ["spermnet"], separable_run.out, progress=False, overwrite=True)
+    assert sorted(p.name for p in mine.iterdir()) == ["keep.txt"]
+    assert not (separable_run.out / "spermnet").exists()
 
 
 def test_resume_names_a_folder_with_no_run(tmp_path):
@@ -1038,6 +1071,25 @@ def test_select_command_prints_the_winner_chosen_on_validation(separable, tmp_pa
     assert [r["best"] for r in rows].count("True") == 1 and best["best"] == "True"
 
 
+def test_select_says_in_the_console_when_the_winner_is_level_with_another(separable, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    import spermhead.training.select as select_module
+    from spermhead.cli import app
+
+    level = {"val_accuracy": 0.9, "val_balanced_accuracy": 0.9, "accuracy": 0.8, "balanced_accuracy": 0.8}
+    rows = [{"model": "spermnet", **level}, {"model": "seed-cnn", **level}]
+    monkeypatch.setattr(select_module, "select_models", lambda *a, **k: (rows, "about these runs"))
+    result = CliRunner().invoke(app, ["select", str(separable), "--models", "spermnet,seed-cnn", "--out",
+                                      str(tmp_path / "sel")], terminal_width=300)
+    assert result.exit_code == 0, result.output
+    assert "★ is level with seed-cnn on both criteria and went to the first in --models" in result.output
+    rows[1] = {**rows[1], "val_balanced_accuracy": 0.8}  # no tie, nothing said
+    again = CliRunner().invoke(app, ["select", str(separable), "--models", "spermnet,seed-cnn", "--out",
+                                     str(tmp_path / "sel2")], terminal_width=300)
+    assert again.exit_code == 0 and "level with" not in again.output, again.output
+
+
 # a small timm model; the same name with timm's weight tag is another row of the same network
 TINY_TIMM = "timm:test_efficientnet"
 TINY_TAGGED = "timm:test_efficientnet.r160_in1k"
@@ -1081,7 +1133,8 @@ def test_select_records_what_each_model_started_from(weights_selection):
     assert json.loads((out / "timm-test_efficientnet" / "run.json").read_text())["init"] == {"init": "scratch"}
     record = json.loads((out / "timm-test_efficientnet.r160_in1k" / "run.json").read_text())["init"]
     assert record == {"init": "weights", "weights": str(weights.resolve()),
-                      "sha256": hashlib.sha256(weights.read_bytes()).hexdigest()}
+                      "sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
+                      "saw": None}  # no record of its images beside it: whether it saw these cannot be told
     # the table's header, so that no row is read as another's start
     md = (out / "selection.md").read_text()
     assert (f"{TINY_TIMM} from random weights, {TINY_TAGGED} from the weights file tiny.safetensors; every "
@@ -2382,6 +2435,33 @@ def test_a_bad_weights_record_stops_the_run_before_an_old_one_is_cleared(separab
         train_run(quick_config(separable, old, weights=str(bundle / "model.safetensors"), epochs=1, cv=2),
                   overwrite=True, progress=False)
     assert (old / "metrics.json").read_text() == (separable_run.out / "metrics.json").read_text()
+
+
+@pytest.mark.parametrize("stop", [RuntimeError("a fold failed"), KeyboardInterrupt()])
+def test_an_overwrite_run_that_does_not_finish_puts_the_old_run_back(separable, separable_run, tmp_path,
+                                                                     monkeypatch, stop):
+    import shutil
+
+    import spermhead.training.run as run_module
+
+    old = tmp_path / "old"
+    shutil.copytree(separable_run.out, old)  # a finished run, to be replaced with --overwrite
+    before = sorted(p.relative_to(old) for p in old.rglob("*"))
+
+    def fails(cfg, *args, **kwargs):  # the folder is the new run's by now: its config written
+        assert (old / "config.yaml").read_text() != (separable_run.out / "config.yaml").read_text()
+        raise stop
+
+    monkeypatch.setattr(run_module, "run_fold", fails)
+    with pytest.raises(type(stop)):
+        train_run(quick_config(separable, old, epochs=1, cv=2), overwrite=True, progress=False)
+    assert sorted(p.relative_to(old) for p in old.rglob("*")) == before
+    assert (old / "metrics.json").read_text() == (separable_run.out / "metrics.json").read_text()
+    assert [p.name for p in tmp_path.iterdir()] == ["old"]  # nothing left beside it
+    monkeypatch.undo()  # and a new run that finishes replaces it, leaving nothing beside it either
+    train_run(quick_config(separable, old, epochs=1, cv=2), overwrite=True, progress=False)
+    assert (old / "metrics.json").read_text() != (separable_run.out / "metrics.json").read_text()
+    assert [p.name for p in tmp_path.iterdir()] == ["old"]
 
 
 def test_resume_refuses_other_weights_saved_under_the_same_path(separable, tmp_path):

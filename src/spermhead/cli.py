@@ -141,7 +141,7 @@ def data_preview(
     data_dir: DataDir = None,
     per_class: Annotated[int, typer.Option("--per-class", min=1, help="Random samples per class.")] = 6,
     image_size: Annotated[int | None, typer.Option(
-        "--image-size", min=8, help="Canonical image size (default: the dataset's training recipe's)")] = None,
+        "--image-size", min=16, help="Canonical image size (default: the dataset's training recipe's)")] = None,
     color: Annotated[str | None, typer.Option("--color", help="gray or rgb (default: the recipe's)")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Which samples are drawn.")] = 0,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing --out file")] = False,
@@ -232,8 +232,10 @@ def say_if_synthetic(model: Path, predictor: Any) -> None:
 
 
 def check_output_file(path: Path | None, option: str, *, overwrite: bool = True) -> None:
-    """Before any work: a file `option` will write can be written (its folder made if need be),
-    and, without `overwrite`, is not there already."""
+    """Before any work: a file `option` will write can be written (its folder, or the nearest
+    folder above that exists, is writable) and, without `overwrite`, is not there already.
+    Nothing is made here: a command refused later leaves no empty folder behind; the writers
+    make the folder when they write."""
     from spermhead.errors import ConfigError
 
     if path is None:
@@ -242,12 +244,13 @@ def check_output_file(path: Path | None, option: str, *, overwrite: bool = True)
         raise ConfigError(f"{option} {path}: is a folder; give a file name")
     if path.exists() and not overwrite:
         raise ConfigError(f"{option} {path}: exists; pass --overwrite to replace it")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if not os.access(path.parent, os.W_OK):
-            raise PermissionError("not writable")
-    except OSError as exc:
-        raise ConfigError(f"{option} {path}: cannot write there ({exc})") from None
+    above = path.absolute().parent
+    while not above.exists() and above != above.parent:
+        above = above.parent
+    if not above.is_dir():
+        raise ConfigError(f"{option} {path}: cannot write there ({above} is a file, not a folder)")
+    if not os.access(above, os.W_OK):
+        raise ConfigError(f"{option} {path}: cannot write there ({above} is not writable)")
 
 
 def open_output(path: Path, option: str) -> TextIO:
@@ -256,6 +259,7 @@ def open_output(path: Path, option: str) -> TextIO:
     from spermhead.errors import ConfigError
 
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         return open(path, "w", newline="", encoding="utf-8")  # noqa: SIM115 - the caller closes it
     except OSError as exc:
         raise ConfigError(f"{option} {path}: cannot write there ({exc.strerror or exc})") from None
@@ -371,7 +375,8 @@ def train(
         help="The checkpoint each fold keeps: last (the recipes'), val_acc or val_loss (the best on its "
              "validation part)")] = None,
     patience: Annotated[int | None, typer.Option(
-        help="With --monitor val_acc/val_loss: stop after this many epochs without improvement (0 = never)")] = None,
+        help="Stop a fold once its validation loss has not improved for this many epochs, whatever "
+             "--monitor keeps (0 = never)")] = None,
     shape_fusion: Annotated[float | None, typer.Option(
         help="Weight (0-1) of a head-profile logistic regression fused with the CNN's probabilities; "
              "0 = the CNN alone")] = None,
@@ -508,6 +513,10 @@ def print_run_summary(out: Path, metrics: dict[str, Any]) -> None:
                           f" accuracy {p['accuracy']:.4f}, average recall {p['balanced_accuracy']:.4f}"
                           for name, p in points.items())
         console.print(shown, highlight=False, soft_wrap=True)
+    from spermhead.training.run import SYNTHETIC_NOTE
+
+    if SYNTHETIC_NOTE in (metrics.get("notes") or []):  # as predict, evaluate and select say it
+        console.print(f"note: {SYNTHETIC_NOTE}", highlight=False, soft_wrap=True)
     console.print(f"report: {out / 'report.html'}\nbundle: {out / 'model'}\n"
                   f"serve it: spermhead serve --model {out / 'model'}")
 
@@ -532,8 +541,9 @@ def select(
     near_duplicates: NearDuplicatesOption = None,
     variants: Annotated[bool, typer.Option("--variants", help="Add gray/RGB x L2 variants")] = False,
     recipe: Annotated[str | None, typer.Option(
-        help="default (the dataset's recipe, less its synthetic start and fusion) or seed (the seed "
-             "report's training)")] = None,
+        help="default (the dataset's recipe, less its synthetic start and fusion), seed (the seed "
+             "report's training), or hushem, scian-pa, scian-ta, combined: that benchmark's recipe, "
+             "less the same")] = None,
     epochs: Annotated[int | None, typer.Option(help="Epochs for every model (default: the recipe's "
                                                     "from random weights)")] = None,
     image_size: Annotated[int | None, typer.Option(help="Canonical image size in pixels")] = None,
@@ -619,6 +629,9 @@ def select(
     # read as a comparison they are not
     console.print(about, highlight=False, soft_wrap=True)
     console.print(table)
+    if tied := [r["model"] + (f" ({r['variant']})" if r["variant"] else "") for r in chosen if r["tied_with_best"]]:
+        console.print(f"{BEST_MARK} is level with {', '.join(tied)} on both criteria and went to the first in "
+                      "--models: these scores do not tell them apart", highlight=False, soft_wrap=True)
     console.print(f"selection table: {out / 'selection.md'} (also .csv and .html)")
 
 
@@ -636,9 +649,9 @@ def predict(
     operating_point: Annotated[str | None, typer.Option(
         help="accuracy (the model's posteriors) or balanced (prior correction for average recall); "
              "default: the bundle's")] = None,
-    batch_size: Annotated[int, typer.Option(help="Images per model call")] = 256,
-    show: Annotated[int, typer.Option(help="Rows shown in the table; --csv/--json get them all")] = 50,
-    threads: Annotated[int, typer.Option(help="Torch CPU threads; 0 lets torch decide")] = 0,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per model call")] = 256,
+    show: Annotated[int, typer.Option(min=0, help="Rows shown in the table; --csv/--json get them all")] = 50,
+    threads: Annotated[int, typer.Option(min=0, help="Torch CPU threads; 0 lets torch decide")] = 0,
     overwrite: Annotated[bool, typer.Option(help="Replace existing --csv/--json/--summary files")] = False,
 ) -> None:
     """Classify images. A file that cannot be used becomes an error row; exit code 1 if any did."""
@@ -648,9 +661,6 @@ def predict(
 
     from spermhead.errors import ConfigError
 
-    if batch_size < 1 or threads < 0:
-        raise ConfigError(f"--batch-size {batch_size}, --threads {threads}: the batch size is at least 1, and "
-                          "threads 0 (torch decides) or more")
     if threads > 0:
         torch.set_num_threads(threads)
 
@@ -665,6 +675,7 @@ def predict(
         Predictor,
         csv_columns,
         csv_row,
+        empty_inputs,
         expand_inputs,
         searched_folders,
         unique_files,
@@ -696,6 +707,8 @@ def predict(
                           f"e.g. {printable(str(skipped[0]))}; name a file itself to try it", highlight=False, soft_wrap=True)
     if not files:
         raise SpermheadError(f"{' '.join(paths)}: no image files found (folders are searched for {suffixes})")
+    if empty := empty_inputs(paths, named):
+        err_console.print(f"note: {'; '.join(map(printable, empty))}", highlight=False, soft_wrap=True)
     rows: list[dict[str, Any]] = []
     with Predictor(model, backend=backend, batch_size=batch_size, operating_point=operating_point) as predictor:
         say_if_synthetic(model, predictor)
@@ -985,7 +998,7 @@ def compare(
         c = compare_repeats(pairs, names=names)
         show_repeats(c, [r for f in folders for r in f if r not in common])
     console.print("Each bootstrap interval covers which images were scored, not retraining on other data"
-                  + (": the interval over the repeats, which draws repeats and images together, covers both."
+                  + (": the interval over the repeats, which adds their spread (t) to the images' bootstrap, covers both."
                      if "repeats" in c
                      else ": for that, compare folders of repeats (CV seeds)."), style="dim")
     if json_out is not None:
@@ -1124,11 +1137,11 @@ def export(
 ) -> None:
     """Export the bundle's model to ONNX (dynamic batch) and check it against torch."""
     from spermhead.config import fusion_text
-    from spermhead.serving.bundle import bundle_folder
+    from spermhead.serving.bundle import checked_bundle_folder
     from spermhead.serving.onnx_export import export_onnx
     from spermhead.serving.predictor import ONNX_NAME
 
-    model = bundle_folder(model)
+    model = checked_bundle_folder(model)  # a mistyped --model makes no folder for the --onnx file
     # the bundle's own model.onnx is derived from its weights and simply made again; another file is kept
     own = onnx is None or onnx.resolve() == (model / ONNX_NAME).resolve()
     check_output_file(onnx or model / ONNX_NAME, "--onnx", overwrite=overwrite or own)

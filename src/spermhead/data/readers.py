@@ -218,7 +218,7 @@ def read_class_folders(root: Path) -> SampleTable:
         samples = []
         for split in ("train", "val", "test"):
             samples += _class_folder_samples(found[split], root.name, split)
-        check_split_classes(root, samples)
+        check_split_classes(root, samples, {split: folder.name for split, folder in found.items()})
     else:
         samples = _class_folder_samples(root, root.name, "")
     return SampleTable(root.name, samples, synthetic=_rendered(root))
@@ -241,17 +241,19 @@ def split_folders(root: Path) -> dict[str, Path]:
     return found
 
 
-def check_split_classes(root: Path, samples: list[Sample]) -> None:
+def check_split_classes(root: Path, samples: list[Sample], names: dict[str, str] | None = None) -> None:
     """A class the training part lacks cannot be learnt: refused. One that val/ or test/ lacks
-    is said, since its recall there is then unmeasured."""
+    is said, since its recall there is then unmeasured. `names`: each part's folder as named
+    ("Training"), for the messages."""
+    names = {"train": "train", "val": "val", "test": "test", **(names or {})}
     by_split = {split: {s.label for s in samples if s.split == split} for split in ("train", "val", "test")}
     every = set().union(*by_split.values())
     if lacking := sorted(every - by_split["train"]):
-        raise DataError(f"{root}: train/ has no images of {', '.join(lacking)}, which val/ or test/ hold; a model "
-                        "cannot learn a class it never sees")
+        raise DataError(f"{root}: {names['train']}/ has no images of {', '.join(lacking)}, which {names['val']}/ or "
+                        f"{names['test']}/ hold; a model cannot learn a class it never sees")
     for split in ("val", "test"):
         if lacking := sorted(every - by_split[split]):
-            log.warning("%s: %s/ has no images of %s: %s", root, split, ", ".join(lacking),
+            log.warning("%s: %s/ has no images of %s: %s", root, names[split], ", ".join(lacking),
                         "its recall is not measured there" if split == "test" else
                         "checkpoint choice and the balanced point rest on the other classes")
 
@@ -274,7 +276,7 @@ def _class_folder_samples(folder: Path, source: str, split: str) -> list[Sample]
             raise DataError(f"{d}: empty class folder, no images")
         label = normalise_class_name(d.name)
         _warn_if_misspelt(d, label)
-        prefix = f"{split}/" if split else ""
+        prefix = f"{folder.name}/" if split else ""  # as named ("Training/"), so ids are paths that exist
         samples += [Sample(f"{prefix}{d.name}/{p.relative_to(d).as_posix()}", p, label, source, split=split)
                     for p in images]
     return samples

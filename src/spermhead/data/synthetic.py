@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import io
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -327,6 +328,23 @@ def _expert_votes(label: str, rng: np.random.Generator) -> list[str]:
     return votes
 
 
+OS_LITTER = {".DS_Store", "Thumbs.db", "desktop.ini"}
+
+
+def _written_by_synth(relative: Path, style: str) -> bool:
+    """Whether a path in a synthetic dataset folder is one `write_synthetic` writes there."""
+    parts = relative.parts
+    if parts == ("SYNTHETIC.txt",) or parts[-1] in OS_LITTER or parts[-1].startswith("._"):
+        return True  # a file browser's own files go with the folder
+    if style == "hushem":
+        return parts[0] in HUSHEM_FOLDERS and (len(parts) == 1 or (
+            len(parts) == 2 and re.fullmatch(r"image_\d{3,}\.BMP", parts[1]) is not None))
+    if parts in (("PA-expert-annotations.txt",), ("classes.txt",), ("Partial-Agreement-Images",)):
+        return True
+    return len(parts) == 2 and parts[0] == "Partial-Agreement-Images" and re.fullmatch(
+        r"ch00_p\d+-pl\d+-sample\d+-sperm\d+\.tif", parts[1]) is not None
+
+
 def _write_hushem(root: Path, n_per_class: int, seed: int) -> None:
     for folder, label in zip(HUSHEM_FOLDERS, STYLE_CLASSES["hushem"], strict=True):
         (root / folder).mkdir(parents=True)
@@ -394,6 +412,11 @@ def write_synthetic(out: Path | str, style: str, n_per_class: int, seed: int = 0
         if not (target / "SYNTHETIC.txt").is_file():  # ./data is also where a lab keeps the real images
             raise DataError(f"{target}: holds a dataset that is not synthetic (no SYNTHETIC.txt), which --overwrite "
                             "would delete; write the synthetic heads to another folder")
+        if foreign := [f for f in sorted(target.rglob("*")) if not _written_by_synth(f.relative_to(target), style)]:
+            raise DataError(f"{target}: holds {foreign[0].relative_to(target)}"
+                            + (f" and {len(foreign) - 1} more" if len(foreign) > 1 else "")
+                            + ", which data synth did not write and --overwrite would delete; move it, or write "
+                            "the synthetic heads to another folder")
 
     refuse_if_taken()
     out.mkdir(parents=True, exist_ok=True)

@@ -207,7 +207,7 @@ def cv_metrics(pred: Predictions, *, n_boot: int = N_BOOT, seed: int = BOOT_SEED
 
 def score_intervals(pred: Predictions, *, n_draws: int = N_BOOT, seed: int = BOOT_SEED,
                     level: float = 0.95) -> tuple[list[float], list[float], dict[str, str]]:
-    """95% intervals of accuracy and balanced accuracy, and how each was found.
+    """Intervals (95% by default, `level`) of accuracy and balanced accuracy, and how each was found.
 
     Accuracy is a binomial proportion: Wilson's score interval, which keeps its width where every
     image is right (20 of 20: 0.84-1), unlike a bootstrap of the images, which cannot move there
@@ -222,7 +222,7 @@ def score_intervals(pred: Predictions, *, n_draws: int = N_BOOT, seed: int = BOO
     from spermhead.evaluation.composition import wilson
 
     y, right = pred.true_indices, pred.true_indices == pred.pred_indices
-    lo, hi = wilson(np.array(right.sum()), len(right))
+    lo, hi = wilson(np.array(right.sum()), len(right), level)
     present = [c for c in range(len(pred.classes)) if np.any(y == c)]
     hits = np.array([right[y == c].sum() for c in present], dtype=float)
     wrong = np.array([np.sum(y == c) for c in present], dtype=float) - hits

@@ -72,7 +72,8 @@ def _num(v: Any) -> float | None:
 
 def _metric(row: Mapping[str, Any], key: str) -> tuple[float | None, float | None]:
     """(value, sd): the mean across folds and its sd when the run was cross-validated,
-    otherwise the single held-out value. Flat keys on the row win over its `metrics`."""
+    otherwise the single held-out value. Flat keys on the row win over the same keys in its
+    `metrics`; a fold mean (`KEY_mean`), from either, wins over a single value."""
     m = {**(row.get("metrics") or {}), **{k: v for k, v in row.items() if k != "metrics"}}
     if m.get(f"{key}_mean") is not None:
         return _num(m[f"{key}_mean"]), _num(m.get(f"{key}_std"))

@@ -82,6 +82,9 @@ def read_image(source: Path | str | bytes, name: str | None = None, max_pixels: 
         try:
             im = plugin(fh)
         except _DECODE_ERRORS:
+            # Pillow has no mode for 64-bit or colour floating-point TIFFs, which OpenCV reads
+            if plugin is TiffImagePlugin.TiffImageFile and (rgb := _float_tiff(fh, name, max_pixels)) is not None:
+                return rgb
             raise ImageError(name, CORRUPT, 400) from None
         width, height = im.size
         if width * height > max_pixels:
@@ -90,6 +93,9 @@ def read_image(source: Path | str | bytes, name: str | None = None, max_pixels: 
             )
         if width < 1 or height < 1:
             raise ImageError(name, CORRUPT, 400)
+        if (frames := _stack_frames(im, name)) > 1:
+            raise ImageError(name, f"holds {frames} frames of one size (a stack or a series), which one is the head "
+                                   "is not known: save each frame as its own file", 400)
         try:
             # Pillow hands 16-bit colour over as its high bytes: a 12-bit camera's image comes out
             # nearly black, so such files are decoded again with OpenCV, all 16 bits kept
@@ -104,6 +110,52 @@ def read_image(source: Path | str | bytes, name: str | None = None, max_pixels: 
             raise ImageError(name, CORRUPT, 400) from None
     finally:
         fh.close()
+
+
+def _float_tiff(fh: IO[bytes], name: str, max_pixels: int) -> np.ndarray | None:
+    """A floating-point TIFF Pillow cannot open, as 8-bit RGB scaled by its own range over all
+    its channels; None where it is no such file. Its size is read from its first directory and
+    checked against the limit before anything is decoded."""
+    import cv2
+
+    try:
+        fh.seek(0)
+        directory = TiffImagePlugin.ImageFileDirectory_v2(fh.read(8))
+        fh.seek(directory.next)
+        directory.load(fh)
+        width, height = int(directory[256]), int(directory[257])  # ImageWidth, ImageLength
+    except (*_DECODE_ERRORS, AttributeError):
+        return None
+    if width * height > max_pixels:
+        raise ImageError(name, f"image is {width} x {height} = {width * height:,} pixels, over the limit of "
+                               f"{max_pixels:,}", 413)
+    fh.seek(0)
+    data = cv2.imdecode(np.frombuffer(fh.read(), np.uint8), cv2.IMREAD_UNCHANGED)
+    if data is None or data.dtype.kind != "f" or data.shape[:2] != (height, width):
+        return None
+    if data.ndim == 2:
+        return np.repeat(_stretch(data)[:, :, None], 3, axis=2)
+    if data.ndim == 3 and data.shape[2] in (3, 4):
+        return np.ascontiguousarray(_stretch(data[:, :, 2::-1]))  # BGR(A) -> RGB; alpha left out
+    return None
+
+
+def _stack_frames(im: ImageFile.ImageFile, name: str) -> int:
+    """How many frames of the first one's size a file holds (a z-stack, a time series, an
+    animated PNG). A TIFF's smaller pages (a thumbnail, a pyramid's levels) do not count: its
+    first page is the image."""
+    try:
+        count = int(getattr(im, "n_frames", 1))
+        if count < 2:
+            return 1
+        size, same = im.size, 0
+        for index in range(count):
+            im.seek(index)
+            same += im.size == size
+        im.seek(0)
+        return same
+    except _DECODE_ERRORS:
+        raise ImageError(name, CORRUPT, 400) from None
 
 
 EXIF_ORIENTATION = 0x0112

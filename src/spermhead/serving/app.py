@@ -41,6 +41,7 @@ import hashlib
 import io
 import json
 import logging
+import math
 import queue
 import threading
 from collections.abc import AsyncIterator
@@ -49,12 +50,15 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+import anyio
+import anyio.to_thread
 from fastapi import Body, FastAPI, File, HTTPException, Query, Request, UploadFile
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
-from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from swagger_ui.utils import SWAGGER_UI_PY_ROOT
 
@@ -605,8 +609,10 @@ def create_app(
 ) -> FastAPI:
     """The app for one bundle. `review_source`: a labelled class folder, a dataset name, a
     run folder or its predictions.csv (`review_data`: where that run's images are)."""
-    if not max_upload_mb > 0:  # before the model loads: 0 or less would refuse every file
-        raise ConfigError(f"--max-upload-mb {max_upload_mb:g}: must be above 0 (megabytes per file)")
+    if not 0 < max_upload_mb < math.inf:  # before the model loads: 0 or less would refuse every file
+        raise ConfigError(f"--max-upload-mb {max_upload_mb:g}: must be a number above 0 (megabytes per file)")
+    if max_request_mb is not None and not 0 < max_request_mb < math.inf:
+        raise ConfigError(f"--max-request-mb {max_request_mb:g}: must be a number above 0 (megabytes per request)")
     # A whole request may hold several files; cap it so a client cannot fill the disk.
     # By default it holds a full batch of the classify page's largest files, with room for the form.
     request_cap = max_request_mb if max_request_mb is not None else max(200.0, PAGE_BATCH * max_upload_mb + 10)
@@ -627,6 +633,7 @@ def create_app(
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         if app.state.batcher.closed:  # an app served again (tests, an embedding program)
             app.state.batcher = Batcher(service, max_images=max_batch_images)
+        app.state.apart = None  # bound to the loop that made it: a new one serving makes its own
         yield
         app.state.batcher.close()  # the worker thread ends with the server
         if owned:
@@ -643,8 +650,18 @@ def create_app(
     )
     app.state.service = service
     app.state.batcher = Batcher(service, max_images=max_batch_images)
+    app.state.apart = None  # the limiter of large requests, made in the event loop on first use
     service.max_request = int(request_cap * MB)
     app.add_middleware(BodyLimit, limit=int(request_cap * MB))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        # Starlette's form parser refuses a request of over 1000 files (400) before the endpoint
+        # checks its own limit: answered as that limit is, 413
+        if exc.status_code == 400 and str(exc.detail).startswith("Too many files"):
+            return JSONResponse({"detail": f"over 1000 files in one request; the limit is {service.max_files}"},
+                                status_code=413)
+        return await http_exception_handler(request, exc)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -709,8 +726,12 @@ def create_app(
         uploads = [it[1] for it in items if isinstance(it, tuple)]
         if (sum(map(len, uploads)) >= PREPARE_APART_BYTES
                 or sum(map(header_pixels, uploads)) >= PREPARE_APART_PIXELS):
-            # large photographs are read and aligned here, not by the worker every request waits on
-            items = await run_in_threadpool(service.prepare, items, True)
+            # large photographs are read and aligned here, not by the worker every request waits on;
+            # one such request at a time, the others waiting in the event loop (made here, where
+            # it runs): waiting in the threadpool would hold the slots every other endpoint needs
+            if app.state.apart is None:
+                app.state.apart = anyio.CapacityLimiter(1)
+            items = await anyio.to_thread.run_sync(service.prepare, items, True, limiter=app.state.apart)
         rows = await app.state.batcher.submit(items, gradcam, crop)
         for r in rows:
             r.pop("path", None)  # uploads have no server path

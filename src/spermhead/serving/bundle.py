@@ -162,22 +162,31 @@ def check_bundle_path(path: Path | str) -> None:
         raise SpermheadError(f"{path}: no such folder; give a bundle folder (a run's model/) or the run folder")
 
 
+def checked_bundle_folder(path: Path | str) -> Path:
+    """The bundle folder a --model names (`bundle_folder`), its two files there; else an error
+    naming what is missing, before anything is read or written."""
+    check_bundle_path(path)
+    directory = bundle_folder(path)
+    for p in (directory / "model.json", directory / "model.safetensors"):
+        if not p.is_file():
+            raise SpermheadError(f"{p}: missing; a bundle folder holds model.json and model.safetensors")
+    return directory
+
+
 def load_bundle(directory: Path | str) -> Bundle:
     from spermhead.models.registry import build_model  # lazy: keeps bundle import light
 
-    check_bundle_path(directory)
-    directory = bundle_folder(directory)
+    directory = checked_bundle_folder(directory)
     meta_path, weights_path = directory / "model.json", directory / "model.safetensors"
-    for p in (meta_path, weights_path):
-        if not p.is_file():
-            raise SpermheadError(f"{p}: missing; a bundle folder holds model.json and model.safetensors")
     try:
         meta = BundleMeta(**json.loads(meta_path.read_text()))
     except (TypeError, ValueError) as exc:
         raise SpermheadError(f"{meta_path}: not a spermhead bundle description ({exc})") from exc
+    if not isinstance(meta.format, int):
+        raise SpermheadError(f"{meta_path}: format {meta.format!r}: needs a whole number")
     if meta.format > BUNDLE_FORMAT:
         raise SpermheadError(f"{meta_path}: bundle format {meta.format} is newer than this spermhead")
-    if problem := _share_records_problem(meta):
+    if problem := _meta_problem(meta) or _share_records_problem(meta):
         raise SpermheadError(f"{meta_path}: {problem}")
     try:
         state = load_file(str(weights_path))
@@ -203,6 +212,52 @@ def load_bundle(directory: Path | str) -> Bundle:
     shapes = _second_opinions(state, weights_path, ShapeModel, "shape", meta.shape_fusion)
     pixels = _second_opinions(state, weights_path, PixelModel, "pixels", meta.pixel_fusion)
     return Bundle(meta, ensemble, directory, shapes, pixels)
+
+
+def _meta_problem(meta: BundleMeta) -> str | None:
+    """What is wrong with what every answer goes through (a damaged or hand-edited model.json:
+    NaN there made every probability NaN, a wrong length a traceback at the first image), or None."""
+    import math
+
+    def number(value: Any) -> bool:
+        return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+    def count(value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+    k = len(meta.classes) if isinstance(meta.classes, list) else 0
+    if k < 2 or not all(isinstance(c, str) and c for c in meta.classes):
+        return f"classes {meta.classes!r}: needs two class names or more"
+    for key in ("members", "in_chans", "image_size"):
+        if not count(value := getattr(meta, key)):
+            return f"{key} {value!r}: needs a whole number from 1"
+    if not isinstance(meta.preprocess, dict):
+        return "preprocess: not a record of the preprocessing settings"
+    try:
+        pre = PreprocessConfig(**meta.preprocess)
+    except TypeError as exc:
+        return f"preprocess: not the preprocessing settings ({exc})"
+    choices = {"color": ("gray", "rgb"), "scale": ("head", "image"), "background": ("keep", "mask")}
+    for key, allowed in choices.items():
+        if getattr(pre, key) not in allowed:
+            return f"preprocess.{key} {getattr(pre, key)!r}: needs one of {', '.join(allowed)}"
+    if pre.image_size != meta.image_size or meta.in_chans != (1 if pre.color == "gray" else 3):
+        return (f"image_size {meta.image_size} and in_chans {meta.in_chans} do not match preprocess "
+                f"(image_size {pre.image_size}, color {pre.color})")
+    if not (number(meta.temperature) and meta.temperature > 0):
+        return f"temperature {meta.temperature!r}: needs a finite number above 0"
+    for key in ("shape_fusion", "pixel_fusion", "uncertainty_threshold"):
+        if not (number(value := getattr(meta, key)) and 0 <= value <= 1):
+            return f"{key} {value!r}: needs a number from 0 to 1"
+    biases = {"class_bias": meta.class_bias, "cnn_prior": meta.cnn_prior,
+              **{f"operating_points.{name}": bias for name, bias in meta.operating_points.items()}}
+    for key, bias in biases.items():
+        if bias is not None and not (isinstance(bias, list) and len(bias) == k and all(map(number, bias))):
+            return f"{key}: needs one finite number per class ({k})"
+    for key, pair in meta.input_ranges.items():
+        if not (isinstance(pair, list) and len(pair) == 2 and all(map(number, pair))):
+            return f"input_ranges.{key}: needs [lowest, highest]"
+    return None
 
 
 def _share_records_problem(meta: BundleMeta) -> str | None:
@@ -237,7 +292,11 @@ def _second_opinions(state: dict[str, torch.Tensor], path: Path, kind: Any, pref
     count = len({k.split(".")[0] for k in state if re.fullmatch(rf"{prefix}\d+\..+", k)})
     if not count:
         raise SpermheadError(f"{path}: the bundle fuses a {kind.__name__} but the file holds none")
-    return [kind.from_tensors(state, f"{prefix}{i}") for i in range(count)]
+    try:
+        return [kind.from_tensors(state, f"{prefix}{i}") for i in range(count)]
+    except (KeyError, ValueError, RuntimeError) as exc:  # a tensor missing, or of another shape
+        raise SpermheadError(f"{path}: the bundle's {kind.__name__}s are damaged ({type(exc).__name__}: {exc}); "
+                             "copy it again, or train it again") from exc
 
 
 def save_training_signatures(directory: Path | str, signatures: np.ndarray) -> Path:

@@ -93,7 +93,7 @@ class Predictor:
         operating_point: str | None = None,
     ) -> None:
         if backend not in BACKENDS:
-            raise ConfigError(f"backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+            raise ConfigError(f"--backend {backend!r}: choose one of {', '.join(BACKENDS)}")
         self.bundle: Bundle = load_bundle(bundle_dir)
         self.bundle_dir = bundle_folder(bundle_dir)
         self.meta = self.bundle.meta
@@ -125,7 +125,7 @@ class Predictor:
         """Switch between the bundle's operating points (accuracy-first or balanced recall)."""
         points = self.meta.operating_points or {"accuracy": [0.0] * len(self.meta.classes)}
         if name not in points:
-            raise ConfigError(f"operating point {name!r}: this bundle has {', '.join(points)}")
+            raise ConfigError(f"--operating-point {name!r}: this bundle has {', '.join(points)}")
         self.meta.operating_point, self.meta.class_bias = name, list(points[name])
 
     # ------------------------------------------------------------------ model
@@ -150,7 +150,8 @@ class Predictor:
         if found == UNREADABLE:
             log.warning("%s cannot be read as an ONNX model (damaged?); exporting afresh", beside)
         elif beside.is_file():
-            log.warning("%s was exported from other weights; exporting afresh", beside)
+            log.warning("%s was exported from another state of this bundle (its weights or model.json have changed "
+                        "since); exporting afresh (`spermhead export --model %s` keeps it)", beside, self.bundle_dir)
         else:  # a few seconds each time: say how to keep one
             log.warning("no %s in %s: exporting a temporary one (`spermhead export --model %s` keeps it there)",
                         ONNX_NAME, self.bundle_dir, self.bundle_dir)
@@ -351,6 +352,20 @@ def expand_inputs(specs: Iterable[Path | str]) -> list[Path]:
         found = [f for m in _named(spec) for f in (list_images(m, nested=True) if m.is_dir() else [m])]
         out += found if found or Path(spec).is_dir() else [Path(spec)]
     return out
+
+
+def empty_inputs(specs: Iterable[Path | str], files: Sequence[Path]) -> list[str]:
+    """What the inputs name that gives no file: a glob that matches nothing (kept by
+    `expand_inputs` as an error row), and a folder with no image file, which would otherwise
+    pass unsaid beside the others."""
+    said = []
+    for spec in specs:
+        named = _named(spec)
+        if not named:
+            said.append(f"{spec} matches no file")
+        said += [f"{m} holds no image file" for m in named
+                 if m.is_dir() and not any(f.is_relative_to(m) for f in files)]
+    return said
 
 
 def searched_folders(specs: Iterable[Path | str]) -> list[Path]:

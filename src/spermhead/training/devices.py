@@ -15,7 +15,7 @@ def resolve_accelerator(name: str) -> str:
     """"auto" takes a CUDA GPU when torch sees one, else the CPU. Apple's MPS is never picked:
     nothing here has been tested on it."""
     if name not in ACCELERATORS:
-        raise ConfigError(f"accelerator {name!r}: {', '.join(ACCELERATORS)}")
+        raise ConfigError(f"--accelerator {name!r}: {', '.join(ACCELERATORS)}")
     if name == "auto":
         return "gpu" if torch.cuda.is_available() else "cpu"
     if name == "gpu" and not torch.cuda.is_available():

@@ -149,9 +149,12 @@ def check_config(cfg: PretrainConfig, overwrite: bool = False) -> None:
     if cfg.preprocess.color not in ("gray", "rgb"):
         raise ConfigError(f"--color {cfg.preprocess.color!r}: gray or rgb")
     resolve_accelerator(cfg.accelerator)  # an unknown name, or a GPU that is not there
-    if cfg.epochs < 1 or cfg.batch_size < 2 or ("synthetic" in cfg.sources and cfg.synthetic < 2):
-        raise ConfigError("need epochs >= 1, batch size >= 2 (contrastive pairs) and, with the synthetic "
-                          "source, at least 2 synthetic heads")
+    if cfg.epochs < 1:
+        raise ConfigError(f"--epochs {cfg.epochs}: must be at least 1")
+    if cfg.batch_size < 2:
+        raise ConfigError(f"--batch-size {cfg.batch_size}: must be at least 2 (contrastive pairs)")
+    if "synthetic" in cfg.sources and cfg.synthetic < 2:
+        raise ConfigError(f"--synthetic {cfg.synthetic}: the synthetic source needs at least 2 heads")
 
 
 def pretrain(cfg: PretrainConfig, progress: bool = True, overwrite: bool = False) -> Path:

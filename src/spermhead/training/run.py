@@ -16,7 +16,7 @@ import pickle
 import shutil
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -140,11 +140,42 @@ def check_run_dir(out: Path, *, overwrite: bool, resume: bool, inputs: Sequence[
                               "give --out another folder")
 
 
-def prepare_run_dir(out: Path, *, overwrite: bool, resume: bool, inputs: Sequence[Path] = ()) -> None:
+def prepare_run_dir(out: Path, *, overwrite: bool, resume: bool, inputs: Sequence[Path] = (),
+                    aside: list[Path] | None = None) -> None:
+    """Make `out` the run folder. A run it replaces (--overwrite) is moved beside it and its
+    place appended to `aside`, so the caller can put it back should the new run fail
+    (`replacing_run`); without `aside` it is deleted."""
     check_run_dir(out, overwrite=overwrite, resume=resume, inputs=inputs)
     if out.exists() and any(out.iterdir()) and not resume:  # --overwrite, as the check allows only then
-        shutil.rmtree(out)
+        if aside is None:
+            shutil.rmtree(out)
+        else:
+            moved = out.with_name(f"{out.name}.replaced")
+            n = 1
+            while moved.exists():  # one left by a run killed outright is not ours to delete
+                n += 1
+                moved = out.with_name(f"{out.name}.replaced-{n}")
+            out.rename(moved)
+            aside.append(moved)
     out.mkdir(parents=True, exist_ok=True)
+
+
+@contextlib.contextmanager
+def replacing_run(out: Path) -> Iterator[list[Path]]:
+    """The run a failed or interrupted --overwrite run was to replace is put back as it was
+    (nothing already written is lost to a new run that came to nothing); the new run's success
+    deletes it. Yields the list `prepare_run_dir` records the moved run in."""
+    aside: list[Path] = []
+    try:
+        yield aside
+    except BaseException:
+        if aside:
+            shutil.rmtree(out, ignore_errors=True)
+            aside[0].rename(out)
+            log.warning("%s: the run that was there is back as it was, since the new one did not finish", out)
+        raise
+    if aside:
+        shutil.rmtree(aside[0], ignore_errors=True)
 
 
 RESUME_ADVICE = "Give --resume alone to go on with the saved settings, or --overwrite to start again with the new ones"
@@ -707,6 +738,13 @@ def protocol_kind(p: ProtocolConfig, fixed_split: bool) -> str:
 
 def train_run(cfg: RunConfig, *, overwrite: bool = False, resume: bool = False,
               progress: bool = True) -> RunResult:
+    """Train and score a run into cfg.out; with --overwrite, the run there stays until this one
+    has finished (`replacing_run`)."""
+    with replacing_run(Path(cfg.out)) as aside:
+        return _train_run(cfg, overwrite=overwrite, resume=resume, progress=progress, aside=aside)
+
+
+def _train_run(cfg: RunConfig, *, overwrite: bool, resume: bool, progress: bool, aside: list[Path]) -> RunResult:
     from spermhead.evaluation.metrics import cv_metrics, write_metrics_json
     from spermhead.training.options import check_run_config
 
@@ -762,8 +800,8 @@ def train_run(cfg: RunConfig, *, overwrite: bool = False, resume: bool = False,
         init = {"init": "pretrained", "model": cfg.model.name}
     # so is the --weights file's bundle's record of its training images
     weights_saw = images_the_weights_saw(cfg, table, n_own) if init["init"] == "weights" else 0
-    if weights_saw:
-        init["saw"] = weights_saw
+    if weights_saw or weights_saw is None:
+        init["saw"] = weights_saw  # None: cannot be checked
     if init["init"] == "weights" and (unlike := pretrained_input_mismatch(cfg)):
         log.warning("%s", unlike)
     as_asked = cfg  # config.yaml records "init: synthetic", not the cached file the folds start from
@@ -785,7 +823,7 @@ def train_run(cfg: RunConfig, *, overwrite: bool = False, resume: bool = False,
         cfg = replace(cfg, model=replace(cfg.model, weights=str(weights)))
     # The run folder is touched only now, so a refusal above (or a source model that fails to
     # train) leaves an earlier run there as it was.
-    prepare_run_dir(out, overwrite=overwrite, resume=resume, inputs=_inputs(cfg))
+    prepare_run_dir(out, overwrite=overwrite, resume=resume, inputs=_inputs(cfg), aside=aside)
     save_config(as_asked, out / "config.yaml")
     if not (resume and (out / START_RECORD).is_file()):  # a resume keeps the record of how its run began
         (out / START_RECORD).write_text(json.dumps({k: v for k, v in init.items() if k not in ("cached", "seconds")},
@@ -892,17 +930,22 @@ def pretrained_input_mismatch(cfg: RunConfig) -> str | None:
             "its features may not carry over; pretrain with the run's settings (e.g. --image-size) to match")
 
 
-def images_the_weights_saw(cfg: RunConfig, table: SampleTable, n_own: int) -> int:
+def images_the_weights_saw(cfg: RunConfig, table: SampleTable, n_own: int) -> int | None:
     """How many of the dataset's images the --weights file saw (or near-duplicates of them): a
     pretrained backbone's from the signatures `pretrain` keeps beside it, a bundle's from those it
-    keeps beside its model.safetensors; 0 where there are none. Warned before training: such a
-    start has seen test-fold images."""
-    from spermhead.serving.bundle import pretrained_images_file, seen_by_bundle
+    keeps beside its model.safetensors; None where neither is there (said: it cannot be checked).
+    Warned before training: such a start has seen test-fold images."""
+    from spermhead.serving.bundle import TRAINING_IMAGES, pretrained_images_file, seen_by_bundle
 
     weights = Path(str(cfg.model.weights))
     beside = pretrained_images_file(weights)
     seen = seen_by_bundle(beside if beside.is_file() else weights.parent, [s.path for s in table.samples[:n_own]])
-    n = int(sum(seen or []))
+    if seen is None:  # a bundle's weights copied out of it, say: said, since no check is not a clean check
+        log.warning("the --weights file (%s) has no record of the images it was trained on beside it (a bundle's %s, "
+                    "or pretrain's %s), so whether it saw these images cannot be checked: if it did, its test "
+                    "folds are not unseen", cfg.model.weights, TRAINING_IMAGES, pretrained_images_file(weights).name)
+        return None
+    n = int(sum(seen))
     if n:
         log.warning("%s", weights_saw_note(cfg, n, n_own))
     return n

@@ -138,6 +138,15 @@ def select_models(base: RunConfig, models: list[str], out: Path, *, variants: bo
         twice = sorted({name for name, *_, cfg in runs if tags.count(cfg.out) > 1})  # as given, "timm:x"
         raise ConfigError(f"--models names {', '.join(twice)} more than once")
     check_starts(base, models, weights)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out}: is a file, not a folder; give --out a folder for the selection")
+    if (out / "config.yaml").is_file():
+        raise ConfigError(f"{out}: is a training run's folder, not a selection's; give --out another folder")
+    # a selection's folder holds its table and one run folder per model: anything else is someone else's
+    if out.is_dir() and not (out / "selection.csv").is_file() and (foreign := [
+            p.name for p in sorted(out.iterdir()) if not (p.is_dir() and ((p / "config.yaml").is_file()
+                                                                         or str(p) in tags))]):
+        raise ConfigError(f"{out}: holds {foreign[0]}, which is not a selection's; give --out a new or empty folder")
     if (out / "selection.csv").is_file() and not (overwrite or resume):
         # its table would be replaced by one of these models alone
         raise ConfigError(f"{out}: holds a selection table already; pass --resume to finish or extend it "

@@ -20,6 +20,13 @@ let sharesAsked = 0;  // the latest class-shares request; an earlier answer arri
 const onPage = new Map(); // name|size|time -> the files on this page with it: one head given twice counts once
 let repeats = 0;          // ... and how many repeats were left out
 const previews = [];      // object URLs of the uploaded images shown, freed with the page's cards
+// a file read out of a dropped folder -> its path from that folder ("HuSHeM/01_Normal/image_001.BMP"),
+// so cards tell apart the files of one name in its subfolders
+const pathInDrop = new WeakMap();
+
+function shownName(file) {
+  return pathInDrop.get(file) || file.name;
+}
 
 function figure(src, caption, alt) {
   const img = el("img", { src, alt });
@@ -30,7 +37,7 @@ function figure(src, caption, alt) {
 // the cards read like the list of files a lab has on its slide sheet.
 function pendingCard(file, group) {
   const card = el("article", { class: "card", "data-name": file.name },
-    el("h3", { text: file.name, title: file.name }),
+    el("h3", { text: shownName(file), title: shownName(file) }),
     el("div", { class: "status-line", text: "classifying…" }));
   group.append(card);
   return card;
@@ -41,7 +48,7 @@ function fillError(card, file, message) {
   // the server's messages name the file, which the card's title already does
   const text = message.startsWith(file.name + ": ") ? message.slice(file.name.length + 2) : message;
   card.replaceChildren(
-    el("h3", { text: file.name, title: file.name }),
+    el("h3", { text: shownName(file), title: shownName(file) }),
     el("div", { class: "err", text }));
 }
 
@@ -101,7 +108,7 @@ function fillResult(card, file, r) {
         + unlike.join("; ") }));
   }
   const order = classes.length ? classes : Object.keys(r.probabilities);
-  const parts = [el("h3", { text: r.name, title: r.name }), images, verdict,
+  const parts = [el("h3", { text: shownName(file), title: shownName(file) }), images, verdict,
     probabilityBars(r.probabilities, order, r.class)];
   if (unlike.length) {
     parts.push(el("div", { class: "hint unlike-reasons", text: "Unlike the training images: " + unlike.join("; ") }));
@@ -199,7 +206,9 @@ async function collect(entry, found, given = false) {
     // data synth's own SYNTHETIC.txt, which predict passes over in silence too)
     if (!given && !image) { found.skipped += entry.name === "SYNTHETIC.txt" ? 0 : 1; return; }
     try {
-      found.files.push(await new Promise((ok, fail) => entry.file(ok, fail)));
+      const file = await new Promise((ok, fail) => entry.file(ok, fail));
+      if (!given) pathInDrop.set(file, entry.fullPath.replace(/^\//, ""));
+      found.files.push(file);
     } catch (e) {
       found.unreadable += 1; // a broken link or a file without permission: one file, not the drop
     }
@@ -223,6 +232,7 @@ async function collect(entry, found, given = false) {
 
 async function handleDrop(entries) {
   const sample = sampleNumber;
+  const group = newGroup(); // now, so a quicker drop after this one goes above it, as given
   readsOut += 1;
   statusLine.textContent = "reading the dropped files…";
   let found;
@@ -235,8 +245,9 @@ async function handleDrop(entries) {
   skippedInFolders += found.skipped;
   failedOnPage += found.unreadable;
   if (found.files.length) {
-    await handleFiles(found.files); // it leaves the status to this drop, still counted in readsOut
+    await handleFiles(found.files, group); // it leaves the status to this drop, still counted in readsOut
   } else {
+    group.remove();
     emptyDrops += 1; // nothing to classify, but what was passed over is said
     if (found.skipped || found.unreadable) newSampleButton.hidden = false;
   }
@@ -276,7 +287,14 @@ function forget(f) {
   else onPage.delete(fileKey(f));
 }
 
-async function handleFiles(fileList) {
+// Each drop's cards go in a group of their own, put on top of the page as the drop is made.
+function newGroup() {
+  const group = el("div", { class: "card-group" });
+  cards.prepend(group);
+  return group;
+}
+
+async function handleFiles(fileList, group = newGroup()) {
   const given = Array.from(fileList);
   const sample = sampleNumber;
   // the same file given again is the same head: classifying it twice would count it twice in
@@ -288,14 +306,13 @@ async function handleFiles(fileList) {
   }
   if (sample !== sampleNumber) return; // New sample was pressed while they were compared
   if (!files.length) {
+    group.remove();
     if (given.length && !dropsOut && !readsOut) settledStatus();
     return;
   }
   dropsOut += 1;
   statusLine.textContent = `classifying ${files.length} image${files.length > 1 ? "s" : ""}…`;
   newSampleButton.hidden = false;
-  const group = el("div", { class: "card-group" });
-  cards.prepend(group);
   try {
     for (const batch of batches(files)) {
       // New sample drops the rest of a drop that was under way: one slide's heads never join the next's
