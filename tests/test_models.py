@@ -376,7 +376,7 @@ def test_bundle_roundtrip_of_frozen_model(tmp_path: Path) -> None:
     _perturb_batchnorm(model, (1, 32, 32))
     assert not net.backbone.training  # model.train() on the wrapper keeps the frozen backbone in eval
     meta = BundleMeta(architecture="seed-resnet50", classes=["normal", "tapered", "pyriform", "amorphous"],
-                      preprocess={}, in_chans=1, image_size=32, model_kwargs=model_spec(net))
+                      preprocess={"image_size": 32}, in_chans=1, image_size=32, model_kwargs=model_spec(net))
     st.unlink()  # serving has no weights file
     bundle = load_bundle(save_bundle(tmp_path / "bundle", [model], meta))
     member = bundle.model.members[0][1]
