@@ -2437,9 +2437,7 @@ def test_a_bad_weights_record_stops_the_run_before_an_old_one_is_cleared(separab
     assert (old / "metrics.json").read_text() == (separable_run.out / "metrics.json").read_text()
 
 
-@pytest.mark.parametrize("stop", [RuntimeError("a fold failed"), KeyboardInterrupt()])
-def test_an_overwrite_run_that_does_not_finish_puts_the_old_run_back(separable, separable_run, tmp_path,
-                                                                     monkeypatch, stop):
+def test_an_overwrite_run_that_fails_puts_the_old_run_back(separable, separable_run, tmp_path, monkeypatch, caplog):
     import shutil
 
     import spermhead.training.run as run_module
@@ -2447,21 +2445,66 @@ def test_an_overwrite_run_that_does_not_finish_puts_the_old_run_back(separable, 
     old = tmp_path / "old"
     shutil.copytree(separable_run.out, old)  # a finished run, to be replaced with --overwrite
     before = sorted(p.relative_to(old) for p in old.rglob("*"))
+    fit = run_module.run_fold
 
     def fails(cfg, *args, **kwargs):  # the folder is the new run's by now: its config written
         assert (old / "config.yaml").read_text() != (separable_run.out / "config.yaml").read_text()
-        raise stop
+        raise RuntimeError("a fold failed")
 
     monkeypatch.setattr(run_module, "run_fold", fails)
-    with pytest.raises(type(stop)):
+    with pytest.raises(RuntimeError, match="a fold failed"):
         train_run(quick_config(separable, old, epochs=1, cv=2), overwrite=True, progress=False)
     assert sorted(p.relative_to(old) for p in old.rglob("*")) == before
     assert (old / "metrics.json").read_text() == (separable_run.out / "metrics.json").read_text()
     assert [p.name for p in tmp_path.iterdir()] == ["old"]  # nothing left beside it
-    monkeypatch.undo()  # and a new run that finishes replaces it, leaving nothing beside it either
-    train_run(quick_config(separable, old, epochs=1, cv=2), overwrite=True, progress=False)
-    assert (old / "metrics.json").read_text() != (separable_run.out / "metrics.json").read_text()
+
+    # interrupted (Ctrl-C): the new run stays, to be resumed, and the old one waits beside it, named
+    calls = []
+
+    def interrupted(cfg, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return fit(cfg, *args, **kwargs)
+
+    monkeypatch.setattr(run_module, "run_fold", interrupted)
+    cfg = quick_config(separable, old, epochs=1, cv=2)
+    with caplog.at_level("WARNING", logger="spermhead"), pytest.raises(KeyboardInterrupt):
+        train_run(cfg, overwrite=True, progress=False)
+    kept = tmp_path / "old.replaced"
+    assert f"the run it replaces is kept at {kept}" in caplog.text
+    assert (kept / "metrics.json").read_text() == (separable_run.out / "metrics.json").read_text()
+    monkeypatch.undo()
+    resumed = train_run(cfg, resume=True, progress=False)
+    assert resumed.timing["folds_read_back"] == 1  # the fold it finished before the interruption
+
+    # a new run that finishes replaces the old one, leaving nothing beside it
+    shutil.rmtree(kept)
+    train_run(quick_config(separable, old, epochs=1, cv=2, seed=5), overwrite=True, progress=False)
     assert [p.name for p in tmp_path.iterdir()] == ["old"]
+
+
+def test_an_overwrite_run_through_a_link_replaces_the_folder_it_names(separable, separable_run, tmp_path):
+    import shutil
+
+    target = tmp_path / "target"
+    shutil.copytree(separable_run.out, target)
+    (tmp_path / "link").symlink_to(target)
+    train_run(quick_config(separable, tmp_path / "link", epochs=1, cv=2), overwrite=True, progress=False)
+    assert (tmp_path / "link").is_symlink() and (target / "metrics.json").is_file()
+    assert (target / "metrics.json").read_text() != (separable_run.out / "metrics.json").read_text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "target"]
+
+
+def test_an_overwrite_from_inside_the_run_folder_is_refused(separable, separable_run, tmp_path, monkeypatch):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(separable_run.out, run)
+    monkeypatch.chdir(run)
+    with pytest.raises(ConfigError, match="holds the current folder"):
+        train_run(quick_config(separable, Path("."), epochs=1, cv=2), overwrite=True, progress=False)
+    assert (run / "metrics.json").read_text() == (separable_run.out / "metrics.json").read_text()
 
 
 def test_resume_refuses_other_weights_saved_under_the_same_path(separable, tmp_path):

@@ -130,6 +130,9 @@ def check_run_dir(out: Path, *, overwrite: bool, resume: bool, inputs: Sequence[
     if not (overwrite or resume):
         raise ConfigError(f"{out}: run directory exists; pass --overwrite to replace it or --resume to continue it")
     if overwrite and not resume:
+        if Path.cwd().resolve().is_relative_to(out.resolve()):  # the run's folder is moved aside, cwd with it
+            raise ConfigError(f"{out}: holds the current folder, which --overwrite would move away; run the "
+                              "command from outside the run folder")
         if not (out / "config.yaml").is_file():
             raise ConfigError(f"{out}: not a run folder (it has no config.yaml), and --overwrite would delete "
                               "everything in it; give --out a new or empty folder")
@@ -141,41 +144,57 @@ def check_run_dir(out: Path, *, overwrite: bool, resume: bool, inputs: Sequence[
 
 
 def prepare_run_dir(out: Path, *, overwrite: bool, resume: bool, inputs: Sequence[Path] = (),
-                    aside: list[Path] | None = None) -> None:
-    """Make `out` the run folder. A run it replaces (--overwrite) is moved beside it and its
-    place appended to `aside`, so the caller can put it back should the new run fail
-    (`replacing_run`); without `aside` it is deleted."""
+                    aside: list[tuple[Path, Path]] | None = None) -> None:
+    """Make `out` the run folder. A run it replaces (--overwrite) is moved beside it (beside the
+    folder a link names, the link kept) and (folder, where it went) appended to `aside`, so the
+    caller can put it back should the new run fail (`replacing_run`); without `aside` it is deleted."""
     check_run_dir(out, overwrite=overwrite, resume=resume, inputs=inputs)
     if out.exists() and any(out.iterdir()) and not resume:  # --overwrite, as the check allows only then
         if aside is None:
             shutil.rmtree(out)
         else:
-            moved = out.with_name(f"{out.name}.replaced")
+            real = out.resolve()
+            moved = real.with_name(f"{real.name}.replaced")
             n = 1
             while moved.exists():  # one left by a run killed outright is not ours to delete
                 n += 1
-                moved = out.with_name(f"{out.name}.replaced-{n}")
-            out.rename(moved)
-            aside.append(moved)
+                moved = real.with_name(f"{real.name}.replaced-{n}")
+            real.rename(moved)
+            aside.append((real, moved))
+            real.mkdir()  # where a link names it, the link then names the new run's folder
     out.mkdir(parents=True, exist_ok=True)
 
 
 @contextlib.contextmanager
-def replacing_run(out: Path) -> Iterator[list[Path]]:
-    """The run a failed or interrupted --overwrite run was to replace is put back as it was
-    (nothing already written is lost to a new run that came to nothing); the new run's success
-    deletes it. Yields the list `prepare_run_dir` records the moved run in."""
-    aside: list[Path] = []
+def replacing_run(out: Path) -> Iterator[list[tuple[Path, Path]]]:
+    """The run an --overwrite run replaces waits beside it until the new one finishes, and is
+    then deleted. Should the new run fail, the old one is put back as it was (nothing already
+    written is lost to a run that came to nothing). Should it be interrupted (Ctrl-C), both stay:
+    the new one to be resumed, the old one where it waits, and both are named. Yields the list
+    `prepare_run_dir` records the moved run in."""
+    aside: list[tuple[Path, Path]] = []
     try:
         yield aside
+    except KeyboardInterrupt:
+        if aside:
+            log.warning("%s: the run it replaces is kept at %s until you delete it (the interrupted one goes on "
+                        "with --resume)", out, aside[0][1])
+        raise
     except BaseException:
         if aside:
-            shutil.rmtree(out, ignore_errors=True)
-            aside[0].rename(out)
-            log.warning("%s: the run that was there is back as it was, since the new one did not finish", out)
+            real, moved = aside[0]
+            try:
+                shutil.rmtree(real)
+                moved.rename(real)
+                log.warning("%s: the run that was there is back as it was, since the new one did not finish", out)
+            except OSError as exc:  # said, not raised: the error that stopped the run is the one to see
+                log.warning("%s: the run that was there could not be put back (%s); it is at %s", out, exc, moved)
         raise
     if aside:
-        shutil.rmtree(aside[0], ignore_errors=True)
+        try:
+            shutil.rmtree(aside[0][1])
+        except OSError as exc:  # the new run is whole: said, not failed
+            log.warning("%s: the run it replaced could not be deleted from %s (%s)", out, aside[0][1], exc)
 
 
 RESUME_ADVICE = "Give --resume alone to go on with the saved settings, or --overwrite to start again with the new ones"
@@ -744,7 +763,8 @@ def train_run(cfg: RunConfig, *, overwrite: bool = False, resume: bool = False,
         return _train_run(cfg, overwrite=overwrite, resume=resume, progress=progress, aside=aside)
 
 
-def _train_run(cfg: RunConfig, *, overwrite: bool, resume: bool, progress: bool, aside: list[Path]) -> RunResult:
+def _train_run(cfg: RunConfig, *, overwrite: bool, resume: bool, progress: bool,
+               aside: list[tuple[Path, Path]]) -> RunResult:
     from spermhead.evaluation.metrics import cv_metrics, write_metrics_json
     from spermhead.training.options import check_run_config
 
