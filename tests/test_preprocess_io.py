@@ -318,3 +318,31 @@ def test_floating_point_tiffs_pillow_cannot_open_are_scaled_by_their_range(tmp_p
         assert out[-1, -1, 0] > out[-1, -1, 1] > out[-1, -1, 2]
     with pytest.raises(ImageError, match="over the limit"):
         read_image(path, max_pixels=100)
+
+
+@pytest.mark.parametrize("dtype, channels", [(np.float64, 1), (np.float32, 3)])
+def test_a_floating_point_stack_is_refused_as_other_stacks_are(tmp_path: Path, dtype, channels: int):
+    import cv2
+
+    shape = (20, 30) if channels == 1 else (20, 30, 3)
+    path = tmp_path / "float-stack.tif"
+    assert cv2.imwritemulti(str(path), [np.full(shape, float(i), dtype) for i in range(3)])
+    with pytest.raises(ImageError, match=r"float-stack\.tif.*3 frames"):
+        read_image(path)
+
+
+def test_a_tiffs_mask_page_of_the_images_size_is_no_frame(tmp_path: Path):
+    from PIL import TiffImagePlugin
+
+    image = Image.fromarray(np.full((40, 60), 200, np.uint8))
+    mask = Image.fromarray(np.full((40, 60), 255, np.uint8))
+    path = tmp_path / "with-mask.tif"
+    # Pillow's save_all gives every page the same tags: each page is written as it writes them
+    with open(path, "w+b") as fh, TiffImagePlugin.AppendingTiffWriter(fh) as tiff:
+        for page, tags in ((image, {}), (mask, {254: 4})):  # NewSubfileType 4: a transparency mask
+            page.encoderinfo, page.encoderconfig = {"tiffinfo": tags}, ()
+            TiffImagePlugin._save(page, tiff, str(path))
+            tiff.newFrame()
+    assert Image.open(path).n_frames == 2
+    out = read_image(path)
+    assert out.shape == (40, 60, 3) and (out == 200).all()

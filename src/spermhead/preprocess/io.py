@@ -94,8 +94,7 @@ def read_image(source: Path | str | bytes, name: str | None = None, max_pixels: 
         if width < 1 or height < 1:
             raise ImageError(name, CORRUPT, 400)
         if (frames := _stack_frames(im, name)) > 1:
-            raise ImageError(name, f"holds {frames} frames of one size (a stack or a series), which one is the head "
-                                   "is not known: save each frame as its own file", 400)
+            raise ImageError(name, STACK.format(frames), 400)
         try:
             # Pillow hands 16-bit colour over as its high bytes: a 12-bit camera's image comes out
             # nearly black, so such files are decoded again with OpenCV, all 16 bits kept
@@ -114,21 +113,31 @@ def read_image(source: Path | str | bytes, name: str | None = None, max_pixels: 
 
 def _float_tiff(fh: IO[bytes], name: str, max_pixels: int) -> np.ndarray | None:
     """A floating-point TIFF Pillow cannot open, as 8-bit RGB scaled by its own range over all
-    its channels; None where it is no such file. Its size is read from its first directory and
-    checked against the limit before anything is decoded."""
+    its channels; None where it is no such file. Its pages are read from its directories first:
+    its size is checked against the limit, and a stack refused, before anything is decoded."""
     import cv2
 
     try:
         fh.seek(0)
         directory = TiffImagePlugin.ImageFileDirectory_v2(fh.read(8))
-        fh.seek(directory.next)
-        directory.load(fh)
-        width, height = int(directory[256]), int(directory[257])  # ImageWidth, ImageLength
+        pages, offset, seen = [], directory.next, set()
+        while offset and offset not in seen and len(pages) < MAX_PAGES:  # a looped chain ends too
+            seen.add(offset)
+            fh.seek(offset)
+            directory.load(fh)
+            # ImageWidth, ImageLength, NewSubfileType
+            pages.append((int(directory[256]), int(directory[257]), int(directory.get(254, 0))))
+            offset = directory.next
     except (*_DECODE_ERRORS, AttributeError):
         return None
+    if not pages:
+        return None
+    width, height, _ = pages[0]
     if width * height > max_pixels:
         raise ImageError(name, f"image is {width} x {height} = {width * height:,} pixels, over the limit of "
                                f"{max_pixels:,}", 413)
+    if (frames := _same_size_pages(pages)) > 1:
+        raise ImageError(name, STACK.format(frames), 400)
     fh.seek(0)
     data = cv2.imdecode(np.frombuffer(fh.read(), np.uint8), cv2.IMREAD_UNCHANGED)
     if data is None or data.dtype.kind != "f" or data.shape[:2] != (height, width):
@@ -140,20 +149,34 @@ def _float_tiff(fh: IO[bytes], name: str, max_pixels: int) -> np.ndarray | None:
     return None
 
 
+MAX_PAGES = 10_000
+STACK = ("holds {} frames of one size (a stack or a series), which one is the head is not known: save "
+         "each frame as its own file")
+
+
+def _same_size_pages(pages: list[tuple[int, int, int]]) -> int:
+    """How many of a file's pages (width, height, TIFF NewSubfileType) are frames of the first
+    one's size. A reduced-resolution page (a thumbnail, a pyramid's level) or a mask does not
+    count (NewSubfileType bits 1 and 4), nor does a page of another size."""
+    width, height, _ = pages[0]
+    return sum((w, h) == (width, height) and not kind & 0b101 for w, h, kind in pages)
+
+
 def _stack_frames(im: ImageFile.ImageFile, name: str) -> int:
     """How many frames of the first one's size a file holds (a z-stack, a time series, an
-    animated PNG). A TIFF's smaller pages (a thumbnail, a pyramid's levels) do not count: its
-    first page is the image."""
+    animated PNG), as `_same_size_pages` counts them: a TIFF's thumbnail, pyramid levels and
+    masks do not count, its first page is the image."""
     try:
         count = int(getattr(im, "n_frames", 1))
         if count < 2:
             return 1
-        size, same = im.size, 0
-        for index in range(count):
+        pages = []
+        for index in range(min(count, MAX_PAGES)):
             im.seek(index)
-            same += im.size == size
+            kind = im.tag_v2.get(254, 0) if isinstance(im, TiffImagePlugin.TiffImageFile) else 0
+            pages.append((*im.size, int(kind)))
         im.seek(0)
-        return same
+        return _same_size_pages(pages)
     except _DECODE_ERRORS:
         raise ImageError(name, CORRUPT, 400) from None
 
