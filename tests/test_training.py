@@ -274,19 +274,22 @@ def test_a_fixed_split_names_heads_on_both_sides_of_it(tmp_path, caplog):
     import shutil
 
     root = tmp_path / "ds"
-    for split, seed in (("train", 0), ("val", 1), ("test", 2)):
+    # folders named as other tools name them: the warning names paths that exist
+    for split, seed in (("Training", 0), ("valid", 1), ("Testing", 2)):
         write_separable(root / split, n_per_class=3, seed=seed)
-    shutil.copy(root / "train" / "normal" / "normal_000.png", root / "test" / "normal" / "again.png")
+    shutil.copy(root / "Training" / "normal" / "normal_000.png", root / "Testing" / "normal" / "again.png")
     table = load_dataset(str(root))
     with caplog.at_level("WARNING", logger="spermhead"):
         (fold,) = make_folds(table, ProtocolConfig(kind="folders"), seed=0, val_fraction=0.15)
     assert len(fold.test) == 13  # the split is the lab's, kept as it is...
-    assert "1 head is in train/ and also" in caplog.text  # ...but the twin is named
-    assert "test/normal/again.png" in caplog.text and "train/normal/normal_000.png" in caplog.text
+    said = "1 head is in the training part and also"
+    assert said in caplog.text  # ...but the twin is named
+    assert str(root / "Testing" / "normal" / "again.png") in caplog.text
+    assert str(root / "Training" / "normal" / "normal_000.png") in caplog.text
     # and the run says so beside its figures (metrics.json, the report, a selection table)
     result = train_run(quick_config(root, tmp_path / "run", cv=None, split="folders", epochs=1), progress=False)
-    assert any("1 head is in train/ and also" in n and "flatter the model" in n for n in result.metrics["notes"])
-    assert result.metrics["caveats"] == [n for n in result.metrics["notes"] if "in train/ and also" in n]
+    assert any(said in n and "flatter the model" in n for n in result.metrics["notes"])
+    assert result.metrics["caveats"] == [n for n in result.metrics["notes"] if said in n]
 
 
 def test_a_learning_curve_point_shrinks_only_the_training_sides(separable):

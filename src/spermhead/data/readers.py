@@ -276,7 +276,8 @@ def _class_folder_samples(folder: Path, source: str, split: str) -> list[Sample]
             raise DataError(f"{d}: empty class folder, no images")
         label = normalise_class_name(d.name)
         _warn_if_misspelt(d, label)
-        prefix = f"{folder.name}/" if split else ""  # as named ("Training/"), so ids are paths that exist
+        # the part's role, not its folder's name ("Training/"): ids are what finished folds are checked by
+        prefix = f"{split}/" if split else ""
         samples += [Sample(f"{prefix}{d.name}/{p.relative_to(d).as_posix()}", p, label, source, split=split)
                     for p in images]
     return samples

@@ -279,10 +279,11 @@ def split_twins_note(table: SampleTable, fold: Fold, together: list[list[int]]) 
     across = [g for g in together if len({bool(part[i]) for i in g}) > 1]
     if not across:
         return None
-    shown = "; ".join(" = ".join(table.samples[i].id for i in g) for g in across[:3])
-    return (f"{table.name}: {len(across)} {'head is' if len(across) == 1 else 'heads are'} in train/ and also, as "
-            f"a near-duplicate, in val/ or test/ ({shown}{'; ...' if len(across) > 3 else ''}); the split is kept "
-            "as it is, but its validation and test figures flatter the model")
+    # paths, not ids: a part's folder may be named otherwise than its id says ("Training/")
+    shown = "; ".join(" = ".join(str(table.samples[i].path) for i in g) for g in across[:3])
+    return (f"{table.name}: {len(across)} {'head is' if len(across) == 1 else 'heads are'} in the training part "
+            f"and also, as a near-duplicate, in the validation or test part ({shown}{'; ...' if len(across) > 3 else ''}); "
+            "the split is kept as it is, but its validation and test figures flatter the model")
 
 
 def _warn_split_twins(table: SampleTable, fold: Fold, together: list[list[int]]) -> None:
