@@ -259,6 +259,12 @@ def test_predict_cli_says_a_model_trained_on_synthetic_heads(bundle: Path, folde
     (lambda m: m["preprocess"].update(color="purple"), "preprocess.color 'purple': needs one of gray, rgb"),
     (lambda m: m["preprocess"].update(image_size=m["image_size"] + 16), "do not match preprocess"),
     (lambda m: m.update(input_ranges={"head_length_px": [1]}), "input_ranges.head_length_px: needs [lowest, highest]"),
+    # ... and records of the wrong kind, which the checks themselves once stumbled on
+    (lambda m: m.update(operating_points=None), "operating_points: needs a record"),
+    (lambda m: m.update(input_ranges=[]), "input_ranges: needs a record"),
+    (lambda m: m.update(model_kwargs=None), "model_kwargs: needs a record"),
+    (lambda m: m.update(tta_flips=5), "tta_flips the flips to average over"),
+    (lambda m: m["preprocess"].update(margin="wide"), "margin a number from 0"),
 ])
 def test_a_damaged_record_is_a_one_line_error_naming_the_file(bundle: Path, folder: Path, tmp_path: Path,
                                                                      damage, words: str) -> None:

@@ -231,8 +231,10 @@ def _meta_problem(meta: BundleMeta) -> str | None:
     for key in ("members", "in_chans", "image_size"):
         if not count(value := getattr(meta, key)):
             return f"{key} {value!r}: needs a whole number from 1"
-    if not isinstance(meta.preprocess, dict):
-        return "preprocess: not a record of the preprocessing settings"
+    for key in ("preprocess", "model_kwargs", "operating_points", "input_ranges", "confusions", "share_checks",
+                "run"):
+        if not isinstance(getattr(meta, key), dict):
+            return f"{key}: needs a record (a JSON object), not {getattr(meta, key)!r}"
     try:
         pre = PreprocessConfig(**meta.preprocess)
     except TypeError as exc:
@@ -241,6 +243,10 @@ def _meta_problem(meta: BundleMeta) -> str | None:
     for key, allowed in choices.items():
         if getattr(pre, key) not in allowed:
             return f"preprocess.{key} {getattr(pre, key)!r}: needs one of {', '.join(allowed)}"
+    if not (isinstance(pre.align, bool) and number(pre.margin) and pre.margin >= 0 and count(pre.max_pixels)):
+        return "preprocess: align needs true or false, margin a number from 0, max_pixels a whole number from 1"
+    if not isinstance(meta.tta, bool) or not (isinstance(meta.tta_flips, str) and set(meta.tta_flips) <= {"h", "v"}):
+        return "tta needs true or false and tta_flips the flips to average over (h, v or hv)"
     if pre.image_size != meta.image_size or meta.in_chans != (1 if pre.color == "gray" else 3):
         return (f"image_size {meta.image_size} and in_chans {meta.in_chans} do not match preprocess "
                 f"(image_size {pre.image_size}, color {pre.color})")
