@@ -931,7 +931,17 @@ def test_run_json_names_the_weights_the_folds_started_from(separable, separable_
     with caplog.at_level("WARNING", logger="spermhead"):
         blind = train_run(quick_config(separable, tmp_path / "b", weights=str(copied), epochs=1, cv=2),
                           progress=False)
-    assert "has no record of the images it was trained on" in caplog.text and str(copied) in caplog.text
+    assert "is a bundle's, without the record of the images it was trained on" in caplog.text
+    assert str(copied) in caplog.text
+    # another network's weights (ImageNet's, say) saw no lab's heads: nothing to say
+    from spermhead.models.registry import build_model
+    from spermhead.models.weights import write_safetensors
+
+    plain = write_safetensors(build_model("spermnet", 2, 1, 24).state_dict(), tmp_path / "plain.safetensors")
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="spermhead"):
+        other = train_run(quick_config(separable, tmp_path / "p", weights=str(plain), epochs=1, cv=2), progress=False)
+    assert "--weights file" not in caplog.text and "saw" not in json.loads((other.out / "run.json").read_text())["init"]
     assert json.loads((blind.out / "run.json").read_text())["init"]["saw"] is None
 
 
@@ -1136,8 +1146,7 @@ def test_select_records_what_each_model_started_from(weights_selection):
     assert json.loads((out / "timm-test_efficientnet" / "run.json").read_text())["init"] == {"init": "scratch"}
     record = json.loads((out / "timm-test_efficientnet.r160_in1k" / "run.json").read_text())["init"]
     assert record == {"init": "weights", "weights": str(weights.resolve()),
-                      "sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
-                      "saw": None}  # no record of its images beside it: whether it saw these cannot be told
+                      "sha256": hashlib.sha256(weights.read_bytes()).hexdigest()}  # another network's: saw no heads
     # the table's header, so that no row is read as another's start
     md = (out / "selection.md").read_text()
     assert (f"{TINY_TIMM} from random weights, {TINY_TAGGED} from the weights file tiny.safetensors; every "

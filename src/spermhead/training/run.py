@@ -953,22 +953,36 @@ def pretrained_input_mismatch(cfg: RunConfig) -> str | None:
 def images_the_weights_saw(cfg: RunConfig, table: SampleTable, n_own: int) -> int | None:
     """How many of the dataset's images the --weights file saw (or near-duplicates of them): a
     pretrained backbone's from the signatures `pretrain` keeps beside it, a bundle's from those it
-    keeps beside its model.safetensors; None where neither is there (said: it cannot be checked).
+    keeps beside its model.safetensors; None for a bundle's file without that record (said: it
+    cannot be checked); 0 for other weights (ImageNet's, say), which saw no lab's heads.
     Warned before training: such a start has seen test-fold images."""
     from spermhead.serving.bundle import TRAINING_IMAGES, pretrained_images_file, seen_by_bundle
 
     weights = Path(str(cfg.model.weights))
     beside = pretrained_images_file(weights)
     seen = seen_by_bundle(beside if beside.is_file() else weights.parent, [s.path for s in table.samples[:n_own]])
-    if seen is None:  # a bundle's weights copied out of it, say: said, since no check is not a clean check
-        log.warning("the --weights file (%s) has no record of the images it was trained on beside it (a bundle's %s, "
-                    "or pretrain's %s), so whether it saw these images cannot be checked: if it did, its test "
-                    "folds are not unseen", cfg.model.weights, TRAINING_IMAGES, pretrained_images_file(weights).name)
-        return None
+    if seen is None:
+        if _bundle_weights(weights):  # copied out of its bundle, say: no check is not a clean check
+            log.warning("the --weights file (%s) is a bundle's, without the record of the images it was trained on "
+                        "that its bundle keeps beside it (%s), so whether it saw these images cannot be checked: "
+                        "if it did, its test folds are not unseen", cfg.model.weights, TRAINING_IMAGES)
+            return None
+        return 0  # another network's weights (ImageNet's, say): not trained on a lab's heads
     n = int(sum(seen))
     if n:
         log.warning("%s", weights_saw_note(cfg, n, n_own))
     return n
+
+
+def _bundle_weights(path: Path) -> bool:
+    """Whether a weights file is a spermhead bundle's (its tensors stored per member)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as fh:
+            return any(key.startswith("member0.") for key in fh.keys())  # noqa: SIM118 - no iteration over it
+    except Exception:  # noqa: BLE001 - a .pth file, or one safetensors cannot read: not a bundle's
+        return False
 
 
 def weights_saw_note(cfg: RunConfig, n: int, n_own: int) -> str:
