@@ -982,12 +982,16 @@ def test_select_writes_only_into_a_folder_of_its_own(separable, separable_run, t
     base = quick_config(separable, tmp_path, epochs=1, cv=2)
     mine = tmp_path / "mine"
     mine.mkdir()
+    (mine / ".DS_Store").write_bytes(b"a file browser's, no user's")
     (mine / "keep.txt").write_text("a user's file")
     with pytest.raises(ConfigError, match="mine: holds keep.txt, which is not a selection's"):
         select_models(base, ["spermnet"], mine, progress=False)
     with pytest.raises(ConfigError, match="is a training run's folder, not a selection's"):
         select_models(base, ["spermnet"], separable_run.out, progress=False, overwrite=True)
-    assert sorted(p.name for p in mine.iterdir()) == ["keep.txt"]
+    assert sorted(p.name for p in mine.iterdir()) == [".DS_Store", "keep.txt"]
+    (mine / "keep.txt").unlink()  # a file browser's litter alone is no one's: the selection goes there
+    select_models(base, ["spermnet"], mine, progress=False)
+    assert (mine / "selection.csv").is_file()
     assert not (separable_run.out / "spermnet").exists()
 
 
@@ -1096,7 +1100,7 @@ def test_select_says_in_the_console_when_the_winner_is_level_with_another(separa
     result = CliRunner().invoke(app, ["select", str(separable), "--models", "spermnet,seed-cnn", "--out",
                                       str(tmp_path / "sel")], terminal_width=300)
     assert result.exit_code == 0, result.output
-    assert "★ is level with seed-cnn on both criteria and went to the first in --models" in result.output
+    assert "★ is level with seed-cnn on both criteria and went to the first in the list" in result.output
     rows[1] = {**rows[1], "val_balanced_accuracy": 0.8}  # no tie, nothing said
     again = CliRunner().invoke(app, ["select", str(separable), "--models", "spermnet,seed-cnn", "--out",
                                      str(tmp_path / "sel2")], terminal_width=300)

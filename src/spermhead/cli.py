@@ -631,7 +631,7 @@ def select(
     console.print(table)
     if tied := [r["model"] + (f" ({r['variant']})" if r["variant"] else "") for r in chosen if r["tied_with_best"]]:
         console.print(f"{BEST_MARK} is level with {', '.join(tied)} on both criteria and went to the first in "
-                      "--models: these scores do not tell them apart", highlight=False, soft_wrap=True)
+                      "the list: these scores do not tell them apart", highlight=False, soft_wrap=True)
     console.print(f"selection table: {out / 'selection.md'} (also .csv and .html)")
 
 

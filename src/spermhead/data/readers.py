@@ -224,6 +224,15 @@ def read_class_folders(root: Path) -> SampleTable:
     return SampleTable(root.name, samples, synthetic=_rendered(root))
 
 
+# What file browsers leave in a folder of their own accord: it goes with the folder
+OS_LITTER = frozenset({".DS_Store", "Thumbs.db", "desktop.ini"})
+
+
+def os_litter(name: str) -> bool:
+    """A file browser's own file (macOS's "._x" copies too), not a user's."""
+    return name in OS_LITTER or name.startswith("._")
+
+
 SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
                "test": "test", "testing": "test"}
 

@@ -30,7 +30,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from spermhead.data.readers import HUSHEM_DIR, HUSHEM_FOLDERS, SCIAN_DIR, read_hushem, read_scian
+from spermhead.data.readers import HUSHEM_DIR, HUSHEM_FOLDERS, SCIAN_DIR, os_litter, read_hushem, read_scian
 from spermhead.data.samples import SampleTable
 from spermhead.errors import ConfigError, DataError
 
@@ -328,13 +328,10 @@ def _expert_votes(label: str, rng: np.random.Generator) -> list[str]:
     return votes
 
 
-OS_LITTER = {".DS_Store", "Thumbs.db", "desktop.ini"}
-
-
 def _written_by_synth(relative: Path, style: str) -> bool:
     """Whether a path in a synthetic dataset folder is one `write_synthetic` writes there."""
     parts = relative.parts
-    if parts == ("SYNTHETIC.txt",) or parts[-1] in OS_LITTER or parts[-1].startswith("._"):
+    if parts == ("SYNTHETIC.txt",) or os_litter(parts[-1]):
         return True  # a file browser's own files go with the folder
     if style == "hushem":
         return parts[0] in HUSHEM_FOLDERS and (len(parts) == 1 or (

@@ -207,7 +207,7 @@ async function collect(entry, found, given = false) {
     if (!given && !image) { found.skipped += entry.name === "SYNTHETIC.txt" ? 0 : 1; return; }
     try {
       const file = await new Promise((ok, fail) => entry.file(ok, fail));
-      if (!given) pathInDrop.set(file, entry.fullPath.replace(/^\//, ""));
+      if (!given && entry.fullPath) pathInDrop.set(file, entry.fullPath.replace(/^\//, ""));
       found.files.push(file);
     } catch (e) {
       found.unreadable += 1; // a broken link or a file without permission: one file, not the drop
