@@ -34,7 +34,8 @@ ARMS = ("first", "second", "both")
 def seed_scores(first: Path, second: Path, data_dir: str) -> dict[tuple[str, str, str], float]:
     """(arm, part, point) -> accuracy at the accuracy point, average recall at the balanced one."""
     answers: dict[tuple[str, str, str], tuple[list[int], list[int]]] = {}
-    for a, b in zip(saved_folds(first, data_dir), saved_folds(second, data_dir), strict=True):
+    for a, b in zip(saved_folds(first, data_dir, cnn_and_shape_only=False),
+                    saved_folds(second, data_dir, cnn_and_shape_only=False), strict=True):
         if not all(np.array_equal(getattr(a.fold, p), getattr(b.fold, p)) for p in ("train", "val", "test")):
             raise SystemExit(f"{first} and {second} do not share their folds")
         fold_dir = first / "folds" / f"fold{a.fold.index}"

@@ -193,6 +193,15 @@ def run_parallel(args: argparse.Namespace, seeds: list[int], log: Path) -> None:
         list(pool.map(one, jobs))
 
 
+def _value(text: str) -> object:
+    """A --set value: JSON where it is (numbers, lists, true/false), else the text itself
+    ("timm:resnet18" starts with a t too)."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("dataset")
@@ -211,10 +220,11 @@ def main() -> None:
         print(table(args.dataset))
         return
     if args.means:
+        if not args.seeds:
+            ap.error("--means needs --seeds, the CV seeds to average over")
         print(means(args.dataset, [int(v) for v in args.seeds.split(",")], Path(args.log) if args.log else None))
         return
-    common = {k: json.loads(v) if v[:1] in "0123456789[{-tf" else v
-              for k, v in (s.split("=", 1) for s in args.set)}
+    common = {k: _value(v) for k, v in (s.split("=", 1) for s in args.set)}
     log = Path(args.log) if args.log else Path(__file__).with_name(f"levers-{args.dataset}.jsonl")
     if args.seeds:
         run_parallel(args, [int(v) for v in args.seeds.split(",")], log)
@@ -228,7 +238,9 @@ def main() -> None:
         run_options = {k: v for k, v in options.items() if k != "model_kwargs"}
         spec = BENCHES.get(args.dataset)
         protocol = {"split": spec.protocol} if spec and spec.protocol != "cv5" else {"cv": 5}
-        cfg = build_run_config(args.dataset, f"{args.out}/{args.dataset}/{name}/seed{args.seed}", data_dir=args.data_dir,
+        # a dataset given as a folder is named by its last part: "../x/HuSHeM" must not climb out of --out
+        cfg = build_run_config(args.dataset, f"{args.out}/{Path(args.dataset).name}/{name}/seed{args.seed}",
+                               data_dir=args.data_dir,
                                seed=args.seed, **protocol, **run_options)
         cfg.model.kwargs = dict(options.get("model_kwargs", {}))  # spermnet's structure (width, depths)
         start = time.perf_counter()

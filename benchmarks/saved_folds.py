@@ -59,11 +59,21 @@ class SavedFold:
         return ShapeModel.fit(self.profiles()[self.fold.train], self.labels[self.fold.train], len(self.classes))
 
 
-def saved_folds(run: Path, data_dir: str) -> Iterator[SavedFold]:
+def saved_folds(run: Path, data_dir: str, *, cnn_and_shape_only: bool = True) -> Iterator[SavedFold]:
+    """Each fold of a finished CV run, its first member reloaded. `cnn_and_shape_only`: the
+    caller scores the run as its recipe does from `cnn_probs` and `shape_model` alone, so a run
+    that also fuses the pixel model or holds several members per fold is refused: scored so, its
+    figures would not be the run's (session 31). Scripts that score the saved second opinions
+    themselves (blend_sources.py) or study the CNN on its own (shape_models.py) pass False."""
     if not (run / "config.yaml").is_file() or not (run / "folds").is_dir():
         raise SystemExit(f"{run}: not a finished CV run (config.yaml and folds/ expected); "
                          "pass a bench or lever folder that holds seedN/ runs, and --seeds they have")
     cfg = load_config(run / "config.yaml")
+    if cnn_and_shape_only and (cfg.train.pixel_fusion > 0 or cfg.train.members_per_fold > 1):
+        raise SystemExit(f"{run}: fuses the pixel model (pixel_fusion {cfg.train.pixel_fusion}) or keeps "
+                         f"{cfg.train.members_per_fold} members per fold, which this script leaves out, so its "
+                         "figures would not be the run's; rerun the lever with --set pixel_fusion=0 (and one "
+                         "member), or score it as blend_sources.py does")
     if cfg.train.refit_val:
         raise SystemExit(f"{run}: its fold models also trained on their validation parts (refit_val), "
                          "so they cannot be scored on them again; rerun the lever without it")

@@ -98,7 +98,7 @@ def features(saved: SavedFold) -> dict[str, np.ndarray]:
 def seed_scores(run: Path, data_dir: str) -> dict[tuple[tuple[str, float], str], tuple[float, float]]:
     tally = Tally()
     feats = None
-    for saved in saved_folds(run, data_dir):
+    for saved in saved_folds(run, data_dir, cnn_and_shape_only=False):  # the CNN alone, by design
         fold, y = saved.fold, saved.labels
         feats = features(saved) if feats is None else feats
         for part, idx in (("val", fold.val), ("test", fold.test)):
