@@ -5,7 +5,11 @@ re-scores each fold's validation part split into random halves, and reports the 
 on the held-out half for: the strength tuned on the other half (the old `--prior-strength val`),
 the tuned strength on a smoothed curve, and fixed strengths. Test folds are never read.
 
-    .venv/bin/python benchmarks/balanced_strength.py runs/bench/scian-pa --seeds 1,2,3
+Bench runs since session 12 refit each fold on training + validation, and HuSHeM's fuses the pixel
+model, which this script cannot score: give it lever runs without them (session 31), e.g.
+`levers.py scian-pa no_refit_val --set pixel_fusion=0 --seeds 1,2,3`, then
+
+    .venv/bin/python benchmarks/balanced_strength.py /tmp/levers/scian-pa/no_refit_val --seeds 1,2,3
 """
 
 from __future__ import annotations

@@ -8,7 +8,11 @@ the fold's training side only; the two are fused with weight W on the shape mode
 code training uses. Validation decides;
 test figures are printed for the record.
 
-    .venv/bin/python benchmarks/profile_fusion.py runs/bench/hushem --seeds 1,2,3
+Bench runs since session 12 refit each fold on training + validation, and HuSHeM's fuses the pixel
+model, which this script cannot score: give it lever runs without them (session 31), e.g.
+`levers.py hushem no_refit_val --set pixel_fusion=0 --seeds 1,2,3`, then
+
+    .venv/bin/python benchmarks/profile_fusion.py /tmp/levers/hushem/no_refit_val --seeds 1,2,3
 """
 
 from __future__ import annotations

@@ -6,7 +6,11 @@ view set on the validation parts of each fold (which decide) and on the test fol
 record). With `--shape-fusion W` the shape model is fitted on each fold's training side and
 fused as training does, so HuSHeM's recipe can be measured on its CNN-alone bench runs.
 
-    .venv/bin/python benchmarks/tta_views.py runs/bench/hushem --seeds 1,2,3 --shape-fusion 0.4
+Bench runs since session 12 refit each fold on training + validation, and HuSHeM's fuses the pixel
+model, which this script cannot score: give it lever runs without them (session 31), e.g.
+`levers.py hushem no_refit_val --set pixel_fusion=0 --seeds 1,2,3`, then
+
+    .venv/bin/python benchmarks/tta_views.py /tmp/levers/hushem/no_refit_val --seeds 1,2,3 --shape-fusion 0.3
 """
 
 from __future__ import annotations
