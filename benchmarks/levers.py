@@ -135,7 +135,7 @@ LEVERS: dict[str, dict] = {
 def means(dataset: str, seeds: list[int], log: Path | None = None) -> str:
     """Per lever, its validation accuracy on each of `seeds` and the means over them (the last
     logged row of each lever x seed): what a rule fixed before the runs is read from."""
-    log = log or Path(__file__).with_name(f"levers-{dataset}.jsonl")
+    log = log or Path(__file__).with_name(f"levers-{Path(dataset).name}.jsonl")
     last: dict[tuple[str, int], dict] = {}
     for line in log.read_text().splitlines():
         r = json.loads(line)
@@ -159,7 +159,9 @@ def means(dataset: str, seeds: list[int], log: Path | None = None) -> str:
 
 def table(dataset: str) -> str:
     """The recorded levers as a markdown table (for benchmarks/RESULTS.md)."""
-    log = Path(__file__).with_name(f"levers-{dataset}.jsonl")
+    log = Path(__file__).with_name(f"levers-{Path(dataset).name}.jsonl")
+    if not log.is_file():
+        raise SystemExit(f"{log}: no levers recorded for {dataset} (give --log where they went)")
     rows = ["| lever | options | CV seed | val acc | val avg recall | test acc (record only) | test avg recall | min |",
             "|---|---|---|---|---|---|---|---|"]
     for line in log.read_text().splitlines():
@@ -225,7 +227,7 @@ def main() -> None:
         print(means(args.dataset, [int(v) for v in args.seeds.split(",")], Path(args.log) if args.log else None))
         return
     common = {k: _value(v) for k, v in (s.split("=", 1) for s in args.set)}
-    log = Path(args.log) if args.log else Path(__file__).with_name(f"levers-{args.dataset}.jsonl")
+    log = Path(args.log) if args.log else Path(__file__).with_name(f"levers-{Path(args.dataset).name}.jsonl")
     if args.seeds:
         run_parallel(args, [int(v) for v in args.seeds.split(",")], log)
         return
