@@ -157,9 +157,9 @@ def means(dataset: str, seeds: list[int], log: Path | None = None) -> str:
     return "\n".join(rows)
 
 
-def table(dataset: str) -> str:
+def table(dataset: str, log: Path | None = None) -> str:
     """The recorded levers as a markdown table (for benchmarks/RESULTS.md)."""
-    log = Path(__file__).with_name(f"levers-{Path(dataset).name}.jsonl")
+    log = log or Path(__file__).with_name(f"levers-{Path(dataset).name}.jsonl")
     if not log.is_file():
         raise SystemExit(f"{log}: no levers recorded for {dataset} (give --log where they went)")
     rows = ["| lever | options | CV seed | val acc | val avg recall | test acc (record only) | test avg recall | min |",
@@ -219,7 +219,7 @@ def main() -> None:
     ap.add_argument("--means", action="store_true", help="with --seeds: each lever's means over them, and exit")
     args = ap.parse_args()
     if args.table:
-        print(table(args.dataset))
+        print(table(args.dataset, Path(args.log) if args.log else None))
         return
     if args.means:
         if not args.seeds:
