@@ -1100,7 +1100,7 @@ def test_select_says_in_the_console_when_the_winner_is_level_with_another(separa
     result = CliRunner().invoke(app, ["select", str(separable), "--models", "spermnet,seed-cnn", "--out",
                                       str(tmp_path / "sel")], terminal_width=300)
     assert result.exit_code == 0, result.output
-    assert "★ is level with seed-cnn on both criteria and went to the first in the list" in result.output
+    assert "★ is level with seed-cnn on both criteria and was chosen by its place in the list of models alone" in result.output
     rows[1] = {**rows[1], "val_balanced_accuracy": 0.8}  # no tie, nothing said
     again = CliRunner().invoke(app, ["select", str(separable), "--models", "spermnet,seed-cnn", "--out",
                                      str(tmp_path / "sel2")], terminal_width=300)

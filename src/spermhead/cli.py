@@ -586,6 +586,7 @@ def select(
         cell_text,
         chosen_on_validation,
         selection_table,
+        tie_note,
     )
     from spermhead.training.options import build_run_config
     from spermhead.training.select import parse_model_options, parse_weights, select_models, select_settings
@@ -629,9 +630,8 @@ def select(
     # read as a comparison they are not
     console.print(about, highlight=False, soft_wrap=True)
     console.print(table)
-    if tied := [r["model"] + (f" ({r['variant']})" if r["variant"] else "") for r in chosen if r["tied_with_best"]]:
-        console.print(f"{BEST_MARK} is level with {', '.join(tied)} on both criteria and went to the first in "
-                      "the list: these scores do not tell them apart", highlight=False, soft_wrap=True)
+    if tied := tie_note(chosen):  # as selection.md says it
+        console.print(tied, highlight=False, soft_wrap=True)
     console.print(f"selection table: {out / 'selection.md'} (also .csv and .html)")
 
 

@@ -19,6 +19,9 @@ OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULES = ("onecycle", "cosine", "plateau", "none")
 MAX_PIXELS = 40_000_000  # larger images are refused (decompression bombs)
 
+# The values each choice of PreprocessConfig takes: checked for a run's settings and a bundle's alike
+PREPROCESS_CHOICES = {"color": ("gray", "rgb"), "scale": ("head", "image"), "background": ("keep", "mask")}
+
 
 @dataclass
 class PreprocessConfig:

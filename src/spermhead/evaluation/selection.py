@@ -200,6 +200,16 @@ def _md_escape(s: str) -> str:
     return s.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
 
 
+def tie_note(table: Sequence[Mapping[str, Any]]) -> str | None:
+    """Where the ★ row is level with others on both criteria, a sentence saying so (no full
+    stop); None where it is not."""
+    tied = [r["model"] + (f" ({r['variant']})" if r["variant"] else "") for r in table if r["tied_with_best"]]
+    if not tied:
+        return None
+    return (f"{BEST_MARK} is level with {', '.join(tied)} on both criteria and was chosen by its place in the "
+            "list of models alone: these scores do not tell them apart")
+
+
 def write_selection(rows: Sequence[Mapping[str, Any]], out_dir: Path | str, about: str = "") -> dict[str, Path]:
     """selection.csv (raw numbers, sd in its own column), selection.md and selection.html
     (mean ± sd, best row marked ★). `about` says what the rows were trained and scored on (it heads
@@ -209,7 +219,6 @@ def write_selection(rows: Sequence[Mapping[str, Any]], out_dir: Path | str, abou
     table = selection_table(rows)
     note = ("Where a run was cross-validated, every metric is the mean across folds (accuracy and "
             "balanced accuracy ± sd). Validation n counts the validation predictions pooled over the folds. ")
-    tied = [r["model"] + (f" ({r['variant']})" if r["variant"] else "") for r in table if r["tied_with_best"]]
     if any(r["accuracy_vs_best"] is not None for r in table):
         note += ("Accuracy vs ★ is each row's pooled test accuracy minus the ★ row's on the same images, with "
                  "a paired bootstrap 95% CI and McNemar's exact p on the images only one of the two gets "
@@ -231,9 +240,8 @@ def write_selection(rows: Sequence[Mapping[str, Any]], out_dir: Path | str, abou
         note += (BEST_MARK + " marks the best balanced accuracy (then accuracy) on the test folds: "
                  "some rows have no validation scores (val_fraction 0), so nothing else can choose, and this "
                  "choice flatters the chosen row. ")
-    if tied:
-        note += (f"{BEST_MARK} is level with {', '.join(tied)} on both criteria and was chosen by its place in the "
-                 "list of models alone: these scores do not tell them apart. ")
+    if tied := tie_note(table):
+        note += tied + ". "
     if warnings:
         note += "From the runs: " + " ".join(w.rstrip(".") + "." for w in dict.fromkeys(warnings))
     note = note.rstrip()

@@ -4,6 +4,7 @@ code and no pickle, so the app and `predict` can trust a bundle from elsewhere."
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -16,7 +17,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from spermhead import __version__
-from spermhead.config import PreprocessConfig
+from spermhead.config import PREPROCESS_CHOICES, PreprocessConfig
 from spermhead.errors import SpermheadError
 from spermhead.models.inference import Ensemble, fast_layout, standardized
 from spermhead.models.pixels import PixelModel
@@ -217,8 +218,6 @@ def load_bundle(directory: Path | str) -> Bundle:
 def _meta_problem(meta: BundleMeta) -> str | None:
     """What is wrong with what every answer goes through (a damaged or hand-edited model.json:
     NaN there made every probability NaN, a wrong length a traceback at the first image), or None."""
-    import math
-
     def number(value: Any) -> bool:
         return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
@@ -239,8 +238,7 @@ def _meta_problem(meta: BundleMeta) -> str | None:
         pre = PreprocessConfig(**meta.preprocess)
     except TypeError as exc:
         return f"preprocess: not the preprocessing settings ({exc})"
-    choices = {"color": ("gray", "rgb"), "scale": ("head", "image"), "background": ("keep", "mask")}
-    for key, allowed in choices.items():
+    for key, allowed in PREPROCESS_CHOICES.items():
         if getattr(pre, key) not in allowed:
             return f"preprocess.{key} {getattr(pre, key)!r}: needs one of {', '.join(allowed)}"
     if not (isinstance(pre.align, bool) and number(pre.margin) and pre.margin >= 0 and count(pre.max_pixels)):

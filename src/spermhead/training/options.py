@@ -7,7 +7,7 @@ from dataclasses import is_dataclass
 from pathlib import Path
 from typing import Any
 
-from spermhead.config import OPTIMIZERS, SCHEDULES, RunConfig
+from spermhead.config import OPTIMIZERS, PREPROCESS_CHOICES, SCHEDULES, RunConfig
 from spermhead.data.readers import NAMED_DATASETS, default_data_dir
 from spermhead.errors import ConfigError
 from spermhead.models.registry import BUILD_SETTINGS
@@ -194,9 +194,8 @@ def check_run_config(cfg: RunConfig) -> None:
         packages = {"tensorboard": ("tensorboard", "tensorboardX"), "mlflow": ("mlflow",)}.get(logger, ())
         if packages and all(importlib.util.find_spec(name) is None for name in packages):
             raise ConfigError(f"--logger {logger} needs `pip install {packages[0]}`")
-    _choice(pre.color, ("gray", "rgb"), "--color")
-    _choice(pre.scale, ("head", "image"), "--scale")
-    _choice(pre.background, ("keep", "mask"), "--background")
+    for key, allowed in PREPROCESS_CHOICES.items():
+        _choice(getattr(pre, key), allowed, f"--{key}")
     _choice(tc.optimizer, OPTIMIZERS, "--optimizer")
     _choice(tc.schedule, SCHEDULES, "--schedule")
     _choice(tc.balance, BALANCE_MODES, "--balance")

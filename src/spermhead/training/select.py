@@ -144,8 +144,8 @@ def select_models(base: RunConfig, models: list[str], out: Path, *, variants: bo
         raise ConfigError(f"{out}: is a training run's folder, not a selection's; give --out another folder")
     # a selection's folder holds its table and one run folder per model: anything else is someone else's
     if out.is_dir() and not (out / "selection.csv").is_file() and (foreign := [
-            p.name for p in sorted(out.iterdir()) if not (os_litter(p.name) or p.is_dir() and (
-                (p / "config.yaml").is_file() or str(p) in tags))]):
+            p.name for p in sorted(out.iterdir()) if not (os_litter(p.name) or (p.is_dir() and (
+                (p / "config.yaml").is_file() or str(p) in tags)))]):
         raise ConfigError(f"{out}: holds {foreign[0]}, which is not a selection's; give --out a new or empty folder")
     if (out / "selection.csv").is_file() and not (overwrite or resume):
         # its table would be replaced by one of these models alone
