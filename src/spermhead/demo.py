@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = build_run_config("hushem", str(DEMO_DIR / "run"), data_dir=str(data_dir), cv=5, epochs=40,
                            init="scratch")
     console.print(f"[bold]2/2[/] training {cfg.model.name} under 5-fold CV ({cfg.train.epochs} epochs per fold; "
-                  "about 1.5 minutes on 2 free cores, longer while other work shares them)")
+                  "about a minute on 2 free cores, longer while other work shares them)")
     # bars on a terminal; elsewhere (a CI log) each fold's line and its final bar, so it is not silent
     result = train_run(cfg, overwrite=True, progress=True)
     m = result.metrics
