@@ -1713,7 +1713,7 @@ def test_the_source_models_name_follows_the_training_settings_it_was_trained_wit
         assert source_path(build_run_config("hushem", "unused", **option)) == source_path(plain), option
     # the thread count changes the source's rounding: a run repeated at its thread count starts
     # from the source it started from, whichever run trained the cache first
-    one, two = (build_run_config("hushem", "unused", threads=n) for n in (1, 2))
+    one, two = (build_run_config("hushem", "unused", threads=n, accelerator="cpu") for n in (1, 2))
     assert source_settings(one)["threads"] == 1 and source_path(one) != source_path(two)
     # a model option written two ways is one source: 16 and 16.0; 0 and not given
     cosine = []
@@ -1983,6 +1983,26 @@ def test_accelerator_is_checked_before_any_run_directory(separable, tmp_path, mo
     assert not (tmp_path / "g").exists()
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert resolve_accelerator("auto") == "gpu"
+
+
+def test_a_cpu_fit_on_a_machine_with_a_gpu_says_nothing_of_the_gpu(monkeypatch, tmp_path):
+    """--accelerator cpu beside a GPU is the user's choice: Lightning's "GPU available but not
+    used" is not shown (seen on a machine with an H200)."""
+    import warnings
+
+    import lightning as L
+    from lightning.pytorch.accelerators import CUDAAccelerator
+
+    from spermhead.training.quiet import quiet_trainer
+
+    monkeypatch.setattr(CUDAAccelerator, "is_available", staticmethod(lambda: True))
+    settings = dict(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                    default_root_dir=str(tmp_path))
+    for build, shown in ((L.Trainer, True), (quiet_trainer, False)):
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            build(**settings)
+        assert any("GPU available but not used" in str(w.message) for w in seen) == shown, build
 
 
 def _cuda() -> bool:

@@ -34,7 +34,7 @@ from spermhead.models.weights import write_safetensors
 from spermhead.serving.bundle import pretrained_images_file, save_training_signatures
 from spermhead.training.augment import AugmentSpec, augment_batch
 from spermhead.training.devices import resolve_accelerator, trainer_device
-from spermhead.training.quiet import fit_quietly
+from spermhead.training.quiet import fit_quietly, quiet_trainer
 
 # Views differ more than supervised augmentation would allow: the task is to find what
 # survives rotation, scale, shift and stain changes.
@@ -183,7 +183,7 @@ def pretrain(cfg: PretrainConfig, progress: bool = True, overwrite: bool = False
     module = SimCLRModule(backbone, features, cfg, mean, std, len(loader))
     out = Path(cfg.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    trainer = L.Trainer(max_epochs=cfg.epochs, **trainer_device(cfg.accelerator), logger=False,
+    trainer = quiet_trainer(max_epochs=cfg.epochs, **trainer_device(cfg.accelerator), logger=False,
                         enable_checkpointing=False, enable_progress_bar=progress, enable_model_summary=False,
                         default_root_dir=str(out.parent))
     fit_quietly(trainer, module, loader)

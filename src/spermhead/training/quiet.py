@@ -28,7 +28,18 @@ def quiet_fit() -> Iterator[None]:
         warnings.filterwarnings("ignore", message="The '.*dataloader' does not have many workers")
         # --resume goes on in the fold's own checkpoint folder; a fresh run never finds one there
         warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
+        # --accelerator cpu on a machine with a GPU is the user's choice, not an oversight
+        warnings.filterwarnings("ignore", message="GPU available but not used")
         yield
+
+
+def quiet_trainer(**kwargs: Any) -> Any:
+    """`lightning.Trainer(**kwargs)` without the noise above: it speaks about the devices as it is
+    built, before any fit."""
+    import lightning as L
+
+    with quiet_fit():
+        return L.Trainer(**kwargs)
 
 
 def fit_quietly(trainer: Any, *args: Any, **kwargs: Any) -> None:

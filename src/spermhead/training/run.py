@@ -71,7 +71,7 @@ from spermhead.training.protocols import (
     split_twins_note,
     with_extra_training,
 )
-from spermhead.training.quiet import fit_quietly
+from spermhead.training.quiet import fit_quietly, quiet_trainer
 from spermhead.training.targets import soft_targets
 from spermhead.training.temperature import fit_temperature, pooled_temperature
 
@@ -467,7 +467,7 @@ def fit_member(cfg: RunConfig, member: nn.Module, x_train: np.ndarray, y_train: 
     module = HeadClassifier(member, tc, steps_per_epoch=len(train_loader), loss_weights=loss_weights,
                             l2_conv=cfg.model.l2_conv, validated=has_val)
     module.generators = [g for g in (train_loader.generator, getattr(sampler, "generator", None)) if g is not None]
-    trainer = L.Trainer(
+    trainer = quiet_trainer(
         max_epochs=tc.epochs, **trainer_device(tc.accelerator), logger=_loggers(cfg, fold_dir),
         callbacks=callbacks, enable_progress_bar=progress, enable_model_summary=False,
         num_sanity_val_steps=0, log_every_n_steps=1, default_root_dir=str(fold_dir),
