@@ -225,8 +225,8 @@ def test_the_bench_itself_records_no_row_for_synthetic_heads(tmp_path, monkeypat
     bench.run_accuracy_bench("hushem", tmp_path / "out", seeds=[1], data_dir=str(tmp_path / "data"),
                              results_md=table, readme=None, threads=1, epochs=RECIPE_EPOCHS)
     assert "94.6" not in table.read_text() and "| 85.0 |" in table.read_text()
-    # the row's command is the recipe's, without options that changed nothing
-    assert "`spermhead bench accuracy hushem --seeds 1` |" in table.read_text()
+    # the row's command is the recipe's, without options that changed nothing, at its thread count
+    assert "`spermhead bench accuracy hushem --seeds 1 --threads 1` |" in table.read_text()
 
 
 def test_the_record_refusal_looks_at_the_images_the_runs_will_read(tmp_path):

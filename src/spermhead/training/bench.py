@@ -155,9 +155,12 @@ def run_accuracy_bench(name: str, out: Path, *, seeds: list[int], data_dir: str 
                                 f"{100 * point['accuracy']:.1f}, average recall {100 * point['balanced_accuracy']:.1f} "
                                 f"(accuracy point), {_minutes(runs[-1]['wall_seconds'])}", highlight=False)
     # a recorded row ran the recipe itself, and its command says so with nothing else (an option
-    # that changed nothing, a local settings file, threads)
+    # that changed nothing, a local settings file) but the thread count, which a byte-for-byte
+    # repeat needs (CPU reductions add up in another order at another count)
     recorded = results_md is not None or readme is not None
-    summary = summarise(name, runs, seeds, "" if recorded else command_options(overrides, settings_file))
+    threads = overrides.get("threads")
+    options = (f" --threads {threads}" if threads else "") if recorded else command_options(overrides, settings_file)
+    summary = summarise(name, runs, seeds, options)
     summary["synthetic"] = _synthetic(configs[0])  # the JSON says so too, not only the refused row
     out.mkdir(parents=True, exist_ok=True)
     (out / f"accuracy-{name}.json").write_text(json.dumps({"summary": summary, "runs": runs}, indent=2))
