@@ -1176,6 +1176,56 @@ def models(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] 
                   "(--pretrained needs network; --weights FILE loads local weights).")
 
 
+@app.command("cache")
+@friendly
+def cache(
+    clear: Annotated[bool, typer.Option("--clear", help="Remove the sources listed (a run that kept its own "
+                                        "copy, source.safetensors, still resumes)")] = False,
+    stale: Annotated[bool, typer.Option("--stale", help="Only the sources this version never starts a run "
+                                        "from (trained before sources were keyed on the thread count)")] = False,
+    older_than: Annotated[float | None, typer.Option(min=0, help="Only the sources trained more than this many "
+                                                     "days ago")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """List the cached synthetic source models ($SPERMHEAD_CACHE), and remove them with --clear."""
+    import math
+    import time
+
+    from rich.table import Table
+
+    from spermhead.errors import ConfigError
+    from spermhead.training.source_cache import cached_sources, remove_source, source_folder
+
+    if older_than is not None and not math.isfinite(older_than):
+        raise ConfigError(f"--older-than {older_than}: a number of days")
+    sources = [c for c in cached_sources() if (c.stale or not stale)
+               and (older_than is None or c.trained < time.time() - older_than * 86400)]
+    kept = [c for c in sources if not remove_source(c)] if clear else []
+    if as_json:
+        print(json.dumps([{**c.describe(), **({"removed": c not in kept} if clear else {})} for c in sources]))
+        return
+    megabytes = sum(c.bytes for c in sources) / 2**20
+    if not sources:
+        console.print(f"no cached source models{' of that kind' if stale or older_than is not None else ''} in "
+                      f"{source_folder()}", highlight=False, soft_wrap=True)
+        return
+    if clear:
+        console.print(f"removed {len(sources) - len(kept)} source models ({megabytes:.0f} MB) from {source_folder()}"
+                      + "".join(f"\nkept {c.path.name}: a run is training it now" for c in kept),
+                      highlight=False, soft_wrap=True)
+        return
+    table = Table("source", "model", "input", "trained on", "MB", "trained", "stale",
+                  title=f"{len(sources)} source models, {megabytes:.0f} MB, in {source_folder()}")
+    for c in sources:
+        d = c.describe()
+        table.add_row(d["source"], d["model"], d["input"], d["trained_on"], f"{d['megabytes']:.1f}", d["trained"],
+                      "stale" if d["stale"] else "")
+    console.print(table)
+    if any(c.stale for c in sources):
+        console.print("stale: no run of this version starts from it (`spermhead cache --stale --clear` removes "
+                      "those)", highlight=False, soft_wrap=True)
+
+
 @bench_app.command("accuracy")
 @friendly
 def bench_accuracy(

@@ -101,6 +101,12 @@ def source_settings(cfg: RunConfig) -> dict[str, Any]:
     return settings
 
 
+def reachable_settings(settings: dict[str, Any]) -> bool:
+    """Whether `source_settings` can still give these (a cached record's): this format, with the
+    thread count or device it was trained at (keyed since session 30; earlier sources lack them)."""
+    return settings.get("format") == SOURCE_FORMAT and ("threads" in settings or "device" in settings)
+
+
 def source_path(cfg: RunConfig) -> Path:
     settings = source_settings(cfg)
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
