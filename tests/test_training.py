@@ -692,6 +692,51 @@ def test_a_fit_kept_at_its_best_epoch_resumes_from_its_last_one(tmp_path):
     assert kept_a == kept_b and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_a_fit_killed_after_early_stopping_resumes_to_the_same_model(tmp_path, monkeypatch):
+    """Killed after the checkpoint of the epoch early stopping stopped at (before the fit ends),
+    a fit resumed from it trains no further: the uninterrupted fit's epochs and weights."""
+    import contextlib
+
+    import lightning as L
+    import torch
+
+    import spermhead.training.run as run
+
+    class Killed(Exception):
+        pass
+
+    class KillAtTheEnd(L.Callback):
+        def on_train_end(self, trainer, pl_module):
+            raise Killed
+
+    built = run.quiet_trainer
+    cfg = quick_config(tmp_path, tmp_path / "run", epochs=8, schedule="none", monitor="last", patience=1, lr=1e-12)
+    x, y = noise_images()
+    fits = {}
+    for name, kill in (("whole", False), ("killed", True), ("resumed", False)):
+        if kill:
+            monkeypatch.setattr(run, "quiet_trainer", lambda **kw: built(**{**kw, "callbacks": [*kw["callbacks"],
+                                                                                              KillAtTheEnd()]}))
+        torch.manual_seed(1)
+        with contextlib.suppress(Killed):
+            fits[name] = run.fit_member(cfg, run.build_member(cfg, 4, x), x, y, x[:8], y[:8], 4,
+                                        tmp_path / ("whole" if name == "whole" else "fold"), seed=0,
+                                        progress=False, resume=name == "resumed")
+        monkeypatch.setattr(run, "quiet_trainer", built)
+    assert "killed" not in fits and (tmp_path / "fold" / "checkpoints" / "last.ckpt").is_file()
+    (whole, epochs, kept), (resumed, epochs_r, kept_r) = fits["whole"], fits["resumed"]
+    assert epochs < cfg.train.epochs  # the scenario: early stopping ended the fit
+    assert (epochs_r, kept_r) == (epochs, kept)
+    assert all(torch.equal(v, resumed.state_dict()[k]) for k, v in whole.state_dict().items())
+    # filed under Lightning's own key: checkpoints from before this callback resume with their count
+    from lightning.pytorch.callbacks import EarlyStopping
+
+    from spermhead.training.checkpoints import ResumableEarlyStopping
+
+    assert ResumableEarlyStopping(monitor="val_loss", mode="min").state_key == \
+        EarlyStopping(monitor="val_loss", mode="min").state_key
+
+
 def test_checkpoint_records_follow_a_moved_folder(tmp_path, monkeypatch):
     """The paths a checkpoint recorded under its old folder move with it, the best score stays, a
     path outside the old folder is left alone, and the state keeps Lightning's own key, so

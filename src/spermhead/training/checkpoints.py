@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
 
 class MovableCheckpoint(ModelCheckpoint):
@@ -42,3 +42,19 @@ class MovableCheckpoint(ModelCheckpoint):
             return path
         outside = relative == os.pardir or relative.startswith(os.pardir + os.sep)
         return path if outside else os.path.join(self.dirpath or "", relative)
+
+
+class ResumableEarlyStopping(EarlyStopping):
+    """Early stopping that also stops a fit resumed from the checkpoint of the very epoch it
+    stopped at (a run killed between that checkpoint and the end of the fit): the checkpoint
+    records the stop, but Lightning would train one more epoch, so the resumed fold would keep
+    another model than the uninterrupted one."""
+
+    @property
+    def state_key(self) -> str:
+        # filed under EarlyStopping's own key, so checkpoints written before this class resume alike
+        return super().state_key.replace(type(self).__qualname__, EarlyStopping.__qualname__, 1)
+
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        if self.stopped_epoch > 0:
+            trainer.should_stop = True

@@ -24,7 +24,6 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import EarlyStopping
 from lightning.pytorch.loggers import CSVLogger
 from safetensors.torch import load_file
 from torch import nn
@@ -53,7 +52,7 @@ from spermhead.models.weights import file_sha256, write_safetensors
 from spermhead.preprocess.acquisition import describe, fit_ranges
 from spermhead.training.augment import tta_flips
 from spermhead.training.balance import balanced_sampler, class_weights, offline_balance
-from spermhead.training.checkpoints import MovableCheckpoint
+from spermhead.training.checkpoints import MovableCheckpoint, ResumableEarlyStopping
 from spermhead.training.devices import resolve_accelerator, trainer_device
 from spermhead.training.module import HeadClassifier
 from spermhead.training.operating import (
@@ -444,7 +443,7 @@ def fit_member(cfg: RunConfig, member: nn.Module, x_train: np.ndarray, y_train: 
         callbacks.append(ckpt)
     callbacks.append(latest)
     if tc.early_stopping_patience > 0 and has_val:
-        callbacks.append(EarlyStopping(monitor="val_loss", mode="min", patience=tc.early_stopping_patience))
+        callbacks.append(ResumableEarlyStopping(monitor="val_loss", mode="min", patience=tc.early_stopping_patience))
     if tc.swa > 0:
         from lightning.pytorch.callbacks import StochasticWeightAveraging
 
