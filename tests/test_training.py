@@ -1687,6 +1687,50 @@ def test_a_validation_part_never_takes_a_class_s_every_training_image(caplog):
         assert 1 in y[train] and len(val) == 1 and len(train) == 3, seed
 
 
+def test_a_stand_in_for_validation_never_takes_a_class_s_last_training_head(caplog):
+    """Where the carve leaves validation empty, its stand-in comes from a class that can spare a
+    head (twins and all); with one head per class in training the fold goes without, and says so."""
+    from spermhead.training.protocols import _carve_val
+
+    # one image per class (2-fold CV of 2 images per class): nothing can be spared
+    y = np.array([0, 1])
+    for seed in range(10):
+        train, val = _carve_val(np.arange(2), y, 0.2, seed, [], ["normal", "tapered"])
+        assert sorted(y[train].tolist()) == [0, 1] and len(val) == 0, seed
+    assert "no training image can be spared" in caplog.text
+    # the larger class is one head photographed twice: the stand-in is the other class's spare
+    y = np.array([0, 0, 1, 1, 1, 2])
+    for seed in range(20):
+        train, val = _carve_val(np.arange(6), y, 0.01, seed, [[2, 3, 4]], ["a", "b", "c"])
+        assert set(y[train].tolist()) == {0, 1, 2} and len(val) == 1 and val[0] in (0, 1), (seed, val)
+    # a pick pulled back to its twin's training side left validation empty: a stand-in fills it
+    y = np.array([0] * 6 + [1] * 6)
+    emptied = 0
+    for seed in range(20):
+        train, val = _carve_val(np.arange(12), y, 0.01, seed, [[0, 1, 2, 3, 4, 5, 6]], ["a", "b"])
+        assert len(val) > 0 and set(y[train].tolist()) == {0, 1}, seed
+        emptied += 0 not in val.tolist()
+    assert emptied
+
+
+def test_a_random_split_refuses_to_train_without_a_class_its_twins_took(tmp_path):
+    """3 images of a class, two of them one head: kept together, they can leave the training part
+    without the class. Refused by name, as CV refuses it, rather than trained without it."""
+    from spermhead.training.protocols import _random_split
+
+    y = np.array([0] * 10 + [1] * 10 + [2] * 3)
+    refused = 0
+    for seed in range(20):
+        try:
+            fold = _random_split(y, (0.6, 0.3, 0.1), seed, [[20, 21]], ["normal", "tapered", "pyriform"])
+        except ConfigError as exc:
+            refused += 1
+            assert "trains on no 'pyriform' image: its 3 images show 2 distinct heads" in str(exc)
+            continue
+        assert set(y[fold.train].tolist()) == {0, 1, 2} and len(fold.test), seed
+    assert 0 < refused < 20  # the scenario happens on some seeds, not all
+
+
 def test_refit_bundle_is_one_model_trained_on_all_data(separable, tmp_path):
     result = train_run(quick_config(separable, tmp_path / "refit", cv=2, epochs=12, final_model="refit",
                                     monitor="val_acc", patience=2), progress=False)

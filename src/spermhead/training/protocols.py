@@ -75,7 +75,7 @@ def _make_folds(table: SampleTable, protocol: ProtocolConfig, seed: int, val_fra
             raise ConfigError(f"{table.name}: a stratified train/validation/test split needs at least 3 images of "
                               f"each class, one per part; too few: {', '.join(few)}")
         try:
-            return [_random_split(y, protocol.split, seed, together)]
+            return [_random_split(y, protocol.split, seed, together, list(table.classes))]
         except ValueError as exc:  # scikit-learn's word for a split too small to stratify
             shown = "/".join(f"{100 * f:g}" for f in protocol.split)  # as --split takes it: 60/30/10
             raise ConfigError(f"{table.name}: cannot split {len(y)} images {shown}: {exc}") from None
@@ -195,13 +195,28 @@ def _carve_val(train_side: np.ndarray, y: np.ndarray, fraction: float, seed: int
             if back[g].any():
                 back[g] = True
         in_val &= ~back
-        if not in_val.any():  # that class was all validation held: one image of the largest class stands in
-            largest = np.bincount(y[train_side]).argmax()
-            in_val[np.random.default_rng(seed).choice(np.flatnonzero(y[train_side] == largest))] = True
-            in_val = keep_together(in_val, twins)
         log.warning("a validation part would have taken every training image of class(es) %s; they stay in "
                     "training, so validation lacks them", ", ".join(classes[c] if classes else str(c) for c in lost))
+    if not in_val.any():  # all it held went back (a class's last images, or picks pulled to their twins)
+        in_val = _stand_in(y[train_side], twins, seed)
+        if not in_val.any():
+            log.warning("no training image can be spared for a validation part (every class has one head in "
+                        "training): this fold has none, so it keeps its last epoch")
     return train_side[~in_val], train_side[in_val]
+
+
+def _stand_in(labels: np.ndarray, twins: list[list[int]], seed: int) -> np.ndarray:
+    """A validation part of one head (with its twins) for a fold whose carve left none: from the
+    largest class that can spare one without leaving its training side; empty where none can."""
+    group_of = {i: g for g in twins for i in g}
+    rng = np.random.default_rng(seed)
+    for c in np.argsort(-np.bincount(labels), kind="stable"):
+        for i in rng.permutation(np.flatnonzero(labels == c)):
+            trial = np.zeros(len(labels), dtype=bool)
+            trial[group_of.get(int(i), [int(i)])] = True
+            if set(labels[~trial].tolist()) == set(labels.tolist()):
+                return trial
+    return np.zeros(len(labels), dtype=bool)
 
 
 def _carve_val_by_group(train_side: np.ndarray, y: np.ndarray, groups: np.ndarray, fraction: float, seed: int,
@@ -249,7 +264,7 @@ def _carve_val_by_group(train_side: np.ndarray, y: np.ndarray, groups: np.ndarra
 
 
 def _random_split(y: np.ndarray, split: tuple[float, float, float], seed: int,
-                  together: list[list[int]] | None = None) -> Fold:
+                  together: list[list[int]] | None = None, classes: list[str] | None = None) -> Fold:
     train_f, val_f, test_f = split
     if abs(train_f + val_f + test_f - 1) > 1e-6:
         raise ConfigError(f"split fractions {split} must sum to 1")
@@ -260,6 +275,21 @@ def _random_split(y: np.ndarray, split: tuple[float, float, float], seed: int,
     part = np.zeros(len(y), dtype=int)
     part[val], part[test] = 1, 2
     part = keep_together(part, together or [])
+    # a head photographed twice goes whole to one part, which can take a small class's only
+    # training head, or every test image: refused as CV refuses it, not trained without the class
+    if lost := sorted(set(y.tolist()) - set(y[part == 0].tolist())):
+        c = lost[0]
+        mine = np.flatnonzero(y == c)
+        heads = len(mine) - sum(len(g) - 1 for g in (together or []) if np.isin(g, mine).all())
+        name = classes[c] if classes else str(c)
+        raise ConfigError(f"with near-duplicate images kept on one side, this split trains on no '{name}' image: its "
+                          f"{len(mine)} images show {heads} distinct heads; add images of it, or pass "
+                          "--near-duplicates 0 (or a value nearer 1); `spermhead data duplicates` shows them")
+    if not (part == 2).any():
+        n = sum(len(g) for g in together or [])
+        raise ConfigError(f"{n} images are near-duplicates of others ({len(together or [])} groups), so many that "
+                          "this split has no test image; check them with `spermhead data duplicates`, or pass "
+                          "--near-duplicates 0 (or a value nearer 1)")
     return Fold(0, np.flatnonzero(part == 0), np.flatnonzero(part == 1), np.flatnonzero(part == 2))
 
 
