@@ -320,6 +320,49 @@ def test_floating_point_tiffs_pillow_cannot_open_are_scaled_by_their_range(tmp_p
         read_image(path, max_pixels=100)
 
 
+def _raw_tiff(data: np.ndarray, orientation: int) -> bytes:
+    """An uncompressed little-endian TIFF of `data` (H x W or H x W x 3; unsigned or float) with
+    its Orientation tag, written by hand: Pillow writes neither 16-bit colour nor 64-bit floats."""
+    height, width = data.shape[:2]
+    channels = 1 if data.ndim == 2 else data.shape[2]
+    bits, kind = data.dtype.itemsize * 8, 3 if data.dtype.kind == "f" else 1
+    pixels = data.astype(data.dtype.newbyteorder("<")).tobytes()
+    n_tags = 12
+    lists_at = 8 + 2 + 12 * n_tags + 4  # per-channel values that do not fit in their entry
+    lists = struct.pack(f"<{channels}H", *[bits] * channels) + struct.pack(f"<{channels}H", *[kind] * channels)
+    pixels_at = lists_at + (len(lists) if channels > 1 else 0)
+
+    def entry(tag: int, value: int, per_channel: int | None = None) -> bytes:
+        if per_channel is not None and channels > 1:  # LONG offset of the list
+            return struct.pack("<HHII", tag, 3, channels, lists_at + per_channel)
+        return struct.pack("<HHIHH", tag, 3, 1, value, 0) if value < 65536 else struct.pack("<HHII", tag, 4, 1, value)
+
+    entries = [entry(256, width), entry(257, height), entry(258, bits, 0), entry(259, 1),
+               entry(262, 1 if channels == 1 else 2), struct.pack("<HHII", 273, 4, 1, pixels_at),
+               entry(274, orientation), entry(277, channels), entry(278, height),
+               struct.pack("<HHII", 279, 4, 1, len(pixels)), entry(284, 1), entry(339, kind, 2 * channels)]
+    assert len(entries) == n_tags
+    return (b"II*\x00" + struct.pack("<IH", 8, n_tags) + b"".join(entries) + struct.pack("<I", 0)
+            + (lists if channels > 1 else b"") + pixels)
+
+
+@pytest.mark.parametrize("orientation", [2, 3, 6, 8])
+@pytest.mark.parametrize("kind", ["16-bit colour", "64-bit grey"])
+def test_a_deep_or_float_tiff_is_turned_by_its_orientation_tag_once(kind: str, orientation: int):
+    """OpenCV reads these TIFFs (Pillow cannot, or keeps 8 of 16 bits), and OpenCV 5 turns them by
+    their tag itself: turned again, 3 came back unturned and 6 upside down, and a float file
+    turned by 6 was refused as corrupt."""
+    from spermhead.preprocess.io import _oriented
+
+    rng = np.random.default_rng(0)
+    data = (rng.integers(0, 65535, (13, 9, 3)).astype(np.uint16) if kind == "16-bit colour"
+            else rng.random((13, 9)) * 4 - 1)
+    stored = read_image(_raw_tiff(data, 1), name="as-stored.tif")
+    assert stored.shape == (13, 9, 3)
+    upright = read_image(_raw_tiff(data, orientation), name="tagged.tif")
+    assert np.array_equal(upright, _oriented(stored, orientation))
+
+
 @pytest.mark.parametrize("dtype, channels", [(np.float64, 1), (np.float32, 3)])
 def test_a_floating_point_stack_is_refused_as_other_stacks_are(tmp_path: Path, dtype, channels: int):
     import cv2

@@ -8,6 +8,7 @@ decompression-bomb check is left untouched for everyone else).
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import struct
@@ -100,7 +101,9 @@ def read_image(source: Path | str | bytes, name: str | None = None, max_pixels: 
             # nearly black, so such files are decoded again with OpenCV, all 16 bits kept
             deep = im.mode in ("RGB", "RGBA") and ";16" in _rawmode(im)
             if deep and (rgb := _deep_colour(fh)) is not None:  # Pillow's own decode would go unused
-                return _oriented(rgb, _orientation(im))  # OpenCV's read leaves EXIF out
+                # OpenCV leaves a PNG's EXIF out, but some versions (5.0) turn a TIFF by its tag
+                turned = isinstance(im, TiffImagePlugin.TiffImageFile) and _opencv_turns_tiffs()
+                return rgb if turned else _oriented(rgb, _orientation(im))
             im.load()
             if isinstance(im, JpegImagePlugin.JpegImageFile | PngImagePlugin.PngImageFile):
                 im = _upright(im)  # phone photos store their rotation in EXIF
@@ -120,13 +123,15 @@ def _float_tiff(fh: IO[bytes], name: str, max_pixels: int) -> np.ndarray | None:
     try:
         fh.seek(0)
         directory = TiffImagePlugin.ImageFileDirectory_v2(fh.read(8))
-        pages, offset, seen = [], directory.next, set()
+        pages, offset, seen, orientation = [], directory.next, set(), 1
         while offset and offset not in seen and len(pages) < MAX_PAGES:  # a looped chain ends too
             seen.add(offset)
             fh.seek(offset)
             directory.load(fh)
             # ImageWidth, ImageLength, NewSubfileType
             pages.append((int(directory[256]), int(directory[257]), int(directory.get(254, 0))))
+            if len(pages) == 1:
+                orientation = int(directory.get(EXIF_ORIENTATION, 1))
             offset = directory.next
     except (*_DECODE_ERRORS, AttributeError):
         return None
@@ -140,8 +145,12 @@ def _float_tiff(fh: IO[bytes], name: str, max_pixels: int) -> np.ndarray | None:
         raise ImageError(name, STACK.format(frames), 400)
     fh.seek(0)
     data = cv2.imdecode(np.frombuffer(fh.read(), np.uint8), cv2.IMREAD_UNCHANGED)
-    if data is None or data.dtype.kind != "f" or data.shape[:2] != (height, width):
+    turned = _opencv_turns_tiffs()  # by the Orientation tag, as some OpenCV versions do
+    upright = (width, height) if turned and orientation in (5, 6, 7, 8) else (height, width)
+    if data is None or data.dtype.kind != "f" or data.shape[:2] != upright:
         return None
+    if not turned:
+        data = _oriented(data, orientation)
     if data.ndim == 2:
         return np.repeat(_stretch(data)[:, :, None], 3, axis=2)
     if data.ndim == 3 and data.shape[2] in (3, 4):
@@ -206,6 +215,18 @@ def _oriented(rgb: np.ndarray, orientation: int) -> np.ndarray:
     turned = {2: rgb[:, ::-1], 3: rgb[::-1, ::-1], 4: rgb[::-1], 5: rgb.swapaxes(0, 1),
               6: np.rot90(rgb, -1), 7: np.rot90(rgb, 2).swapaxes(0, 1), 8: np.rot90(rgb, 1)}.get(orientation, rgb)
     return np.ascontiguousarray(turned)
+
+
+@functools.cache
+def _opencv_turns_tiffs() -> bool:
+    """Whether this OpenCV turns a TIFF by its Orientation tag as it decodes it (5.0 does, whatever
+    the flags): asked once, of a 2-pixel TIFF mirrored by its tag."""
+    import cv2
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.array([[1, 2]], dtype=np.uint16)).save(buffer, "TIFF", tiffinfo={EXIF_ORIENTATION: 2})
+    data = cv2.imdecode(np.frombuffer(buffer.getvalue(), np.uint8), cv2.IMREAD_UNCHANGED)
+    return data is not None and data.ravel().tolist() == [2, 1]
 
 
 def _rawmode(im: Image.Image) -> str:
