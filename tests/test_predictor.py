@@ -447,6 +447,27 @@ def test_predict_refuses_to_write_over_an_image_it_reads(bundle: Path, folder: P
         assert Path(image).read_bytes() == before
 
 
+def test_predict_refuses_a_read_only_output_before_classifying(bundle: Path, folder: Path, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """--overwrite of a read-only --json or --summary file failed only after every image was
+    classified, and the results were lost with it; it is refused first, naming the file."""
+    import os
+
+    import spermhead.cli as cli
+
+    real_access = os.access
+    for option in ("--csv", "--json", "--summary"):
+        kept = tmp_path / f"kept{option.strip('-')}.out"
+        kept.write_text("earlier results\n")
+        monkeypatch.setattr(cli.os, "access", lambda p, mode, kept=kept: (  # a user without write permission
+            False if Path(p) == kept and mode == os.W_OK else real_access(p, mode)))
+        result = CliRunner().invoke(app, ["predict", "--model", str(bundle), str(folder), option, str(kept),
+                                          "--overwrite"])
+        said = " ".join(result.output.split())
+        assert result.exit_code == 2 and f"{option} {kept}: cannot write there (the file is read-only)" in said, said
+        assert "classified" not in said and kept.read_text() == "earlier results\n"
+
+
 def test_predict_names_an_output_it_cannot_open_and_refuses_bad_batch_settings(
         bundle: Path, folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import builtins

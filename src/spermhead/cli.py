@@ -251,6 +251,8 @@ def check_output_file(path: Path | None, option: str, *, overwrite: bool = True)
         raise ConfigError(f"{option} {path}: cannot write there ({above} is a file, not a folder)")
     if not os.access(above, os.W_OK):
         raise ConfigError(f"{option} {path}: cannot write there ({above} is not writable)")
+    if path.exists() and not os.access(path, os.W_OK):  # --overwrite of a read-only file
+        raise ConfigError(f"{option} {path}: cannot write there (the file is read-only)")
 
 
 def open_output(path: Path, option: str) -> TextIO:
