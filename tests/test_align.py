@@ -225,6 +225,13 @@ def test_fallback_flags_images_without_a_head(img: np.ndarray):
     assert segment_head(img) is None
 
 
+def test_a_bright_head_on_a_dark_field_is_named_as_such():
+    """Inverted contrast (a fluorescence-like image) is no head this tool can align, and the reason
+    says what was seen, not "contrast 0"."""
+    canon = canonicalize(255 - render(30), PreprocessConfig(image_size=32, color="gray"))
+    assert not canon.aligned and "a bright head on a dark field?" in canon.status, canon.status
+
+
 def test_fallback_is_a_centre_crop():
     ramp = np.linspace(150, 168, 80).astype(np.uint8)  # a faint gradient, no head
     img = np.repeat(np.tile(ramp, (40, 1))[:, :, None], 3, axis=2)

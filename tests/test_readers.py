@@ -360,6 +360,13 @@ def test_data_preview_shows_the_images_the_recipe_trains_on(tmp_path, monkeypatc
         assert result.exit_code == 0, result.output
     assert (seen[0].image_size, seen[0].color) == (DATASET_RECIPES["hushem"]["image_size"], "gray")  # HuSHeM's 48
     assert (seen[1].image_size, seen[1].color) == (32, "rgb")
+    # a name no image format is saved as is refused before any image is read, not after the sheet
+    for name, said in (("grid.xyz", "no image format is written as .xyz"), ("grid", "no suffix")):
+        for command in (["preview", "hushem", "--out"], ["duplicates", "hushem", "--sheet"]):
+            result = runner.invoke(app, ["data", *command, str(tmp_path / name), "--data-dir", str(tmp_path / "data")])
+            text = " ".join(result.output.split())
+            assert result.exit_code == 2 and f"{tmp_path / name}: {said}" in text, text
+    assert len(seen) == 2
 
 
 def test_a_table_with_one_id_twice_is_a_data_error_naming_it():

@@ -149,10 +149,11 @@ def data_preview(
     """Write a contact sheet: per class, raw crops beside the canonical images `train` would give
     the model (its recipe's size, colour and scale, unless told otherwise)."""
     from spermhead.data.readers import load_dataset
-    from spermhead.preprocess.preview import contact_sheet
+    from spermhead.preprocess.preview import check_sheet_name, contact_sheet
     from spermhead.training.options import build_run_config
 
     check_output_file(out, "--out", overwrite=overwrite)  # as every other output: not replaced unasked
+    check_sheet_name(out, "--out")
     cfg = build_run_config(name, "unused", image_size=image_size, color=color).preprocess  # checks them too
     path = contact_sheet(load_dataset(name, data_dir), cfg, out, per_class=per_class, seed=seed)
     console.print(f"wrote {path}", highlight=False, soft_wrap=True)
@@ -176,6 +177,10 @@ def data_duplicates(
     from spermhead.data.readers import load_dataset
 
     check_output_file(sheet, "--sheet", overwrite=overwrite)  # before the images are read
+    if sheet is not None:
+        from spermhead.preprocess.preview import check_sheet_name
+
+        check_sheet_name(sheet, "--sheet")
     table = load_dataset(name, data_dir)
     sigs = signatures([s.path for s in table.samples])
     groups = near_duplicate_groups(sigs, threshold)

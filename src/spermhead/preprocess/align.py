@@ -254,8 +254,10 @@ def _segment(rgb: np.ndarray) -> _Scene:
     cv2.drawContours(candidate, contours, best, 1, thickness=cv2.FILLED, offset=(-x0, -y0))
     box = blurred[y0:y1, x0:x1]
     contrast = bg_level - cv2.mean(box, mask=candidate)[0]
+    if contrast < 0:  # what was found is lighter than its surroundings
+        raise _NoHead("no head found (no dark object on a lighter background: a bright head on a dark field?)")
     if contrast < MIN_CONTRAST:
-        raise _NoHead(f"no head found (contrast {max(contrast, 0):.0f} grey levels)")
+        raise _NoHead(f"no head found (contrast {contrast:.0f} grey levels)")
     # open with a disk half the head's inscribed radius: the tail and midpiece, thinner than that, go
     dist = cv2.distanceTransform(candidate, cv2.DIST_L2, 3)
     r_open = max(1.0, round(0.5 * float(dist.max())))

@@ -44,6 +44,17 @@ def _fit(rgb: np.ndarray, size: int) -> np.ndarray:
     return tile
 
 
+def check_sheet_name(out: Path, option: str) -> None:
+    """Before the images are read: `out` names a format the sheet can be saved in (its suffix)."""
+    from spermhead.errors import ConfigError
+
+    Image.init()
+    fmt = Image.registered_extensions().get(out.suffix.lower())
+    if fmt is None or fmt not in Image.SAVE:
+        raise ConfigError(f"{option} {out}: {'no image format is written as ' + out.suffix if out.suffix else 'no suffix'}"
+                          "; give a .png file name")
+
+
 def _save(sheet: Image.Image, out: Path) -> Path:
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
