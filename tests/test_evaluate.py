@@ -156,6 +156,25 @@ def test_no_shared_class_is_an_error(trained, tmp_path: Path) -> None:
     assert result.exit_code == 2 and "none of its classes" in result.output
 
 
+def test_a_class_named_but_for_case_as_the_models_is_pointed_out(tmp_path: Path) -> None:
+    """Class names other than the WHO ones are matched as written: a folder "BAD" beside the
+    model's "bad" is left out, and the note or error says why, not only that it was."""
+    from types import SimpleNamespace
+
+    from spermhead.data.samples import Sample, SampleTable
+    from spermhead.errors import ConfigError
+    from spermhead.evaluation.external import assess, case_twin
+
+    assert case_twin("BAD", ["bad", "good"]) == "; 'BAD' is the model's 'bad' but for case: rename the folder to match"
+    assert case_twin("bad", ["bad", "good"]) == case_twin("ugly", ["bad", "good"]) == ""
+    table = SampleTable("lab", [Sample("BAD/1.png", tmp_path / "1.png", "BAD", "lab"),
+                                Sample("Good/2.png", tmp_path / "2.png", "Good", "lab")])
+    with pytest.raises(ConfigError) as caught:
+        assess(SimpleNamespace(classes=["bad", "good"]), table)
+    assert "'BAD' is the model's 'bad' but for case" in str(caught.value)
+    assert "'Good' is the model's 'good' but for case" in str(caught.value)
+
+
 def test_existing_output_is_kept(trained, tmp_path: Path) -> None:
     data, bundle = trained
     out = tmp_path / "out"

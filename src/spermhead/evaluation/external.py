@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,7 +74,8 @@ class Assessment:
                                    for name in self.operating_points}
         notes = out["notes"]
         if self.unknown_classes:
-            left = ", ".join(f"{c} ({n})" for c, n in self.unknown_classes.items())
+            left = ", ".join(f"{c} ({n}{case_twin(c, self.predictions.classes)})"
+                             for c, n in self.unknown_classes.items())
             notes.append(f"left out, classes the model does not have: {left}")
         if self.unusable:
             notes.append(f"left out, images that could not be used: {len(self.unusable)}")
@@ -157,6 +158,13 @@ class Assessment:
         return out
 
 
+def case_twin(name: str, classes: Sequence[str]) -> str:
+    """A hint where `name` differs from one of the model's classes only in case ("BAD" beside
+    "bad"): class names other than the WHO ones are matched as written. Empty otherwise."""
+    twin = next((c for c in classes if c != name and c.casefold() == name.casefold()), None)
+    return f"; '{name}' is the model's '{twin}' but for case: rename the folder to match" if twin else ""
+
+
 def assess(predictor: Predictor, table: SampleTable,
            on_row: Callable[[], None] | None = None) -> Assessment:
     """Score every image of `table` whose class the model has; `on_row` is called per image (a
@@ -164,8 +172,9 @@ def assess(predictor: Predictor, table: SampleTable,
     known = [s for s in table.samples if s.label in predictor.classes]
     unknown = Counter(s.label for s in table.samples if s.label not in predictor.classes)
     if not known:
+        twins = "".join(hint for c in table.classes if (hint := case_twin(c, predictor.classes)))
         raise ConfigError(f"{table.name}: none of its classes ({', '.join(table.classes)}) is one the "
-                          f"model has ({', '.join(predictor.classes)})")
+                          f"model has ({', '.join(predictor.classes)}){twins}")
     scored, probs, unusable, unlike, found = [], [], [], [], []
     for sample, row in zip(known, predictor.predict_files([s.path for s in known]), strict=True):
         if row["ok"]:
