@@ -80,6 +80,8 @@ def test_export_cli_then_onnx_backend_matches_torch(bundle: Path, tmp_path: Path
     result = CliRunner().invoke(app, ["export", "--model", str(bundle), "--onnx", str(bundle / ONNX_NAME)])
     assert result.exit_code == 0, result.output
     assert "max |p_onnx - p_torch|" in result.output
+    again = CliRunner().invoke(app, ["export", "--model", str(bundle)])  # the bundle's own file, made again
+    assert again.exit_code == 0 and (bundle / ONNX_NAME).is_file(), again.output
 
     paths = []
     for i in range(5):

@@ -468,6 +468,35 @@ def test_predict_refuses_a_read_only_output_before_classifying(bundle: Path, fol
         assert "classified" not in said and kept.read_text() == "earlier results\n"
 
 
+def test_an_output_never_replaces_the_files_of_a_run_an_assessment_or_a_bundle(bundle: Path, folder: Path,
+                                                                               tmp_path: Path) -> None:
+    """`compare --json RUN/predictions.csv --overwrite` (or predict's --csv) wrote over a run's own
+    predictions and left it unreadable; such files are refused even with --overwrite. A new file
+    beside them, or the bundle's own model.onnx made again by export, is fine."""
+    marks = {"run": ("config.yaml", "run.json"), "assessment": ("assessment.json",),
+             "bundle": ("model.json", "model.safetensors")}
+    for kind, files in marks.items():
+        where = tmp_path / kind
+        (where / "plots").mkdir(parents=True)
+        for name in files:
+            (where / name).write_text("kept\n")
+        for target in (where / "predictions.csv", where / "plots" / "roc.png"):
+            target.write_text("kept\n")
+            result = CliRunner().invoke(app, ["predict", "--model", str(bundle), str(folder / "head0.png"),
+                                              "--csv", str(target), "--overwrite"])
+            said = " ".join(result.output.split())
+            assert result.exit_code == 2 and f"--csv {target}: is a file of the" in said, said
+            assert target.read_text() == "kept\n"
+    run = tmp_path / "run"
+    compared = CliRunner().invoke(app, ["compare", str(run), str(run), "--json", str(run / "predictions.csv"),
+                                        "--overwrite"])
+    said = " ".join(compared.output.split())
+    assert compared.exit_code == 2 and "is a file of the training run" in said, said
+    fresh = CliRunner().invoke(app, ["predict", "--model", str(bundle), str(folder / "head0.png"), "--csv",
+                                     str(run / "lab.csv")])
+    assert fresh.exit_code == 0 and (run / "lab.csv").is_file(), fresh.output
+
+
 def test_predict_names_an_output_it_cannot_open_and_refuses_bad_batch_settings(
         bundle: Path, folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import builtins

@@ -236,9 +236,10 @@ def say_if_synthetic(model: Path, predictor: Any) -> None:
                           soft_wrap=True)
 
 
-def check_output_file(path: Path | None, option: str, *, overwrite: bool = True) -> None:
+def check_output_file(path: Path | None, option: str, *, overwrite: bool = True, remade: bool = False) -> None:
     """Before any work: a file `option` will write can be written (its folder, or the nearest
-    folder above that exists, is writable) and, without `overwrite`, is not there already.
+    folder above that exists, is writable), without `overwrite` is not there already, and is no
+    file of a run, assessment, selection or bundle (unless `remade`: a bundle's own model.onnx).
     Nothing is made here: a command refused later leaves no empty folder behind; the writers
     make the folder when they write."""
     from spermhead.errors import ConfigError
@@ -249,6 +250,9 @@ def check_output_file(path: Path | None, option: str, *, overwrite: bool = True)
         raise ConfigError(f"{option} {path}: is a folder; give a file name")
     if path.exists() and not overwrite:
         raise ConfigError(f"{option} {path}: exists; pass --overwrite to replace it")
+    if path.exists() and not remade and (owner := _written_folder(path)):
+        raise ConfigError(f"{option} {path}: is a file of {owner}, which --overwrite would spoil; give a file "
+                          "outside it")
     above = path.absolute().parent
     while not above.exists() and above != above.parent:
         above = above.parent
@@ -258,6 +262,22 @@ def check_output_file(path: Path | None, option: str, *, overwrite: bool = True)
         raise ConfigError(f"{option} {path}: cannot write there ({above} is not writable)")
     if path.exists() and not os.access(path, os.W_OK):  # --overwrite of a read-only file
         raise ConfigError(f"{option} {path}: cannot write there (the file is read-only)")
+
+
+def _written_folder(path: Path) -> str | None:
+    """What spermhead wrote the folder holding `path` (or its parent: a run's plots/) as, if it did:
+    a training run, an assessment, a selection or a model bundle, whose own files another command
+    must not replace (`compare --json RUN/predictions.csv` left the run unreadable)."""
+    for folder in (path.absolute().parent, path.absolute().parent.parent):
+        if (folder / "config.yaml").is_file() and (folder / "run.json").is_file():
+            return f"the training run {folder}"
+        if (folder / "assessment.json").is_file():
+            return f"the assessment {folder}"
+        if (folder / "selection.csv").is_file() and path.parent.absolute() == folder:
+            return f"the selection {folder}"
+        if (folder / "model.json").is_file() and any(folder.glob("*.safetensors")):
+            return f"the model bundle {folder}"
+    return None
 
 
 def open_output(path: Path, option: str) -> TextIO:
@@ -1151,7 +1171,7 @@ def export(
     model = checked_bundle_folder(model)  # a mistyped --model makes no folder for the --onnx file
     # the bundle's own model.onnx is derived from its weights and simply made again; another file is kept
     own = onnx is None or onnx.resolve() == (model / ONNX_NAME).resolve()
-    check_output_file(onnx or model / ONNX_NAME, "--onnx", overwrite=overwrite or own)
+    check_output_file(onnx or model / ONNX_NAME, "--onnx", overwrite=overwrite or own, remade=own)
     report = export_onnx(model, onnx or model / ONNX_NAME)
     console.print(report.summary(), highlight=False)
     meta = json.loads((model / "model.json").read_text())
