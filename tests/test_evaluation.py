@@ -233,6 +233,10 @@ def test_csv_roundtrip(oof: Predictions, tmp_path: Path) -> None:
         np.testing.assert_allclose(back.probabilities, pred.probabilities, rtol=0, atol=1e-6)
     with open(tmp_path / "predictions.csv", newline="") as fh:
         assert next(csv.reader(fh)) == ["id", "source", "fold", "true", "pred", "p_x", "p_y"]
+    # as Excel saves "CSV UTF-8": a byte-order mark before the header
+    excel = tmp_path / "excel.csv"
+    excel.write_bytes(b"\xef\xbb\xbf" + (tmp_path / "predictions.csv").read_bytes())
+    assert Predictions.read_csv(excel).ids == odd.ids
 
 
 # ---------------------------------------------------------------- plots and report

@@ -104,6 +104,9 @@ def test_runs_on_other_images_or_truths_are_refused(table):
     true[0], true[j] = true[j], true[0]  # two images swap their labels
     with pytest.raises(DataError, match="give 2 images different true labels"):
         compare_predictions(a, Predictions(a.ids, a.sources, a.folds, true, a.probabilities, a.classes))
+    turned = Predictions(a.ids, a.sources, a.folds, a.true, a.probabilities[:, ::-1], a.classes[::-1])
+    with pytest.raises(DataError, match="have the same classes in another order"):
+        compare_predictions(a, turned)
 
 
 def test_compare_command_reads_two_runs(table, tmp_path):

@@ -17,6 +17,8 @@ WHO_CLASSES = ("normal", "tapered", "pyriform", "small", "amorphous")
 # Windows share's Latin-1) reaches its id as lone surrogates, which strict UTF-8 cannot write:
 # surrogateescape writes the name's own bytes and reads them back as the same id.
 CSV_FILE = {"newline": "", "encoding": "utf-8", "errors": "surrogateescape"}
+# read leniently: Excel's "CSV UTF-8" puts a byte-order mark before the header
+CSV_READ = {**CSV_FILE, "encoding": "utf-8-sig"}
 
 
 def printable(text: str) -> str:

@@ -33,7 +33,8 @@ def paired(a: Predictions, b: Predictions, *, names: tuple[str, str] = ("A", "B"
     """`a` and `b` in one id order; an error unless they scored the same images with the same
     labels and classes (a comparison over different images would mean nothing)."""
     if list(a.classes) != list(b.classes):
-        raise DataError(f"{names[0]} and {names[1]} have different classes: {a.classes} and {b.classes}")
+        how = "the same classes in another order" if sorted(a.classes) == sorted(b.classes) else "different classes"
+        raise DataError(f"{names[0]} and {names[1]} have {how}: {a.classes} and {b.classes}")
     only_a, only_b = sorted(set(a.ids) - set(b.ids)), sorted(set(b.ids) - set(a.ids))
     if only_a or only_b:
         def some(ids: list[str], name: str) -> str:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from spermhead.data.samples import CSV_FILE, SampleTable
+from spermhead.data.samples import CSV_FILE, CSV_READ, SampleTable
 
 NO_FOLD = -1
 PROB_PREFIX = "p_"
@@ -200,7 +200,7 @@ class Predictions:
     @classmethod
     def read_csv(cls, path: Path | str) -> Predictions:
         path = Path(path)
-        with open(path, **CSV_FILE) as fh:
+        with open(path, **CSV_READ) as fh:
             rows = list(csv.reader(fh))
         if not rows:
             raise ValueError(f"{path.name}: empty predictions file")
