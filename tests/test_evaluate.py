@@ -359,6 +359,27 @@ def test_a_file_name_that_is_not_utf8_is_evaluated_and_read_back(trained, tmp_pa
     assert (run.out / "model" / "model.safetensors").is_file()
 
 
+def test_a_class_folder_named_in_latin1_trains_and_answers_over_http(trained, tmp_path: Path) -> None:
+    """A class folder's name that is not UTF-8 ("Cabeça" from an old Windows share) crashed
+    `train` at its plots, and a bundle holding it answered 500 to every request: the class is
+    named with the bytes escaped, everywhere."""
+    import os
+
+    from fastapi.testclient import TestClient
+
+    from spermhead.serving.app import create_app
+
+    fresh = write_separable(tmp_path / "fresh", n_per_class=3, seed=7, heads=True)
+    (fresh / "tapered").rename(fresh / os.fsdecode(b"Cabe\xe7a"))
+    run = train_run(quick_config(fresh, tmp_path / "run", cv=2, epochs=2), progress=False)
+    assert (run.out / "report.html").is_file() and (run.out / "plots" / "confusion_counts.png").is_file()
+    assert "Cabe\\xe7a" in json.loads((run.out / "model" / "model.json").read_text())["classes"]
+    image = next((fresh / "normal").iterdir())
+    answer = TestClient(create_app(run.out / "model")).post(
+        "/api/predict", files={"files": (image.name, image.read_bytes(), "image/png")})
+    assert answer.status_code == 200 and "Cabe\\xe7a" in answer.json()["results"][0]["probabilities"]
+
+
 def test_a_class_mix_far_from_the_runs_is_said(trained, tmp_path: Path) -> None:
     _, bundle = trained
     even = write_separable(tmp_path / "even", n_per_class=6, seed=7, heads=True)

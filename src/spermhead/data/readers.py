@@ -9,7 +9,7 @@ import unicodedata
 from collections.abc import Callable
 from pathlib import Path
 
-from spermhead.data.samples import WHO_CLASSES, Sample, SampleTable
+from spermhead.data.samples import WHO_CLASSES, Sample, SampleTable, printable
 from spermhead.errors import DataError
 
 IMAGE_SUFFIXES = {".bmp", ".png", ".jpg", ".jpeg", ".tif", ".tiff"}
@@ -30,8 +30,10 @@ def default_data_dir() -> Path:
 
 def normalise_class_name(folder: str) -> str:
     """`01_Normal` -> `normal`; names that are not WHO classes are kept as they are, in Unicode's
-    composed form (macOS writes "é" as e + accent: one class, not two that print alike)."""
-    folder = unicodedata.normalize("NFC", folder)
+    composed form (macOS writes "é" as e + accent: one class, not two that print alike), with
+    bytes that are not UTF-8 (an old Windows share's "Cabe\xe7a") written as escapes: a class
+    name goes into plots, JSON answers and bundles, which cannot hold them raw."""
+    folder = unicodedata.normalize("NFC", printable(folder))
     stripped = _bare_name(folder)
     return stripped if stripped in WHO_CLASSES else folder
 
