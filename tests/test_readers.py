@@ -407,3 +407,47 @@ def test_extra_sources_that_share_images_add_each_once(tmp_path):
     one, two = report[str(tmp_path / "one")], report[str(tmp_path / "two")]
     assert (one["kept"], one["extra_repeats"], one["dataset_duplicates"]) == (2, 1, 0)
     assert (two["kept"], two["extra_repeats"], two["dataset_duplicates"]) == (1, 1, 1)
+
+
+def _images(folder: Path, *names: str) -> None:
+    for name in names:
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("L", (8, 8)).save(folder / name)
+
+
+def test_images_the_reader_does_not_take_are_said_and_system_folders_are_none(tmp_path, caplog):
+    """A file beside the class folders, one in a folder beside train/val/test, or an extra folder
+    in HuSHeM was left out with no word; a NAS's @eaDir thumbnails were read as heads."""
+    lab = tmp_path / "lab"
+    _images(lab, "normal/a.png", "normal/b.png", "tapered/c.png", "stray.png",
+            "normal/@eaDir/a.png/SYNOFILE_THUMB_M.jpg", "tapered/#recycle/old.png")
+    with caplog.at_level("WARNING", logger="spermhead"):
+        table = load_dataset(str(lab))
+    assert sorted(s.id for s in table.samples) == ["normal/a.png", "normal/b.png", "tapered/c.png"]
+    said = " ".join(r.getMessage() for r in caplog.records)
+    assert f"{lab}: 1 image file(s) outside its class folders are not part of the dataset, e.g. {lab / 'stray.png'}" \
+        in said
+    caplog.clear()
+    split = tmp_path / "split"
+    _images(split, *(f"{part}/{c}/{part}{c}.png" for part in ("train", "val", "test") for c in ("normal", "tapered")),
+            "train/loose.png", "pyriform/x.png")
+    with caplog.at_level("WARNING", logger="spermhead"):
+        assert len(load_dataset(str(split))) == 6
+    assert "2 image file(s) outside its train, val and test class folders" in caplog.text
+    caplog.clear()
+    data = tmp_path / "data"
+    _images(data / "HuSHeM", *(f"{f}/image_001.bmp" for f in ("01_Normal", "02_Tapered", "03_Pyriform",
+                                                               "04_Amorphous")), "01_Normal/session2/image_009.bmp")
+    with caplog.at_level("WARNING", logger="spermhead"):
+        assert len(load_dataset("hushem", data)) == 4
+    assert "1 image file(s) outside the top level of its four class folders" in caplog.text
+
+
+def test_a_folder_named_as_another_class_inside_a_class_folder_is_said(tmp_path, caplog):
+    lab = tmp_path / "lab"
+    _images(lab, "Normal/a.png", "Normal/Tapered/b.png", "Normal/session 2/c.png", "Tapered/d.png")
+    with caplog.at_level("WARNING", logger="spermhead"):
+        table = load_dataset(str(lab))
+    assert [s.label for s in table.samples].count("normal") == 3  # read as the outer class, as before
+    assert "holds a folder named as another class (Tapered); its images are read as normal" in caplog.text
+    assert "session 2" not in caplog.text

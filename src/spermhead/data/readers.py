@@ -43,14 +43,23 @@ def _bare_name(folder: str) -> str:
     return re.sub(r"^\d+[\s_.\-]*", "", folder).strip().lower()
 
 
+# Folders that systems, not labs, make beside images: macOS's zip leaves __MACOSX/, a Synology
+# NAS puts @eaDir/ (thumbnails of every image) in each folder, and its recycle bin is #recycle/
+SYSTEM_FOLDERS = frozenset({"__MACOSX", "@eaDir", "#recycle"})
+
+
+def _hidden(name: str) -> bool:
+    return name.startswith(".") or name in SYSTEM_FOLDERS
+
+
 def _visible_files(folder: Path, nested: bool) -> list[Path]:
     """Files, sorted; hidden ones (".DS_Store", macOS's "._x.png" copies, anything in a hidden
-    folder) are left out."""
+    or system folder) are left out."""
     found = _walk(folder) if nested else folder.iterdir()
     # a broken link is kept, so reading it names it ("no such file") rather than it vanishing;
     # sorted by parts, as POSIX compares paths, so Windows' case-blind order gives the same folds
     return sorted((p for p in found if (p.is_file() or (p.is_symlink() and not p.exists()))
-                   and not any(part.startswith(".") for part in p.relative_to(folder).parts)),
+                   and not any(_hidden(part) for part in p.relative_to(folder).parts)),
                   key=lambda p: p.parts)
 
 
@@ -75,7 +84,7 @@ def _walk(folder: Path) -> list[Path]:
                 dirs[:] = []
                 continue
             seen.add(real)
-            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            dirs[:] = sorted(d for d in dirs if not _hidden(d))
             links += [Path(top, d) for d in dirs if os.path.islink(Path(top, d))]
             found += [Path(top, name) for name in dirs + files]
         if not pending:
@@ -95,6 +104,15 @@ def skipped_files(folder: Path) -> list[Path]:
     SYNTHETIC.txt is no image a user missed."""
     return [p for p in _visible_files(folder, True) if p.suffix.lower() not in IMAGE_SUFFIXES
             and p.name != "SYNTHETIC.txt"]
+
+
+def _warn_outside(root: Path, read: list[Path], where: str) -> None:
+    """Image files under `root` that the reader did not take (one beside the class folders, in a
+    folder of another name, in a class folder's subfolder): said, not silently left out."""
+    taken = {os.path.realpath(p) for p in read}
+    if outside := [p for p in list_images(root, nested=True) if os.path.realpath(p) not in taken]:
+        log.warning("%s: %d image file(s) outside %s are not part of the dataset, e.g. %s", root, len(outside),
+                    where, outside[0])
 
 
 def _require_dir(path: Path, what: str) -> Path:
@@ -121,6 +139,7 @@ def read_hushem(root: Path) -> SampleTable:
                                 "keep one")
             stems[p.stem] = p
             samples.append(Sample(f"hushem/{folder}/{p.stem}", p, label, "hushem"))
+    _warn_outside(root, [s.path for s in samples], "the top level of its four class folders")
     return SampleTable("hushem", samples, synthetic=_rendered(root))
 
 
@@ -194,6 +213,7 @@ def read_scian(root: Path, *, agreement: str = "partial", drop: tuple[str, ...] 
         if label in drop:
             continue
         samples.append(Sample(f"scian/{ident}", files[key], label, "scian", m["group"], experts))
+    _warn_outside(root, list(files.values()), f"the top level of {image_dir.name}/")
     orphans = sorted(str(files[k].name) for k in set(files) - used)
     if orphans:
         raise DataError(f"{image_dir}: {len(orphans)} image(s) without annotation, e.g. {orphans[0]}")
@@ -223,6 +243,8 @@ def read_class_folders(root: Path) -> SampleTable:
         check_split_classes(root, samples, {split: folder.name for split, folder in found.items()})
     else:
         samples = _class_folder_samples(root, root.name, "")
+    _warn_outside(root, [s.path for s in samples], "its train, val and test class folders" if found else
+                  "its class folders")
     return SampleTable(root.name, samples, synthetic=_rendered(root))
 
 
@@ -270,14 +292,13 @@ def check_split_classes(root: Path, samples: list[Sample], names: dict[str, str]
 
 
 def _class_folder_samples(folder: Path, source: str, split: str) -> list[Sample]:
-    # macOS's zip leaves __MACOSX/ beside the folders it packed: no class
-    class_dirs = sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".")
-                        and d.name != "__MACOSX")
+    class_dirs = sorted(d for d in folder.iterdir() if d.is_dir() and not _hidden(d.name))
     if not class_dirs:
         raise DataError(f"{folder}: no class subfolders")
     samples = []
     for d in class_dirs:
-        inner = [c.name for c in sorted(d.iterdir()) if c.is_dir() and list_images(c, nested=True)]
+        inner = [c.name for c in sorted(d.iterdir()) if c.is_dir() and not _hidden(c.name)
+                 and list_images(c, nested=True)]
         if not list_images(d) and any(_class_like(c) for c in inner):
             # one level too high, e.g. the folder that `data synth` wrote HuSHeM/ into
             raise DataError(f"{d}: holds folders of images ({', '.join(inner[:4])}), not images; if "
@@ -287,6 +308,11 @@ def _class_folder_samples(folder: Path, source: str, split: str) -> list[Sample]
             raise DataError(f"{d}: empty class folder, no images")
         label = normalise_class_name(d.name)
         _warn_if_misspelt(d, label)
+        # "Normal/Tapered/": its heads are read as the outer class, which may not be what was meant
+        if others := [c for c in inner if normalise_class_name(c) != label and (
+                normalise_class_name(c) in {*WHO_CLASSES, *(normalise_class_name(o.name) for o in class_dirs)})]:
+            log.warning("%s: holds a folder named as another class (%s); its images are read as %s", d,
+                        ", ".join(others), label)
         # the part's role, not its folder's name ("Training/"): ids are what finished folds are checked by
         prefix = f"{split}/" if split else ""
         samples += [Sample(f"{prefix}{d.name}/{p.relative_to(d).as_posix()}", p, label, source, split=split)
