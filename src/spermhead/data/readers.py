@@ -275,15 +275,16 @@ def split_folders(root: Path) -> dict[str, Path]:
 
 
 def check_split_classes(root: Path, samples: list[Sample], names: dict[str, str] | None = None) -> None:
-    """A class the training part lacks cannot be learnt: refused. One that val/ or test/ lacks
-    is said, since its recall there is then unmeasured. `names`: each part's folder as named
+    """A class a part lacks is said: one the training part lacks cannot be learnt from this split
+    (`train` refuses it there, while `evaluate` and `data` still read every part), and one that
+    val/ or test/ lacks leaves its recall there unmeasured. `names`: each part's folder as named
     ("Training"), for the messages."""
     names = {"train": "train", "val": "val", "test": "test", **(names or {})}
     by_split = {split: {s.label for s in samples if s.split == split} for split in ("train", "val", "test")}
     every = set().union(*by_split.values())
     if lacking := sorted(every - by_split["train"]):
-        raise DataError(f"{root}: {names['train']}/ has no images of {', '.join(lacking)}, which {names['val']}/ or "
-                        f"{names['test']}/ hold; a model cannot learn a class it never sees")
+        log.warning("%s: %s/ has no images of %s, which %s/ or %s/ hold: a model cannot learn them from this split",
+                    root, names["train"], ", ".join(lacking), names["val"], names["test"])
     for split in ("val", "test"):
         if lacking := sorted(every - by_split[split]):
             log.warning("%s: %s/ has no images of %s: %s", root, names[split], ", ".join(lacking),

@@ -298,6 +298,9 @@ def _folder_split(table: SampleTable) -> Fold:
         raise ConfigError(f"{table.name}: --split folders needs train/, val/ and test/ folders")
     by = {k: np.array([i for i, s in enumerate(table.samples) if s.split == k], dtype=int)
           for k in ("train", "val", "test")}  # int even when empty (a table built in code without val rows)
+    if lacking := sorted({s.label for s in table.samples} - {table.samples[i].label for i in by["train"]}):
+        raise ConfigError(f"{table.name}: its train part has no images of {', '.join(lacking)}, which its val or "
+                          "test part holds; a model cannot learn a class it never sees (add some, or use --cv K)")
     return Fold(0, by["train"], by["val"], by["test"])
 
 
