@@ -101,6 +101,16 @@ def test_scian_one_head_annotated_twice_and_a_class_code_given_twice_are_refused
     root = _scian(tmp_path, ["p1-pl2-sample01/Sperm_01\t1\t1\t1\t1\n"], files, classes="0 Normal\n1 Tapered\n1 Normal\n")
     with pytest.raises(DataError, match=r"classes.txt:3: code 1 is given twice \(tapered and Normal\)"):
         read_scian(root)
+    # an edited name would be a class of its own ("piriform" beside HuSHeM's pyriform), and one
+    # name for two codes would merge their classes
+    for n, (classes, said) in enumerate([("0 Normal\n2 Piriform\n", r"classes.txt:2: 'Piriform' is not a WHO "
+                                                                        r"class name \(is it 'pyriform' misspelt\?\)"),
+                                         ("0 Normal\n1 Vacuole\n", r"classes.txt:2: 'Vacuole' is not a WHO class"),
+                                         ("0 Normal\n5 normal\n", r"classes.txt:2: normal is given to two codes")]):
+        (tmp_path / "SCIAN-MorphoSpermGS").rename(tmp_path / f"edited{n}")
+        root = _scian(tmp_path, ["p1-pl2-sample01/Sperm_01\t0\t0\t0\t0\n"], files, classes=classes)
+        with pytest.raises(DataError, match=said):
+            read_scian(root)
 
 
 def test_scian_files_saved_with_a_byte_order_mark_are_read(tmp_path):

@@ -156,7 +156,16 @@ def read_scian_codes(path: Path) -> dict[str, str]:
         if parts[0] in codes:  # the later line would silently relabel the earlier class
             raise DataError(f"{path}:{n}: code {parts[0]} is given twice ({codes[parts[0]]} and "
                             f"{parts[1].strip()}); keep one")
-        codes[parts[0]] = normalise_class_name(parts[1].strip().lower())
+        name = normalise_class_name(parts[1].strip().lower())
+        # SCIAN's classes are the WHO five: another name would be a class of its own (kept apart
+        # from HuSHeM's in `combined`), and one name twice would merge two classes
+        if name not in WHO_CLASSES:
+            like = next((c for c in WHO_CLASSES if _one_edit_apart(name, c)), None)
+            raise DataError(f"{path}:{n}: {parts[1].strip()!r} is not a WHO class name"
+                            + (f" (is it '{like}' misspelt?)" if like else f" ({', '.join(WHO_CLASSES)})"))
+        if name in codes.values():
+            raise DataError(f"{path}:{n}: {name} is given to two codes; keep one")
+        codes[parts[0]] = name
     return codes
 
 
