@@ -197,6 +197,20 @@ def test_too_many_files(bundle: Path) -> None:
         assert c.post("/api/predict", content=b"junk", headers={"content-type": "multipart/form-data"}).status_code == 400
 
 
+def test_an_image_sent_without_a_file_name_is_named_as_such_not_echoed(bundle: Path) -> None:
+    """`curl -F files=<img.png` (no file name) makes a text field: FastAPI's 422 echoed the image
+    back as text, and over 1 MB Starlette's 400 spoke of a part size. Both now say what happened."""
+    image = png()
+    with TestClient(create_app(bundle)) as c:
+        r = c.post("/api/predict", data={"files": image.decode("latin-1")})
+        assert r.status_code == 422 and r.json()["detail"].startswith("files part 1: sent without a file name")
+        assert len(r.content) < 300  # the image is not sent back
+        big = c.post("/api/predict", data={"files": "x" * (1024 * 1024 + 10)})
+        assert big.status_code == 400 and "over 1 MB that is not a file" in big.json()["detail"], big.text
+        # other validation errors keep FastAPI's own answer
+        assert c.post("/api/predict").json()["detail"][0]["loc"] == ["body", "files"]
+
+
 def test_request_body_cap(bundle: Path) -> None:
     app = create_app(bundle, max_upload_mb=1, max_request_mb=1)
     with TestClient(app) as c:

@@ -53,7 +53,8 @@ from typing import Any
 import anyio
 import anyio.to_thread
 from fastapi import Body, FastAPI, File, HTTPException, Query, Request, UploadFile
-from fastapi.exception_handlers import http_exception_handler
+from fastapi.exception_handlers import http_exception_handler, request_validation_exception_handler
+from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -593,6 +594,10 @@ class Service:
         }
 
 
+NOT_A_FILE = ("sent without a file name, so it is read as text, not as a file; send each image as a file "
+              "(curl -F files=@image.png)")
+
+
 def create_app(
     bundle_dir: Path | str,
     review_source: Path | str | None = None,
@@ -661,7 +666,19 @@ def create_app(
         if exc.status_code == 400 and str(exc.detail).startswith("Too many files"):
             return JSONResponse({"detail": f"over 1000 files in one request; the limit is {service.max_files}"},
                                 status_code=413)
+        # a part with no file name is a text field to Starlette, which caps those at 1 MB
+        if exc.status_code == 400 and str(exc.detail).startswith(("Part exceeded maximum size",
+                                                                  "Field exceeded maximum size")):
+            return JSONResponse({"detail": f"a form field over 1 MB that is not a file: {NOT_A_FILE}"}, status_code=400)
         return await http_exception_handler(request, exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> Response:
+        # FastAPI's answer would echo the part, an image read as text, back in full
+        if parts := [e["loc"][-1] for e in exc.errors() if "Expected UploadFile" in str(e.get("msg", ""))]:
+            which = ", ".join(str(int(i) + 1) if isinstance(i, int) else str(i) for i in parts)
+            return JSONResponse({"detail": f"files part {which}: {NOT_A_FILE}"}, status_code=422)
+        return await request_validation_exception_handler(request, exc)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
