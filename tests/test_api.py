@@ -211,6 +211,25 @@ def test_an_image_sent_without_a_file_name_is_named_as_such_not_echoed(bundle: P
         assert c.post("/api/predict").json()["detail"][0]["loc"] == ["body", "files"]
 
 
+def test_the_documented_answer_has_the_fields_a_real_one_has(bundle: Path) -> None:
+    """/docs shows an example of /api/predict's rows: its fields are a real answer's, so the
+    docs cannot drift from what integrators get."""
+    from spermhead.serving.app import PREDICT_EXAMPLE, PREDICT_ROWS
+
+    with TestClient(create_app(bundle)) as c:
+        documented = c.get("/openapi.json").json()["paths"]["/api/predict"]["post"]["responses"]["200"]
+        real = post(c, ("a.png", png()), ("notes.txt", b"hello")).json()["results"]
+        with_cam = post(c, ("a.png", png()), query="?gradcam=true").json()["results"][0]
+    assert documented["content"]["application/json"]["example"] == PREDICT_EXAMPLE
+    good, bad = PREDICT_EXAMPLE["results"]
+    assert set(real[0]) == set(good) and set(real[1]) == set(bad)
+    assert set(good["probabilities"]) == set(real[0]["probabilities"]) == set(CLASSES)
+    assert set(good["morphometrics"]) == set(real[0]["morphometrics"])
+    assert set(good["acquisition"]) == set(real[0]["acquisition"])
+    for field in (*real[0], *with_cam, "gradcam_error"):  # every field is described
+        assert f"`{field}`" in PREDICT_ROWS, field
+
+
 def test_request_body_cap(bundle: Path) -> None:
     app = create_app(bundle, max_upload_mb=1, max_request_mb=1)
     with TestClient(app) as c:

@@ -15,9 +15,7 @@ REST contract
                     with {"detail": "<file name>: <problem>"}
         several:    200 {"results": [row, ...]} in upload order; a bad file's row is
                     {"name", "ok": false, "status": 4xx, "error": "<file name>: <problem>"}
-        rows:       see `serving.predictor`; plus "crop" and "gradcam" PNG data URIs, and
-                    "gradcam_note" where the map says little (no positive evidence; a fused
-                    answer's network part only)
+        rows:       PREDICT_ROWS below (the schema's description and example), as /docs shows
     POST /api/composition    JSON {"predicted": [class, ...]}: those heads as one sample; their
                              class shares, counted and adjusted (evaluation/composition.py),
                              widened and starred as the bundle's share check says; 422 names
@@ -594,6 +592,28 @@ class Service:
         }
 
 
+# What /docs says of /api/predict's answer: FastAPI would only say "an object"
+PREDICT_ROWS = """`{"results": [row, ...]}`, one row per file in upload order. A row of a good image:
+`name`; `ok` true; `status` 200; `class` (the answer) and its `confidence`; `probabilities` per class;
+`uncertain` (the answer's probability under the bundle's threshold); `aligned`, `alignment` (how the
+head was found and turned, or why not) and `head_found`; `morphometrics` (pixels and degrees);
+`acquisition` (background, contrast, sharpness, head size); `unlike_training` (the ways the image lies
+outside the training images, empty when none); `crop` (PNG data URI of what the model saw; left out
+with `crop=false`); with `gradcam=true`, `gradcam` (PNG data URI), `gradcam_note` where the map says
+little, and `gradcam_error` if it could not be drawn. A bad file's row: `name`, `ok` false, `status`
+(400, 413 or 415) and `error`."""
+PREDICT_EXAMPLE = {"results": [
+    {"name": "image_001.BMP", "ok": True, "status": 200, "class": "normal", "confidence": 0.91,
+     "probabilities": {"normal": 0.91, "tapered": 0.04, "pyriform": 0.03, "amorphous": 0.02},
+     "uncertain": False, "aligned": True, "alignment": "aligned", "head_found": True,
+     "morphometrics": {"area": 965.0, "length": 44.983, "width": 28.221, "elongation": 1.594,
+                       "perimeter": 119.983, "rotation_deg": 71.964},
+     "acquisition": {"background": 188.0, "contrast": 109.0, "edge_sharpness": 3.6169,
+                     "head_length_px": 44.9832, "head_fraction": 0.3434},
+     "unlike_training": [], "crop": "data:image/png;base64,..."},
+    {"name": "notes.txt", "ok": False, "status": 415,
+     "error": "notes.txt: not a supported image (BMP, PNG, JPEG, TIFF)"}]}
+
 NOT_A_FILE = ("sent without a file name, so it is read as text, not as a file; send each image as a file "
               "(curl -F files=@image.png)")
 
@@ -716,6 +736,7 @@ def create_app(
         return service.model_info()
 
     @app.post("/api/predict", tags=["predict"], responses={
+        200: {"description": PREDICT_ROWS, "content": {"application/json": {"example": PREDICT_EXAMPLE}}},
         400: {"description": "one file that is empty, truncated or unreadable (named in `detail`)"},
         413: {"description": "a file over the upload or pixel limit, too many files, or a request over "
                              "its limit (see `limits` in GET /api/model)"},
