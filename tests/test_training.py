@@ -2323,7 +2323,7 @@ def test_cutmix_pastes_a_partner_box_and_reports_the_kept_share():
     assert torch.equal(out[1] == 0, out[0] == 1)  # the same box, the other way round
 
 
-def test_swa_and_cutmix_train_and_are_checked(separable, tmp_path):
+def test_swa_and_cutmix_train_and_are_checked(separable, tmp_path, caplog):
     result = train_run(quick_config(separable, tmp_path / "swa", cv=2, epochs=6, swa=0.5, cutmix=1.0),
                        progress=False)
     assert result.metrics["accuracy"] > 0.5
@@ -2336,6 +2336,16 @@ def test_swa_and_cutmix_train_and_are_checked(separable, tmp_path):
         quick_config(separable, tmp_path / "x", mixup=0.2, cutmix=1.0)
     with pytest.raises(ConfigError, match="--swa"):
         quick_config(separable, tmp_path / "y", swa=1.0)
+    # the experts' votes are SCIAN's: asked for elsewhere, the targets stay hard, and that is said
+    with caplog.at_level("WARNING", logger="spermhead"):
+        train_run(quick_config(separable, tmp_path / "soft", cv=2, epochs=1, soft_labels=0.5), progress=False)
+    assert "--soft-labels 0.5: no image of" in caplog.text and "carries expert votes" in caplog.text
+    # the average reaches the model at the last epoch's end: a checkpoint chosen on validation, or
+    # a fit stopped early, silently dropped it
+    for option, said in ((dict(monitor="val_loss"), "--monitor val_loss keeps one epoch's checkpoint"),
+                         (dict(patience=3), "--patience 3 can end the fit before the average is taken")):
+        with pytest.raises(ConfigError, match=f"--swa 0.5: {said}"):
+            quick_config(separable, tmp_path / "z", swa=0.5, **option)
 
 
 def test_extras_that_change_the_class_mix_move_the_accuracy_point_back(tmp_path):

@@ -263,5 +263,11 @@ def check_run_config(cfg: RunConfig) -> None:
         raise ConfigError(f"--refit-val{whose} with --monitor {tc.monitor}: a fold that also trains on its "
                           "validation part has nothing left to choose a checkpoint on; use --monitor last, or "
                           "--no-refit-val")
+    if tc.swa > 0 and (tc.monitor != "last" or tc.early_stopping_patience > 0):
+        # the average reaches the model only when the last epoch ends: a checkpoint chosen on
+        # validation holds one epoch's own weights, and a fit stopped early never gets it
+        why = (f"--monitor {tc.monitor} keeps one epoch's checkpoint, not the average" if tc.monitor != "last"
+               else f"--patience {tc.early_stopping_patience} can end the fit before the average is taken")
+        raise ConfigError(f"--swa {tc.swa}: {why}; use --monitor last and --patience 0 with --swa, or drop --swa")
     if cfg.model.resolved_init() == "synthetic" and (cfg.model.weights or cfg.model.pretrained):
         raise ConfigError("--init synthetic picks the starting weights itself; drop --weights/--pretrained")

@@ -793,6 +793,9 @@ def _train_run(cfg: RunConfig, *, overwrite: bool, resume: bool, progress: bool,
         check_resumable(out, cfg)
     folds = make_folds(table, cfg.protocol, cfg.seed, cfg.train.val_fraction,
                        train_fraction=cfg.train.train_fraction)  # fails before any training
+    if cfg.train.soft_labels > 0 and not any(s.experts for s in table.samples):
+        log.warning("--soft-labels %g: no image of %s carries expert votes (SCIAN's do), so every target stays "
+                    "its majority label", cfg.train.soft_labels, table.name)
     resolve_accelerator(cfg.train.accelerator)  # so does asking for a GPU that is not there
     # From here on `table` also holds the extra training images, after the dataset's own rows;
     # the folds were made on the dataset alone, so extras only ever join training sides.
