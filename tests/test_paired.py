@@ -432,6 +432,10 @@ def test_average_recall_is_judged_by_its_interval_not_by_mcnemar():
     right_b[np.flatnonzero(right_a)[:160]] = True  # B: every normal and 160 of 180 amorphous
     c = compare_predictions(answers(skewed, right_a), answers(skewed, right_b))
     assert c["mcnemar_p"] == 1.0 and c["balanced_accuracy"]["ci"][0] > 0.3
+    # every image wrong against every one right: the interval holds the +1 it saw
+    none, every = np.zeros(len(y), dtype=bool), np.ones(len(y), dtype=bool)
+    extreme = compare_predictions(answers(skewed, none), answers(skewed, every))
+    assert extreme["balanced_accuracy"]["difference"] == 1.0 == extreme["balanced_accuracy"]["ci"][1]
     assert "no difference" in verdict(c, "accuracy")
     assert "B is better: the interval leaves out zero" in verdict(c, "balanced_accuracy")
 

@@ -495,6 +495,14 @@ def test_an_output_never_replaces_the_files_of_a_run_an_assessment_or_a_bundle(b
     fresh = CliRunner().invoke(app, ["predict", "--model", str(bundle), str(folder / "head0.png"), "--csv",
                                      str(run / "lab.csv")])
     assert fresh.exit_code == 0 and (run / "lab.csv").is_file(), fresh.output
+    again = CliRunner().invoke(app, ["predict", "--model", str(bundle), str(folder / "head0.png"), "--csv",
+                                     str(run / "lab.csv"), "--overwrite"])  # the user's own file, replaced
+    assert again.exit_code == 0, again.output
+    link = tmp_path / "link.csv"
+    link.symlink_to(run / "predictions.csv")  # a run's file reached through a link is still the run's
+    linked = CliRunner().invoke(app, ["predict", "--model", str(bundle), str(folder / "head0.png"), "--csv",
+                                      str(link), "--overwrite"])
+    assert linked.exit_code == 2 and "is a file of the training run" in " ".join(linked.output.split())
 
 
 def test_predict_names_an_output_it_cannot_open_and_refuses_bad_batch_settings(

@@ -69,11 +69,13 @@ def test_cache_clear_keeps_a_source_a_run_is_training(tmp_path, monkeypatch):
     import fcntl
 
     folder, made = _cache(tmp_path, monkeypatch)
+    made["stale"].write_bytes(b"w" * 3 * 2**20)
     with open(made["stale"].with_suffix(".lock"), "a") as held:  # as synthetic_init holds it while it trains
         fcntl.flock(held, fcntl.LOCK_EX)
         result = CliRunner().invoke(app, ["cache", "--stale", "--clear"])
     assert result.exit_code == 0, result.output
-    assert "removed 1 source models" in result.output and "kept spermnet-bbbb.safetensors" in result.output
+    said = " ".join(result.output.split())
+    assert "removed 1 source models (0 MB)" in said and "kept spermnet-bbbb.safetensors" in said  # kept: not counted
     assert made["stale"].is_file() and made["stale"].with_suffix(".json").is_file()
     assert not made["unreadable"].exists()
 

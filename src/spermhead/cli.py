@@ -264,16 +264,26 @@ def check_output_file(path: Path | None, option: str, *, overwrite: bool = True,
         raise ConfigError(f"{option} {path}: cannot write there (the file is read-only)")
 
 
+# The files spermhead writes in a run, assessment, selection or bundle folder (and anything in
+# their plots/ and folds/): another command's output must not replace them
+OWN_FILES = frozenset({"config.yaml", "run.json", "metrics.json", "predictions.csv", "report.html", "samples.csv",
+                       "start.json", "assessment.json", "selection.csv", "selection.md", "selection.html",
+                       "model.json", "model.onnx"})
+
+
 def _written_folder(path: Path) -> str | None:
-    """What spermhead wrote the folder holding `path` (or its parent: a run's plots/) as, if it did:
-    a training run, an assessment, a selection or a model bundle, whose own files another command
-    must not replace (`compare --json RUN/predictions.csv` left the run unreadable)."""
-    for folder in (path.absolute().parent, path.absolute().parent.parent):
+    """What spermhead wrote the folder holding `path` (or its parent: a run's plots/) as, where
+    `path` is one of its own files: a training run, an assessment, a selection or a model bundle
+    (`compare --json RUN/predictions.csv` left the run unreadable). A user's file beside them is not."""
+    path = path.resolve()  # a link to a run's file is that file
+    if not (path.name in OWN_FILES or path.suffix == ".safetensors" or path.parent.name in ("plots", "folds")):
+        return None
+    for folder in (path.parent, path.parent.parent):
         if (folder / "config.yaml").is_file() and (folder / "run.json").is_file():
             return f"the training run {folder}"
         if (folder / "assessment.json").is_file():
             return f"the assessment {folder}"
-        if (folder / "selection.csv").is_file() and path.parent.absolute() == folder:
+        if (folder / "selection.csv").is_file() and path.parent == folder:
             return f"the selection {folder}"
         if (folder / "model.json").is_file() and any(folder.glob("*.safetensors")):
             return f"the model bundle {folder}"
@@ -971,9 +981,10 @@ def compare(
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the comparison to this JSON file")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing --json file")] = False,
 ) -> None:
-    """Compare two models scored on the same images, image by image: B minus A with a paired
-    bootstrap interval, and McNemar's exact test; over repeats (CV seeds) also an interval that
-    holds the repeats' spread and the images' luck together."""
+    """Compare two models scored on the same images, image by image: B minus A with an interval
+    (accuracy: a paired bootstrap of the images; average recall: drawn class by class), and
+    McNemar's exact test; over repeats (CV seeds) also an interval that holds the repeats' spread
+    and the images' luck together."""
     from spermhead.errors import DataError
     from spermhead.evaluation.paired import compare_predictions, compare_repeats, repeat_folders, verdict
     from spermhead.evaluation.predictions import read_predictions
@@ -1024,7 +1035,7 @@ def compare(
             note_paired_by_file(len(pairs[first][0]))
         c = compare_repeats(pairs, names=names)
         show_repeats(c, [r for f in folders for r in f if r not in common])
-    console.print("Each bootstrap interval covers which images were scored, not retraining on other data"
+    console.print("Each interval covers which images were scored, not retraining on other data"
                   + (": the interval over the repeats, which adds their spread (t) to the images' bootstrap, covers both."
                      if "repeats" in c
                      else ": for that, compare folders of repeats (CV seeds)."), style="dim")
@@ -1048,12 +1059,12 @@ def show_comparison(c: dict[str, Any]) -> None:
 
     a, b = c["names"]
     table = Table(title=f"{c['n']} images")
-    for col in ("", f"A: {a}", f"B: {b}", "B - A", f"{100 * c['level']:.0f}% CI (paired bootstrap)"):
+    for col in ("", f"A: {a}", f"B: {b}", "B - A", f"{100 * c['level']:.0f}% CI"):
         table.add_column(col)
-    for key in ("accuracy", "balanced_accuracy"):
+    for key, how in (("accuracy", "paired bootstrap"), ("balanced_accuracy", "class by class")):
         m = c[key]
         table.add_row(key.replace("_", " "), f"{m['a']:.4f}", f"{m['b']:.4f}", f"{m['difference']:+.4f}",
-                      f"{m['ci'][0]:+.4f} to {m['ci'][1]:+.4f}")
+                      f"{m['ci'][0]:+.4f} to {m['ci'][1]:+.4f} ({how})")
     console.print(table)
     i = c["images"]
     console.print(f"images both get right {i['both_right']}, only A {i['only_a']}, only B {i['only_b']}, "
@@ -1231,7 +1242,7 @@ def cache(
     if as_json:
         print(json.dumps([{**c.describe(), **({"removed": c not in kept} if clear else {})} for c in sources]))
         return
-    megabytes = sum(c.bytes for c in sources) / 2**20
+    megabytes = sum(c.bytes for c in sources if c not in kept) / 2**20
     if not sources:
         console.print(f"no cached source models{' of that kind' if stale or older_than is not None else ''} in "
                       f"{source_folder()}", highlight=False, soft_wrap=True)
