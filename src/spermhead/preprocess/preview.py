@@ -51,8 +51,8 @@ def check_sheet_name(out: Path, option: str) -> None:
     Image.init()
     fmt = Image.registered_extensions().get(out.suffix.lower())
     if fmt is None or fmt not in Image.SAVE:
-        raise ConfigError(f"{option} {out}: {'no image format is written as ' + out.suffix if out.suffix else 'no suffix'}"
-                          "; give a .png file name")
+        what = f"no image format is written as {out.suffix}" if out.suffix else "no suffix"
+        raise ConfigError(f"{option} {out}: {what}; give a .png file name")
 
 
 def _save(sheet: Image.Image, out: Path) -> Path:

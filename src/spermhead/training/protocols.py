@@ -76,6 +76,8 @@ def _make_folds(table: SampleTable, protocol: ProtocolConfig, seed: int, val_fra
                               f"each class, one per part; too few: {', '.join(few)}")
         try:
             return [_random_split(y, protocol.split, seed, together, list(table.classes))]
+        except ConfigError as exc:
+            raise ConfigError(f"{table.name}: {exc}") from None
         except ValueError as exc:  # scikit-learn's word for a split too small to stratify
             shown = "/".join(f"{100 * f:g}" for f in protocol.split)  # as --split takes it: 60/30/10
             raise ConfigError(f"{table.name}: cannot split {len(y)} images {shown}: {exc}") from None

@@ -4,15 +4,13 @@ this version never asks for again (before sources were keyed on the thread count
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from spermhead.training.synthetic_init import cache_root, reachable_settings
+from spermhead.training.synthetic_init import cache_root, reachable_settings, training_lock
 
 
 @dataclass(frozen=True)
@@ -67,30 +65,9 @@ def cached_sources(folder: Path | None = None) -> list[CachedSource]:
     return sorted(found, key=lambda c: (c.trained, c.path.name))
 
 
-@contextlib.contextmanager
-def _unless_training(source: CachedSource) -> Iterator[bool]:
-    """True while no run holds the source's training lock (then none can start to), else False."""
-    try:
-        import fcntl
-
-        handle = open(source.path.with_suffix(".lock"), "a")  # noqa: SIM115 - closed in finally
-    except (ImportError, OSError):
-        yield True  # no lock to take here: as synthetic_init, which then trains without one
-        return
-    try:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            yield False
-            return
-        yield True
-    finally:
-        handle.close()
-
-
 def remove_source(source: CachedSource) -> bool:
     """Delete a source's files; False (nothing deleted) while a run is training it."""
-    with _unless_training(source) as free:
+    with training_lock(source.path, wait=False) as free:
         if not free:
             return False
         # the lock goes too: a run that opens it now trains anew beside any other, as where no

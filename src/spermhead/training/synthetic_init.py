@@ -147,7 +147,7 @@ def synthetic_init_weights(cfg: RunConfig, classes: list[str], *, progress: bool
     path = source_path(cfg)
     record = cached_record(path)
     if record is None:
-        with _training_lock(path):  # runs started together with the same settings train it once
+        with training_lock(path):  # runs started together with the same settings train it once
             record = cached_record(path) or train_source(cfg, path, progress=progress)
     if list(classes) == record["classes"]:
         return path
@@ -164,20 +164,26 @@ def synthetic_init_weights(cfg: RunConfig, classes: list[str], *, progress: bool
 
 
 @contextlib.contextmanager
-def _training_lock(path: Path) -> Iterator[None]:
+def training_lock(path: Path, *, wait: bool = True) -> Iterator[bool]:
     """An exclusive lock beside the cached file while one process trains it (POSIX only; where
-    the lock cannot be taken, each process trains its own copy and the last rename wins)."""
+    the lock cannot be taken, each process trains its own copy and the last rename wins). Yields
+    whether it is held: without `wait`, False while another process holds it (`spermhead cache`
+    leaves a source being trained alone)."""
     try:
         import fcntl
 
         path.parent.mkdir(parents=True, exist_ok=True)
         handle = open(path.with_suffix(".lock"), "a")  # noqa: SIM115 - released in finally
     except (ImportError, OSError):
-        yield  # train_source names an unwritable folder itself
+        yield True  # train_source names an unwritable folder itself
         return
     try:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        yield
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
     finally:
         handle.close()  # closing releases the lock
 
